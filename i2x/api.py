@@ -1,0 +1,102 @@
+"""The Python API: one function per CLI command, usable from a notebook or a script.
+
+The CLI (:mod:`i2x.cli`) only parses options and calls these.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from .context import RunConfig
+from .data import DataOptions, load_data
+from .errors import UserError
+from .extract import ExtractResult
+from .extract import extract as _extract
+from .models import build_model
+from .train import TrainConfig, TrainResult
+from .train import train as _train
+
+
+def train(
+    data: str = "digits",
+    model: str = "small-cnn",
+    out: str | Path = "checkpoints/run",
+    epochs: int = 10,
+    seed: int = 0,
+    save_every: int = 1,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    optimizer: str = "adam",
+    freeze_backbone_epochs: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    **data_options: Any,
+) -> TrainResult:
+    """Train ``model`` on ``data`` with the reference trainer, one snapshot per epoch in ``out``."""
+    dataset = load_data(data, DataOptions(**data_options))
+    net = build_model(model, num_classes=dataset.num_classes, in_channels=dataset.channels)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
+                      save_every=save_every, freeze_backbone_epochs=freeze_backbone_epochs, device=device,
+                      progress=progress)
+    return _train(net, dataset.split("train"), dataset.split("test"), out, cfg)
+
+
+def extract(config: RunConfig | None = None, out: str | Path = "analyses/run", overwrite: bool = False,
+            progress: bool = True, **options: Any) -> ExtractResult:
+    """Extract probabilities, CAMs and features from every checkpoint into ``out/store.zarr``.
+
+    Pass a :class:`RunConfig`, or its fields as keyword arguments (``checkpoints=``, ``model=``, ...).
+    """
+    config = config or RunConfig(**options)
+    return _extract(config, out, overwrite=overwrite, progress=progress)
+
+
+def demo(checkpoints: str | Path = "checkpoints/digits-demo", out: str | Path = "analyses/digits-demo",
+         epochs: int = 10, force: bool = False) -> dict[str, Any]:
+    """Train the small CNN on digits (unless its snapshots exist), then run the pipeline on them."""
+    ckpt_dir = Path(checkpoints)
+    timings: dict[str, float] = {}
+    if force or not any(ckpt_dir.glob("epoch_*.pt")):
+        print(f"training the small CNN on digits for {epochs} epochs into {ckpt_dir}/")
+        start = time.perf_counter()
+        result = train(out=ckpt_dir, epochs=epochs)
+        timings["train"] = time.perf_counter() - start
+        print(f"  test accuracy {result.test_accuracy:.4f} ({timings['train']:.1f} s)")
+    else:
+        print(f"using the existing snapshots in {ckpt_dir}/ (--force retrains)")
+    start = time.perf_counter()
+    ex = extract(checkpoints=str(ckpt_dir), out=out, overwrite=force)
+    timings["extract"] = time.perf_counter() - start
+    print(f"extracted {ex.samples} samples x {len(ex.checkpoints) + len(ex.skipped)} checkpoints at layer "
+          f"{ex.layer} ({ex.grid[0]}x{ex.grid[1]}) in {timings['extract']:.1f} s -> {ex.store_path}")
+    return {"timings": timings, "store": ex.store_path}
+
+
+def doctor() -> dict[str, str]:
+    """Versions and accelerator visibility: what to paste into a bug report."""
+    from . import __version__
+
+    info: dict[str, str] = {"i2x": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    for module in ("torch", "torchvision", "numpy", "sklearn", "hdbscan", "zarr", "altair", "vl_convert"):
+        try:
+            mod = __import__(module)
+            info[module] = getattr(mod, "__version__", "installed")
+        except ImportError as exc:
+            info[module] = f"not importable ({exc})"
+    try:
+        import faiss
+
+        info["faiss"] = f"{faiss.__version__} (GPUs visible: {faiss.get_num_gpus()})"
+    except ImportError as exc:
+        info["faiss"] = f"not importable ({exc})"
+    import torch
+
+    info["cuda"] = (f"available, {torch.cuda.device_count()} device(s): {torch.cuda.get_device_name(0)}"
+                    if torch.cuda.is_available() else "not available (CPU only)")
+    return info
+
+
+__all__ = ["train", "extract", "demo", "doctor", "RunConfig", "UserError"]

@@ -1,0 +1,314 @@
+"""The checkpoint walker: the one module that knows how training snapshots are found, ordered and loaded.
+
+Found in a directory (not recursively):
+
+* files ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.bin``, ``*.safetensors``;
+* sub-directories in the Hugging Face shape (``checkpoint-500/``) holding ``model.safetensors``
+  or ``pytorch_model.bin``.
+
+Everything else is ignored (and listed at debug level).
+
+Payloads recognised: a raw state_dict; ``{"state_dict": ...}`` (Lightning, whose keys carry the
+LightningModule's attribute name, e.g. ``model.``); ``{"model_state_dict": ...}``,
+``{"model": ...}``, ``{"net": ...}``; DDP ``module.`` and ``torch.compile`` ``_orig_mod.``
+prefixes are stripped.
+
+Order: by the step stored inside (``global_step``, then ``step``, then ``epoch``; HF folders:
+``trainer_state.json``) when every snapshot has it, else by the numbers in the names in natural
+order (``epoch_2`` before ``epoch_10``), else by modification time.
+
+Safety: pickles load with ``torch.load(weights_only=True)``; a file that needs arbitrary code is
+refused unless the caller passes ``trust=True`` (the CLI's ``--trust-checkpoints``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+STEP_KEYS = ("global_step", "step", "epoch")
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+STRIP_PREFIXES = ("module.", "_orig_mod.")
+TRUST_HINT = (
+    "it needs arbitrary Python code to unpickle, which i2x refuses by default because loading it "
+    "could run anything. If you trust where it came from, rerun with --trust-checkpoints"
+)
+
+
+@dataclass
+class Checkpoint:
+    """One training snapshot: where its weights are, and its position in training."""
+
+    name: str
+    path: Path
+    step: int | None = None
+    step_source: str = "unknown"
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def sha256(self) -> str:
+        """The SHA-256 of the weight file, streamed (recorded so a store knows what it was built from)."""
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly record of this snapshot."""
+        return {"name": self.name, "path": str(self.path), "step": self.step, "step_source": self.step_source}
+
+
+def _natural_numbers(name: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", name))
+
+
+def _weight_file(entry: Path) -> Path | None:
+    """The weight file behind a directory entry, or None if it is not a snapshot."""
+    if entry.is_file() and entry.suffix in SUFFIXES:
+        return entry
+    if entry.is_dir():
+        for fname in HF_WEIGHT_FILES:
+            if (entry / fname).is_file():
+                return entry / fname
+    return None
+
+
+def _read_payload(path: Path, trust: bool, mmap: bool = False) -> Any:
+    """Load a weight file's payload safely; user-facing errors name the file and the fix."""
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise UserError(f"{path}: not a readable safetensors file ({exc}); is it truncated or corrupt?") from exc
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: the file is empty (0 bytes); delete it or move it out of the checkpoint directory")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc) and "Weights only" not in str(exc):
+            raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from exc
+        if not trust:
+            raise UserError(f"{path}: refused to load: {TRUST_HINT}.") from None
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except RuntimeError as exc:
+        if mmap and "mmap" in str(exc):
+            return _read_payload(path, trust, mmap=False)
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); is it truncated or corrupt?") from exc
+    except (EOFError, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); is it truncated or corrupt?") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _internal_step(path: Path, trust: bool) -> tuple[int | None, str, dict[str, Any]]:
+    """The step stored inside a snapshot (global_step > step > epoch), with light metadata."""
+    if path.name in HF_WEIGHT_FILES:
+        state_file = path.parent / "trainer_state.json"
+        if state_file.is_file():
+            try:
+                step = json.loads(state_file.read_text()).get("global_step")
+                if isinstance(step, int):
+                    return step, "global_step", {}
+            except (json.JSONDecodeError, OSError):
+                pass
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise UserError(f"{path}: not a readable safetensors file ({exc}); is it truncated or corrupt?") from exc
+        for key in STEP_KEYS:
+            if str(meta.get(key, "")).lstrip("-").isdigit():
+                return int(meta[key]), key, {}
+        return None, "unknown", {}
+    payload = _read_payload(path, trust, mmap=True)
+    if isinstance(payload, Mapping):
+        meta = {k: payload[k] for k in ("metrics",) if k in payload and isinstance(payload[k], Mapping)}
+        for key in STEP_KEYS:
+            value = payload.get(key)
+            if isinstance(value, (int, torch.Tensor)) and not isinstance(value, bool):
+                try:
+                    return int(value), key, meta
+                except (TypeError, ValueError, RuntimeError):
+                    continue
+        return None, "unknown", meta
+    return None, "unknown", {}
+
+
+def find_checkpoints(directory: str | Path, trust: bool = False) -> list[Checkpoint]:
+    """List the snapshots in ``directory`` in training order (see the module docstring for the rules)."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise UserError(f"checkpoint directory {root} does not exist or is not a directory")
+    found: list[Checkpoint] = []
+    for entry in sorted(root.iterdir()):
+        weights = _weight_file(entry)
+        if weights is None:
+            log.debug("ignoring %s: not a checkpoint", entry)
+            continue
+        step, source, meta = _internal_step(weights, trust)
+        found.append(Checkpoint(name=entry.name, path=weights, step=step, step_source=source, meta=meta))
+    if not found:
+        raise UserError(
+            f"{root}: no checkpoints found (looked for {', '.join('*' + s for s in SUFFIXES)} files and "
+            f"HF-style folders holding {' or '.join(HF_WEIGHT_FILES)})"
+        )
+    return _order(found)
+
+
+def _order(found: list[Checkpoint]) -> list[Checkpoint]:
+    """Sort by the internal step when all have one, else natural name order, else mtime."""
+    sources = {c.step_source for c in found}
+    if all(c.step is not None for c in found) and len(sources) == 1:
+        return sorted(found, key=lambda c: (c.step, _natural_numbers(c.name), c.name))
+    if all(_natural_numbers(c.name) for c in found):
+        ordered = sorted(found, key=lambda c: (_natural_numbers(c.name), c.name))
+        for c in ordered:
+            c.step, c.step_source = _natural_numbers(c.name)[-1], "name"
+        return ordered
+    ordered = sorted(found, key=lambda c: (c.path.stat().st_mtime, c.name))
+    for i, c in enumerate(ordered):
+        c.step, c.step_source = i, "mtime"
+    return ordered
+
+
+def select(
+    checkpoints: list[Checkpoint],
+    every: int | None = None,
+    first: int | None = None,
+    last: int | None = None,
+    names: Iterable[str] | None = None,
+) -> list[Checkpoint]:
+    """Pick a subset in training order: explicit names, every N-th (the final one always kept), first/last N."""
+    chosen = list(checkpoints)
+    if names:
+        wanted = list(names)
+        by_name = {c.name: c for c in chosen}
+        missing = [n for n in wanted if n not in by_name]
+        if missing:
+            raise UserError(
+                f"--checkpoints: {', '.join(missing)} not found; available: {', '.join(by_name)}"
+            )
+        chosen = [c for c in chosen if c.name in set(wanted)]
+    if every:
+        if every < 1:
+            raise UserError("--every must be a positive integer")
+        kept = chosen[::every]
+        if chosen and kept[-1] is not chosen[-1]:
+            kept.append(chosen[-1])
+        chosen = kept
+    if first:
+        chosen = chosen[:first]
+    if last:
+        chosen = chosen[-last:]
+    if not chosen:
+        raise UserError("the checkpoint selection (--every/--first/--last/--checkpoints) left no checkpoints")
+    return chosen
+
+
+def _unwrap(payload: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Find the state_dict inside a payload (raw, Lightning, model_state_dict, model, net, nn.Module)."""
+    if isinstance(payload, nn.Module):
+        return payload.state_dict()
+    if not isinstance(payload, Mapping):
+        raise UserError(f"{path}: holds a {type(payload).__name__}, not a state_dict or a dict containing one")
+    if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return dict(payload)
+    for key in WRAPPER_KEYS:
+        if key in payload:
+            return _unwrap(payload[key], path)
+    raise UserError(
+        f"{path}: no state_dict found; expected a raw state_dict or a dict with one of the keys "
+        f"{', '.join(WRAPPER_KEYS)} (found keys: {', '.join(map(str, list(payload)[:8]))})"
+    )
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """Remove wrapper prefixes (DDP ``module.``, ``_orig_mod.``, a Lightning attribute name) to fit ``expected``."""
+    while True:
+        if set(state) & expected and not (set(state) - expected):
+            return state
+        for prefix in STRIP_PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                break
+        else:
+            break
+    if set(state) & expected:
+        return state
+    prefixes: dict[str, int] = {}
+    for key in state:
+        for exp in expected:
+            if key.endswith("." + exp):
+                prefixes[key[: -len(exp)]] = prefixes.get(key[: -len(exp)], 0) + 1
+                break
+    if prefixes:
+        best = max(prefixes, key=prefixes.get)
+        return {k[len(best):]: v for k, v in state.items() if k.startswith(best)}
+    return state
+
+
+def load_state_dict(checkpoint: Checkpoint, model: nn.Module, trust: bool = False) -> dict[str, torch.Tensor]:
+    """Read ``checkpoint`` and return its state_dict with keys matched to ``model``'s."""
+    payload = _read_payload(checkpoint.path, trust)
+    state = _unwrap(payload, checkpoint.path)
+    return _strip_prefixes(state, set(model.state_dict()))
+
+
+def load_into(model: nn.Module, checkpoint: Checkpoint, trust: bool = False) -> dict[str, torch.Tensor]:
+    """Load ``checkpoint`` into ``model`` in place; a mismatch is a UserError naming the file and the keys."""
+    state = load_state_dict(checkpoint, model, trust)
+    check_fits(model, state, checkpoint.path)
+    model.load_state_dict(state, strict=True)
+    return state
+
+
+def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path | str) -> None:
+    """Raise a UserError listing missing/unexpected keys and shape mismatches (first few) if ``state`` does not fit."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if items:
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            parts.append(f"{label}: {', '.join(items[:5])}{more}")
+    raise UserError(
+        f"{path}: the checkpoint does not fit the model ({'; '.join(parts)}). "
+        "Check --model, --num-classes/--in-channels and the data's class count."
+    )
+
+
+def is_finite(state: Mapping[str, torch.Tensor]) -> bool:
+    """False when any floating-point tensor holds NaN or Inf (a diverged snapshot)."""
+    return all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())

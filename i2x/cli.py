@@ -1,0 +1,208 @@
+"""The ``i2x`` command line: a thin layer that parses options and calls :mod:`i2x.api`.
+
+User errors (:class:`i2x.errors.UserError`) print one line and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import UserError
+
+DESCRIPTION = """\
+i2x explains how an image classifier's reasoning forms during training.
+
+Point it at a directory of training checkpoints: it replays them, extracts CAMs
+(GradCAM, GradCAM++, LayerCAM) and features into a Zarr store, finds prototypes,
+maps prototype-intensity changes to confidence changes, and writes a report.
+
+  i2x demo                                         everything, on data that ships with the install
+  i2x run CKPT_DIR --model M --data D --out DIR    extract + analyze + report
+  i2x finetune DIR                                 curated -> full fine-tuning from the analysis
+"""
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """Options naming the data set and its preprocessing."""
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="digits", metavar="SPEC",
+                   help="data set: digits (default, ships with scikit-learn), imagefolder:PATH, npz:PATH, "
+                        "mnist:ROOT, fashionmnist:ROOT, cifar10:ROOT or path/to/file.py:factory")
+    g.add_argument("--input-size", type=int, metavar="PX", help="resize images to PX x PX (default per data set)")
+    g.add_argument("--channels", type=int, metavar="C", help="number of input channels (default per data set)")
+    g.add_argument("--mean", type=_floats, metavar="M[,M,M]", help="normalisation mean per channel")
+    g.add_argument("--std", type=_floats, metavar="S[,S,S]", help="normalisation std per channel")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Options naming the model architecture."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="small-cnn", metavar="SPEC",
+                   help="architecture: small-cnn (default), torchvision:NAME (e.g. torchvision:resnet18, built "
+                        "without downloaded weights), package.module:factory or path/to/file.py:factory")
+    g.add_argument("--num-classes", type=int, metavar="M", help="output classes (default: the data's class count)")
+
+
+def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+    """Options choosing and loading checkpoints."""
+    g = p.add_argument_group("checkpoints")
+    g.add_argument("--every", type=int, metavar="N", help="use every N-th checkpoint (the final one is always kept)")
+    g.add_argument("--first", type=int, metavar="N", help="use only the first N checkpoints")
+    g.add_argument("--last", type=int, metavar="N", help="use only the last N checkpoints")
+    g.add_argument("--checkpoints", dest="names", type=_names, metavar="A,B,...",
+                   help="use exactly these checkpoints (names as listed in the directory)")
+    g.add_argument("--trust-checkpoints", action="store_true",
+                   help="allow checkpoints that need arbitrary pickled code to load (only for files you trust)")
+
+
+def add_extract_options(p: argparse.ArgumentParser) -> None:
+    """Options of the extraction stage."""
+    g = p.add_argument_group("extraction")
+    g.add_argument("--layer", metavar="NAME",
+                   help="target layer by dotted name (e.g. layer4, features.7); default: the last module whose "
+                        "output is a 4-D map with at least 3x3 cells")
+    g.add_argument("--methods", type=_names, default=("gradcam", "gradcampp", "layercam"), metavar="A,B",
+                   help="CAM methods: gradcam, gradcampp, layercam (default: all three)")
+    g.add_argument("--target", choices=("true", "predicted"), default="true",
+                   help="class each CAM explains: the true label (default; comparable across checkpoints) or the "
+                        "predicted class")
+    g.add_argument("--split", default="train", help="data split to analyse (default: train)")
+    g.add_argument("--limit", type=int, metavar="N", help="analyse only the first N samples of the split")
+    g.add_argument("--batch-size", type=int, default=256, metavar="B", help="samples per batch (default 256)")
+    g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing store made with other settings")
+
+
+def _run_config(args: argparse.Namespace) -> "RunConfig":
+    from .context import RunConfig
+
+    return RunConfig(
+        checkpoints=args.ckpt_dir, model=args.model, data=args.data, split=args.split, layer=args.layer,
+        methods=tuple(args.methods), target=args.target, batch_size=args.batch_size, device=args.device,
+        input_size=args.input_size, channels=args.channels, mean=args.mean, std=args.std,
+        num_classes=args.num_classes, limit=args.limit, every=args.every, first=args.first, last=args.last,
+        names=args.names, trust_checkpoints=args.trust_checkpoints,
+    )
+
+
+# ---- subcommands -----------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> None:
+    from . import api
+
+    result = api.train(
+        data=args.data, model=args.model, out=args.out, epochs=args.epochs, seed=args.seed,
+        save_every=args.save_every, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
+        freeze_backbone_epochs=args.freeze_backbone_epochs, device=args.device,
+        input_size=args.input_size, channels=args.channels, mean=args.mean, std=args.std,
+    )
+    print(f"trained {args.epochs} epochs in {result.seconds:.1f} s; final test accuracy {result.test_accuracy:.4f}")
+    print(f"{len(result.checkpoints)} checkpoints in {Path(args.out)}/")
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
+    from . import api
+
+    result = api.extract(_run_config(args), out=args.out, overwrite=args.overwrite)
+    print(f"layer {result.layer} (grid {result.grid[0]}x{result.grid[1]}), {result.samples} samples, "
+          f"{len(result.checkpoints)} checkpoints extracted, {len(result.skipped)} already done, "
+          f"{result.seconds:.1f} s")
+    if result.diverged:
+        print(f"diverged (NaN/Inf weights, stored as NaN): {', '.join(result.diverged)}")
+    print(f"store: {result.store_path}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from . import api
+
+    api.demo(checkpoints=args.checkpoints_dir, out=args.out, epochs=args.epochs, force=args.force)
+
+
+def cmd_doctor(args: argparse.Namespace) -> None:
+    from . import api
+
+    for key, value in api.doctor().items():
+        print(f"{key:>14}: {value}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``i2x`` argument parser (every option has help text)."""
+    parser = argparse.ArgumentParser(prog="i2x", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"i2x {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details (chosen layer, ignored files)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, func: Callable, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("demo", cmd_demo, "train the small CNN on digits, then run the whole pipeline on its checkpoints")
+    p.add_argument("--checkpoints-dir", default="checkpoints/digits-demo", help="where the demo's snapshots go")
+    p.add_argument("--out", default="analyses/digits-demo", help="where the demo's analysis goes")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs, one snapshot each (default 10)")
+    p.add_argument("--force", action="store_true", help="retrain and reanalyse even if results exist")
+
+    p = command("train", cmd_train, "reference trainer: train a model and save one snapshot per epoch")
+    add_data_options(p)
+    add_model_options(p)
+    p.add_argument("--out", required=True, help="directory for the snapshots (epoch_<E>.pt)")
+    p.add_argument("--epochs", type=int, default=10, help="number of epochs (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--save-every", type=int, default=1, metavar="N", help="save a snapshot every N epochs (default 1)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="optimizer (default adam)")
+    p.add_argument("--freeze-backbone-epochs", type=int, default=0, metavar="N",
+                   help="train only the classifier head for the first N epochs, then everything (two-phase run)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+    p = command("extract", cmd_extract, "replay checkpoints: probabilities, raw CAMs and final features into DIR/store.zarr")
+    p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots")
+    p.add_argument("--out", required=True, metavar="DIR", help="analysis directory (store at DIR/store.zarr)")
+    add_model_options(p)
+    add_data_options(p)
+    add_checkpoint_options(p)
+    add_extract_options(p)
+
+    command("doctor", cmd_doctor, "print versions and GPU visibility, for bug reports")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``i2x`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"i2x: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("i2x: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
