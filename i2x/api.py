@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import platform
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .analyze import AnalyzeConfig, AnalyzeResult, load_summary
+from .analyze import analyze as _analyze
 from .context import RunConfig
 from .data import DataOptions, load_data
 from .errors import UserError
@@ -54,8 +57,42 @@ def extract(config: RunConfig | None = None, out: str | Path = "analyses/run", o
     return _extract(config, out, overwrite=overwrite, progress=progress)
 
 
+def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool = True,
+            **options: Any) -> AnalyzeResult:
+    """Analyse the store in ``out``: prototypes, groups, ridge mapping, structure; writes ``summary.json``.
+
+    Pass an :class:`AnalyzeConfig`, or its fields as keyword arguments (``k=16``, ``method="layercam"``).
+    """
+    return _analyze(out, config or AnalyzeConfig(**options), progress=progress)
+
+
+@dataclass
+class RunResult:
+    """What ``run`` produced: the store, the summary, the report and the time per stage."""
+
+    store_path: Path
+    summary: dict[str, Any]
+    summary_path: Path
+    report_path: Path | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analyze_config: AnalyzeConfig | None = None,
+        overwrite: bool = False, progress: bool = True, **options: Any) -> RunResult:
+    """Extract + analyze (+ report when available) in one call; the CLI's ``i2x run``."""
+    config = config or RunConfig(**options)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    ex = extract(config, out, overwrite=overwrite, progress=progress)
+    timings["extract"] = time.perf_counter() - start
+    start = time.perf_counter()
+    an = analyze(out, analyze_config, progress=progress)
+    timings["analyze"] = time.perf_counter() - start
+    return RunResult(ex.store_path, an.summary, an.summary_path or Path(out) / "summary.json", None, timings)
+
+
 def demo(checkpoints: str | Path = "checkpoints/digits-demo", out: str | Path = "analyses/digits-demo",
-         epochs: int = 10, force: bool = False) -> dict[str, Any]:
+         epochs: int = 10, force: bool = False) -> RunResult:
     """Train the small CNN on digits (unless its snapshots exist), then run the pipeline on them."""
     ckpt_dir = Path(checkpoints)
     timings: dict[str, float] = {}
@@ -67,12 +104,13 @@ def demo(checkpoints: str | Path = "checkpoints/digits-demo", out: str | Path = 
         print(f"  test accuracy {result.test_accuracy:.4f} ({timings['train']:.1f} s)")
     else:
         print(f"using the existing snapshots in {ckpt_dir}/ (--force retrains)")
-    start = time.perf_counter()
-    ex = extract(checkpoints=str(ckpt_dir), out=out, overwrite=force)
-    timings["extract"] = time.perf_counter() - start
-    print(f"extracted {ex.samples} samples x {len(ex.checkpoints) + len(ex.skipped)} checkpoints at layer "
-          f"{ex.layer} ({ex.grid[0]}x{ex.grid[1]}) in {timings['extract']:.1f} s -> {ex.store_path}")
-    return {"timings": timings, "store": ex.store_path}
+    result = run(RunConfig(checkpoints=str(ckpt_dir)), out=out, overwrite=force)
+    timings.update(result.timings)
+    print(" ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    print(f"summary: {result.summary_path}")
+    if result.report_path:
+        print(f"report: {result.report_path}")
+    return result
 
 
 def doctor() -> dict[str, str]:
@@ -99,4 +137,5 @@ def doctor() -> dict[str, str]:
     return info
 
 
-__all__ = ["train", "extract", "demo", "doctor", "RunConfig", "UserError"]
+__all__ = ["train", "extract", "analyze", "run", "demo", "doctor", "load_summary", "RunConfig", "AnalyzeConfig",
+           "RunResult", "UserError"]

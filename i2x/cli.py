@@ -127,6 +127,83 @@ def cmd_extract(args: argparse.Namespace) -> None:
     print(f"store: {result.store_path}")
 
 
+def add_analyze_options(p: argparse.ArgumentParser) -> None:
+    """Options of the analysis stage (DESIGN D5-D9)."""
+    g = p.add_argument_group("analysis")
+    g.add_argument("--k", default="32", help="number of prototypes, or 'auto' to pick from --k-candidates by "
+                                              "silhouette score on a subsample (default 32)")
+    g.add_argument("--k-candidates", type=lambda s: tuple(int(v) for v in s.split(",")), default=(8, 16, 32, 64),
+                   metavar="K1,K2", help="candidates for --k auto (default 8,16,32,64)")
+    g.add_argument("--pca-dim", type=int, default=32, help="PCA components before k-means (default 32, or d if smaller)")
+    g.add_argument("--method", default="gradcam", help="CAM method whose maps give prototype intensity (default gradcam)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the k-means and the vector subsample (default 0)")
+    g.add_argument("--max-fit-vectors", type=int, default=200_000, metavar="N",
+                   help="k-means and PCA fit on a seeded sample of at most N location vectors (default 200000)")
+    g.add_argument("--max-points-per-centroid", type=int, default=256, metavar="N",
+                   help="FAISS k-means subsamples to N points per centroid (default 256, FAISS's own default)")
+    g.add_argument("--min-cluster-size", type=int, metavar="N",
+                   help="HDBSCAN min_cluster_size (default max(10, n/100))")
+    g.add_argument("--alpha", type=float, help="ridge penalty (default: RidgeCV over 1e-3..1e3)")
+    g.add_argument("--shared-presence", type=float, default=0.9,
+                   help="shared: present in at least this share of a class's samples (default 0.9)")
+    g.add_argument("--specialized-presence", type=float, default=0.9,
+                   help="specialized: present in at least this share of one group's class samples (default 0.9)")
+    g.add_argument("--specialized-max-overall", type=float, default=0.5,
+                   help="specialized: present in fewer than this share of all the class's samples (default 0.5)")
+    g.add_argument("--noise-quantile", type=float, default=0.75,
+                   help="uncertain: |beta| must exceed this quantile of all |beta| (default 0.75)")
+    g.add_argument("--min-flips", type=int, default=2, help="uncertain: flips between the same two classes (default 2)")
+    g.add_argument("--top-confused", type=int, default=3,
+                   help="how many most-confused class pairs count as 'top confused' (default 3)")
+
+
+def _analyze_config(args: argparse.Namespace) -> "AnalyzeConfig":
+    from .analyze import AnalyzeConfig
+
+    if args.k != "auto" and not str(args.k).isdigit():
+        raise UserError(f"--k {args.k}: give a positive integer or 'auto'")
+    return AnalyzeConfig(
+        k=args.k if args.k == "auto" else int(args.k), pca_dim=args.pca_dim, method=args.method, seed=args.seed,
+        max_fit_vectors=args.max_fit_vectors, max_points_per_centroid=args.max_points_per_centroid,
+        k_candidates=args.k_candidates, min_cluster_size=args.min_cluster_size, alpha=args.alpha,
+        shared_presence=args.shared_presence, specialized_presence=args.specialized_presence,
+        specialized_max_overall=args.specialized_max_overall, noise_quantile=args.noise_quantile,
+        min_flips=args.min_flips, top_confused=args.top_confused, device=getattr(args, "device", "auto"),
+    )
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from . import api
+
+    result = api.analyze(args.dir, _analyze_config(args))
+    _print_findings(result.summary)
+    print(f"summary: {result.summary_path}")
+
+
+def _print_findings(summary: dict) -> None:
+    """A few lines on what the analysis found."""
+    acc = [a for a in summary["accuracy"] if a is not None]
+    print(f"{summary['k']} prototypes at layer {summary['layer']}; accuracy {acc[0]:.3f} -> {acc[-1]:.3f} "
+          f"over {len(summary['checkpoints'])} checkpoints")
+    names = summary["classes"]
+    if not summary["uncertain"]:
+        print("no uncertain prototype found (try --min-flips 1, --noise-quantile 0.5, or more checkpoints)")
+    for u in summary["uncertain"][:5]:
+        a, b = u["classes"]
+        print(f"  uncertain prototype {u['prototype']}: swings {names[a]} <-> {names[b]}, {u['flips']} flips, "
+              f"score {u['score']:.3g}{' (a top-confused pair)' if u['in_top_confused'] else ''}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from . import api
+
+    result = api.run(_run_config(args), out=args.out, analyze_config=_analyze_config(args), overwrite=args.overwrite)
+    _print_findings(result.summary)
+    for stage, seconds in result.timings.items():
+        print(f"  {stage:>10}: {seconds:.1f} s")
+    print(f"report: {result.report_path}" if result.report_path else f"summary: {result.summary_path}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from . import api
 
@@ -180,6 +257,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(p)
     add_checkpoint_options(p)
     add_extract_options(p)
+
+    p = command("analyze", cmd_analyze, "prototypes, confidence groups, ridge mapping and structure from DIR/store.zarr")
+    p.add_argument("dir", metavar="DIR", help="analysis directory holding store.zarr (from i2x extract)")
+    add_analyze_options(p)
+    p.add_argument("--device", default="auto", help="cpu keeps FAISS on the CPU; auto/cuda use a FAISS GPU if seen")
+
+    p = command("run", cmd_run, "extract + analyze + report in one command")
+    p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots")
+    p.add_argument("--out", required=True, metavar="DIR", help="analysis directory for the store, summary and report")
+    add_model_options(p)
+    add_data_options(p)
+    add_checkpoint_options(p)
+    add_extract_options(p)
+    add_analyze_options(p)
 
     command("doctor", cmd_doctor, "print versions and GPU visibility, for bug reports")
     return parser
