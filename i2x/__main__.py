@@ -1,0 +1,7 @@
+"""``python -m i2x`` (and ``torchrun -m i2x``) runs the CLI."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
