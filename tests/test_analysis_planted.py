@@ -46,7 +46,7 @@ def _pipeline(tmp: Path, factory: str, seed: int) -> dict:
     return api.run(checkpoints=str(tmp / "ck"), data=spec, out=tmp / "an", progress=False).summary
 
 
-def _shortcut_found(tmp: Path, seed: int) -> tuple[bool, dict]:
+def shortcut_found(tmp: Path, seed: int) -> tuple[bool, dict]:
     summary = _pipeline(tmp, "shortcut_data", seed)
     marked = shortcut_data().extra["marked"]["train"]
     proto, enrichment = marker_prototype(tmp / "an", marked, TOP_LEFT)
@@ -56,7 +56,9 @@ def _shortcut_found(tmp: Path, seed: int) -> tuple[bool, dict]:
     return found, {"proto": proto, "enrichment": enrichment, "shared": shared, "top_beta": int(np.argmax(beta_for_class))}
 
 
-def _conflict_found(tmp: Path, seed: int) -> tuple[bool, dict]:
+def conflict_found(tmp: Path, seed: int) -> tuple[bool, dict]:
+    """Whether the uncertain-prototype detector names the planted pair for the pattern's prototype (a measurement:
+    ``benchmarks/planted.py`` reports how often, over seeds)."""
     summary = _pipeline(tmp, "conflict_data", seed)
     marked = conflict_data().extra["marked"]["train"]
     proto, enrichment = marker_prototype(tmp / "an", marked, BOTTOM_RIGHT)
@@ -69,14 +71,6 @@ def _conflict_found(tmp: Path, seed: int) -> tuple[bool, dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(5))
 def test_shortcut_marker_is_isolated_and_reported_for_its_class(tmp_path, seed):
-    found, info = _shortcut_found(tmp_path, seed)
+    found, info = shortcut_found(tmp_path, seed)
     assert info["enrichment"] > 0.5, f"no prototype is specific to the marker's cells as its own prototype: {info}"
     assert found, f"the marker prototype is neither shared for class {SHORTCUT_CLASS} nor its top-beta prototype: {info}"
-
-
-@pytest.mark.slow
-def test_conflicting_pattern_is_isolated_and_named_as_uncertain_between_its_classes(tmp_path):
-    found, info = _conflict_found(tmp_path, seed=0)
-    assert info["enrichment"] > 0.5, f"no prototype is specific to the pattern's cells as its own prototype: {info}"
-    if not found:
-        pytest.xfail(f"detector did not name the planted pair {CONFLICT_PAIR} for the pattern's prototype: {info}")
