@@ -1,0 +1,90 @@
+"""Open the report in headless Chromium with networking off, as a reader would, and check it works.
+
+Skipped when Debian's chromium / chromium-driver are not installed. Saves a full-page screenshot
+to test-artifacts/report.png and prints the time from navigation to all charts rendered.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import browser
+from fixtures_pipeline import HOSTILE_NAMES, tiny_report, tiny_run  # noqa: F401  (pytest fixtures)
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+CHARTS_WITHOUT_DRAWING = """
+return Array.from(document.querySelectorAll("div.chart"))
+  .filter(d => !d.querySelector("svg, canvas")).map(d => d.id);
+"""
+BROKEN_IMAGES = """
+return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
+"""
+HEATMAP = "document.querySelector('#chart-beta svg').outerHTML"
+
+
+@pytest.fixture
+def driver(tmp_path):
+    why = browser.missing()
+    if why:
+        pytest.skip(why)
+    chrome = browser.open_offline(tmp_path / "profile")
+    yield chrome
+    chrome.quit()
+
+
+def set_control(driver, selector: str, value) -> None:
+    """Set a form control the way a user does and let Vega hear it."""
+    driver.execute_script(
+        "const el = document.querySelector(arguments[0]); el.value = arguments[1];"
+        "el.dispatchEvent(new Event(el.tagName === 'SELECT' ? 'change' : 'input', {bubbles: true}));",
+        selector, value)
+
+
+def test_report_renders_offline_and_interactive(driver, tiny_report):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    driver.get(tiny_report.as_uri())
+    assert browser.wait_for(driver, "document.body && document.body.getAttribute('data-charts')") == "rendered"
+    render_ms = driver.execute_script("return window.i2xRenderedMs")
+    n_charts = len(json.loads(driver.execute_script("return document.getElementById('i2x-specs').textContent")))
+    assert driver.execute_script("return document.querySelectorAll('div.chart').length") == n_charts
+    assert driver.execute_script(CHARTS_WITHOUT_DRAWING) == []
+    assert driver.execute_script("return document.images.length") > 0
+    assert driver.execute_script(BROKEN_IMAGES) == []
+
+    # the step slider redraws the β heatmap, and the label names the chosen checkpoint pair
+    before = driver.execute_script("return " + HEATMAP)
+    set_control(driver, "#chart-beta input[type=range]", 0)
+    browser.wait_for(driver, f"{HEATMAP} !== {json.dumps(before)}", timeout=10)
+    label = driver.execute_script("return document.querySelector('#chart-beta svg').textContent")
+    assert "epoch_1.pt → epoch_2.pt" in label
+
+    # the class dropdown lists the hostile names as text, and switching class redraws the lines
+    options = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#chart-class-beta select option')).map(o => o.textContent)")
+    assert options == HOSTILE_NAMES
+    lines = "document.querySelector('#chart-class-beta svg').outerHTML"
+    before = driver.execute_script("return " + lines)
+    set_control(driver, "#chart-class-beta select", HOSTILE_NAMES[3])
+    browser.wait_for(driver, f"{lines} !== {json.dumps(before)}", timeout=10)
+
+    # hovering a heatmap cell shows a tooltip; hostile names in it stay text
+    cell = driver.find_elements(By.CSS_SELECTOR, "#chart-beta g.mark-rect path")[0]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", cell)
+    ActionChains(driver).move_to_element(cell).perform()
+    tip = browser.wait_for(driver, "(document.getElementById('vg-tooltip-element') || {}).textContent", timeout=10)
+    assert HOSTILE_NAMES[0] in tip  # the first cell is class 0: its name, shown as text
+
+    # nothing injected ran or was created, and the console is clean
+    assert driver.execute_script("return window.__dialogs") == []
+    assert driver.execute_script("return document.querySelectorAll('img:not([src^=\"data:\"])').length") == 0
+    assert browser.severe_logs(driver) == []
+
+    shot = browser.full_screenshot(driver, ARTIFACTS / "report.png")
+    assert shot.stat().st_size > 10_000
+    print(f"\nreport {tiny_report.stat().st_size / 1e6:.2f} MB, {n_charts} charts rendered in {render_ms:.0f} ms")
