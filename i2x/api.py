@@ -57,6 +57,13 @@ def extract(config: RunConfig | None = None, out: str | Path = "analyses/run", o
     return _extract(config, out, overwrite=overwrite, progress=progress)
 
 
+def report(out: str | Path, progress: bool = True, pngs: bool = True) -> Path:
+    """Write ``out/report.html`` (self-contained, offline) and PNG exports of the main charts in ``out/report/``."""
+    from .report import build_report
+
+    return build_report(out, progress=progress, pngs=pngs)
+
+
 def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool = True,
             **options: Any) -> AnalyzeResult:
     """Analyse the store in ``out``: prototypes, groups, ridge mapping, structure; writes ``summary.json``.
@@ -79,7 +86,7 @@ class RunResult:
 
 def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analyze_config: AnalyzeConfig | None = None,
         overwrite: bool = False, progress: bool = True, **options: Any) -> RunResult:
-    """Extract + analyze (+ report when available) in one call; the CLI's ``i2x run``."""
+    """Extract + analyze + report in one call; the CLI's ``i2x run``."""
     config = config or RunConfig(**options)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -88,7 +95,10 @@ def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analy
     start = time.perf_counter()
     an = analyze(out, analyze_config, progress=progress)
     timings["analyze"] = time.perf_counter() - start
-    return RunResult(ex.store_path, an.summary, an.summary_path or Path(out) / "summary.json", None, timings)
+    start = time.perf_counter()
+    report_path = report(out, progress=progress)
+    timings["report"] = time.perf_counter() - start
+    return RunResult(ex.store_path, an.summary, an.summary_path or Path(out) / "summary.json", report_path, timings)
 
 
 def demo(checkpoints: str | Path = "checkpoints/digits-demo", out: str | Path = "analyses/digits-demo",
@@ -137,5 +147,5 @@ def doctor() -> dict[str, str]:
     return info
 
 
-__all__ = ["train", "extract", "analyze", "run", "demo", "doctor", "load_summary", "RunConfig", "AnalyzeConfig",
+__all__ = ["train", "extract", "analyze", "report", "run", "demo", "doctor", "load_summary", "RunConfig", "AnalyzeConfig",
            "RunResult", "UserError"]

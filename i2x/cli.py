@@ -204,6 +204,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"report: {result.report_path}" if result.report_path else f"summary: {result.summary_path}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from . import api
+
+    path = api.report(args.dir, pngs=not args.no_png)
+    print(f"report: {path}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from . import api
 
@@ -262,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR", help="analysis directory holding store.zarr (from i2x extract)")
     add_analyze_options(p)
     p.add_argument("--device", default="auto", help="cpu keeps FAISS on the CPU; auto/cuda use a FAISS GPU if seen")
+
+    p = command("report", cmd_report, "write DIR/report.html (self-contained, opens offline) and PNG charts in DIR/report/")
+    p.add_argument("dir", metavar="DIR", help="analysis directory (after i2x analyze)")
+    p.add_argument("--no-png", action="store_true", help="skip the PNG exports of the charts (faster)")
 
     p = command("run", cmd_run, "extract + analyze + report in one command")
     p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots")
