@@ -211,6 +211,27 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {path}")
 
 
+def _pairs(text: str) -> "str | list[tuple[str, str]]":
+    if text in ("top", "all"):
+        return text
+    pairs = [tuple(p.split(",")) for p in text.replace(":", ",").split(";") if p]
+    if any(len(p) != 2 for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected 'top', 'all' or pairs like 3,5;2,7 (or 3:5;2:7), got {text!r}")
+    return pairs  # type: ignore[return-value]
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from .finetune import finetune, format_table
+
+    result = finetune(
+        args.dir, strategies=args.strategies, seeds=args.seeds, epochs=args.epochs, lr=args.lr,
+        optimizer=args.optimizer, min_share=args.min_share, pairs=args.pairs, exclude_file=args.exclude,
+        dest=args.dest, batch_size=args.batch_size, device=args.device,
+    )
+    print(format_table(result))
+    print(f"results: {result.dest / 'finetune.json'}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from . import api
 
@@ -273,6 +294,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("report", cmd_report, "write DIR/report.html (self-contained, opens offline) and PNG charts in DIR/report/")
     p.add_argument("dir", metavar="DIR", help="analysis directory (after i2x analyze)")
     p.add_argument("--no-png", action="store_true", help="skip the PNG exports of the charts (faster)")
+
+    p = command("finetune", cmd_finetune,
+                "curated -> full fine-tuning from the final checkpoint, driven by the uncertain prototypes, "
+                "against full -> full (DESIGN D10)")
+    p.add_argument("dir", metavar="DIR", help="analysis directory (after i2x run / analyze)")
+    p.add_argument("--strategies", type=_names, default=("full-full", "curated-curated", "curated-full"),
+                   metavar="A,B", help="stage-1 -> stage-2 data: full-full, curated-curated, curated-full (default all three)")
+    p.add_argument("--seeds", type=int, default=5, help="runs per strategy, same seeds across strategies (default 5)")
+    p.add_argument("--epochs", type=lambda s: tuple(int(v) for v in s.split(",")), default=(1, 1), metavar="E1,E2",
+                   help="epochs of stage 1 and stage 2 (default 1,1)")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-3 for sgd, 1e-4 for adam)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="optimizer (default sgd, momentum 0.9)")
+    p.add_argument("--min-share", type=float, default=0.1,
+                   help="exclude a sample when the uncertain prototype covers at least this share of its cells (0.1)")
+    p.add_argument("--pairs", type=_pairs, default="top", metavar="top|all|A,B;C,D",
+                   help="which uncertain pairs to curate: top (default: those among the most confused pairs, else the "
+                        "highest-scoring one), all, or explicit class pairs by name or index")
+    p.add_argument("--exclude", metavar="FILE",
+                   help="fine-tune with your own exclusion list instead (JSON list of training indices, or one per line)")
+    p.add_argument("--dest", help="output directory (default DIR/finetune)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
     p = command("run", cmd_run, "extract + analyze + report in one command")
     p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots")
