@@ -17,6 +17,7 @@ from .context import RunConfig
 from .data import DataOptions, load_data
 from .errors import UserError
 from .extract import ExtractResult
+from .finetune import FinetuneResult, finetune, format_table
 from .extract import extract as _extract
 from .models import build_model
 from .train import TrainConfig, TrainResult
@@ -147,5 +148,5 @@ def doctor() -> dict[str, str]:
     return info
 
 
-__all__ = ["train", "extract", "analyze", "report", "run", "demo", "doctor", "load_summary", "RunConfig", "AnalyzeConfig",
+__all__ = ["train", "extract", "analyze", "report", "run", "finetune", "format_table", "FinetuneResult", "demo", "doctor", "load_summary", "RunConfig", "AnalyzeConfig",
            "RunResult", "UserError"]
