@@ -11,14 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .analyze import AnalyzeConfig, AnalyzeResult, load_summary
 from .analyze import analyze as _analyze
 from .context import RunConfig
 from .data import DataOptions, load_data
 from .errors import UserError
 from .extract import ExtractResult
-from .finetune import FinetuneResult, finetune, format_table
 from .extract import extract as _extract
+from .finetune import FinetuneResult, finetune, format_table
 from .models import build_model
 from .train import TrainConfig, TrainResult
 from .train import train as _train
@@ -41,6 +43,7 @@ def train(
 ) -> TrainResult:
     """Train ``model`` on ``data`` with the reference trainer, one snapshot per epoch in ``out``."""
     dataset = load_data(data, DataOptions(**data_options))
+    torch.manual_seed(seed)  # the initial weights follow --seed too
     net = build_model(model, num_classes=dataset.num_classes, in_channels=dataset.channels)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
                       save_every=save_every, freeze_backbone_epochs=freeze_backbone_epochs, device=device,

@@ -6,7 +6,8 @@ Found in a directory (not recursively):
 * sub-directories in the Hugging Face shape (``checkpoint-500/``) holding ``model.safetensors``
   or ``pytorch_model.bin``.
 
-Everything else is ignored (and listed at debug level).
+Everything else is ignored (and listed at debug level), including the Trainer's non-weight files
+(``training_args.bin``, ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state.pth``).
 
 Payloads recognised: a raw state_dict; ``{"state_dict": ...}`` (Lightning, whose keys carry the
 LightningModule's attribute name, e.g. ``model.``); ``{"model_state_dict": ...}``,
@@ -28,6 +29,7 @@ import json
 import logging
 import pickle
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -41,9 +43,18 @@ log = logging.getLogger(__name__)
 
 SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Files that sit next to weights but hold other training state (the Hugging Face Trainer writes them).
+NOT_WEIGHTS = frozenset({"training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth"})
 STEP_KEYS = ("global_step", "step", "epoch")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
+LFS_POINTER = b"version https://git-lfs"  # how a Git LFS pointer file starts (the weights were never fetched)
+# What torch's weights-only unpickler says when a pickle names a Python object to import or call (as
+# opposed to random bytes or a truncated file, which it reports with the same generic prefix).
+NEEDS_CODE = re.compile(
+    r"GLOBAL [A-Za-z_][\w.]* was not an allowed global|whose module \S+ is blocked|Trying to call reduce|"
+    r"Can only (?:create new object|build)|must be imported to load|Cannot use ``weights_only=True``"
+)
 TRUST_HINT = (
     "it needs arbitrary Python code to unpickle, which i2x refuses by default because loading it "
     "could run anything. If you trust where it came from, rerun with --trust-checkpoints"
@@ -79,7 +90,7 @@ def _natural_numbers(name: str) -> tuple[int, ...]:
 
 def _weight_file(entry: Path) -> Path | None:
     """The weight file behind a directory entry, or None if it is not a snapshot."""
-    if entry.is_file() and entry.suffix in SUFFIXES:
+    if entry.is_file() and entry.suffix in SUFFIXES and entry.name not in NOT_WEIGHTS:
         return entry
     if entry.is_dir():
         for fname in HF_WEIGHT_FILES:
@@ -88,8 +99,18 @@ def _weight_file(entry: Path) -> Path | None:
     return None
 
 
+def _refuse_placeholders(path: Path) -> None:
+    """A clear error for the two stand-ins that are not weights at all: an empty file, a Git LFS pointer."""
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: the file is empty (0 bytes); delete it or move it out of the checkpoint directory")
+    with open(path, "rb") as fh:
+        if fh.read(len(LFS_POINTER)) == LFS_POINTER:
+            raise UserError(f"{path}: is a Git LFS pointer, not the weights; fetch them with `git lfs pull`")
+
+
 def _read_payload(path: Path, trust: bool, mmap: bool = False) -> Any:
     """Load a weight file's payload safely; user-facing errors name the file and the fix."""
+    _refuse_placeholders(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -98,22 +119,43 @@ def _read_payload(path: Path, trust: bool, mmap: bool = False) -> Any:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise UserError(f"{path}: not a readable safetensors file ({exc}); is it truncated or corrupt?") from exc
-    if path.stat().st_size == 0:
-        raise UserError(f"{path}: the file is empty (0 bytes); delete it or move it out of the checkpoint directory")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc) and "Weights only" not in str(exc):
-            raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from exc
-        if not trust:
-            raise UserError(f"{path}: refused to load: {TRUST_HINT}.") from None
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except RuntimeError as exc:
-        if mmap and "mmap" in str(exc):
+    except (pickle.UnpicklingError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and mmap and "mmap" in str(exc):
             return _read_payload(path, trust, mmap=False)
+        if not NEEDS_CODE.search(str(exc)):
+            # torch prefixes every weights-only failure with advice to load unsafely, even for random
+            # bytes; only a pickle that really names code to run deserves the --trust-checkpoints hint.
+            raise UserError(f"{path}: not a readable PyTorch checkpoint ({_cause(exc)}); is it truncated or corrupt?") from exc
+        if not trust:
+            named = re.search(r"GLOBAL (\S+)", str(exc))
+            what = f" (it names {named.group(1)})" if named else ""
+            raise UserError(f"{path}: refused to load{what}: {TRUST_HINT}.") from None
+        return _trusted_load(path)
+    except (EOFError, OSError, ValueError, KeyError, IndexError, struct.error) as exc:
+        # what the unpickler raises on garbage: random bytes or a file cut short
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); is it truncated or corrupt?") from exc
-    except (EOFError, OSError, ValueError, KeyError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); is it truncated or corrupt?") from exc
+
+
+def _trusted_load(path: Path) -> Any:
+    """Unpickle with arbitrary code allowed (the user said --trust-checkpoints); any failure is a UserError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # the pickle may run any code, so it may raise anything
+        raise UserError(
+            f"{path}: could not be loaded even with --trust-checkpoints ({type(exc).__name__}: {_first_line(exc)}); "
+            "the classes it was pickled with may need to be importable"
+        ) from exc
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong in a torch.load error: torch wraps the unpickler's own message between generic
+    advice and a documentation link (paragraphs split by blank lines); keep that message only."""
+    parts = [p.strip() for p in str(exc).split("\n\n") if p.strip()]
+    if len(parts) >= 3 and parts[0].startswith("Weights only load failed"):
+        return parts[-2].splitlines()[0][:200]
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -134,6 +176,8 @@ def _internal_step(path: Path, trust: bool) -> tuple[int | None, str, dict[str, 
                 pass
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
+
+        _refuse_placeholders(path)
 
         try:
             with safe_open(str(path), framework="pt") as fh:
@@ -203,6 +247,9 @@ def select(
     names: Iterable[str] | None = None,
 ) -> list[Checkpoint]:
     """Pick a subset in training order: explicit names, every N-th (the final one always kept), first/last N."""
+    for option, value in (("--every", every), ("--first", first), ("--last", last)):
+        if value is not None and value < 1:
+            raise UserError(f"{option} {value}: must be a positive integer")
     chosen = list(checkpoints)
     if names:
         wanted = list(names)
@@ -214,8 +261,6 @@ def select(
             )
         chosen = [c for c in chosen if c.name in set(wanted)]
     if every:
-        if every < 1:
-            raise UserError("--every must be a positive integer")
         kept = chosen[::every]
         if chosen and kept[-1] is not chosen[-1]:
             kept.append(chosen[-1])

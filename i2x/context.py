@@ -104,6 +104,8 @@ class Context:
 
 def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
     """Open the data and build the model (fresh weights) that ``config`` names, and list the checkpoints."""
+    if with_checkpoints and not Path(config.checkpoints).is_dir():
+        raise UserError(f"checkpoint directory {config.checkpoints} does not exist or is not a directory")
     opts = DataOptions(config.input_size, config.channels, config.mean, config.std)
     data = load_data(config.data, opts)
     dataset = data.split(config.split)

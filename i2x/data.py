@@ -107,7 +107,13 @@ def _tensor_data(
             raise UserError(f"--data {spec}: images of the {split} split have shape {x.shape}; expected N,H,W or N,H,W,C")
         scale = 255.0 if x.dtype == np.uint8 or x.max() > 1.5 else 1.0
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / scale).permute(0, 3, 1, 2)
-        prepared[split] = (t, torch.as_tensor(np.asarray(y).reshape(-1), dtype=torch.long))
+        y = np.asarray(y)
+        if y.size != len(x):
+            raise UserError(
+                f"--data {spec}: the {split} split has {len(x)} images but labels of shape {y.shape}; "
+                "i2x needs exactly one class index per image (multi-label data is not supported)"
+            )
+        prepared[split] = (t, torch.as_tensor(y.reshape(-1), dtype=torch.long))
     native_c = prepared["train"][0].shape[1]
     channels = opts.channels or native_c
     size = opts.input_size or default_size or prepared["train"][0].shape[-1]
@@ -185,6 +191,16 @@ def _npz(path: str, opts: DataOptions) -> ImageData:
     return _tensor_data(f"npz:{path}", arrays, names, None, opts)
 
 
+# Where torchvision expects each set's files (already extracted), for the "not found" message.
+_MNIST_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+_TORCHVISION_FILES = {
+    "mnist": f"the four MNIST files ({_MNIST_FILES}) in {{root}}/MNIST/raw/",
+    "fashionmnist": f"the four Fashion-MNIST files ({_MNIST_FILES}) in {{root}}/FashionMNIST/raw/",
+    "cifar10": "the extracted CIFAR-10 python version (data_batch_1..5, test_batch, batches.meta) in "
+               "{root}/cifar-10-batches-py/",
+}
+
+
 def _torchvision_set(kind: str, root: str, opts: DataOptions) -> ImageData:
     import torchvision.datasets as tvd
 
@@ -194,9 +210,8 @@ def _torchvision_set(kind: str, root: str, opts: DataOptions) -> ImageData:
         test = cls(root, train=False, download=False)
     except RuntimeError as exc:
         raise UserError(
-            f"--data {kind}:{root}: the {cls.__name__} files are not under {root} ({exc}). i2x never downloads; "
-            f"place the torchvision {cls.__name__} files there (e.g. {Path(root) / cls.__name__}/raw for MNIST, "
-            f"{Path(root) / 'cifar-10-batches-py'} for CIFAR-10)."
+            f"--data {kind}:{root}: the {cls.__name__} files are not under {root}. i2x never downloads; "
+            f"put {_TORCHVISION_FILES[kind].format(root=Path(root))}"
         ) from exc
 
     def arrays(ds: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -234,7 +249,22 @@ def _imagefolder(path: str, opts: DataOptions) -> ImageData:
         splits = {s: tvd.ImageFolder(str(d), transform=transform) for s, d in sub.items()}
     except (FileNotFoundError, RuntimeError) as exc:
         raise UserError(f"--data imagefolder:{path}: {exc}") from exc
+    for name, folder in splits.items():
+        if name != "train":
+            _align_classes(folder, splits["train"].classes, f"--data imagefolder:{path} ({name} split)")
     return ImageData(f"imagefolder:{path}", splits, list(splits["train"].classes), channels, (size, size), mean, std)
+
+
+def _align_classes(folder: Any, classes: list[str], where: str) -> None:
+    """Renumber an ImageFolder's labels to ``classes`` (the train split's), so a split that lacks a
+    class folder does not shift every later class index by one."""
+    extra = sorted(set(folder.classes) - set(classes))
+    if extra:
+        raise UserError(f"{where}: class folders {', '.join(extra)} do not exist in the train split")
+    new_index = np.array([classes.index(c) for c in folder.classes], dtype=np.int64)
+    folder.targets = new_index[np.asarray(folder.targets, dtype=np.int64)].tolist()
+    folder.samples = folder.imgs = [(p, t) for (p, _), t in zip(folder.samples, folder.targets)]
+    folder.classes, folder.class_to_idx = list(classes), {c: i for i, c in enumerate(classes)}
 
 
 def _factory(target: str, opts: DataOptions) -> ImageData:

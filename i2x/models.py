@@ -11,6 +11,7 @@ Supported specs:
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
@@ -51,11 +52,11 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Modu
     """Build ``torchvision.models.NAME`` without weights, adapted to the class and channel counts."""
     import torchvision.models as tvm
 
-    available = set(tvm.list_models())
+    available = tvm.list_models(module=tvm)  # classification models only (no detection/segmentation/video)
     if name not in available:
-        close = sorted(n for n in available if name.lower()[:4] in n)[:8]
+        close = difflib.get_close_matches(name.lower(), available, n=6, cutoff=0.4)
         raise UserError(
-            f"--model torchvision:{name}: torchvision has no model of that name"
+            f"--model torchvision:{name}: torchvision has no classification model of that name"
             + (f"; similar: {', '.join(close)}" if close else "")
         )
     kwargs: dict = {"weights": None, "num_classes": num_classes}

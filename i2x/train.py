@@ -3,7 +3,8 @@
 It exists so the demo and the tests have real training trajectories; users bring their own.
 Each snapshot is ``{"state_dict", "epoch", "step", "metrics"}`` in ``epoch_<E>.pt``.
 ``freeze_backbone_epochs`` trains only the classifier head (the last ``nn.Linear``) for the
-first N epochs, then everything: the two-phase (transfer, then fine-tune) run of the drift study.
+first N epochs, the rest of the model fixed (weights and BatchNorm statistics), then everything:
+the two-phase (transfer, then fine-tune) run of the drift study.
 """
 
 from __future__ import annotations
@@ -49,12 +50,12 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters of the last ``nn.Linear``: the classifier head kept trainable in a frozen phase."""
+def head_module(model: nn.Module) -> nn.Linear:
+    """The last ``nn.Linear``: the classifier head kept trainable in a frozen-backbone phase."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise UserError("--freeze-backbone-epochs: the model has no nn.Linear head to train alone")
-    return list(linears[-1].parameters())
+    return linears[-1]
 
 
 def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -93,12 +94,19 @@ def train_epochs(
     device: torch.device,
     optimizer: torch.optim.Optimizer,
     desc: str = "train",
+    train_only: nn.Module | None = None,
 ) -> float:
-    """Run ``epochs`` epochs of cross-entropy training in place; returns the mean loss of the last epoch."""
+    """Run ``epochs`` epochs of cross-entropy training in place; returns the mean loss of the last epoch.
+
+    With ``train_only`` (a frozen backbone's head) every other module stays in eval mode, so the
+    backbone's BatchNorm statistics stay frozen along with its weights.
+    """
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator)
     mean_loss = float("nan")
     for _ in range(epochs):
-        model.train()
+        model.train(train_only is None)
+        if train_only is not None:
+            train_only.train()
         total, count = 0.0, 0
         for x, y in tqdm(loader, desc=desc, leave=False, disable=not cfg.progress):
             x, y = x.to(device), y.to(device)
@@ -129,15 +137,20 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset, out: str | Pa
     step = 0
     steps_per_epoch = -(-len(train_set) // cfg.batch_size)  # type: ignore[arg-type]
     frozen = cfg.freeze_backbone_epochs > 0
-    head = head_parameters(model) if frozen else []
-    optimizer = make_optimizer(head if frozen else model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay)
+    head = head_module(model) if frozen else None
+    backbone = _freeze_all_but(model, head) if head is not None else []
+    params = head.parameters() if head is not None else model.parameters()
+    optimizer = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.weight_decay)
     bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not cfg.progress)
     for epoch in bar:
         if frozen and epoch == cfg.freeze_backbone_epochs + 1:
             frozen = False
+            for p in backbone:
+                p.requires_grad_(True)
             optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay)
         phase = "frozen-backbone" if frozen else "full"
-        train_loss = train_epochs(model, train_set, cfg, 1, generator, device, optimizer, desc=f"epoch {epoch}")
+        train_loss = train_epochs(model, train_set, cfg, 1, generator, device, optimizer, desc=f"epoch {epoch}",
+                                  train_only=head if frozen else None)
         step += steps_per_epoch
         acc, loss, _ = evaluate(model, test_set, device)
         metrics = {"train_loss": train_loss, "test_loss": loss, "test_accuracy": acc, "phase": phase}
@@ -148,9 +161,21 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset, out: str | Pa
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             torch.save({"state_dict": state, "epoch": epoch, "step": step, "metrics": metrics}, path)
             result.checkpoints.append(path)
+    for p in backbone:  # a run that ends inside the frozen phase still returns a trainable model
+        p.requires_grad_(True)
     result.test_accuracy = result.history[-1]["test_accuracy"]
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _freeze_all_but(model: nn.Module, head: nn.Module) -> list[nn.Parameter]:
+    """Stop gradients to every trainable parameter outside ``head`` (cheaper than computing unused
+    gradients, and the backbone cannot move); returns them so they can be unfrozen later."""
+    in_head = {id(p) for p in head.parameters()}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in in_head]
+    for p in frozen:
+        p.requires_grad_(False)
+    return frozen
 
 
 def subset(dataset: Dataset, keep: Iterable[int]) -> Dataset:
