@@ -22,6 +22,7 @@ from .extract import ExtractResult
 from .extract import extract as _extract
 from .finetune import FinetuneResult, finetune, format_table
 from .models import build_model
+from .studies import compare_models, drift, faithfulness
 from .train import TrainConfig, TrainResult
 from .train import train as _train
 
@@ -151,5 +152,6 @@ def doctor() -> dict[str, str]:
     return info
 
 
-__all__ = ["train", "extract", "analyze", "report", "run", "finetune", "format_table", "FinetuneResult", "demo", "doctor", "load_summary", "RunConfig", "AnalyzeConfig",
+__all__ = ["train", "extract", "analyze", "report", "run", "finetune", "format_table", "FinetuneResult",
+           "faithfulness", "drift", "compare_models", "demo", "doctor", "load_summary", "RunConfig", "AnalyzeConfig",
            "RunResult", "UserError"]

@@ -232,6 +232,42 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     print(f"results: {result.dest / 'finetune.json'}")
 
 
+def cmd_faithfulness(args: argparse.Namespace) -> None:
+    from .studies import faithfulness
+
+    result = faithfulness(
+        args.dir, checkpoint=args.checkpoint, methods=args.method, fractions=args.fractions, steps=args.steps,
+        baseline=args.baseline, insertion_baseline=args.insertion_baseline, buckets=args.buckets,
+        per_bucket=args.per_bucket, positive_class=args.positive_class, random_draws=args.random_draws,
+        seed=args.seed, batch_size=args.batch_size, device=args.device, trust_checkpoints=args.trust_checkpoints,
+    )
+    for method, per_bucket in result["methods"].items():
+        for bucket, r in per_bucket.items():
+            if not r.get("n"):
+                print(f"{method:>10} {bucket:>6}: no samples")
+                continue
+            d, i = r["deletion_auc"], r["insertion_auc"]
+            print(f"{method:>10} {bucket:>6} n={r['n']:>3}  deletion AUC {d['cam']['mean']:.3f} vs random "
+                  f"{d['random']['mean']:.3f} ± {d['random']['std_draws']:.3f}   insertion AUC "
+                  f"{i['cam']['mean']:.3f} vs random {i['random']['mean']:.3f} ± {i['random']['std_draws']:.3f}")
+    print(f"results: {Path(args.dir) / 'faithfulness.json'}")
+
+
+def cmd_drift(args: argparse.Namespace) -> None:
+    from .studies import drift
+
+    result = drift(args.dir, from_=args.from_, to=args.to, phase_split=args.phase_split, methods=args.method,
+                   top=args.top, stability=args.stability)
+    for method, r in result["methods"].items():
+        overall = r["overall"]
+        print(f"{method:>10}: n={overall['iou']['n']}  IoU {overall['iou']['mean']:.3f}  shift "
+              f"{overall['shift_px']['mean']:.2f} px  Spearman {overall['spearman']['mean']:.3f}")
+    for rev in result["stability"]["reversals"]:
+        print(f"class stability ranking, {rev['methods'][0]} vs {rev['methods'][1]}: Kendall tau "
+              f"{rev['kendall_tau']:.2f}, {len(rev['reversed_pairs'])} reversed pair(s)")
+    print(f"results: {Path(args.dir) / 'drift.json'}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from . import api
 
@@ -316,6 +352,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", help="output directory (default DIR/finetune)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+    p = command("faithfulness", cmd_faithfulness,
+                "deletion and insertion tests of the CAMs against a random pixel order, per bucket (tp, fp, random)")
+    p.add_argument("dir", metavar="DIR", help="analysis directory (after i2x extract or run)")
+    p.add_argument("--checkpoint", default="final", help="checkpoint to test: final (default), first, or a name")
+    p.add_argument("--method", type=_names, metavar="A,B", help="CAM methods to test (default: all stored)")
+    p.add_argument("--fractions", type=_floats, default=(0.25, 0.5), help="report the confidence drop at these "
+                                                                         "removed fractions (default 0.25,0.5)")
+    p.add_argument("--steps", type=int, default=20, help="steps of the curves from 0 to 100%% (default 20)")
+    p.add_argument("--baseline", choices=("mean", "zero", "blur"), default="mean",
+                   help="deletion fill: the data set's mean colour (default), black pixels, or a blurred image")
+    p.add_argument("--insertion-baseline", choices=("mean", "zero", "blur"), default="blur",
+                   help="insertion start image (default blur: Gaussian kernel 11, sigma 5)")
+    p.add_argument("--buckets", type=_names, default=("tp", "fp", "random"), metavar="A,B",
+                   help="sample buckets: tp (true positives), fp (false positives), random (default all three)")
+    p.add_argument("--per-bucket", type=int, default=12, help="samples per bucket (default 12)")
+    p.add_argument("--positive-class", help="fp = predicted as this class but labelled otherwise (default: any error)")
+    p.add_argument("--random-draws", type=int, default=5, help="random pixel orders for the baseline (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed for bucket sampling and random orders (default 0)")
+    p.add_argument("--batch-size", type=int, default=512, help="images per forward batch (default 512)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--trust-checkpoints", action="store_true", help="allow checkpoints that need pickled code")
+
+    p = command("drift", cmd_drift, "how the CAMs move between two checkpoints or training phases, per method")
+    p.add_argument("dir", metavar="DIR", help="analysis directory (after i2x extract or run)")
+    p.add_argument("--from", dest="from_", default="first", help="first checkpoint: first (default) or a name")
+    p.add_argument("--to", default="final", help="second checkpoint: final (default) or a name")
+    p.add_argument("--phase-split", help="compare the last checkpoint at or before this step (or 'auto': the last "
+                                         "frozen-backbone checkpoint) with the final one")
+    p.add_argument("--method", type=_names, metavar="A,B", help="CAM methods (default: all stored)")
+    p.add_argument("--top", type=float, default=0.2, help="top share of cells for IoU and concentration (default 0.2)")
+    p.add_argument("--stability", choices=("iou", "spearman", "shift_frac"), default="iou",
+                   help="metric that ranks classes by stability for the method comparison (default iou)")
 
     p = command("run", cmd_run, "extract + analyze + report in one command")
     p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots")
