@@ -106,16 +106,17 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
     t0 = _timed(timings, "prototypes", t0)
     bar.update()
 
-    P, present = intensity(cams, protos.assign_, K)
+    n_ckpt, n = len(finite), len(labels)
+    P, _ = intensity(cams, protos.assign_, K, out=(
+        store.create("analysis/intensity", (n_ckpt, n, K), "float32", (1, store.chunk_n, K)),
+        store.create("analysis/present", (n, K), "bool", (store.chunk_n, K))))
+    present = store.read("analysis/present")
     share = presence_share(protos.assign_, K)
-    store.write("analysis/intensity", P, chunks=(1, store.chunk_n, K))
-    store.write("analysis/present", present)
     store.write("analysis/share", share)
     t0 = _timed(timings, "intensity", t0)
     bar.update()
 
-    P_used = P[usable]
-    probs_used = np.stack([probs[int(t)] for t in usable])
+    P_used, probs_used = _AtCheckpoints(P, usable), _AtCheckpoints(probs, usable)
     steps = [[int(a), int(b)] for a, b in zip(usable[:-1], usable[1:])]
     acc = np.full(len(finite), np.nan)
     loss = np.full(len(finite), np.nan)
@@ -170,6 +171,21 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
     path = out / SUMMARY_NAME
     path.write_text(json.dumps(summary, indent=2))
     return AnalyzeResult(summary, timings, path)
+
+
+class _AtCheckpoints:
+    """A lazy view of a ``[t, ...]`` array at the usable checkpoints: ``view[i]`` reads ``array[usable[i]]``.
+
+    The estimators read one checkpoint at a time, so ``[t, n, k]`` and ``[t, n, m]`` never sit in memory whole.
+    """
+
+    def __init__(self, array: Any, usable: np.ndarray) -> None:
+        self.array = array
+        self.usable = usable
+        self.shape = (len(usable), *tuple(array.shape)[1:])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self.array[int(self.usable[i])])
 
 
 def _gpu(device: str) -> bool | str:

@@ -7,13 +7,17 @@ device, so memory does not grow with the number of samples or checkpoints. ``don
 only after all of checkpoint t is written; rerunning skips done checkpoints (resume after a crash).
 
 Under ``torchrun`` each rank takes every world-th chunk of samples and writes it into the same
-store; rank 0 creates the store and marks checkpoints done after a barrier.
+store (chunk-aligned, so no two ranks write one zarr chunk); rank 0 creates the store and marks a
+checkpoint done once every rank has written its share. The result equals a single-process run bit
+for bit: every batch holds the same samples either way. A rank that fails makes every rank stop
+with an error (:meth:`i2x.distributed.Dist.together`) instead of waiting forever.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +29,8 @@ from .attribution import Attributor, find_target_layer
 from .cams import get_methods
 from .context import Context, RunConfig, build_context
 from .data import iter_batches
-from .distributed import Dist, init_from_env, local_device
+from .devices import resolve_device
+from .distributed import Dist, local_device, session
 from .errors import UserError
 from .lock import locked
 from .store import Store, chunk_ranges
@@ -71,58 +76,56 @@ def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progres
     methods = get_methods(list(config.methods))
     if config.target not in ("true", "predicted"):
         raise UserError(f"--target {config.target}: choose true or predicted")
-    ctx = build_context(config)
-    ctx.device = local_device(ctx.device)
-    ctx.model.to(ctx.device)
-    dist = init_from_env(ctx.device)
-    layer, grid, channels = _probe(ctx, config.layer)
-    config.layer = layer
-    n = len(ctx.labels)
-    if n == 0:
-        raise UserError(f"--split {config.split}: the split has no samples")
+    device = local_device(resolve_device(config.device))
+    with session(device) as dist, ExitStack() as stack:
+        store: Store | None = None
+        with dist.together("loading the data, the model and the checkpoints, or creating the store"):
+            ctx = build_context(config)
+            ctx.device = device
+            ctx.model.to(device)
+            layer, grid, channels = _probe(ctx, config.layer)
+            config.layer = layer
+            if len(ctx.labels) == 0:
+                raise UserError(f"--split {config.split}: the split has no samples")
+            if dist.is_main:
+                log.info("target layer %s, grid %dx%d, %d channels", layer, grid[0], grid[1], channels)
+                stack.enter_context(locked(out))
+                store = _create_store(ctx, config, out, grid, channels, list(methods), overwrite)
+        with dist.together("opening the store"):
+            store = store or Store.open(out, mode="a")
+        result = ExtractResult(store.path, layer, grid, samples=len(ctx.labels))
+        _extract_all(ctx, store, layer, methods, dist, result, progress)
+    result.seconds = time.perf_counter() - start_time
+    return result
+
+
+def _create_store(ctx: Context, config: RunConfig, out: str | Path, grid: tuple[int, int], channels: int,
+                  methods: list[str], overwrite: bool) -> Store:
+    """Create the store (or reopen it to resume), recording the config and the checkpoints' fingerprints."""
     checkpoints = [
         {**c.describe(), "sha256": c.sha256(), **({"metrics": c.meta["metrics"]} if "metrics" in c.meta else {})}
         for c in ctx.checkpoints
     ]
-    if dist.is_main:
-        log.info("target layer %s, grid %dx%d, %d channels", layer, grid[0], grid[1], channels)
-    with locked(out, enabled=dist.is_main):
-        if dist.is_main:
-            store = Store.create_or_resume(
-                out,
-                config=config.fingerprint(),
-                checkpoints=checkpoints,
-                class_names=ctx.data.class_names,
-                labels=ctx.labels,
-                sample_index=ctx.sample_index,
-                grid=grid,
-                channels=channels,
-                methods=list(methods),
-                chunk_n=config.batch_size,
-                overwrite=overwrite,
-            )
-        dist.barrier()
-        if not dist.is_main:
-            store = Store.open(out, mode="a")
-        result = ExtractResult(store.path, layer, grid, samples=n)
-        _extract_all(ctx, store, layer, methods, dist, result, progress)
-    result.seconds = time.perf_counter() - start_time
-    return result
+    return Store.create_or_resume(
+        out,
+        config=config.fingerprint(),
+        checkpoints=checkpoints,
+        class_names=ctx.data.class_names,
+        labels=ctx.labels,
+        sample_index=ctx.sample_index,
+        grid=grid,
+        channels=channels,
+        methods=methods,
+        chunk_n=config.batch_size,
+        overwrite=overwrite,
+    )
 
 
 def _extract_all(ctx: Context, store: Store, layer: str, methods: dict, dist: Dist, result: ExtractResult,
                  progress: bool) -> None:
     """Loop over the checkpoints that are not done yet and write each one's arrays."""
     done = store.done()
-    last = len(ctx.checkpoints) - 1
-    targets_true = ctx.config.target == "true"
-    labels = torch.as_tensor(ctx.labels)
-    chunk = store.chunk_n
-    ranges = list(chunk_ranges(len(ctx.labels), chunk, dist.rank, dist.world))
-    probs_arr = store.array("probs")
-    cam_arrs = {m: store.cam(m) for m in methods}
-    feat_arr = store.array("features")
-    ctx.model.eval()
+    ranges = list(chunk_ranges(len(ctx.labels), store.chunk_n, dist.rank, dist.world))
     bar = tqdm(list(enumerate(ctx.checkpoints)), desc="checkpoints", disable=not (progress and dist.is_main))
     with Attributor(ctx.model, layer, methods) as attributor:
         for t, ckpt in bar:
@@ -130,24 +133,38 @@ def _extract_all(ctx: Context, store: Store, layer: str, methods: dict, dist: Di
                 result.skipped.append(ckpt.name)
                 continue
             bar.set_postfix_str(ckpt.name)
-            finite = ctx.load(ckpt)
-            ctx.model.eval()
+            with dist.together(f"extracting {ckpt.name}"):
+                finite = _extract_checkpoint(ctx, store, attributor, t, ranges, progress and dist.is_main)
+            if dist.is_main:  # every rank has written its share of checkpoint t (the vote above)
+                store.mark_done(t, finite)
             if not finite:
                 result.diverged.append(ckpt.name)
-                log.warning("%s: weights hold NaN/Inf; its probabilities and maps are stored as NaN", ckpt.name)
-            for start, stop in tqdm(ranges, desc=f"  {ckpt.name}", leave=False, disable=not (progress and dist.is_main)):
-                for (i0, i1), (x, _y) in _chunk_batches(ctx, start, stop):
-                    out = attributor.attribute(x, "true" if targets_true else "predicted", labels=labels[i0:i1],
-                                               want_features=(t == last))
-                    probs_arr[t, i0:i1] = _finite_or_nan(out.probs, finite)
-                    for name, cam in out.cams.items():
-                        cam_arrs[name][t, i0:i1] = _finite_or_nan(cam, finite)
-                    if out.features is not None:
-                        feat_arr[i0:i1] = out.features.cpu().numpy()
-            dist.barrier()
-            if dist.is_main:
-                store.mark_done(t, finite)
             result.checkpoints.append(ckpt.name)
+
+
+def _extract_checkpoint(ctx: Context, store: Store, attributor: Attributor, t: int, ranges: list[tuple[int, int]],
+                        progress: bool) -> bool:
+    """Write this rank's chunks of checkpoint ``t``; returns False if its weights hold NaN/Inf."""
+    ckpt = ctx.checkpoints[t]
+    finite = ctx.load(ckpt)
+    ctx.model.eval()
+    if not finite:
+        log.warning("%s: weights hold NaN/Inf; its probabilities and maps are stored as NaN", ckpt.name)
+    labels = torch.as_tensor(ctx.labels)
+    target = "true" if ctx.config.target == "true" else "predicted"
+    want_features = t == len(ctx.checkpoints) - 1
+    probs_arr = store.array("probs")
+    cam_arrs = {m: store.cam(m) for m in attributor.methods}
+    feat_arr = store.array("features")
+    for start, stop in tqdm(ranges, desc=f"  {ckpt.name}", leave=False, disable=not progress):
+        for (i0, i1), (x, _y) in _chunk_batches(ctx, start, stop):
+            out = attributor.attribute(x, target, labels=labels[i0:i1], want_features=want_features)
+            probs_arr[t, i0:i1] = _finite_or_nan(out.probs, finite)
+            for name, cam in out.cams.items():
+                cam_arrs[name][t, i0:i1] = _finite_or_nan(cam, finite)
+            if out.features is not None:
+                feat_arr[i0:i1] = out.features.cpu().numpy()
+    return finite
 
 
 def _chunk_batches(ctx: Context, start: int, stop: int):
