@@ -16,13 +16,13 @@ from .cams import GradCAM, GradCAMPlusPlus, LayerCAM  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .store import Store  # noqa: E402
 from .api import (  # noqa: E402
-    AnalyzeConfig, RunConfig, RunResult, analyze, compare_models, demo, doctor, drift, extract, faithfulness,
-    finetune, format_table, load_summary, report, run, train,
+    AnalyzeConfig, RelianceConfig, RunConfig, RunResult, analyze, compare_models, demo, doctor, drift, extract,
+    faithfulness, finetune, format_table, load_summary, reliance, report, run, train,
 )
 
 __all__ = [
     "__version__", "train", "extract", "analyze", "report", "run", "demo", "doctor", "finetune", "format_table",
-    "faithfulness", "drift", "compare_models", "load_summary", "RunConfig", "AnalyzeConfig", "RunResult",
+    "faithfulness", "drift", "compare_models", "reliance", "RelianceConfig", "load_summary", "RunConfig", "AnalyzeConfig", "RunResult",
     "Prototypes", "ConfidenceGroups", "RidgeMapping", "Structure", "intensity", "cartography", "Store",
     "UserError", "Attributor", "GradCAM", "GradCAMPlusPlus", "LayerCAM",
 ]

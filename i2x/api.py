@@ -22,6 +22,7 @@ from .extract import ExtractResult
 from .extract import extract as _extract
 from .finetune import FinetuneResult, finetune, format_table
 from .models import build_model
+from .reliance import RelianceConfig, reliance
 from .studies import compare_models, drift, faithfulness
 from .train import TrainConfig, TrainResult
 from .train import train as _train
@@ -90,8 +91,8 @@ class RunResult:
 
 
 def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analyze_config: AnalyzeConfig | None = None,
-        overwrite: bool = False, progress: bool = True, **options: Any) -> RunResult:
-    """Extract + analyze + report in one call; the CLI's ``i2x run``."""
+        overwrite: bool = False, progress: bool = True, with_reliance: bool = True, **options: Any) -> RunResult:
+    """Extract + analyze + reliance + report in one call; the CLI's ``i2x run``."""
     config = config or RunConfig(**options)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -100,6 +101,11 @@ def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analy
     start = time.perf_counter()
     an = analyze(out, analyze_config, progress=progress)
     timings["analyze"] = time.perf_counter() - start
+    if with_reliance:
+        start = time.perf_counter()
+        reliance(out, progress=progress)
+        timings["reliance"] = time.perf_counter() - start
+        an.summary = load_summary(out)
     start = time.perf_counter()
     report_path = report(out, progress=progress)
     timings["report"] = time.perf_counter() - start
@@ -153,5 +159,5 @@ def doctor() -> dict[str, str]:
 
 
 __all__ = ["train", "extract", "analyze", "report", "run", "finetune", "format_table", "FinetuneResult",
-           "faithfulness", "drift", "compare_models", "demo", "doctor", "load_summary", "RunConfig", "AnalyzeConfig",
+           "faithfulness", "drift", "compare_models", "reliance", "RelianceConfig", "demo", "doctor", "load_summary", "RunConfig", "AnalyzeConfig",
            "RunResult", "UserError"]

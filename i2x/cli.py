@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from . import __version__
 from .errors import UserError
@@ -197,7 +197,8 @@ def _print_findings(summary: dict) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from . import api
 
-    result = api.run(_run_config(args), out=args.out, analyze_config=_analyze_config(args), overwrite=args.overwrite)
+    result = api.run(_run_config(args), out=args.out, analyze_config=_analyze_config(args), overwrite=args.overwrite,
+                     with_reliance=not args.no_reliance)
     _print_findings(result.summary)
     for stage, seconds in result.timings.items():
         print(f"  {stage:>10}: {seconds:.1f} s")
@@ -266,6 +267,24 @@ def cmd_drift(args: argparse.Namespace) -> None:
         print(f"class stability ranking, {rev['methods'][0]} vs {rev['methods'][1]}: Kendall tau "
               f"{rev['kendall_tau']:.2f}, {len(rev['reversed_pairs'])} reversed pair(s)")
     print(f"results: {Path(args.dir) / 'drift.json'}")
+
+
+def cmd_reliance(args: argparse.Namespace) -> None:
+    from .reliance import RelianceConfig, reliance
+
+    result = reliance(args.dir, RelianceConfig(
+        max_samples=args.max_samples, recipients=args.recipients, random_draws=args.random_draws,
+        batch_size=args.batch_size, top=args.top, seed=args.seed, device=args.device))
+    _print_reliance(result["verdict"], result["ranking"][:args.top], result["prototypes"])
+    print(f"results: {Path(args.dir) / 'reliance.json'}")
+
+
+def _print_reliance(verdict: str, ranking: list, prototypes: Any) -> None:
+    print(verdict)
+    for k in ranking:
+        p = prototypes[k]
+        print(f"  prototype {k}: suspicion {p['suspicion']:.3g} (class {p['class_name']}, purity lift {p['lift']:.2f}, "
+              f"concentration {p['concentration']:.2f})")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -386,6 +405,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stability", choices=("iou", "spearman", "shift_frac"), default="iou",
                    help="metric that ranks classes by stability for the method comparison (default iou)")
 
+    p = command("reliance", cmd_reliance,
+                "which prototypes the final model relies on: presence, purity, concentration, deletion and "
+                "transplant interventions against random cells, and a shortcut-suspicion ranking")
+    p.add_argument("dir", metavar="DIR", help="analysis directory (after i2x analyze)")
+    p.add_argument("--max-samples", type=int, default=128,
+                   help="class samples per prototype whose cells are deleted (default 128)")
+    p.add_argument("--recipients", type=int, default=128, help="held-out images per prototype for transplants (128)")
+    p.add_argument("--random-draws", type=int, default=3, help="random-cell baselines per intervention (default 3)")
+    p.add_argument("--batch-size", type=int, default=512, help="interventions per forward batch (default 512)")
+    p.add_argument("--top", type=int, default=5, help="suspects to show in detail (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample and random-cell draws (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
     p = command("run", cmd_run, "extract + analyze + report in one command")
     p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots")
     p.add_argument("--out", required=True, metavar="DIR", help="analysis directory for the store, summary and report")
@@ -394,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint_options(p)
     add_extract_options(p)
     add_analyze_options(p)
+    p.add_argument("--no-reliance", action="store_true", help="skip the reliance study (shortcut ranking)")
 
     command("doctor", cmd_doctor, "print versions and GPU visibility, for bug reports")
     return parser

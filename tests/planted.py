@@ -12,6 +12,8 @@ images carry the marker, for multi-seed tests.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -26,6 +28,20 @@ BOTTOM_RIGHT = (slice(6, 8), slice(6, 8))
 
 def _seed() -> int:
     return int(os.environ.get("I2X_PLANTED_SEED", "0"))
+
+
+@contextmanager
+def planted_seed(seed: int) -> Iterator[None]:
+    """Set ``I2X_PLANTED_SEED`` for a block (subprocesses and rebuilt contexts see it), then restore it."""
+    old = os.environ.get("I2X_PLANTED_SEED")
+    os.environ["I2X_PLANTED_SEED"] = str(seed)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("I2X_PLANTED_SEED", None)
+        else:
+            os.environ["I2X_PLANTED_SEED"] = old
 
 
 def _digits_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:

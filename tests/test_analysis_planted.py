@@ -6,7 +6,6 @@ in the marked images), never by id.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,8 @@ import pytest
 from i2x import api
 from i2x.store import Store
 
-from planted import BOTTOM_RIGHT, CONFLICT_PAIR, SHORTCUT_CLASS, TOP_LEFT, conflict_data, marker_mask, shortcut_data
+from planted import (BOTTOM_RIGHT, CONFLICT_PAIR, SHORTCUT_CLASS, TOP_LEFT, conflict_data, marker_mask, planted_seed,
+                     shortcut_data)
 
 PLANTED = str(Path(__file__).with_name("planted.py"))
 
@@ -40,15 +40,15 @@ def marker_prototype(out: Path, marked_rows: np.ndarray, where: tuple[slice, sli
 
 
 def _pipeline(tmp: Path, factory: str, seed: int) -> dict:
-    os.environ["I2X_PLANTED_SEED"] = str(seed)
     spec = f"{PLANTED}:{factory}"
     api.train(data=spec, out=tmp / "ck", epochs=8, seed=seed, progress=False)
     return api.run(checkpoints=str(tmp / "ck"), data=spec, out=tmp / "an", progress=False).summary
 
 
 def shortcut_found(tmp: Path, seed: int) -> tuple[bool, dict]:
-    summary = _pipeline(tmp, "shortcut_data", seed)
-    marked = shortcut_data().extra["marked"]["train"]
+    with planted_seed(seed):
+        summary = _pipeline(tmp, "shortcut_data", seed)
+        marked = shortcut_data().extra["marked"]["train"]
     proto, enrichment = marker_prototype(tmp / "an", marked, TOP_LEFT)
     beta_for_class = [p["beta_sum"][SHORTCUT_CLASS] for p in summary["prototypes"]]
     shared = summary["shared"][str(SHORTCUT_CLASS)]
@@ -59,8 +59,9 @@ def shortcut_found(tmp: Path, seed: int) -> tuple[bool, dict]:
 def conflict_found(tmp: Path, seed: int) -> tuple[bool, dict]:
     """Whether the uncertain-prototype detector names the planted pair for the pattern's prototype (a measurement:
     ``benchmarks/planted.py`` reports how often, over seeds)."""
-    summary = _pipeline(tmp, "conflict_data", seed)
-    marked = conflict_data().extra["marked"]["train"]
+    with planted_seed(seed):
+        summary = _pipeline(tmp, "conflict_data", seed)
+        marked = conflict_data().extra["marked"]["train"]
     proto, enrichment = marker_prototype(tmp / "an", marked, BOTTOM_RIGHT)
     pair = sorted(CONFLICT_PAIR)
     named = [u for u in summary["uncertain"] if sorted(u["classes"]) == pair]

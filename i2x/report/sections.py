@@ -18,6 +18,7 @@ from . import charts
 from .images import jet, overlays, png_uri, resize, to_rgb
 from .inputs import ReportInputs
 from .page import Raw, Section, chip, esc, img, table
+from .section_reliance import reliance_section
 from .section_studies import drift_section, faithfulness_section
 
 SectionBuilder = Callable[[ReportInputs], "Section | None"]
@@ -381,5 +382,5 @@ def _film_rows(r: ReportInputs, per_class: int = 2, confused: int = 6) -> tuple[
     return np.array(list(seen), dtype=np.int64), list(seen.values())
 
 
-SECTIONS: list[SectionBuilder] = [overview, prototypes, class_structure, dynamics, uncertain, film_strips,
+SECTIONS: list[SectionBuilder] = [overview, reliance_section, prototypes, class_structure, dynamics, uncertain, film_strips,
                                   faithfulness_section, drift_section]

@@ -1,0 +1,313 @@
+"""Reliance: analytic checks of the interventions, then a planted shortcut the model is shown to use.
+
+The planted data put the top-left marker on 90% of one class's training images and on no other
+image (:func:`exclusive_shortcut_data`; ``planted.shortcut_data`` also marks 5% of the other
+classes, which teaches the small CNN to mostly ignore the marker). The test first checks by
+direct input intervention that the trained model leans on the marker, then that the prototype
+holding the marker's cells is a top-3 shortcut suspect. The marker's prototype is found by its
+locations, never by id.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from i2x import api
+from i2x.context import RunConfig, build_context
+from i2x.data import ImageData
+from i2x.reliance import (CellReplacement, concentration, deletion_margins, footprint, margin, presence_stats,
+                          random_cells, reliance, suspicion, transplant_logits, verdict)
+from i2x.report.inputs import ReportInputs
+from i2x.report.section_reliance import reliance_section
+from i2x.store import Store
+
+import planted
+from planted import SHORTCUT_CLASS, TOP_LEFT, marked_test_images, marker_mask, planted_seed
+
+SPEC = f"{Path(__file__).resolve()}:exclusive_shortcut_data"
+EPOCHS = 6
+
+
+def exclusive_shortcut_data() -> ImageData:
+    """Digits with the top-left marker on 90% of SHORTCUT_CLASS's training images and on no other image."""
+    rng = np.random.default_rng(planted._seed())
+    split = planted._digits_split()
+    y = split["train"][1]
+    marked = {"train": (y == SHORTCUT_CLASS) & (rng.random(len(y)) < 0.9),
+              "test": np.zeros(len(split["test"][1]), dtype=bool)}
+    return planted._planted(marked, TOP_LEFT, "exclusive-shortcut")
+
+
+# ---- analytic checks ---------------------------------------------------------------------------
+class Weighted(nn.Module):
+    """logit_j = sum over channels and cells of W[j] * A, where A is the output of ``feat`` (the identity)."""
+
+    def __init__(self, weights: torch.Tensor, skip: bool = False) -> None:
+        super().__init__()
+        self.feat = nn.Identity()
+        self.weights = nn.Parameter(weights, requires_grad=False)
+        self.skip = skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.feat(x)
+        if self.skip:  # the later part also reads the input: expansion at the layer must be refused
+            a = a + 0.0 * x
+        return torch.einsum("bchw,mchw->bm", a, self.weights)
+
+
+def _tiny() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two 1-channel 2x2 maps, weights of two classes, and a fill value."""
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]], [[[5.0, -1.0], [0.0, 2.0]]]], dtype=torch.float64)
+    w = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]], [[[0.0, 2.0], [0.0, 0.0]]]], dtype=torch.float64)
+    return x, w, torch.tensor([0.5], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_deletion_hook_matches_hand_computation(skip):
+    x, w, fill = _tiny()
+    model = Weighted(w, skip=skip)
+    # image 0 (label 0): clean logits [10, 4] -> margin 6; delete cell (0,0): [9.5, 4] -> 5.5;
+    #   delete cell (0,1): [8.5, 1] -> 7.5.
+    # image 1 (label 1): clean logits [6, -2] -> margin -8; delete cell (0,1): [7.5, 1] -> -6.5;
+    #   delete cells (0,0) and (1,1): [0.5 - 1 + 0 + 0.5, -2] = [0, -2] -> -2.
+    masks = torch.zeros(5, 2, 2, dtype=torch.bool)
+    masks[1, 0, 0] = True
+    masks[2, 0, 1] = True
+    masks[4, 0, 1] = True
+    masks_b = torch.zeros(1, 2, 2, dtype=torch.bool)
+    masks_b[0, 0, 0] = masks_b[0, 1, 1] = True
+    all_masks = torch.cat([masks[:3], masks[3:4], masks[4:5], masks_b])       # image 0: 3 masks, image 1: 3 masks
+    counts = torch.tensor([3, 3])
+    labels = torch.tensor([0, 1])
+    with CellReplacement(model.feat, fill) as replacement:
+        assert replacement.can_expand(model, x, (2, 2)) is (not skip)
+        for expand in ([False, True] if not skip else [False]):
+            got = deletion_margins(model, replacement, x, labels, all_masks, counts, batch_size=2, expand=expand)
+            np.testing.assert_allclose(got.numpy(), [6.0, 5.5, 7.5, -8.0, -6.5, -2.0], atol=1e-6)
+        assert torch.equal(model(x), torch.einsum("bchw,mchw->bm", x, w))  # the hook is idle outside run()
+
+
+def test_margin_is_true_class_minus_best_other():
+    logits = torch.tensor([[3.0, 1.0, 2.5], [0.0, 4.0, -1.0]])
+    np.testing.assert_allclose(margin(logits, torch.tensor([0, 2])).numpy(), [0.5, -5.0])
+
+
+def test_footprint_maps_pixels_to_cells_by_floor():
+    cells = torch.zeros(1, 3, 3, dtype=torch.bool)
+    cells[0, 1, 2] = True
+    fp = footprint(cells, (8, 8))[0, 0].numpy()
+    ys, xs = np.nonzero(fp)
+    assert set(ys) == {y for y in range(8) if y * 3 // 8 == 1} and set(xs) == {x for x in range(8) if x * 3 // 8 == 2}
+
+
+def test_transplant_pastes_the_donor_footprint_only():
+    recipients = torch.zeros(2, 1, 4, 4, dtype=torch.float64)
+    donors = torch.arange(32, dtype=torch.float64).view(2, 1, 4, 4)
+    model = Weighted(torch.ones(1, 1, 4, 4, dtype=torch.float64))               # logit = sum of pixels
+    masks = torch.zeros(2, 2, 2, 2, dtype=torch.bool)
+    masks[0, 0, 0, 0] = True                                                   # top-left 2x2 block of donor 0
+    masks[1, 1, 1, 1] = True                                                   # bottom-right block of donor 1
+    got = transplant_logits(model, recipients, donors, masks, batch_size=3)[..., 0]
+    d0, d1 = donors[0, 0], donors[1, 0]
+    expected = [[float(d0[:2, :2].sum()), 0.0], [0.0, float(d1[2:, 2:].sum())]]
+    np.testing.assert_allclose(got.numpy(), expected)
+
+
+def test_presence_statistics_by_hand():
+    # 3 samples on a 2x2 grid; prototype 0 fills sample 0, prototype 1 sits in cell (0,0) of samples 1 and 2.
+    assign = np.array([[[0, 0], [0, 0]], [[1, 2], [2, 2]], [[1, 0], [0, 2]]])
+    labels = np.array([0, 1, 1])
+    s = presence_stats(assign, labels, k=3, m=2)
+    np.testing.assert_allclose(s["rate"], [[1.0, 0.5], [0.0, 1.0], [0.0, 1.0]])
+    np.testing.assert_allclose(s["purity"], [[0.5, 0.5], [0.0, 1.0], [0.0, 1.0]])
+    np.testing.assert_allclose(s["size"], [3.0, 1.0, 2.0])
+    assert s["concentration"][1] == pytest.approx(1.0)                          # always the same single cell
+    # prototype 0: cells (0,0) 1, (0,1) 2, (1,0) 2, (1,1) 1 -> entropy of (1,2,2,1)/6, a = 3
+    p = np.array([1, 2, 2, 1]) / 6
+    h = -(p * np.log(p)).sum()
+    assert s["concentration"][0] == pytest.approx((np.log(4) - h) / (np.log(4) - np.log(3)))
+
+
+def test_concentration_extremes():
+    assert concentration(np.array([np.log(5.0)]), np.array([5.0]), 64)[0] == pytest.approx(1.0)   # fixed 5 cells
+    assert concentration(np.array([np.log(64.0)]), np.array([1.0]), 64)[0] == pytest.approx(0.0)  # anywhere
+
+
+def test_random_cells_match_counts():
+    rng = np.random.default_rng(0)
+    counts = np.array([0, 1, 5, 16])
+    masks = random_cells(counts, 3, (4, 4), rng)
+    assert masks.shape == (4, 3, 4, 4)
+    np.testing.assert_array_equal(masks.sum(axis=(2, 3)), np.repeat(counts[:, None], 3, axis=1))
+
+
+def test_suspicion_needs_all_three_factors():
+    got = suspicion(np.array([1.0, 0.0, 1.0, 0.5]), np.array([1.0, 1.0, 0.0, 0.5]), np.array([2.0, 2.0, 2.0, -1.0]))
+    np.testing.assert_allclose(got, [2.0, 0.0, 0.0, 0.0])
+
+
+def _row(k: int, score: float, dz: float, tz: float) -> dict:
+    return {"id": k, "class": 3, "class_name": "3", "suspicion": score, "purity": 0.9, "concentration": 0.8,
+            "deletion": {"z": dz, "excess": 1.0}, "transplant": {"logit_z": tz, "flip_rate": 0.5,
+                                                                "random_flip_rate": 0.1}}
+
+
+def test_verdict_names_a_standout_and_says_plainly_when_none():
+    text, found = verdict([_row(4, 2.0, 10, 10), _row(1, 0.5, 10, 10)], z_threshold=3, separation=1.5)
+    assert found and text.startswith("Prototype 4 stands out")
+    text, found = verdict([_row(4, 2.0, 10, 10), _row(1, 1.8, 10, 10)], z_threshold=3, separation=1.5)
+    assert not found and text.startswith("No shortcut stands out") and "1.5 times" in text
+    text, found = verdict([_row(4, 2.0, 1.0, 10), _row(1, 0.1, 10, 10)], z_threshold=3, separation=1.5)
+    assert not found and "deleting it is within 3 standard errors" in text
+
+
+# ---- a planted shortcut, end to end ------------------------------------------------------------
+def _planted_run(tmp: Path, seed: int, spec: str = SPEC) -> tuple[Path, dict]:
+    """Train the small CNN on ``spec`` (marker seed = ``seed``), run the pipeline and the reliance study."""
+    with planted_seed(seed):
+        api.train(data=spec, out=tmp / "ck", epochs=EPOCHS, seed=seed, progress=False)
+        api.run(checkpoints=str(tmp / "ck"), data=spec, out=tmp / "an", progress=False)  # includes reliance
+    return tmp / "an", json.loads((tmp / "an" / "reliance.json").read_text())
+
+
+def marker_prototype(out: Path, marked_rows: np.ndarray) -> tuple[int, float]:
+    """The prototype holding the largest share of the marker's cells in the marked images, and that share."""
+    store = Store.open(out)
+    assign, rows = store.read("analysis/assign"), store.read("sample_index")
+    in_marker = np.zeros(assign.shape, dtype=bool)
+    in_marker[np.isin(rows, marked_rows)] = marker_mask(store.grid, TOP_LEFT)
+    held = np.bincount(assign[in_marker], minlength=int(assign.max()) + 1) / max(in_marker.sum(), 1)
+    return int(np.argmax(held)), float(held.max())
+
+
+def direct_marker_effect(out: Path) -> dict[str, float]:
+    """Rate of SHORTCUT_CLASS predictions and its mean probability on other-class test images, clean and marked."""
+    ctx = build_context(RunConfig.from_dict(Store.open(out).config))
+    ctx.load(ctx.checkpoint("final"))
+    model = ctx.model.eval()
+    clean, marked = marked_test_images(ctx.data)
+    other = ctx.data.split("test").tensors[1] != SHORTCUT_CLASS
+    with torch.no_grad():
+        p_clean, p_marked = model(clean[other]).softmax(1), model(marked[other]).softmax(1)
+    return {"rate_clean": float((p_clean.argmax(1) == SHORTCUT_CLASS).float().mean()),
+            "rate_marked": float((p_marked.argmax(1) == SHORTCUT_CLASS).float().mean()),
+            "p_clean": float(p_clean[:, SHORTCUT_CLASS].mean()), "p_marked": float(p_marked[:, SHORTCUT_CLASS].mean())}
+
+
+def _check_relies_on_marker(effect: dict[str, float]) -> None:
+    """Precondition: adding the marker makes SHORTCUT_CLASS predictions clearly more common and likelier."""
+    assert effect["rate_marked"] >= effect["rate_clean"] + 0.02, f"the model does not use the marker: {effect}"
+    assert effect["p_marked"] >= 3 * effect["p_clean"], f"the model does not use the marker: {effect}"
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory) -> tuple[Path, dict]:
+    return _planted_run(tmp_path_factory.mktemp("reliance"), seed=0)
+
+
+def test_model_relies_on_the_planted_marker(planted_run):
+    _check_relies_on_marker(direct_marker_effect(planted_run[0]))
+
+
+def test_marker_prototype_is_a_top_three_suspect(planted_run):
+    out, result = planted_run
+    proto, held = marker_prototype(out, exclusive_shortcut_data().extra["marked"]["train"])
+    assert held > 0.5, f"no prototype isolates the marker (best holds {held:.0%} of its cells)"
+    rank = result["ranking"].index(proto)
+    assert rank < 3, f"marker prototype {proto} ranks {rank + 1}: {result['verdict']}"
+    assert result["prototypes"][proto]["class"] == SHORTCUT_CLASS
+
+
+def test_results_are_consistent_and_in_summary(planted_run):
+    out, result = planted_run
+    summary = json.loads((out / "summary.json").read_text())
+    entry = summary["reliance"]
+    assert entry["verdict"] == result["verdict"] and entry["ranking"] == result["ranking"]
+    assert [s["id"] for s in entry["suspects"]] == result["ranking"][: result["config"]["top"]]
+    assert json.loads((out / "reliance.json").read_text())["ranking"] == result["ranking"]
+    protos = result["prototypes"]
+    assert sorted(result["ranking"]) == list(range(len(protos)))
+    scores = [p["suspicion"] for p in protos]
+    assert [scores[k] for k in result["ranking"]] == sorted(scores, reverse=True)
+    for p in protos:
+        if p["deletion"] is None:
+            continue
+        d = p["deletion"]
+        expected = p["lift"] * p["concentration"] * max(0.0, d.get("excess", 0.0))
+        assert p["suspicion"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        per = d["per_sample"]
+        assert len(per["rows"]) == len(per["drop"]) == len(per["random"]) == d["samples"]
+        labels = Store.open(out).read("labels")[per["rows"]]
+        in_class = labels == p["class"]
+        assert d["class_samples"] == int(in_class.sum())
+        if in_class.any():
+            assert d["effect"] == pytest.approx(np.mean(np.asarray(per["drop"])[in_class]), abs=1e-4)
+        if p["transplant"]:
+            t = p["transplant"]
+            assert 0 <= t["flip_rate"] <= 1 and 0 <= t["random_flip_rate"] <= 1
+
+
+def test_deletion_matches_model_surgery(planted_run):
+    """Recompute the top suspect's deletions by splitting the small CNN at its target layer by hand."""
+    out, result = planted_run
+    store = Store.open(out)
+    k = result["ranking"][0]
+    per = result["prototypes"][k]["deletion"]["per_sample"]
+    rows = np.asarray(per["rows"][:40])
+    ctx = build_context(RunConfig.from_dict(store.config))
+    ctx.load(ctx.checkpoint("final"))
+    model = ctx.model.eval()
+    assert store.attrs["layer"] == "features"
+    features = store.read("features").astype(np.float64)
+    fill = torch.as_tensor(features.reshape(-1, features.shape[-1]).mean(axis=0), dtype=torch.float32)
+    x = ctx.data.split(store.config["split"]).tensors[0][store.read("sample_index")[rows]]
+    y = torch.as_tensor(store.read("labels")[rows])
+    mask = torch.as_tensor(store.read("analysis/assign")[rows] == k)[:, None]
+    with torch.no_grad():
+        a = model.features(x)
+        clean = margin(model.head(a), y)
+        deleted = margin(model.head(torch.where(mask, fill.view(1, -1, 1, 1), a)), y)
+    np.testing.assert_allclose((clean - deleted).numpy(), per["drop"][:40], atol=2e-3)
+
+
+def test_report_section_shows_suspects_first(planted_run):
+    out, result = planted_run
+    section = reliance_section(ReportInputs.open(out))
+    assert section is not None and section.id == "reliance"
+    top = result["ranking"][0]
+    assert f'id="reliance-{top}"' in section.body
+    assert section.body.count("data:image/png;base64,") >= result["config"]["top"] * 2
+    assert section.body.index(f'id="reliance-{top}"') < section.body.index("All ")
+    for text in (result["verdict"],):
+        assert text.replace("'", "&#x27;").replace('"', "&quot;") in section.body
+
+
+# ---- slow: several seeds, and a control without a marker ------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+def test_planted_marker_over_seeds(tmp_path, seed):
+    out, result = _planted_run(tmp_path, seed)
+    _check_relies_on_marker(direct_marker_effect(out))
+    with planted_seed(seed):
+        marked = exclusive_shortcut_data().extra["marked"]["train"]
+    proto, held = marker_prototype(out, marked)
+    assert held > 0.5, f"seed {seed}: no prototype isolates the marker (best holds {held:.0%})"
+    rank = result["ranking"].index(proto)
+    assert rank < 3, f"seed {seed}: marker prototype {proto} ranks {rank + 1}; {result['verdict']}"
+
+
+@pytest.mark.slow
+def test_control_without_marker_reports_no_shortcut(tmp_path):
+    api.train(data="digits", out=tmp_path / "ck", epochs=EPOCHS, seed=0, progress=False)
+    api.run(checkpoints=str(tmp_path / "ck"), data="digits", out=tmp_path / "an", progress=False)  # includes reliance
+    result = json.loads((tmp_path / "an" / "reliance.json").read_text())
+    top = result["prototypes"][result["ranking"][0]]
+    within_random = top["deletion"]["excess"] <= 2 * top["deletion"]["random_sd"]
+    assert within_random or (not result["shortcut_found"] and result["verdict"].startswith("No shortcut stands out")), \
+        result["verdict"]
