@@ -1,0 +1,200 @@
+"""Cost curves of the whole pipeline (extract -> analyze -> report) as the number of samples N grows.
+
+Data: the synthetic MNIST-size set of ``benchmarks/synthetic_mnist.py`` (28x28, 10 classes, drawn
+once into ``WORK/data`` and read from there, as a real MNIST would be read from disk). Model: the
+small CNN. Checkpoints: the reference trainer, ``--checkpoints`` epochs (default 20) on the first
+``--train-n`` training images (default 6,000: a full 60,000-image epoch costs minutes on two CPU
+cores, and the cost of the analysis does not depend on how the weights were trained), made once
+into ``WORK/ckpt-*`` and reused. Every N then analyses the first N training images.
+
+Each stage of each N runs as its own ``python -m i2x ...`` process, so its wall time includes the
+interpreter start and imports (what a user waits for) and its peak RSS is its own (``os.wait4``;
+with ``--ranks`` > 1 it is the largest single process, not the sum). Prints one row per N and the
+ratios time / (N * T) and peak RSS, both relative to the smallest N; writes ``WORK/results.json``.
+
+    python benchmarks/scale.py                                  # N = 7,500 .. 60,000, 20 checkpoints
+    python benchmarks/scale.py --sizes 1000,2000 --checkpoints 4 # a quick look
+    python benchmarks/scale.py --ranks 2                         # extraction under torchrun, 2 ranks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DATA_SPEC = f"{HERE / 'synthetic_mnist.py'}:mnist_like"
+MIB = 1024 * 1024
+
+
+@dataclass
+class Stage:
+    """One stage's wall time (seconds) and peak resident set size (MiB)."""
+
+    seconds: float
+    peak_rss_mib: float
+
+
+@dataclass
+class Row:
+    """Everything measured for one N."""
+
+    n: int
+    checkpoints: int
+    stages: dict[str, Stage] = field(default_factory=dict)
+    analysis_timings: dict[str, float] = field(default_factory=dict)
+    store_mib: float = 0.0
+    data_mib: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stages.values())
+
+    @property
+    def peak_rss_mib(self) -> float:
+        return max(s.peak_rss_mib for s in self.stages.values())
+
+
+def run_stage(argv: list[str], env: dict[str, str], log: Path) -> Stage:
+    """Run one command to completion; its wall time and peak RSS (of it and the children it waited for)."""
+    start = time.perf_counter()
+    with log.open("a") as out:
+        out.write(f"$ {' '.join(argv)}\n")
+        out.flush()
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"benchmark: `{' '.join(argv)}` failed with status {proc.returncode}; see {log}")
+    return Stage(round(seconds, 2), round(usage.ru_maxrss / 1024, 1))  # ru_maxrss is in KiB on Linux
+
+
+def stage_env(n: int, work: Path, threads: int | None) -> dict[str, str]:
+    """The environment of every stage: the data size, the data cache, and (optionally) the thread count."""
+    env = dict(os.environ, I2X_BENCH_N=str(n), I2X_BENCH_CACHE=str(work / "data"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def draw_data(n: int, work: Path, log: Path) -> None:
+    """Draw the first n synthetic images into the cache (untimed; every smaller N reads a prefix of them)."""
+    print(f"data: drawing {n:,} synthetic images into {work / 'data'} (once) ...", flush=True)
+    stage = run_stage([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); import synthetic_mnist; "
+                       "synthetic_mnist.mnist_like()"], stage_env(n, work, None), log)
+    print(f"data: ready ({stage.seconds:.0f} s)")
+
+
+def make_checkpoints(args: argparse.Namespace, work: Path, log: Path) -> Path:
+    """Train the small CNN with the reference trainer (once; reused when the snapshots exist)."""
+    ckpt = work / f"ckpt-n{args.train_n}-e{args.checkpoints}"
+    if len(list(ckpt.glob("epoch_*.pt"))) == args.checkpoints:
+        print(f"checkpoints: reusing {args.checkpoints} snapshots in {ckpt}")
+        return ckpt
+    print(f"checkpoints: training the small CNN for {args.checkpoints} epochs on {args.train_n:,} synthetic images ...",
+          flush=True)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    stage = run_stage([sys.executable, "-m", "i2x", "train", "--data", DATA_SPEC, "--out", str(ckpt),
+                       "--epochs", str(args.checkpoints), "--device", "cpu"],
+                      stage_env(args.train_n, work, args.threads), log)
+    print(f"checkpoints: trained in {stage.seconds:.0f} s ({log.name} has the test accuracy)")
+    return ckpt
+
+
+def measure(n: int, args: argparse.Namespace, ckpt: Path, work: Path, log: Path) -> Row:
+    """Extract, analyze and (if available) report N images, each stage in a fresh process."""
+    env = stage_env(n, work, args.threads)
+    out = work / f"n{n}"
+    shutil.rmtree(out, ignore_errors=True)
+    extract = ["-m", "i2x", "extract", str(ckpt), "--data", DATA_SPEC, "--out", str(out), "--device", "cpu",
+               "--batch-size", str(args.batch_size)]
+    if args.ranks > 1:
+        extract = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.ranks}", *extract]
+    row = Row(n=n, checkpoints=args.checkpoints, data_mib=round(n * 28 * 28 * 4 / MIB, 1))
+    row.stages["extract"] = run_stage([sys.executable, *extract], env, log)
+    row.stages["analyze"] = run_stage([sys.executable, "-m", "i2x", "analyze", str(out), "--device", "cpu"], env, log)
+    if args.report:
+        row.stages["report"] = run_stage([sys.executable, "-c", "import sys; from i2x.report import build_report; "
+                                          "build_report(sys.argv[1], progress=False)", str(out)], env, log)
+    row.analysis_timings = json.loads((out / "summary.json").read_text())["timings"]
+    row.store_mib = round(sum(f.stat().st_size for f in (out / "store.zarr").rglob("*") if f.is_file()) / MIB, 1)
+    if not args.keep:
+        shutil.rmtree(out)
+    return row
+
+
+def print_table(rows: list[Row]) -> None:
+    """The cost table and the ratios relative to the smallest N."""
+    base = rows[0]
+    stages = list(base.stages)
+    head = (f"{'N':>7} {'T':>3} " + " ".join(f"{s + ' s':>10}" for s in stages) + f" {'total s':>8} {'img/s':>7} "
+            + " ".join(f"{'RSS ' + s[:3]:>8}" for s in stages) + f" {'store':>7} {'t/(NT)':>7} {'RSS x':>6}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        per = (r.seconds / (r.n * r.checkpoints)) / (base.seconds / (base.n * base.checkpoints))
+        rate = r.n * r.checkpoints / r.stages["extract"].seconds
+        print(f"{r.n:>7,} {r.checkpoints:>3} " + " ".join(f"{r.stages[s].seconds:>10.1f}" for s in stages)
+              + f" {r.seconds:>8.1f} {rate:>7.0f} " + " ".join(f"{r.stages[s].peak_rss_mib:>8.0f}" for s in stages)
+              + f" {r.store_mib:>7.0f} {per:>7.2f} {r.peak_rss_mib / base.peak_rss_mib:>6.2f}")
+    print("\nRSS in MiB (peak of each stage's process); store = on-disk size of store.zarr in MiB; "
+          "img/s = N * T / extract wall time;\nt/(NT) = total time per image-checkpoint relative to the first row; "
+          "RSS x = largest stage peak relative to the first row.")
+    print("analysis sub-stages (s): " + "; ".join(
+        f"N={r.n:,}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.analysis_timings.items()) for r in rows))
+    print("training images held in memory by extraction (MiB, float32): "
+          + ", ".join(f"N={r.n:,}: {r.data_mib:.0f}" for r in rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="7500,15000,30000,60000", help="comma-separated N (default 7500..60000)")
+    parser.add_argument("--checkpoints", type=int, default=20, help="training epochs = checkpoints T (default 20)")
+    parser.add_argument("--train-n", type=int, default=6000, help="training images per epoch (default 6000)")
+    parser.add_argument("--batch-size", type=int, default=256, help="extraction batch size (default 256)")
+    parser.add_argument("--ranks", type=int, default=1, help="extraction processes under torchrun (default 1)")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every stage (default: torch's choice)")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "i2x-scale",
+                        help="working directory for data, checkpoints and stores (default $TMPDIR/i2x-scale)")
+    parser.add_argument("--no-report", dest="report", action="store_false", help="skip the report stage")
+    parser.add_argument("--keep", action="store_true", help="keep each N's analysis directory")
+    args = parser.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    if args.report:
+        try:
+            import i2x.report  # noqa: F401
+        except ImportError:
+            print("report: i2x.report is not importable; timing extract and analyze only")
+            args.report = False
+    args.work.mkdir(parents=True, exist_ok=True)
+    log = args.work / "scale.log"
+    load_before = os.getloadavg()
+    print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in load_before)}; log: {log}")
+    draw_data(max(sizes + [args.train_n]), args.work, log)
+    ckpt = make_checkpoints(args, args.work, log)
+    rows = []
+    for n in sizes:
+        print(f"N={n:,} ...", flush=True)
+        rows.append(measure(n, args, ckpt, args.work, log))
+    load_after = os.getloadavg()
+    print(f"\nload average after: {' '.join(f'{v:.2f}' for v in load_after)}\n")
+    print_table(rows)
+    results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "load_before_after": [load_before, load_after], "rows": [
+                   {**asdict(r), "seconds": r.seconds, "peak_rss_mib": r.peak_rss_mib} for r in rows]}
+    (args.work / "results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
