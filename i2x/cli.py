@@ -222,14 +222,13 @@ def _pairs(text: str) -> "str | list[tuple[str, str]]":
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from .finetune import finetune, format_table
+    from .finetune import finetune
 
     result = finetune(
         args.dir, strategies=args.strategies, seeds=args.seeds, epochs=args.epochs, lr=args.lr,
         optimizer=args.optimizer, min_share=args.min_share, pairs=args.pairs, exclude_file=args.exclude,
         dest=args.dest, batch_size=args.batch_size, device=args.device,
     )
-    print(format_table(result))
     print(f"results: {result.dest / 'finetune.json'}")
 
 
