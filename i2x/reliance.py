@@ -298,36 +298,43 @@ def suspicion(lift_k: np.ndarray, concentration: np.ndarray, reliance_k: np.ndar
     return np.clip(lift_k, 0, None) * np.clip(concentration, 0, None) * np.clip(np.nan_to_num(reliance_k), 0, None)
 
 
-def verdict(ordered: list[dict[str, Any]], z_threshold: float, separation: float) -> tuple[str, bool]:
+def verdict(ordered: list[dict[str, Any]], z_threshold: float, separation: float, top: int) -> tuple[str, bool]:
     """A plain sentence on whether a shortcut stands out, and whether one does.
 
-    The top suspect stands out when deleting it and pasting it both beat random cells of the same area by
-    ``z_threshold`` standard errors, and its suspicion is at least ``separation`` times the runner-up's.
+    The top suspect stands out when (1) deleting it and pasting it both beat random cells of the same area
+    by ``z_threshold`` standard errors, (2) its suspicion is at least ``separation`` times the runner-up's,
+    and (3) its lead is not reliance alone: its lift x concentration (the shortcut signature, class-tied
+    and fixed in place) is the highest of the ``top`` suspects. Without (3) a large, heavily used part of
+    a class's object can lead the ranking on reliance and be announced as a shortcut.
     """
-    top = ordered[0] if ordered else None
-    if top is None or top["suspicion"] <= 0:
+    lead = ordered[0] if ordered else None
+    if lead is None or lead["suspicion"] <= 0:
         return ("No shortcut stands out: no class-tied prototype lowers its class's margin more than random cells "
                 "of the same area do."), False
     second = ordered[1]["suspicion"] if len(ordered) > 1 else 0.0
-    dz = (top["deletion"] or {}).get("z", 0.0)
-    tz = top["transplant"]["logit_z"] if top["transplant"] else 0.0
-    name = top["class_name"]
-    if dz >= z_threshold and tz >= z_threshold and top["suspicion"] >= separation * second:
-        t = top["transplant"]
-        return (f"Prototype {top['id']} stands out as a likely shortcut for class {name}: it sits in the same cells "
-                f"(concentration {top['concentration']:.2f}), {top['purity']:.0%} of the samples holding it are "
-                f"{name}, deleting it lowers {name}'s margin by {top['deletion']['excess']:.3g} more than random "
-                f"cells, and pasting it into other classes' images turns {t['flip_rate']:.0%} of them into {name} "
-                f"(random cells: {t['random_flip_rate']:.0%})."), True
+    dz = (lead["deletion"] or {}).get("z", 0.0)
+    tz = lead["transplant"]["logit_z"] if lead["transplant"] else 0.0
+    signature = [p["lift"] * p["concentration"] for p in ordered[:max(top, 1)]]
+    name = lead["class_name"]
     why = []
     if dz < z_threshold:
         why.append(f"deleting it is within {z_threshold:g} standard errors of deleting random cells (z {dz:.1f})")
     if tz < z_threshold:
         why.append(f"pasting it is within {z_threshold:g} standard errors of pasting random cells (z {tz:.1f})")
-    if top["suspicion"] < separation * second:
-        why.append(f"its suspicion {top['suspicion']:.3g} is less than {separation:g} times the next one's "
+    if lead["suspicion"] < separation * second:
+        why.append(f"its suspicion {lead['suspicion']:.3g} is less than {separation:g} times the next one's "
                    f"({second:.3g}), so it is one of several class-typical patterns rather than an outlier")
-    return (f"No shortcut stands out. The top suspect, prototype {top['id']} ({name}): " + "; ".join(why) +
+    if signature[0] < max(signature):
+        why.append("another top suspect is more class-tied and more fixed in place, so its lead comes from "
+                   "how much the model uses it, as it would for a large part of the object")
+    if not why:
+        t = lead["transplant"]
+        return (f"Prototype {lead['id']} stands out as a likely shortcut for class {name}: it sits in the same cells "
+                f"(concentration {lead['concentration']:.2f}), {lead['purity']:.0%} of the samples holding it are "
+                f"{name}, deleting it lowers {name}'s margin by {lead['deletion']['excess']:.3g} more than random "
+                f"cells, and pasting it into other classes' images turns {t['flip_rate']:.0%} of them into {name} "
+                f"(random cells: {t['random_flip_rate']:.0%})."), True
+    return (f"No shortcut stands out. The top suspect, prototype {lead['id']} ({name}): " + "; ".join(why) +
             ". Look at the suspects' galleries before ruling a shortcut out."), False
 
 
@@ -388,7 +395,7 @@ def _study(store: Store, cfg: RelianceConfig, progress: bool) -> dict[str, Any]:
     for r, score in zip(rows, scores):
         r["suspicion"] = float(score)
     ranking = [int(i) for i in np.argsort(-scores, kind="stable")]
-    text, found = verdict([rows[i] for i in ranking], cfg.z_threshold, cfg.separation)
+    text, found = verdict([rows[i] for i in ranking], cfg.z_threshold, cfg.separation, cfg.top)
     return {
         "config": asdict(cfg), "checkpoint": ctx.checkpoint("final").name, "layer": store.attrs["layer"],
         "grid": list(grid), "k": k_count, "assign_digest": assign_digest(assign), "held_out_split": held_name,

@@ -10,6 +10,7 @@ locations, never by id.
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from i2x import api
 from i2x.context import RunConfig, build_context
 from i2x.data import ImageData
 from i2x.reliance import (CellReplacement, concentration, deletion_margins, footprint, margin, presence_stats,
-                          random_cells, reliance, suspicion, transplant_logits, verdict)
+                          random_cells, suspicion, transplant_logits, verdict)
 from i2x.report.inputs import ReportInputs
 from i2x.report.section_reliance import reliance_section
 from i2x.store import Store
@@ -152,24 +153,29 @@ def test_suspicion_needs_all_three_factors():
     np.testing.assert_allclose(got, [2.0, 0.0, 0.0, 0.0])
 
 
-def _row(k: int, score: float, dz: float, tz: float) -> dict:
-    return {"id": k, "class": 3, "class_name": "3", "suspicion": score, "purity": 0.9, "concentration": 0.8,
-            "deletion": {"z": dz, "excess": 1.0}, "transplant": {"logit_z": tz, "flip_rate": 0.5,
-                                                                "random_flip_rate": 0.1}}
+def _row(k: int, score: float, dz: float, tz: float, concentration: float = 0.8) -> dict:
+    return {"id": k, "class": 3, "class_name": "3", "suspicion": score, "purity": 0.9, "lift": 0.9,
+            "concentration": concentration, "deletion": {"z": dz, "excess": 1.0},
+            "transplant": {"logit_z": tz, "flip_rate": 0.5, "random_flip_rate": 0.1}}
 
 
 def test_verdict_names_a_standout_and_says_plainly_when_none():
-    text, found = verdict([_row(4, 2.0, 10, 10), _row(1, 0.5, 10, 10)], z_threshold=3, separation=1.5)
+    text, found = verdict([_row(4, 2.0, 10, 10), _row(1, 0.5, 10, 10)], z_threshold=3, separation=1.5, top=5)
     assert found and text.startswith("Prototype 4 stands out")
-    text, found = verdict([_row(4, 2.0, 10, 10), _row(1, 1.8, 10, 10)], z_threshold=3, separation=1.5)
+    text, found = verdict([_row(4, 2.0, 10, 10), _row(1, 1.8, 10, 10)], z_threshold=3, separation=1.5, top=5)
     assert not found and text.startswith("No shortcut stands out") and "1.5 times" in text
-    text, found = verdict([_row(4, 2.0, 1.0, 10), _row(1, 0.1, 10, 10)], z_threshold=3, separation=1.5)
+    text, found = verdict([_row(4, 2.0, 1.0, 10), _row(1, 0.1, 10, 10)], z_threshold=3, separation=1.5, top=5)
     assert not found and "deleting it is within 3 standard errors" in text
+    # a lead built on reliance alone: another suspect is more fixed in place
+    rows = [_row(4, 2.0, 10, 10, concentration=0.5), _row(1, 1.0, 10, 10), _row(2, 0.9, 10, 10, concentration=0.9)]
+    text, found = verdict(rows, z_threshold=3, separation=1.5, top=5)
+    assert not found and "more class-tied and more fixed in place" in text
+    assert verdict(rows, z_threshold=3, separation=1.5, top=1)[1]
 
 
 # ---- a planted shortcut, end to end ------------------------------------------------------------
 def _planted_run(tmp: Path, seed: int, spec: str = SPEC) -> tuple[Path, dict]:
-    """Train the small CNN on ``spec`` (marker seed = ``seed``), run the pipeline and the reliance study."""
+    """Train the small CNN on ``spec`` (marker seed = ``seed``) and run the pipeline, reliance included."""
     with planted_seed(seed):
         api.train(data=spec, out=tmp / "ck", epochs=EPOCHS, seed=seed, progress=False)
         api.run(checkpoints=str(tmp / "ck"), data=spec, out=tmp / "an", progress=False)  # includes reliance
@@ -282,10 +288,12 @@ def test_report_section_shows_suspects_first(planted_run):
     assert section is not None and section.id == "reliance"
     top = result["ranking"][0]
     assert f'id="reliance-{top}"' in section.body
-    assert section.body.count("data:image/png;base64,") >= result["config"]["top"] * 2
+    assert section.body.count("data:image/png;base64,") >= result["config"]["top"] * 2  # galleries
+    assert section.body.count('aria-label="where it occurs"') == result["config"]["top"]  # location maps
     assert section.body.index(f'id="reliance-{top}"') < section.body.index("All ")
-    for text in (result["verdict"],):
-        assert text.replace("'", "&#x27;").replace('"', "&quot;") in section.body
+    assert html.escape(result["verdict"]) in section.body
+    page = (out / "report.html").read_text()
+    assert page.index('id="reliance"') < page.index('id="prototypes"')           # the suspects come first
 
 
 # ---- slow: several seeds, and a control without a marker ------------------------------------------
@@ -293,8 +301,8 @@ def test_report_section_shows_suspects_first(planted_run):
 @pytest.mark.parametrize("seed", range(5))
 def test_planted_marker_over_seeds(tmp_path, seed):
     out, result = _planted_run(tmp_path, seed)
-    _check_relies_on_marker(direct_marker_effect(out))
-    with planted_seed(seed):
+    with planted_seed(seed):  # the rebuilt data must normalise as in training
+        _check_relies_on_marker(direct_marker_effect(out))
         marked = exclusive_shortcut_data().extra["marked"]["train"]
     proto, held = marker_prototype(out, marked)
     assert held > 0.5, f"seed {seed}: no prototype isolates the marker (best holds {held:.0%})"

@@ -32,12 +32,17 @@ def cell_overlays(images: np.ndarray, masks: np.ndarray, size: int = THUMB, alph
     return (tinted + 0.5).astype(np.uint8)
 
 
-def location_map(locations: list[list[float]], size: int = THUMB) -> np.ndarray:
-    """A prototype's cell frequencies ``[h, w]`` (1 = its most frequent cell) as a jet picture ``[S, S, 3]``."""
+def location_grid(locations: list[list[float]], size: int = THUMB) -> str:
+    """A prototype's cell frequencies ``[h, w]`` (1 = its most frequent cell) as a small HTML grid in jet colours
+    (built from the store alone, so it shows even when the input images are unavailable)."""
     grid = np.asarray(locations, dtype=np.float64)
-    rows = np.arange(size) * grid.shape[0] // size
-    cols = np.arange(size) * grid.shape[1] // size
-    return jet(grid[rows][:, cols])
+    h, w = grid.shape
+    cell = max(3, size // max(h, w))
+    colours = jet(grid).reshape(-1, 3)
+    spans = "".join(f'<span style="background:rgb({r},{g},{b})"></span>' for r, g, b in colours)
+    return (f'<div role="img" aria-label="where it occurs" title="how often each grid cell holds this prototype '
+            f'(red: most often)" style="display:grid;grid-template-columns:repeat({w},{cell}px);'
+            f'grid-auto-rows:{cell}px;width:{w * cell}px">{spans}</div>')
 
 
 def _pct(value: float | None) -> str:
@@ -85,8 +90,7 @@ def _card(r: ReportInputs, rank: int, p: dict[str, Any], assign: np.ndarray | No
         pictures = '<div class="patches">' + "".join(
             img(png_uri(s), f"prototype {k} in a {names[y]} image", title=f"class {names[y]}, data set index {i}")
             for s, y, i in zip(shots, labels, index)) + "</div>"
-    heat = img(png_uri(location_map(p["locations"])), f"where prototype {k} occurs",
-               title="how often each grid cell holds this prototype (red: most often)")
+    heat = location_grid(p["locations"])
     title = f"#{rank} prototype {k} " + str(chip(f"→ {names[p['class']]}", "warn" if rank == 1 else ""))
     return (f'<div class="ucard" id="reliance-{k}"><h3>{title}</h3><div class="row">'
             f'<div><div class="muted">its cells (tinted) in typical images</div>{pictures}'
