@@ -38,9 +38,10 @@ MIB = 1024 * 1024
 
 @dataclass
 class Stage:
-    """One stage's wall time (seconds) and peak resident set size (MiB)."""
+    """One stage's wall time and CPU time (user + system; seconds) and peak resident set size (MiB)."""
 
     seconds: float
+    cpu_seconds: float
     peak_rss_mib: float
 
 
@@ -60,12 +61,16 @@ class Row:
         return sum(s.seconds for s in self.stages.values())
 
     @property
+    def cpu_seconds(self) -> float:
+        return sum(s.cpu_seconds for s in self.stages.values())
+
+    @property
     def peak_rss_mib(self) -> float:
         return max(s.peak_rss_mib for s in self.stages.values())
 
 
 def run_stage(argv: list[str], env: dict[str, str], log: Path) -> Stage:
-    """Run one command to completion; its wall time and peak RSS (of it and the children it waited for)."""
+    """Run one command to completion; its wall and CPU time and peak RSS (of it and the children it waited for)."""
     start = time.perf_counter()
     with log.open("a") as out:
         out.write(f"$ {' '.join(argv)}\n")
@@ -76,7 +81,8 @@ def run_stage(argv: list[str], env: dict[str, str], log: Path) -> Stage:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"benchmark: `{' '.join(argv)}` failed with status {proc.returncode}; see {log}")
-    return Stage(round(seconds, 2), round(usage.ru_maxrss / 1024, 1))  # ru_maxrss is in KiB on Linux
+    cpu = usage.ru_utime + usage.ru_stime
+    return Stage(round(seconds, 2), round(cpu, 2), round(usage.ru_maxrss / 1024, 1))  # ru_maxrss: KiB on Linux
 
 
 def stage_env(n: int, work: Path, threads: int | None) -> dict[str, str]:
@@ -138,23 +144,26 @@ def print_table(rows: list[Row]) -> None:
     """The cost table and the ratios relative to the smallest N."""
     base = rows[0]
     stages = list(base.stages)
-    head = (f"{'N':>7} {'T':>3} " + " ".join(f"{s + ' s':>10}" for s in stages) + f" {'total s':>8} {'img/s':>7} "
-            + " ".join(f"{'RSS ' + s[:3]:>8}" for s in stages) + f" {'store':>7} {'t/(NT)':>7} {'RSS x':>6}")
+    head = (f"{'N':>7} {'T':>3} " + " ".join(f"{s + ' s':>10}" for s in stages)
+            + f" {'total s':>8} {'CPU s':>7} {'img/s':>7} " + " ".join(f"{'RSS ' + s[:3]:>8}" for s in stages)
+            + f" {'store':>7} {'t/(NT)':>7} {'RSS x':>6}")
     print(head)
     print("-" * len(head))
     for r in rows:
         per = (r.seconds / (r.n * r.checkpoints)) / (base.seconds / (base.n * base.checkpoints))
         rate = r.n * r.checkpoints / r.stages["extract"].seconds
         print(f"{r.n:>7,} {r.checkpoints:>3} " + " ".join(f"{r.stages[s].seconds:>10.1f}" for s in stages)
-              + f" {r.seconds:>8.1f} {rate:>7.0f} " + " ".join(f"{r.stages[s].peak_rss_mib:>8.0f}" for s in stages)
+              + f" {r.seconds:>8.1f} {r.cpu_seconds:>7.0f} {rate:>7.0f} "
+              + " ".join(f"{r.stages[s].peak_rss_mib:>8.0f}" for s in stages)
               + f" {r.store_mib:>7.0f} {per:>7.2f} {r.peak_rss_mib / base.peak_rss_mib:>6.2f}")
-    print("\nRSS in MiB (peak of each stage's process); store = on-disk size of store.zarr in MiB; "
-          "img/s = N * T / extract wall time;\nt/(NT) = total time per image-checkpoint relative to the first row; "
-          "RSS x = largest stage peak relative to the first row.")
-    print("analysis sub-stages (s): " + "; ".join(
-        f"N={r.n:,}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.analysis_timings.items()) for r in rows))
-    print("training images held in memory by extraction (MiB, float32): "
-          + ", ".join(f"N={r.n:,}: {r.data_mib:.0f}" for r in rows))
+    print("\nstage columns: wall seconds; CPU s: user + system seconds of all stages (steadier than wall time on a "
+          "shared machine);\nRSS: peak of each stage's process, MiB; store: size of store.zarr on disk, MiB; "
+          "img/s: N * T / extraction wall time;\nt/(NT): total wall time per image-checkpoint relative to the first "
+          "row; RSS x: largest stage peak relative to the first row.")
+    for r in rows:
+        print(f"N={r.n:,}: CPU s " + ", ".join(f"{k} {v.cpu_seconds:.0f}" for k, v in r.stages.items())
+              + "; analysis (s) " + ", ".join(f"{k} {v:.1f}" for k, v in r.analysis_timings.items())
+              + f"; training images in memory during extraction {r.data_mib:.0f} MiB")
 
 
 def main() -> None:
@@ -187,12 +196,16 @@ def main() -> None:
     for n in sizes:
         print(f"N={n:,} ...", flush=True)
         rows.append(measure(n, args, ckpt, args.work, log))
+        r = rows[-1]
+        print("  " + ", ".join(f"{k} {v.seconds:.0f} s (CPU {v.cpu_seconds:.0f} s, peak RSS {v.peak_rss_mib:.0f} MiB)"
+                               for k, v in r.stages.items()) + f"; load {os.getloadavg()[0]:.2f}", flush=True)
     load_after = os.getloadavg()
     print(f"\nload average after: {' '.join(f'{v:.2f}' for v in load_after)}\n")
     print_table(rows)
     results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "load_before_after": [load_before, load_after], "rows": [
-                   {**asdict(r), "seconds": r.seconds, "peak_rss_mib": r.peak_rss_mib} for r in rows]}
+                   {**asdict(r), "seconds": r.seconds, "cpu_seconds": r.cpu_seconds, "peak_rss_mib": r.peak_rss_mib}
+                   for r in rows]}
     (args.work / "results.json").write_text(json.dumps(results, indent=2))
 
 

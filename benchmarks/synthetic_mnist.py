@@ -35,7 +35,8 @@ DISTRACTOR = 0.3  # share of images with a stray stroke
 NOISE = 0.08  # std of the Gaussian pixel noise
 
 
-def _arc(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, points: int = 12) -> list[tuple[float, float]]:
+def _arc(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float,
+         points: int = 12) -> list[tuple[float, float]]:
     """Points of an elliptic arc in the unit box (y down), from angle a0 to a1 in degrees (90 = top)."""
     angles = np.radians(np.linspace(a0, a1, points))
     return list(zip(cx + rx * np.cos(angles), cy - ry * np.sin(angles)))

@@ -27,6 +27,8 @@ from .lock import locked
 from .store import Store
 
 SUMMARY_NAME = "summary.json"
+#: Default ceiling of HDBSCAN's min_samples (see :func:`_min_samples`).
+MAX_MIN_SAMPLES = 50
 
 
 @dataclass
@@ -41,6 +43,7 @@ class AnalyzeConfig:
     max_points_per_centroid: int = 256
     k_candidates: tuple[int, ...] = (8, 16, 32, 64)
     min_cluster_size: int | None = None
+    min_samples: int | None = None
     alpha: float | None = None
     shared_presence: float = 0.9
     specialized_presence: float = 0.9
@@ -85,6 +88,12 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
     usable = np.flatnonzero(finite)
     if usable.size == 0:
         raise UserError(f"{store.path}: every checkpoint's weights hold NaN/Inf; nothing to analyse")
+    if not finite[-1]:  # the prototypes come from the final checkpoint's features
+        raise UserError(
+            f"{store.path}: the final checkpoint {store.checkpoints[-1]['name']} diverged (NaN/Inf weights), and the "
+            f"prototypes are built from the final checkpoint's features; extract again without it (e.g. add "
+            f"--first {usable[-1] + 1} --overwrite to the `i2x extract` command)"
+        )
     timings: dict[str, float] = {}
     bar = tqdm(total=6, desc="analysis", disable=not progress)
     t0 = time.perf_counter()
@@ -98,6 +107,7 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
     protos = Prototypes(k=int(k), pca_dim=cfg.pca_dim, seed=cfg.seed, max_fit_vectors=cfg.max_fit_vectors,
                         max_points_per_centroid=cfg.max_points_per_centroid, use_gpu=_gpu(cfg.device)).fit(features)
     K = protos.k_
+    (out / SUMMARY_NAME).unlink(missing_ok=True)  # the old summary describes the analysis cleared below
     store.clear_analysis()
     store.write("analysis/pca_mean", protos.pca_.mean_.astype(np.float32))
     store.write("analysis/pca_components", protos.pca_.components_.astype(np.float32))
@@ -136,7 +146,8 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
             f"{store.path}: only {len(usable)} usable checkpoint(s); prototypes, intensity and accuracy are written, "
             "but confidence groups, the ridge mapping and the structure need two or more checkpoints (deltas)"
         )
-    groups = ConfidenceGroups(min_cluster_size=cfg.min_cluster_size).fit(probs_used)
+    groups = ConfidenceGroups(min_cluster_size=cfg.min_cluster_size,
+                              min_samples=_min_samples(cfg, len(labels))).fit(probs_used)
     store.write("analysis/groups", groups.labels_, chunks=(1, len(labels)))
     t0 = _timed(timings, "groups", t0)
     bar.update()
@@ -169,7 +180,9 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
     summary["timings"] = timings
     store.set_analysis_attrs({"config": asdict(cfg), "k": K, "method": cfg.method, "steps": steps})
     path = out / SUMMARY_NAME
-    path.write_text(json.dumps(summary, indent=2))
+    partial = path.with_name(SUMMARY_NAME + ".partial")  # written last and renamed: readers never see half of it
+    partial.write_text(json.dumps(summary, indent=2))
+    partial.replace(path)
     return AnalyzeResult(summary, timings, path)
 
 
@@ -186,6 +199,19 @@ class _AtCheckpoints:
 
     def __getitem__(self, i: int) -> np.ndarray:
         return np.asarray(self.array[int(self.usable[i])])
+
+
+def _min_samples(cfg: AnalyzeConfig, n: int) -> int:
+    """HDBSCAN's min_samples: as given, else min_cluster_size (HDBSCAN's default) capped at MAX_MIN_SAMPLES.
+
+    HDBSCAN keeps a [n, min_samples] nearest-neighbour table; with min_cluster_size = n/100 (D7) and
+    min_samples equal to it, that table grows as n^2 (0.6 GB at n = 60,000, twice that while it is built);
+    the cap keeps it linear in n.
+    """
+    if cfg.min_samples is not None:
+        return cfg.min_samples
+    min_cluster_size = max(10, n // 100) if cfg.min_cluster_size is None else cfg.min_cluster_size  # as in groups.py
+    return max(1, min(min_cluster_size, MAX_MIN_SAMPLES))
 
 
 def _gpu(device: str) -> bool | str:
@@ -271,14 +297,15 @@ def _summary(store: Store, cfg: AnalyzeConfig, protos: Prototypes, structure: St
         "k_requested": cfg.k,
         "k_scores": {str(k): v for k, v in k_scores.items()},
         "pca_dim": int(protos.pca_.n_components_),
-        "pca_explained_variance": round(float(protos.pca_.explained_variance_ratio_.sum()), 4),
+        "pca_explained_variance": round(float(np.nansum(protos.pca_.explained_variance_ratio_)), 4),
         "kmeans": {"seed": cfg.seed, "max_points_per_centroid": cfg.max_points_per_centroid,
                    "fit_vectors": int(protos.n_fit_vectors_), "max_fit_vectors": cfg.max_fit_vectors},
         "prototypes": prototypes,
         "shared": {names[c]: ks for c, ks in structure.shared_.items()},
         "specialized": {names[c]: [list(e) for e in v] for c, v in structure.specialized_.items()},
         "uncertain": uncertain,
-        "groups": {"min_cluster_size": groups.min_cluster_size_, "per_step": groups.n_groups_.tolist(),
+        "groups": {"min_cluster_size": groups.min_cluster_size_, "min_samples": groups.min_samples,
+                   "per_step": groups.n_groups_.tolist(),
                    "noise_share": [round(float((row < 0).mean()), 4) for row in groups.labels_]},
         "mapping": {"alpha": mapping.alpha_.tolist(), "r2": [round(float(v), 4) for v in mapping.r2_],
                     "min_group_size": mapping.min_group_size_},
@@ -294,4 +321,7 @@ def load_summary(out: str | Path) -> dict[str, Any]:
     path = Path(out) / SUMMARY_NAME
     if not path.is_file():
         raise UserError(f"{out}: no {SUMMARY_NAME}; run `i2x analyze {out}` first")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:  # cut short by a crash while it was written, or edited by hand
+        raise UserError(f"{path}: not valid JSON ({exc}); rerun `i2x analyze {out}`") from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,9 +75,7 @@ def find_target_layer(model: nn.Module, example_input: torch.Tensor) -> str:
     with both spatial sizes >= 3. Modules run more than once per forward (a shared ReLU) are skipped,
     since their output is ambiguous. The model's train/eval mode is left as it was."""
     fired = _forward_outputs(model, example_input)
-    calls: dict[str, int] = {}
-    for name, _ in fired:
-        calls[name] = calls.get(name, 0) + 1
+    calls = Counter(name for name, _ in fired)
     candidates = [
         name for name, out in fired
         if calls[name] == 1 and isinstance(out, torch.Tensor) and out.dim() == 4 and min(out.shape[-2:]) >= 3

@@ -19,7 +19,9 @@ Order: by the step stored inside (``global_step``, then ``step``, then ``epoch``
 order (``epoch_2`` before ``epoch_10``), else by modification time.
 
 Safety: pickles load with ``torch.load(weights_only=True)``; a file that needs arbitrary code is
-refused unless the caller passes ``trust=True`` (the CLI's ``--trust-checkpoints``).
+refused unless the caller passes ``trust=True`` (the CLI's ``--trust-checkpoints``). A file in none
+of torch.save's formats (a plain ``pickle.dump``, random bytes) or a zip cut short is refused before
+anything is unpickled, trusted or not, with a message that does not suggest trusting it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ import logging
 import pickle
 import re
 import struct
+import tarfile
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -49,6 +54,9 @@ STEP_KEYS = ("global_step", "step", "epoch")
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
 LFS_POINTER = b"version https://git-lfs"  # how a Git LFS pointer file starts (the weights were never fetched)
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
+# torch.save's legacy format opens with a pickled magic number; these are its 10 little-endian bytes.
+LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 # What torch's weights-only unpickler says when a pickle names a Python object to import or call (as
 # opposed to random bytes or a truncated file, which it reports with the same generic prefix).
 NEEDS_CODE = re.compile(
@@ -118,9 +126,12 @@ def _read_payload(path: Path, trust: bool, mmap: bool = False) -> Any:
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise UserError(f"{path}: not a readable safetensors file ({exc}); is it truncated or corrupt?") from exc
+            raise _unreadable_safetensors(path, exc) from exc
+    _check_torch_format(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # torch warns on stderr about pickle protocols before refusing anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and mmap and "mmap" in str(exc):
             return _read_payload(path, trust, mmap=False)
@@ -136,6 +147,31 @@ def _read_payload(path: Path, trust: bool, mmap: bool = False) -> Any:
     except (EOFError, OSError, ValueError, KeyError, IndexError, struct.error) as exc:
         # what the unpickler raises on garbage: random bytes or a file cut short
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); is it truncated or corrupt?") from exc
+
+
+def _unreadable_safetensors(path: Path, exc: BaseException) -> UserError:
+    return UserError(f"{path}: not a readable safetensors file ({_first_line(exc)}); is it truncated or corrupt?")
+
+
+def _check_torch_format(path: Path) -> None:
+    """A file in none of torch.save's formats (zip, legacy pickle, pre-0.4 tar), or a zip cut short, can never
+    load, trusted or not: say so before unpickling anything, so a plain ``pickle.dump`` file is not met with
+    --trust-checkpoints advice and a cut-short zip not with torch's bare ``[Errno 22] Invalid argument``."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head.startswith(ZIP_MAGIC):
+        if zipfile.is_zipfile(path):
+            return
+        raise UserError(f"{path}: not a readable PyTorch checkpoint (a zip archive without its central directory, "
+                        "as when a download or copy is cut short); is it truncated or corrupt?")
+    if LEGACY_MAGIC in head[:32] or tarfile.is_tarfile(path):
+        return
+    plain_pickle = head[:1] == b"\x80"  # the PROTO opcode every pickle of protocol 2+ starts with
+    kind = "a plain pickle.dump file, which torch.load cannot read" if plain_pickle else "no torch.save format"
+    raise UserError(
+        f"{path}: not a readable PyTorch checkpoint ({kind}); is it truncated or corrupt? "
+        "Checkpoints are written by torch.save(model.state_dict(), path) or safetensors"
+    )
 
 
 def _trusted_load(path: Path) -> Any:
@@ -183,7 +219,7 @@ def _internal_step(path: Path, trust: bool) -> tuple[int | None, str, dict[str, 
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise UserError(f"{path}: not a readable safetensors file ({exc}); is it truncated or corrupt?") from exc
+            raise _unreadable_safetensors(path, exc) from exc
         for key in STEP_KEYS:
             if str(meta.get(key, "")).lstrip("-").isdigit():
                 return int(meta[key]), key, {}
@@ -350,7 +386,7 @@ def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path |
             parts.append(f"{label}: {', '.join(items[:5])}{more}")
     raise UserError(
         f"{path}: the checkpoint does not fit the model ({'; '.join(parts)}). "
-        "Check --model, --num-classes/--in-channels and the data's class count."
+        "Check --model, --num-classes, --channels and the data's class count."
     )
 
 

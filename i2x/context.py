@@ -115,11 +115,14 @@ def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
             raise UserError("--limit must be a positive number of samples")
         index = index[: config.limit]
         dataset = Subset(dataset, index.tolist()) if len(index) < len(data.split(config.split)) else dataset  # type: ignore[arg-type]
+    if len(index) == 0:
+        raise UserError(f"--split {config.split}: this split of --data {config.data} has no samples")
     labels = labels_of(data.split(config.split))[index]
     num_classes = config.num_classes or data.num_classes
     if num_classes < data.num_classes:
         raise UserError(f"--num-classes {num_classes}: the data has {data.num_classes} classes")
     model = build_model(config.model, num_classes=num_classes, in_channels=data.channels)
+    _check_forward(model, dataset, config)
     device = resolve_device(config.device)
     model.to(device)
     ckpts: list[Checkpoint] = []
@@ -129,3 +132,22 @@ def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
             every=config.every, first=config.first, last=config.last, names=config.names,
         )
     return Context(config, data, dataset, index, labels, model, device, ckpts)
+
+
+def _check_forward(model: nn.Module, dataset: Dataset, config: RunConfig) -> None:
+    """Run the fresh model on one image, so a model that cannot take the data's image size or channel
+    count fails here with a message rather than deep inside extraction."""
+    x = dataset[0][0].unsqueeze(0)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    except RuntimeError as exc:
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(
+            f"--model {config.model} cannot run on the images of --data {config.data} (C x H x W = "
+            f"{' x '.join(map(str, x.shape[1:]))}): {cause}; choose another --input-size or --channels"
+        ) from exc
+    finally:
+        model.train(was_training)

@@ -16,6 +16,10 @@ npz                native      native    mean/std of the training split
 imagefolder        224         3         ImageNet mean/std (3 channels) else 0.5
 =================  ==========  ========  =====================================
 
+In-memory arrays (npz, torchvision sets) may be ``N,H,W``, ``N,H,W,C`` or channels-first ``N,C,H,W``
+(C of 1, 3 or 4 where the last axis is not). Image folders are read as RGB (or grayscale with
+``--channels 1``); an unreadable image file is a UserError naming it.
+
 ``digits`` is scikit-learn's ``load_digits`` (1,797 real 8x8 images), split 80/20 stratified with a
 fixed seed, upsampled bilinearly to 32x32 so a small CNN's target layer has an 8x8 grid.
 """
@@ -31,7 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from .errors import UserError
 
@@ -105,7 +109,9 @@ def _tensor_data(
             x = x[..., None]
         if x.ndim != 4:
             raise UserError(f"--data {spec}: images of the {split} split have shape {x.shape}; expected N,H,W or N,H,W,C")
-        scale = 255.0 if x.dtype == np.uint8 or x.max() > 1.5 else 1.0
+        if x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
+            x = x.transpose(0, 2, 3, 1)  # stored channels-first (N,C,H,W), as torch writes them
+        scale = 255.0 if x.dtype == np.uint8 or (x.size and x.max() > 1.5) else 1.0
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / scale).permute(0, 3, 1, 2)
         y = np.asarray(y)
         if y.size != len(x):
@@ -113,7 +119,11 @@ def _tensor_data(
                 f"--data {spec}: the {split} split has {len(x)} images but labels of shape {y.shape}; "
                 "i2x needs exactly one class index per image (multi-label data is not supported)"
             )
+        if y.size and y.min() < 0:
+            raise UserError(f"--data {spec}: the {split} split has label {y.min()}; labels must be indices 0..M-1")
         prepared[split] = (t, torch.as_tensor(y.reshape(-1), dtype=torch.long))
+    if len(prepared["train"][0]) == 0:
+        raise UserError(f"--data {spec}: the train split has no images")
     native_c = prepared["train"][0].shape[1]
     channels = opts.channels or native_c
     size = opts.input_size or default_size or prepared["train"][0].shape[-1]
@@ -130,7 +140,7 @@ def _tensor_data(
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
     splits = {k: TensorDataset((x - m) / s, y) for k, (x, y) in out.items()}
-    n_labels = int(max(int(y.max()) for _, y in out.values())) + 1
+    n_labels = max(int(y.max()) for _, y in out.values() if len(y)) + 1
     if len(class_names) < n_labels:
         class_names = class_names + [str(i) for i in range(len(class_names), n_labels)]
     return ImageData(spec, splits, class_names, channels, (size, size), mean, std)
@@ -236,6 +246,8 @@ def _imagefolder(path: str, opts: DataOptions) -> ImageData:
         sub["test"] = sub.get("val", sub["train"])
     sub.pop("val", None)
     channels = opts.channels or 3
+    if channels not in (1, 3):
+        raise UserError(f"--channels {channels}: image folders are read as RGB (3 channels) or grayscale (1)")
     size = opts.input_size or 224
     mean = tuple(opts.mean) if opts.mean else ((0.485, 0.456, 0.406) if channels == 3 else (0.5,) * channels)
     std = tuple(opts.std) if opts.std else ((0.229, 0.224, 0.225) if channels == 3 else (0.5,) * channels)
@@ -246,13 +258,30 @@ def _imagefolder(path: str, opts: DataOptions) -> ImageData:
     steps += [T.ToTensor(), T.Normalize(mean, std)]
     transform = T.Compose(steps)
     try:
-        splits = {s: tvd.ImageFolder(str(d), transform=transform) for s, d in sub.items()}
+        splits = {s: tvd.ImageFolder(str(d), transform=transform, loader=_load_image) for s, d in sub.items()}
     except (FileNotFoundError, RuntimeError) as exc:
         raise UserError(f"--data imagefolder:{path}: {exc}") from exc
     for name, folder in splits.items():
         if name != "train":
             _align_classes(folder, splits["train"].classes, f"--data imagefolder:{path} ({name} split)")
     return ImageData(f"imagefolder:{path}", splits, list(splits["train"].classes), channels, (size, size), mean, std)
+
+
+def _load_image(path: str) -> Any:
+    """torchvision's image loader, with an unreadable file (corrupt, empty, not an image) as a UserError naming it."""
+    from PIL import UnidentifiedImageError
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+        why = "in no image format PIL knows" if isinstance(exc, UnidentifiedImageError) else _first_line(exc)
+        raise UserError(f"{path}: not a readable image ({why}); remove or replace the file") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def _align_classes(folder: Any, classes: list[str], where: str) -> None:
@@ -294,6 +323,9 @@ def _factory(target: str, opts: DataOptions) -> ImageData:
 def load_data(spec: str, opts: DataOptions | None = None) -> ImageData:
     """Open the data set named by ``spec`` (see the module docstring for the specs and defaults)."""
     opts = opts or DataOptions()
+    for option, value in (("--input-size", opts.input_size), ("--channels", opts.channels)):
+        if value is not None and value < 1:
+            raise UserError(f"{option} {value}: must be a positive integer")
     kind, _, arg = spec.partition(":")
     if spec == "digits":
         return _digits(opts)
@@ -322,14 +354,25 @@ def labels_of(dataset: Dataset) -> np.ndarray:
 
 
 def iter_batches(dataset: Dataset, start: int, stop: int, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of samples ``start..stop`` in order; in-memory sets are sliced, others go through a DataLoader."""
-    if isinstance(dataset, TensorDataset):
-        x, y = dataset.tensors
+    """Batches of samples ``start..stop`` in order; in-memory sets (also under ``--limit``'s Subset) are sliced,
+    others go through a DataLoader."""
+    base, index = dataset, None
+    if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
+        base, index = dataset.dataset, torch.as_tensor(dataset.indices)
+    if isinstance(base, TensorDataset):
+        x, y = base.tensors
         for i in range(start, stop, batch_size):
             j = min(i + batch_size, stop)
-            yield x[i:j], y[i:j]
+            rows = slice(i, j) if index is None else index[i:j]
+            yield x[rows], y[rows]
         return
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
 
     loader = DataLoader(Subset(dataset, range(start, stop)), batch_size=batch_size, num_workers=min(4, os.cpu_count() or 1))
-    yield from loader
+    try:
+        yield from loader
+    except UserError as exc:
+        # A worker's UserError comes back with the worker's traceback folded into its message; its last line
+        # ("i2x.errors.UserError: MESSAGE") holds the message the user should see.
+        last = str(exc).strip().splitlines()[-1]
+        raise UserError(last.partition("UserError: ")[2] or last) from None

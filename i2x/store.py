@@ -144,7 +144,7 @@ class Store:
                 if old != new:
                     changed = [k for k in old if old[k] != new[k]]
                     raise UserError(
-                        f"{path} was made with a different {' and '.join(changed)}; use --overwrite to replace it, "
+                        f"{path} was made with different {' and '.join(changed)}; use --overwrite to replace it, "
                         "or choose another --out"
                     )
                 return cls(root, path)

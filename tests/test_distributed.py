@@ -61,6 +61,7 @@ def single(ckpt_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # ~7 Python processes importing torch, plus training: about a minute on 2 cores
 def test_torchrun_two_ranks_equal_a_single_process_bit_for_bit(ckpt_dir, single, tmp_path):
     out = tmp_path / "two"
     proc = _run(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
@@ -101,6 +102,7 @@ def _launch_ranks(args: list[str], world: int = 2) -> list[subprocess.CompletedP
     return results
 
 
+@pytest.mark.slow
 def test_a_user_error_on_one_rank_stops_every_rank(ckpt_dir, single, tmp_path):
     # The store in `single` was made with --limit 150: rank 0 refuses to reuse it for --limit 100, and
     # rank 1, waiting for the store, must stop with an error of its own rather than wait at a barrier.

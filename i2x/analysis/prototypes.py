@@ -142,7 +142,8 @@ class Prototypes:
         sample = sample_vectors(features, self.max_fit_vectors, self.seed, self.chunk)
         self.n_fit_vectors_ = sample.shape[0]
         p = min(self.pca_dim, sample.shape[1], sample.shape[0])
-        self.pca_ = PCA(n_components=p, whiten=False, random_state=self.seed).fit(sample)
+        with np.errstate(invalid="ignore", divide="ignore"):  # identical vectors: variance ratios 0/0, no harm
+            self.pca_ = PCA(n_components=p, whiten=False, random_state=self.seed).fit(sample)
         projected = np.ascontiguousarray(self.pca_.transform(sample), dtype=np.float32)
         del sample
         self.centroids_, distinct = _kmeans(projected, self.k, self.niter, self.seed,
@@ -152,6 +153,9 @@ class Prototypes:
         if self.k_ < self.k:
             message = (f"k={self.k} prototypes requested but the feature vectors k-means trained on hold "
                        f"only {distinct} distinct ones; using k={self.k_}")
+            if distinct == 1:
+                message += ("; every location has the same feature vector, so the target layer is dead (e.g. a ReLU "
+                            "that outputs 0 everywhere): choose another --layer")
             warnings.warn(message, stacklevel=2)
             self.warnings_.append(message)
         self.assign_ = self.predict(features)
