@@ -351,7 +351,9 @@ def reliance(out_dir: str | Path, config: RelianceConfig | None = None, progress
         out = Path(out_dir)
         (out / RELIANCE_NAME).write_text(json.dumps(result, indent=2))
         summary["reliance"] = _summary_entry(result)
-        (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+        partial = out / (SUMMARY_NAME + ".partial")  # renamed into place: a crash never leaves half a summary
+        partial.write_text(json.dumps(summary, indent=2))
+        partial.replace(out / SUMMARY_NAME)
     return result
 
 
