@@ -15,7 +15,7 @@ import torch
 
 from .analyze import AnalyzeConfig, AnalyzeResult, load_summary
 from .analyze import analyze as _analyze
-from .context import RunConfig
+from .context import RunConfig, check_forward
 from .data import DataOptions, load_data
 from .errors import UserError
 from .extract import ExtractResult
@@ -47,6 +47,7 @@ def train(
     dataset = load_data(data, DataOptions(**data_options))
     torch.manual_seed(seed)  # the initial weights follow --seed too
     net = build_model(model, num_classes=dataset.num_classes, in_channels=dataset.channels)
+    check_forward(net, dataset.split("train"), model, data)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
                       save_every=save_every, freeze_backbone_epochs=freeze_backbone_epochs, device=device,
                       progress=progress)

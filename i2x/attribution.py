@@ -88,6 +88,36 @@ def find_target_layer(model: nn.Module, example_input: torch.Tensor) -> str:
     return candidates[-1]
 
 
+def prefer_channels_last(model: nn.Module, example_input: torch.Tensor) -> bool:
+    """Store ``model``'s conv weights channels-last when it gives the same logits, and say whether it did.
+
+    On CPU, max-pooling and small convolutions are much faster in that layout: extraction with the
+    small CNN runs 1.15x faster end to end (benchmarks/README.md). A model that cannot take it
+    (``x.view(B, -1)`` on a 4-D map raises) or whose logits change beyond float rounding stays as
+    it was. Only models with a Conv2d qualify.
+    """
+    if example_input.dim() != 4 or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return False
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            reference = model(example_input)
+            model.to(memory_format=torch.channels_last)
+            try:
+                candidate = model(example_input.contiguous(memory_format=torch.channels_last))
+                same = (isinstance(reference, torch.Tensor) and isinstance(candidate, torch.Tensor)
+                        and torch.allclose(candidate, reference, rtol=1e-4, atol=1e-5 * (1 + reference.abs().max().item())))
+            except RuntimeError:
+                same = False
+            if not same:
+                model.to(memory_format=torch.contiguous_format)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return same
+
+
 class Attributor:
     """Computes logits, softmax probabilities, raw CAMs and features at one layer, batch by batch.
 

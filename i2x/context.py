@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from .attribution import prefer_channels_last
 from .checkpoints import Checkpoint, find_checkpoints, is_finite, load_into, select
 from .data import DataOptions, ImageData, labels_of, load_data
 from .devices import resolve_device
@@ -122,9 +123,10 @@ def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
     if num_classes < data.num_classes:
         raise UserError(f"--num-classes {num_classes}: the data has {data.num_classes} classes")
     model = build_model(config.model, num_classes=num_classes, in_channels=data.channels)
-    _check_forward(model, dataset, config)
+    check_forward(model, dataset, config.model, config.data)
     device = resolve_device(config.device)
     model.to(device)
+    prefer_channels_last(model, dataset[0][0].unsqueeze(0).to(device))
     ckpts: list[Checkpoint] = []
     if with_checkpoints:
         ckpts = select(
@@ -134,7 +136,7 @@ def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
     return Context(config, data, dataset, index, labels, model, device, ckpts)
 
 
-def _check_forward(model: nn.Module, dataset: Dataset, config: RunConfig) -> None:
+def check_forward(model: nn.Module, dataset: Dataset, model_spec: str, data_spec: str) -> None:
     """Run the fresh model on one image, so a model that cannot take the data's image size or channel
     count fails here with a message rather than deep inside extraction."""
     x = dataset[0][0].unsqueeze(0)
@@ -146,7 +148,7 @@ def _check_forward(model: nn.Module, dataset: Dataset, config: RunConfig) -> Non
     except RuntimeError as exc:
         cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(
-            f"--model {config.model} cannot run on the images of --data {config.data} (C x H x W = "
+            f"--model {model_spec} cannot run on the images of --data {data_spec} (C x H x W = "
             f"{' x '.join(map(str, x.shape[1:]))}): {cause}; choose another --input-size or --channels"
         ) from exc
     finally:

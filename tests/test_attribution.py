@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
-from i2x.attribution import Attributor, find_target_layer, get_layer
+from i2x.attribution import Attributor, find_target_layer, get_layer, prefer_channels_last
 from i2x.cams import METHODS
 from i2x.errors import UserError
 from i2x.models import SmallCNN
@@ -202,3 +202,35 @@ def test_hook_is_inert_outside_attribute_and_removed_on_close():
     assert all(p.grad is not None for p in model.parameters())
     attributor.close()
     assert not model.features._forward_hooks
+
+
+class _FlattensWithView(nn.Module):
+    """A conv model whose head uses ``view``, which a channels-last map cannot take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 32 * 32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.fc(y.view(y.size(0), -1))
+
+
+def test_prefer_channels_last_switches_only_models_that_give_the_same_logits():
+    x, _ = _batch(4)
+    model = _small_cnn().train()
+    with torch.no_grad():
+        before = model.eval()(x)
+    model.train()
+    assert prefer_channels_last(model, x[:1])
+    assert model.training  # mode restored
+    assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), before, rtol=1e-4, atol=1e-5)
+
+    viewer = _FlattensWithView()
+    assert not prefer_channels_last(viewer, x[:1])
+    assert viewer.conv.weight.is_contiguous()
+    viewer(x)  # still runs
+    assert not prefer_channels_last(nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 10)), x[:1])  # no conv
