@@ -44,6 +44,7 @@ class AnalyzeConfig:
     k_candidates: tuple[int, ...] = (8, 16, 32, 64)
     min_cluster_size: int | None = None
     min_samples: int | None = None
+    max_group_samples: int | None = 20_000
     alpha: float | None = None
     shared_presence: float = 0.9
     specialized_presence: float = 0.9
@@ -51,6 +52,7 @@ class AnalyzeConfig:
     noise_quantile: float = 0.75
     min_flips: int = 2
     top_confused: int = 3
+    jobs: int | None = None
     device: str = "auto"
 
 
@@ -147,7 +149,8 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
             "but confidence groups, the ridge mapping and the structure need two or more checkpoints (deltas)"
         )
     groups = ConfidenceGroups(min_cluster_size=cfg.min_cluster_size,
-                              min_samples=_min_samples(cfg, len(labels))).fit(probs_used)
+                              min_samples=_min_samples(cfg, len(labels)), max_fit_samples=cfg.max_group_samples,
+                              n_jobs=cfg.jobs, random_state=cfg.seed).fit(probs_used)
     store.write("analysis/groups", groups.labels_, chunks=(1, len(labels)))
     t0 = _timed(timings, "groups", t0)
     bar.update()
@@ -305,6 +308,7 @@ def _summary(store: Store, cfg: AnalyzeConfig, protos: Prototypes, structure: St
         "specialized": {names[c]: [list(e) for e in v] for c, v in structure.specialized_.items()},
         "uncertain": uncertain,
         "groups": {"min_cluster_size": groups.min_cluster_size_, "min_samples": groups.min_samples,
+                   "fit_samples": len(groups.fit_rows_), "fit_min_cluster_size": groups.fit_min_cluster_size_,
                    "per_step": groups.n_groups_.tolist(),
                    "noise_share": [round(float((row < 0).mean()), 4) for row in groups.labels_]},
         "mapping": {"alpha": mapping.alpha_.tolist(), "r2": [round(float(v), 4) for v in mapping.r2_],

@@ -143,6 +143,11 @@ def add_analyze_options(p: argparse.ArgumentParser) -> None:
                    help="FAISS k-means subsamples to N points per centroid (default 256, FAISS's own default)")
     g.add_argument("--min-cluster-size", type=int, metavar="N",
                    help="HDBSCAN min_cluster_size (default max(10, n/100))")
+    g.add_argument("--max-group-samples", type=int, default=20_000, metavar="N",
+                   help="HDBSCAN fits each step on a seeded sample of at most N samples and labels the others with "
+                        "hdbscan.approximate_predict; its cost grows faster than n (default 20000; 0: fit on all)")
+    g.add_argument("--jobs", type=int, metavar="N",
+                   help="processes that run HDBSCAN's steps in parallel (default: every core from 10000 samples on)")
     g.add_argument("--alpha", type=float, help="ridge penalty (default: RidgeCV over 1e-3..1e3)")
     g.add_argument("--shared-presence", type=float, default=0.9,
                    help="shared: present in at least this share of a class's samples (default 0.9)")
@@ -162,13 +167,18 @@ def _analyze_config(args: argparse.Namespace) -> "AnalyzeConfig":
 
     if args.k != "auto" and not str(args.k).isdigit():
         raise UserError(f"--k {args.k}: give a positive integer or 'auto'")
+    if args.max_group_samples < 0:
+        raise UserError(f"--max-group-samples {args.max_group_samples}: give a positive number, or 0 to fit on all samples")
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: give at least 1")
     return AnalyzeConfig(
         k=args.k if args.k == "auto" else int(args.k), pca_dim=args.pca_dim, method=args.method, seed=args.seed,
         max_fit_vectors=args.max_fit_vectors, max_points_per_centroid=args.max_points_per_centroid,
         k_candidates=args.k_candidates, min_cluster_size=args.min_cluster_size, alpha=args.alpha,
         shared_presence=args.shared_presence, specialized_presence=args.specialized_presence,
         specialized_max_overall=args.specialized_max_overall, noise_quantile=args.noise_quantile,
-        min_flips=args.min_flips, top_confused=args.top_confused, device=getattr(args, "device", "auto"),
+        min_flips=args.min_flips, top_confused=args.top_confused, jobs=args.jobs,
+        max_group_samples=args.max_group_samples or None, device=getattr(args, "device", "auto"),
     )
 
 
@@ -185,6 +195,12 @@ def _print_findings(summary: dict) -> None:
     acc = [a for a in summary["accuracy"] if a is not None]
     print(f"{summary['k']} prototypes at layer {summary['layer']}; accuracy {acc[0]:.3f} -> {acc[-1]:.3f} "
           f"over {len(summary['checkpoints'])} checkpoints")
+    if summary.get("diverged"):
+        print(f"diverged checkpoints (NaN/Inf weights, left out of every step): {', '.join(summary['diverged'])}")
+    groups = summary.get("groups", {})
+    if groups.get("fit_samples", summary["n_samples"]) < summary["n_samples"]:
+        print(f"confidence groups: HDBSCAN fitted on {groups['fit_samples']:,} of {summary['n_samples']:,} samples "
+              "per step, the others labelled by approximate_predict (--max-group-samples 0 fits on all)")
     names = summary["classes"]
     if not summary["uncertain"]:
         print("no uncertain prototype found (try --min-flips 1, --noise-quantile 0.5, or more checkpoints)")

@@ -54,3 +54,38 @@ def test_user_errors():
         ConfidenceGroups().fit(probs[:1])
     with pytest.raises(UserError, match="min_cluster_size"):
         ConfidenceGroups(min_cluster_size=0).fit(probs)
+
+
+def test_parallel_steps_give_the_same_labels():
+    base, _, _ = planted_probs(n_per=60)
+    rng = np.random.default_rng(3)
+    probs = np.concatenate([base, base[-1:] + rng.normal(size=(1, *base.shape[1:])) * 0.05])  # a third step
+    serial = ConfidenceGroups(min_cluster_size=10, n_jobs=1).fit(probs)
+    parallel = ConfidenceGroups(min_cluster_size=10, n_jobs=2).fit(probs)
+    assert serial.labels_.shape == (3, 180) and serial.n_groups_[0] == 3
+    np.testing.assert_array_equal(parallel.labels_, serial.labels_)
+    np.testing.assert_array_equal(parallel.n_groups_, serial.n_groups_)
+    with pytest.raises(UserError, match="n_jobs"):
+        ConfidenceGroups(n_jobs=0).fit(probs)
+
+
+def test_fit_on_a_sample_predicts_the_other_samples_planted_groups():
+    probs, step0, step1 = planted_probs(n_per=200)  # 600 samples
+    model = ConfidenceGroups(min_cluster_size=30, max_fit_samples=200, random_state=1).fit(probs)
+    assert model.fit_rows_.shape == (200,) and np.unique(model.fit_rows_).size == 200
+    assert model.fit_min_cluster_size_ == 10 and model.min_cluster_size_ == 30  # 30 * 200 / 600
+    rest = np.setdiff1d(np.arange(600), model.fit_rows_)
+    for s, planted in enumerate((step0, step1)):
+        assert adjusted_rand_score(planted[rest], model.labels_[s, rest]) > 0.95  # predicted, never fitted
+        assert adjusted_rand_score(planted, model.labels_[s]) > 0.95
+    np.testing.assert_array_equal(model.n_groups_, [3, 2])
+    again = ConfidenceGroups(min_cluster_size=30, max_fit_samples=200, random_state=1).fit(probs)
+    np.testing.assert_array_equal(again.labels_, model.labels_)  # seeded
+
+
+def test_a_limit_above_n_changes_nothing():
+    probs, _, _ = planted_probs()
+    limited = ConfidenceGroups(min_cluster_size=10, max_fit_samples=10_000).fit(probs)
+    plain = ConfidenceGroups(min_cluster_size=10).fit(probs)
+    np.testing.assert_array_equal(limited.labels_, plain.labels_)
+    assert limited.fit_rows_.size == 120 and limited.fit_min_cluster_size_ == 10

@@ -73,6 +73,19 @@ def test_train_with_an_unknown_data_spec_is_one_line_and_exit_2(tmp_path, capsys
     assert_one_line_user_error(capsys.readouterr().err, "--data imagenet", "unknown data spec")
 
 
+@pytest.mark.parametrize("option, fragment", [(["--max-group-samples", "-5"], "--max-group-samples -5"),
+                                              (["--jobs", "0"], "--jobs 0")])
+def test_bad_group_options_are_one_line_and_exit_2(tmp_path, capsys, option, fragment):
+    assert main(["analyze", str(tmp_path), *option]) == 2
+    assert_one_line_user_error(capsys.readouterr().err, fragment)
+
+
+def test_train_on_images_too_small_for_the_model_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["train", "--input-size", "2", "--out", str(tmp_path / "ck")]) == 2
+    assert_one_line_user_error(capsys.readouterr().err, "--model small-cnn cannot run", "--input-size")
+    assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())
+
+
 def test_train_command_writes_snapshots(tmp_path, capsys):
     rng = np.random.default_rng(0)
     data = tmp_path / "tiny.npz"

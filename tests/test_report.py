@@ -18,14 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
-import i2x.report.build as report_build
+from i2x.report import build as report_build
 from fixtures_pipeline import HOSTILE_NAMES, tiny_report, tiny_run  # noqa: F401  (pytest fixtures)
 from i2x.cams import display_maps
 from i2x.report import Section, build_report
 from i2x.report.images import HIGHLIGHT, jet, overlays, prototype_patches, to_rgb
 from i2x.report.inputs import ReportInputs
 from i2x.report.page import script_json
-from i2x.report.sections import uncertain
+from i2x.report.sections import _groups_fact, uncertain
 from i2x.store import Store
 
 
@@ -288,3 +288,13 @@ def test_patch_crop_geometry_and_outline():
         ys, xs = np.nonzero((out[0] == HIGHLIGHT).all(axis=-1))
         assert (ys.min(), ys.max(), xs.min(), xs.max()) == (32, 63, 32, 63)  # middle third of the 3-cell crop
         assert (out[0, 0, 0] == 128).all()
+
+
+def test_overview_says_when_hdbscan_was_fitted_on_a_sample():
+    full = {"n_samples": 500, "groups": {"min_cluster_size": 10, "min_samples": 10, "fit_samples": 500,
+                                         "fit_min_cluster_size": 10}}
+    assert "approximate_predict" not in _groups_fact(full)
+    sampled = {"n_samples": 60000, "groups": {"min_cluster_size": 600, "min_samples": 50, "fit_samples": 20000,
+                                              "fit_min_cluster_size": 200}}
+    text = _groups_fact(sampled)
+    assert "20,000 of the 60,000" in text and "min_cluster_size 200 there" in text and "approximate_predict" in text

@@ -61,6 +61,17 @@ def _patch_imgs(r: ReportInputs, k: int) -> str:
         for p in patches) + "</div>"
 
 
+def _groups_fact(s: dict) -> str:
+    """How HDBSCAN ran: on every sample, or on a seeded subset with the rest predicted."""
+    g, n = s["groups"], s["n_samples"]
+    text = f"HDBSCAN on ΔŶ per step, min_cluster_size {g['min_cluster_size']}, min_samples {g['min_samples']}"
+    fit = g.get("fit_samples", n)
+    if fit < n:
+        text += (f"; fitted on a seeded sample of {fit:,} of the {n:,} samples (min_cluster_size "
+                 f"{g['fit_min_cluster_size']} there), the others labelled by hdbscan.approximate_predict")
+    return text
+
+
 # ---- 1. overview -----------------------------------------------------------------------------
 def overview(r: ReportInputs) -> Section:
     s, names, ckpts = r.summary, r.names, r.checkpoints
@@ -78,6 +89,7 @@ def overview(r: ReportInputs) -> Section:
                        f"({s['pca_explained_variance']:.1%} of the variance), FAISS k-means on {km['fit_vectors']} "
                        f"vectors, max {km['max_points_per_centroid']} points per centroid, seed {km['seed']}"),
         ("Checkpoints", f"{len(ckpts)} ({len(s['diverged'])} diverged), {len(s['steps'])} steps between usable ones"),
+        ("Confidence groups", _groups_fact(s)),
     ]
     parts = [table(None, facts, "facts")]
     if s["warnings"] or s["diverged"]:

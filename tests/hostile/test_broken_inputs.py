@@ -150,6 +150,7 @@ def test_a_diverged_snapshot_is_flagged_shown_and_left_out_of_every_step(trained
     assert main(["extract", str(folder), "--out", str(out), *extract]) == 0
     assert "diverged (NaN/Inf weights, stored as NaN): epoch_2.pt" in capsys.readouterr().out
     assert main(["analyze", str(out), "--k", "8"]) == 0
+    assert "diverged checkpoints (NaN/Inf weights, left out of every step): epoch_2.pt" in capsys.readouterr().out
     assert main(["report", str(out), "--no-png"]) == 0
 
     store = Store.open(out)
