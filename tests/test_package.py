@@ -1,0 +1,35 @@
+"""The package surface: every public name resolves, API names stay the API functions after their
+submodules load, and ``import i2x`` itself loads nothing heavy (worker processes rely on that)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import i2x
+from i2x import api
+
+
+def test_every_public_name_resolves_and_api_names_are_the_api_functions():
+    for name in i2x.__all__:
+        assert getattr(i2x, name) is not None
+        assert name in dir(i2x)
+    for name in ("extract", "analyze", "report", "finetune", "reliance", "faithfulness", "drift", "train", "run"):
+        assert getattr(i2x, name) is getattr(api, name) and callable(getattr(i2x, name))
+
+
+def test_api_names_survive_their_submodules_being_imported():
+    import i2x.report.build  # noqa: F401  (binds the package i2x.report as an attribute of i2x)
+    from i2x import finetune as finetune_function
+    from i2x.report import build
+
+    assert isinstance(build, types.ModuleType)
+    assert i2x.report is api.report and finetune_function is api.finetune
+    assert isinstance(sys.modules["i2x.report"], types.ModuleType)
+
+
+def test_import_loads_neither_torch_nor_the_analysis():
+    code = "import sys, i2x; i2x.__version__; print(sorted(m for m in ('torch', 'hdbscan', 'sklearn', 'zarr') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
