@@ -9,8 +9,9 @@ into ``WORK/ckpt-*`` and reused. Every N then analyses the first N training imag
 
 Each stage of each N runs as its own ``python -m i2x ...`` process, so its wall time includes the
 interpreter start and imports (what a user waits for) and its peak RSS is its own (``os.wait4``;
-with ``--ranks`` > 1 it is the largest single process, not the sum). Prints one row per N and the
-ratios time / (N * T) and peak RSS, both relative to the smallest N; writes ``WORK/results.json``.
+with ``--ranks`` > 1 the largest single process; the PSS sum column covers all of a stage's processes).
+Prints one row per N and the ratios time / (N * T) and peak memory, relative to the smallest N;
+writes ``WORK/results.json``.
 
     python benchmarks/scale.py                                  # N = 7,500 .. 60,000, 20 checkpoints
     python benchmarks/scale.py --sizes 1000,2000 --checkpoints 4 # a quick look
@@ -26,9 +27,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import psutil
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -38,11 +42,14 @@ MIB = 1024 * 1024
 
 @dataclass
 class Stage:
-    """One stage's wall time and CPU time (user + system; seconds) and peak resident set size (MiB)."""
+    """One stage's wall time and CPU time (user + system; seconds), the peak resident set size of its largest
+    process, and the peak of the proportional set size (PSS: shared library pages split among the processes
+    that map them) summed over all its processes, workers and torchrun ranks included (MiB)."""
 
     seconds: float
     cpu_seconds: float
     peak_rss_mib: float
+    peak_pss_sum_mib: float = 0.0
 
 
 @dataclass
@@ -68,6 +75,39 @@ class Row:
     def peak_rss_mib(self) -> float:
         return max(s.peak_rss_mib for s in self.stages.values())
 
+    @property
+    def peak_pss_sum_mib(self) -> float:
+        return max(s.peak_pss_sum_mib for s in self.stages.values())
+
+
+class TreePss:
+    """Samples the summed PSS of a process and all its descendants every 0.2 s; ``peak`` in bytes.
+
+    PSS rather than RSS: every process maps the same ~1 GB of torch libraries, and summing RSS would count
+    those pages once per process."""
+
+    def __init__(self, pid: int) -> None:
+        self.peak = 0
+        self._root = psutil.Process(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.2):
+            total = 0
+            try:
+                for proc in [self._root, *self._root.children(recursive=True)]:
+                    total += proc.memory_full_info().pss
+            except psutil.Error:  # a process ended between listing and reading
+                continue
+            self.peak = max(self.peak, total)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
 
 def run_stage(argv: list[str], env: dict[str, str], log: Path) -> Stage:
     """Run one command to completion; its wall and CPU time and peak RSS (of it and the children it waited for)."""
@@ -76,13 +116,16 @@ def run_stage(argv: list[str], env: dict[str, str], log: Path) -> Stage:
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        tree = TreePss(proc.pid)
         _, status, usage = os.wait4(proc.pid, 0)
+        tree_peak = tree.stop()
     seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"benchmark: `{' '.join(argv)}` failed with status {proc.returncode}; see {log}")
     cpu = usage.ru_utime + usage.ru_stime
-    return Stage(round(seconds, 2), round(cpu, 2), round(usage.ru_maxrss / 1024, 1))  # ru_maxrss: KiB on Linux
+    largest = usage.ru_maxrss / 1024  # ru_maxrss: KiB on Linux
+    return Stage(round(seconds, 2), round(cpu, 2), round(largest, 1), round(tree_peak / MIB, 1))
 
 
 def stage_env(n: int, work: Path, threads: int | None) -> dict[str, str]:
@@ -146,7 +189,7 @@ def print_table(rows: list[Row]) -> None:
     stages = list(base.stages)
     head = (f"{'N':>7} {'T':>3} " + " ".join(f"{s + ' s':>10}" for s in stages)
             + f" {'total s':>8} {'CPU s':>7} {'img/s':>7} " + " ".join(f"{'RSS ' + s[:3]:>8}" for s in stages)
-            + f" {'store':>7} {'t/(NT)':>7} {'RSS x':>6}")
+            + f" {'PSS sum':>8} {'store':>7} {'t/(NT)':>7} {'RSS x':>6} {'sum x':>6}")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -155,11 +198,13 @@ def print_table(rows: list[Row]) -> None:
         print(f"{r.n:>7,} {r.checkpoints:>3} " + " ".join(f"{r.stages[s].seconds:>10.1f}" for s in stages)
               + f" {r.seconds:>8.1f} {r.cpu_seconds:>7.0f} {rate:>7.0f} "
               + " ".join(f"{r.stages[s].peak_rss_mib:>8.0f}" for s in stages)
-              + f" {r.store_mib:>7.0f} {per:>7.2f} {r.peak_rss_mib / base.peak_rss_mib:>6.2f}")
+              + f" {r.peak_pss_sum_mib:>8.0f} {r.store_mib:>7.0f} {per:>7.2f} {r.peak_rss_mib / base.peak_rss_mib:>6.2f}"
+              + f" {r.peak_pss_sum_mib / base.peak_pss_sum_mib:>6.2f}")
     print("\nstage columns: wall seconds; CPU s: user + system seconds of all stages (steadier than wall time on a "
           "shared machine);\nRSS: peak of each stage's process, MiB; store: size of store.zarr on disk, MiB; "
           "img/s: N * T / extraction wall time;\nt/(NT): total wall time per image-checkpoint relative to the first "
-          "row; RSS x: largest stage peak relative to the first row.")
+          "row; RSS x: largest stage peak relative to the first row;\nPSS sum: the largest peak, over stages, of the PSS "
+          "summed over a stage's processes (torchrun ranks, HDBSCAN workers), MiB; sum x: it relative to the first row.")
     for r in rows:
         print(f"N={r.n:,}: CPU s " + ", ".join(f"{k} {v.cpu_seconds:.0f}" for k, v in r.stages.items())
               + "; analysis (s) " + ", ".join(f"{k} {v:.1f}" for k, v in r.analysis_timings.items())
@@ -180,12 +225,6 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep each N's analysis directory")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    if args.report:
-        try:
-            import i2x.report  # noqa: F401
-        except ImportError:
-            print("report: i2x.report is not importable; timing extract and analyze only")
-            args.report = False
     args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / "scale.log"
     load_before = os.getloadavg()
