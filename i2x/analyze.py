@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .analysis import (ConfidenceGroups, Prototypes, RidgeMapping, Structure, accuracy, cartography,
                        cartography_summary, choose_k, confusion, intensity, presence_share)
+from .analysis.groups import default_min_cluster_size
 from .errors import UserError
 from .lock import locked
 from .store import Store
@@ -213,7 +214,7 @@ def _min_samples(cfg: AnalyzeConfig, n: int) -> int:
     """
     if cfg.min_samples is not None:
         return cfg.min_samples
-    min_cluster_size = max(10, n // 100) if cfg.min_cluster_size is None else cfg.min_cluster_size  # as in groups.py
+    min_cluster_size = default_min_cluster_size(n) if cfg.min_cluster_size is None else cfg.min_cluster_size
     return max(1, min(min_cluster_size, MAX_MIN_SAMPLES))
 
 

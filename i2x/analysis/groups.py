@@ -36,6 +36,11 @@ from i2x.errors import UserError
 PARALLEL_MIN_SAMPLES = 10_000
 
 
+def default_min_cluster_size(n: int) -> int:
+    """DESIGN D7's default HDBSCAN min_cluster_size for n samples: max(10, n // 100)."""
+    return max(10, n // 100)
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask, which containers and schedulers set)."""
     try:
@@ -75,7 +80,7 @@ class ConfidenceGroups:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
                 raise UserError(f"{name} must be a positive integer or None, got {value!r}")
-        size = max(10, n // 100) if self.min_cluster_size is None else int(self.min_cluster_size)
+        size = default_min_cluster_size(n) if self.min_cluster_size is None else int(self.min_cluster_size)
         self.min_cluster_size_ = max(2, size)
         if self.max_fit_samples is None or n <= self.max_fit_samples:
             self.fit_rows_ = np.arange(n)

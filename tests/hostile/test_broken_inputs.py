@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from sklearn.datasets import load_digits
 from torch import nn
 
-from i2x import api
 from i2x.cli import main
 from i2x.models import SmallCNN
 from i2x.store import Store
+
+from .digits_snapshots import train_on_digits
 
 ANALYSIS_ARRAYS = ("centroids", "assign", "present", "share", "groups", "beta", "alpha", "r2", "group_ids",
                    "group_beta")
@@ -32,18 +32,8 @@ ANALYSIS_ARRAYS = ("centroids", "assign", "present", "share", "groups", "beta", 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, list[str]]:
     """(three snapshots of a SmallCNN trained 3 epochs on 200 digits, the ``--data`` options of those digits)."""
-    root = tmp_path_factory.mktemp("trained")
-    digits = load_digits()
-    x, y = (digits.images / 16).astype(np.float32), digits.target
-    np.savez(root / "digits.npz", x_train=x[:200], y_train=y[:200], x_test=x[200:260], y_test=y[200:260])
-    data = ["--data", f"npz:{root / 'digits.npz'}", "--input-size", "32"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small trains faster on one thread, far faster on a busy machine
-    try:
-        api.train(data=data[1], input_size=32, out=root / "ck", epochs=3, lr=1e-2, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    return root / "ck", data
+    ckpts, npz = train_on_digits(tmp_path_factory.mktemp("trained"), n_test=60)
+    return ckpts, ["--data", f"npz:{npz}", "--input-size", "32"]
 
 
 def copy_of(ckpts: Path, tmp_path: Path, name: str = "ckpts") -> Path:

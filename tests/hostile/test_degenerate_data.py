@@ -18,10 +18,11 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from i2x import api
 from i2x.cli import main
 from i2x.models import SmallCNN
 from i2x.store import Store
+
+from .digits_snapshots import train_on_digits
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +32,9 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, digits) -> tuple[Path, Path]:
+def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(three snapshots of a SmallCNN trained 3 epochs on 200 digits, the npz of those digits)."""
-    root = tmp_path_factory.mktemp("trained")
-    x, y = digits
-    np.savez(root / "digits.npz", x_train=x[:200], y_train=y[:200], x_test=x[200:300], y_test=y[200:300])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small trains faster on one thread, far faster on a busy machine
-    try:
-        api.train(data=f"npz:{root / 'digits.npz'}", input_size=32, out=root / "ck", epochs=3, lr=1e-2, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    return root / "ck", root / "digits.npz"
+    return train_on_digits(tmp_path_factory.mktemp("trained"), n_test=100)
 
 
 def npz_options(path: Path) -> list[str]:

@@ -25,7 +25,6 @@ import faiss
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from i2x import api
 from i2x.analyze import AnalyzeConfig
@@ -34,6 +33,8 @@ from i2x.context import RunConfig
 from i2x.errors import UserError
 from i2x.lock import LOCK_NAME
 from i2x.store import Store
+
+from .digits_snapshots import train_on_digits
 
 ROOT = Path(__file__).resolve().parents[2]
 FORK = multiprocessing.get_context("fork")
@@ -44,17 +45,7 @@ ANALYSIS = AnalyzeConfig(k=8, seed=3, device="cpu")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """(three snapshots of a SmallCNN trained 3 epochs on 200 digits, the npz of those digits)."""
-    root = tmp_path_factory.mktemp("trained")
-    digits = load_digits()
-    x, y = (digits.images / 16).astype(np.float32), digits.target
-    np.savez(root / "digits.npz", x_train=x[:200], y_train=y[:200], x_test=x[200:260], y_test=y[200:260])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small trains faster on one thread, far faster on a busy machine
-    try:
-        api.train(data=f"npz:{root / 'digits.npz'}", input_size=32, out=root / "ck", epochs=3, lr=1e-2, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    return root / "ck", root / "digits.npz"
+    return train_on_digits(tmp_path_factory.mktemp("trained"), n_test=60)
 
 
 def run_config(trained: tuple[Path, Path], limit: int = 100) -> RunConfig:
