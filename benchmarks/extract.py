@@ -27,9 +27,8 @@ import torchvision
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from i2x.attribution import Attributor, find_target_layer, get_layer
-from i2x.cams import METHODS
-from i2x.models import SmallCNN
+from i2x.attribution import Attributor, find_target_layer, get_layer, METHODS
+from i2x.io.models import SmallCNN
 
 # model name -> (factory, input channels, default input size, default batch size)
 SETUPS = {

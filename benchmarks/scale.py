@@ -174,7 +174,7 @@ def measure(n: int, args: argparse.Namespace, ckpt: Path, work: Path, log: Path)
     row.stages["extract"] = run_stage([sys.executable, *extract], env, log)
     row.stages["analyze"] = run_stage([sys.executable, "-m", "i2x", "analyze", str(out), "--device", "cpu"], env, log)
     if args.report:
-        row.stages["report"] = run_stage([sys.executable, "-c", "import sys; from i2x.report import build_report; "
+        row.stages["report"] = run_stage([sys.executable, "-c", "import sys; from i2x.reporting import build_report; "
                                           "build_report(sys.argv[1], progress=False)", str(out)], env, log)
     row.analysis_timings = json.loads((out / "summary.json").read_text())["timings"]
     row.store_mib = round(sum(f.stat().st_size for f in (out / "store.zarr").rglob("*") if f.is_file()) / MIB, 1)

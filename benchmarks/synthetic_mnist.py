@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from i2x.data import ImageData
+from i2x.io.data import ImageData
 
 SIZE = 28
 BLOCK = 500

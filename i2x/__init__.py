@@ -3,56 +3,42 @@
 The public API mirrors the CLI (``i2x.run``, ``i2x.extract``, ``i2x.analyze``, ``i2x.report``,
 ``i2x.finetune``, ``i2x.faithfulness``, ``i2x.drift``, ...) and re-exports the analysis stages as
 scikit-learn-style estimators (``i2x.Prototypes``, ``i2x.ConfidenceGroups``, ``i2x.RidgeMapping``,
-``i2x.Structure``). Internals live in the modules; only the names below are the public surface.
+``i2x.Structure``) and the CAM methods. Internals live in the subpackages (see docs/ARCHITECTURE.md).
 
-Names load on first use, so ``import i2x`` is instant and a worker process that unpickles one i2x
-function (the parallel HDBSCAN steps) does not load torch.
+Names load on first use (PEP 562), so ``import i2x`` is instant and a worker process that unpickles
+one i2x function (the parallel HDBSCAN steps) does not load torch. No subpackage shares its name
+with an API function, so importing a subpackage never hides one.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
-__version__ = "0.1.0"
+from i2x.version import __version__
 
-#: The API functions and classes of :mod:`i2x.api`. Several share their names with the submodules
-#: that implement them (``i2x.extract`` is both), and importing a submodule binds it as an attribute
-#: of the package, so these names are always looked up in :mod:`i2x.api` (see :class:`_Package`).
-_API = frozenset({
-    "AnalyzeConfig", "RelianceConfig", "RunConfig", "RunResult", "analyze", "compare_models", "demo", "doctor",
-    "drift", "extract", "faithfulness", "finetune", "format_table", "load_summary", "reliance", "report", "run",
-    "train",
-})
-#: Other public names -> the submodule that defines them.
-_ELSEWHERE = {
-    "ConfidenceGroups": "analysis", "Prototypes": "analysis", "RidgeMapping": "analysis", "Structure": "analysis",
-    "cartography": "analysis", "intensity": "analysis", "Attributor": "attribution", "GradCAM": "cams",
-    "GradCAMPlusPlus": "cams", "LayerCAM": "cams", "UserError": "errors", "Store": "store",
+#: Public name -> the module that defines it.
+_PUBLIC = {
+    **{name: "i2x.api" for name in (
+        "AnalyzeConfig", "RelianceConfig", "RunConfig", "RunResult", "analyze", "compare_models", "demo", "doctor",
+        "drift", "extract", "faithfulness", "finetune", "format_table", "load_summary", "reliance", "report", "run",
+        "train", "UserError")},
+    **{name: "i2x.analysis" for name in (
+        "ConfidenceGroups", "Prototypes", "RidgeMapping", "Structure", "cartography", "intensity")},
+    **{name: "i2x.attribution" for name in ("Attributor", "GradCAM", "GradCAMPlusPlus", "LayerCAM")},
+    "Store": "i2x.io.store",
 }
 
-__all__ = ["__version__", *sorted(_API), *_ELSEWHERE]
+__all__ = ["__version__", *sorted(_PUBLIC)]
 
 
-class _Package(types.ModuleType):
-    """The ``i2x`` module: API names resolve to :mod:`i2x.api`, the others load on first access."""
-
-    def __getattribute__(self, name: str) -> Any:
-        if name in _API:
-            return getattr(importlib.import_module("i2x.api"), name)
-        return super().__getattribute__(name)
-
-    def __getattr__(self, name: str) -> Any:
-        if name not in _ELSEWHERE:
-            raise AttributeError(f"module 'i2x' has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"i2x.{_ELSEWHERE[name]}"), name)
-        setattr(self, name, value)
-        return value
-
-    def __dir__(self) -> list[str]:
-        return sorted(set(super().__dir__()) | set(__all__))
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'i2x' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
 
 
-sys.modules[__name__].__class__ = _Package
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

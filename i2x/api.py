@@ -13,19 +13,16 @@ from typing import Any
 
 import torch
 
-from .analyze import AnalyzeConfig, AnalyzeResult, load_summary
-from .analyze import analyze as _analyze
-from .context import RunConfig, check_forward
-from .data import DataOptions, load_data
-from .errors import UserError
-from .extract import ExtractResult
-from .extract import extract as _extract
-from .finetune import FinetuneResult, finetune, format_table
-from .models import build_model
-from .reliance import RelianceConfig, reliance
-from .studies import compare_models, drift, faithfulness
-from .train import TrainConfig, TrainResult
-from .train import train as _train
+from i2x.stages.analysis import AnalyzeConfig, AnalyzeResult, load_summary, analyze as _analyze
+from i2x.stages.context import RunConfig, check_forward
+from i2x.io.data import DataOptions, load_data
+from i2x.errors import UserError
+from i2x.stages.extraction import ExtractResult, extract as _extract
+from i2x.stages.finetuning import FinetuneResult, finetune, format_table
+from i2x.io.models import build_model
+from i2x.stages.reliance import RelianceConfig, reliance
+from i2x.stages.studies import compare_models, drift, faithfulness
+from i2x.stages.training import TrainConfig, TrainResult, train as _train
 
 
 def train(
@@ -66,7 +63,7 @@ def extract(config: RunConfig | None = None, out: str | Path = "analyses/run", o
 
 def report(out: str | Path, progress: bool = True, pngs: bool = True) -> Path:
     """Write ``out/report.html`` (self-contained, offline) and PNG exports of the main charts in ``out/report/``."""
-    from .report import build_report
+    from i2x.reporting import build_report
 
     return build_report(out, progress=progress, pngs=pngs)
 
@@ -137,7 +134,7 @@ def demo(checkpoints: str | Path = "checkpoints/digits-demo", out: str | Path = 
 
 def doctor() -> dict[str, str]:
     """Versions and accelerator visibility: what to paste into a bug report."""
-    from . import __version__
+    from i2x.version import __version__
 
     info: dict[str, str] = {"i2x": __version__, "python": platform.python_version(), "platform": platform.platform()}
     for module in ("torch", "torchvision", "numpy", "sklearn", "hdbscan", "zarr", "altair", "vl_convert"):

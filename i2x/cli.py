@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import __version__
-from .errors import UserError
+from i2x.version import __version__
+from i2x.errors import UserError
 
 DESCRIPTION = """\
 i2x explains how an image classifier's reasoning forms during training.
@@ -90,7 +90,7 @@ def add_extract_options(p: argparse.ArgumentParser) -> None:
 
 
 def _run_config(args: argparse.Namespace) -> "RunConfig":
-    from .context import RunConfig
+    from i2x.stages.context import RunConfig
 
     return RunConfig(
         checkpoints=args.ckpt_dir, model=args.model, data=args.data, split=args.split, layer=args.layer,
@@ -103,7 +103,7 @@ def _run_config(args: argparse.Namespace) -> "RunConfig":
 
 # ---- subcommands -----------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> None:
-    from . import api
+    from i2x import api
 
     result = api.train(
         data=args.data, model=args.model, out=args.out, epochs=args.epochs, seed=args.seed,
@@ -116,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
-    from . import api
+    from i2x import api
 
     result = api.extract(_run_config(args), out=args.out, overwrite=args.overwrite)
     print(f"layer {result.layer} (grid {result.grid[0]}x{result.grid[1]}), {result.samples} samples, "
@@ -163,7 +163,7 @@ def add_analyze_options(p: argparse.ArgumentParser) -> None:
 
 
 def _analyze_config(args: argparse.Namespace) -> "AnalyzeConfig":
-    from .analyze import AnalyzeConfig
+    from i2x.stages.analysis import AnalyzeConfig
 
     if args.k != "auto" and not str(args.k).isdigit():
         raise UserError(f"--k {args.k}: give a positive integer or 'auto'")
@@ -183,7 +183,7 @@ def _analyze_config(args: argparse.Namespace) -> "AnalyzeConfig":
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
-    from . import api
+    from i2x import api
 
     result = api.analyze(args.dir, _analyze_config(args))
     _print_findings(result.summary)
@@ -211,7 +211,7 @@ def _print_findings(summary: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from . import api
+    from i2x import api
 
     result = api.run(_run_config(args), out=args.out, analyze_config=_analyze_config(args), overwrite=args.overwrite,
                      with_reliance=not args.no_reliance)
@@ -222,7 +222,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from . import api
+    from i2x import api
 
     path = api.report(args.dir, pngs=not args.no_png)
     print(f"report: {path}")
@@ -238,7 +238,7 @@ def _pairs(text: str) -> "str | list[tuple[str, str]]":
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from .finetune import finetune
+    from i2x.stages.finetuning import finetune
 
     result = finetune(
         args.dir, strategies=args.strategies, seeds=args.seeds, epochs=args.epochs, lr=args.lr,
@@ -249,7 +249,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_faithfulness(args: argparse.Namespace) -> None:
-    from .studies import faithfulness
+    from i2x.stages.studies import faithfulness
 
     result = faithfulness(
         args.dir, checkpoint=args.checkpoint, methods=args.method, fractions=args.fractions, steps=args.steps,
@@ -270,7 +270,7 @@ def cmd_faithfulness(args: argparse.Namespace) -> None:
 
 
 def cmd_drift(args: argparse.Namespace) -> None:
-    from .studies import drift
+    from i2x.stages.studies import drift
 
     result = drift(args.dir, from_=args.from_, to=args.to, phase_split=args.phase_split, methods=args.method,
                    top=args.top, stability=args.stability)
@@ -285,7 +285,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
 
 
 def cmd_reliance(args: argparse.Namespace) -> None:
-    from .reliance import RelianceConfig, reliance
+    from i2x.stages.reliance import RelianceConfig, reliance
 
     result = reliance(args.dir, RelianceConfig(
         max_samples=args.max_samples, recipients=args.recipients, random_draws=args.random_draws,
@@ -303,13 +303,13 @@ def _print_reliance(verdict: str, ranking: list, prototypes: Any) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from . import api
+    from i2x import api
 
     api.demo(checkpoints=args.checkpoints_dir, out=args.out, epochs=args.epochs, force=args.force)
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
-    from . import api
+    from i2x import api
 
     for key, value in api.doctor().items():
         print(f"{key:>14}: {value}")

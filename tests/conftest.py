@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from i2x.data import ImageData, load_data
+from i2x.io.data import ImageData, load_data
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from i2x.data import DataOptions, ImageData, _tensor_data
+from i2x.io.data import DataOptions, ImageData, _tensor_data
 
 SHORTCUT_CLASS = 3
 CONFLICT_PAIR = (1, 7)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from i2x import api
-from i2x.store import Store
+from i2x.io.store import Store
 
 from planted import (BOTTOM_RIGHT, CONFLICT_PAIR, SHORTCUT_CLASS, TOP_LEFT, conflict_data, marker_mask, planted_seed,
                      shortcut_data)

@@ -7,10 +7,9 @@ import torch
 import torchvision
 from torch import nn
 
-from i2x.attribution import Attributor, find_target_layer, get_layer, prefer_channels_last
-from i2x.cams import METHODS
+from i2x.attribution import Attributor, find_target_layer, get_layer, prefer_channels_last, METHODS
 from i2x.errors import UserError
-from i2x.models import SmallCNN
+from i2x.io.models import SmallCNN
 
 
 def _small_cnn(seed: int = 0) -> SmallCNN:

@@ -9,10 +9,9 @@ from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from i2x.attribution import Attributor, get_layer
-from i2x.cams import METHODS, display_maps, get_methods
+from i2x.attribution import Attributor, get_layer, METHODS, display_maps, get_methods
 from i2x.errors import UserError
-from i2x.models import SmallCNN
+from i2x.io.models import SmallCNN
 
 PACKAGE_CLASSES = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "layercam": LayerCAM}
 

@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from i2x.checkpoints import Checkpoint, find_checkpoints, is_finite, load_into, load_state_dict, select
+from i2x.io.checkpoints import Checkpoint, find_checkpoints, is_finite, load_into, load_state_dict, select
 from i2x.errors import UserError
-from i2x.models import SmallCNN
+from i2x.io.models import SmallCNN
 
 # Three snapshots in training order: (seed of the weights, epoch, global step).
 TRAINING = [(11, 1, 150), (12, 2, 300), (13, 10, 1500)]

@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
 
-from i2x.data import DataOptions, ImageData, iter_batches, labels_of, load_data
+from i2x.io.data import DataOptions, ImageData, iter_batches, labels_of, load_data
 from i2x.errors import UserError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -221,7 +221,7 @@ def test_missing_torchvision_files_say_where_to_put_them(kind, where):
 FACTORY_FILE = '''
 import torch
 from torch.utils.data import TensorDataset
-from i2x.data import ImageData
+from i2x.io.data import ImageData
 
 def triple():
     g = torch.Generator().manual_seed(0)

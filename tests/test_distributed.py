@@ -13,7 +13,7 @@ import pytest
 import zarr
 
 from i2x import api
-from i2x.store import Store
+from i2x.io.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRACT = ["-m", "i2x", "extract", "--limit", "150", "--batch-size", "32"]
@@ -117,7 +117,7 @@ def test_a_user_error_on_one_rank_stops_every_rank(ckpt_dir, single, tmp_path):
 
 SESSION_PROBE = """
 import torch, torch.distributed as td
-from i2x.distributed import session
+from i2x.io.distributed import session
 from i2x.errors import UserError
 with session(torch.device("cpu")) as d:
     print("joined", td.is_initialized(), d.rank, d.world)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau, spearmanr
 
-from i2x.drift import (
+from i2x.metrics.drift import (
     centroid,
     centroid_shift,
     concentration,

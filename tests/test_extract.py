@@ -15,13 +15,12 @@ import torch
 import zarr
 
 from i2x import api
-from i2x.attribution import Attributor
-from i2x.cams import get_methods
-from i2x.checkpoints import find_checkpoints, load_into
-from i2x.context import RunConfig, build_context
+from i2x.attribution import Attributor, get_methods
+from i2x.io.checkpoints import find_checkpoints, load_into
+from i2x.stages.context import RunConfig, build_context
 from i2x.errors import UserError
-from i2x.lock import locked
-from i2x.store import Store
+from i2x.io.lock import locked
+from i2x.io.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import torch
 import torchvision.transforms.functional as TF
 
 from i2x.errors import UserError
-from i2x.faithfulness import (
+from i2x.metrics.faithfulness import (
     auc,
     change_counts,
     drop_at,
@@ -20,7 +20,7 @@ from i2x.faithfulness import (
     select_buckets,
     value_at,
 )
-from i2x.models import SmallCNN
+from i2x.io.models import SmallCNN
 
 SCALE = 0.5
 

@@ -14,12 +14,12 @@ import torch
 from sklearn.datasets import load_digits
 
 from i2x import api
-from i2x.analyze import AnalyzeConfig, load_summary
-from i2x.context import RunConfig, build_context
+from i2x.stages.analysis import AnalyzeConfig, load_summary
+from i2x.stages.context import RunConfig, build_context
 from i2x.errors import UserError
-from i2x.finetune import finetune, format_table, read_exclude_file
-from i2x.store import Store
-from i2x.train import evaluate
+from i2x.stages.finetuning import finetune, format_table, read_exclude_file
+from i2x.io.store import Store
+from i2x.stages.training import evaluate
 
 
 @pytest.fixture(scope="module", autouse=True)

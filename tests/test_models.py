@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from i2x.errors import UserError
-from i2x.models import SmallCNN, build_model
+from i2x.io.models import SmallCNN, build_model
 
 
 def test_small_cnn_gives_an_8x8_grid_at_features_for_32px_input():

@@ -20,13 +20,13 @@ def test_every_public_name_resolves_and_api_names_are_the_api_functions():
 
 
 def test_api_names_survive_their_submodules_being_imported():
-    import i2x.report.build  # noqa: F401  (binds the package i2x.report as an attribute of i2x)
+    import i2x.reporting.build  # noqa: F401  (binds the subpackage as an attribute of i2x)
     from i2x import finetune as finetune_function
-    from i2x.report import build
+    from i2x.reporting import build
 
     assert isinstance(build, types.ModuleType)
     assert i2x.report is api.report and finetune_function is api.finetune
-    assert isinstance(sys.modules["i2x.report"], types.ModuleType)
+    assert isinstance(sys.modules["i2x.reporting"], types.ModuleType)
 
 
 def test_import_loads_neither_torch_nor_the_analysis():

@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 from i2x import api
-from i2x.context import RunConfig, build_context
-from i2x.data import ImageData
-from i2x.reliance import (CellReplacement, concentration, deletion_margins, footprint, margin, presence_stats,
+from i2x.stages.context import RunConfig, build_context
+from i2x.io.data import ImageData
+from i2x.stages.reliance import (CellReplacement, concentration, deletion_margins, footprint, margin, presence_stats,
                           random_cells, suspicion, transplant_logits, verdict)
-from i2x.report.inputs import ReportInputs
-from i2x.report.section_reliance import reliance_section
-from i2x.store import Store
+from i2x.reporting.inputs import ReportInputs
+from i2x.reporting.sections.reliance import reliance_section
+from i2x.io.store import Store
 
 import planted
 from planted import SHORTCUT_CLASS, TOP_LEFT, marked_test_images, marker_mask, planted_seed

@@ -18,15 +18,15 @@ import pytest
 import torch
 from PIL import Image
 
-from i2x.report import build as report_build
+from i2x.reporting import build as report_build
 from fixtures_pipeline import HOSTILE_NAMES, tiny_report, tiny_run  # noqa: F401  (pytest fixtures)
-from i2x.cams import display_maps
-from i2x.report import Section, build_report
-from i2x.report.images import HIGHLIGHT, jet, overlays, prototype_patches, to_rgb
-from i2x.report.inputs import ReportInputs
-from i2x.report.page import script_json
-from i2x.report.sections import _groups_fact, uncertain
-from i2x.store import Store
+from i2x.attribution import display_maps
+from i2x.reporting import Section, build_report
+from i2x.reporting.images import HIGHLIGHT, jet, overlays, prototype_patches, to_rgb
+from i2x.reporting.inputs import ReportInputs
+from i2x.reporting.page import script_json
+from i2x.reporting.sections import _groups_fact, uncertain
+from i2x.io.store import Store
 
 
 class Page(HTMLParser):

@@ -21,17 +21,17 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from sklearn.datasets import load_digits
 
 from i2x import api
-from i2x.analyze import AnalyzeConfig
-from i2x.cams import display_maps
-from i2x.context import RunConfig, build_context
-from i2x.drift import centroid_shift, drift_metrics, rank_reversals, summarize
+from i2x.stages.analysis import AnalyzeConfig
+from i2x.attribution import display_maps
+from i2x.stages.context import RunConfig, build_context
+from i2x.metrics.drift import centroid_shift, drift_metrics, rank_reversals, summarize
 from i2x.errors import UserError
-from i2x.faithfulness import auc, drop_at, perturbation_curves, pixel_order, random_order, select_buckets
-from i2x.report.charts import ChartSet
-from i2x.report.page import vega_version
-from i2x.report.section_studies import drift_section, faithfulness_section
-from i2x.store import Store
-from i2x.studies import (DRIFT_NAME, FAITHFULNESS_NAME, cams_for_targets, compare_models, drift, faithfulness,
+from i2x.metrics.faithfulness import auc, drop_at, perturbation_curves, pixel_order, random_order, select_buckets
+from i2x.reporting.charts import ChartSet
+from i2x.reporting.page import vega_version
+from i2x.reporting.sections.studies import drift_section, faithfulness_section
+from i2x.io.store import Store
+from i2x.stages.studies import (DRIFT_NAME, FAITHFULNESS_NAME, cams_for_targets, compare_models, drift, faithfulness,
                          open_context)
 
 NAMES = ["<script>alert(1)</script>", "a & b", "2", "3", "4", "5", "6", "7", "8", "9"]

@@ -12,11 +12,11 @@ from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
 
 from i2x import api
-from i2x.checkpoints import find_checkpoints, load_into
-from i2x.data import load_data
+from i2x.io.checkpoints import find_checkpoints, load_into
+from i2x.io.data import load_data
 from i2x.errors import UserError
-from i2x.models import SmallCNN
-from i2x.train import TrainConfig, evaluate, train
+from i2x.io.models import SmallCNN
+from i2x.stages.training import TrainConfig, evaluate, train
 
 CPU = torch.device("cpu")
 BACKBONE_PARAMS = ("features.0.weight", "features.4.weight", "features.8.weight", "features.11.weight")

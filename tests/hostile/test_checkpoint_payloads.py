@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from sklearn.datasets import load_digits
 
 from i2x.cli import main
-from i2x.models import SmallCNN
+from i2x.io.models import SmallCNN
 
 ROOT = Path(__file__).resolve().parents[2]
 

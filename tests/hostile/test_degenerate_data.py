@@ -19,8 +19,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from i2x.cli import main
-from i2x.models import SmallCNN
-from i2x.store import Store
+from i2x.io.models import SmallCNN
+from i2x.io.store import Store
 
 from .digits_snapshots import train_on_digits
 

@@ -27,12 +27,12 @@ import pytest
 import torch
 
 from i2x import api
-from i2x.analyze import AnalyzeConfig
+from i2x.stages.analysis import AnalyzeConfig
 from i2x.cli import main
-from i2x.context import RunConfig
+from i2x.stages.context import RunConfig
 from i2x.errors import UserError
-from i2x.lock import LOCK_NAME
-from i2x.store import Store
+from i2x.io.lock import LOCK_NAME
+from i2x.io.store import Store
 
 from .digits_snapshots import train_on_digits
 

@@ -13,14 +13,13 @@ import math
 
 import numpy as np
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.stats import spearmanr
 
-from i2x.drift import drift_metrics, top_count
+from i2x.metrics.drift import drift_metrics, top_count
 from i2x.analysis import intensity, presence_share
-from i2x.faithfulness import auc, change_counts, perturbation_curves, pixel_order
+from i2x.metrics.faithfulness import auc, change_counts, perturbation_curves, pixel_order
 
 SETTINGS = settings(max_examples=40, deadline=None)
 POWERS_OF_TWO = st.sampled_from([2.0**e for e in range(-4, 7)])

@@ -1,0 +1,395 @@
+"""The checkpoint walker: the one module that knows how training snapshots are found, ordered and loaded.
+
+Found in a directory (not recursively):
+
+* files ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.bin``, ``*.safetensors``;
+* sub-directories in the Hugging Face shape (``checkpoint-500/``) holding ``model.safetensors``
+  or ``pytorch_model.bin``.
+
+Everything else is ignored (and listed at debug level), including the Trainer's non-weight files
+(``training_args.bin``, ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state.pth``).
+
+Payloads recognised: a raw state_dict; ``{"state_dict": ...}`` (Lightning, whose keys carry the
+LightningModule's attribute name, e.g. ``model.``); ``{"model_state_dict": ...}``,
+``{"model": ...}``, ``{"net": ...}``; DDP ``module.`` and ``torch.compile`` ``_orig_mod.``
+prefixes are stripped.
+
+Order: by the step stored inside (``global_step``, then ``step``, then ``epoch``; HF folders:
+``trainer_state.json``) when every snapshot has it, else by the numbers in the names in natural
+order (``epoch_2`` before ``epoch_10``), else by modification time.
+
+Safety: pickles load with ``torch.load(weights_only=True)``; a file that needs arbitrary code is
+refused unless the caller passes ``trust=True`` (the CLI's ``--trust-checkpoints``). A file in none
+of torch.save's formats (a plain ``pickle.dump``, random bytes) or a zip cut short is refused before
+anything is unpickled, trusted or not, with a message that does not suggest trusting it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+import re
+import struct
+import tarfile
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from i2x.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Files that sit next to weights but hold other training state (the Hugging Face Trainer writes them).
+NOT_WEIGHTS = frozenset({"training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth"})
+STEP_KEYS = ("global_step", "step", "epoch")
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
+STRIP_PREFIXES = ("module.", "_orig_mod.")
+LFS_POINTER = b"version https://git-lfs"  # how a Git LFS pointer file starts (the weights were never fetched)
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive
+# torch.save's legacy format opens with a pickled magic number; these are its 10 little-endian bytes.
+LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+# What torch's weights-only unpickler says when a pickle names a Python object to import or call (as
+# opposed to random bytes or a truncated file, which it reports with the same generic prefix).
+NEEDS_CODE = re.compile(
+    r"GLOBAL [A-Za-z_][\w.]* was not an allowed global|whose module \S+ is blocked|Trying to call reduce|"
+    r"Can only (?:create new object|build)|must be imported to load|Cannot use ``weights_only=True``"
+)
+TRUST_HINT = (
+    "it needs arbitrary Python code to unpickle, which i2x refuses by default because loading it "
+    "could run anything. If you trust where it came from, rerun with --trust-checkpoints"
+)
+
+
+@dataclass
+class Checkpoint:
+    """One training snapshot: where its weights are, and its position in training."""
+
+    name: str
+    path: Path
+    step: int | None = None
+    step_source: str = "unknown"
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def sha256(self) -> str:
+        """The SHA-256 of the weight file, streamed (recorded so a store knows what it was built from)."""
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly record of this snapshot."""
+        return {"name": self.name, "path": str(self.path), "step": self.step, "step_source": self.step_source}
+
+
+def _natural_numbers(name: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", name))
+
+
+def _weight_file(entry: Path) -> Path | None:
+    """The weight file behind a directory entry, or None if it is not a snapshot."""
+    if entry.is_file() and entry.suffix in SUFFIXES and entry.name not in NOT_WEIGHTS:
+        return entry
+    if entry.is_dir():
+        for fname in HF_WEIGHT_FILES:
+            if (entry / fname).is_file():
+                return entry / fname
+    return None
+
+
+def _refuse_placeholders(path: Path) -> None:
+    """A clear error for the two stand-ins that are not weights at all: an empty file, a Git LFS pointer."""
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: the file is empty (0 bytes); delete it or move it out of the checkpoint directory")
+    with open(path, "rb") as fh:
+        if fh.read(len(LFS_POINTER)) == LFS_POINTER:
+            raise UserError(f"{path}: is a Git LFS pointer, not the weights; fetch them with `git lfs pull`")
+
+
+def _read_payload(path: Path, trust: bool, mmap: bool = False) -> Any:
+    """Load a weight file's payload safely; user-facing errors name the file and the fix."""
+    _refuse_placeholders(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise _unreadable_safetensors(path, exc) from exc
+    _check_torch_format(path)
+    try:
+        with warnings.catch_warnings():  # torch warns on stderr about pickle protocols before refusing anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (pickle.UnpicklingError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and mmap and "mmap" in str(exc):
+            return _read_payload(path, trust, mmap=False)
+        if not NEEDS_CODE.search(str(exc)):
+            # torch prefixes every weights-only failure with advice to load unsafely, even for random
+            # bytes; only a pickle that really names code to run deserves the --trust-checkpoints hint.
+            raise UserError(f"{path}: not a readable PyTorch checkpoint ({_cause(exc)}); is it truncated or corrupt?") from exc
+        if not trust:
+            named = re.search(r"GLOBAL (\S+)", str(exc))
+            what = f" (it names {named.group(1)})" if named else ""
+            raise UserError(f"{path}: refused to load{what}: {TRUST_HINT}.") from None
+        return _trusted_load(path)
+    except (EOFError, OSError, ValueError, KeyError, IndexError, struct.error) as exc:
+        # what the unpickler raises on garbage: random bytes or a file cut short
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); is it truncated or corrupt?") from exc
+
+
+def _unreadable_safetensors(path: Path, exc: BaseException) -> UserError:
+    return UserError(f"{path}: not a readable safetensors file ({_first_line(exc)}); is it truncated or corrupt?")
+
+
+def _check_torch_format(path: Path) -> None:
+    """A file in none of torch.save's formats (zip, legacy pickle, pre-0.4 tar), or a zip cut short, can never
+    load, trusted or not: say so before unpickling anything, so a plain ``pickle.dump`` file is not met with
+    --trust-checkpoints advice and a cut-short zip not with torch's bare ``[Errno 22] Invalid argument``."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head.startswith(ZIP_MAGIC):
+        if zipfile.is_zipfile(path):
+            return
+        raise UserError(f"{path}: not a readable PyTorch checkpoint (a zip archive without its central directory, "
+                        "as when a download or copy is cut short); is it truncated or corrupt?")
+    if LEGACY_MAGIC in head[:32] or tarfile.is_tarfile(path):
+        return
+    plain_pickle = head[:1] == b"\x80"  # the PROTO opcode every pickle of protocol 2+ starts with
+    kind = "a plain pickle.dump file, which torch.load cannot read" if plain_pickle else "no torch.save format"
+    raise UserError(
+        f"{path}: not a readable PyTorch checkpoint ({kind}); is it truncated or corrupt? "
+        "Checkpoints are written by torch.save(model.state_dict(), path) or safetensors"
+    )
+
+
+def _trusted_load(path: Path) -> Any:
+    """Unpickle with arbitrary code allowed (the user said --trust-checkpoints); any failure is a UserError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # the pickle may run any code, so it may raise anything
+        raise UserError(
+            f"{path}: could not be loaded even with --trust-checkpoints ({type(exc).__name__}: {_first_line(exc)}); "
+            "the classes it was pickled with may need to be importable"
+        ) from exc
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong in a torch.load error: torch wraps the unpickler's own message between generic
+    advice and a documentation link (paragraphs split by blank lines); keep that message only."""
+    parts = [p.strip() for p in str(exc).split("\n\n") if p.strip()]
+    if len(parts) >= 3 and parts[0].startswith("Weights only load failed"):
+        return parts[-2].splitlines()[0][:200]
+    return _first_line(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _internal_step(path: Path, trust: bool) -> tuple[int | None, str, dict[str, Any]]:
+    """The step stored inside a snapshot (global_step > step > epoch), with light metadata."""
+    if path.name in HF_WEIGHT_FILES:
+        state_file = path.parent / "trainer_state.json"
+        if state_file.is_file():
+            try:
+                step = json.loads(state_file.read_text()).get("global_step")
+                if isinstance(step, int):
+                    return step, "global_step", {}
+            except (json.JSONDecodeError, OSError):
+                pass
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        _refuse_placeholders(path)
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise _unreadable_safetensors(path, exc) from exc
+        for key in STEP_KEYS:
+            if str(meta.get(key, "")).lstrip("-").isdigit():
+                return int(meta[key]), key, {}
+        return None, "unknown", {}
+    payload = _read_payload(path, trust, mmap=True)
+    if isinstance(payload, Mapping):
+        meta = {k: payload[k] for k in ("metrics",) if k in payload and isinstance(payload[k], Mapping)}
+        for key in STEP_KEYS:
+            value = payload.get(key)
+            if isinstance(value, (int, torch.Tensor)) and not isinstance(value, bool):
+                try:
+                    return int(value), key, meta
+                except (TypeError, ValueError, RuntimeError):
+                    continue
+        return None, "unknown", meta
+    return None, "unknown", {}
+
+
+def find_checkpoints(directory: str | Path, trust: bool = False) -> list[Checkpoint]:
+    """List the snapshots in ``directory`` in training order (see the module docstring for the rules)."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise UserError(f"checkpoint directory {root} does not exist or is not a directory")
+    found: list[Checkpoint] = []
+    for entry in sorted(root.iterdir()):
+        weights = _weight_file(entry)
+        if weights is None:
+            log.debug("ignoring %s: not a checkpoint", entry)
+            continue
+        step, source, meta = _internal_step(weights, trust)
+        found.append(Checkpoint(name=entry.name, path=weights, step=step, step_source=source, meta=meta))
+    if not found:
+        raise UserError(
+            f"{root}: no checkpoints found (looked for {', '.join('*' + s for s in SUFFIXES)} files and "
+            f"HF-style folders holding {' or '.join(HF_WEIGHT_FILES)})"
+        )
+    return _order(found)
+
+
+def _order(found: list[Checkpoint]) -> list[Checkpoint]:
+    """Sort by the internal step when all have one, else natural name order, else mtime."""
+    sources = {c.step_source for c in found}
+    if all(c.step is not None for c in found) and len(sources) == 1:
+        return sorted(found, key=lambda c: (c.step, _natural_numbers(c.name), c.name))
+    if all(_natural_numbers(c.name) for c in found):
+        ordered = sorted(found, key=lambda c: (_natural_numbers(c.name), c.name))
+        for c in ordered:
+            c.step, c.step_source = _natural_numbers(c.name)[-1], "name"
+        return ordered
+    ordered = sorted(found, key=lambda c: (c.path.stat().st_mtime, c.name))
+    for i, c in enumerate(ordered):
+        c.step, c.step_source = i, "mtime"
+    return ordered
+
+
+def select(
+    checkpoints: list[Checkpoint],
+    every: int | None = None,
+    first: int | None = None,
+    last: int | None = None,
+    names: Iterable[str] | None = None,
+) -> list[Checkpoint]:
+    """Pick a subset in training order: explicit names, every N-th (the final one always kept), first/last N."""
+    for option, value in (("--every", every), ("--first", first), ("--last", last)):
+        if value is not None and value < 1:
+            raise UserError(f"{option} {value}: must be a positive integer")
+    chosen = list(checkpoints)
+    if names:
+        wanted = list(names)
+        by_name = {c.name: c for c in chosen}
+        missing = [n for n in wanted if n not in by_name]
+        if missing:
+            raise UserError(
+                f"--checkpoints: {', '.join(missing)} not found; available: {', '.join(by_name)}"
+            )
+        chosen = [c for c in chosen if c.name in set(wanted)]
+    if every:
+        kept = chosen[::every]
+        if chosen and kept[-1] is not chosen[-1]:
+            kept.append(chosen[-1])
+        chosen = kept
+    if first:
+        chosen = chosen[:first]
+    if last:
+        chosen = chosen[-last:]
+    if not chosen:
+        raise UserError("the checkpoint selection (--every/--first/--last/--checkpoints) left no checkpoints")
+    return chosen
+
+
+def _unwrap(payload: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Find the state_dict inside a payload (raw, Lightning, model_state_dict, model, net, nn.Module)."""
+    if isinstance(payload, nn.Module):
+        return payload.state_dict()
+    if not isinstance(payload, Mapping):
+        raise UserError(f"{path}: holds a {type(payload).__name__}, not a state_dict or a dict containing one")
+    if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return dict(payload)
+    for key in WRAPPER_KEYS:
+        if key in payload:
+            return _unwrap(payload[key], path)
+    raise UserError(
+        f"{path}: no state_dict found; expected a raw state_dict or a dict with one of the keys "
+        f"{', '.join(WRAPPER_KEYS)} (found keys: {', '.join(map(str, list(payload)[:8]))})"
+    )
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """Remove wrapper prefixes (DDP ``module.``, ``_orig_mod.``, a Lightning attribute name) to fit ``expected``."""
+    while True:
+        if set(state) & expected and not (set(state) - expected):
+            return state
+        for prefix in STRIP_PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                break
+        else:
+            break
+    if set(state) & expected:
+        return state
+    prefixes: dict[str, int] = {}
+    for key in state:
+        for exp in expected:
+            if key.endswith("." + exp):
+                prefixes[key[: -len(exp)]] = prefixes.get(key[: -len(exp)], 0) + 1
+                break
+    if prefixes:
+        best = max(prefixes, key=prefixes.get)
+        return {k[len(best):]: v for k, v in state.items() if k.startswith(best)}
+    return state
+
+
+def load_state_dict(checkpoint: Checkpoint, model: nn.Module, trust: bool = False) -> dict[str, torch.Tensor]:
+    """Read ``checkpoint`` and return its state_dict with keys matched to ``model``'s."""
+    payload = _read_payload(checkpoint.path, trust)
+    state = _unwrap(payload, checkpoint.path)
+    return _strip_prefixes(state, set(model.state_dict()))
+
+
+def load_into(model: nn.Module, checkpoint: Checkpoint, trust: bool = False) -> dict[str, torch.Tensor]:
+    """Load ``checkpoint`` into ``model`` in place; a mismatch is a UserError naming the file and the keys."""
+    state = load_state_dict(checkpoint, model, trust)
+    check_fits(model, state, checkpoint.path)
+    model.load_state_dict(state, strict=True)
+    return state
+
+
+def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path | str) -> None:
+    """Raise a UserError listing missing/unexpected keys and shape mismatches (first few) if ``state`` does not fit."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if items:
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            parts.append(f"{label}: {', '.join(items[:5])}{more}")
+    raise UserError(
+        f"{path}: the checkpoint does not fit the model ({'; '.join(parts)}). "
+        "Check --model, --num-classes, --channels and the data's class count."
+    )
+
+
+def is_finite(state: Mapping[str, torch.Tensor]) -> bool:
+    """False when any floating-point tensor holds NaN or Inf (a diverged snapshot)."""
+    return all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())

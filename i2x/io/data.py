@@ -1,0 +1,378 @@
+"""Data specs: turn ``digits``, ``imagefolder:PATH``, ``npz:PATH``, ``mnist:ROOT`` ... into image data sets.
+
+Every data set yields ``(image, label)`` with the image a normalised float tensor ``[C, H, W]`` at
+the recorded input size. Class names come with the data. Nothing is ever downloaded: torchvision
+sets are opened with ``download=False`` and a missing root is a clear error.
+
+Defaults per data set (each overridable with ``--input-size``, ``--channels``, ``--mean``, ``--std``):
+
+=================  ==========  ========  =====================================
+spec               input size  channels  normalisation
+=================  ==========  ========  =====================================
+digits             32 (from 8) 1         mean/std of the training split
+mnist/fashionmnist 28          1         mean/std of the training split
+cifar10            32          3         per-channel mean/std of training split
+npz                native      native    mean/std of the training split
+imagefolder        224         3         ImageNet mean/std (3 channels) else 0.5
+=================  ==========  ========  =====================================
+
+In-memory arrays (npz, torchvision sets) may be ``N,H,W``, ``N,H,W,C`` or channels-first ``N,C,H,W``
+(C of 1, 3 or 4 where the last axis is not). Image folders are read as RGB (or grayscale with
+``--channels 1``); an unreadable image file is a UserError naming it.
+
+``digits`` is scikit-learn's ``load_digits`` (1,797 real 8x8 images), split 80/20 stratified with a
+fixed seed, upsampled bilinearly to 32x32 so a small CNN's target layer has an 8x8 grid.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from i2x.errors import UserError
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class ImageData:
+    """A data set with train/test splits, class names and the preprocessing that was applied."""
+
+    spec: str
+    splits: dict[str, Dataset]
+    class_names: list[str]
+    channels: int
+    input_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def split(self, name: str) -> Dataset:
+        """The named split (``train`` or ``test``)."""
+        if name not in self.splits:
+            raise UserError(f"--split {name}: this data set has splits {', '.join(self.splits)}")
+        return self.splits[name]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Undo the normalisation: ``[B, C, H, W]`` back to the [0, 1] pixel range (clipped), for display."""
+        mean = torch.tensor(self.mean, dtype=images.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype).view(1, -1, 1, 1)
+        return (images * std + mean).clamp(0, 1)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly record of the data and its preprocessing."""
+        return {
+            "spec": self.spec,
+            "class_names": list(self.class_names),
+            "channels": self.channels,
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "sizes": {k: len(v) for k, v in self.splits.items()},  # type: ignore[arg-type]
+        }
+
+
+@dataclass
+class DataOptions:
+    """User overrides of the per-data-set defaults (None keeps the default)."""
+
+    input_size: int | None = None
+    channels: int | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+
+
+def _tensor_data(
+    spec: str,
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]],
+    class_names: list[str],
+    default_size: int | None,
+    opts: DataOptions,
+) -> ImageData:
+    """Build an in-memory ImageData from uint8/float arrays ``[N, H, W]`` or ``[N, H, W, C]`` in [0, max]."""
+    prepared: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for split, (x, y) in arrays.items():
+        x = np.asarray(x)
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4:
+            raise UserError(f"--data {spec}: images of the {split} split have shape {x.shape}; expected N,H,W or N,H,W,C")
+        if x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
+            x = x.transpose(0, 2, 3, 1)  # stored channels-first (N,C,H,W), as torch writes them
+        scale = 255.0 if x.dtype == np.uint8 or (x.size and x.max() > 1.5) else 1.0
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / scale).permute(0, 3, 1, 2)
+        y = np.asarray(y)
+        if y.size != len(x):
+            raise UserError(
+                f"--data {spec}: the {split} split has {len(x)} images but labels of shape {y.shape}; "
+                "i2x needs exactly one class index per image (multi-label data is not supported)"
+            )
+        if y.size and y.min() < 0:
+            raise UserError(f"--data {spec}: the {split} split has label {y.min()}; labels must be indices 0..M-1")
+        prepared[split] = (t, torch.as_tensor(y.reshape(-1), dtype=torch.long))
+    if len(prepared["train"][0]) == 0:
+        raise UserError(f"--data {spec}: the train split has no images")
+    native_c = prepared["train"][0].shape[1]
+    channels = opts.channels or native_c
+    size = opts.input_size or default_size or prepared["train"][0].shape[-1]
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for split, (x, y) in prepared.items():
+        x = _adapt_channels(x, channels, spec)
+        if tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        out[split] = (x, y)
+    train_x = out["train"][0]
+    mean = tuple(opts.mean) if opts.mean else tuple(train_x.mean(dim=(0, 2, 3)).tolist())
+    std = tuple(opts.std) if opts.std else tuple(train_x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist())
+    _check_stats(mean, std, channels)
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    splits = {k: TensorDataset((x - m) / s, y) for k, (x, y) in out.items()}
+    n_labels = max(int(y.max()) for _, y in out.values() if len(y)) + 1
+    if len(class_names) < n_labels:
+        class_names = class_names + [str(i) for i in range(len(class_names), n_labels)]
+    return ImageData(spec, splits, class_names, channels, (size, size), mean, std)
+
+
+def _adapt_channels(x: torch.Tensor, channels: int, spec: str) -> torch.Tensor:
+    if x.shape[1] == channels:
+        return x
+    if x.shape[1] == 1:
+        return x.expand(-1, channels, -1, -1).contiguous()
+    if channels == 1:
+        return x.mean(dim=1, keepdim=True)
+    raise UserError(f"--channels {channels}: cannot convert {x.shape[1]}-channel images of --data {spec}")
+
+
+def _check_stats(mean: Sequence[float], std: Sequence[float], channels: int) -> None:
+    if len(mean) != channels or len(std) != channels:
+        raise UserError(f"--mean/--std need {channels} value(s), one per channel; got {len(mean)} and {len(std)}")
+
+
+def _digits(opts: DataOptions) -> ImageData:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = digits.images.astype(np.float32) / 16.0
+    idx_train, idx_test = train_test_split(
+        np.arange(len(images)), test_size=0.2, random_state=0, stratify=digits.target
+    )
+    arrays = {
+        "train": (images[idx_train], digits.target[idx_train]),
+        "test": (images[idx_test], digits.target[idx_test]),
+    }
+    return _tensor_data("digits", arrays, [str(i) for i in range(10)], 32, opts)
+
+
+def _npz(path: str, opts: DataOptions) -> ImageData:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--data npz:{path}: file not found")
+    with np.load(p, allow_pickle=False) as npz:
+        keys = set(npz.files)
+        layouts = {
+            "medmnist": {"train": ("train_images", "train_labels"), "test": ("test_images", "test_labels"),
+                         "val": ("val_images", "val_labels")},
+            "keras": {"train": ("x_train", "y_train"), "test": ("x_test", "y_test"), "val": ("x_val", "y_val")},
+        }
+        for layout in layouts.values():
+            if {"train", "test"} <= {s for s, (xk, yk) in layout.items() if xk in keys and yk in keys}:
+                arrays = {s: (npz[xk], npz[yk]) for s, (xk, yk) in layout.items() if xk in keys and yk in keys}
+                break
+        else:
+            raise UserError(
+                f"--data npz:{path}: expected arrays train_images/train_labels/test_images/test_labels (MedMNIST) "
+                f"or x_train/y_train/x_test/y_test (Keras); found {', '.join(sorted(keys))}"
+            )
+        names = [str(n) for n in npz["class_names"]] if "class_names" in keys else []
+    return _tensor_data(f"npz:{path}", arrays, names, None, opts)
+
+
+# Where torchvision expects each set's files (already extracted), for the "not found" message.
+_MNIST_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+_TORCHVISION_FILES = {
+    "mnist": f"the four MNIST files ({_MNIST_FILES}) in {{root}}/MNIST/raw/",
+    "fashionmnist": f"the four Fashion-MNIST files ({_MNIST_FILES}) in {{root}}/FashionMNIST/raw/",
+    "cifar10": "the extracted CIFAR-10 python version (data_batch_1..5, test_batch, batches.meta) in "
+               "{root}/cifar-10-batches-py/",
+}
+
+
+def _torchvision_set(kind: str, root: str, opts: DataOptions) -> ImageData:
+    import torchvision.datasets as tvd
+
+    cls = {"mnist": tvd.MNIST, "fashionmnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[kind]
+    try:
+        train = cls(root, train=True, download=False)
+        test = cls(root, train=False, download=False)
+    except RuntimeError as exc:
+        raise UserError(
+            f"--data {kind}:{root}: the {cls.__name__} files are not under {root}. i2x never downloads; "
+            f"put {_TORCHVISION_FILES[kind].format(root=Path(root))}"
+        ) from exc
+
+    def arrays(ds: Any) -> tuple[np.ndarray, np.ndarray]:
+        data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
+        return data, np.asarray(ds.targets)
+
+    return _tensor_data(f"{kind}:{root}", {"train": arrays(train), "test": arrays(test)},
+                        list(train.classes), None, opts)
+
+
+def _imagefolder(path: str, opts: DataOptions) -> ImageData:
+    import torchvision.datasets as tvd
+    import torchvision.transforms as T
+
+    root = Path(path)
+    if not root.is_dir():
+        raise UserError(f"--data imagefolder:{path}: directory not found")
+    sub = {s: root / s for s in ("train", "test", "val") if (root / s).is_dir()}
+    if "train" not in sub:
+        sub = {"train": root, "test": root}
+    elif "test" not in sub:
+        sub["test"] = sub.get("val", sub["train"])
+    sub.pop("val", None)
+    channels = opts.channels or 3
+    if channels not in (1, 3):
+        raise UserError(f"--channels {channels}: image folders are read as RGB (3 channels) or grayscale (1)")
+    size = opts.input_size or 224
+    mean = tuple(opts.mean) if opts.mean else ((0.485, 0.456, 0.406) if channels == 3 else (0.5,) * channels)
+    std = tuple(opts.std) if opts.std else ((0.229, 0.224, 0.225) if channels == 3 else (0.5,) * channels)
+    _check_stats(mean, std, channels)
+    steps: list[Callable] = [T.Resize((size, size))]
+    if channels == 1:
+        steps.append(T.Grayscale(1))
+    steps += [T.ToTensor(), T.Normalize(mean, std)]
+    transform = T.Compose(steps)
+    try:
+        splits = {s: tvd.ImageFolder(str(d), transform=transform, loader=_load_image) for s, d in sub.items()}
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise UserError(f"--data imagefolder:{path}: {exc}") from exc
+    for name, folder in splits.items():
+        if name != "train":
+            _align_classes(folder, splits["train"].classes, f"--data imagefolder:{path} ({name} split)")
+    return ImageData(f"imagefolder:{path}", splits, list(splits["train"].classes), channels, (size, size), mean, std)
+
+
+def _load_image(path: str) -> Any:
+    """torchvision's image loader, with an unreadable file (corrupt, empty, not an image) as a UserError naming it."""
+    from PIL import UnidentifiedImageError
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+        why = "in no image format PIL knows" if isinstance(exc, UnidentifiedImageError) else _first_line(exc)
+        raise UserError(f"{path}: not a readable image ({why}); remove or replace the file") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _align_classes(folder: Any, classes: list[str], where: str) -> None:
+    """Renumber an ImageFolder's labels to ``classes`` (the train split's), so a split that lacks a
+    class folder does not shift every later class index by one."""
+    extra = sorted(set(folder.classes) - set(classes))
+    if extra:
+        raise UserError(f"{where}: class folders {', '.join(extra)} do not exist in the train split")
+    new_index = np.array([classes.index(c) for c in folder.classes], dtype=np.int64)
+    folder.targets = new_index[np.asarray(folder.targets, dtype=np.int64)].tolist()
+    folder.samples = folder.imgs = [(p, t) for (p, _), t in zip(folder.samples, folder.targets)]
+    folder.classes, folder.class_to_idx = list(classes), {c: i for i, c in enumerate(classes)}
+
+
+def _factory(target: str, opts: DataOptions) -> ImageData:
+    file_part, _, attr = target.rpartition(":")
+    path = Path(file_part)
+    if not path.is_file():
+        raise UserError(f"--data {target}: file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"i2x_user_data_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UserError(f"--data {target}: {path} has no callable named {attr!r}")
+    result = factory()
+    if isinstance(result, ImageData):
+        return result
+    if isinstance(result, tuple) and len(result) == 3:
+        train, test, names = result
+        x0, _ = train[0]
+        return ImageData(target, {"train": train, "test": test}, list(names), int(x0.shape[0]),
+                         (int(x0.shape[1]), int(x0.shape[2])), tuple(opts.mean or (0.0,) * x0.shape[0]),
+                         tuple(opts.std or (1.0,) * x0.shape[0]))
+    raise UserError(f"--data {target}: the factory must return an i2x.data.ImageData or (train, test, class_names)")
+
+
+def load_data(spec: str, opts: DataOptions | None = None) -> ImageData:
+    """Open the data set named by ``spec`` (see the module docstring for the specs and defaults)."""
+    opts = opts or DataOptions()
+    for option, value in (("--input-size", opts.input_size), ("--channels", opts.channels)):
+        if value is not None and value < 1:
+            raise UserError(f"{option} {value}: must be a positive integer")
+    kind, _, arg = spec.partition(":")
+    if spec == "digits":
+        return _digits(opts)
+    if kind in ("mnist", "fashionmnist", "cifar10") and arg:
+        return _torchvision_set(kind, arg, opts)
+    if kind == "imagefolder" and arg:
+        return _imagefolder(arg, opts)
+    if kind == "npz" and arg:
+        return _npz(arg, opts)
+    if spec.count(":") >= 1 and spec.rpartition(":")[0].endswith(".py"):
+        return _factory(spec, opts)
+    raise UserError(
+        f"--data {spec}: unknown data spec; use digits, imagefolder:PATH, npz:PATH, mnist:ROOT, "
+        "fashionmnist:ROOT, cifar10:ROOT or path/to/file.py:factory"
+    )
+
+
+def labels_of(dataset: Dataset) -> np.ndarray:
+    """All labels of a data set without decoding images where the data set allows it."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].numpy()
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return np.asarray(targets)
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))])  # type: ignore[arg-type]
+
+
+def iter_batches(dataset: Dataset, start: int, stop: int, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of samples ``start..stop`` in order; in-memory sets (also under ``--limit``'s Subset) are sliced,
+    others go through a DataLoader."""
+    base, index = dataset, None
+    if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
+        base, index = dataset.dataset, torch.as_tensor(dataset.indices)
+    if isinstance(base, TensorDataset):
+        x, y = base.tensors
+        for i in range(start, stop, batch_size):
+            j = min(i + batch_size, stop)
+            rows = slice(i, j) if index is None else index[i:j]
+            yield x[rows], y[rows]
+        return
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(Subset(dataset, range(start, stop)), batch_size=batch_size, num_workers=min(4, os.cpu_count() or 1))
+    try:
+        yield from loader
+    except UserError as exc:
+        # A worker's UserError comes back with the worker's traceback folded into its message; its last line
+        # ("i2x.errors.UserError: MESSAGE") holds the message the user should see.
+        last = str(exc).strip().splitlines()[-1]
+        raise UserError(last.partition("UserError: ")[2] or last) from None

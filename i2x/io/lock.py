@@ -1,0 +1,41 @@
+"""An exclusive lock on an output directory, so two runs never interleave writes into one store."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from i2x.errors import UserError
+
+LOCK_NAME = ".i2x.lock"
+
+
+@contextmanager
+def locked(out_dir: str | Path, enabled: bool = True) -> Iterator[None]:
+    """Hold ``out_dir/.i2x.lock`` for the duration; a second holder gets a UserError at once.
+
+    The lock is an ``flock``: the kernel releases it when the process dies, so a crash never
+    leaves a stale lock behind.
+    """
+    if not enabled:
+        yield
+        return
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"{out}: another i2x process is writing to this directory (lock {out / LOCK_NAME}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,201 @@
+"""Semantic drift between two stacks of saliency maps (two checkpoints, or two training phases).
+
+Reference-free, per-sample metrics after arXiv 2604.08513, all vectorised over the n samples of
+two stacks ``a`` (before) and ``b`` (after) of shape [n, h, w], raw or display maps (non-negative):
+
+* ``iou``: IoU of the top-``top`` regions (default the top 20% of cells);
+* ``shift_px`` / ``shift_frac``: distance between the mass-weighted centroids, in cells of the
+  given grid and as a fraction of its diagonal sqrt(h^2 + w^2) (scale-free; use it to compare grids);
+* ``spearman``: rank correlation of the flattened maps (average ranks for ties);
+* ``concentration_a`` / ``concentration_b`` / ``concentration_change``: share of the total mass in
+  the top-``top`` cells, and its change b - a.
+
+Conventions: the top region holds exactly ceil(top * h * w) cells, ties broken in row-major order.
+A map with zero mass has no centroid or concentration (NaN); a constant map has no rank
+correlation (NaN). ``summarize`` ignores NaNs and reports how many values it used.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy.stats import kendalltau, rankdata
+
+from i2x.errors import UserError
+
+
+def _stack(maps: np.ndarray, name: str = "maps") -> np.ndarray:
+    """``maps`` as a float64 array [n, h, w] (accepts numpy arrays and CPU tensors)."""
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim != 3:
+        raise ValueError(f"{name} must be a stack of maps [n, h, w], got shape {maps.shape}")
+    return maps
+
+
+def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _stack(a, "a"), _stack(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"the two map stacks differ in shape: {a.shape} vs {b.shape}")
+    return a, b
+
+
+def top_count(cells: int, top: float) -> int:
+    """Number of cells in the top region: ceil(top * cells), at least 1."""
+    if not 0 < top <= 1:
+        raise UserError(f"top must be a fraction in (0, 1], got {top}; use e.g. 0.2 for the top 20%")
+    return max(1, math.ceil(top * cells - 1e-9))  # the epsilon keeps 0.1 * 30 at 3, not 4
+
+
+def top_mask(maps: np.ndarray, top: float = 0.2) -> np.ndarray:
+    """Boolean mask [n, h, w] of each map's ceil(top * h * w) highest cells (ties in row-major order)."""
+    maps = _stack(maps)
+    n, h, w = maps.shape
+    flat = maps.reshape(n, -1)
+    highest = np.argsort(-flat, axis=1, kind="stable")[:, : top_count(h * w, top)]
+    mask = np.zeros(flat.shape, dtype=bool)
+    np.put_along_axis(mask, highest, True, axis=1)
+    return mask.reshape(n, h, w)
+
+
+def iou_top(a: np.ndarray, b: np.ndarray, top: float = 0.2) -> np.ndarray:
+    """IoU [n] of the top-``top`` regions of a and b."""
+    a, b = _pair(a, b)
+    ma, mb = top_mask(a, top), top_mask(b, top)
+    return (ma & mb).sum(axis=(1, 2)) / (ma | mb).sum(axis=(1, 2))
+
+
+def centroid(maps: np.ndarray) -> np.ndarray:
+    """Mass-weighted centroid [n, 2] as (row, col) in cell units (cell centres at 0..h-1); NaN for zero mass."""
+    maps = _stack(maps)
+    _, h, w = maps.shape
+    mass = maps.sum(axis=(1, 2))
+    rows = (maps.sum(axis=2) * np.arange(h)).sum(axis=1)
+    cols = (maps.sum(axis=1) * np.arange(w)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([rows / mass, cols / mass], axis=1)
+
+
+def centroid_shift(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centroid displacement from a to b: (cells [n], fraction of the grid diagonal sqrt(h^2 + w^2) [n])."""
+    a, b = _pair(a, b)
+    _, h, w = a.shape
+    shift = np.linalg.norm(centroid(b) - centroid(a), axis=1)
+    return shift, shift / math.hypot(h, w)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation [n] of each pair of flattened maps (average ranks for ties; NaN if one is constant)."""
+    a, b = _pair(a, b)
+    n = a.shape[0]
+    ra = rankdata(a.reshape(n, -1), method="average", axis=1)
+    rb = rankdata(b.reshape(n, -1), method="average", axis=1)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (ra * rb).sum(axis=1) / denominator, np.nan)
+
+
+def concentration(maps: np.ndarray, top: float = 0.2) -> np.ndarray:
+    """Share [n] of each map's total mass that lies in its top-``top`` cells; NaN for zero mass."""
+    maps = _stack(maps)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (maps * top_mask(maps, top)).sum(axis=(1, 2)) / maps.sum(axis=(1, 2))
+
+
+def concentration_change(a: np.ndarray, b: np.ndarray, top: float = 0.2) -> np.ndarray:
+    """Change [n] in concentration from a to b (positive: b is more concentrated)."""
+    a, b = _pair(a, b)
+    return concentration(b, top) - concentration(a, top)
+
+
+def drift_metrics(a: np.ndarray, b: np.ndarray, top: float = 0.2) -> dict[str, np.ndarray]:
+    """All drift metrics between map stacks a and b, each an array [n] (see the module docstring)."""
+    a, b = _pair(a, b)
+    shift_px, shift_frac = centroid_shift(a, b)
+    conc_a, conc_b = concentration(a, top), concentration(b, top)
+    return {
+        "iou": iou_top(a, b, top),
+        "shift_px": shift_px,
+        "shift_frac": shift_frac,
+        "spearman": spearman(a, b),
+        "concentration_a": conc_a,
+        "concentration_b": conc_b,
+        "concentration_change": conc_b - conc_a,
+    }
+
+
+def _stats(values: np.ndarray) -> dict[str, float | int | None]:
+    """Mean, median and population std of the non-NaN values (None when there are none), and their count."""
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return {"mean": None, "median": None, "std": None, "n": 0}
+    return {
+        "mean": float(values.mean()),
+        "median": float(np.median(values)),
+        "std": float(values.std()),
+        "n": int(values.size),
+    }
+
+
+def summarize(
+    metrics: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    class_names: Sequence[str] | None = None,
+) -> dict[str, dict]:
+    """Per class and overall mean / median / std of each metric: ``{"overall": {metric: stats}, "per_class": {name: ...}}``.
+
+    Classes are named by ``class_names[label]`` (or the label itself) and listed only when present.
+    """
+    labels = np.asarray(labels)
+    metrics = {name: np.asarray(values, dtype=np.float64) for name, values in metrics.items()}
+    per_class = {}
+    for label in np.unique(labels):
+        name = str(class_names[label]) if class_names is not None else str(label)
+        chosen = labels == label
+        per_class[name] = {metric: _stats(values[chosen]) for metric, values in metrics.items()}
+    return {
+        "overall": {metric: _stats(values) for metric, values in metrics.items()},
+        "per_class": per_class,
+    }
+
+
+def rank_reversals(
+    stability: Mapping[str, Mapping[str, float]],
+    methods: Sequence[str] | None = None,
+) -> list[dict]:
+    """Compare how two or more methods rank the same items (classes, models or phases) by a stability score.
+
+    ``stability[method][item]`` is a score, higher = ranked higher. For each pair of methods (all pairs
+    of ``methods``, default all keys in order) over their common items, returns a dict with
+    ``methods``, ``items``, ``kendall_tau`` and ``p_value`` (scipy's tau-b; NaN for fewer than two
+    items) and ``reversed_pairs``: [first, second] pairs that the first method ranks first>second
+    and the second method ranks second>first (ties are not reversals).
+    """
+    methods = list(stability) if methods is None else list(methods)
+    missing = [m for m in methods if m not in stability]
+    if missing:
+        raise UserError(f"no stability scores for method(s) {', '.join(missing)}; known: {', '.join(stability)}")
+    comparisons = []
+    for first, second in itertools.combinations(methods, 2):
+        items = [item for item in stability[first] if item in stability[second]]
+        x = np.array([stability[first][item] for item in items], dtype=np.float64)
+        y = np.array([stability[second][item] for item in items], dtype=np.float64)
+        # reversed[i, j]: the first method puts item i above j, the second puts j above i.
+        reversed_ = (x[:, None] > x[None, :]) & (y[:, None] < y[None, :])
+        if len(items) >= 2:
+            result = kendalltau(x, y)
+            tau, p_value = float(result.statistic), float(result.pvalue)
+        else:
+            tau = p_value = math.nan
+        comparisons.append({
+            "methods": [first, second],
+            "items": items,
+            "kendall_tau": tau,
+            "p_value": p_value,
+            "reversed_pairs": [[items[i], items[j]] for i, j in zip(*np.nonzero(reversed_))],
+        })
+    return comparisons

@@ -1,0 +1,155 @@
+"""The run context: the data, the model and the checkpoints an extraction config names.
+
+Extraction builds it from the user's options; later stages (faithfulness, reliance, fine-tuning,
+the report's images) rebuild the same context from the config recorded in the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from i2x.attribution import prefer_channels_last
+from i2x.io.checkpoints import Checkpoint, find_checkpoints, is_finite, load_into, select
+from i2x.io.data import DataOptions, ImageData, labels_of, load_data
+from i2x.io.devices import resolve_device
+from i2x.errors import UserError
+from i2x.io.models import build_model
+
+
+@dataclass
+class RunConfig:
+    """What to analyse: checkpoints, model, data and how to read them (recorded in the store)."""
+
+    checkpoints: str
+    model: str = "small-cnn"
+    data: str = "digits"
+    split: str = "train"
+    layer: str | None = None
+    methods: tuple[str, ...] = ("gradcam", "gradcampp", "layercam")
+    target: str = "true"
+    batch_size: int = 256
+    device: str = "auto"
+    input_size: int | None = None
+    channels: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    num_classes: int | None = None
+    limit: int | None = None
+    every: int | None = None
+    first: int | None = None
+    last: int | None = None
+    names: tuple[str, ...] | None = None
+    trust_checkpoints: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["checkpoints"] = str(Path(self.checkpoints).resolve())
+        d["methods"] = list(self.methods)
+        for key in ("mean", "std", "names"):
+            d[key] = list(d[key]) if d[key] is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for key in ("methods", "mean", "std", "names"):
+            if known.get(key) is not None:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that change what is computed (device and batch size do not)."""
+        d = self.to_dict()
+        for key in ("device", "batch_size", "trust_checkpoints"):
+            d.pop(key)
+        return d
+
+
+@dataclass
+class Context:
+    """Data, split, model and ordered checkpoints of one run."""
+
+    config: RunConfig
+    data: ImageData
+    dataset: Dataset
+    sample_index: np.ndarray
+    labels: np.ndarray
+    model: nn.Module
+    device: torch.device
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+
+    def load(self, checkpoint: Checkpoint) -> bool:
+        """Load ``checkpoint`` into the model in place; returns False if its weights hold NaN/Inf."""
+        state = load_into(self.model, checkpoint, trust=self.config.trust_checkpoints)
+        self.model.to(self.device)
+        return is_finite(state)
+
+    def checkpoint(self, name: str) -> Checkpoint:
+        """The checkpoint called ``name`` (``final`` and ``first`` are accepted too)."""
+        if name == "final":
+            return self.checkpoints[-1]
+        if name == "first":
+            return self.checkpoints[0]
+        for c in self.checkpoints:
+            if c.name == name:
+                return c
+        raise UserError(f"checkpoint {name!r} not found; available: {', '.join(c.name for c in self.checkpoints)}")
+
+
+def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
+    """Open the data and build the model (fresh weights) that ``config`` names, and list the checkpoints."""
+    if with_checkpoints and not Path(config.checkpoints).is_dir():
+        raise UserError(f"checkpoint directory {config.checkpoints} does not exist or is not a directory")
+    opts = DataOptions(config.input_size, config.channels, config.mean, config.std)
+    data = load_data(config.data, opts)
+    dataset = data.split(config.split)
+    index = np.arange(len(dataset))  # type: ignore[arg-type]
+    if config.limit is not None:
+        if config.limit < 1:
+            raise UserError("--limit must be a positive number of samples")
+        index = index[: config.limit]
+        dataset = Subset(dataset, index.tolist()) if len(index) < len(data.split(config.split)) else dataset  # type: ignore[arg-type]
+    if len(index) == 0:
+        raise UserError(f"--split {config.split}: this split of --data {config.data} has no samples")
+    labels = labels_of(data.split(config.split))[index]
+    num_classes = config.num_classes or data.num_classes
+    if num_classes < data.num_classes:
+        raise UserError(f"--num-classes {num_classes}: the data has {data.num_classes} classes")
+    model = build_model(config.model, num_classes=num_classes, in_channels=data.channels)
+    check_forward(model, dataset, config.model, config.data)
+    device = resolve_device(config.device)
+    model.to(device)
+    prefer_channels_last(model, dataset[0][0].unsqueeze(0).to(device))
+    ckpts: list[Checkpoint] = []
+    if with_checkpoints:
+        ckpts = select(
+            find_checkpoints(config.checkpoints, trust=config.trust_checkpoints),
+            every=config.every, first=config.first, last=config.last, names=config.names,
+        )
+    return Context(config, data, dataset, index, labels, model, device, ckpts)
+
+
+def check_forward(model: nn.Module, dataset: Dataset, model_spec: str, data_spec: str) -> None:
+    """Run the fresh model on one image, so a model that cannot take the data's image size or channel
+    count fails here with a message rather than deep inside extraction."""
+    x = dataset[0][0].unsqueeze(0)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    except RuntimeError as exc:
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(
+            f"--model {model_spec} cannot run on the images of --data {data_spec} (C x H x W = "
+            f"{' x '.join(map(str, x.shape[1:]))}): {cause}; choose another --input-size or --channels"
+        ) from exc
+    finally:
+        model.train(was_training)

@@ -1,0 +1,592 @@
+"""Curated -> full fine-tuning driven by uncertain prototypes (DESIGN D10), the paper's closing experiment.
+
+The curated training set leaves out every training sample of class a or b of a flagged pair
+(a, b) in which one of the pair's uncertain prototypes covers at least ``min_share`` of the grid
+cells (``analysis/share``), the union over the flagged pairs. Each strategy ``X-Y`` starts from
+the final (last finite) checkpoint, trains ``epochs[0]`` epochs on set X and then ``epochs[1]``
+on set Y (X, Y in {full, curated}); every run is evaluated on the test split for accuracy and the
+confusions of each pair (a->b plus b->a), and the strategies are compared over the same seeds.
+
+Choices the paper leaves open, and why:
+
+* Optimizer: SGD with momentum 0.9 and lr 1e-3 by default. Its steps scale with the gradient, so
+  a converged model moves only where the loss still is (the hard, confused samples); a freshly
+  created Adam state takes steps of about lr on every weight from the first batch, whatever the
+  gradient, which perturbs a converged model. With ``optimizer="adam"`` the default lr is 1e-4,
+  a tenth of the reference trainer's from-scratch 1e-3, the usual fine-tuning reduction. One
+  optimizer serves both stages (one fine-tuning run whose data changes), no weight decay.
+  These defaults were fixed before looking at any result and are not tuned on the demo.
+* Seeds: stage ``i`` of the run with seed ``s`` seeds its shuffle and torch's global RNG (dropout)
+  from ``(s, i)`` alone. So for one seed every strategy sees the same shuffle and dropout stream in
+  a stage with the same data, e.g. the full stage 2 of curated->full and full->full: the
+  comparison is paired, and the differences per seed are reported with their mean ± std.
+* Statistics: ± is the sample standard deviation (ddof=1) over seeds, 0 for a single seed.
+* Resuming: each finished run leaves ``runs/<strategy>/seed<k>.pt`` and ``.json`` with a fingerprint
+  of the settings and the excluded ids; rerunning with the same settings reuses them.
+* Runs on CUDA are not forced to be deterministic; on the CPU the same seed gives bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from i2x.stages.analysis import load_summary
+from i2x.stages.context import RunConfig, build_context
+from i2x.io.data import labels_of
+from i2x.errors import UserError
+from i2x.io.lock import locked
+from i2x.io.store import Store
+from i2x.stages.training import TrainConfig, evaluate, make_optimizer, subset, train_epochs
+
+FINETUNE_NAME = "finetune.json"
+EXCLUDED_NAME = "excluded.json"
+SET_NAMES = ("full", "curated")
+DEFAULT_STRATEGIES = ("full-full", "curated-curated", "curated-full")
+DEFAULT_LR = {"sgd": 1e-3, "adam": 1e-4}
+BASELINE = "full-full"
+#: above this fraction of the training set excluded, say how to curate less (the rule unions all flagged pairs)
+LARGE_EXCLUSION = 0.5
+
+Pair = tuple[int, int]
+
+NO_UNCERTAIN_ADVICE = (
+    "Try: rerun `i2x analyze DIR` with a lower --noise-quantile (e.g. 0.5) or --min-flips 1, or with another "
+    "--method (gradcampp, layercam); analyse more checkpoints (a flip needs several steps); or name the pair "
+    "yourself with --pairs A,B, or give your own list of training ids with --exclude FILE."
+)
+
+
+@dataclass
+class Curation:
+    """The training samples the curated set leaves out, and the pairs and prototypes that chose them."""
+
+    ids: np.ndarray
+    source: str
+    pairs: dict[Pair, list[int]]
+    per_class: dict[str, int]
+    n_train: int
+
+
+@dataclass
+class FinetuneResult:
+    """Everything ``finetune`` wrote to ``dest/finetune.json``, plus where it lies."""
+
+    dest: Path
+    settings: dict[str, Any]
+    class_names: list[str]
+    pairs: list[Pair]
+    excluded: dict[str, Any]
+    start: dict[str, Any]
+    runs: list[dict[str, Any]]
+    strategies: dict[str, dict[str, Any]]
+    paired: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form written to ``finetune.json``."""
+        return {
+            "settings": self.settings,
+            "class_names": self.class_names,
+            "pairs": [{"classes": list(p), "label": pair_label(p, self.class_names)} for p in self.pairs],
+            "excluded": self.excluded,
+            "start": self.start,
+            "runs": self.runs,
+            "strategies": self.strategies,
+            "paired_differences": self.paired,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def finetune(
+    out_dir: str | Path,
+    strategies: Sequence[str] = DEFAULT_STRATEGIES,
+    seeds: int | Sequence[int] = 5,
+    epochs: tuple[int, int] = (1, 1),
+    lr: float | None = None,
+    optimizer: str = "sgd",
+    min_share: float = 0.1,
+    pairs: Sequence[tuple[int | str, int | str]] | str = "top",
+    exclude_file: str | Path | None = None,
+    dest: str | Path | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    progress: bool = True,
+) -> FinetuneResult:
+    """Fine-tune the final checkpoint of the analysis in ``out_dir`` with each strategy and seed; print the table.
+
+    ``strategies`` are ``X-Y`` with X, Y in {full, curated}; ``seeds`` is a count (0..n-1) or a list;
+    ``pairs``: ``"top"`` (default) curates the uncertain prototypes whose class pair is among the final
+    checkpoint's most confused pairs, or else the single highest-scoring one (the paper curates one
+    pair; the union of every flagged pair can remove most of the data); ``"all"`` takes every flagged
+    pair; a list of (a, b) names or indices picks pairs. ``exclude_file`` replaces the curation rule by
+    a list of training-split indices. Results go to ``dest`` (default ``out_dir/finetune``).
+    """
+    start_time = time.perf_counter()
+    out = Path(out_dir)
+    plan = _parse_strategies(strategies)
+    seed_list = _seed_list(seeds)
+    epochs = _check_epochs(epochs)
+    lr = _check_lr(optimizer, lr)
+    if not 0 < min_share <= 1:
+        raise UserError(f"--min-share {min_share}: give a fraction of the grid cells in (0, 1], e.g. 0.1")
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: must be at least 1")
+    store = Store.open(out)
+    summary = load_summary(out)
+    names = store.class_names
+    config = replace(RunConfig.from_dict(store.config), device=device)
+    ctx = build_context(config)
+    train_set, test_set = ctx.data.split("train"), ctx.data.split("test")
+    curation = _curation(store, summary, names, labels_of(train_set), min_share, pairs, exclude_file)
+    report_pairs = list(curation.pairs) or _fallback_pairs(summary)
+    _print_curation(curation, names, min_share)
+
+    start_name, start_sha = _start_checkpoint(store)
+    checkpoint = ctx.checkpoint(start_name)
+    if checkpoint.sha256() != start_sha:
+        raise UserError(
+            f"{checkpoint.path}: the checkpoint changed since the analysis (its sha256 differs from the one the store "
+            f"recorded); restore it, or rerun `i2x run` on the current checkpoints"
+        )
+    ctx.load(checkpoint)
+    model = ctx.model
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    test_labels = labels_of(test_set)
+    keep = np.setdiff1d(np.arange(curation.n_train), curation.ids)
+    sets = {"full": train_set, "curated": subset(train_set, keep.tolist())}
+    if keep.size == 0 and any(e > 0 and part == "curated" for s in plan for part, e in zip(s, epochs)):
+        raise UserError("the curated set is empty (every training sample is excluded); raise --min-share or "
+                        "exclude fewer ids")
+
+    settings = {
+        "analysis": str(out.resolve()),
+        "start_checkpoint": {"name": start_name, "sha256": start_sha},
+        "strategies": ["-".join(s) for s in plan],
+        "seeds": seed_list,
+        "epochs": list(epochs),
+        "optimizer": optimizer,
+        "lr": lr,
+        "momentum": 0.9 if optimizer == "sgd" else None,
+        "weight_decay": 0.0,
+        "batch_size": batch_size,
+        "min_share": min_share if exclude_file is None else None,
+        "exclusion_source": curation.source,
+        "device": str(ctx.device),
+        "torch": torch.__version__,
+        "train_size": curation.n_train,
+        "test_size": len(test_labels),
+        "std": "sample standard deviation over seeds (ddof=1; 0 for one seed)",
+    }
+    dest_dir = Path(dest) if dest is not None else out / "finetune"
+    with locked(dest_dir):
+        _write_excluded(dest_dir / EXCLUDED_NAME, curation, names, min_share)
+        start = _evaluate(model, test_set, test_labels, ctx.device, report_pairs, names)
+        fingerprint = _fingerprint(settings, curation.ids)
+        train_cfg = TrainConfig(batch_size=batch_size, progress=progress)
+        runs = []
+        bar = tqdm(total=len(plan) * len(seed_list), desc="fine-tuning", disable=not progress)
+        for stages in plan:
+            strategy = "-".join(stages)
+            for seed in seed_list:
+                bar.set_postfix(strategy=strategy, seed=seed)
+                run_path = dest_dir / "runs" / strategy / f"seed{seed}"
+                record = _reuse(run_path, fingerprint)
+                if record is None:
+                    model.load_state_dict(start_state)
+                    record = _run_one(model, stages, epochs, sets, seed, train_cfg, optimizer, lr, ctx.device)
+                    record.update(_evaluate(model, test_set, test_labels, ctx.device, report_pairs, names))
+                    record.update({"strategy": strategy, "fingerprint": fingerprint})
+                    _save_run(run_path, model, record, start_name)
+                runs.append(record)
+                bar.update()
+        bar.close()
+        result = FinetuneResult(
+            dest=dest_dir, settings=settings, class_names=names, pairs=report_pairs,
+            excluded=_excluded_record(curation, names), start=start, runs=runs,
+            strategies=_per_strategy(runs, settings["strategies"], report_pairs, names),
+            paired=_paired(runs, settings["strategies"], report_pairs, names),
+            seconds=time.perf_counter() - start_time,
+        )
+        (dest_dir / FINETUNE_NAME).write_text(json.dumps(result.to_dict(), indent=2))
+    print(format_table(result))
+    return result
+
+
+# ---- the curated set --------------------------------------------------------------------------
+
+def exclusion_mask(share: np.ndarray, labels: np.ndarray, pairs: dict[Pair, list[int]], min_share: float) -> np.ndarray:
+    """Boolean per analysed sample: of class a or b of a pair, and one of that pair's prototypes covers >= min_share."""
+    mask = np.zeros(len(labels), dtype=bool)
+    for (a, b), prototypes in pairs.items():
+        if prototypes:
+            covered = (share[:, prototypes] >= min_share).any(axis=1)
+            mask |= np.isin(labels, (a, b)) & covered
+    return mask
+
+
+def read_exclude_file(path: str | Path, n_train: int) -> np.ndarray:
+    """Training-split indices from a JSON list (or ``{"ids": [...]}``, as in excluded.json) or one id per line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--exclude {path}: file not found")
+    text = p.read_text()
+    try:
+        data: Any = json.loads(text)
+    except json.JSONDecodeError:
+        data = [line.split("#")[0].strip() for line in text.splitlines()]
+        data = [v for v in data if v]
+    if isinstance(data, dict):
+        data = data.get("ids")
+    if isinstance(data, int) and not isinstance(data, bool):
+        data = [data]
+    if not isinstance(data, list):
+        raise UserError(f"--exclude {path}: expected a JSON list of training-set indices, {{\"ids\": [...]}}, "
+                        "or one index per line")
+    ids = []
+    for value in data:
+        try:
+            ok = not isinstance(value, (bool, float)) and int(value) == float(value)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise UserError(f"--exclude {path}: {value!r} is not an integer index of the training split")
+        ids.append(int(value))
+    arr = np.unique(np.asarray(ids, dtype=np.int64))
+    bad = arr[(arr < 0) | (arr >= n_train)]
+    if bad.size:
+        shown = ", ".join(str(v) for v in bad[:5]) + (f" (+{bad.size - 5} more)" if bad.size > 5 else "")
+        raise UserError(f"--exclude {path}: id(s) {shown} are outside the training split, whose indices run "
+                        f"0..{n_train - 1}")
+    if arr.size == 0:
+        raise UserError(f"--exclude {path}: the file lists no ids, so the curated set would equal the full one")
+    return arr
+
+
+def _curation(store: Store, summary: dict[str, Any], names: list[str], train_labels: np.ndarray, min_share: float,
+              pairs: Sequence[tuple[int | str, int | str]] | str, exclude_file: str | Path | None) -> Curation:
+    """Apply the curation rule to the analysed training samples, or read the user's own exclusion list."""
+    uncertain = _uncertain_by_pair(summary)
+    if pairs == "top":
+        chosen = _top_pairs(summary, uncertain)
+    elif pairs == "all":
+        chosen = uncertain
+    elif isinstance(pairs, str):
+        raise UserError(f"--pairs {pairs}: give 'top', 'all' or class pairs such as 3,5;2,7")
+    else:
+        chosen: dict[Pair, list[int]] = {}
+        for pair in (_resolve_pair(p, names) for p in pairs):
+            chosen[pair] = uncertain.get(pair, [])
+            if not chosen[pair]:
+                print(f"note: the analysis flagged no uncertain prototype for the pair {pair_label(pair, names)}; "
+                      "it excludes nothing (its confusions are still reported)")
+    n_train = len(train_labels)
+    if exclude_file is not None:
+        ids = read_exclude_file(exclude_file, n_train)
+        source = str(Path(exclude_file).resolve())
+    else:
+        if not any(chosen.values()):
+            what = "any pair" if isinstance(pairs, str) else "the given pairs"
+            raise UserError(f"{store.path.parent}: the analysis flagged no uncertain prototype for {what}, so the "
+                            f"curation rule has nothing to exclude. {NO_UNCERTAIN_ADVICE}")
+        split = store.config.get("split", "train")
+        if split != "train":
+            raise UserError(f"{store.path.parent}: the analysis covered the {split!r} split, but the curated set is "
+                            "built from the training split; rerun `i2x run` with --split train, or give the "
+                            "training ids to leave out with --exclude FILE")
+        sample_index = store.read("sample_index")
+        labels = store.read("labels")
+        if sample_index.max(initial=-1) >= n_train or not np.array_equal(train_labels[sample_index], labels):
+            raise UserError(f"{store.path}: the store's labels do not match the training split of --data "
+                            f"{store.config.get('data')}; the data changed since the analysis, rerun `i2x run`")
+        ids = np.unique(sample_index[exclusion_mask(store.read("analysis/share"), labels, chosen, min_share)])
+        if len(sample_index) < n_train:
+            print(f"note: the analysis covered {len(sample_index)} of the {n_train} training samples (--limit); "
+                  "only those can be excluded")
+        if ids.size == 0:
+            raise UserError(f"no training sample has an uncertain prototype covering >= {min_share:g} of its cells; "
+                            "lower --min-share (e.g. 0.05) or give your own --exclude FILE")
+        source = "rule"
+    counts = np.bincount(train_labels[ids], minlength=len(names))
+    per_class = {names[c]: int(counts[c]) for c in np.flatnonzero(counts)}
+    return Curation(ids=ids, source=source, pairs=chosen, per_class=per_class, n_train=n_train)
+
+
+def _top_pairs(summary: dict[str, Any], uncertain: dict[Pair, list[int]]) -> dict[Pair, list[int]]:
+    """The flagged pairs that are among the most confused at the final checkpoint, else the top-scoring one."""
+    top = {tuple(sorted(u["classes"])) for u in summary.get("uncertain", []) if u.get("in_top_confused")}
+    if not top and summary.get("uncertain"):
+        top = {tuple(sorted(summary["uncertain"][0]["classes"]))}
+    return {pair: protos for pair, protos in uncertain.items() if pair in top}
+
+
+def _uncertain_by_pair(summary: dict[str, Any]) -> dict[Pair, list[int]]:
+    """{(a, b): the uncertain prototypes flagged for that pair} from summary.json, strongest first."""
+    found: dict[Pair, list[int]] = {}
+    for u in summary.get("uncertain", []):
+        a, b = u["classes"]
+        found.setdefault((min(a, b), max(a, b)), []).append(int(u["prototype"]))
+    return found
+
+
+def _resolve_pair(pair: tuple[int | str, int | str], names: list[str]) -> Pair:
+    """A pair given by class names or indices as sorted class indices (a UserError names what is unknown)."""
+    if len(pair) != 2:
+        raise UserError(f"--pairs {pair!r}: give each pair as two classes, e.g. 2,7 or cat,dog")
+    index = []
+    for c in pair:
+        if isinstance(c, str) and c in names:
+            index.append(names.index(c))
+        elif str(c).strip().lstrip("-").isdigit() and 0 <= int(c) < len(names):
+            index.append(int(c))
+        else:
+            raise UserError(f"--pairs: {c!r} is not a class of this analysis; classes: {', '.join(names)}")
+    a, b = index
+    if a == b:
+        raise UserError(f"--pairs {pair!r}: the two classes of a pair must differ")
+    return (min(a, b), max(a, b))
+
+
+def _fallback_pairs(summary: dict[str, Any]) -> list[Pair]:
+    """With --exclude and no flagged pair: report the final checkpoint's most confused pairs."""
+    return [tuple(sorted(p["classes"])) for p in summary.get("top_confused_pairs", [])]  # type: ignore[misc]
+
+
+def pair_label(pair: Pair, names: list[str]) -> str:
+    """``2<->7``: how a pair is shown in tables and JSON keys."""
+    return f"{names[pair[0]]}<->{names[pair[1]]}"
+
+
+def _print_curation(curation: Curation, names: list[str], min_share: float) -> None:
+    counts = ", ".join(f"class {c}: {n}" for c, n in curation.per_class.items())
+    print(f"curated set: excluding {curation.ids.size} of {curation.n_train} training samples ({counts})")
+    if curation.source == "rule":
+        for pair, protos in curation.pairs.items():
+            if protos:
+                print(f"  pair {pair_label(pair, names)}: uncertain prototype(s) {', '.join(map(str, protos))}, "
+                      f"share >= {min_share:g}")
+    else:
+        print(f"  ids from {curation.source}")
+    if curation.ids.size > LARGE_EXCLUSION * curation.n_train:
+        print(f"note: that is {curation.ids.size / curation.n_train:.0%} of the training set; to curate less, name "
+              "the pair(s) you care about with --pairs A,B or raise --min-share")
+
+
+def _excluded_record(curation: Curation, names: list[str]) -> dict[str, Any]:
+    return {
+        "source": curation.source,
+        "count": int(curation.ids.size),
+        "train_size": curation.n_train,
+        "per_class": curation.per_class,
+        "pairs": [{"classes": list(p), "label": pair_label(p, names), "prototypes": protos}
+                  for p, protos in curation.pairs.items()],
+    }
+
+
+def _write_excluded(path: Path, curation: Curation, names: list[str], min_share: float) -> None:
+    """``excluded.json``: the rule, the counts and the excluded training-split indices (reusable as --exclude)."""
+    record = {**_excluded_record(curation, names), "min_share": min_share if curation.source == "rule" else None,
+              "ids": curation.ids.tolist()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+
+
+# ---- the runs ---------------------------------------------------------------------------------
+
+def _run_one(model: nn.Module, stages: tuple[str, str], epochs: tuple[int, int], sets: dict[str, Dataset], seed: int,
+             cfg: TrainConfig, optimizer: str, lr: float, device: torch.device) -> dict[str, Any]:
+    """Train ``model`` (already at the start state) through the two stages; returns the losses and the time."""
+    start = time.perf_counter()
+    opt = make_optimizer(model.parameters(), optimizer, lr, 0.0)
+    losses = []
+    for i, (part, n_epochs) in enumerate(zip(stages, epochs)):
+        if n_epochs == 0:
+            continue
+        stage_seed = _stage_seed(seed, i)
+        torch.manual_seed(stage_seed)
+        generator = torch.Generator().manual_seed(stage_seed)
+        loss = train_epochs(model, sets[part], cfg, n_epochs, generator, device, opt, desc=f"stage {i + 1} ({part})")
+        losses.append({"stage": i + 1, "set": part, "epochs": n_epochs, "train_loss": loss})
+    return {"seed": seed, "stages": losses, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _stage_seed(seed: int, stage: int) -> int:
+    """A seed that depends on (seed, stage) only, so strategies share the stream of a stage."""
+    return int(np.random.SeedSequence([seed, stage]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _evaluate(model: nn.Module, test_set: Dataset, labels: np.ndarray, device: torch.device, pairs: list[Pair],
+              names: list[str]) -> dict[str, Any]:
+    """Test accuracy, loss, the confusion matrix and each pair's confusions (a->b, b->a, total)."""
+    acc, loss, preds = evaluate(model, test_set, device)
+    m = len(names)
+    cm = np.bincount(labels * m + preds.numpy(), minlength=m * m).reshape(m, m)
+    confusions = {
+        pair_label((a, b), names): {f"{names[a]}->{names[b]}": int(cm[a, b]), f"{names[b]}->{names[a]}": int(cm[b, a]),
+                                    "total": int(cm[a, b] + cm[b, a])}
+        for a, b in pairs
+    }
+    return {"accuracy": acc, "test_loss": loss, "confusions": confusions, "confusion_matrix": cm.tolist()}
+
+
+def _fingerprint(settings: dict[str, Any], ids: np.ndarray) -> str:
+    """What a saved run must match to be reused: the settings that change results, and the excluded ids."""
+    keys = ("start_checkpoint", "epochs", "optimizer", "lr", "batch_size", "train_size")
+    payload = json.dumps({**{k: settings[k] for k in keys}, "ids": ids.tolist()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _reuse(run_path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """A finished run's record if it was made with the same settings (resume after an interruption)."""
+    meta = run_path.with_suffix(".json")
+    if not (meta.is_file() and run_path.with_suffix(".pt").is_file()):
+        return None
+    record = json.loads(meta.read_text())
+    return record if record.get("fingerprint") == fingerprint else None
+
+
+def _save_run(run_path: Path, model: nn.Module, record: dict[str, Any], start_name: str) -> None:
+    """The run's weights (loadable as an i2x checkpoint), then its metrics: the .json marks the run as done."""
+    run_path.parent.mkdir(parents=True, exist_ok=True)
+    run_path.with_suffix(".json").unlink(missing_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "strategy": record["strategy"], "seed": record["seed"],
+                "start_checkpoint": start_name, "metrics": {"accuracy": record["accuracy"]}},
+               run_path.with_suffix(".pt"))
+    run_path.with_suffix(".json").write_text(json.dumps(record, indent=1))
+
+
+# ---- statistics and the table ----------------------------------------------------------------
+
+def _stats(values: Sequence[float]) -> dict[str, Any]:
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "values": v.tolist()}
+
+
+def _per_strategy(runs: list[dict[str, Any]], strategies: list[str], pairs: list[Pair],
+                  names: list[str]) -> dict[str, dict[str, Any]]:
+    """Mean ± std over seeds of accuracy and each pair's total confusions, per strategy."""
+    out = {}
+    for s in strategies:
+        mine = [r for r in runs if r["strategy"] == s]
+        out[s] = {"accuracy": _stats([r["accuracy"] for r in mine]),
+                  "confusions": {pair_label(p, names): _stats([r["confusions"][pair_label(p, names)]["total"]
+                                                               for r in mine]) for p in pairs}}
+    return out
+
+
+def _paired(runs: list[dict[str, Any]], strategies: list[str], pairs: list[Pair], names: list[str]) -> dict[str, Any]:
+    """Per seed, each strategy minus full-full (same seeds): accuracy and confusion differences, mean ± std."""
+    if BASELINE not in strategies:
+        return {}
+    by = {(r["strategy"], r["seed"]): r for r in runs}
+    out = {}
+    for s in strategies:
+        if s == BASELINE:
+            continue
+        seeds = [seed for (strategy, seed) in by if strategy == s and (BASELINE, seed) in by]
+        diff = {"seeds": seeds,
+                "accuracy": _stats([by[s, k]["accuracy"] - by[BASELINE, k]["accuracy"] for k in seeds])}
+        diff["confusions"] = {
+            pair_label(p, names): _stats([by[s, k]["confusions"][pair_label(p, names)]["total"]
+                                          - by[BASELINE, k]["confusions"][pair_label(p, names)]["total"]
+                                          for k in seeds])
+            for p in pairs
+        }
+        out[f"{s} minus {BASELINE}"] = diff
+    return out
+
+
+def format_table(result: FinetuneResult) -> str:
+    """The paper's table: strategy | accuracy % mean ± std | each pair's confusions mean ± std, then paired diffs."""
+    labels = [pair_label(p, result.class_names) for p in result.pairs]
+    header = ["strategy", "accuracy %"] + [f"{label} confusions" for label in labels]
+    rows = [["final checkpoint", f"{100 * result.start['accuracy']:.2f}"]
+            + [str(result.start["confusions"][label]["total"]) for label in labels]]
+    for s, st in result.strategies.items():
+        rows.append([s.replace("-", " -> "), _pm(st["accuracy"], 100)]
+                    + [_pm(st["confusions"][label], 1) for label in labels])
+    for name, d in result.paired.items():
+        rows.append([f"diff: {name.replace('-', ' -> ')}", _pm(d["accuracy"], 100, sign=True)]
+                    + [_pm(d["confusions"][label], 1, sign=True) for label in labels])
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header] + rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    n_seeds = len(result.settings["seeds"])
+    lines.append(f"{n_seeds} seed(s) per strategy, test split of {result.settings['test_size']} samples; "
+                 f"± is the sample std over seeds; diff rows are per-seed paired differences "
+                 f"(accuracy in percentage points). Excluded {result.excluded['count']} of "
+                 f"{result.excluded['train_size']} training samples.")
+    return "\n".join(lines)
+
+
+def _pm(stat: dict[str, Any], scale: float, sign: bool = False) -> str:
+    fmt = "+.2f" if sign else ".2f"
+    return f"{scale * stat['mean']:{fmt}} ± {scale * stat['std']:.2f}"
+
+
+def _parse_strategies(strategies: Sequence[str]) -> list[tuple[str, str]]:
+    """``["curated-full", ...]`` as (stage 1 set, stage 2 set) pairs, in the given order, duplicates dropped."""
+    if isinstance(strategies, str):
+        strategies = [strategies]
+    plan: list[tuple[str, str]] = []
+    for s in strategies:
+        parts = tuple(p.strip() for p in s.replace("->", "-").split("-"))
+        if len(parts) != 2 or any(p not in SET_NAMES for p in parts):
+            raise UserError(f"--strategies {s}: write each strategy as X-Y with X and Y in full, curated "
+                            "(e.g. curated-full)")
+        if parts not in plan:
+            plan.append(parts)  # type: ignore[arg-type]
+    if not plan:
+        raise UserError("--strategies: give at least one, e.g. full-full,curated-full")
+    return plan
+
+
+def _seed_list(seeds: int | Sequence[int]) -> list[int]:
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise UserError(f"--seeds {seeds}: give at least one seed")
+        return list(range(seeds))
+    seed_list = list(dict.fromkeys(int(s) for s in seeds))
+    if not seed_list or min(seed_list) < 0:
+        raise UserError(f"--seeds {seeds}: give a count or a list of non-negative seeds")
+    return seed_list
+
+
+def _check_epochs(epochs: Sequence[int]) -> tuple[int, int]:
+    if len(epochs) != 2 or any(int(e) != e or e < 0 for e in epochs):
+        raise UserError(f"--epochs {epochs}: give two non-negative whole numbers (stage 1, stage 2), e.g. 1,1")
+    return int(epochs[0]), int(epochs[1])
+
+
+def _check_lr(optimizer: str, lr: float | None) -> float:
+    if optimizer not in DEFAULT_LR:
+        raise UserError(f"--optimizer {optimizer}: choose sgd or adam")
+    if lr is None:
+        return DEFAULT_LR[optimizer]
+    if not lr > 0:
+        raise UserError(f"--lr {lr}: the learning rate must be positive")
+    return float(lr)
+
+
+def _start_checkpoint(store: Store) -> tuple[str, str]:
+    """Name and sha256 of the last checkpoint whose weights are finite: where every run starts."""
+    finite = np.flatnonzero(store.read("finite").astype(bool) & store.done())
+    if finite.size == 0:
+        raise UserError(f"{store.path}: no finished checkpoint with finite weights to fine-tune from")
+    record = store.checkpoints[int(finite[-1])]
+    return record["name"], record["sha256"]
+
+
+__all__ = ["finetune", "format_table", "FinetuneResult", "Curation", "exclusion_mask", "read_exclude_file",
+           "pair_label"]
