@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from i2x.stages.analysis import AnalyzeConfig, AnalyzeResult, load_summary, analyze as _analyze
+from i2x.io.workdir import load_summary
+from i2x.stages.analysis import AnalyzeConfig, AnalyzeResult, analyze as _analyze
 from i2x.stages.context import RunConfig, check_forward
 from i2x.io.data import DataOptions, load_data
 from i2x.errors import UserError
@@ -21,7 +22,8 @@ from i2x.stages.extraction import ExtractResult, extract as _extract
 from i2x.stages.finetuning import FinetuneResult, finetune, format_table
 from i2x.io.models import build_model
 from i2x.stages.reliance import RelianceConfig, reliance
-from i2x.stages.studies import compare_models, drift, faithfulness
+from i2x.stages.drift import compare_models, drift
+from i2x.stages.faithfulness import faithfulness
 from i2x.stages.training import TrainConfig, TrainResult, train as _train
 
 

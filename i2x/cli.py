@@ -249,7 +249,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_faithfulness(args: argparse.Namespace) -> None:
-    from i2x.stages.studies import faithfulness
+    from i2x.stages.faithfulness import faithfulness
 
     result = faithfulness(
         args.dir, checkpoint=args.checkpoint, methods=args.method, fractions=args.fractions, steps=args.steps,
@@ -270,7 +270,7 @@ def cmd_faithfulness(args: argparse.Namespace) -> None:
 
 
 def cmd_drift(args: argparse.Namespace) -> None:
-    from i2x.stages.studies import drift
+    from i2x.stages.drift import drift
 
     result = drift(args.dir, from_=args.from_, to=args.to, phase_split=args.phase_split, methods=args.method,
                    top=args.top, stability=args.stability)

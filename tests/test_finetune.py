@@ -14,7 +14,8 @@ import torch
 from sklearn.datasets import load_digits
 
 from i2x import api
-from i2x.stages.analysis import AnalyzeConfig, load_summary
+from i2x.io.workdir import load_summary
+from i2x.stages.analysis import AnalyzeConfig
 from i2x.stages.context import RunConfig, build_context
 from i2x.errors import UserError
 from i2x.stages.finetuning import finetune, format_table, read_exclude_file

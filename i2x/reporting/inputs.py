@@ -7,7 +7,6 @@ built, without pictures, and says why.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -16,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from i2x.stages.analysis import load_summary
 from i2x.stages.context import Context, RunConfig, build_context
 from i2x.errors import UserError
 from i2x.io.store import Store
+from i2x.io.workdir import load_summary, optional_json
 from i2x.reporting.charts import ChartSet
 from i2x.reporting.images import png_uri, prototype_patches
 
@@ -85,8 +84,7 @@ class ReportInputs:
 
     def optional_json(self, relative: str) -> dict[str, Any] | None:
         """A JSON file of the analysis directory, or None if it is absent (its section is then skipped)."""
-        path = self.out_dir / relative
-        return json.loads(path.read_text()) if path.is_file() else None
+        return optional_json(self.out_dir / relative)
 
     # ---- arrays ---------------------------------------------------------------------------
     def read(self, name: str) -> np.ndarray:

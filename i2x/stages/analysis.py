@@ -11,7 +11,6 @@ runs between two consecutive *usable* checkpoints, listed in ``summary.json`` un
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,8 +25,8 @@ from i2x.analysis.groups import default_min_cluster_size
 from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store
+from i2x.io.workdir import SUMMARY, save_summary
 
-SUMMARY_NAME = "summary.json"
 #: Default ceiling of HDBSCAN's min_samples (see :func:`_min_samples`).
 MAX_MIN_SAMPLES = 50
 
@@ -110,7 +109,7 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
     protos = Prototypes(k=int(k), pca_dim=cfg.pca_dim, seed=cfg.seed, max_fit_vectors=cfg.max_fit_vectors,
                         max_points_per_centroid=cfg.max_points_per_centroid, use_gpu=_gpu(cfg.device)).fit(features)
     K = protos.k_
-    (out / SUMMARY_NAME).unlink(missing_ok=True)  # the old summary describes the analysis cleared below
+    (out / SUMMARY).unlink(missing_ok=True)  # the old summary describes the analysis cleared below
     store.clear_analysis()
     store.write("analysis/pca_mean", protos.pca_.mean_.astype(np.float32))
     store.write("analysis/pca_components", protos.pca_.components_.astype(np.float32))
@@ -183,10 +182,7 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
                        labels, share, k_scores, finite)
     summary["timings"] = timings
     store.set_analysis_attrs({"config": asdict(cfg), "k": K, "method": cfg.method, "steps": steps})
-    path = out / SUMMARY_NAME
-    partial = path.with_name(SUMMARY_NAME + ".partial")  # written last and renamed: readers never see half of it
-    partial.write_text(json.dumps(summary, indent=2))
-    partial.replace(path)
+    path = save_summary(out, summary)  # written last and atomically: readers never see half of it
     return AnalyzeResult(summary, timings, path)
 
 
@@ -319,14 +315,3 @@ def _summary(store: Store, cfg: AnalyzeConfig, protos: Prototypes, structure: St
                        "curation_min_share": 0.1},
         "warnings": list(protos.warnings_),
     }
-
-
-def load_summary(out: str | Path) -> dict[str, Any]:
-    """Read ``DIR/summary.json`` (a UserError if the analysis has not run)."""
-    path = Path(out) / SUMMARY_NAME
-    if not path.is_file():
-        raise UserError(f"{out}: no {SUMMARY_NAME}; run `i2x analyze {out}` first")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:  # cut short by a crash while it was written, or edited by hand
-        raise UserError(f"{path}: not valid JSON ({exc}); rerun `i2x analyze {out}`") from None

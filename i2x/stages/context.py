@@ -21,6 +21,7 @@ from i2x.io.data import DataOptions, ImageData, labels_of, load_data
 from i2x.io.devices import resolve_device
 from i2x.errors import UserError
 from i2x.io.models import build_model
+from i2x.io.store import Store
 
 
 @dataclass
@@ -153,3 +154,23 @@ def check_forward(model: nn.Module, dataset: Dataset, model_spec: str, data_spec
         ) from exc
     finally:
         model.train(was_training)
+
+
+def open_context(store: Store, t: int, device: str, batch_size: int, trust_checkpoints: bool) -> Context:
+    """Rebuild data and model from the store's config and load checkpoint t, checking both match the store."""
+    config = RunConfig.from_dict({**store.config, "device": device, "batch_size": batch_size,
+                                  "trust_checkpoints": trust_checkpoints})
+    ctx = build_context(config)
+    labels = store.read("labels")
+    if len(ctx.labels) != len(labels) or not np.array_equal(ctx.labels, labels):
+        raise UserError(f"{store.path}: the data set {config.data!r} no longer gives the stored labels; "
+                        "point the config at the same data or rerun `i2x run`")
+    record = store.checkpoints[t]
+    ckpt = ctx.checkpoint(record["name"])
+    if record.get("sha256") and ckpt.sha256() != record["sha256"]:
+        raise UserError(f"{ckpt.path}: the file changed since extraction (sha256 differs); rerun `i2x run --overwrite`")
+    ctx.load(ckpt)
+    ctx.model.eval()
+    return ctx
+
+

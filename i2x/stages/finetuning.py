@@ -41,15 +41,14 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from i2x.stages.analysis import load_summary
 from i2x.stages.context import RunConfig, build_context
 from i2x.io.data import labels_of
 from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store
+from i2x.io.workdir import FINETUNE, FINETUNE_DIR, load_summary, write_json
 from i2x.stages.training import TrainConfig, evaluate, make_optimizer, subset, train_epochs
 
-FINETUNE_NAME = "finetune.json"
 EXCLUDED_NAME = "excluded.json"
 SET_NAMES = ("full", "curated")
 DEFAULT_STRATEGIES = ("full-full", "curated-curated", "curated-full")
@@ -188,7 +187,7 @@ def finetune(
         "test_size": len(test_labels),
         "std": "sample standard deviation over seeds (ddof=1; 0 for one seed)",
     }
-    dest_dir = Path(dest) if dest is not None else out / "finetune"
+    dest_dir = Path(dest) if dest is not None else out / FINETUNE_DIR
     with locked(dest_dir):
         _write_excluded(dest_dir / EXCLUDED_NAME, curation, names, min_share)
         start = _evaluate(model, test_set, test_labels, ctx.device, report_pairs, names)
@@ -218,7 +217,7 @@ def finetune(
             paired=_paired(runs, settings["strategies"], report_pairs, names),
             seconds=time.perf_counter() - start_time,
         )
-        (dest_dir / FINETUNE_NAME).write_text(json.dumps(result.to_dict(), indent=2))
+        write_json(dest_dir / FINETUNE, result.to_dict(), indent=2)
     print(format_table(result))
     return result
 
@@ -397,8 +396,7 @@ def _write_excluded(path: Path, curation: Curation, names: list[str], min_share:
     """``excluded.json``: the rule, the counts and the excluded training-split indices (reusable as --exclude)."""
     record = {**_excluded_record(curation, names), "min_share": min_share if curation.source == "rule" else None,
               "ids": curation.ids.tolist()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1))
+    write_json(path, record)
 
 
 # ---- the runs ---------------------------------------------------------------------------------
@@ -463,7 +461,7 @@ def _save_run(run_path: Path, model: nn.Module, record: dict[str, Any], start_na
     torch.save({"state_dict": state, "strategy": record["strategy"], "seed": record["seed"],
                 "start_checkpoint": start_name, "metrics": {"accuracy": record["accuracy"]}},
                run_path.with_suffix(".pt"))
-    run_path.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    write_json(run_path.with_suffix(".json"), record)
 
 
 # ---- statistics and the table ----------------------------------------------------------------

@@ -49,7 +49,6 @@ Results go to ``DIR/reliance.json`` (every prototype, per-sample deletions) and 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,14 +61,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from i2x.stages.analysis import SUMMARY_NAME, load_summary
 from i2x.attribution import get_layer
 from i2x.stages.context import Context, RunConfig, build_context
 from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store, chunk_ranges
+from i2x.io.workdir import RELIANCE, load_summary, save_summary, write_json
 
-RELIANCE_NAME = "reliance.json"
 
 
 @dataclass
@@ -348,12 +346,9 @@ def reliance(out_dir: str | Path, config: RelianceConfig | None = None, progress
         store = Store.open(out_dir, mode="r")
         summary = load_summary(out_dir)
         result = _study(store, cfg, progress)
-        out = Path(out_dir)
-        (out / RELIANCE_NAME).write_text(json.dumps(result, indent=2))
+        write_json(Path(out_dir) / RELIANCE, result, indent=2)
         summary["reliance"] = _summary_entry(result)
-        partial = out / (SUMMARY_NAME + ".partial")  # renamed into place: a crash never leaves half a summary
-        partial.write_text(json.dumps(summary, indent=2))
-        partial.replace(out / SUMMARY_NAME)
+        save_summary(out_dir, summary)
     return result
 
 

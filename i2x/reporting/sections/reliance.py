@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from i2x.stages.reliance import RELIANCE_NAME, assign_digest
+from i2x.io.workdir import RELIANCE
+from i2x.stages.reliance import assign_digest
 from i2x.reporting.images import HIGHLIGHT, jet, png_uri, resize, to_rgb
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, chip, esc, img, table
@@ -113,7 +114,7 @@ def _ranking_table(result: dict[str, Any], names: list[str]) -> str:
 
 def reliance_section(r: ReportInputs) -> Section | None:
     """The shortcut suspects (gallery, location map, intervention results), the verdict and the full ranking."""
-    result = r.optional_json(RELIANCE_NAME)
+    result = r.optional_json(RELIANCE)
     if result is None:
         return None
     intro = ("Which prototypes the final model actually depends on, tested by intervention: deleting a prototype at "
@@ -123,7 +124,7 @@ def reliance_section(r: ReportInputs) -> Section | None:
     assign = r.read("analysis/assign")
     if result.get("assign_digest") != assign_digest(assign):
         return Section("reliance", TITLE, intro, "", [
-            f"{RELIANCE_NAME} was computed for another analysis of this store (the prototypes changed since); "
+            f"{RELIANCE} was computed for another analysis of this store (the prototypes changed since); "
             f"rerun `i2x reliance {r.out_dir}`."])
     names = r.names
     protos = {p["id"]: p for p in result["prototypes"]}

@@ -14,7 +14,7 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
-from i2x.stages.studies import DRIFT_NAME, FAITHFULNESS_NAME
+from i2x.io.workdir import DRIFT, FAITHFULNESS
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, chip, esc, table
 
@@ -104,7 +104,7 @@ def _faithfulness_table(f: dict[str, Any]) -> str:
 
 def faithfulness_section(r: ReportInputs) -> Section | None:
     """Deletion/insertion study of ``faithfulness.json``; None when the study was not run."""
-    f = r.optional_json(FAITHFULNESS_NAME)
+    f = r.optional_json(FAITHFULNESS)
     if f is None:
         return None
     st = f["settings"]
@@ -224,7 +224,7 @@ def _reversal_table(stability: dict[str, Any]) -> str:
 
 def drift_section(r: ReportInputs) -> Section | None:
     """Semantic-drift study of ``drift.json``; None when the study was not run."""
-    d = r.optional_json(DRIFT_NAME)
+    d = r.optional_json(DRIFT)
     if d is None:
         return None
     h, w = d["grid"]

@@ -1,0 +1,269 @@
+"""The drift study on an analysis directory: how the stored CAMs move between two checkpoints or
+training phases, per method and class, and between models; writes ``DIR/drift.json``.
+
+Per sample: IoU of the top regions, centroid displacement, Spearman correlation and concentration
+change between two checkpoints, on the samples both classify correctly; per class and overall, for
+every stored method, over consecutive checkpoints, and the stability ranking of classes (or of
+models, :func:`compare_models`) under each method with the pairs whose order reverses between
+methods. The numeric core is :mod:`i2x.metrics.drift`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from i2x.errors import UserError
+from i2x.io.data import DataOptions, load_data
+from i2x.io.store import Store
+from i2x.io.workdir import DRIFT, checkpoint_index, clean_json, describe_checkpoint, stored_methods, \
+    usable_checkpoints, write_json
+from i2x.metrics.drift import centroid, drift_metrics, rank_reversals, summarize
+from i2x.stages.context import RunConfig
+
+#: Drift metrics written per sample class; shift_px is in pixels of the input image.
+DRIFT_METRICS = ("iou", "shift_px", "shift_frac", "spearman", "concentration_a", "concentration_b",
+                 "concentration_change")
+#: Stability scores for ranking classes or models: metric -> sign (+1: higher is more stable).
+STABILITY = {"iou": 1.0, "spearman": 1.0, "shift_frac": -1.0}
+
+
+def _input_size(store: Store) -> tuple[int, int]:
+    """The input size (H, W) the store was extracted at (opened from the recorded data spec)."""
+    config = RunConfig.from_dict(store.config)
+    if config.input_size:
+        return int(config.input_size), int(config.input_size)
+    data = load_data(config.data, DataOptions(config.input_size, config.channels, config.mean, config.std))
+    return int(data.input_size[0]), int(data.input_size[1])
+
+
+def _pair_metrics(a: np.ndarray, b: np.ndarray, top: float, scale: tuple[float, float],
+                  diagonal: float) -> dict[str, np.ndarray]:
+    """Drift metrics of map stacks a -> b, with the centroid shift in input pixels (``scale`` px per cell)."""
+    if a.shape[0] == 0:  # no sample is correct at both checkpoints
+        return {name: np.empty(0) for name in DRIFT_METRICS}
+    metrics = drift_metrics(a, b, top)
+    move = (centroid(b) - centroid(a)) * np.asarray(scale)
+    metrics["shift_px"] = np.linalg.norm(move, axis=1)
+    metrics["shift_frac"] = metrics["shift_px"] / diagonal
+    return {name: metrics[name] for name in DRIFT_METRICS}
+
+
+def _quantiles(values: np.ndarray) -> list[float] | None:
+    """[min, q1, median, q3, max] of the non-NaN values (None when there are none), for box plots."""
+    values = values[~np.isnan(values)]
+    return np.percentile(values, [0, 25, 50, 75, 100]).tolist() if values.size else None
+
+
+class _DriftReader:
+    """Reads what the drift metrics need from one store: labels, correctness and raw CAMs per checkpoint."""
+
+    def __init__(self, store: Store, top: float) -> None:
+        self.store = store
+        self.top = top
+        self.labels = store.read("labels")
+        self.grid = store.grid
+        self.input_size = _input_size(store)
+        self.scale = (self.input_size[0] / self.grid[0], self.input_size[1] / self.grid[1])
+        self.diagonal = math.hypot(*self.input_size)
+
+    def correct(self, t: int) -> np.ndarray:
+        return np.asarray(self.store.array("probs")[t]).argmax(axis=1) == self.labels
+
+    def cam(self, method: str, t: int) -> np.ndarray:
+        return np.asarray(self.store.cam(method)[t], dtype=np.float64)
+
+    def metrics(self, method: str, a: int, b: int, keep: np.ndarray,
+                maps: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Per-sample metrics [n_keep] of checkpoints a -> b under ``method`` on the samples in ``keep``."""
+        ma, mb = maps if maps is not None else (self.cam(method, a), self.cam(method, b))
+        return _pair_metrics(ma[keep], mb[keep], self.top, self.scale, self.diagonal)
+
+    def summary(self, metrics: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, Any]:
+        """Per class and overall stats (:func:`i2x.drift.summarize`) plus box-plot quantiles."""
+        names = self.store.class_names
+        labels = self.labels[keep]
+        out = summarize(metrics, labels, names)
+        out["quantiles"] = {
+            "overall": {k: _quantiles(v) for k, v in metrics.items()},
+            "per_class": {names[c]: {k: _quantiles(v[labels == c]) for k, v in metrics.items()}
+                          for c in np.unique(labels)},
+        }
+        return out
+
+
+def _phase_start(store: Store, phase_split: int | str) -> int:
+    """The last usable checkpoint of the first phase: step <= ``phase_split``, or with ``"auto"`` the last
+    checkpoint recorded as trained with a frozen backbone."""
+    usable = usable_checkpoints(store)
+    records = [store.checkpoints[t] for t in usable]
+    if phase_split == "auto":
+        first_phase = [t for t, c in zip(usable, records) if c.get("metrics", {}).get("phase") == "frozen-backbone"]
+        if not first_phase:
+            raise UserError("--phase-split auto: no checkpoint records a frozen-backbone phase; give the split step")
+        return int(first_phase[-1])
+    try:
+        split = int(phase_split)
+    except (TypeError, ValueError):
+        raise UserError(f"--phase-split {phase_split!r}: give a training step or auto") from None
+    if any(c.get("step") is None for c in records):
+        raise UserError("--phase-split: some checkpoints have no recorded step; compare with --from NAME instead")
+    before = [t for t, c in zip(usable, records) if int(c["step"]) <= split]
+    if not before:
+        raise UserError(f"--phase-split {split}: no checkpoint has step <= {split}; "
+                        f"the first is at step {records[0]['step']}")
+    return int(before[-1])
+
+
+def _pair(store: Store, from_: str, to: str, phase_split: int | str | None) -> tuple[int, int]:
+    """Store indices (a, b) of the two checkpoints to compare."""
+    if phase_split is not None and from_ != "first":
+        raise UserError("give either --from or --phase-split, not both")
+    a = _phase_start(store, phase_split) if phase_split is not None else checkpoint_index(store, from_)
+    return a, checkpoint_index(store, to)
+
+
+def _stability(per_class: dict[str, dict[str, Any]], metric: str) -> dict[str, float]:
+    """Item -> stability score (higher = more stable) from summarize()'s per-item stats; items without data left out."""
+    sign = STABILITY[metric]
+    return {item: sign * stats[metric]["mean"] for item, stats in per_class.items()
+            if stats[metric]["mean"] is not None}
+
+
+def _method_order(methods: list[str]) -> list[str]:
+    """Methods with GradCAM++ and LayerCAM first, so their comparison (the drift paper's) comes first."""
+    return sorted(methods, key=lambda m: (m not in ("gradcampp", "layercam"), methods.index(m)))
+
+
+def _ranking(stability: dict[str, dict[str, float]], metric: str) -> dict[str, Any]:
+    """Per method the items from most to least stable, and :func:`i2x.drift.rank_reversals` between methods."""
+    order = _method_order(list(stability))
+    return {
+        "metric": metric,
+        "higher_is_stable": STABILITY[metric] > 0,
+        "scores": {m: {k: STABILITY[metric] * v for k, v in stability[m].items()} for m in order},
+        "ranking": {m: sorted(stability[m], key=lambda k: -stability[m][k]) for m in order},
+        "reversals": rank_reversals(stability, order) if len(order) > 1 else [],
+    }
+
+
+def _check_stability(metric: str) -> None:
+    if metric not in STABILITY:
+        raise UserError(f"--stability {metric!r}: choose one of {', '.join(STABILITY)}")
+
+
+def drift(
+    out_dir: str | Path,
+    from_: str = "first",
+    to: str = "final",
+    phase_split: int | str | None = None,
+    methods: Sequence[str] | str | None = None,
+    top: float = 0.2,
+    consecutive: bool = True,
+    stability: str = "iou",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Semantic drift of the stored CAMs from checkpoint ``from_`` to ``to``; writes ``DIR/drift.json``.
+
+    ``phase_split`` (a training step, or ``"auto"`` for the end of the frozen-backbone phase) replaces
+    ``from_`` by the last checkpoint of the first phase. Only samples both checkpoints classify correctly
+    count. ``consecutive`` adds the drift over every pair of consecutive usable checkpoints. Classes are
+    ranked by ``stability`` (mean of a metric, :data:`STABILITY`) under each method. Returns the JSON written.
+    """
+    start = time.perf_counter()
+    _check_stability(stability)
+    store = Store.open(out_dir)
+    methods = stored_methods(store, methods)
+    a, b = _pair(store, from_, to, phase_split)
+    reader = _DriftReader(store, top)
+    keep = reader.correct(a) & reader.correct(b)
+    result: dict[str, Any] = {
+        "from": describe_checkpoint(store, a), "to": describe_checkpoint(store, b), "phase_split": phase_split,
+        "top": top, "grid": list(reader.grid), "input_size": list(reader.input_size),
+        "pixels_per_cell": list(reader.scale), "class_names": store.class_names,
+        "n_samples": int(keep.size), "n_correct_both": int(keep.sum()), "methods": {},
+    }
+    for m in methods:
+        result["methods"][m] = reader.summary(reader.metrics(m, a, b, keep), keep)
+    per_class = {m: _stability(result["methods"][m]["per_class"], stability) for m in methods}
+    result["stability"] = _ranking(per_class, stability)
+    if consecutive:
+        result["consecutive"] = _consecutive(reader, methods, progress)
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    write_json(Path(out_dir) / DRIFT, result)
+    return clean_json(result)
+
+
+def _consecutive(reader: _DriftReader, methods: list[str], progress: bool) -> dict[str, Any]:
+    """Overall drift stats of every pair of consecutive usable checkpoints, each checkpoint's maps read once."""
+    usable = usable_checkpoints(reader.store)
+    steps = [{"from": describe_checkpoint(reader.store, int(a)), "to": describe_checkpoint(reader.store, int(b))}
+             for a, b in zip(usable[:-1], usable[1:])]
+    series: dict[str, dict[str, list]] = {m: {k: [] for k in DRIFT_METRICS} for m in methods}
+    previous = {m: reader.cam(m, int(usable[0])) for m in methods}
+    prev_correct = reader.correct(int(usable[0]))
+    for step, (a, b) in zip(tqdm(steps, desc="drift", disable=not progress), zip(usable[:-1], usable[1:])):
+        correct = reader.correct(int(b))
+        keep = prev_correct & correct
+        step["n"] = int(keep.sum())
+        for m in methods:
+            current = reader.cam(m, int(b))
+            overall = summarize(reader.metrics(m, int(a), int(b), keep, (previous[m], current)),
+                                np.zeros(int(keep.sum()), dtype=int))["overall"]
+            for k in DRIFT_METRICS:
+                series[m][k].append(overall[k])
+            previous[m] = current
+        prev_correct = correct
+    return {"steps": steps, "methods": series}
+
+
+def compare_models(
+    out_dirs: Sequence[str | Path],
+    from_: str = "first",
+    to: str = "final",
+    phase_split: int | str | None = None,
+    methods: Sequence[str] | str | None = None,
+    top: float = 0.2,
+    stability: str = "iou",
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Rank several analysis directories (models) by drift stability under each method, with the reversals.
+
+    Each model's score is the overall mean of ``stability`` over its samples correct at both checkpoints
+    (the same ``from_`` / ``to`` / ``phase_split`` rule for every model). Models are named by their
+    directory's name (the full path where two names clash). Writes the JSON to ``out`` when given.
+    """
+    _check_stability(stability)
+    if len(out_dirs) < 2:
+        raise UserError("compare_models needs at least two analysis directories")
+    dirs = [Path(d) for d in out_dirs]
+    names = [d.name for d in dirs]
+    names = names if len(set(names)) == len(names) else [str(d) for d in dirs]
+    stores = [Store.open(d) for d in dirs]
+    common = [m for m in stores[0].methods if all(m in s.methods for s in stores)]
+    chosen = common if methods is None else stored_methods(stores[0], methods)
+    missing = [(n, m) for n, s in zip(names, stores) for m in chosen if m not in s.methods]
+    if missing or not chosen:
+        raise UserError(f"--methods: not stored in every model ({missing or 'no common method'}); "
+                        "choose methods all of them hold")
+    models: dict[str, Any] = {}
+    for name, d, store in zip(names, dirs, stores):
+        a, b = _pair(store, from_, to, phase_split)
+        reader = _DriftReader(store, top)
+        keep = reader.correct(a) & reader.correct(b)
+        overall = {m: summarize(reader.metrics(m, a, b, keep), np.zeros(int(keep.sum()), dtype=int))["overall"]
+                   for m in chosen}
+        models[name] = {"dir": str(d), "from": describe_checkpoint(store, a), "to": describe_checkpoint(store, b),
+                        "n_correct_both": int(keep.sum()), "overall": overall}
+    per_model = {m: {name: models[name]["overall"][m] for name in names} for m in chosen}
+    result = {"top": top, "models": models, "stability": _ranking(
+        {m: _stability(per_model[m], stability) for m in chosen}, stability)}
+    if out is not None:
+        write_json(Path(out), result)
+    return clean_json(result)
+

@@ -1,0 +1,250 @@
+"""The faithfulness study on an analysis directory: deletion and insertion curves of the stored CAMs
+against random pixel orders, per sample bucket; writes ``DIR/faithfulness.json``.
+
+Samples of one checkpoint in buckets (true positives, false positives, random samples), their stored
+CAMs upsampled to the input, deletion and insertion curves in CAM order against random pixel orders.
+The class scored and explained is the true label for ``tp`` and ``random`` and the *predicted* class
+for ``fp``: a false positive is explained by the evidence for the mistake, so deletion asks whether
+removing that evidence removes the confidence in the wrong class. Where the store's CAM explains
+another class (``fp`` under ``--target true``), the map is recomputed at the checkpoint for that class.
+The random orders are drawn once per bucket and shared by every method, so methods are compared
+against the same baseline; deletion and insertion use the same draws. The numeric core is
+:mod:`i2x.metrics.faithfulness`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from i2x.attribution import Attributor, display_maps, get_methods
+from i2x.errors import UserError
+from i2x.io.store import Store
+from i2x.io.workdir import FAITHFULNESS, checkpoint_index, clean_json, describe_checkpoint, stored_methods, write_json
+from i2x.metrics.faithfulness import MODES, auc, drop_at, fraction_grid, perturbation_curves, pixel_order, \
+    random_order, select_buckets
+from i2x.metrics.stats import mean_std
+from i2x.stages.context import Context, open_context
+
+BUCKETS = ("tp", "fp", "random")
+#: Pixel fills, named in pixel terms: "mean" = the normalisation mean colour (0 in normalised inputs),
+#: "zero" = black pixels (-mean/std in normalised inputs), "blur" = the Gaussian-blurred image.
+FILLS = ("mean", "zero", "blur")
+TARGET_RULE = ("tp and random: the true label; fp: the predicted (wrong) class, so the map shows the evidence "
+               "for the mistake")
+
+
+def _frac_key(fraction: float) -> str:
+    return f"{fraction:g}"
+
+
+def _class_index(store: Store, positive_class: int | str | None) -> int | None:
+    """``positive_class`` as a class index; a class name or an index are both accepted."""
+    if positive_class is None:
+        return None
+    names = store.class_names
+    if isinstance(positive_class, str):
+        if positive_class in names:
+            return names.index(positive_class)
+        if not positive_class.lstrip("-").isdigit():
+            raise UserError(f"--positive-class {positive_class!r}: not a class name; choose one of {', '.join(names)}")
+        positive_class = int(positive_class)
+    if not 0 <= positive_class < len(names):
+        raise UserError(f"--positive-class {positive_class}: the classes are 0..{len(names) - 1} ({', '.join(names)})")
+    return int(positive_class)
+
+
+def _check_faithfulness_options(buckets: Sequence[str], fractions: Sequence[float], baseline: str,
+                                insertion_baseline: str, per_bucket: int, random_draws: int, steps: int) -> None:
+    unknown = [b for b in buckets if b not in BUCKETS]
+    if unknown or not buckets:
+        raise UserError(f"--buckets {','.join(buckets)}: choose among {', '.join(BUCKETS)}")
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad:
+        raise UserError(f"--fractions: {bad} are not fractions in (0, 1]; use e.g. 0.25,0.5")
+    for option, fill in (("--baseline", baseline), ("--insertion-baseline", insertion_baseline)):
+        if fill not in FILLS:
+            raise UserError(f"{option} {fill!r}: choose one of {', '.join(FILLS)}")
+    if per_bucket < 1 or random_draws < 1 or steps < 1:
+        raise UserError("--per-bucket, --random-draws and --steps must each be at least 1")
+
+
+def _fill(name: str, ctx: Context) -> dict[str, Any]:
+    """Arguments of :func:`perturbation_curves` for a named fill (see :data:`FILLS`)."""
+    if name == "blur":
+        return {"baseline": "blur"}
+    if name == "mean":
+        return {"baseline": "mean", "mean_value": [0.0] * ctx.data.channels}
+    mean, std = np.asarray(ctx.data.mean, dtype=np.float64), np.asarray(ctx.data.std, dtype=np.float64)
+    return {"baseline": "mean", "mean_value": (-mean / std).tolist()}
+
+
+def cams_for_targets(store: Store, ctx: Context, t: int, rows: np.ndarray, images: torch.Tensor, targets: np.ndarray,
+                     methods: list[str], batch_size: int = 512) -> dict[str, torch.Tensor]:
+    """Raw CAMs [B, h, w] at checkpoint t (loaded in ``ctx``) of store rows ``rows`` explaining classes ``targets``.
+
+    Read from the store where the stored map explains that class; recomputed with the model where it
+    explains another (e.g. a false positive's predicted class under ``--target true``).
+    """
+    stored = store.read("labels")[rows] if store.config["target"] == "true" else \
+        store.array("probs").oindex[t, rows].argmax(axis=1)
+    raw = {m: torch.from_numpy(np.asarray(store.cam(m).oindex[t, rows], dtype=np.float32)) for m in methods}
+    redo = np.flatnonzero(stored != targets)
+    if redo.size:
+        with Attributor(ctx.model, store.attrs["layer"], get_methods(methods)) as attributor:
+            for lo in range(0, redo.size, batch_size):
+                part = redo[lo:lo + batch_size]
+                out = attributor.attribute(images[part], torch.as_tensor(targets[part]))
+                for m in methods:
+                    raw[m][part] = out.cams[m].float().cpu()
+    return raw
+
+
+def _check_probs(ctx: Context, images: torch.Tensor, stored: np.ndarray, where: str) -> None:
+    """Refuse to go on when the rebuilt model does not reproduce the stored probabilities."""
+    with torch.no_grad():
+        probs = ctx.model(images).float().softmax(dim=1).cpu().numpy()
+    gap = float(np.abs(probs - stored).max())
+    if gap > 1e-3:
+        raise UserError(f"{where}: the rebuilt model and data give probabilities {gap:.3g} away from the stored ones; "
+                        "the checkpoints, model or data changed since extraction; rerun `i2x run --overwrite`")
+
+
+def _bucket_summary(cam: dict[str, np.ndarray], rand: dict[str, np.ndarray], grid: np.ndarray,
+                    fractions: Sequence[float]) -> dict[str, Any]:
+    """One method on one bucket: AUCs and drops of the CAM order against the random orders, and the mean curves.
+
+    ``cam[mode]`` is [B, S+1]; ``rand[mode]`` is [draws, B, S+1]. CAM spreads are over samples; the random
+    baseline's ``std_draws`` is the std over draws of the bucket mean, ``std_samples`` over samples of the
+    per-sample mean over draws.
+    """
+    out: dict[str, Any] = {"n": int(cam["deletion"].shape[0])}
+    for mode in MODES:
+        cam_auc, rand_auc = auc(cam[mode], grid), auc(rand[mode], grid)  # [B], [draws, B]
+        better = cam_auc < rand_auc.mean(0) if mode == "deletion" else cam_auc > rand_auc.mean(0)
+        out[f"{mode}_auc"] = {
+            "cam": mean_std(cam_auc),
+            "random": {"mean": float(rand_auc.mean()), "std_draws": float(rand_auc.mean(1).std()),
+                       "std_samples": float(rand_auc.mean(0).std())},
+            "difference": float(cam_auc.mean() - rand_auc.mean()),
+            "share_beating_random": float(better.mean()),
+        }
+        rand_mean = rand[mode].mean(0)
+        out.setdefault("curves", {})[mode] = {
+            "cam_mean": cam[mode].mean(0), "cam_std": cam[mode].std(0),
+            "random_mean": rand_mean.mean(0), "random_std": rand_mean.std(0),
+        }
+    initial = cam["deletion"][:, 0]
+    out["initial_prob"] = mean_std(initial)
+    out["drop"] = {}
+    for f in fractions:
+        cam_drop, rand_drop = drop_at(cam["deletion"], f, grid), drop_at(rand["deletion"], f, grid)
+        out["drop"][_frac_key(f)] = {
+            "cam": {**mean_std(cam_drop), "relative": float((cam_drop / np.maximum(initial, 1e-12)).mean()),
+                    "share_gained": float((cam_drop < 0).mean())},
+            "random": {"mean": float(rand_drop.mean()), "std_draws": float(rand_drop.mean(1).std())},
+        }
+    out["per_sample"] = {
+        "initial_prob": initial,
+        "deletion_auc": auc(cam["deletion"], grid), "insertion_auc": auc(cam["insertion"], grid),
+        "random_deletion_auc": auc(rand["deletion"], grid).mean(0),
+        "random_insertion_auc": auc(rand["insertion"], grid).mean(0),
+    }
+    return out
+
+
+def faithfulness(
+    out_dir: str | Path,
+    checkpoint: str = "final",
+    methods: Sequence[str] | str | None = None,
+    fractions: Sequence[float] = (0.25, 0.5),
+    steps: int = 20,
+    baseline: str = "mean",
+    insertion_baseline: str = "blur",
+    buckets: Sequence[str] = BUCKETS,
+    per_bucket: int = 12,
+    positive_class: int | str | None = None,
+    random_draws: int = 5,
+    seed: int = 0,
+    batch_size: int = 512,
+    device: str = "auto",
+    trust_checkpoints: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Deletion/insertion study of one checkpoint's stored CAMs per sample bucket; writes ``DIR/faithfulness.json``.
+
+    ``baseline`` fills deleted pixels and ``insertion_baseline`` is the image insertion starts from
+    (:data:`FILLS`). Buckets come from :func:`i2x.faithfulness.select_buckets` on the checkpoint's stored
+    probabilities (``positive_class``: a class name or index for the binary-style tp/fp of the chest X-ray
+    study). Returns the JSON written.
+    """
+    start = time.perf_counter()
+    buckets = list(buckets)
+    _check_faithfulness_options(buckets, fractions, baseline, insertion_baseline, per_bucket, random_draws, steps)
+    store = Store.open(out_dir)
+    t = checkpoint_index(store, checkpoint)
+    methods = stored_methods(store, methods)
+    positive = _class_index(store, positive_class)
+    labels = store.read("labels")
+    probs = np.asarray(store.array("probs")[t])
+    predicted = probs.argmax(axis=1)
+    chosen = {k: v for k, v in select_buckets(probs, labels, per_bucket, positive, seed).items() if k in buckets}
+
+    ctx = open_context(store, t, device, batch_size, trust_checkpoints)
+    fills = {"deletion": _fill(baseline, ctx), "insertion": _fill(insertion_baseline, ctx)}
+    grid = fraction_grid(steps)
+    sample_index = store.read("sample_index")
+    result: dict[str, Any] = {
+        "checkpoint": describe_checkpoint(store, t),
+        "settings": {"methods": methods, "fractions": list(fractions), "steps": steps, "buckets": buckets,
+                     "per_bucket": per_bucket, "positive_class": positive, "random_draws": random_draws,
+                     "seed": seed},
+        "baselines": {"deletion": baseline, "insertion": insertion_baseline},
+        "fills": {mode: fill.get("mean_value", "blur") for mode, fill in fills.items()},
+        "target_rule": TARGET_RULE,
+        "fractions_grid": grid,
+        "class_names": store.class_names,
+        "buckets": {},
+        "methods": {m: {} for m in methods},
+    }
+    bar = tqdm(total=len(chosen) * (len(methods) + 1), desc="faithfulness", disable=not progress)
+    for name, rows in chosen.items():
+        targets = predicted[rows] if name == "fp" else labels[rows]
+        result["buckets"][name] = {"n": int(rows.size), "rows": rows, "sample_index": sample_index[rows],
+                                   "labels": labels[rows], "predicted": predicted[rows], "targets": targets}
+        if rows.size == 0:
+            for m in methods:
+                result["methods"][m][name] = {"n": 0}
+            bar.update(len(methods) + 1)
+            continue
+        images = torch.stack([ctx.dataset[int(i)][0] for i in rows]).to(ctx.device)
+        _check_probs(ctx, images, probs[rows], f"{store.path} checkpoint {store.checkpoints[t]['name']}")
+        target = torch.as_tensor(targets)
+        b, _, h, w = images.shape
+
+        def curves(mode: str, order: torch.Tensor) -> np.ndarray:
+            return perturbation_curves(ctx.model, images, None, target, mode, steps=steps, order=order,
+                                       batch_size=batch_size, **fills[mode]).double().numpy()
+
+        draws = torch.Generator().manual_seed(seed)
+        orders = [random_order(b, h, w, draws) for _ in range(random_draws)]
+        rand = {mode: np.stack([curves(mode, o) for o in orders]) for mode in MODES}
+        bar.update(1)
+        raw = cams_for_targets(store, ctx, t, rows, images, targets, methods, batch_size)
+        for m in methods:
+            saliency = display_maps(raw[m], (h, w))
+            order = pixel_order(saliency, torch.Generator().manual_seed(seed))  # seeded tie-breaking of flat regions
+            cam = {mode: curves(mode, order) for mode in MODES}
+            result["methods"][m][name] = _bucket_summary(cam, rand, grid, fractions)
+            bar.update(1)
+    bar.close()
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    write_json(Path(out_dir) / FAITHFULNESS, result)
+    return clean_json(result)
+
+
