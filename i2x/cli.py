@@ -55,7 +55,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="small-cnn", metavar="SPEC",
                    help="architecture: small-cnn (default), torchvision:NAME (e.g. torchvision:resnet18, built "
-                        "without downloaded weights), package.module:factory or path/to/file.py:factory")
+                        "without downloaded weights), timm:NAME (pretrained=False; timm:NAME?depth=2&img_size=32 sets "
+                        "model arguments), package.module:factory or path/to/file.py:factory")
     g.add_argument("--num-classes", type=int, metavar="M", help="output classes (default: the data's class count)")
 
 
@@ -77,6 +78,10 @@ def add_extract_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layer", metavar="NAME",
                    help="target layer by dotted name (e.g. layer4, features.7); default: the last module whose "
                         "output is a 4-D map with at least 3x3 cells")
+    g.add_argument("--tokens", metavar="auto|P|PxHxW|bhwc",
+                   help="how the layer's output holds its grid: auto (default: conv maps, transformer tokens with "
+                        "their prefix tokens, channels-last maps are detected), P prefix tokens, P and the grid "
+                        "(1x8x8), bchw or bhwc")
     g.add_argument("--methods", type=_names, default=("gradcam", "gradcampp", "layercam"), metavar="A,B",
                    help="CAM methods: gradcam, gradcampp, layercam (default: all three)")
     g.add_argument("--target", choices=("true", "predicted"), default="true",
@@ -97,7 +102,7 @@ def _run_config(args: argparse.Namespace) -> "RunConfig":
         methods=tuple(args.methods), target=args.target, batch_size=args.batch_size, device=args.device,
         input_size=args.input_size, channels=args.channels, mean=args.mean, std=args.std,
         num_classes=args.num_classes, limit=args.limit, every=args.every, first=args.first, last=args.last,
-        names=args.names, trust_checkpoints=args.trust_checkpoints,
+        names=args.names, trust_checkpoints=args.trust_checkpoints, tokens=args.tokens,
     )
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from i2x.attribution.base import CamMethod
 from i2x.attribution.layers import get_layer
+from i2x.attribution.tokens import Layout, detect, from_map, to_map
 from i2x.errors import UserError
 
 
@@ -43,10 +44,15 @@ class Attributor:
     The hook is registered once; call :meth:`close` (or leave the ``with`` block) to remove it.
     """
 
-    def __init__(self, model: nn.Module, layer_name: str, methods: dict[str, CamMethod]) -> None:
+    def __init__(self, model: nn.Module, layer_name: str, methods: dict[str, CamMethod],
+                 tokens: Layout | None = None) -> None:
         self.model = model
         self.layer_name = layer_name
         self.methods = dict(methods)
+        self.tokens = tokens
+        #: The layout of the layer's output seen in the last batch (conv map, tokens or channels-last).
+        self.layout_: Layout | None = None
+        self._input_hw = (0, 0)
         self._capturing = False
         self._activation: torch.Tensor | None = None
         self._calls = 0
@@ -60,15 +66,19 @@ class Attributor:
         """
         if not self._capturing:
             return None
-        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+        layout = detect(output, self._input_hw, self.tokens)
+        if layout is None:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise UserError(
-                f"--layer {self.layer_name}: its output is not a 4-D [B, C, h, w] tensor; choose a conv layer or block"
+                f"--layer {self.layer_name}: its output {shape} holds no spatial grid (neither a [B, C, h, w] map, "
+                "patch tokens nor a channels-last map); choose a conv layer or a transformer block, or give --tokens"
             )
         self._calls += 1
-        leaf = output.detach().requires_grad_()
+        self.layout_ = layout
+        leaf = to_map(output, layout).detach().requires_grad_()
         self._activation = leaf
         torch.set_grad_enabled(True)  # the surrounding no_grad() in attribute() restores the caller's mode
-        return leaf.clone()
+        return from_map(leaf.clone(), output, layout)
 
     @property
     def device(self) -> torch.device:
@@ -91,6 +101,7 @@ class Attributor:
         """
         device = self.device
         x = x.to(device, non_blocking=True)
+        self._input_hw = (int(x.shape[-2]), int(x.shape[-1]))
         self._activation, self._calls = None, 0
         self._capturing = True
         try:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from i2x.attribution.tokens import Layout, detect, from_map, to_map
 from i2x.errors import UserError
 
 
@@ -45,19 +46,74 @@ def _forward_outputs(model: nn.Module, example_input: torch.Tensor) -> list[tupl
     return fired
 
 
-def find_target_layer(model: nn.Module, example_input: torch.Tensor) -> str:
-    """DESIGN D1: the dotted name of the last module (in forward order) whose output is a 4-D map
-    with both spatial sizes >= 3. Modules run more than once per forward (a shared ReLU) are skipped,
-    since their output is ambiguous. The model's train/eval mode is left as it was."""
+def _is_norm(module: nn.Module) -> bool:
+    """A normalisation layer (LayerNorm, GroupNorm, BatchNorm, RMSNorm and their subclasses)."""
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)) or \
+        type(module).__name__.endswith(("Norm", "Norm2d"))
+
+
+def _reaches_logits(model: nn.Module, module: nn.Module, example_input: torch.Tensor, layout: Layout) -> bool:
+    """Whether the top logit has a non-zero gradient with respect to the module's grid (one probe)."""
+    kept: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
+        leaf = to_map(out, layout).detach().requires_grad_()
+        kept.append(leaf)
+        return from_map(leaf, out, layout)
+
+    handle = module.register_forward_hook(hook)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.enable_grad():
+            logits = model(example_input)
+            grad = torch.autograd.grad(logits.max(dim=1).values.sum(), kept[0], allow_unused=True)[0]
+    finally:
+        handle.remove()
+        for m, training in modes.items():
+            m.training = training
+    return grad is not None and bool(grad.abs().sum() > 0)
+
+
+def find_target_layer(model: nn.Module, example_input: torch.Tensor, tokens: Layout | None = None) -> str:
+    """D1 in docs/ARCHITECTURE.md: the dotted name of the last module (in forward order) whose output is
+    a map with both spatial sizes >= 3. Modules run more than once per forward (a shared ReLU) are skipped,
+    since their output is ambiguous. The model's train/eval mode is left as it was.
+
+    Transformers: token outputs ([B, P + h*w, C]) and channels-last maps count as maps (see
+    :mod:`i2x.attribution.tokens`), and the choice is the last block before the final normalisation,
+    so neither the patch embedding nor the normalised head input is taken.
+    """
     fired = _forward_outputs(model, example_input)
+    modules = dict(model.named_modules())
     calls = Counter(name for name, _ in fired)
-    candidates = [
-        name for name, out in fired
-        if calls[name] == 1 and isinstance(out, torch.Tensor) and out.dim() == 4 and min(out.shape[-2:]) >= 3
-    ]
+    input_hw = (int(example_input.shape[-2]), int(example_input.shape[-1]))
+    maps: list[tuple[int, str, Layout]] = []
+    for i, (name, out) in enumerate(fired):
+        layout = detect(out, input_hw, tokens) if calls[name] == 1 else None
+        if layout is not None and min(to_map(out, layout).shape[-2:]) >= 3:
+            maps.append((i, name, layout))
+    sequences = [(i, name) for i, name, layout in maps if layout.kind != "bchw"]
+    if sequences:  # a transformer: stop before the final norm that follows its last block
+        norms = [i for i, (name, _) in enumerate(fired) if _is_norm(modules[name]) and i > sequences[0][0]]
+        final_norm = norms[-1] if norms else len(fired)
+        normed = {id(fired[i][1]) for i in norms}
+        usable = [(name, layout) for i, name, layout in maps if layout.kind != "bchw" and i < final_norm
+                  and not _is_norm(modules[name]) and id(fired[i][1]) not in normed]
+        # A class-token model reads its logits from the prefix tokens: after the last attention the patch
+        # tokens no longer reach them and their gradient is zero, so the last block's input is taken.
+        first = sequences[0][0]  # later 4-D outputs are attention internals ([B, heads, N, d]), not maps
+        candidates = [name for i, name, layout in maps if layout.kind == "bchw" and i < first][-1:]
+        for name, layout in reversed(usable):
+            if _reaches_logits(model, modules[name], example_input, layout):
+                candidates.append(name)
+                break
+        candidates.sort(key=[n for _, n, _ in maps].index)
+    else:
+        candidates = [name for _, name, _ in maps]
     if not candidates:
         raise UserError(
-            f"--layer: no module outputs a 4-D map of at least 3x3 on input of shape "
+            f"--layer: no module outputs a map of at least 3x3 on input of shape "
             f"{tuple(example_input.shape)}; use a larger --input-size or name a layer with --layer"
         )
     return candidates[-1]

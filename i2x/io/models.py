@@ -5,6 +5,9 @@ Supported specs:
 * ``small-cnn``: the built-in demo network (:class:`SmallCNN`).
 * ``torchvision:NAME``: a torchvision classification model built with ``weights=None`` (never
   downloads), its head resized to ``num_classes`` and its stem to ``in_channels``.
+* ``timm:NAME``: a timm model (``pip install 'i2x[timm]'``) built with ``pretrained=False`` (never
+  downloads), ``num_classes`` and ``in_chans`` set; extra keyword arguments as ``timm:NAME?key=value&...``
+  (e.g. ``timm:vit_tiny_patch16_224?img_size=32&patch_size=4&depth=2``).
 * ``package.module:factory`` and ``path/to/file.py:factory``: a callable returning an nn.Module;
   it is called with ``num_classes=`` and ``in_channels=`` when it accepts them.
 """
@@ -83,6 +86,37 @@ def _adapt_stem(model: nn.Module, in_channels: int, name: str) -> None:
     raise UserError(f"--in-channels {in_channels}: could not find the 3-channel stem conv of torchvision:{name}")
 
 
+def _timm_value(text: str) -> object:
+    """A ``key=value`` value of a timm spec: an int, float, bool, tuple of ints (``2,2``) or a string."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    if text in ("true", "false", "True", "False"):
+        return text.lower() == "true"
+    if "," in text:
+        return tuple(_timm_value(v) for v in text.split(","))
+    return text
+
+
+def _timm_model(target: str, num_classes: int, in_channels: int) -> nn.Module:
+    """A timm model by name, never pretrained; ``NAME?k=v&k=v`` passes model arguments (sizes, depths)."""
+    try:
+        import timm
+    except ImportError:
+        raise UserError(f"--model timm:{target}: timm is not installed; pip install 'i2x[timm]' (or pip install timm)") from None
+    name, _, query = target.partition("?")
+    kwargs = {k: _timm_value(v) for k, _, v in (p.partition("=") for p in query.split("&") if p)}
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
+        raise UserError(f"--model timm:{name}: timm has no such model" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        raise UserError(f"--model timm:{target}: timm could not build it ({exc})") from exc
+
+
 def _load_factory(target: str) -> Callable[..., nn.Module]:
     """Resolve ``package.module:factory`` or ``path/to/file.py:factory`` to a callable."""
     module_part, _, attr = target.rpartition(":")
@@ -113,6 +147,8 @@ def build_model(spec: str, num_classes: int, in_channels: int = 3) -> nn.Module:
         return SmallCNN(num_classes=num_classes, in_channels=in_channels)
     if spec.startswith("torchvision:"):
         return _torchvision_model(spec.split(":", 1)[1], num_classes, in_channels)
+    if spec.startswith("timm:"):
+        return _timm_model(spec.split(":", 1)[1], num_classes, in_channels)
     if ":" in spec:
         factory = _load_factory(spec)
         params = inspect.signature(factory).parameters
@@ -124,6 +160,6 @@ def build_model(spec: str, num_classes: int, in_channels: int = 3) -> nn.Module:
             raise UserError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch nn.Module")
         return model
     raise UserError(
-        f"--model {spec}: unknown model spec; use small-cnn, torchvision:NAME, "
+        f"--model {spec}: unknown model spec; use small-cnn, torchvision:NAME, timm:NAME, "
         "package.module:factory or path/to/file.py:factory"
     )

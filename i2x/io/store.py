@@ -19,7 +19,8 @@ g     HDBSCAN group slot within a step (``group_ids`` gives the group label)
 Extraction writes the root arrays; ``done[t]`` turns 1 only after every array of checkpoint t
 is written, so an interrupted run resumes at the first checkpoint not done. The analysis writes
 the ``analysis/`` group. Root attributes record the i2x version, the extraction config, the
-checkpoints (name, step, sha256), class names, layer and grid.
+checkpoints (name, step, sha256), class names, layer, grid and ``layer_layout`` (how the layer holds its
+grid: a conv map, transformer tokens with their prefix count, or a channels-last map).
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class Store:
         sample_index: np.ndarray,
         grid: tuple[int, int],
         channels: int,
+        layout: dict[str, Any] | None = None,
         methods: list[str],
         chunk_n: int,
         overwrite: bool = False,
@@ -164,7 +166,7 @@ class Store:
         store._new("features", (n, h, w, channels), "float16", (cn, h, w, channels))
         store._new("done", (t,), "uint8", (t,))
         store._new("finite", (t,), "uint8", (t,), fill_value=1)
-        root.attrs.update({**attrs, "chunk_n": cn, "layout_complete": True})
+        root.attrs.update({**attrs, "chunk_n": cn, "layer_layout": layout or {"kind": "bchw"}, "layout_complete": True})
         return store
 
     def _new(self, name: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...], fill_value: Any = 0) -> zarr.Array:

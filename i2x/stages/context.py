@@ -48,6 +48,7 @@ class RunConfig:
     last: int | None = None
     names: tuple[str, ...] | None = None
     trust_checkpoints: bool = False
+    tokens: str | None = None  # how a transformer layer holds its grid (i2x.attribution.tokens.parse)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

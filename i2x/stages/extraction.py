@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from i2x.attribution import Attributor, find_target_layer, get_methods
+from i2x.attribution import Attributor, find_target_layer, get_methods, tokens
+from i2x.attribution.tokens import Layout
 from i2x.stages.context import Context, RunConfig, build_context
 from i2x.io.data import iter_batches
 from i2x.io.devices import resolve_device
@@ -51,20 +52,25 @@ class ExtractResult:
     samples: int = 0
 
 
-def _probe(ctx: Context, layer: str | None) -> tuple[str, tuple[int, int], int]:
+def _probe(ctx: Context, layer: str | None) -> tuple[str, tuple[int, int], int, Layout]:
     """Choose the target layer (DESIGN D1) and read its grid and channel count from one forward."""
     example = ctx.dataset[0][0].unsqueeze(0).to(ctx.device)
     was_training = ctx.model.training
     ctx.model.eval()
-    name = layer or find_target_layer(ctx.model, example)
-    with Attributor(ctx.model, name, get_methods(["gradcam"])) as attributor:
+    override = tokens.parse(ctx.config.tokens)
+    if layer is None and ctx.checkpoints:
+        ctx.load(ctx.checkpoints[-1])  # a transformer's default layer depends on which tokens reach the logits
+    name = layer or find_target_layer(ctx.model, example, override)
+    with Attributor(ctx.model, name, get_methods(["gradcam"]), override) as attributor:
         result = attributor.attribute(example, "predicted", want_features=True)
+        layout = attributor.layout_
     ctx.model.train(was_training)
     assert result.features is not None
     _, h, w, d = result.features.shape
     if min(h, w) < 1:
         raise UserError(f"--layer {name}: its output has no spatial grid")
-    return name, (int(h), int(w)), int(d)
+    assert layout is not None
+    return name, (int(h), int(w)), int(d), layout
 
 
 def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> ExtractResult:
@@ -82,14 +88,14 @@ def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progres
             ctx = build_context(config)
             ctx.device = device
             ctx.model.to(device)
-            layer, grid, channels = _probe(ctx, config.layer)
+            layer, grid, channels, layout = _probe(ctx, config.layer)
             config.layer = layer
             if len(ctx.labels) == 0:
                 raise UserError(f"--split {config.split}: the split has no samples")
             if dist.is_main:
                 log.info("target layer %s, grid %dx%d, %d channels", layer, grid[0], grid[1], channels)
                 stack.enter_context(locked(out))
-                store = _create_store(ctx, config, out, grid, channels, list(methods), overwrite)
+                store = _create_store(ctx, config, out, grid, channels, layout, list(methods), overwrite)
         with dist.together("opening the store"):
             store = store or Store.open(out, mode="a")
         result = ExtractResult(store.path, layer, grid, samples=len(ctx.labels))
@@ -99,7 +105,7 @@ def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progres
 
 
 def _create_store(ctx: Context, config: RunConfig, out: str | Path, grid: tuple[int, int], channels: int,
-                  methods: list[str], overwrite: bool) -> Store:
+                  layout: Layout, methods: list[str], overwrite: bool) -> Store:
     """Create the store (or reopen it to resume), recording the config and the checkpoints' fingerprints."""
     checkpoints = [
         {**c.describe(), "sha256": c.sha256(), **({"metrics": c.meta["metrics"]} if "metrics" in c.meta else {})}
@@ -113,6 +119,7 @@ def _create_store(ctx: Context, config: RunConfig, out: str | Path, grid: tuple[
         labels=ctx.labels,
         sample_index=ctx.sample_index,
         grid=grid,
+        layout=layout.to_dict(),
         channels=channels,
         methods=methods,
         chunk_n=config.batch_size,
@@ -126,7 +133,7 @@ def _extract_all(ctx: Context, store: Store, layer: str, methods: dict, dist: Di
     done = store.done()
     ranges = list(chunk_ranges(len(ctx.labels), store.chunk_n, dist.rank, dist.world))
     bar = tqdm(list(enumerate(ctx.checkpoints)), desc="checkpoints", disable=not (progress and dist.is_main))
-    with Attributor(ctx.model, layer, methods) as attributor:
+    with Attributor(ctx.model, layer, methods, tokens.parse(ctx.config.tokens)) as attributor:
         for t, ckpt in bar:
             if done[t]:
                 result.skipped.append(ckpt.name)

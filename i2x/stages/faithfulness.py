@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from i2x.attribution import Attributor, display_maps, get_methods
+from i2x.attribution import Attributor, display_maps, get_methods, tokens
 from i2x.errors import UserError
 from i2x.io.store import Store
 from i2x.io.workdir import FAITHFULNESS, checkpoint_index, clean_json, describe_checkpoint, stored_methods, write_json
@@ -96,7 +96,7 @@ def cams_for_targets(store: Store, ctx: Context, t: int, rows: np.ndarray, image
     raw = {m: torch.from_numpy(np.asarray(store.cam(m).oindex[t, rows], dtype=np.float32)) for m in methods}
     redo = np.flatnonzero(stored != targets)
     if redo.size:
-        with Attributor(ctx.model, store.attrs["layer"], get_methods(methods)) as attributor:
+        with Attributor(ctx.model, store.attrs["layer"], get_methods(methods), tokens.parse(ctx.config.tokens)) as attributor:
             for lo in range(0, redo.size, batch_size):
                 part = redo[lo:lo + batch_size]
                 out = attributor.attribute(images[part], torch.as_tensor(targets[part]))
