@@ -27,9 +27,11 @@ keeping the most informative name (one with a number, ``epoch=3-step=1200.ckpt``
 unless ``keep_duplicates``. A symlink that leads out of the directory is refused.
 
 Safety: pickles load with ``torch.load(weights_only=True)``; a file that needs arbitrary code is
-refused unless the caller passes ``trust=True`` (the CLI's ``--trust-checkpoints``). A file in none
-of torch.save's formats (a plain ``pickle.dump``, random bytes) or a zip cut short is refused before
-anything is unpickled, trusted or not, with a message that does not suggest trusting it.
+refused unless the caller passes ``trust=True`` (the CLI's ``--trust-checkpoints``); so is a plain
+``pickle.dump`` file (torch.load cannot read it; trusted, it is unpickled as it is). A file in none of
+those formats (random bytes, a gzip-compressed checkpoint, a zip torch.save did not write) or a zip
+cut short is refused before anything is unpickled, trusted or not, with a message that says what
+the file is and does not suggest trusting it.
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ def _read_payload(path: Path, trust: bool, mmap: bool = False) -> Any:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise _unreadable_safetensors(path, exc) from exc
-    _check_torch_format(path)
+    if _check_torch_format(path, trust) == "pickle":
+        return _trusted_load(path, plain=True)
     try:
         with warnings.catch_warnings():  # torch warns on stderr about pickle protocols before refusing anyway
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -174,30 +177,50 @@ def _unreadable_safetensors(path: Path, exc: BaseException) -> UserError:
     return UserError(f"{path}: not a readable safetensors file ({_first_line(exc)}); is it truncated or corrupt?")
 
 
-def _check_torch_format(path: Path) -> None:
-    """A file in none of torch.save's formats (zip, legacy pickle, pre-0.4 tar), or a zip cut short, can never
-    load, trusted or not: say so before unpickling anything, so a plain ``pickle.dump`` file is not met with
-    --trust-checkpoints advice and a cut-short zip not with torch's bare ``[Errno 22] Invalid argument``."""
+COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip"), b"BZh": ("bzip2", "bunzip2"), b"\xfd7zXZ\x00": ("xz", "unxz"),
+              b"\x28\xb5\x2f\xfd": ("zstd", "unzstd")}
+
+
+def _check_torch_format(path: Path, trust: bool = False) -> str:
+    """Name the file's format before unpickling anything: ``zip``, ``legacy`` or ``tar`` (torch.save's formats) or
+    ``pickle`` (a plain ``pickle.dump``: loads only when trusted). Anything else can never load, trusted or not,
+    and gets a message saying what it is: a compressed file, a zip torch.save did not write, a zip cut short."""
     with open(path, "rb") as fh:
         head = fh.read(64)
     if head.startswith(ZIP_MAGIC):
-        if zipfile.is_zipfile(path):
-            return
-        raise UserError(f"{path}: not a readable PyTorch checkpoint (a zip archive without its central directory, "
-                        "as when a download or copy is cut short); is it truncated or corrupt?")
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"{path}: not a readable PyTorch checkpoint (a zip archive without its central directory, "
+                            "as when a download or copy is cut short); is it truncated or corrupt?")
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return "zip"
+        shown = ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
+        raise UserError(f"{path}: a zip archive, but not one torch.save wrote (it holds {shown or 'nothing'}); "
+                        "unzip it and point i2x at the checkpoint inside")
+    for magic, (kind, tool) in COMPRESSED.items():
+        if head.startswith(magic):
+            raise UserError(f"{path}: a {kind}-compressed file, which torch.load does not read; decompress it "
+                            f"({tool}) and point i2x at the result")
     if LEGACY_MAGIC in head[:32] or tarfile.is_tarfile(path):
-        return
-    plain_pickle = head[:1] == b"\x80"  # the PROTO opcode every pickle of protocol 2+ starts with
-    kind = "a plain pickle.dump file, which torch.load cannot read" if plain_pickle else "no torch.save format"
+        return "legacy" if LEGACY_MAGIC in head[:32] else "tar"
+    if head[:1] == b"\x80":  # the PROTO opcode every pickle of protocol 2+ starts with
+        if trust:
+            return "pickle"
+        raise UserError(f"{path}: refused to load: a plain pickle (written by pickle.dump, not torch.save); {TRUST_HINT}.")
     raise UserError(
-        f"{path}: not a readable PyTorch checkpoint ({kind}); is it truncated or corrupt? "
+        f"{path}: not a readable PyTorch checkpoint (in no torch.save format); is it truncated or corrupt? "
         "Checkpoints are written by torch.save(model.state_dict(), path) or safetensors"
     )
 
 
-def _trusted_load(path: Path) -> Any:
-    """Unpickle with arbitrary code allowed (the user said --trust-checkpoints); any failure is a UserError."""
+def _trusted_load(path: Path, plain: bool = False) -> Any:
+    """Unpickle with arbitrary code allowed (the user said --trust-checkpoints); any failure is a UserError.
+    ``plain``: a pickle.dump file, which torch.load cannot read (it expects torch.save's framing)."""
     try:
+        if plain:
+            with open(path, "rb") as fh:
+                return pickle.load(fh)
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # the pickle may run any code, so it may raise anything
         raise UserError(
@@ -270,14 +293,16 @@ def _payload_step(payload: Any) -> tuple[int | None, str, dict[str, Any]]:
 
 
 def weights_digest(state: Mapping[str, Any]) -> str | None:
-    """SHA-256 over the tensors' names, dtypes, shapes and bytes (wrapper prefixes stripped), tensor by
+    """SHA-256 over the tensors' names, dtypes, shapes and bytes (a prefix all keys share stripped), tensor by
     tensor: two files holding the same weights get the same digest whatever else they hold or however they
     were written. None when a tensor's bytes cannot be read (sparse, quantised): such files are never merged."""
     keys = [k for k in state if isinstance(state[k], torch.Tensor)]
     prefix = ""
-    for strip in STRIP_PREFIXES:
-        while keys and all(k.startswith(prefix + strip) for k in keys):
-            prefix += strip
+    while keys and "." in keys[0]:  # wrapper prefixes every key shares: module., _orig_mod., Lightning's model.
+        head = keys[0][len(prefix):].split(".", 1)[0] + "."
+        if not all(k.startswith(prefix + head) and len(k) > len(prefix + head) for k in keys):
+            break
+        prefix += head
     digest = hashlib.sha256()
     try:
         for key in sorted(keys):
