@@ -138,6 +138,7 @@ def _tensor_data(
             )
         if y.size and y.min() < 0:
             raise UserError(f"--data {spec}: the {split} split has label {y.min()}; labels must be indices 0..M-1")
+        _check_finite(t, spec, split)
         prepared[split] = (t, torch.as_tensor(y.reshape(-1), dtype=torch.long))
     if len(prepared["train"][0]) == 0:
         raise UserError(f"--data {spec}: the train split has no images")
@@ -167,7 +168,7 @@ def _tensor_data(
     splits = {}
     for k, (x, y) in out.items():
         normalised = (x - m) / s
-        _check_finite(normalised, spec, k)
+        _check_finite(normalised, spec, k, " after normalisation")
         splits[k] = TensorDataset(normalised, y)
     return ImageData(spec, splits, class_names, channels, size, mean, std)
 
@@ -222,13 +223,13 @@ def _check_classes(spec: str, labels: dict[str, np.ndarray], class_names: list[s
     return names
 
 
-def _check_finite(x: torch.Tensor, spec: str, split: str) -> None:
+def _check_finite(x: torch.Tensor, spec: str, split: str, when: str = "") -> None:
     """NaN/Inf pixels (in the file, or made by the normalisation) would turn every output into NaN: refuse them."""
     bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
     if bad.any():
         i = int(torch.nonzero(bad)[0, 0])
-        raise UserError(f"--data {spec}: the {split} split's sample {i} holds NaN or Inf after normalisation; fix "
-                        "that image (or --mean/--std)")
+        fix = "fix that image or --mean/--std" if when else "fix or remove that image"
+        raise UserError(f"--data {spec}: the {split} split's sample {i} holds NaN or Inf{when}; {fix}")
 
 
 def _adapt_channels(x: torch.Tensor, channels: int, spec: str) -> torch.Tensor:
@@ -380,11 +381,15 @@ def _imagefolder(path: str, opts: DataOptions) -> ImageData:
 
 class _ImageFiles:
     """``is_valid_file`` for an ImageFolder: image extensions only; files that are not regular files (a FIFO named
-    x.png would hang the loader) are skipped, and a file reached again through symbolic links (a link to a
-    parent folder repeats the whole tree) counts once. Both are reported as one warning per split."""
+    x.png would hang the loader) are skipped; a file reached again through symbolic links (a link to a parent
+    folder repeats the whole tree) counts once, and never under a class folder it does not live in. Links to
+    images outside the split folder are followed. Skips are reported as one warning per split."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.seen, self.irregular, self.repeats = root, set(), [], 0
+        self.root, self.real_root = root, root.resolve()
+        self.seen: set[tuple[int, int]] = set()
+        self.irregular: list[str] = []
+        self.repeats = 0
 
     def __call__(self, path: str) -> bool:
         from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -400,7 +405,10 @@ class _ImageFiles:
             self.irregular.append(path)
             return False
         key = (info.st_dev, info.st_ino)
-        if key in self.seen:
+        real = Path(os.path.realpath(path))
+        own_class = self.real_root / Path(path).relative_to(self.root).parts[0]
+        inside = self.real_root in real.parents
+        if key in self.seen or (inside and own_class not in real.parents):
             self.repeats += 1
             return False
         self.seen.add(key)

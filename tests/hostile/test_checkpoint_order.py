@@ -218,3 +218,53 @@ def test_ten_epochs_and_a_last_ckpt_copy_give_ten_ordered_steps_and_a_live_analy
     assert (np.abs(beta).reshape(9, -1).max(axis=1) > 0).all(), "a ridge step is all zeros"
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["mapping"]["r2"]) == 9 and max(summary["mapping"]["r2"]) < 1.0
+
+
+# ---- what a file that does not load is said to be ---------------------------------------------------------
+def test_a_plain_pickle_is_called_one_and_loads_when_trusted(tmp_path):
+    import pickle
+
+    state = weights(1)
+    with open(tmp_path / "epoch_1.pt", "wb") as fh:
+        pickle.dump({"state_dict": state, "epoch": 1}, fh)
+    with pytest.raises(UserError) as found:
+        find_checkpoints(tmp_path)
+    message = str(found.value)
+    assert "a plain pickle (written by pickle.dump, not torch.save)" in message and "--trust-checkpoints" in message
+    assert "truncated or corrupt" not in message
+    (ckpt,) = find_checkpoints(tmp_path, trust=True)
+    assert ckpt.step == 1 and ckpt.step_source == "epoch"
+
+
+def test_a_deflate_compressed_torch_zip_loads(tmp_path):
+    import zipfile
+
+    torch.save({"state_dict": weights(1), "epoch": 1}, tmp_path / "plain.pt")
+    with zipfile.ZipFile(tmp_path / "plain.pt") as src, \
+            zipfile.ZipFile(tmp_path / "epoch_1.pt", "w", zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            out.writestr(info.filename, src.read(info))
+    (tmp_path / "plain.pt").unlink()
+    (ckpt,) = find_checkpoints(tmp_path)
+    assert ckpt.step == 1
+
+
+def test_compressed_and_foreign_archives_are_named_for_what_they_are(tmp_path):
+    import gzip
+    import zipfile
+
+    torch.save(weights(1), tmp_path / "raw")
+    data = (tmp_path / "raw").read_bytes()
+    (tmp_path / "raw").unlink()
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    (folder / "epoch_1.pt").write_bytes(gzip.compress(data))
+    with pytest.raises(UserError, match="epoch_1.pt: a gzip-compressed file, which torch.load does not read; "
+                                        r"decompress it \(gunzip\)") as found:
+        find_checkpoints(folder)
+    assert "truncated or corrupt" not in str(found.value)
+    (folder / "epoch_1.pt").unlink()
+    with zipfile.ZipFile(folder / "epoch_2.pt", "w") as archive:  # a zip holding a checkpoint, as shared
+        archive.writestr("run/epoch_2.pt", data)
+    with pytest.raises(UserError, match=r"a zip archive, but not one torch.save wrote \(it holds run/epoch_2.pt\)"):
+        find_checkpoints(folder)
