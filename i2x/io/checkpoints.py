@@ -209,7 +209,7 @@ def _check_torch_format(path: Path, trust: bool = False) -> str:
             return "pickle"
         raise UserError(f"{path}: refused to load: a plain pickle (written by pickle.dump, not torch.save); {TRUST_HINT}.")
     raise UserError(
-        f"{path}: not a readable PyTorch checkpoint (in no torch.save format); is it truncated or corrupt? "
+        f"{path}: not a readable PyTorch checkpoint (no torch.save format); is it truncated or corrupt? "
         "Checkpoints are written by torch.save(model.state_dict(), path) or safetensors"
     )
 
@@ -244,13 +244,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _inspect(path: Path, trust: bool) -> tuple[int | None, str, dict[str, Any], str | None]:
-    """The step stored inside a snapshot (global_step > step > epoch), light metadata and the weights' digest."""
+    """The step stored inside a snapshot (global_step > step > epoch), light metadata and the weights' quick
+    digest (safetensors: the full one)."""
     if path.suffix == ".safetensors":
         step, source, meta, digest = *_safetensors_step(path), {}, _safetensors_digest(path)
     else:
         payload = _read_payload(path, trust, mmap=True)
         step, source, meta = _payload_step(payload)
-        digest = _payload_digest(payload, path)
+        digest = _payload_digest(payload, path, quick=True)
     if path.name in HF_WEIGHT_FILES:
         state_file = path.parent / "trainer_state.json"
         if state_file.is_file():
@@ -292,10 +293,12 @@ def _payload_step(payload: Any) -> tuple[int | None, str, dict[str, Any]]:
     return None, "unknown", {}
 
 
-def weights_digest(state: Mapping[str, Any]) -> str | None:
+def weights_digest(state: Mapping[str, Any], quick: bool = False) -> str | None:
     """SHA-256 over the tensors' names, dtypes, shapes and bytes (a prefix all keys share stripped), tensor by
     tensor: two files holding the same weights get the same digest whatever else they hold or however they
-    were written. None when a tensor's bytes cannot be read (sparse, quantised): such files are never merged."""
+    were written. ``quick`` hashes only each tensor's first and last QUICK_BYTES (a memory-mapped file then reads
+    a page per tensor): equal quick digests are candidates that the full digest confirms. None when a tensor's
+    bytes cannot be read (sparse, quantised): such files are never merged."""
     keys = [k for k in state if isinstance(state[k], torch.Tensor)]
     prefix = ""
     while keys and "." in keys[0]:  # wrapper prefixes every key shares: module., _orig_mod., Lightning's model.
@@ -308,17 +311,36 @@ def weights_digest(state: Mapping[str, Any]) -> str | None:
         for key in sorted(keys):
             tensor = state[key].detach()
             digest.update(f"{key[len(prefix):]}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-            digest.update(tensor.reshape(-1).contiguous().view(torch.uint8).numpy().data)
+            data = tensor.reshape(-1).contiguous().view(torch.uint8) if not quick else _ends(tensor)
+            digest.update(data.numpy().data)
     except (RuntimeError, TypeError, ValueError):
         return None
     return digest.hexdigest()
 
 
-def _payload_digest(payload: Any, path: Path) -> str | None:
+QUICK_BYTES = 64
+
+
+def _ends(tensor: torch.Tensor) -> torch.Tensor:
+    """The first and last QUICK_BYTES of a tensor's data, read without touching the rest."""
+    flat = tensor.reshape(-1)
+    n = max(1, QUICK_BYTES // max(1, tensor.element_size()))
+    part = flat if flat.numel() <= 2 * n else torch.cat([flat[:n], flat[-n:]])
+    return part.contiguous().view(torch.uint8)
+
+
+def _payload_digest(payload: Any, path: Path, quick: bool = False) -> str | None:
     try:
-        return weights_digest(_unwrap(payload, path))
+        return weights_digest(_unwrap(payload, path), quick)
     except UserError:  # no state_dict inside: the load reports it, naming the file
         return None
+
+
+def _full_digest(c: Checkpoint, trust: bool) -> str | None:
+    """The digest of every byte of a snapshot's weights (read again, streamed from a memory map)."""
+    if c.path.suffix == ".safetensors":
+        return _safetensors_digest(c.path)
+    return _payload_digest(_read_payload(c.path, trust, mmap=True), c.path)
 
 
 def _safetensors_digest(path: Path) -> str | None:
@@ -400,7 +422,7 @@ def list_checkpoints(directory: str | Path, trust: bool = False, order: str = "s
             f"{root}: no checkpoints found (looked for {', '.join('*' + s for s in SUFFIXES)} files and "
             f"HF-style folders holding {' or '.join(HF_WEIGHT_FILES)})"
         )
-    kept, duplicates = _resolve_duplicates(found, keep_duplicates)
+    kept, duplicates = _resolve_duplicates(found, keep_duplicates, trust)
     ordered, used, reason = _order(kept, order)
     listing = Listing(ordered, used, reason, duplicates)
     log.info("%s", listing.summary())
@@ -425,8 +447,9 @@ def _pattern(name: str) -> str:
     return re.sub(r"\d+", "#", name)
 
 
-def _resolve_duplicates(found: list[Checkpoint], keep: bool) -> tuple[list[Checkpoint], list[dict[str, Any]]]:
-    """Group snapshots by weights digest; in each group keep one: a real file over a link, a name with a number
+def _resolve_duplicates(found: list[Checkpoint], keep: bool, trust: bool) -> tuple[list[Checkpoint], list[dict[str, Any]]]:
+    """Group snapshots by weights digest (candidates by the quick digest, confirmed by the full one, so only
+    likely duplicates are read in full); in each group keep one: a real file over a link, a name with a number
     (epoch=3-step=1200.ckpt) over one without (last.ckpt), the directory's usual name pattern (epoch_1.pt over
     copy_of_1.pt), then the first in natural name order."""
     patterns: dict[str, int] = {}
@@ -437,10 +460,17 @@ def _resolve_duplicates(found: list[Checkpoint], keep: bool) -> tuple[list[Check
         linked = c.path.is_symlink() or c.path.parent.is_symlink()
         return (linked, not _natural_numbers(c.name), -patterns[_pattern(c.name)], _natural_key(c.name))
 
-    groups: dict[str, list[Checkpoint]] = {}
+    candidates: dict[str, list[Checkpoint]] = {}
     for c in found:
         if c.digest is not None:
-            groups.setdefault(c.digest, []).append(c)
+            candidates.setdefault(c.digest, []).append(c)
+    groups: dict[str, list[Checkpoint]] = {}
+    for members in candidates.values():
+        if len(members) > 1:
+            for c in members:
+                c.digest = c.digest if c.path.suffix == ".safetensors" else _full_digest(c, trust)
+                if c.digest is not None:
+                    groups.setdefault(c.digest, []).append(c)
     dropped: set[int] = set()
     records: list[dict[str, Any]] = []
     for members in groups.values():

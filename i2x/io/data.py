@@ -225,6 +225,8 @@ def _check_classes(spec: str, labels: dict[str, np.ndarray], class_names: list[s
 
 def _check_finite(x: torch.Tensor, spec: str, split: str, when: str = "") -> None:
     """NaN/Inf pixels (in the file, or made by the normalisation) would turn every output into NaN: refuse them."""
+    if not len(x):
+        return
     bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
     if bad.any():
         i = int(torch.nonzero(bad)[0, 0])

@@ -141,6 +141,19 @@ def test_copies_in_other_formats_and_under_other_names_are_duplicates(tmp_path):
         "model_best.pth.tar": "epoch_2.pt", "final_ddp.bin": "epoch_3.pt", "copy_of_1.pt": "epoch_1.pt"}
 
 
+def test_weights_equal_at_both_ends_but_not_in_the_middle_are_not_duplicates(tmp_path):
+    """The quick digest reads only each tensor's ends; the full digest must separate these two."""
+    base = {"layer.weight": torch.arange(1000, dtype=torch.float32), "layer.bias": torch.zeros(3)}
+    middle = {k: v.clone() for k, v in base.items()}
+    middle["layer.weight"][500] = -1.0
+    torch.save(base, tmp_path / "epoch_1.pt")
+    torch.save(middle, tmp_path / "epoch_2.pt")
+    torch.save({"state_dict": base, "epoch": 1}, tmp_path / "again.pt")
+    listing = list_checkpoints(tmp_path)
+    assert [c.name for c in listing.checkpoints] == ["epoch_1.pt", "epoch_2.pt"]
+    assert listing.duplicates == [{"name": "again.pt", "same_as": "epoch_1.pt", "kept": False}]
+
+
 def test_a_symlink_out_of_the_directory_is_refused(tmp_path):
     folder, elsewhere = tmp_path / "ck", tmp_path / "elsewhere"
     folder.mkdir()
