@@ -196,6 +196,30 @@ def digits_npz(tmp_path_factory) -> Path:
     return path
 
 
+def test_the_cli_options_reach_the_walker_and_the_store_records_them(digits_npz, tmp_path, capsys):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    for epoch in (1, 2):
+        torch.manual_seed(epoch)
+        state = SmallCNN(num_classes=10, in_channels=1).state_dict()
+        torch.save({"state_dict": state, "epoch": epoch}, ck / f"epoch_{epoch}.pt")
+    torch.save({"state_dict": state, "epoch": 2, "best": True}, ck / "best.pt")
+    common = ["--data", f"npz:{digits_npz}", "--input-size", "16", "--limit", "8", "--methods", "gradcam"]
+
+    assert main(["extract", str(ck), "--out", str(tmp_path / "once"), *common]) == 0
+    assert "skipped 1 duplicate(s) with identical weights: best.pt (= epoch_2.pt)" in capsys.readouterr().out
+    assert main(["extract", str(ck), "--out", str(tmp_path / "all"), "--order", "name", "--keep-duplicates", *common]) == 0
+    assert "checkpoint order: name (asked (--order name)" in capsys.readouterr().out
+
+    once, kept = Store.open(tmp_path / "once"), Store.open(tmp_path / "all")
+    assert [c["name"] for c in once.checkpoints] == ["epoch_1.pt", "epoch_2.pt"]
+    assert once.attrs["checkpoint_order"] == {
+        "order": "step", "reason": "every checkpoint records its epoch inside",
+        "duplicates": [{"name": "best.pt", "same_as": "epoch_2.pt", "kept": False}]}
+    assert [c["name"] for c in kept.checkpoints] == ["epoch_1.pt", "epoch_2.pt", "best.pt"]
+    assert kept.attrs["checkpoint_order"]["duplicates"][0]["kept"] is True
+
+
 @pytest.mark.slow
 def test_ten_epochs_and_a_last_ckpt_copy_give_ten_ordered_steps_and_a_live_analysis(digits_npz, tmp_path, capsys):
     """End to end: epoch_1..epoch_10.pt from a real training run, plus last.ckpt (the final weights, Lightning-
