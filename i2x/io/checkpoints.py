@@ -91,7 +91,7 @@ class Checkpoint:
     step: int | None = None
     step_source: str = "unknown"
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
-    digest: str | None = field(default=None, repr=False)
+    digest: str | None = field(default=None, repr=False)  # of the weights: quick, full once a duplicate is suspected
 
     def sha256(self) -> str:
         """The SHA-256 of the weight file, streamed (recorded so a store knows what it was built from)."""
