@@ -70,6 +70,11 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
                    help="use exactly these checkpoints (names as listed in the directory)")
     g.add_argument("--trust-checkpoints", action="store_true",
                    help="allow checkpoints that need arbitrary pickled code to load (only for files you trust)")
+    g.add_argument("--order", choices=("step", "name", "mtime"), default="step",
+                   help="checkpoint order: step (default: the step stored inside, else the numbers in the names), "
+                        "name, or mtime (file modification time)")
+    g.add_argument("--keep-duplicates", action="store_true",
+                   help="analyse checkpoints with identical weights as separate steps (default: once)")
 
 
 def add_extract_options(p: argparse.ArgumentParser) -> None:
@@ -102,7 +107,8 @@ def _run_config(args: argparse.Namespace) -> "RunConfig":
         methods=tuple(args.methods), target=args.target, batch_size=args.batch_size, device=args.device,
         input_size=args.input_size, channels=args.channels, mean=args.mean, std=args.std,
         num_classes=args.num_classes, limit=args.limit, every=args.every, first=args.first, last=args.last,
-        names=args.names, trust_checkpoints=args.trust_checkpoints, tokens=args.tokens,
+        names=args.names, trust_checkpoints=args.trust_checkpoints, tokens=args.tokens, order=args.order,
+        keep_duplicates=args.keep_duplicates,
     )
 
 

@@ -1,5 +1,5 @@
 """The checkpoint walker on real snapshot directories: every file format and payload shape, the
-training order (internal step, else natural name order, else mtime), selection, and the refusals
+training order (internal step, else natural name order; mtime only when asked), selection, and the refusals
 (pickles that would run code, corrupt files, another architecture's weights)."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from i2x.io.checkpoints import Checkpoint, find_checkpoints, is_finite, load_into, load_state_dict, select
+from i2x.io.checkpoints import (Checkpoint, find_checkpoints, is_finite, list_checkpoints, load_into, load_state_dict,
+                                select)
 from i2x.errors import UserError
 from i2x.io.models import SmallCNN
 
@@ -193,15 +194,18 @@ def test_hugging_face_folders_ordered_by_trainer_state_and_clutter_ignored(tmp_p
     assert ckpts[1].sha256() == hashlib.sha256(ckpts[1].path.read_bytes()).hexdigest()
 
 
-def test_files_without_steps_or_numbers_are_ordered_by_mtime(tmp_path):
+def test_files_without_steps_or_numbers_are_ordered_by_mtime_only_when_asked(tmp_path):
     names = ["baseline.pt", "after_warmup.pt", "final.pt"]
     states = [weights(seed) for seed, _, _ in TRAINING]
     for name, state in zip(names, states):
         torch.save(state, tmp_path / name)
     set_mtimes([tmp_path / n for n in names])
 
-    ckpts = find_checkpoints(tmp_path)
+    by_default = list_checkpoints(tmp_path)
+    ckpts = find_checkpoints(tmp_path, order="mtime")
 
+    assert [c.name for c in by_default.checkpoints] == sorted(names)  # times are not trusted unless asked
+    assert by_default.order == "name" and "--order mtime" in by_default.reason
     assert [c.name for c in ckpts] == names  # not alphabetical (after_warmup, baseline, final)
     assert [(c.step, c.step_source) for c in ckpts] == [(0, "mtime"), (1, "mtime"), (2, "mtime")]
     for ckpt, expected in zip(ckpts, states):

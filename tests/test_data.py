@@ -180,7 +180,7 @@ def test_imagefolder_with_train_and_test_subfolders(tmp_path):
 
 def test_imagefolder_grey_and_a_test_split_missing_a_class(tmp_path):
     """A test split without 'dog' must still call 'fox' class 2, as the train split does."""
-    _folder(tmp_path, {"train": {"cat": 1, "dog": 1, "fox": 1}, "test": {"cat": 1, "fox": 2}})
+    _folder(tmp_path, {"train": {"cat": 2, "dog": 2, "fox": 2}, "test": {"cat": 1, "fox": 2}})
 
     data = load_data(f"imagefolder:{tmp_path}", DataOptions(input_size=4, channels=1))
 
@@ -200,9 +200,9 @@ def test_imagefolder_problems_are_user_errors(tmp_path):
 
 
 def test_imagefolder_without_split_folders_uses_the_root_for_both(tmp_path):
-    _folder(tmp_path, {".": {"cat": 2, "dog": 1}})
+    _folder(tmp_path, {".": {"cat": 2, "dog": 2}})
     data = load_data(f"imagefolder:{tmp_path}", DataOptions(input_size=4))
-    assert len(data.split("train")) == len(data.split("test")) == 3 and data.class_names == ["cat", "dog"]
+    assert len(data.split("train")) == len(data.split("test")) == 4 and data.class_names == ["cat", "dog"]
 
 
 # ---- torchvision roots, factories, unknown specs ------------------------------------------------

@@ -2,7 +2,7 @@
 
 Found in a directory (not recursively):
 
-* files ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.bin``, ``*.safetensors``;
+* files ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.bin``, ``*.safetensors`` and ``*.pth.tar``;
 * sub-directories in the Hugging Face shape (``checkpoint-500/``) holding ``model.safetensors``
   or ``pytorch_model.bin``.
 
@@ -14,14 +14,24 @@ LightningModule's attribute name, e.g. ``model.``); ``{"model_state_dict": ...}`
 ``{"model": ...}``, ``{"net": ...}``; DDP ``module.`` and ``torch.compile`` ``_orig_mod.``
 prefixes are stripped.
 
-Order: by the step stored inside (``global_step``, then ``step``, then ``epoch``; HF folders:
-``trainer_state.json``) when every snapshot has it, else by the numbers in the names in natural
-order (``epoch_2`` before ``epoch_10``), else by modification time.
+Order (``order="step"``, the default): by the step stored inside (``global_step``, then ``step``,
+then ``epoch``; HF folders: ``trainer_state.json``) when every snapshot has one of the same kind,
+else by the numbers in the names in natural order (``epoch_2`` before ``epoch_10``); a name without
+a number (``last.pt``) goes last (first if it says ``init``/``start``/``untrained``). Modification
+time orders only when asked (``order="mtime"``): copies and checkouts reset it. The order used and
+why are returned with the list (:class:`Listing`).
+
+Duplicates: snapshots whose weights are identical (a digest of the tensors' names, dtypes, shapes and
+bytes, not of the file, so Lightning's ``last.ckpt`` matches the final epoch's file) are listed once,
+keeping the most informative name (one with a number, ``epoch=3-step=1200.ckpt`` over ``last.ckpt``),
+unless ``keep_duplicates``. A symlink that leads out of the directory is refused.
 
 Safety: pickles load with ``torch.load(weights_only=True)``; a file that needs arbitrary code is
-refused unless the caller passes ``trust=True`` (the CLI's ``--trust-checkpoints``). A file in none
-of torch.save's formats (a plain ``pickle.dump``, random bytes) or a zip cut short is refused before
-anything is unpickled, trusted or not, with a message that does not suggest trusting it.
+refused unless the caller passes ``trust=True`` (the CLI's ``--trust-checkpoints``); so is a plain
+``pickle.dump`` file (torch.load cannot read it; trusted, it is unpickled as it is). A file in none of
+those formats (random bytes, a gzip-compressed checkpoint, a zip torch.save did not write) or a zip
+cut short is refused before anything is unpickled, trusted or not, with a message that says what
+the file is and does not suggest trusting it.
 """
 
 from __future__ import annotations
@@ -46,7 +56,10 @@ from i2x.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".pth.tar")
+ORDERS = ("step", "name", "mtime")
+# Names without a number that mean "before training" (placed first); other number-less names go last.
+FIRST_WORDS = ("init", "initial", "start", "untrained", "random", "scratch", "begin")
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Files that sit next to weights but hold other training state (the Hugging Face Trainer writes them).
 NOT_WEIGHTS = frozenset({"training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth"})
@@ -78,6 +91,7 @@ class Checkpoint:
     step: int | None = None
     step_source: str = "unknown"
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
+    digest: str | None = field(default=None, repr=False)  # of the weights: quick, full once a duplicate is suspected
 
     def sha256(self) -> str:
         """The SHA-256 of the weight file, streamed (recorded so a store knows what it was built from)."""
@@ -96,9 +110,18 @@ def _natural_numbers(name: str) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", name))
 
 
+def _natural_key(name: str) -> tuple:
+    """Natural name order: ``epoch_2`` before ``epoch_10`` (digit runs compare as numbers)."""
+    return tuple((1, int(part), "") if part.isdigit() else (0, 0, part.lower()) for part in re.split(r"(\d+)", name) if part)
+
+
+def _has_suffix(name: str) -> bool:
+    return name.endswith(SUFFIXES)
+
+
 def _weight_file(entry: Path) -> Path | None:
     """The weight file behind a directory entry, or None if it is not a snapshot."""
-    if entry.is_file() and entry.suffix in SUFFIXES and entry.name not in NOT_WEIGHTS:
+    if entry.is_file() and _has_suffix(entry.name) and entry.name not in NOT_WEIGHTS:
         return entry
     if entry.is_dir():
         for fname in HF_WEIGHT_FILES:
@@ -127,7 +150,8 @@ def _read_payload(path: Path, trust: bool, mmap: bool = False) -> Any:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise _unreadable_safetensors(path, exc) from exc
-    _check_torch_format(path)
+    if _check_torch_format(path, trust) == "pickle":
+        return _trusted_load(path, plain=True)
     try:
         with warnings.catch_warnings():  # torch warns on stderr about pickle protocols before refusing anyway
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -153,30 +177,50 @@ def _unreadable_safetensors(path: Path, exc: BaseException) -> UserError:
     return UserError(f"{path}: not a readable safetensors file ({_first_line(exc)}); is it truncated or corrupt?")
 
 
-def _check_torch_format(path: Path) -> None:
-    """A file in none of torch.save's formats (zip, legacy pickle, pre-0.4 tar), or a zip cut short, can never
-    load, trusted or not: say so before unpickling anything, so a plain ``pickle.dump`` file is not met with
-    --trust-checkpoints advice and a cut-short zip not with torch's bare ``[Errno 22] Invalid argument``."""
+COMPRESSED = {b"\x1f\x8b": ("gzip", "gunzip"), b"BZh": ("bzip2", "bunzip2"), b"\xfd7zXZ\x00": ("xz", "unxz"),
+              b"\x28\xb5\x2f\xfd": ("zstd", "unzstd")}
+
+
+def _check_torch_format(path: Path, trust: bool = False) -> str:
+    """Name the file's format before unpickling anything: ``zip``, ``legacy`` or ``tar`` (torch.save's formats) or
+    ``pickle`` (a plain ``pickle.dump``: loads only when trusted). Anything else can never load, trusted or not,
+    and gets a message saying what it is: a compressed file, a zip torch.save did not write, a zip cut short."""
     with open(path, "rb") as fh:
         head = fh.read(64)
     if head.startswith(ZIP_MAGIC):
-        if zipfile.is_zipfile(path):
-            return
-        raise UserError(f"{path}: not a readable PyTorch checkpoint (a zip archive without its central directory, "
-                        "as when a download or copy is cut short); is it truncated or corrupt?")
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"{path}: not a readable PyTorch checkpoint (a zip archive without its central directory, "
+                            "as when a download or copy is cut short); is it truncated or corrupt?")
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return "zip"
+        shown = ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
+        raise UserError(f"{path}: a zip archive, but not one torch.save wrote (it holds {shown or 'nothing'}); "
+                        "unzip it and point i2x at the checkpoint inside")
+    for magic, (kind, tool) in COMPRESSED.items():
+        if head.startswith(magic):
+            raise UserError(f"{path}: a {kind}-compressed file, which torch.load does not read; decompress it "
+                            f"({tool}) and point i2x at the result")
     if LEGACY_MAGIC in head[:32] or tarfile.is_tarfile(path):
-        return
-    plain_pickle = head[:1] == b"\x80"  # the PROTO opcode every pickle of protocol 2+ starts with
-    kind = "a plain pickle.dump file, which torch.load cannot read" if plain_pickle else "no torch.save format"
+        return "legacy" if LEGACY_MAGIC in head[:32] else "tar"
+    if head[:1] == b"\x80":  # the PROTO opcode every pickle of protocol 2+ starts with
+        if trust:
+            return "pickle"
+        raise UserError(f"{path}: refused to load: a plain pickle (written by pickle.dump, not torch.save); {TRUST_HINT}.")
     raise UserError(
-        f"{path}: not a readable PyTorch checkpoint ({kind}); is it truncated or corrupt? "
+        f"{path}: not a readable PyTorch checkpoint (no torch.save format); is it truncated or corrupt? "
         "Checkpoints are written by torch.save(model.state_dict(), path) or safetensors"
     )
 
 
-def _trusted_load(path: Path) -> Any:
-    """Unpickle with arbitrary code allowed (the user said --trust-checkpoints); any failure is a UserError."""
+def _trusted_load(path: Path, plain: bool = False) -> Any:
+    """Unpickle with arbitrary code allowed (the user said --trust-checkpoints); any failure is a UserError.
+    ``plain``: a pickle.dump file, which torch.load cannot read (it expects torch.save's framing)."""
     try:
+        if plain:
+            with open(path, "rb") as fh:
+                return pickle.load(fh)
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # the pickle may run any code, so it may raise anything
         raise UserError(
@@ -199,32 +243,43 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def _internal_step(path: Path, trust: bool) -> tuple[int | None, str, dict[str, Any]]:
-    """The step stored inside a snapshot (global_step > step > epoch), with light metadata."""
+def _inspect(path: Path, trust: bool) -> tuple[int | None, str, dict[str, Any], str | None]:
+    """The step stored inside a snapshot (global_step > step > epoch), light metadata and the weights' quick
+    digest (safetensors: the full one)."""
+    if path.suffix == ".safetensors":
+        step, source, meta, digest = *_safetensors_step(path), {}, _safetensors_digest(path)
+    else:
+        payload = _read_payload(path, trust, mmap=True)
+        step, source, meta = _payload_step(payload)
+        digest = _payload_digest(payload, path, quick=True)
     if path.name in HF_WEIGHT_FILES:
         state_file = path.parent / "trainer_state.json"
         if state_file.is_file():
             try:
-                step = json.loads(state_file.read_text()).get("global_step")
-                if isinstance(step, int):
-                    return step, "global_step", {}
+                hf_step = json.loads(state_file.read_text()).get("global_step")
+                if isinstance(hf_step, int):
+                    step, source = hf_step, "global_step"
             except (json.JSONDecodeError, OSError):
                 pass
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
+    return step, source, meta, digest
 
-        _refuse_placeholders(path)
 
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise _unreadable_safetensors(path, exc) from exc
-        for key in STEP_KEYS:
-            if str(meta.get(key, "")).lstrip("-").isdigit():
-                return int(meta[key]), key, {}
-        return None, "unknown", {}
-    payload = _read_payload(path, trust, mmap=True)
+def _safetensors_step(path: Path) -> tuple[int | None, str]:
+    from safetensors import SafetensorError, safe_open
+
+    _refuse_placeholders(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _unreadable_safetensors(path, exc) from exc
+    for key in STEP_KEYS:
+        if str(meta.get(key, "")).lstrip("-").isdigit():
+            return int(meta[key]), key
+    return None, "unknown"
+
+
+def _payload_step(payload: Any) -> tuple[int | None, str, dict[str, Any]]:
     if isinstance(payload, Mapping):
         meta = {k: payload[k] for k in ("metrics",) if k in payload and isinstance(payload[k], Mapping)}
         for key in STEP_KEYS:
@@ -238,8 +293,118 @@ def _internal_step(path: Path, trust: bool) -> tuple[int | None, str, dict[str, 
     return None, "unknown", {}
 
 
-def find_checkpoints(directory: str | Path, trust: bool = False) -> list[Checkpoint]:
+def weights_digest(state: Mapping[str, Any], quick: bool = False) -> str | None:
+    """SHA-256 over the tensors' names, dtypes, shapes and bytes (a prefix all keys share stripped), tensor by
+    tensor: two files holding the same weights get the same digest whatever else they hold or however they
+    were written. ``quick`` hashes only each tensor's first and last QUICK_BYTES (a memory-mapped file then reads
+    a page per tensor): equal quick digests are candidates that the full digest confirms. None when a tensor's
+    bytes cannot be read (sparse, quantised): such files are never merged."""
+    keys = [k for k in state if isinstance(state[k], torch.Tensor)]
+    prefix = ""
+    while keys and "." in keys[0]:  # wrapper prefixes every key shares: module., _orig_mod., Lightning's model.
+        head = keys[0][len(prefix):].split(".", 1)[0] + "."
+        if not all(k.startswith(prefix + head) and len(k) > len(prefix + head) for k in keys):
+            break
+        prefix += head
+    digest = hashlib.sha256()
+    try:
+        for key in sorted(keys):
+            tensor = state[key].detach()
+            digest.update(f"{key[len(prefix):]}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+            data = tensor.reshape(-1).contiguous().view(torch.uint8) if not quick else _ends(tensor)
+            digest.update(data.numpy().data)
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    return digest.hexdigest()
+
+
+QUICK_BYTES = 64
+
+
+def _ends(tensor: torch.Tensor) -> torch.Tensor:
+    """The first and last QUICK_BYTES of a tensor's data, read without touching the rest."""
+    flat = tensor.reshape(-1)
+    n = max(1, QUICK_BYTES // max(1, tensor.element_size()))
+    part = flat if flat.numel() <= 2 * n else torch.cat([flat[:n], flat[-n:]])
+    return part.contiguous().view(torch.uint8)
+
+
+def _payload_digest(payload: Any, path: Path, quick: bool = False) -> str | None:
+    try:
+        return weights_digest(_unwrap(payload, path), quick)
+    except UserError:  # no state_dict inside: the load reports it, naming the file
+        return None
+
+
+def _full_digest(c: Checkpoint, trust: bool) -> str | None:
+    """The digest of every byte of a snapshot's weights (read again, streamed from a memory map)."""
+    if c.path.suffix == ".safetensors":
+        return _safetensors_digest(c.path)
+    return _payload_digest(_read_payload(c.path, trust, mmap=True), c.path)
+
+
+def _safetensors_digest(path: Path) -> str | None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return weights_digest(_LazyTensors(fh))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _unreadable_safetensors(path, exc) from exc
+
+
+class _LazyTensors(Mapping):
+    """A safetensors file as a mapping that reads one tensor at a time (the digest streams, never holding all)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.names = handle, list(handle.keys())
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.handle.get_tensor(key)
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@dataclass
+class Listing:
+    """The snapshots of a directory in training order, how that order was chosen, and the duplicates left out."""
+
+    checkpoints: list[Checkpoint]
+    order: str
+    reason: str
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly record (kept in the store)."""
+        return {"order": self.order, "reason": self.reason, "duplicates": list(self.duplicates)}
+
+    def summary(self) -> str:
+        """One line for the console: the order and why, and what was skipped as a duplicate."""
+        line = f"checkpoint order: {self.order} ({self.reason})"
+        skipped = [d for d in self.duplicates if not d["kept"]]
+        if skipped:
+            pairs = ", ".join(f"{d['name']} (= {d['same_as']})" for d in skipped)
+            line += f"; skipped {len(skipped)} duplicate(s) with identical weights: {pairs} (--keep-duplicates keeps them)"
+        elif self.duplicates:
+            line += f"; {len(self.duplicates)} duplicate(s) kept (--keep-duplicates)"
+        return line
+
+
+def find_checkpoints(directory: str | Path, trust: bool = False, order: str = "step",
+                     keep_duplicates: bool = False) -> list[Checkpoint]:
     """List the snapshots in ``directory`` in training order (see the module docstring for the rules)."""
+    return list_checkpoints(directory, trust, order, keep_duplicates).checkpoints
+
+
+def list_checkpoints(directory: str | Path, trust: bool = False, order: str = "step",
+                     keep_duplicates: bool = False) -> Listing:
+    """The snapshots in ``directory``, duplicates resolved and ordered, with the order's reason."""
+    if order not in ORDERS:
+        raise UserError(f"--order {order}: choose one of {', '.join(ORDERS)}")
     root = Path(directory)
     if not root.is_dir():
         raise UserError(f"checkpoint directory {root} does not exist or is not a directory")
@@ -249,30 +414,117 @@ def find_checkpoints(directory: str | Path, trust: bool = False) -> list[Checkpo
         if weights is None:
             log.debug("ignoring %s: not a checkpoint", entry)
             continue
-        step, source, meta = _internal_step(weights, trust)
-        found.append(Checkpoint(name=entry.name, path=weights, step=step, step_source=source, meta=meta))
+        _refuse_escaping_link(root, entry, weights)
+        step, source, meta, digest = _inspect(weights, trust)
+        found.append(Checkpoint(name=entry.name, path=weights, step=step, step_source=source, meta=meta, digest=digest))
     if not found:
         raise UserError(
             f"{root}: no checkpoints found (looked for {', '.join('*' + s for s in SUFFIXES)} files and "
             f"HF-style folders holding {' or '.join(HF_WEIGHT_FILES)})"
         )
-    return _order(found)
+    kept, duplicates = _resolve_duplicates(found, keep_duplicates, trust)
+    ordered, used, reason = _order(kept, order)
+    listing = Listing(ordered, used, reason, duplicates)
+    log.info("%s", listing.summary())
+    return listing
 
 
-def _order(found: list[Checkpoint]) -> list[Checkpoint]:
-    """Sort by the internal step when all have one, else natural name order, else mtime."""
-    sources = {c.step_source for c in found}
-    if all(c.step is not None for c in found) and len(sources) == 1:
-        return sorted(found, key=lambda c: (c.step, _natural_numbers(c.name), c.name))
-    if all(_natural_numbers(c.name) for c in found):
-        ordered = sorted(found, key=lambda c: (_natural_numbers(c.name), c.name))
-        for c in ordered:
-            c.step, c.step_source = _natural_numbers(c.name)[-1], "name"
-        return ordered
-    ordered = sorted(found, key=lambda c: (c.path.stat().st_mtime, c.name))
-    for i, c in enumerate(ordered):
-        c.step, c.step_source = i, "mtime"
-    return ordered
+def _refuse_escaping_link(root: Path, entry: Path, weights: Path) -> None:
+    """A symlink (the entry or the weight file in it) leading outside ``root`` is refused: it would analyse
+    a file that is not part of this training run as one of its steps."""
+    if not (entry.is_symlink() or weights.is_symlink()):
+        return
+    inside = root.resolve()
+    target = weights.resolve()
+    if target != inside and inside not in target.parents:
+        raise UserError(
+            f"{entry}: a symbolic link to {target}, outside the checkpoint directory {root}; copy the file into "
+            "the directory if it belongs to this run, or remove the link"
+        )
+
+
+def _pattern(name: str) -> str:
+    return re.sub(r"\d+", "#", name)
+
+
+def _resolve_duplicates(found: list[Checkpoint], keep: bool, trust: bool) -> tuple[list[Checkpoint], list[dict[str, Any]]]:
+    """Group snapshots by weights digest (candidates by the quick digest, confirmed by the full one, so only
+    likely duplicates are read in full); in each group keep one: a real file over a link, a name with a number
+    (epoch=3-step=1200.ckpt) over one without (last.ckpt), the directory's usual name pattern (epoch_1.pt over
+    copy_of_1.pt), then the first in natural name order."""
+    patterns: dict[str, int] = {}
+    for c in found:
+        patterns[_pattern(c.name)] = patterns.get(_pattern(c.name), 0) + 1
+
+    def rank(c: Checkpoint) -> tuple:
+        linked = c.path.is_symlink() or c.path.parent.is_symlink()
+        return (linked, not _natural_numbers(c.name), -patterns[_pattern(c.name)], _natural_key(c.name))
+
+    candidates: dict[str, list[Checkpoint]] = {}
+    for c in found:
+        if c.digest is not None:
+            candidates.setdefault(c.digest, []).append(c)
+    groups: dict[str, list[Checkpoint]] = {}
+    for members in candidates.values():
+        if len(members) > 1:
+            for c in members:
+                c.digest = c.digest if c.path.suffix == ".safetensors" else _full_digest(c, trust)
+                if c.digest is not None:
+                    groups.setdefault(c.digest, []).append(c)
+    dropped: set[int] = set()
+    records: list[dict[str, Any]] = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        first, *others = sorted(members, key=rank)
+        for c in others:
+            records.append({"name": c.name, "same_as": first.name, "kept": keep})
+            if not keep:
+                dropped.add(id(c))
+        log.warning("identical weights in %s; %s", ", ".join(c.name for c in [first, *others]),
+                    "all kept (--keep-duplicates)" if keep else f"analysing {first.name} only")
+    return [c for c in found if id(c) not in dropped], records
+
+
+def _order(found: list[Checkpoint], order: str) -> tuple[list[Checkpoint], str, str]:
+    """Sort the snapshots; returns (them, the order used, why)."""
+    if order == "mtime":
+        ordered = sorted(found, key=lambda c: (c.path.stat().st_mtime, _natural_key(c.name)))
+        for i, c in enumerate(ordered):
+            c.step, c.step_source = i, "mtime"
+        return ordered, "mtime", "asked (--order mtime): by file modification time"
+    if order == "step":
+        sources = {c.step_source for c in found}
+        if all(c.step is not None for c in found) and len(sources) == 1:
+            ordered = sorted(found, key=lambda c: (c.step, _natural_key(c.name)))
+            return ordered, "step", f"every checkpoint records its {next(iter(sources))} inside"
+        without = [c.name for c in found if c.step is None]
+        if without:
+            more = f" (+{len(without) - 3} more)" if len(without) > 3 else ""
+            why = f"{', '.join(without[:3])}{more} record{'s' if len(without) == 1 else ''} no step inside"
+        else:
+            why = f"the steps inside are of different kinds ({', '.join(sorted(sources))})"
+        why += "; by the numbers in the names"
+    else:
+        why = "asked (--order name): by the numbers in the names"
+    numbered = [c for c in found if _natural_numbers(c.name)]
+    bare = [c for c in found if not _natural_numbers(c.name)]
+    early = sorted((c for c in bare if c.name.lower().startswith(FIRST_WORDS)), key=lambda c: _natural_key(c.name))
+    late = sorted((c for c in bare if not c.name.lower().startswith(FIRST_WORDS)), key=lambda c: _natural_key(c.name))
+    ordered = early + sorted(numbered, key=lambda c: _natural_key(c.name)) + late
+    for c in ordered:
+        numbers = _natural_numbers(c.name)
+        c.step, c.step_source = (numbers[-1], "name") if numbers else (None, "none")
+    if bare and numbered:
+        where = []
+        if early:
+            where.append(f"{', '.join(c.name for c in early)} first")
+        if late:
+            where.append(f"{', '.join(c.name for c in late)} last")
+        why += f"; without a number: {' and '.join(where)}"
+    elif bare:
+        why += " (none has a number: alphabetical; --order mtime orders by modification time)"
+    return ordered, "name", why
 
 
 def select(

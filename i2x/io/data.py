@@ -17,8 +17,17 @@ imagefolder        224         3         ImageNet mean/std (3 channels) else 0.5
 =================  ==========  ========  =====================================
 
 In-memory arrays (npz, torchvision sets) may be ``N,H,W``, ``N,H,W,C`` or channels-first ``N,C,H,W``
-(C of 1, 3 or 4 where the last axis is not). Image folders are read as RGB (or grayscale with
-``--channels 1``); an unreadable image file is a UserError naming it.
+(C of 1, 3 or 4 where the last axis is not); images that are not square keep both sides unless
+``--input-size`` asks for a square. Image folders are read as RGB (or grayscale with
+``--channels 1``); an unreadable image file is a UserError naming it; files that are not regular
+files (a FIFO named ``x.png``) are skipped with a warning, and a file reached twice through symbolic
+links (a link to a parent folder) counts once.
+
+Checked before anything runs (a UserError naming the file, split and sample): labels are whole
+class indices 0..M-1 (``1.7`` or a string is refused, never truncated); every class has at least
+``MIN_PER_CLASS`` training samples and there are at least two classes (a stray label ``99`` in a
+10-class set is refused, naming the sample); the normalised images hold no NaN/Inf (``--std 0``
+is refused).
 
 ``digits`` is scikit-learn's ``load_digits`` (1,797 real 8x8 images), split 80/20 stratified with a
 fixed seed, upsampled bilinearly to 32x32 so a small CNN's target layer has an 8x8 grid.
@@ -27,7 +36,10 @@ fixed seed, upsampled bilinearly to 32x32 so a small CNN's target layer has an 8
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import stat
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -40,6 +52,8 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from i2x.errors import UserError
 
 SPLITS = ("train", "test")
+MIN_PER_CLASS = 2  # training samples every class needs (one gives no class-internal variation to learn or map)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,11 +123,14 @@ def _tensor_data(
             x = x[..., None]
         if x.ndim != 4:
             raise UserError(f"--data {spec}: images of the {split} split have shape {x.shape}; expected N,H,W or N,H,W,C")
+        if x.dtype.kind not in "biuf":
+            raise UserError(f"--data {spec}: images of the {split} split are of dtype {x.dtype}; give numbers "
+                            "(uint8 0..255 or floats 0..1)")
         if x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
             x = x.transpose(0, 2, 3, 1)  # stored channels-first (N,C,H,W), as torch writes them
         scale = 255.0 if x.dtype == np.uint8 or (x.size and x.max() > 1.5) else 1.0
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / scale).permute(0, 3, 1, 2)
-        y = np.asarray(y)
+        y = _class_indices(np.asarray(y), spec, split)
         if y.size != len(x):
             raise UserError(
                 f"--data {spec}: the {split} split has {len(x)} images but labels of shape {y.shape}; "
@@ -121,17 +138,26 @@ def _tensor_data(
             )
         if y.size and y.min() < 0:
             raise UserError(f"--data {spec}: the {split} split has label {y.min()}; labels must be indices 0..M-1")
+        _check_finite(t, spec, split)
         prepared[split] = (t, torch.as_tensor(y.reshape(-1), dtype=torch.long))
     if len(prepared["train"][0]) == 0:
         raise UserError(f"--data {spec}: the train split has no images")
+    class_names = _check_classes(spec, {k: y.numpy() for k, (_, y) in prepared.items()}, class_names)
     native_c = prepared["train"][0].shape[1]
     channels = opts.channels or native_c
-    size = opts.input_size or default_size or prepared["train"][0].shape[-1]
+    shapes = {tuple(x.shape[-2:]) for x, _ in prepared.values() if len(x)}
+    if opts.input_size or default_size:
+        size = (opts.input_size or default_size, opts.input_size or default_size)
+    elif len(shapes) == 1:
+        size = next(iter(shapes))  # native, both sides kept (8x5 stays 8x5)
+    else:
+        raise UserError(f"--data {spec}: the splits' images differ in size ({', '.join('x'.join(map(str, s)) for s in sorted(shapes))}); "
+                        "give --input-size PX to resize them all to PX x PX")
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for split, (x, y) in prepared.items():
         x = _adapt_channels(x, channels, spec)
-        if tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         out[split] = (x, y)
     train_x = out["train"][0]
     mean = tuple(opts.mean) if opts.mean else tuple(train_x.mean(dim=(0, 2, 3)).tolist())
@@ -139,11 +165,73 @@ def _tensor_data(
     _check_stats(mean, std, channels)
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
-    splits = {k: TensorDataset((x - m) / s, y) for k, (x, y) in out.items()}
-    n_labels = max(int(y.max()) for _, y in out.values() if len(y)) + 1
-    if len(class_names) < n_labels:
-        class_names = class_names + [str(i) for i in range(len(class_names), n_labels)]
-    return ImageData(spec, splits, class_names, channels, (size, size), mean, std)
+    splits = {}
+    for k, (x, y) in out.items():
+        normalised = (x - m) / s
+        _check_finite(normalised, spec, k, " after normalisation")
+        splits[k] = TensorDataset(normalised, y)
+    return ImageData(spec, splits, class_names, channels, size, mean, std)
+
+
+def _class_indices(y: np.ndarray, spec: str, split: str) -> np.ndarray:
+    """Labels as int64 class indices; fractional, non-finite or non-numeric labels are refused (never truncated)."""
+    where = f"--data {spec}: the {split} split"
+    if y.dtype.kind in "biu":
+        return y.astype(np.int64)
+    if y.dtype.kind != "f":
+        kind = {"U": "strings", "S": "byte strings", "O": "Python objects"}.get(y.dtype.kind, f"dtype {y.dtype}")
+        raise UserError(f"{where} has labels of {kind}; labels must be integer class indices 0..M-1 "
+                        "(store the names in a class_names array)")
+    flat = y.reshape(len(y), -1) if y.ndim else y.reshape(1, 1)
+    bad = ~np.isfinite(flat) | (flat != np.round(flat))
+    if bad.any():
+        i = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise UserError(f"{where}: sample {i} has label {flat[i][bad[i]][0]:g}; labels must be whole class indices "
+                        "0..M-1 (i2x refuses to truncate them)")
+    return y.astype(np.int64)
+
+
+def _check_classes(spec: str, labels: dict[str, np.ndarray], class_names: list[str]) -> list[str]:
+    """Every class 0..M-1 needs MIN_PER_CLASS training samples and M >= 2; a label beyond the classes is refused
+    naming its sample. Returns the class names (numbered ones added when the data names none)."""
+    train = labels["train"]
+    m = len(class_names) or int(train.max()) + 1
+    for split, y in labels.items():
+        beyond = np.flatnonzero(y >= m)
+        if beyond.size:
+            i = int(beyond[0])
+            names = f"{len(class_names)} class names" if class_names else f"the train split's classes 0..{m - 1}"
+            raise UserError(f"--data {spec}: the {split} split's sample {i} has label {int(y[i])}, beyond {names}; "
+                            "fix or remove that sample")
+    counts = np.bincount(train, minlength=m)
+    names = class_names or [str(i) for i in range(m)]
+    if m < 2:
+        raise UserError(f"--data {spec}: the train split has a single class ({names[0]}); i2x explains how a classifier "
+                        "separates classes and needs at least 2")
+    thin = np.flatnonzero(counts < MIN_PER_CLASS)
+    empty = np.flatnonzero(counts == 0)
+    if not class_names and empty.size and counts[m - 1] < MIN_PER_CLASS:
+        top = int(np.flatnonzero(train == m - 1)[0])
+        gap = f"{empty[0]}" if empty.size == 1 else f"{empty[0]}..{empty[-1]}"
+        raise UserError(f"--data {spec}: the train split's sample {top} has label {m - 1}, but label(s) {gap} never occur "
+                        f"(a stray label?); labels must be class indices 0..M-1 with at least {MIN_PER_CLASS} training "
+                        "samples each")
+    if thin.size:
+        shown = ", ".join(f"{names[c]} ({counts[c]})" for c in thin[:5]) + (f" (+{thin.size - 5} more)" if thin.size > 5 else "")
+        raise UserError(f"--data {spec}: every class needs at least {MIN_PER_CLASS} training samples; too few in "
+                        f"{shown}")
+    return names
+
+
+def _check_finite(x: torch.Tensor, spec: str, split: str, when: str = "") -> None:
+    """NaN/Inf pixels (in the file, or made by the normalisation) would turn every output into NaN: refuse them."""
+    if not len(x):
+        return
+    bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+    if bad.any():
+        i = int(torch.nonzero(bad)[0, 0])
+        fix = "fix that image or --mean/--std" if when else "fix or remove that image"
+        raise UserError(f"--data {spec}: the {split} split's sample {i} holds NaN or Inf{when}; {fix}")
 
 
 def _adapt_channels(x: torch.Tensor, channels: int, spec: str) -> torch.Tensor:
@@ -159,6 +247,10 @@ def _adapt_channels(x: torch.Tensor, channels: int, spec: str) -> torch.Tensor:
 def _check_stats(mean: Sequence[float], std: Sequence[float], channels: int) -> None:
     if len(mean) != channels or len(std) != channels:
         raise UserError(f"--mean/--std need {channels} value(s), one per channel; got {len(mean)} and {len(std)}")
+    if not all(np.isfinite(v) for v in mean):
+        raise UserError(f"--mean {','.join(map(str, mean))}: give finite numbers")
+    if not all(np.isfinite(v) and v > 0 for v in std):
+        raise UserError(f"--std {','.join(map(str, std))}: every value must be a positive finite number (it divides)")
 
 
 def _digits(opts: DataOptions) -> ImageData:
@@ -181,6 +273,22 @@ def _npz(path: str, opts: DataOptions) -> ImageData:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--data npz:{path}: file not found")
+    try:
+        arrays, names = _read_npz(p, path)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        # what np.load raises on a file that is no npz, a cut-short one, or object arrays (pickles: never loaded)
+        why = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        if "allow_pickle" in why:
+            why = "it holds pickled Python objects (object arrays), which i2x never loads"
+        raise UserError(f"--data npz:{path}: not a readable .npz archive ({why}); save it with "
+                        "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...) using numeric arrays") from None
+    return _tensor_data(f"npz:{path}", arrays, names, None, opts)
+
+
+def _read_npz(p: Path, path: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    """The splits' (images, labels) arrays and the class names of an npz archive, read into memory."""
+    if not zipfile.is_zipfile(p):
+        raise UserError(f"--data npz:{path}: not an .npz archive (np.savez writes a zip file; this is not one)")
     with np.load(p, allow_pickle=False) as npz:
         keys = set(npz.files)
         layouts = {
@@ -198,7 +306,7 @@ def _npz(path: str, opts: DataOptions) -> ImageData:
                 f"or x_train/y_train/x_test/y_test (Keras); found {', '.join(sorted(keys))}"
             )
         names = [str(n) for n in npz["class_names"]] if "class_names" in keys else []
-    return _tensor_data(f"npz:{path}", arrays, names, None, opts)
+    return arrays, names
 
 
 # Where torchvision expects each set's files (already extracted), for the "not found" message.
@@ -257,14 +365,65 @@ def _imagefolder(path: str, opts: DataOptions) -> ImageData:
         steps.append(T.Grayscale(1))
     steps += [T.ToTensor(), T.Normalize(mean, std)]
     transform = T.Compose(steps)
-    try:
-        splits = {s: tvd.ImageFolder(str(d), transform=transform, loader=_load_image) for s, d in sub.items()}
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise UserError(f"--data imagefolder:{path}: {exc}") from exc
+    splits = {}
+    for name, folder in sub.items():
+        valid = _ImageFiles(folder)
+        try:
+            splits[name] = tvd.ImageFolder(str(folder), transform=transform, loader=_load_image, is_valid_file=valid)
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise UserError(f"--data imagefolder:{path} ({name} split, {folder}): {_first_line(exc)}") from None
+        valid.report()
     for name, folder in splits.items():
         if name != "train":
             _align_classes(folder, splits["train"].classes, f"--data imagefolder:{path} ({name} split)")
-    return ImageData(f"imagefolder:{path}", splits, list(splits["train"].classes), channels, (size, size), mean, std)
+    classes = list(splits["train"].classes)
+    _check_classes(f"imagefolder:{path}", {k: np.asarray(f.targets, dtype=np.int64) for k, f in splits.items()}, classes)
+    return ImageData(f"imagefolder:{path}", splits, classes, channels, (size, size), mean, std)
+
+
+class _ImageFiles:
+    """``is_valid_file`` for an ImageFolder: image extensions only; files that are not regular files (a FIFO named
+    x.png would hang the loader) are skipped; a file reached again through symbolic links (a link to a parent
+    folder repeats the whole tree) counts once, and never under a class folder it does not live in. Links to
+    images outside the split folder are followed. Skips are reported as one warning per split."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.real_root = root, root.resolve()
+        self.seen: set[tuple[int, int]] = set()
+        self.irregular: list[str] = []
+        self.repeats = 0
+
+    def __call__(self, path: str) -> bool:
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        if not path.lower().endswith(IMG_EXTENSIONS):
+            return False
+        try:
+            info = os.stat(path)
+        except OSError:  # a dangling link or a loop: nothing to read
+            self.irregular.append(path)
+            return False
+        if not stat.S_ISREG(info.st_mode):
+            self.irregular.append(path)
+            return False
+        key = (info.st_dev, info.st_ino)
+        real = Path(os.path.realpath(path))
+        own_class = self.real_root / Path(path).relative_to(self.root).parts[0]
+        inside = self.real_root in real.parents
+        if key in self.seen or (inside and own_class not in real.parents):
+            self.repeats += 1
+            return False
+        self.seen.add(key)
+        return True
+
+    def report(self) -> None:
+        if self.irregular:
+            shown = ", ".join(self.irregular[:3]) + (f" (+{len(self.irregular) - 3} more)" if len(self.irregular) > 3 else "")
+            log.warning("%s: skipped %d entries that are not regular files (FIFOs, devices, dangling links): %s",
+                        self.root, len(self.irregular), shown)
+        if self.repeats:
+            log.warning("%s: %d files reached again through symbolic links (a link to a parent folder?) counted once",
+                        self.root, self.repeats)
 
 
 def _load_image(path: str) -> Any:

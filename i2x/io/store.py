@@ -19,7 +19,8 @@ g     HDBSCAN group slot within a step (``group_ids`` gives the group label)
 Extraction writes the root arrays; ``done[t]`` turns 1 only after every array of checkpoint t
 is written, so an interrupted run resumes at the first checkpoint not done. The analysis writes
 the ``analysis/`` group. Root attributes record the i2x version, the extraction config, the
-checkpoints (name, step, sha256), class names, layer, grid and ``layer_layout`` (how the layer holds its
+checkpoints (name, step, sha256), class names, layer, grid, ``checkpoint_order`` (the order used and the duplicates skipped) and
+``layer_layout`` (how the layer holds its
 grid: a conv map, transformer tokens with their prefix count, or a channels-last map).
 """
 
@@ -119,14 +120,15 @@ class Store:
         sample_index: np.ndarray,
         grid: tuple[int, int],
         channels: int,
-        layout: dict[str, Any] | None = None,
+        notes: dict[str, Any] | None = None,
         methods: list[str],
         chunk_n: int,
         overwrite: bool = False,
     ) -> "Store":
         """Create the store, or reopen it to resume when it was made with the same config and checkpoints.
 
-        A store made with a different config is an error unless ``overwrite``.
+        A store made with a different config is an error unless ``overwrite``. ``notes`` are recorded
+        attributes that describe how the run was read (``layer_layout``, ``checkpoint_order``), not compared.
         """
         path = cls.location(out_dir)
         attrs = {
@@ -166,7 +168,7 @@ class Store:
         store._new("features", (n, h, w, channels), "float16", (cn, h, w, channels))
         store._new("done", (t,), "uint8", (t,))
         store._new("finite", (t,), "uint8", (t,), fill_value=1)
-        root.attrs.update({**attrs, "chunk_n": cn, "layer_layout": layout or {"kind": "bchw"}, "layout_complete": True})
+        root.attrs.update({**attrs, **_jsonable(notes or {}), "chunk_n": cn, "layout_complete": True})
         return store
 
     def _new(self, name: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...], fill_value: Any = 0) -> zarr.Array:

@@ -16,12 +16,13 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from i2x.attribution import prefer_channels_last
-from i2x.io.checkpoints import Checkpoint, find_checkpoints, is_finite, load_into, select
+from i2x.io.checkpoints import ORDERS, Checkpoint, Listing, is_finite, list_checkpoints, load_into, select
 from i2x.io.data import DataOptions, ImageData, labels_of, load_data
 from i2x.io.devices import resolve_device
 from i2x.errors import UserError
 from i2x.io.models import build_model
 from i2x.io.store import Store
+from i2x.settings import option
 
 
 @dataclass
@@ -48,7 +49,13 @@ class RunConfig:
     last: int | None = None
     names: tuple[str, ...] | None = None
     trust_checkpoints: bool = False
-    tokens: str | None = None  # how a transformer layer holds its grid (i2x.attribution.tokens.parse)
+    order: str = option("step", "checkpoint order: step (the step stored inside, else the numbers in the names, "
+                        "epoch_2 before epoch_10), name, or mtime (file modification time)", choices=ORDERS)
+    keep_duplicates: bool = option(False, "analyse checkpoints with identical weights (last.ckpt beside the final "
+                                   "epoch's file, copies) as separate steps; default: once, keeping the numbered name")
+    tokens: str | None = option(None, "how the layer's output holds its grid: auto (conv maps, transformer tokens "
+                                "with their prefix tokens and channels-last maps are detected), P prefix tokens, "
+                                "P and the grid (1x8x8), bchw or bhwc", metavar="auto|P|PxHxW|bhwc")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -86,6 +93,7 @@ class Context:
     model: nn.Module
     device: torch.device
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    listing: Listing | None = None
 
     def load(self, checkpoint: Checkpoint) -> bool:
         """Load ``checkpoint`` into the model in place; returns False if its weights hold NaN/Inf."""
@@ -130,12 +138,12 @@ def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
     model.to(device)
     prefer_channels_last(model, dataset[0][0].unsqueeze(0).to(device))
     ckpts: list[Checkpoint] = []
+    listing = None
     if with_checkpoints:
-        ckpts = select(
-            find_checkpoints(config.checkpoints, trust=config.trust_checkpoints),
-            every=config.every, first=config.first, last=config.last, names=config.names,
-        )
-    return Context(config, data, dataset, index, labels, model, device, ckpts)
+        listing = list_checkpoints(config.checkpoints, trust=config.trust_checkpoints, order=config.order,
+                                   keep_duplicates=config.keep_duplicates)
+        ckpts = select(listing.checkpoints, every=config.every, first=config.first, last=config.last, names=config.names)
+    return Context(config, data, dataset, index, labels, model, device, ckpts, listing)
 
 
 def check_forward(model: nn.Module, dataset: Dataset, model_spec: str, data_spec: str) -> None:

@@ -50,6 +50,7 @@ class ExtractResult:
     diverged: list[str] = field(default_factory=list)
     seconds: float = 0.0
     samples: int = 0
+    order: str = ""
 
 
 def _probe(ctx: Context, layer: str | None) -> tuple[str, tuple[int, int], int, Layout]:
@@ -67,8 +68,13 @@ def _probe(ctx: Context, layer: str | None) -> tuple[str, tuple[int, int], int, 
     ctx.model.train(was_training)
     assert result.features is not None
     _, h, w, d = result.features.shape
-    if min(h, w) < 1:
-        raise UserError(f"--layer {name}: its output has no spatial grid")
+    if min(h, w) < 2:
+        default = find_target_layer(ctx.model, example) if layer else None
+        advice = f"; the default layer is {default}" if default and default != name else ""
+        raise UserError(
+            f"--layer {name}: its output grid is {h}x{w} (a global pool or a late stage), and a map needs at "
+            f"least 2x2 cells; choose an earlier layer, or leave --layer out{advice}"
+        )
     assert layout is not None
     return name, (int(h), int(w)), int(d), layout
 
@@ -94,11 +100,14 @@ def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progres
                 raise UserError(f"--split {config.split}: the split has no samples")
             if dist.is_main:
                 log.info("target layer %s, grid %dx%d, %d channels", layer, grid[0], grid[1], channels)
+                if progress and ctx.listing is not None:
+                    print(ctx.listing.summary(), flush=True)
                 stack.enter_context(locked(out))
                 store = _create_store(ctx, config, out, grid, channels, layout, list(methods), overwrite)
         with dist.together("opening the store"):
             store = store or Store.open(out, mode="a")
-        result = ExtractResult(store.path, layer, grid, samples=len(ctx.labels))
+        result = ExtractResult(store.path, layer, grid, samples=len(ctx.labels),
+                               order=ctx.listing.summary() if ctx.listing is not None else "")
         _extract_all(ctx, store, layer, methods, dist, result, progress)
     result.seconds = time.perf_counter() - start_time
     return result
@@ -119,7 +128,8 @@ def _create_store(ctx: Context, config: RunConfig, out: str | Path, grid: tuple[
         labels=ctx.labels,
         sample_index=ctx.sample_index,
         grid=grid,
-        layout=layout.to_dict(),
+        notes={"layer_layout": layout.to_dict(),
+               **({"checkpoint_order": ctx.listing.describe()} if ctx.listing is not None else {})},
         channels=channels,
         methods=methods,
         chunk_n=config.batch_size,

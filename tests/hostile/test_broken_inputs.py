@@ -205,7 +205,7 @@ def test_a_directory_without_snapshots(trained, tmp_path, capsys):
     assert main(["run", str(folder), "--out", str(tmp_path / "out"), *data]) == 2
 
     assert one_line_error(capsys.readouterr().err) == (
-        f"i2x: error: {folder}: no checkpoints found (looked for *.pt, *.pth, *.ckpt, *.bin, *.safetensors files "
+        f"i2x: error: {folder}: no checkpoints found (looked for *.pt, *.pth, *.ckpt, *.bin, *.safetensors, *.pth.tar files "
         "and HF-style folders holding model.safetensors or pytorch_model.bin)")
 
 

@@ -121,9 +121,9 @@ PICKLES: dict[str, tuple[Writer, bool]] = {
     "zip whose data.pkl is malicious": (
         lambda folder, m: (_zip_with_evil_data_pkl(folder / "epoch_1.pt", m), folder / "epoch_1.pt")[1], True),
     "Hugging Face folder pytorch_model.bin": (_hugging_face_folder, True),
-    # pickle.dump files are not torch.save files: torch.load cannot read them even when trusted
-    "plain pickle, protocol 2": (_raw("epoch_1.pt", lambda m: pickle.dumps(System(m), protocol=2)), False),
-    "plain pickle, protocol 5": (_raw("epoch_1.pt", lambda m: pickle.dumps(Eval(m), protocol=5)), False),
+    # pickle.dump files are not torch.save files: only plain unpickling (trusted) can read them
+    "plain pickle, protocol 2": (_raw("epoch_1.pt", lambda m: pickle.dumps(System(m), protocol=2)), True),
+    "plain pickle, protocol 5": (_raw("epoch_1.pt", lambda m: pickle.dumps(Eval(m), protocol=5)), True),
 }
 
 
@@ -252,7 +252,8 @@ def test_plain_pickle_message_says_what_the_file_is(data, tmp_path, capsys):
     folder, hostile, _ = hostile_dir(tmp_path, "plain pickle, protocol 5")
     assert main(["extract", str(folder), "--out", str(tmp_path / "out"), *data]) == 2
     line = assert_one_line_user_error(capsys.readouterr().err, str(hostile))
-    assert "plain pickle.dump file, which torch.load cannot read" in line and "torch.save" in line
+    assert "a plain pickle (written by pickle.dump, not torch.save)" in line and "--trust-checkpoints" in line
+    assert "truncated or corrupt" not in line
 
 
 def test_console_process_refuses_a_malicious_zip_without_running_it(data, tmp_path):

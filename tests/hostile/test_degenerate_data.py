@@ -121,14 +121,15 @@ def test_hdbscan_finding_only_noise(extracted, tmp_path):
 
 
 def test_identical_snapshots_change_nothing(trained, tmp_path):
-    """Three copies of one snapshot: every ΔŶ and ΔP is zero, so every step is noise and every β is exactly 0."""
+    """Three copies of one snapshot kept as steps (--keep-duplicates): every ΔŶ and ΔP is zero, so every step is
+    noise and every β is exactly 0."""
     ckpts, npz = trained
     folder = tmp_path / "same"
     folder.mkdir()
     for name in ("epoch_1.pt", "epoch_2.pt", "epoch_3.pt"):
         shutil.copy(ckpts / "epoch_3.pt", folder / name)
     out = tmp_path / "an"
-    assert main(["extract", str(folder), "--out", str(out), "--limit", "40", *npz_options(npz)]) == 0
+    assert main(["extract", str(folder), "--out", str(out), "--limit", "40", "--keep-duplicates", *npz_options(npz)]) == 0
     assert main(["analyze", str(out), "--k", "8"]) == 0
 
     summary = summary_of(out)
