@@ -47,6 +47,7 @@ from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import FINETUNE, FINETUNE_DIR, load_summary, write_json
+from i2x.settings import device_option, name_list, option, validate, whole, whole_list
 from i2x.stages.training import TrainConfig, evaluate, make_optimizer, subset, train_epochs
 
 EXCLUDED_NAME = "excluded.json"
@@ -107,40 +108,67 @@ class FinetuneResult:
         }
 
 
-def finetune(
-    out_dir: str | Path,
-    strategies: Sequence[str] = DEFAULT_STRATEGIES,
-    seeds: int | Sequence[int] = 5,
-    epochs: tuple[int, int] = (1, 1),
-    lr: float | None = None,
-    optimizer: str = "sgd",
-    min_share: float = 0.1,
-    pairs: Sequence[tuple[int | str, int | str]] | str = "top",
-    exclude_file: str | Path | None = None,
-    dest: str | Path | None = None,
-    batch_size: int = 64,
-    device: str = "auto",
-    progress: bool = True,
-) -> FinetuneResult:
+def parse_pairs(text: str) -> str | list[tuple[str, str]]:
+    """``--pairs``: ``top``, ``all`` or class pairs ``3,5;2,7`` (or ``3:5;2:7``)."""
+    if text in ("top", "all"):
+        return text
+    pairs = [tuple(p.split(",")) for p in text.replace(":", ",").split(";") if p]
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise ValueError("give 'top', 'all' or class pairs like 3,5;2,7 (or 3:5;2:7)")
+    return pairs  # type: ignore[return-value]
+
+
+def _check_pairs(pairs: str | Sequence[tuple[int | str, int | str]]) -> None:
+    if isinstance(pairs, str) and pairs not in ("top", "all"):
+        raise ValueError("give 'top', 'all' or class pairs such as 3,5;2,7")
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of curated -> full fine-tuning (recorded in ``finetune.json``)."""
+
+    strategies: tuple[str, ...] = option(DEFAULT_STRATEGIES, "stage-1 -> stage-2 data: full-full, curated-curated, "
+                                         "curated-full", parse=name_list, metavar="A,B")
+    seeds: int | tuple[int, ...] = option(5, "runs per strategy, same seeds across strategies (the API also takes a "
+                                          "list of seeds)", parse=whole)
+    epochs: tuple[int, int] = option((1, 1), "epochs of stage 1 and stage 2", parse=whole_list, low=0,
+                                     metavar="E1,E2")
+    lr: float | None = option(None, "learning rate (default 1e-3 for sgd, 1e-4 for adam)", low=0, low_open=True)
+    optimizer: str = option("sgd", "optimizer (sgd with momentum 0.9)", choices=tuple(DEFAULT_LR))
+    min_share: float = option(0.1, "exclude a sample when the uncertain prototype covers at least this share of "
+                              "its cells", low=0, low_open=True, high=1)
+    pairs: str | list[tuple[int | str, int | str]] = option(
+        "top", "which uncertain pairs to curate: top (those among the most confused pairs, else the highest-scoring "
+        "one), all, or explicit class pairs by name or index", parse=parse_pairs, check=_check_pairs,
+        metavar="top|all|A,B;C,D")
+    exclude_file: str | None = option(None, "fine-tune with your own exclusion list instead (JSON list of training "
+                                      "indices, or one per line)", flag="--exclude", metavar="FILE")
+    dest: str | None = option(None, "output directory (default DIR/finetune)")
+    batch_size: int = option(64, "batch size", low=1)
+    device: str = device_option()
+
+
+def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress: bool = True,
+             **options: Any) -> FinetuneResult:
     """Fine-tune the final checkpoint of the analysis in ``out_dir`` with each strategy and seed; print the table.
 
-    ``strategies`` are ``X-Y`` with X, Y in {full, curated}; ``seeds`` is a count (0..n-1) or a list;
-    ``pairs``: ``"top"`` (default) curates the uncertain prototypes whose class pair is among the final
-    checkpoint's most confused pairs, or else the single highest-scoring one (the paper curates one
-    pair; the union of every flagged pair can remove most of the data); ``"all"`` takes every flagged
-    pair; a list of (a, b) names or indices picks pairs. ``exclude_file`` replaces the curation rule by
-    a list of training-split indices. Results go to ``dest`` (default ``out_dir/finetune``).
+    Pass a :class:`FinetuneConfig` or its fields as keyword arguments. ``strategies`` are ``X-Y`` with X,
+    Y in {full, curated}; ``seeds`` is a count (0..n-1) or a list; ``pairs``: ``"top"`` (default) curates
+    the uncertain prototypes whose class pair is among the final checkpoint's most confused pairs, or
+    else the single highest-scoring one (the paper curates one pair; the union of every flagged pair can
+    remove most of the data); ``"all"`` takes every flagged pair; a list of (a, b) names or indices picks
+    pairs. ``exclude_file`` replaces the curation rule by a list of training-split indices. Results go to
+    ``dest`` (default ``out_dir/finetune``).
     """
+    cfg = config or FinetuneConfig(**options)
+    validate(cfg)
     start_time = time.perf_counter()
     out = Path(out_dir)
-    plan = _parse_strategies(strategies)
-    seed_list = _seed_list(seeds)
-    epochs = _check_epochs(epochs)
-    lr = _check_lr(optimizer, lr)
-    if not 0 < min_share <= 1:
-        raise UserError(f"--min-share {min_share}: give a fraction of the grid cells in (0, 1], e.g. 0.1")
-    if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: must be at least 1")
+    plan = _parse_strategies(cfg.strategies)
+    seed_list = _seed_list(cfg.seeds)
+    epochs = _check_epochs(cfg.epochs)
+    optimizer, min_share, pairs, exclude_file = cfg.optimizer, cfg.min_share, cfg.pairs, cfg.exclude_file
+    lr, batch_size, device, dest = _check_lr(optimizer, cfg.lr), cfg.batch_size, cfg.device, cfg.dest
     store = Store.open(out)
     summary = load_summary(out)
     names = store.class_names
@@ -586,5 +614,5 @@ def _start_checkpoint(store: Store) -> tuple[str, str]:
     return record["name"], record["sha256"]
 
 
-__all__ = ["finetune", "format_table", "FinetuneResult", "Curation", "exclusion_mask", "read_exclude_file",
+__all__ = ["finetune", "FinetuneConfig", "format_table", "FinetuneResult", "Curation", "exclusion_mask", "read_exclude_file",
            "pair_label"]
