@@ -91,7 +91,7 @@ def check_value(field: dataclasses.Field, value: Any) -> None:
 
 
 def validate(config: Any) -> None:
-    """Check each field of a config dataclass against its ``low``/``high``/``choices``/``check``; a UserError names the flag."""
+    """Check each field of a config dataclass (range, choices, check); a UserError names the flag as typed."""
     for field in dataclasses.fields(config):
         check_value(field, getattr(config, field.name))
 
@@ -144,7 +144,10 @@ def name_list(text: str) -> tuple[str, ...]:
 
 def whole_or_auto(text: str) -> int | str:
     """An integer or ``auto``."""
-    return "auto" if text == "auto" else whole(text)
+    try:
+        return "auto" if text == "auto" else int(text)
+    except ValueError:
+        raise ValueError("give a positive integer or 'auto'") from None
 
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")

@@ -50,7 +50,8 @@ class RunConfig:
     device: str = device_option()
     input_size: int | None = option(None, "resize images to PX x PX (default per data set)", low=1, metavar="PX")
     channels: int | None = option(None, "number of input channels (default per data set)", low=1, metavar="C")
-    mean: tuple[float, ...] | None = option(None, "normalisation mean per channel", parse=number_list, metavar="M[,M,M]")
+    mean: tuple[float, ...] | None = option(None, "normalisation mean per channel", parse=number_list,
+                                            metavar="M[,M,M]")
     std: tuple[float, ...] | None = option(None, "normalisation std per channel", parse=number_list, metavar="S[,S,S]",
                                            low=0, low_open=True)
     num_classes: int | None = option(None, "output classes (default: the data's class count)", low=1, metavar="M")

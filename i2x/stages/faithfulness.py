@@ -184,30 +184,26 @@ def faithfulness(out_dir: str | Path, config: FaithfulnessConfig | None = None, 
     cfg = config or FaithfulnessConfig(**options)
     validate(cfg)
     start = time.perf_counter()
-    checkpoint, methods, fractions, steps = cfg.checkpoint, cfg.methods, cfg.fractions, cfg.steps
-    baseline, insertion_baseline, buckets, per_bucket = cfg.baseline, cfg.insertion_baseline, list(cfg.buckets), \
-        cfg.per_bucket
-    positive_class, random_draws, seed, batch_size = cfg.positive_class, cfg.random_draws, cfg.seed, cfg.batch_size
-    device, trust_checkpoints = cfg.device, cfg.trust_checkpoints
     store = Store.open(out_dir)
-    t = checkpoint_index(store, checkpoint)
-    methods = stored_methods(store, methods)
-    positive = _class_index(store, positive_class)
+    t = checkpoint_index(store, cfg.checkpoint)
+    methods = stored_methods(store, cfg.methods)
+    positive = _class_index(store, cfg.positive_class)
     labels = store.read("labels")
     probs = np.asarray(store.array("probs")[t])
     predicted = probs.argmax(axis=1)
-    chosen = {k: v for k, v in select_buckets(probs, labels, per_bucket, positive, seed).items() if k in buckets}
+    buckets = select_buckets(probs, labels, cfg.per_bucket, positive, cfg.seed)
+    chosen = {k: v for k, v in buckets.items() if k in cfg.buckets}
 
-    ctx = open_context(store, t, device, batch_size, trust_checkpoints)
-    fills = {"deletion": _fill(baseline, ctx), "insertion": _fill(insertion_baseline, ctx)}
-    grid = fraction_grid(steps)
+    ctx = open_context(store, t, cfg.device, cfg.batch_size, cfg.trust_checkpoints)
+    fills = {"deletion": _fill(cfg.baseline, ctx), "insertion": _fill(cfg.insertion_baseline, ctx)}
+    grid = fraction_grid(cfg.steps)
     sample_index = store.read("sample_index")
     result: dict[str, Any] = {
         "checkpoint": describe_checkpoint(store, t),
-        "settings": {"methods": methods, "fractions": list(fractions), "steps": steps, "buckets": buckets,
-                     "per_bucket": per_bucket, "positive_class": positive, "random_draws": random_draws,
-                     "seed": seed},
-        "baselines": {"deletion": baseline, "insertion": insertion_baseline},
+        "settings": {"methods": methods, "fractions": list(cfg.fractions), "steps": cfg.steps,
+                     "buckets": list(cfg.buckets), "per_bucket": cfg.per_bucket, "positive_class": positive,
+                     "random_draws": cfg.random_draws, "seed": cfg.seed},
+        "baselines": {"deletion": cfg.baseline, "insertion": cfg.insertion_baseline},
         "fills": {mode: fill.get("mean_value", "blur") for mode, fill in fills.items()},
         "target_rule": TARGET_RULE,
         "fractions_grid": grid,
@@ -231,19 +227,20 @@ def faithfulness(out_dir: str | Path, config: FaithfulnessConfig | None = None, 
         b, _, h, w = images.shape
 
         def curves(mode: str, order: torch.Tensor) -> np.ndarray:
-            return perturbation_curves(ctx.model, images, None, target, mode, steps=steps, order=order,
-                                       batch_size=batch_size, **fills[mode]).double().numpy()
+            return perturbation_curves(ctx.model, images, None, target, mode, steps=cfg.steps, order=order,
+                                       batch_size=cfg.batch_size, **fills[mode]).double().numpy()
 
-        draws = torch.Generator().manual_seed(seed)
-        orders = [random_order(b, h, w, draws) for _ in range(random_draws)]
+        draws = torch.Generator().manual_seed(cfg.seed)
+        orders = [random_order(b, h, w, draws) for _ in range(cfg.random_draws)]
         rand = {mode: np.stack([curves(mode, o) for o in orders]) for mode in MODES}
         bar.update(1)
-        raw = cams_for_targets(store, ctx, t, rows, images, targets, methods, batch_size)
+        raw = cams_for_targets(store, ctx, t, rows, images, targets, methods, cfg.batch_size)
         for m in methods:
             saliency = display_maps(raw[m], (h, w))
-            order = pixel_order(saliency, torch.Generator().manual_seed(seed))  # seeded tie-breaking of flat regions
+            # seeded tie-breaking of flat regions
+            order = pixel_order(saliency, torch.Generator().manual_seed(cfg.seed))
             cam = {mode: curves(mode, order) for mode in MODES}
-            result["methods"][m][name] = _bucket_summary(cam, rand, grid, fractions)
+            result["methods"][m][name] = _bucket_summary(cam, rand, grid, cfg.fractions)
             bar.update(1)
     bar.close()
     result["seconds"] = round(time.perf_counter() - start, 3)

@@ -167,17 +167,16 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
     plan = _parse_strategies(cfg.strategies)
     seed_list = _seed_list(cfg.seeds)
     epochs = _check_epochs(cfg.epochs)
-    optimizer, min_share, pairs, exclude_file = cfg.optimizer, cfg.min_share, cfg.pairs, cfg.exclude_file
-    lr, batch_size, device, dest = _check_lr(optimizer, cfg.lr), cfg.batch_size, cfg.device, cfg.dest
+    lr = _check_lr(cfg.optimizer, cfg.lr)
     store = Store.open(out)
     summary = load_summary(out)
     names = store.class_names
-    config = replace(RunConfig.from_dict(store.config), device=device)
+    config = replace(RunConfig.from_dict(store.config), device=cfg.device)
     ctx = build_context(config)
     train_set, test_set = ctx.data.split("train"), ctx.data.split("test")
-    curation = _curation(store, summary, names, labels_of(train_set), min_share, pairs, exclude_file)
+    curation = _curation(store, summary, names, labels_of(train_set), cfg.min_share, cfg.pairs, cfg.exclude_file)
     report_pairs = list(curation.pairs) or _fallback_pairs(summary)
-    _print_curation(curation, names, min_share)
+    _print_curation(curation, names, cfg.min_share)
 
     start_name, start_sha = _start_checkpoint(store)
     checkpoint = ctx.checkpoint(start_name)
@@ -202,12 +201,12 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
         "strategies": ["-".join(s) for s in plan],
         "seeds": seed_list,
         "epochs": list(epochs),
-        "optimizer": optimizer,
+        "optimizer": cfg.optimizer,
         "lr": lr,
-        "momentum": 0.9 if optimizer == "sgd" else None,
+        "momentum": 0.9 if cfg.optimizer == "sgd" else None,
         "weight_decay": 0.0,
-        "batch_size": batch_size,
-        "min_share": min_share if exclude_file is None else None,
+        "batch_size": cfg.batch_size,
+        "min_share": cfg.min_share if cfg.exclude_file is None else None,
         "exclusion_source": curation.source,
         "device": str(ctx.device),
         "torch": torch.__version__,
@@ -215,12 +214,12 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
         "test_size": len(test_labels),
         "std": "sample standard deviation over seeds (ddof=1; 0 for one seed)",
     }
-    dest_dir = Path(dest) if dest is not None else out / FINETUNE_DIR
+    dest_dir = Path(cfg.dest) if cfg.dest is not None else out / FINETUNE_DIR
     with locked(dest_dir):
-        _write_excluded(dest_dir / EXCLUDED_NAME, curation, names, min_share)
+        _write_excluded(dest_dir / EXCLUDED_NAME, curation, names, cfg.min_share)
         start = _evaluate(model, test_set, test_labels, ctx.device, report_pairs, names)
         fingerprint = _fingerprint(settings, curation.ids)
-        train_cfg = TrainConfig(batch_size=batch_size, progress=progress)
+        train_cfg = TrainConfig(batch_size=cfg.batch_size, progress=progress)
         runs = []
         bar = tqdm(total=len(plan) * len(seed_list), desc="fine-tuning", disable=not progress)
         for stages in plan:
@@ -231,7 +230,7 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
                 record = _reuse(run_path, fingerprint)
                 if record is None:
                     model.load_state_dict(start_state)
-                    record = _run_one(model, stages, epochs, sets, seed, train_cfg, optimizer, lr, ctx.device)
+                    record = _run_one(model, stages, epochs, sets, seed, train_cfg, cfg.optimizer, lr, ctx.device)
                     record.update(_evaluate(model, test_set, test_labels, ctx.device, report_pairs, names))
                     record.update({"strategy": strategy, "fingerprint": fingerprint})
                     _save_run(run_path, model, record, start_name)
