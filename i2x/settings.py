@@ -52,7 +52,7 @@ def shown(value: Any) -> str:
     """A value as the user would type it: tuples comma-separated."""
     if isinstance(value, (tuple, list)):
         return ",".join(shown(v) for v in value)
-    return str(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _default_of(field: dataclasses.Field) -> Any:
@@ -82,12 +82,12 @@ def check_value(field: dataclasses.Field, value: Any) -> None:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
         if isinstance(v, float) and not math.isfinite(v):
-            raise UserError(f"{flag} {v}: give a finite number")
+            raise UserError(f"{flag} {shown(v)}: give a finite number")
         low, high = meta.get("low"), meta.get("high")
         if low is not None and (v <= low if meta.get("low_open") else v < low):
-            raise UserError(f"{flag} {v}: must be {'above' if meta.get('low_open') else 'at least'} {low:g}")
+            raise UserError(f"{flag} {shown(v)}: must be {'above' if meta.get('low_open') else 'at least'} {low:g}")
         if high is not None and v > high:
-            raise UserError(f"{flag} {v}: must be at most {high:g}")
+            raise UserError(f"{flag} {shown(v)}: must be at most {high:g}")
 
 
 def validate(config: Any) -> None:

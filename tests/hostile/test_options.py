@@ -43,7 +43,7 @@ def one_line(stderr: str) -> str:
 BAD = [
     (["train", "--save-every", "0"], "--save-every 0: must be at least 1"),
     (["train", "--lr", "nan"], "--lr nan: give a finite number"),
-    (["train", "--lr", "0"], "--lr 0.0: must be above 0"),
+    (["train", "--lr", "0"], "--lr 0: must be above 0"),
     (["train", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["train", "--batch-size", "-1"], "--batch-size -1: must be at least 1"),
     (["train", "--batch-size", "x"], "--batch-size x: give a whole number"),
@@ -56,23 +56,23 @@ BAD = [
     (["extract", "CKPT", "--limit", "1"], "--limit 1: must be at least 10"),
     (["extract", "CKPT", "--methods", ","], "--methods: give at least one value"),
     (["extract", "CKPT", "--device", "mps"], "--device mps"),
-    (["extract", "CKPT", "--std", "0"], "--std 0.0: must be above 0"),
+    (["extract", "CKPT", "--std", "0"], "--std 0: must be above 0"),
     (["extract", "CKPT", "--every", "0"], "--every 0: must be at least 1"),
     (["extract", "CKPT", "--target", "both"], "--target both: choose one of true, predicted"),
-    (["run", "CKPT", "--shared-presence", "90"], "--shared-presence 90.0: must be at most 1"),
+    (["run", "CKPT", "--shared-presence", "90"], "--shared-presence 90: must be at most 1"),
     (["run", "CKPT", "--k", "0"], "--k 0: give a positive integer or 'auto'"),
-    (["analyze", "DIR", "--shared-presence", "90"], "--shared-presence 90.0: must be at most 1"),
+    (["analyze", "DIR", "--shared-presence", "90"], "--shared-presence 90: must be at most 1"),
     (["analyze", "DIR", "--k", "many"], "--k many: give a positive integer or 'auto'"),
     (["analyze", "DIR", "--noise-quantile", "-0.1"], "--noise-quantile -0.1: must be at least 0"),
     (["analyze", "DIR", "--k-candidates", "1,8"], "--k-candidates 1: must be at least 2"),
-    (["faithfulness", "DIR", "--fractions", "0.5,2"], "--fractions 2.0: must be at most 1"),
+    (["faithfulness", "DIR", "--fractions", "0.5,2"], "--fractions 2: must be at most 1"),
     (["faithfulness", "DIR", "--per-bucket", "0"], "--per-bucket 0: must be at least 1"),
     (["faithfulness", "DIR", "--method", ","], "--method: give at least one value"),
     (["faithfulness", "DIR", "--buckets", "tp,fn"], "--buckets fn: choose one of tp, fp, random"),
-    (["drift", "DIR", "--top", "0"], "--top 0.0: must be above 0"),
+    (["drift", "DIR", "--top", "0"], "--top 0: must be above 0"),
     (["drift", "DIR", "--stability", "luck"], "--stability luck: choose one of iou, spearman, shift_frac"),
     (["reliance", "DIR", "--recipients", "0"], "--recipients 0: must be at least 1"),
-    (["finetune", "DIR", "--min-share", "0"], "--min-share 0.0: must be above 0"),
+    (["finetune", "DIR", "--min-share", "0"], "--min-share 0: must be above 0"),
     (["finetune", "DIR", "--pairs", "3;5"], "--pairs 3;5: give 'top', 'all' or class pairs"),
     (["demo", "--epochs", "0"], "--epochs 0: must be at least 1"),
 ]
@@ -178,7 +178,7 @@ def test_a_bad_analysis_option_keeps_the_previous_summary(analysed, capsys):
     _, an, _ = analysed
     summary = (an / "summary.json").read_bytes()
     assert main(["analyze", str(an), "--shared-presence", "90"]) == 2
-    assert one_line(capsys.readouterr().err) == "i2x: error: --shared-presence 90.0: must be at most 1"
+    assert one_line(capsys.readouterr().err) == "i2x: error: --shared-presence 90: must be at most 1"
     assert (an / "summary.json").read_bytes() == summary
 
 
