@@ -645,5 +645,5 @@ def _start_checkpoint(store: Store) -> tuple[str, str]:
     return record["name"], record["sha256"]
 
 
-__all__ = ["finetune", "FinetuneConfig", "format_table", "FinetuneResult", "Curation", "exclusion_mask", "read_exclude_file",
-           "pair_label"]
+__all__ = ["finetune", "FinetuneConfig", "format_table", "FinetuneResult", "Curation", "exclusion_mask",
+           "read_exclude_file", "pair_label"]
