@@ -168,10 +168,10 @@ def _check_stability(metric: str) -> None:
 class DriftConfig:
     """Settings of the drift study (recorded in ``drift.json``)."""
 
-    from_: str = option("first", "first checkpoint: first or a name", flag="--from")
-    to: str = option("final", "second checkpoint: final or a name")
+    from_: str = option("first", "first checkpoint: first or a name", flag="--from", metavar="NAME")
+    to: str = option("final", "second checkpoint: final or a name", metavar="NAME")
     phase_split: int | str | None = option(None, "compare the last checkpoint at or before this step (or 'auto': the "
-                                           "last frozen-backbone checkpoint) with the final one")
+                                           "last frozen-backbone checkpoint) with the final one", metavar="STEP")
     methods: tuple[str, ...] | str | None = option(None, "CAM methods (default: all stored)", flag="--method",
                                                    parse=name_list, metavar="A,B")
     top: float = option(0.2, "top share of cells for IoU and concentration", low=0, low_open=True, high=1)

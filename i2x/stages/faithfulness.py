@@ -149,7 +149,7 @@ def _bucket_summary(cam: dict[str, np.ndarray], rand: dict[str, np.ndarray], gri
 class FaithfulnessConfig:
     """Settings of the faithfulness study (recorded in ``faithfulness.json``)."""
 
-    checkpoint: str = option("final", "checkpoint to test: final, first, or a name")
+    checkpoint: str = option("final", "checkpoint to test: final, first, or a name", metavar="NAME")
     methods: tuple[str, ...] | str | None = option(None, "CAM methods to test (default: all stored)", flag="--method",
                                                    parse=name_list, metavar="A,B")
     fractions: tuple[float, ...] = option((0.25, 0.5), "report the confidence drop at these removed fractions",
@@ -163,7 +163,7 @@ class FaithfulnessConfig:
                                       parse=name_list, choices=BUCKETS, metavar="A,B")
     per_bucket: int = option(12, "samples per bucket", low=1)
     positive_class: int | str | None = option(None, "fp = predicted as this class but labelled otherwise (default: "
-                                              "any error)")
+                                              "any error)", metavar="CLASS")
     random_draws: int = option(5, "random pixel orders for the baseline", low=1)
     seed: int = option(0, "seed for bucket sampling and random orders")
     batch_size: int = option(512, "images per forward batch", low=1)

@@ -131,7 +131,7 @@ class FinetuneConfig:
     strategies: tuple[str, ...] = option(DEFAULT_STRATEGIES, "stage-1 -> stage-2 data: full-full, curated-curated, "
                                          "curated-full", parse=name_list, metavar="A,B")
     seeds: int | tuple[int, ...] = option(5, "runs per strategy, same seeds across strategies (the API also takes a "
-                                          "list of seeds)", parse=whole)
+                                          "list of seeds)", parse=whole, metavar="N")
     epochs: tuple[int, int] = option((1, 1), "epochs of stage 1 and stage 2", parse=whole_list, low=0,
                                      metavar="E1,E2")
     lr: float | None = option(None, "learning rate (default 1e-3 for sgd, 1e-4 for adam)", low=0, low_open=True)
@@ -144,7 +144,7 @@ class FinetuneConfig:
         metavar="top|all|A,B;C,D")
     exclude_file: str | None = option(None, "fine-tune with your own exclusion list instead (JSON list of training "
                                       "indices, or one per line)", flag="--exclude", metavar="FILE")
-    dest: str | None = option(None, "output directory (default DIR/finetune)")
+    dest: str | None = option(None, "output directory (default DIR/finetune)", metavar="DIR")
     batch_size: int = option(64, "batch size", low=1)
     device: str = device_option()
 
