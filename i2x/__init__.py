@@ -20,7 +20,8 @@ from i2x.version import __version__
 #: Public name -> the module that defines it.
 _PUBLIC = {
     **{name: "i2x.api" for name in (
-        "AnalyzeConfig", "RelianceConfig", "RunConfig", "RunResult", "analyze", "compare_models", "demo", "doctor",
+        "AnalyzeConfig", "DemoConfig", "DriftConfig", "FaithfulnessConfig", "FinetuneConfig", "RelianceConfig",
+        "RunConfig", "RunResult", "TrainConfig", "analyze", "compare_models", "demo", "doctor",
         "drift", "extract", "faithfulness", "finetune", "format_table", "load_summary", "reliance", "report", "run",
         "train", "UserError")},
     **{name: "i2x.analysis" for name in (

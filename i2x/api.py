@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,39 +17,39 @@ from i2x.io.workdir import load_summary
 from i2x.stages.analysis import AnalyzeConfig, AnalyzeResult, analyze as _analyze
 from i2x.stages.context import RunConfig, check_forward
 from i2x.io.data import DataOptions, load_data
+from i2x.settings import option, validate, validate_values
 from i2x.errors import UserError
 from i2x.stages.extraction import ExtractResult, extract as _extract
-from i2x.stages.finetuning import FinetuneResult, finetune, format_table
+from i2x.stages.finetuning import FinetuneConfig, FinetuneResult, finetune, format_table
 from i2x.io.models import build_model
 from i2x.stages.reliance import RelianceConfig, reliance
-from i2x.stages.drift import compare_models, drift
-from i2x.stages.faithfulness import faithfulness
+from i2x.stages.drift import DriftConfig, compare_models, drift
+from i2x.stages.faithfulness import FaithfulnessConfig, faithfulness
 from i2x.stages.training import TrainConfig, TrainResult, train as _train
 
+#: Keyword arguments of :func:`train` that describe the data and model, not the training (RunConfig fields).
+SHARED_OPTIONS = ("input_size", "channels", "mean", "std", "num_classes")
 
-def train(
-    data: str = "digits",
-    model: str = "small-cnn",
-    out: str | Path = "checkpoints/run",
-    epochs: int = 10,
-    seed: int = 0,
-    save_every: int = 1,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    optimizer: str = "adam",
-    freeze_backbone_epochs: int = 0,
-    device: str = "auto",
-    progress: bool = True,
-    **data_options: Any,
-) -> TrainResult:
-    """Train ``model`` on ``data`` with the reference trainer, one snapshot per epoch in ``out``."""
-    dataset = load_data(data, DataOptions(**data_options))
-    torch.manual_seed(seed)  # the initial weights follow --seed too
-    net = build_model(model, num_classes=dataset.num_classes, in_channels=dataset.channels)
+
+def train(data: str = "digits", model: str = "small-cnn", out: str | Path = "checkpoints/run",
+          config: TrainConfig | None = None, progress: bool = True, **options: Any) -> TrainResult:
+    """Train ``model`` on ``data`` with the reference trainer, one snapshot per epoch in ``out``.
+
+    Pass a :class:`TrainConfig` or its fields as keyword arguments (``epochs=3``, ``lr=1e-2``); the data
+    and model options ``input_size``, ``channels``, ``mean``, ``std`` and ``num_classes`` are keyword
+    arguments too (checked like :class:`RunConfig`'s).
+    """
+    shared = {k: options.pop(k) for k in SHARED_OPTIONS if k in options}
+    cfg = replace(config or TrainConfig(**options), progress=progress)
+    validate(cfg)
+    validate_values(RunConfig, **shared)
+    num_classes = shared.pop("num_classes", None)
+    dataset = load_data(data, DataOptions(**shared))
+    if num_classes is not None and num_classes < dataset.num_classes:
+        raise UserError(f"--num-classes {num_classes}: the data has {dataset.num_classes} classes")
+    torch.manual_seed(cfg.seed)  # the initial weights follow --seed too
+    net = build_model(model, num_classes=num_classes or dataset.num_classes, in_channels=dataset.channels)
     check_forward(net, dataset.split("train"), model, data)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
-                      save_every=save_every, freeze_backbone_epochs=freeze_backbone_epochs, device=device,
-                      progress=progress)
     return _train(net, dataset.split("train"), dataset.split("test"), out, cfg)
 
 
@@ -59,8 +59,7 @@ def extract(config: RunConfig | None = None, out: str | Path = "analyses/run", o
 
     Pass a :class:`RunConfig`, or its fields as keyword arguments (``checkpoints=``, ``model=``, ...).
     """
-    config = config or RunConfig(**options)
-    return _extract(config, out, overwrite=overwrite, progress=progress)
+    return _extract(config or RunConfig(**options), out, overwrite=overwrite, progress=progress)
 
 
 def report(out: str | Path, progress: bool = True, pngs: bool = True) -> Path:
@@ -92,8 +91,14 @@ class RunResult:
 
 def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analyze_config: AnalyzeConfig | None = None,
         overwrite: bool = False, progress: bool = True, with_reliance: bool = True, **options: Any) -> RunResult:
-    """Extract + analyze + reliance + report in one call; the CLI's ``i2x run``."""
+    """Extract + analyze + reliance + report in one call; the CLI's ``i2x run``.
+
+    Both configs are checked before anything runs, so a bad analysis option never costs an extraction.
+    """
     config = config or RunConfig(**options)
+    analyze_config = analyze_config or AnalyzeConfig()
+    validate(config)
+    validate(analyze_config)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     ex = extract(config, out, overwrite=overwrite, progress=progress)
@@ -112,9 +117,20 @@ def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analy
     return RunResult(ex.store_path, an.summary, an.summary_path or Path(out) / "summary.json", report_path, timings)
 
 
+@dataclass
+class DemoConfig:
+    """Settings of ``i2x demo``."""
+
+    checkpoints: str = option("checkpoints/digits-demo", "where the demo's snapshots go", flag="--checkpoints-dir")
+    out: str = option("analyses/digits-demo", "where the demo's analysis goes")
+    epochs: int = option(10, "training epochs, one snapshot each", low=1)
+    force: bool = option(False, "retrain and reanalyse even if results exist")
+
+
 def demo(checkpoints: str | Path = "checkpoints/digits-demo", out: str | Path = "analyses/digits-demo",
          epochs: int = 10, force: bool = False) -> RunResult:
     """Train the small CNN on digits (unless its snapshots exist), then run the pipeline on them."""
+    validate(DemoConfig(str(checkpoints), str(out), epochs, force))
     ckpt_dir = Path(checkpoints)
     timings: dict[str, float] = {}
     if force or not any(ckpt_dir.glob("epoch_*.pt")):
@@ -159,5 +175,6 @@ def doctor() -> dict[str, str]:
 
 
 __all__ = ["train", "extract", "analyze", "report", "run", "finetune", "format_table", "FinetuneResult",
-           "faithfulness", "drift", "compare_models", "reliance", "RelianceConfig", "demo", "doctor", "load_summary", "RunConfig", "AnalyzeConfig",
-           "RunResult", "UserError"]
+           "faithfulness", "drift", "compare_models", "reliance", "demo", "doctor", "load_summary", "RunConfig",
+           "AnalyzeConfig", "TrainConfig", "RelianceConfig", "FinetuneConfig", "FaithfulnessConfig", "DriftConfig",
+           "DemoConfig", "RunResult", "UserError"]

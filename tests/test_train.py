@@ -113,8 +113,8 @@ def test_a_run_ending_in_the_frozen_phase_leaves_the_model_trainable(tmp_path, d
 
 
 @pytest.mark.parametrize(("config", "model", "message"), [
-    (TrainConfig(epochs=0), SmallCNN(), "--epochs must be at least 1"),
-    (TrainConfig(epochs=1, optimizer="rmsprop"), SmallCNN(), "--optimizer rmsprop: choose sgd or adam"),
+    (TrainConfig(epochs=0), SmallCNN(), "--epochs 0: must be at least 1"),
+    (TrainConfig(epochs=1, optimizer="rmsprop"), SmallCNN(), "--optimizer rmsprop: choose one of adam, sgd"),
     (TrainConfig(epochs=1, freeze_backbone_epochs=1), torch.nn.Sequential(torch.nn.Conv2d(1, 10, 32),
                                                                           torch.nn.Flatten()), "no nn.Linear head"),
 ])

@@ -26,34 +26,58 @@ from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import SUMMARY, save_summary
+from i2x.settings import device_option, option, validate, whole, whole_list, whole_or_auto
+
+def _zero_is_all(text: str) -> int | None:
+    """``--max-group-samples``: 0 means no sample limit."""
+    return whole(text) or None
+
 
 #: Default ceiling of HDBSCAN's min_samples (see :func:`_min_samples`).
 MAX_MIN_SAMPLES = 50
 
 
+def _check_k(k: int | str) -> None:
+    if k != "auto" and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError("give a positive integer or 'auto'")
+
+
 @dataclass
 class AnalyzeConfig:
-    """Settings of the analysis (DESIGN D5-D9); every threshold is printed in the report."""
+    """Settings of the analysis; every threshold is printed in the report."""
 
-    k: int | str = 32
-    pca_dim: int = 32
-    method: str = "gradcam"
-    seed: int = 0
-    max_fit_vectors: int = 200_000
-    max_points_per_centroid: int = 256
-    k_candidates: tuple[int, ...] = (8, 16, 32, 64)
-    min_cluster_size: int | None = None
-    min_samples: int | None = None
-    max_group_samples: int | None = 20_000
-    alpha: float | None = None
-    shared_presence: float = 0.9
-    specialized_presence: float = 0.9
-    specialized_max_overall: float = 0.5
-    noise_quantile: float = 0.75
-    min_flips: int = 2
-    top_confused: int = 3
-    jobs: int | None = None
-    device: str = "auto"
+    k: int | str = option(32, "number of prototypes, or 'auto' to pick from --k-candidates by silhouette score on "
+                          "a subsample", parse=whole_or_auto, check=_check_k)
+    pca_dim: int = option(32, "PCA components before k-means (or d if smaller)", low=1)
+    method: str = option("gradcam", "CAM method whose maps give prototype intensity")
+    seed: int = option(0, "seed of the k-means and the vector subsample")
+    max_fit_vectors: int = option(200_000, "k-means and PCA fit on a seeded sample of at most N location vectors",
+                                  low=1, metavar="N")
+    max_points_per_centroid: int = option(256, "FAISS k-means subsamples to N points per centroid (256 is FAISS's "
+                                          "own default)", low=1, metavar="N")
+    k_candidates: tuple[int, ...] = option((8, 16, 32, 64), "candidates for --k auto", parse=whole_list, low=2,
+                                           metavar="K1,K2")
+    min_cluster_size: int | None = option(None, "HDBSCAN min_cluster_size (default max(10, n/100))", low=2,
+                                          metavar="N")
+    min_samples: int | None = option(None, "HDBSCAN min_samples (default min_cluster_size, at most 50)", low=1,
+                                     cli=False)
+    max_group_samples: int | None = option(
+        20_000, "HDBSCAN fits each step on a seeded sample of at most N samples and labels the others with "
+        "hdbscan.approximate_predict; its cost grows faster than n (0: fit on all)", parse=_zero_is_all, low=1,
+        metavar="N")
+    alpha: float | None = option(None, "ridge penalty (default: RidgeCV over 1e-3..1e3)", low=0, low_open=True)
+    shared_presence: float = option(0.9, "shared: present in at least this share of a class's samples", low=0,
+                                    high=1)
+    specialized_presence: float = option(0.9, "specialized: present in at least this share of one group's class "
+                                         "samples", low=0, high=1)
+    specialized_max_overall: float = option(0.5, "specialized: present in fewer than this share of all the class's "
+                                            "samples", low=0, high=1)
+    noise_quantile: float = option(0.75, "uncertain: |beta| must exceed this quantile of all |beta|", low=0, high=1)
+    min_flips: int = option(2, "uncertain: flips between the same two classes", low=1)
+    top_confused: int = option(3, "how many most-confused class pairs count as 'top confused'", low=0)
+    jobs: int | None = option(None, "processes that run HDBSCAN's steps in parallel (default: every core from 10000 "
+                              "samples on)", low=1, metavar="N")
+    device: str = device_option("cpu keeps FAISS on the CPU; auto/cuda use a FAISS GPU if seen")
 
 
 @dataclass
@@ -74,6 +98,7 @@ def _timed(timings: dict[str, float], name: str, start: float) -> float:
 def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool = True) -> AnalyzeResult:
     """Analyse the store in ``out`` and write ``analysis/`` arrays and ``summary.json``."""
     cfg = config or AnalyzeConfig()
+    validate(cfg)
     with locked(out):
         store = Store.open(out, mode="a")
         store.require_complete()

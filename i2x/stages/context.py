@@ -15,47 +15,65 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from i2x.attribution import prefer_channels_last
+from i2x.attribution import METHODS, prefer_channels_last
+from i2x.attribution.tokens import parse as parse_tokens
 from i2x.io.checkpoints import ORDERS, Checkpoint, Listing, is_finite, list_checkpoints, load_into, select
 from i2x.io.data import DataOptions, ImageData, labels_of, load_data
 from i2x.io.devices import resolve_device
 from i2x.errors import UserError
 from i2x.io.models import build_model
 from i2x.io.store import Store
-from i2x.settings import option
+from i2x.settings import device_option, name_list, number_list, option
+
+
+#: The fewest samples an analysis accepts: HDBSCAN's smallest confidence group (min_cluster_size 10).
+MIN_SAMPLES = 10
 
 
 @dataclass
 class RunConfig:
     """What to analyse: checkpoints, model, data and how to read them (recorded in the store)."""
 
-    checkpoints: str
-    model: str = "small-cnn"
-    data: str = "digits"
-    split: str = "train"
-    layer: str | None = None
-    methods: tuple[str, ...] = ("gradcam", "gradcampp", "layercam")
-    target: str = "true"
-    batch_size: int = 256
-    device: str = "auto"
-    input_size: int | None = None
-    channels: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    num_classes: int | None = None
-    limit: int | None = None
-    every: int | None = None
-    first: int | None = None
-    last: int | None = None
-    names: tuple[str, ...] | None = None
-    trust_checkpoints: bool = False
+    checkpoints: str = option(help="directory of training snapshots", cli=False)
+    model: str = option("small-cnn", "architecture: small-cnn, torchvision:NAME (e.g. torchvision:resnet18, built "
+                        "without downloaded weights), timm:NAME (pretrained=False; timm:NAME?depth=2&img_size=32 "
+                        "sets model arguments), package.module:factory or path/to/file.py:factory",
+                        metavar="SPEC")
+    data: str = option("digits", "data set: digits (ships with scikit-learn), imagefolder:PATH, npz:PATH, "
+                       "mnist:ROOT, fashionmnist:ROOT, cifar10:ROOT or path/to/file.py:factory", metavar="SPEC")
+    split: str = option("train", "data split to analyse")
+    layer: str | None = option(None, "target layer by dotted name (e.g. layer4, features.7); default: the last "
+                               "module whose output is a 4-D map with at least 3x3 cells", metavar="NAME")
+    methods: tuple[str, ...] = option(help="CAM methods, from the registered ones", parse=name_list, metavar="A,B",
+                                      default_factory=lambda: tuple(METHODS))
+    target: str = option("true", "class each CAM explains: the true label (comparable across checkpoints) or the "
+                         "predicted class", choices=("true", "predicted"))
+    batch_size: int = option(256, "samples per batch", low=1, metavar="B")
+    device: str = device_option()
+    input_size: int | None = option(None, "resize images to PX x PX (default per data set)", low=1, metavar="PX")
+    channels: int | None = option(None, "number of input channels (default per data set)", low=1, metavar="C")
+    mean: tuple[float, ...] | None = option(None, "normalisation mean per channel", parse=number_list,
+                                            metavar="M[,M,M]")
+    std: tuple[float, ...] | None = option(None, "normalisation std per channel", parse=number_list, metavar="S[,S,S]",
+                                           low=0, low_open=True)
+    num_classes: int | None = option(None, "output classes (default: the data's class count)", low=1, metavar="M")
+    limit: int | None = option(None, f"analyse only the first N samples of the split (at least {MIN_SAMPLES}: "
+                               "HDBSCAN's smallest confidence group)", low=MIN_SAMPLES, metavar="N")
+    every: int | None = option(None, "use every N-th checkpoint (the final one is always kept)", low=1, metavar="N")
+    first: int | None = option(None, "use only the first N checkpoints", low=1, metavar="N")
+    last: int | None = option(None, "use only the last N checkpoints", low=1, metavar="N")
+    names: tuple[str, ...] | None = option(None, "use exactly these checkpoints (names as listed in the directory)",
+                                           flag="--checkpoints", parse=name_list, metavar="A,B,...")
+    trust_checkpoints: bool = option(False, "allow checkpoints that need arbitrary pickled code to load (only for "
+                                     "files you trust)")
     order: str = option("step", "checkpoint order: step (the step stored inside, else the numbers in the names, "
                         "epoch_2 before epoch_10), name, or mtime (file modification time)", choices=ORDERS)
     keep_duplicates: bool = option(False, "analyse checkpoints with identical weights (last.ckpt beside the final "
                                    "epoch's file, copies) as separate steps; default: once, keeping the numbered name")
     tokens: str | None = option(None, "how the layer's output holds its grid: auto (conv maps, transformer tokens "
                                 "with their prefix tokens and channels-last maps are detected), P prefix tokens, "
-                                "P and the grid (1x8x8), bchw or bhwc", metavar="auto|P|PxHxW|bhwc")
+                                "P and the grid (1x8x8), bchw or bhwc", metavar="auto|P|PxHxW|bhwc",
+                                check=parse_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -122,8 +140,6 @@ def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
     dataset = data.split(config.split)
     index = np.arange(len(dataset))  # type: ignore[arg-type]
     if config.limit is not None:
-        if config.limit < 1:
-            raise UserError("--limit must be a positive number of samples")
         index = index[: config.limit]
         dataset = Subset(dataset, index.tolist()) if len(index) < len(data.split(config.split)) else dataset  # type: ignore[arg-type]
     if len(index) == 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +25,7 @@ from i2x.io.store import Store
 from i2x.io.workdir import DRIFT, checkpoint_index, clean_json, describe_checkpoint, stored_methods, \
     usable_checkpoints, write_json
 from i2x.metrics.drift import centroid, drift_metrics, rank_reversals, summarize
+from i2x.settings import name_list, option, validate
 from i2x.stages.context import RunConfig
 
 #: Drift metrics written per sample class; shift_px is in pixels of the input image.
@@ -125,7 +127,12 @@ def _pair(store: Store, from_: str, to: str, phase_split: int | str | None) -> t
     if phase_split is not None and from_ != "first":
         raise UserError("give either --from or --phase-split, not both")
     a = _phase_start(store, phase_split) if phase_split is not None else checkpoint_index(store, from_)
-    return a, checkpoint_index(store, to)
+    b = checkpoint_index(store, to)
+    if a == b:
+        what = f"--phase-split {phase_split}" if phase_split is not None else f"--from {from_}"
+        raise UserError(f"{what} --to {to}: both name the checkpoint {store.checkpoints[a]['name']}; "
+                        "choose two different checkpoints")
+    return a, b
 
 
 def _stability(per_class: dict[str, dict[str, Any]], metric: str) -> dict[str, float]:
@@ -157,42 +164,51 @@ def _check_stability(metric: str) -> None:
         raise UserError(f"--stability {metric!r}: choose one of {', '.join(STABILITY)}")
 
 
-def drift(
-    out_dir: str | Path,
-    from_: str = "first",
-    to: str = "final",
-    phase_split: int | str | None = None,
-    methods: Sequence[str] | str | None = None,
-    top: float = 0.2,
-    consecutive: bool = True,
-    stability: str = "iou",
-    progress: bool = True,
-) -> dict[str, Any]:
+@dataclass
+class DriftConfig:
+    """Settings of the drift study (recorded in ``drift.json``)."""
+
+    from_: str = option("first", "first checkpoint: first or a name", flag="--from", metavar="NAME")
+    to: str = option("final", "second checkpoint: final or a name", metavar="NAME")
+    phase_split: int | str | None = option(None, "compare the last checkpoint at or before this step (or 'auto': the "
+                                           "last frozen-backbone checkpoint) with the final one", metavar="STEP")
+    methods: tuple[str, ...] | str | None = option(None, "CAM methods (default: all stored)", flag="--method",
+                                                   parse=name_list, metavar="A,B")
+    top: float = option(0.2, "top share of cells for IoU and concentration", low=0, low_open=True, high=1)
+    consecutive: bool = option(True, "add the drift over every pair of consecutive usable checkpoints", cli=False)
+    stability: str = option("iou", "metric that ranks classes by stability for the method comparison",
+                            choices=tuple(STABILITY))
+
+
+def drift(out_dir: str | Path, config: DriftConfig | None = None, progress: bool = True,
+          **options: Any) -> dict[str, Any]:
     """Semantic drift of the stored CAMs from checkpoint ``from_`` to ``to``; writes ``DIR/drift.json``.
 
-    ``phase_split`` (a training step, or ``"auto"`` for the end of the frozen-backbone phase) replaces
-    ``from_`` by the last checkpoint of the first phase. Only samples both checkpoints classify correctly
-    count. ``consecutive`` adds the drift over every pair of consecutive usable checkpoints. Classes are
-    ranked by ``stability`` (mean of a metric, :data:`STABILITY`) under each method. Returns the JSON written.
+    Pass a :class:`DriftConfig` or its fields as keyword arguments. ``phase_split`` (a training step, or
+    ``"auto"`` for the end of the frozen-backbone phase) replaces ``from_`` by the last checkpoint of the
+    first phase. Only samples both checkpoints classify correctly count. ``consecutive`` adds the drift
+    over every pair of consecutive usable checkpoints. Classes are ranked by ``stability`` (mean of a
+    metric, :data:`STABILITY`) under each method. Returns the JSON written.
     """
+    cfg = config or DriftConfig(**options)
+    validate(cfg)
     start = time.perf_counter()
-    _check_stability(stability)
     store = Store.open(out_dir)
-    methods = stored_methods(store, methods)
-    a, b = _pair(store, from_, to, phase_split)
-    reader = _DriftReader(store, top)
+    methods = stored_methods(store, cfg.methods)
+    a, b = _pair(store, cfg.from_, cfg.to, cfg.phase_split)
+    reader = _DriftReader(store, cfg.top)
     keep = reader.correct(a) & reader.correct(b)
     result: dict[str, Any] = {
-        "from": describe_checkpoint(store, a), "to": describe_checkpoint(store, b), "phase_split": phase_split,
-        "top": top, "grid": list(reader.grid), "input_size": list(reader.input_size),
+        "from": describe_checkpoint(store, a), "to": describe_checkpoint(store, b), "phase_split": cfg.phase_split,
+        "top": cfg.top, "grid": list(reader.grid), "input_size": list(reader.input_size),
         "pixels_per_cell": list(reader.scale), "class_names": store.class_names,
         "n_samples": int(keep.size), "n_correct_both": int(keep.sum()), "methods": {},
     }
     for m in methods:
         result["methods"][m] = reader.summary(reader.metrics(m, a, b, keep), keep)
-    per_class = {m: _stability(result["methods"][m]["per_class"], stability) for m in methods}
-    result["stability"] = _ranking(per_class, stability)
-    if consecutive:
+    per_class = {m: _stability(result["methods"][m]["per_class"], cfg.stability) for m in methods}
+    result["stability"] = _ranking(per_class, cfg.stability)
+    if cfg.consecutive:
         result["consecutive"] = _consecutive(reader, methods, progress)
     result["seconds"] = round(time.perf_counter() - start, 3)
     write_json(Path(out_dir) / DRIFT, result)

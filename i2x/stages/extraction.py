@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from i2x.io.distributed import Dist, local_device, session
 from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store, chunk_ranges
+from i2x.settings import validate
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,8 @@ def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progres
     start_time = time.perf_counter()
     if not config.checkpoints:
         raise UserError("give the checkpoint directory (CKPT_DIR)")
+    validate(config)
     methods = get_methods(list(config.methods))
-    if config.target not in ("true", "predicted"):
-        raise UserError(f"--target {config.target}: choose true or predicted")
     device = local_device(resolve_device(config.device))
     with session(device) as dist, ExitStack() as stack:
         store: Store | None = None
@@ -95,7 +95,7 @@ def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progres
             ctx.device = device
             ctx.model.to(device)
             layer, grid, channels, layout = _probe(ctx, config.layer)
-            config.layer = layer
+            config = ctx.config = replace(config, layer=layer)  # the caller's config stays as given
             if len(ctx.labels) == 0:
                 raise UserError(f"--split {config.split}: the split has no samples")
             if dist.is_main:

@@ -15,6 +15,7 @@ against the same baseline; deletion and insertion use the same draws. The numeri
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,6 +30,7 @@ from i2x.io.workdir import FAITHFULNESS, checkpoint_index, clean_json, describe_
 from i2x.metrics.faithfulness import MODES, auc, drop_at, fraction_grid, perturbation_curves, pixel_order, \
     random_order, select_buckets
 from i2x.metrics.stats import mean_std
+from i2x.settings import device_option, name_list, number_list, option, validate
 from i2x.stages.context import Context, open_context
 
 BUCKETS = ("tp", "fp", "random")
@@ -57,21 +59,6 @@ def _class_index(store: Store, positive_class: int | str | None) -> int | None:
     if not 0 <= positive_class < len(names):
         raise UserError(f"--positive-class {positive_class}: the classes are 0..{len(names) - 1} ({', '.join(names)})")
     return int(positive_class)
-
-
-def _check_faithfulness_options(buckets: Sequence[str], fractions: Sequence[float], baseline: str,
-                                insertion_baseline: str, per_bucket: int, random_draws: int, steps: int) -> None:
-    unknown = [b for b in buckets if b not in BUCKETS]
-    if unknown or not buckets:
-        raise UserError(f"--buckets {','.join(buckets)}: choose among {', '.join(BUCKETS)}")
-    bad = [f for f in fractions if not 0 < f <= 1]
-    if bad:
-        raise UserError(f"--fractions: {bad} are not fractions in (0, 1]; use e.g. 0.25,0.5")
-    for option, fill in (("--baseline", baseline), ("--insertion-baseline", insertion_baseline)):
-        if fill not in FILLS:
-            raise UserError(f"{option} {fill!r}: choose one of {', '.join(FILLS)}")
-    if per_bucket < 1 or random_draws < 1 or steps < 1:
-        raise UserError("--per-bucket, --random-draws and --steps must each be at least 1")
 
 
 def _fill(name: str, ctx: Context) -> dict[str, Any]:
@@ -158,53 +145,65 @@ def _bucket_summary(cam: dict[str, np.ndarray], rand: dict[str, np.ndarray], gri
     return out
 
 
-def faithfulness(
-    out_dir: str | Path,
-    checkpoint: str = "final",
-    methods: Sequence[str] | str | None = None,
-    fractions: Sequence[float] = (0.25, 0.5),
-    steps: int = 20,
-    baseline: str = "mean",
-    insertion_baseline: str = "blur",
-    buckets: Sequence[str] = BUCKETS,
-    per_bucket: int = 12,
-    positive_class: int | str | None = None,
-    random_draws: int = 5,
-    seed: int = 0,
-    batch_size: int = 512,
-    device: str = "auto",
-    trust_checkpoints: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
+@dataclass
+class FaithfulnessConfig:
+    """Settings of the faithfulness study (recorded in ``faithfulness.json``)."""
+
+    checkpoint: str = option("final", "checkpoint to test: final, first, or a name", metavar="NAME")
+    methods: tuple[str, ...] | str | None = option(None, "CAM methods to test (default: all stored)", flag="--method",
+                                                   parse=name_list, metavar="A,B")
+    fractions: tuple[float, ...] = option((0.25, 0.5), "report the confidence drop at these removed fractions",
+                                          parse=number_list, low=0, low_open=True, high=1, metavar="F1,F2")
+    steps: int = option(20, "steps of the curves from 0 to 100%%", low=1)
+    baseline: str = option("mean", "deletion fill: the data set's mean colour, black pixels (zero), or a blurred "
+                           "image", choices=FILLS)
+    insertion_baseline: str = option("blur", "insertion start image (blur: Gaussian kernel 11, sigma 5)",
+                                     choices=FILLS)
+    buckets: tuple[str, ...] = option(BUCKETS, "sample buckets: tp (true positives), fp (false positives), random",
+                                      parse=name_list, choices=BUCKETS, metavar="A,B")
+    per_bucket: int = option(12, "samples per bucket", low=1)
+    positive_class: int | str | None = option(None, "fp = predicted as this class but labelled otherwise (default: "
+                                              "any error)", metavar="CLASS")
+    random_draws: int = option(5, "random pixel orders for the baseline", low=1)
+    seed: int = option(0, "seed for bucket sampling and random orders")
+    batch_size: int = option(512, "images per forward batch", low=1)
+    device: str = device_option()
+    trust_checkpoints: bool = option(False, "allow checkpoints that need pickled code")
+
+
+def faithfulness(out_dir: str | Path, config: FaithfulnessConfig | None = None, progress: bool = True,
+                 **options: Any) -> dict[str, Any]:
     """Deletion/insertion study of one checkpoint's stored CAMs per sample bucket; writes ``DIR/faithfulness.json``.
 
-    ``baseline`` fills deleted pixels and ``insertion_baseline`` is the image insertion starts from
-    (:data:`FILLS`). Buckets come from :func:`i2x.faithfulness.select_buckets` on the checkpoint's stored
-    probabilities (``positive_class``: a class name or index for the binary-style tp/fp of the chest X-ray
-    study). Returns the JSON written.
+    Pass a :class:`FaithfulnessConfig` or its fields as keyword arguments. ``baseline`` fills deleted
+    pixels and ``insertion_baseline`` is the image insertion starts from (:data:`FILLS`). Buckets come
+    from :func:`i2x.metrics.faithfulness.select_buckets` on the checkpoint's stored probabilities
+    (``positive_class``: a class name or index for the binary-style tp/fp of the chest X-ray study).
+    Returns the JSON written.
     """
+    cfg = config or FaithfulnessConfig(**options)
+    validate(cfg)
     start = time.perf_counter()
-    buckets = list(buckets)
-    _check_faithfulness_options(buckets, fractions, baseline, insertion_baseline, per_bucket, random_draws, steps)
     store = Store.open(out_dir)
-    t = checkpoint_index(store, checkpoint)
-    methods = stored_methods(store, methods)
-    positive = _class_index(store, positive_class)
+    t = checkpoint_index(store, cfg.checkpoint)
+    methods = stored_methods(store, cfg.methods)
+    positive = _class_index(store, cfg.positive_class)
     labels = store.read("labels")
     probs = np.asarray(store.array("probs")[t])
     predicted = probs.argmax(axis=1)
-    chosen = {k: v for k, v in select_buckets(probs, labels, per_bucket, positive, seed).items() if k in buckets}
+    buckets = select_buckets(probs, labels, cfg.per_bucket, positive, cfg.seed)
+    chosen = {k: v for k, v in buckets.items() if k in cfg.buckets}
 
-    ctx = open_context(store, t, device, batch_size, trust_checkpoints)
-    fills = {"deletion": _fill(baseline, ctx), "insertion": _fill(insertion_baseline, ctx)}
-    grid = fraction_grid(steps)
+    ctx = open_context(store, t, cfg.device, cfg.batch_size, cfg.trust_checkpoints)
+    fills = {"deletion": _fill(cfg.baseline, ctx), "insertion": _fill(cfg.insertion_baseline, ctx)}
+    grid = fraction_grid(cfg.steps)
     sample_index = store.read("sample_index")
     result: dict[str, Any] = {
         "checkpoint": describe_checkpoint(store, t),
-        "settings": {"methods": methods, "fractions": list(fractions), "steps": steps, "buckets": buckets,
-                     "per_bucket": per_bucket, "positive_class": positive, "random_draws": random_draws,
-                     "seed": seed},
-        "baselines": {"deletion": baseline, "insertion": insertion_baseline},
+        "settings": {"methods": methods, "fractions": list(cfg.fractions), "steps": cfg.steps,
+                     "buckets": list(cfg.buckets), "per_bucket": cfg.per_bucket, "positive_class": positive,
+                     "random_draws": cfg.random_draws, "seed": cfg.seed},
+        "baselines": {"deletion": cfg.baseline, "insertion": cfg.insertion_baseline},
         "fills": {mode: fill.get("mean_value", "blur") for mode, fill in fills.items()},
         "target_rule": TARGET_RULE,
         "fractions_grid": grid,
@@ -228,19 +227,20 @@ def faithfulness(
         b, _, h, w = images.shape
 
         def curves(mode: str, order: torch.Tensor) -> np.ndarray:
-            return perturbation_curves(ctx.model, images, None, target, mode, steps=steps, order=order,
-                                       batch_size=batch_size, **fills[mode]).double().numpy()
+            return perturbation_curves(ctx.model, images, None, target, mode, steps=cfg.steps, order=order,
+                                       batch_size=cfg.batch_size, **fills[mode]).double().numpy()
 
-        draws = torch.Generator().manual_seed(seed)
-        orders = [random_order(b, h, w, draws) for _ in range(random_draws)]
+        draws = torch.Generator().manual_seed(cfg.seed)
+        orders = [random_order(b, h, w, draws) for _ in range(cfg.random_draws)]
         rand = {mode: np.stack([curves(mode, o) for o in orders]) for mode in MODES}
         bar.update(1)
-        raw = cams_for_targets(store, ctx, t, rows, images, targets, methods, batch_size)
+        raw = cams_for_targets(store, ctx, t, rows, images, targets, methods, cfg.batch_size)
         for m in methods:
             saliency = display_maps(raw[m], (h, w))
-            order = pixel_order(saliency, torch.Generator().manual_seed(seed))  # seeded tie-breaking of flat regions
+            # seeded tie-breaking of flat regions
+            order = pixel_order(saliency, torch.Generator().manual_seed(cfg.seed))
             cam = {mode: curves(mode, order) for mode in MODES}
-            result["methods"][m][name] = _bucket_summary(cam, rand, grid, fractions)
+            result["methods"][m][name] = _bucket_summary(cam, rand, grid, cfg.fractions)
             bar.update(1)
     bar.close()
     result["seconds"] = round(time.perf_counter() - start, 3)

@@ -32,8 +32,9 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -41,12 +42,13 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from i2x.stages.context import RunConfig, build_context
+from i2x.stages.context import Context, RunConfig, build_context
 from i2x.io.data import labels_of
 from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import FINETUNE, FINETUNE_DIR, load_summary, write_json
+from i2x.settings import device_option, name_list, option, validate, whole, whole_list
 from i2x.stages.training import TrainConfig, evaluate, make_optimizer, subset, train_epochs
 
 EXCLUDED_NAME = "excluded.json"
@@ -107,109 +109,82 @@ class FinetuneResult:
         }
 
 
-def finetune(
-    out_dir: str | Path,
-    strategies: Sequence[str] = DEFAULT_STRATEGIES,
-    seeds: int | Sequence[int] = 5,
-    epochs: tuple[int, int] = (1, 1),
-    lr: float | None = None,
-    optimizer: str = "sgd",
-    min_share: float = 0.1,
-    pairs: Sequence[tuple[int | str, int | str]] | str = "top",
-    exclude_file: str | Path | None = None,
-    dest: str | Path | None = None,
-    batch_size: int = 64,
-    device: str = "auto",
-    progress: bool = True,
-) -> FinetuneResult:
+def parse_pairs(text: str) -> str | list[tuple[str, str]]:
+    """``--pairs``: ``top``, ``all`` or class pairs ``3,5;2,7`` (or ``3:5;2:7``)."""
+    if text in ("top", "all"):
+        return text
+    pairs = [tuple(p.split(",")) for p in text.replace(":", ",").split(";") if p]
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise ValueError("give 'top', 'all' or class pairs like 3,5;2,7 (or 3:5;2:7)")
+    return pairs  # type: ignore[return-value]
+
+
+def _check_pairs(pairs: str | Sequence[tuple[int | str, int | str]]) -> None:
+    if isinstance(pairs, str) and pairs not in ("top", "all"):
+        raise ValueError("give 'top', 'all' or class pairs such as 3,5;2,7")
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of curated -> full fine-tuning (recorded in ``finetune.json``)."""
+
+    strategies: tuple[str, ...] = option(DEFAULT_STRATEGIES, "stage-1 -> stage-2 data: full-full, curated-curated, "
+                                         "curated-full", parse=name_list, metavar="A,B")
+    seeds: int | tuple[int, ...] = option(5, "runs per strategy, same seeds across strategies (the API also takes a "
+                                          "list of seeds)", parse=whole, metavar="N")
+    epochs: tuple[int, int] = option((1, 1), "epochs of stage 1 and stage 2", parse=whole_list, low=0,
+                                     metavar="E1,E2")
+    lr: float | None = option(None, "learning rate (default 1e-3 for sgd, 1e-4 for adam)", low=0, low_open=True)
+    optimizer: str = option("sgd", "optimizer (sgd with momentum 0.9)", choices=tuple(DEFAULT_LR))
+    min_share: float = option(0.1, "exclude a sample when the uncertain prototype covers at least this share of "
+                              "its cells", low=0, low_open=True, high=1)
+    pairs: str | list[tuple[int | str, int | str]] = option(
+        "top", "which uncertain pairs to curate: top (those among the most confused pairs, else the highest-scoring "
+        "one), all, or explicit class pairs by name or index", parse=parse_pairs, check=_check_pairs,
+        metavar="top|all|A,B;C,D")
+    exclude_file: str | None = option(None, "fine-tune with your own exclusion list instead (JSON list of training "
+                                      "indices, or one per line)", flag="--exclude", metavar="FILE")
+    dest: str | None = option(None, "output directory (default DIR/finetune)", metavar="DIR")
+    batch_size: int = option(64, "batch size", low=1)
+    device: str = device_option()
+
+
+def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress: bool = True,
+             **options: Any) -> FinetuneResult:
     """Fine-tune the final checkpoint of the analysis in ``out_dir`` with each strategy and seed; print the table.
 
-    ``strategies`` are ``X-Y`` with X, Y in {full, curated}; ``seeds`` is a count (0..n-1) or a list;
-    ``pairs``: ``"top"`` (default) curates the uncertain prototypes whose class pair is among the final
-    checkpoint's most confused pairs, or else the single highest-scoring one (the paper curates one
-    pair; the union of every flagged pair can remove most of the data); ``"all"`` takes every flagged
-    pair; a list of (a, b) names or indices picks pairs. ``exclude_file`` replaces the curation rule by
-    a list of training-split indices. Results go to ``dest`` (default ``out_dir/finetune``).
+    Pass a :class:`FinetuneConfig` or its fields as keyword arguments. ``strategies`` are ``X-Y`` with X,
+    Y in {full, curated}; ``seeds`` is a count (0..n-1) or a list; ``pairs``: ``"top"`` (default) curates
+    the uncertain prototypes whose class pair is among the final checkpoint's most confused pairs, or
+    else the single highest-scoring one (the paper curates one pair; the union of every flagged pair can
+    remove most of the data); ``"all"`` takes every flagged pair; a list of (a, b) names or indices picks
+    pairs. ``exclude_file`` replaces the curation rule by a list of training-split indices. Results go to
+    ``dest`` (default ``out_dir/finetune``).
     """
+    cfg = config or FinetuneConfig(**options)
+    validate(cfg)
     start_time = time.perf_counter()
     out = Path(out_dir)
-    plan = _parse_strategies(strategies)
-    seed_list = _seed_list(seeds)
-    epochs = _check_epochs(epochs)
-    lr = _check_lr(optimizer, lr)
-    if not 0 < min_share <= 1:
-        raise UserError(f"--min-share {min_share}: give a fraction of the grid cells in (0, 1], e.g. 0.1")
-    if batch_size < 1:
-        raise UserError(f"--batch-size {batch_size}: must be at least 1")
-    store = Store.open(out)
-    summary = load_summary(out)
+    plan = Plan(_parse_strategies(cfg.strategies), _seed_list(cfg.seeds), _check_epochs(cfg.epochs),
+                _check_lr(cfg.optimizer, cfg.lr))
+    store, summary = Store.open(out), load_summary(out)
     names = store.class_names
-    config = replace(RunConfig.from_dict(store.config), device=device)
-    ctx = build_context(config)
+    ctx = build_context(replace(RunConfig.from_dict(store.config), device=cfg.device))
     train_set, test_set = ctx.data.split("train"), ctx.data.split("test")
-    curation = _curation(store, summary, names, labels_of(train_set), min_share, pairs, exclude_file)
+    curation = _curation(store, summary, names, labels_of(train_set), cfg.min_share, cfg.pairs, cfg.exclude_file)
     report_pairs = list(curation.pairs) or _fallback_pairs(summary)
-    _print_curation(curation, names, min_share)
-
-    start_name, start_sha = _start_checkpoint(store)
-    checkpoint = ctx.checkpoint(start_name)
-    if checkpoint.sha256() != start_sha:
-        raise UserError(
-            f"{checkpoint.path}: the checkpoint changed since the analysis (its sha256 differs from the one the store "
-            f"recorded); restore it, or rerun `i2x run` on the current checkpoints"
-        )
-    ctx.load(checkpoint)
-    model = ctx.model
-    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    test_labels = labels_of(test_set)
-    keep = np.setdiff1d(np.arange(curation.n_train), curation.ids)
-    sets = {"full": train_set, "curated": subset(train_set, keep.tolist())}
-    if keep.size == 0 and any(e > 0 and part == "curated" for s in plan for part, e in zip(s, epochs)):
-        raise UserError("the curated set is empty (every training sample is excluded); raise --min-share or "
-                        "exclude fewer ids")
-
-    settings = {
-        "analysis": str(out.resolve()),
-        "start_checkpoint": {"name": start_name, "sha256": start_sha},
-        "strategies": ["-".join(s) for s in plan],
-        "seeds": seed_list,
-        "epochs": list(epochs),
-        "optimizer": optimizer,
-        "lr": lr,
-        "momentum": 0.9 if optimizer == "sgd" else None,
-        "weight_decay": 0.0,
-        "batch_size": batch_size,
-        "min_share": min_share if exclude_file is None else None,
-        "exclusion_source": curation.source,
-        "device": str(ctx.device),
-        "torch": torch.__version__,
-        "train_size": curation.n_train,
-        "test_size": len(test_labels),
-        "std": "sample standard deviation over seeds (ddof=1; 0 for one seed)",
-    }
-    dest_dir = Path(dest) if dest is not None else out / FINETUNE_DIR
+    _print_curation(curation, names, cfg.min_share)
+    start_name, start_sha = _load_start(store, ctx)
+    sets = _training_sets(train_set, curation, plan)
+    settings = _settings(out, cfg, plan, curation, ctx, start_name, start_sha, len(test_set))
+    dest_dir = Path(cfg.dest) if cfg.dest is not None else out / FINETUNE_DIR
     with locked(dest_dir):
-        _write_excluded(dest_dir / EXCLUDED_NAME, curation, names, min_share)
-        start = _evaluate(model, test_set, test_labels, ctx.device, report_pairs, names)
-        fingerprint = _fingerprint(settings, curation.ids)
-        train_cfg = TrainConfig(batch_size=batch_size, progress=progress)
-        runs = []
-        bar = tqdm(total=len(plan) * len(seed_list), desc="fine-tuning", disable=not progress)
-        for stages in plan:
-            strategy = "-".join(stages)
-            for seed in seed_list:
-                bar.set_postfix(strategy=strategy, seed=seed)
-                run_path = dest_dir / "runs" / strategy / f"seed{seed}"
-                record = _reuse(run_path, fingerprint)
-                if record is None:
-                    model.load_state_dict(start_state)
-                    record = _run_one(model, stages, epochs, sets, seed, train_cfg, optimizer, lr, ctx.device)
-                    record.update(_evaluate(model, test_set, test_labels, ctx.device, report_pairs, names))
-                    record.update({"strategy": strategy, "fingerprint": fingerprint})
-                    _save_run(run_path, model, record, start_name)
-                runs.append(record)
-                bar.update()
-        bar.close()
+        _write_excluded(dest_dir / EXCLUDED_NAME, curation, names, cfg.min_share)
+        evaluate_on_test = partial(_evaluate, test_set=test_set, labels=labels_of(test_set), device=ctx.device,
+                                   pairs=report_pairs, names=names)
+        start = evaluate_on_test(ctx.model)
+        runs = _run_all(ctx, sets, cfg, plan, dest_dir, _fingerprint(settings, curation.ids), start_name,
+                        evaluate_on_test, progress)
         result = FinetuneResult(
             dest=dest_dir, settings=settings, class_names=names, pairs=report_pairs,
             excluded=_excluded_record(curation, names), start=start, runs=runs,
@@ -220,6 +195,90 @@ def finetune(
         write_json(dest_dir / FINETUNE, result.to_dict(), indent=2)
     print(format_table(result))
     return result
+
+
+@dataclass
+class Plan:
+    """The checked run plan: strategies as (stage 1, stage 2) sets, seeds, epochs per stage, learning rate."""
+
+    strategies: list[tuple[str, str]]
+    seeds: list[int]
+    epochs: tuple[int, int]
+    lr: float
+
+
+def _load_start(store: Store, ctx: Context) -> tuple[str, str]:
+    """Load the analysis's last finite checkpoint into ``ctx.model``, checking it is the file the store recorded."""
+    start_name, start_sha = _start_checkpoint(store)
+    checkpoint = ctx.checkpoint(start_name)
+    if checkpoint.sha256() != start_sha:
+        raise UserError(
+            f"{checkpoint.path}: the checkpoint changed since the analysis (its sha256 differs from the one the store "
+            f"recorded); restore it, or rerun `i2x run` on the current checkpoints"
+        )
+    ctx.load(checkpoint)
+    return start_name, start_sha
+
+
+def _training_sets(train_set: Dataset, curation: Curation, plan: Plan) -> dict[str, Dataset]:
+    """The full and the curated training set; an empty curated set is refused when a stage trains on it."""
+    keep = np.setdiff1d(np.arange(curation.n_train), curation.ids)
+    if keep.size == 0 and any(e > 0 and part == "curated" for s in plan.strategies for part, e in zip(s, plan.epochs)):
+        raise UserError("the curated set is empty (every training sample is excluded); raise --min-share or "
+                        "exclude fewer ids")
+    return {"full": train_set, "curated": subset(train_set, keep.tolist())}
+
+
+def _settings(out: Path, cfg: FinetuneConfig, plan: Plan, curation: Curation, ctx: Context, start_name: str,
+              start_sha: str, test_size: int) -> dict[str, Any]:
+    """The settings recorded in ``finetune.json``; their fingerprint decides which finished runs are reused."""
+    return {
+        "analysis": str(out.resolve()),
+        "start_checkpoint": {"name": start_name, "sha256": start_sha},
+        "strategies": ["-".join(s) for s in plan.strategies],
+        "seeds": plan.seeds,
+        "epochs": list(plan.epochs),
+        "optimizer": cfg.optimizer,
+        "lr": plan.lr,
+        "momentum": 0.9 if cfg.optimizer == "sgd" else None,
+        "weight_decay": 0.0,
+        "batch_size": cfg.batch_size,
+        "min_share": cfg.min_share if cfg.exclude_file is None else None,
+        "exclusion_source": curation.source,
+        "device": str(ctx.device),
+        "torch": torch.__version__,
+        "train_size": curation.n_train,
+        "test_size": test_size,
+        "std": "sample standard deviation over seeds (ddof=1; 0 for one seed)",
+    }
+
+
+def _run_all(ctx: Context, sets: dict[str, Dataset], cfg: FinetuneConfig, plan: Plan, dest_dir: Path,
+             fingerprint: str, start_name: str, evaluate_on_test: Callable[[nn.Module], dict[str, Any]],
+             progress: bool) -> list[dict[str, Any]]:
+    """Every strategy and seed from the start weights, reusing finished runs with the same fingerprint."""
+    model = ctx.model
+    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    train_cfg = TrainConfig(batch_size=cfg.batch_size, progress=progress)
+    runs = []
+    bar = tqdm(total=len(plan.strategies) * len(plan.seeds), desc="fine-tuning", disable=not progress)
+    for stages in plan.strategies:
+        strategy = "-".join(stages)
+        for seed in plan.seeds:
+            bar.set_postfix(strategy=strategy, seed=seed)
+            run_path = dest_dir / "runs" / strategy / f"seed{seed}"
+            record = _reuse(run_path, fingerprint)
+            if record is None:
+                model.load_state_dict(start_state)
+                record = _run_one(model, stages, plan.epochs, sets, seed, train_cfg, cfg.optimizer, plan.lr,
+                                  ctx.device)
+                record.update(evaluate_on_test(model))
+                record.update({"strategy": strategy, "fingerprint": fingerprint})
+                _save_run(run_path, model, record, start_name)
+            runs.append(record)
+            bar.update()
+    bar.close()
+    return runs
 
 
 # ---- the curated set --------------------------------------------------------------------------
@@ -586,5 +645,5 @@ def _start_checkpoint(store: Store) -> tuple[str, str]:
     return record["name"], record["sha256"]
 
 
-__all__ = ["finetune", "format_table", "FinetuneResult", "Curation", "exclusion_mask", "read_exclude_file",
-           "pair_label"]
+__all__ = ["finetune", "FinetuneConfig", "format_table", "FinetuneResult", "Curation", "exclusion_mask",
+           "read_exclude_file", "pair_label"]

@@ -67,6 +67,7 @@ from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store, chunk_ranges
 from i2x.io.workdir import RELIANCE, load_summary, save_summary, write_json
+from i2x.settings import device_option, option, validate
 
 
 
@@ -74,21 +75,18 @@ from i2x.io.workdir import RELIANCE, load_summary, save_summary, write_json
 class RelianceConfig:
     """Settings of the reliance study (printed in the report and kept in summary.json)."""
 
-    max_samples: int = 128
-    recipients: int = 128
-    random_draws: int = 3
-    batch_size: int = 512
-    top: int = 5
-    gallery: int = 8
-    z_threshold: float = 3.0
-    separation: float = 1.5
-    seed: int = 0
-    device: str = "auto"
-
-    def check(self) -> None:
-        for name in ("max_samples", "recipients", "random_draws", "batch_size", "top", "gallery"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+    max_samples: int = option(128, "class samples per prototype whose cells are deleted", low=1)
+    recipients: int = option(128, "held-out images per prototype for transplants", low=1)
+    random_draws: int = option(3, "random-cell baselines per intervention", low=1)
+    batch_size: int = option(512, "interventions per forward batch", low=1)
+    top: int = option(5, "suspects to show in detail", low=1)
+    gallery: int = option(8, "example images per suspect in the report", low=1, cli=False)
+    z_threshold: float = option(3.0, "standard errors by which deleting and pasting the top suspect must beat random "
+                                "cells for a shortcut verdict", low=0, cli=False)
+    separation: float = option(1.5, "the top suspect's suspicion must be at least this many times the runner-up's",
+                               low=0, cli=False)
+    seed: int = option(0, "seed of the sample and random-cell draws")
+    device: str = device_option()
 
 
 # ---- presence ------------------------------------------------------------------------------
@@ -341,7 +339,7 @@ def reliance(out_dir: str | Path, config: RelianceConfig | None = None, progress
     """Run the reliance study on the analysis in ``out_dir``: writes ``reliance.json`` and merges a ``reliance``
     entry into ``summary.json``. Pass a :class:`RelianceConfig` or its fields (``recipients=64``)."""
     cfg = config or RelianceConfig(**options)
-    cfg.check()
+    validate(cfg)
     with locked(out_dir):
         store = Store.open(out_dir, mode="r")
         summary = load_summary(out_dir)

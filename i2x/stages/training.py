@@ -22,22 +22,24 @@ from tqdm.auto import tqdm
 
 from i2x.io.devices import resolve_device
 from i2x.errors import UserError
+from i2x.settings import device_option, option, validate
 
 
 @dataclass
 class TrainConfig:
     """Settings of the reference trainer."""
 
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    seed: int = 0
-    save_every: int = 1
-    freeze_backbone_epochs: int = 0
-    device: str = "auto"
-    progress: bool = True
+    epochs: int = option(10, "number of epochs", low=1)
+    batch_size: int = option(64, "batch size", low=1)
+    lr: float = option(1e-3, "learning rate", low=0, low_open=True)
+    optimizer: str = option("adam", "optimizer", choices=("adam", "sgd"))
+    weight_decay: float = option(0.0, "L2 weight decay", low=0, cli=False)
+    seed: int = option(0, "random seed (initial weights and shuffling)")
+    save_every: int = option(1, "save a snapshot every N epochs (and after the last)", low=1, metavar="N")
+    freeze_backbone_epochs: int = option(0, "train only the classifier head for the first N epochs, then everything "
+                                         "(two-phase run)", low=0, metavar="N")
+    device: str = device_option()
+    progress: bool = option(True, "show progress bars", cli=False)
 
 
 @dataclass
@@ -122,8 +124,7 @@ def train_epochs(
 
 def train(model: nn.Module, train_set: Dataset, test_set: Dataset, out: str | Path, cfg: TrainConfig) -> TrainResult:
     """Train ``model`` and write a snapshot every ``save_every`` epochs (and after the last) into ``out``."""
-    if cfg.epochs < 1:
-        raise UserError("--epochs must be at least 1")
+    validate(cfg)
     if len(train_set) == 0:  # type: ignore[arg-type]
         raise UserError("the training split is empty")
     out = Path(out)

@@ -124,7 +124,7 @@ def test_a_different_class_count_names_the_mismatched_head(trained, tmp_path, ca
 def test_the_wrong_model_spec_for_the_snapshots(trained, tmp_path, capsys):
     ckpts, data = trained
     assert main(["extract", str(ckpts), "--out", str(tmp_path / "out"), "--model", "torchvision:resnet18",
-                 "--limit", "4", *data]) == 2
+                 "--limit", "10", *data]) == 2
     line = one_line_error(capsys.readouterr().err)
     assert "does not fit the model (missing keys: conv1.weight" in line and "unexpected keys: features.0.weight" in line
 

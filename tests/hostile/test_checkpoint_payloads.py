@@ -223,7 +223,7 @@ def test_hostile_checkpoint_is_refused_and_runs_nothing(command, case, data, tmp
     folder, hostile, marker = hostile_dir(tmp_path, case)
     out = tmp_path / "out"
 
-    code = main([command, str(folder), "--out", str(out), "--limit", "8", *data])
+    code = main([command, str(folder), "--out", str(out), "--limit", "10", *data])
 
     line = assert_one_line_user_error(capsys.readouterr().err, str(hostile))
     assert code == 2

@@ -92,11 +92,11 @@ def test_a_class_missing_from_the_analysed_split(trained, digits, tmp_path):
 def test_more_prototypes_than_feature_vectors(trained, tmp_path):
     ckpts, npz = trained
     out = tmp_path / "an"
-    assert main(["extract", str(ckpts), "--out", str(out), "--limit", "2", *npz_options(npz)]) == 0
+    assert main(["extract", str(ckpts), "--out", str(out), "--limit", "10", *npz_options(npz)]) == 0
     with pytest.warns(UserWarning, match="k=5000 prototypes requested"):
         assert main(["analyze", str(out), "--k", "5000"]) == 0
     summary = summary_of(out)
-    vectors = 2 * 8 * 8
+    vectors = 10 * 8 * 8
     assert summary["k"] == vectors == len(np.unique(Store.open(out).read("analysis/assign")))
     assert summary["k_requested"] == 5000
     assert summary["warnings"] == [f"k=5000 prototypes requested but the feature vectors k-means trained on hold only "
@@ -186,7 +186,7 @@ def test_images_too_small_for_the_model(trained, tmp_path, capsys):
 def test_non_positive_sizes_are_refused(option, trained, tmp_path, capsys):
     ckpts, npz = trained
     assert main(["extract", str(ckpts), "--out", str(tmp_path / "an"), "--data", f"npz:{npz}", option, "0"]) == 2
-    assert one_line_error(capsys.readouterr().err) == f"i2x: error: {option} 0: must be a positive integer"
+    assert one_line_error(capsys.readouterr().err) == f"i2x: error: {option} 0: must be at least 1"
 
 
 def test_channels_first_arrays_read_like_channels_last(trained, digits, tmp_path):

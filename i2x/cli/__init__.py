@@ -1,0 +1,81 @@
+"""The ``i2x`` command line: options generated from the stages' config dataclasses
+(:mod:`i2x.cli.options`), one small function per command calling :mod:`i2x.api`
+(:mod:`i2x.cli.commands`).
+
+User errors (:class:`i2x.errors.UserError`) print one line and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from i2x.errors import UserError
+from i2x.version import __version__
+
+DESCRIPTION = """\
+i2x explains how an image classifier's reasoning forms during training.
+
+Point it at a directory of training checkpoints: it replays them, extracts CAMs
+(GradCAM, GradCAM++, LayerCAM) and features into a Zarr store, finds prototypes,
+maps prototype-intensity changes to confidence changes, and writes a report.
+
+  i2x demo                                         everything, on data that ships with the install
+  i2x run CKPT_DIR --model M --data D --out DIR    extract + analyze + report
+  i2x finetune DIR                                 curated -> full fine-tuning from the analysis
+"""
+
+
+def top_level() -> argparse.ArgumentParser:
+    """The ``i2x`` parser without subcommands: description, --version, --verbose."""
+    parser = argparse.ArgumentParser(prog="i2x", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"i2x {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details (chosen layer, ignored files)")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``i2x`` argument parser (every option has help text)."""
+    from i2x.cli.commands import COMMANDS
+
+    parser = top_level()
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add_command in COMMANDS:
+        add_command(sub)
+    return parser
+
+
+def _end_progress_bars() -> None:
+    """Close any open progress bar, so an error message starts on its own line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``i2x`` console script."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(message)s")
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
+        args.func(args)
+    except UserError as exc:
+        _end_progress_bars()
+        print(f"i2x: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        _end_progress_bars()
+        print("i2x: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+__all__ = ["build_parser", "main"]

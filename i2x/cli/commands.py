@@ -1,0 +1,275 @@
+"""The ``i2x`` commands: per command, ``add_<name>`` declares its parser (options generated from its
+config dataclass) and ``cmd_<name>`` builds the config, calls :mod:`i2x.api` and prints a few lines."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+from i2x.cli.options import add_options, config_from
+from i2x.stages.analysis import AnalyzeConfig
+from i2x.stages.context import RunConfig
+from i2x.stages.drift import DriftConfig
+from i2x.stages.faithfulness import FaithfulnessConfig
+from i2x.stages.finetuning import FinetuneConfig
+from i2x.stages.reliance import RelianceConfig
+from i2x.stages.training import TrainConfig
+
+Subparsers = Any  # argparse's private _SubParsersAction
+
+#: RunConfig fields by option group, in the order ``--help`` lists them; the rest form "extraction".
+MODEL = ("model", "num_classes")
+DATA = ("data", "input_size", "channels", "mean", "std")
+CHECKPOINTS = ("every", "first", "last", "names", "order", "keep_duplicates", "trust_checkpoints")
+
+
+def command(sub: Subparsers, name: str, func: Callable[[argparse.Namespace], None],
+            help_text: str) -> argparse.ArgumentParser:
+    """A subcommand that runs ``func`` with the parsed options."""
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.set_defaults(func=func)
+    return p
+
+
+def analysis_dir(p: argparse.ArgumentParser, after: str) -> None:
+    p.add_argument("dir", metavar="DIR", help=f"analysis directory (after {after})")
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The RunConfig options by group: model, data, checkpoints, extraction."""
+    add_options(p, RunConfig, "model", only=MODEL)
+    add_options(p, RunConfig, "data", only=DATA)
+    add_options(p, RunConfig, "checkpoints", only=CHECKPOINTS)
+    add_options(p, RunConfig, "extraction", skip=MODEL + DATA + CHECKPOINTS)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store made with other settings")
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    return config_from(args, RunConfig, checkpoints=args.ckpt_dir)
+
+
+# ---- demo ----------------------------------------------------------------------------------------
+def add_demo(sub: Subparsers) -> None:
+    from i2x.api import DemoConfig
+
+    p = command(sub, "demo", cmd_demo, "train the small CNN on digits, then run the whole pipeline on its checkpoints")
+    add_options(p, DemoConfig)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from i2x import api
+
+    cfg = config_from(args, api.DemoConfig)
+    api.demo(checkpoints=cfg.checkpoints, out=cfg.out, epochs=cfg.epochs, force=cfg.force)
+
+
+# ---- train ---------------------------------------------------------------------------------------
+def add_train(sub: Subparsers) -> None:
+    p = command(sub, "train", cmd_train, "reference trainer: train a model and save one snapshot per epoch")
+    add_options(p, RunConfig, "data", only=DATA)
+    add_options(p, RunConfig, "model", only=MODEL)
+    p.add_argument("--out", required=True, help="directory for the snapshots (epoch_<E>.pt)")
+    add_options(p, TrainConfig)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from i2x import api
+
+    cfg = config_from(args, TrainConfig)
+    result = api.train(data=args.data, model=args.model, out=args.out, config=cfg, input_size=args.input_size,
+                       channels=args.channels, mean=args.mean, std=args.std, num_classes=args.num_classes)
+    print(f"trained {cfg.epochs} epochs in {result.seconds:.1f} s; final test accuracy {result.test_accuracy:.4f}")
+    print(f"{len(result.checkpoints)} checkpoints in {Path(args.out)}/")
+
+
+# ---- extract -------------------------------------------------------------------------------------
+def add_extract(sub: Subparsers) -> None:
+    p = command(sub, "extract", cmd_extract,
+                "replay checkpoints: probabilities, raw CAMs and final features into DIR/store.zarr")
+    p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots")
+    p.add_argument("--out", required=True, metavar="DIR", help="analysis directory (store at DIR/store.zarr)")
+    add_run_options(p)
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
+    from i2x import api
+
+    result = api.extract(run_config(args), out=args.out, overwrite=args.overwrite)
+    print(f"layer {result.layer} (grid {result.grid[0]}x{result.grid[1]}), {result.samples} samples, "
+          f"{len(result.checkpoints)} checkpoints extracted, {len(result.skipped)} already done, "
+          f"{result.seconds:.1f} s")
+    if result.diverged:
+        print(f"diverged (NaN/Inf weights, stored as NaN): {', '.join(result.diverged)}")
+    print(f"store: {result.store_path}")
+
+
+# ---- analyze -------------------------------------------------------------------------------------
+def add_analyze(sub: Subparsers) -> None:
+    p = command(sub, "analyze", cmd_analyze,
+                "prototypes, confidence groups, ridge mapping and structure from DIR/store.zarr")
+    p.add_argument("dir", metavar="DIR", help="analysis directory holding store.zarr (from i2x extract)")
+    add_options(p, AnalyzeConfig, "analysis")
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from i2x import api
+
+    result = api.analyze(args.dir, config_from(args, AnalyzeConfig))
+    print_findings(result.summary)
+    print(f"summary: {result.summary_path}")
+
+
+def print_findings(summary: dict) -> None:
+    """A few lines on what the analysis found."""
+    acc = [a for a in summary["accuracy"] if a is not None]
+    print(f"{summary['k']} prototypes at layer {summary['layer']}; accuracy {acc[0]:.3f} -> {acc[-1]:.3f} "
+          f"over {len(summary['checkpoints'])} checkpoints")
+    if summary.get("diverged"):
+        print(f"diverged checkpoints (NaN/Inf weights, left out of every step): {', '.join(summary['diverged'])}")
+    groups = summary.get("groups", {})
+    if groups.get("fit_samples", summary["n_samples"]) < summary["n_samples"]:
+        print(f"confidence groups: HDBSCAN fitted on {groups['fit_samples']:,} of {summary['n_samples']:,} samples "
+              "per step, the others labelled by approximate_predict (--max-group-samples 0 fits on all)")
+    names = summary["classes"]
+    if not summary["uncertain"]:
+        print("no uncertain prototype found (try --min-flips 1, --noise-quantile 0.5, or more checkpoints)")
+    for u in summary["uncertain"][:5]:
+        a, b = u["classes"]
+        print(f"  uncertain prototype {u['prototype']}: swings {names[a]} <-> {names[b]}, {u['flips']} flips, "
+              f"score {u['score']:.3g}{' (a top-confused pair)' if u['in_top_confused'] else ''}")
+
+
+# ---- report --------------------------------------------------------------------------------------
+def add_report(sub: Subparsers) -> None:
+    p = command(sub, "report", cmd_report,
+                "write DIR/report.html (self-contained, opens offline) and PNG charts in DIR/report/")
+    analysis_dir(p, "i2x analyze")
+    p.add_argument("--no-png", action="store_true", help="skip the PNG exports of the charts (faster)")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from i2x import api
+
+    print(f"report: {api.report(args.dir, pngs=not args.no_png)}")
+
+
+# ---- finetune ------------------------------------------------------------------------------------
+def add_finetune(sub: Subparsers) -> None:
+    p = command(sub, "finetune", cmd_finetune,
+                "curated -> full fine-tuning from the final checkpoint, driven by the uncertain prototypes, "
+                "against full -> full")
+    analysis_dir(p, "i2x run / analyze")
+    add_options(p, FinetuneConfig)
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from i2x import api
+
+    result = api.finetune(args.dir, config_from(args, FinetuneConfig))
+    print(f"results: {result.dest / 'finetune.json'}")
+
+
+# ---- faithfulness --------------------------------------------------------------------------------
+def add_faithfulness(sub: Subparsers) -> None:
+    p = command(sub, "faithfulness", cmd_faithfulness,
+                "deletion and insertion tests of the CAMs against a random pixel order, per bucket (tp, fp, random)")
+    analysis_dir(p, "i2x extract or run")
+    add_options(p, FaithfulnessConfig)
+
+
+def cmd_faithfulness(args: argparse.Namespace) -> None:
+    from i2x import api
+
+    result = api.faithfulness(args.dir, config_from(args, FaithfulnessConfig))
+    for method, per_bucket in result["methods"].items():
+        for bucket, r in per_bucket.items():
+            if not r.get("n"):
+                print(f"{method:>10} {bucket:>6}: no samples")
+                continue
+            d, i = r["deletion_auc"], r["insertion_auc"]
+            print(f"{method:>10} {bucket:>6} n={r['n']:>3}  deletion AUC {d['cam']['mean']:.3f} vs random "
+                  f"{d['random']['mean']:.3f} ± {d['random']['std_draws']:.3f}   insertion AUC "
+                  f"{i['cam']['mean']:.3f} vs random {i['random']['mean']:.3f} ± {i['random']['std_draws']:.3f}")
+    print(f"results: {Path(args.dir) / 'faithfulness.json'}")
+
+
+# ---- drift ---------------------------------------------------------------------------------------
+def add_drift(sub: Subparsers) -> None:
+    p = command(sub, "drift", cmd_drift, "how the CAMs move between two checkpoints or training phases, per method")
+    analysis_dir(p, "i2x extract or run")
+    add_options(p, DriftConfig)
+
+
+def cmd_drift(args: argparse.Namespace) -> None:
+    from i2x import api
+
+    result = api.drift(args.dir, config_from(args, DriftConfig))
+    for method, r in result["methods"].items():
+        overall = r["overall"]
+        print(f"{method:>10}: n={overall['iou']['n']}  IoU {overall['iou']['mean']:.3f}  shift "
+              f"{overall['shift_px']['mean']:.2f} px  Spearman {overall['spearman']['mean']:.3f}")
+    for rev in result["stability"]["reversals"]:
+        print(f"class stability ranking, {rev['methods'][0]} vs {rev['methods'][1]}: Kendall tau "
+              f"{rev['kendall_tau']:.2f}, {len(rev['reversed_pairs'])} reversed pair(s)")
+    print(f"results: {Path(args.dir) / 'drift.json'}")
+
+
+# ---- reliance ------------------------------------------------------------------------------------
+def add_reliance(sub: Subparsers) -> None:
+    p = command(sub, "reliance", cmd_reliance,
+                "which prototypes the final model relies on: presence, purity, concentration, deletion and "
+                "transplant interventions against random cells, and a shortcut-suspicion ranking")
+    analysis_dir(p, "i2x analyze")
+    add_options(p, RelianceConfig)
+
+
+def cmd_reliance(args: argparse.Namespace) -> None:
+    from i2x import api
+
+    cfg = config_from(args, RelianceConfig)
+    result = api.reliance(args.dir, cfg)
+    print(result["verdict"])
+    for k in result["ranking"][:cfg.top]:
+        p = result["prototypes"][k]
+        print(f"  prototype {k}: suspicion {p['suspicion']:.3g} (class {p['class_name']}, purity lift {p['lift']:.2f}, "
+              f"concentration {p['concentration']:.2f})")
+    print(f"results: {Path(args.dir) / 'reliance.json'}")
+
+
+# ---- run -----------------------------------------------------------------------------------------
+def add_run(sub: Subparsers) -> None:
+    p = command(sub, "run", cmd_run, "extract + analyze + report in one command")
+    p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots")
+    p.add_argument("--out", required=True, metavar="DIR", help="analysis directory for the store, summary and report")
+    add_run_options(p)
+    add_options(p, AnalyzeConfig, "analysis")
+    p.add_argument("--no-reliance", action="store_true", help="skip the reliance study (shortcut ranking)")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from i2x import api
+
+    result = api.run(run_config(args), out=args.out, analyze_config=config_from(args, AnalyzeConfig),
+                     overwrite=args.overwrite, with_reliance=not args.no_reliance)
+    print_findings(result.summary)
+    for stage, seconds in result.timings.items():
+        print(f"  {stage:>10}: {seconds:.1f} s")
+    print(f"report: {result.report_path}" if result.report_path else f"summary: {result.summary_path}")
+
+
+# ---- doctor --------------------------------------------------------------------------------------
+def add_doctor(sub: Subparsers) -> None:
+    command(sub, "doctor", cmd_doctor, "print versions and GPU visibility, for bug reports")
+
+
+def cmd_doctor(args: argparse.Namespace) -> None:
+    from i2x import api
+
+    for key, value in api.doctor().items():
+        print(f"{key:>14}: {value}")
+
+
+#: Every subcommand, in the order ``i2x --help`` lists them.
+COMMANDS = (add_demo, add_train, add_extract, add_analyze, add_report, add_finetune, add_faithfulness, add_drift,
+            add_reliance, add_run, add_doctor)
