@@ -3,7 +3,7 @@
 Order (each reads what the one before wrote): prototypes (PCA + FAISS k-means on the final
 checkpoint's features) -> intensity ``P[t, n, k]`` -> confidence groups (HDBSCAN on ΔŶ) ->
 ridge mapping ``β[s, k, m]`` -> structure (shared, specialized, uncertain prototypes) ->
-cartography. Results go to the store's ``analysis/`` group and ``DIR/summary.json``.
+significance of the uncertain ones (β's standard errors, a permutation null) -> cartography. Results go to the store's ``analysis/`` group and ``DIR/summary.json``.
 
 Checkpoints whose weights held NaN/Inf (``finite[t] == 0``) are left out of the steps: a step s
 runs between two consecutive *usable* checkpoints, listed in ``summary.json`` under ``steps``.
@@ -22,10 +22,12 @@ from tqdm.auto import tqdm
 from i2x.analysis import (ConfidenceGroups, Prototypes, RidgeMapping, Structure, accuracy, cartography,
                        cartography_summary, choose_k, confusion, intensity, presence_share)
 from i2x.analysis.groups import default_min_cluster_size
+from i2x.analysis.significance import FlipSignificance
 from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import SUMMARY, save_summary
+from i2x.settings import option, validate
 
 #: Default ceiling of HDBSCAN's min_samples (see :func:`_min_samples`).
 MAX_MIN_SAMPLES = 50
@@ -52,6 +54,14 @@ class AnalyzeConfig:
     noise_quantile: float = 0.75
     min_flips: int = 2
     top_confused: int = 3
+    significance_level: float = option(
+        0.95, "uncertain: a flip is significant when, at both its ends, this level's interval of the leading class's "
+        "β minus the other class's β lies above 0", low=0, high=0.999, low_open=True)
+    null_runs: int = option(20, "uncertain: runs of the null model (confidence changes permuted across samples) that "
+                                "give the number of uncertain prototypes expected by chance and the p values; 0: none",
+                            low=0, high=10_000)
+    fdr: float = option(0.1, "uncertain: a flagged prototype is significant when its Benjamini-Hochberg q is at most "
+                             "this (and it has --min-flips significant flips)", low=0, high=1, low_open=True)
     jobs: int | None = None
     device: str = "auto"
 
@@ -74,6 +84,7 @@ def _timed(timings: dict[str, float], name: str, start: float) -> float:
 def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool = True) -> AnalyzeResult:
     """Analyse the store in ``out`` and write ``analysis/`` arrays and ``summary.json``."""
     cfg = config or AnalyzeConfig()
+    validate(cfg)
     with locked(out):
         store = Store.open(out, mode="a")
         store.require_complete()
@@ -97,7 +108,7 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
             f"--first {usable[-1] + 1} --overwrite to the `i2x extract` command)"
         )
     timings: dict[str, float] = {}
-    bar = tqdm(total=6, desc="analysis", disable=not progress)
+    bar = tqdm(total=7, desc="analysis", disable=not progress)
     t0 = time.perf_counter()
 
     features = store.array("features")
@@ -171,6 +182,14 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
     t0 = _timed(timings, "structure", t0)
     bar.update()
 
+    significance = FlipSignificance(
+        level=cfg.significance_level, null_runs=cfg.null_runs, fdr=cfg.fdr, noise_quantile=cfg.noise_quantile,
+        min_flips=cfg.min_flips, random_state=cfg.seed,
+    ).fit(P_used, probs_used, mapping.alpha_, mapping.beta_)
+    store.write("analysis/beta_se", significance.se_.astype(np.float32))
+    t0 = _timed(timings, "significance", t0)
+    bar.update()
+
     carto = cartography(probs_used, labels)
     for key, value in carto.items():
         store.write(f"analysis/{key}", value)
@@ -180,6 +199,7 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
 
     summary = _summary(store, cfg, protos, structure, mapping, groups, carto, acc, loss, conf, steps, present,
                        labels, share, k_scores, finite)
+    summary.update(_significance_summary(significance, cfg, summary["uncertain"]))
     summary["timings"] = timings
     store.set_analysis_attrs({"config": asdict(cfg), "k": K, "method": cfg.method, "steps": steps})
     path = save_summary(out, summary)  # written last and atomically: readers never see half of it
@@ -311,7 +331,43 @@ def _summary(store: Store, cfg: AnalyzeConfig, protos: Prototypes, structure: St
         "mapping": {"alpha": mapping.alpha_.tolist(), "r2": [round(float(v), 4) for v in mapping.r2_],
                     "min_group_size": mapping.min_group_size_},
         "cartography": cartography_summary(carto),
-        "thresholds": {**structure.thresholds_, "min_cluster_size": groups.min_cluster_size_,
+        "thresholds": {**structure.thresholds_, "significance_level": cfg.significance_level,
+                       "null_runs": cfg.null_runs, "fdr": cfg.fdr, "min_cluster_size": groups.min_cluster_size_,
                        "curation_min_share": 0.1},
         "warnings": list(protos.warnings_),
     }
+
+
+def _number(x: float, digits: int = 6) -> float | None:
+    """A float for strict JSON: rounded, None where it is not finite (a z over a zero standard error)."""
+    return round(float(x), digits) if np.isfinite(x) else None
+
+
+def _significance_summary(sig: FlipSignificance, cfg: AnalyzeConfig, uncertain: list[dict[str, Any]]) -> dict[str, Any]:
+    """Evidence into each uncertain entry (in place) and the flagged-versus-expected counts, for summary.json."""
+    evidence = {u["prototype"]: u for u in sig.uncertain_}
+    (flag_mean, flag_sd), (sig_mean, sig_sd) = sig.expected_["flagged"], sig.expected_["significant"]
+    for u in uncertain:
+        e = evidence[u["prototype"]]
+        u.update({
+            "significant": e["significant"], "significant_flips": e["significant_flips"],
+            "statistic": _number(e["statistic"], 4), "p": _number(e["p"]), "q": _number(e["q"]),
+            "flip_evidence": [
+                {**{key: f[key] for key in ("from_step", "to_step", "from_class", "to_class", "significant")},
+                 **{end: {key: _number(v) for key, v in f[end].items()} for end in ("before", "after")}}
+                for f in e["flip_evidence"]],
+            "null_expected": {"flagged": _number(flag_mean, 3), "significant": _number(sig_mean, 3)},
+        })
+    return {"uncertainty": {
+        "view": sig.view_,
+        "level": cfg.significance_level,
+        "z": round(sig.z_, 4),
+        "fdr": cfg.fdr,
+        "null_runs": cfg.null_runs,
+        "flagged": len(uncertain),
+        "significant": sum(u["significant"] for u in uncertain),
+        "expected_flagged": {"mean": _number(flag_mean, 3), "sd": _number(flag_sd, 3)},
+        "expected_significant": {"mean": _number(sig_mean, 3), "sd": _number(sig_sd, 3)},
+        "null_flagged": sig.null_flagged_.tolist(),
+        "null_significant": sig.null_significant_.tolist(),
+    }}

@@ -1,0 +1,196 @@
+"""Whether an uncertain prototype's flips are more than noise: ridge standard errors and a permutation null.
+
+Uncertainty of β (analytic: the ridge's own standard errors at each step's chosen penalty λ). For
+X = ΔP[s] (n x k), Y = ΔŶ[s] (n x m), G = X'X, A = (G + λI)^-1 and β = A X'Y,
+
+    Cov(β[:, a] - β[:, b]) = (Σ_aa + Σ_bb - 2 Σ_ab) · A G A,   Σ = R'R / (n - tr(A G)),  R = Y - Xβ,
+
+conditional on X and λ, as the fit is. Chosen over a bootstrap because it costs one k x k solve per
+step, as the fit does, where a bootstrap of B = 50-100 refits multiplies the mapping's cost by B;
+and it tests the difference of two classes' coefficients directly, so the strong correlation of the
+outputs (the m confidences sum to one, so their changes sum to zero) is accounted for.
+
+The rule, at ``level`` (0.95: z = Φ^-1(0.975) = 1.96): a flip of prototype k from class a, leading
+at step s0, to class b, leading at step s1, is *significant* when the level interval of
+β[s0, k, a] - β[s0, k, b] lies above 0 and that of β[s1, k, b] - β[s1, k, a] lies above 0: at both
+ends the interval of the leader's coefficient, with the standard error of the difference, excludes
+the other class's coefficient. With two classes the difference is the margin μ = β[..., 1] - β[..., 0]
+(see :mod:`i2x.analysis.structure`): its interval excludes 0 with opposite signs at the two ends.
+A flip's *strength* is the smaller z of its two ends; a flagged prototype's *statistic* is the
+``min_flips``-th largest strength of its flips (so statistic >= z <=> at least min_flips significant
+flips); -inf when the flip rule does not flag it.
+
+Null model: each step's ΔŶ rows are permuted across samples (independently per step), ``null_runs``
+times, which breaks any link between prototype changes and confidence changes while keeping both
+distributions; X, and so A G A, stay. Each run goes through the same rule (its own floor, flips,
+statistics) at the observed λ. Expected counts are the mean ± sd over runs of the flagged and of the
+significant prototypes. p of a flagged prototype = (1 + #null statistics >= its statistic) /
+(1 + runs·K), pooled over every run's prototypes (z has no scale, and runs alone would give p no finer
+than 1/(runs + 1)); q = Benjamini-Hochberg over all K prototypes (unflagged ones have p = 1).
+A flagged prototype is *significant* when its statistic >= z and q <= ``fdr``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.stats import norm
+
+from i2x.analysis.structure import strongest_flips, two_class_view
+from i2x.errors import UserError
+
+#: Null runs are permuted in chunks of at most this many elements (runs x n x m), to bound memory.
+NULL_CHUNK_ELEMENTS = 4_000_000
+
+
+def benjamini_hochberg(p: Any) -> np.ndarray:
+    """Benjamini-Hochberg q values of the p values ``p`` (same order)."""
+    p = np.asarray(p, dtype=np.float64)
+    if p.size == 0:
+        return p.copy()
+    order = np.argsort(p)
+    ranked = p[order] * p.size / np.arange(1, p.size + 1)
+    q = np.empty_like(p)
+    q[order] = np.minimum(np.minimum.accumulate(ranked[::-1])[::-1], 1.0)
+    return q
+
+
+class FlipSignificance:
+    """Standard errors of β, the significance of each flip, a permutation null, p and q per prototype.
+
+    Learned: `beta_` [s, k, m] (the observed β the rule ran on), `se_` [s, k, m] (standard error of
+    each coefficient), `z_` (the interval's half-width in standard errors), `noise_floor_`,
+    `uncertain_` [dict] (every prototype the flip rule flags, with its evidence), `p_` [k], `q_` [k],
+    `statistic_` [k], `null_flagged_` [runs], `null_significant_` [runs], `null_statistics_` [runs, k],
+    `expected_` {"flagged": (mean, sd), "significant": (mean, sd)}, `view_`.
+    """
+
+    def __init__(self, level: float = 0.95, null_runs: int = 20, fdr: float = 0.1, noise_quantile: float = 0.75,
+                 min_flips: int = 2, random_state: int = 0) -> None:
+        self.level = level
+        self.null_runs = null_runs
+        self.fdr = fdr
+        self.noise_quantile = noise_quantile
+        self.min_flips = min_flips
+        self.random_state = random_state
+
+    def _check_settings(self) -> None:
+        if not 0.0 < self.level < 1.0:
+            raise UserError(f"significance level must lie in (0, 1), got {self.level!r}")
+        if not 0.0 < self.fdr <= 1.0:
+            raise UserError(f"false discovery rate must lie in (0, 1], got {self.fdr!r}")
+        if not 0.0 <= self.noise_quantile <= 1.0:
+            raise UserError(f"noise_quantile must lie in [0, 1], got {self.noise_quantile!r}")
+        for name, low in (("null_runs", 0), ("min_flips", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < low:
+                raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
+
+    def fit(self, P: Any, probs: Any, alpha: Any, beta: Any = None) -> FlipSignificance:
+        """P [t, n, k], probs [t, n, m] (read one checkpoint at a time), alpha [t-1] (the λ of each step).
+
+        ``beta`` [t-1, k, m]: the mapping's β, so that the rule flags exactly what the structure does
+        (default: β recomputed here, equal up to rounding).
+        """
+        self._check_settings()
+        t, n, k = tuple(P.shape)
+        m = int(probs.shape[2])
+        alpha = np.asarray(alpha, dtype=np.float64)
+        if alpha.shape != (t - 1,):
+            raise ValueError(f"alpha shape {alpha.shape} does not match t-1 = {t - 1} steps")
+        rng = np.random.default_rng(self.random_state)
+        runs = int(self.null_runs)
+        own_beta = np.zeros((t - 1, k, m))
+        factor = np.zeros((t - 1, k))  # sqrt(diag(A G A)): the standard error per unit residual sd
+        sigma = np.zeros((t - 1, m, m))
+        null_beta = np.zeros((runs, t - 1, k, m))
+        null_sigma = np.zeros((runs, t - 1, m, m))
+        P_prev, Y_prev = np.asarray(P[0], dtype=np.float64), np.asarray(probs[0], dtype=np.float64)
+        for s in range(t - 1):
+            P_next, Y_next = np.asarray(P[s + 1], dtype=np.float64), np.asarray(probs[s + 1], dtype=np.float64)
+            X, Y = P_next - P_prev, Y_next - Y_prev
+            G = X.T @ X
+            A = np.linalg.inv(G + alpha[s] * np.eye(k))
+            AG = A @ G
+            factor[s] = np.sqrt(np.maximum(np.sum(AG * A, axis=1), 0.0))  # diag(A G A), A symmetric
+            dof = max(n - float(np.trace(AG)), 1.0)
+            own_beta[s] = A @ (X.T @ Y)
+            resid = Y - X @ own_beta[s]
+            sigma[s] = resid.T @ resid / dof
+            chunk = max(1, NULL_CHUNK_ELEMENTS // max(n * m, 1))
+            for start in range(0, runs, chunk):
+                stop = min(runs, start + chunk)
+                perm = np.argsort(rng.random((stop - start, n)), axis=1)
+                Yp = Y[perm]  # [r, n, m]
+                b = A @ np.einsum("nk,rnm->rkm", X, Yp)
+                resid = Yp - np.einsum("nk,rkm->rnm", X, b)
+                null_beta[start:stop, s] = b
+                null_sigma[start:stop, s] = np.einsum("rnm,rnl->rml", resid, resid) / dof
+            P_prev, Y_prev = P_next, Y_next
+        self.beta_ = own_beta if beta is None else np.asarray(beta, dtype=np.float64)
+        if self.beta_.shape != (t - 1, k, m):
+            raise ValueError(f"beta shape {self.beta_.shape} does not match (t-1, k, m) = {(t - 1, k, m)}")
+        self.z_ = float(norm.ppf(0.5 + self.level / 2))
+        self.se_ = factor[:, :, None] * np.sqrt(np.maximum(np.diagonal(sigma, axis1=1, axis2=2), 0.0))[:, None, :]
+        self.view_ = "margin" if m == 2 else "strongest class"
+        found, self.statistic_, self.noise_floor_ = self._evaluate(self.beta_, factor, sigma, evidence=True)
+        self.null_statistics_ = np.full((runs, k), -np.inf)
+        self.null_flagged_ = np.zeros(runs, dtype=np.int64)
+        for r in range(runs):
+            flagged, self.null_statistics_[r], _ = self._evaluate(null_beta[r], factor, null_sigma[r])
+            self.null_flagged_[r] = len(flagged)
+        self.null_significant_ = (self.null_statistics_ >= self.z_).sum(axis=1)
+        pooled = np.sort(self.null_statistics_.ravel())
+        beyond = pooled.size - np.searchsorted(pooled, self.statistic_, side="left")  # null statistics >= observed
+        self.p_ = np.where(np.isfinite(self.statistic_), (1.0 + beyond) / (1.0 + pooled.size), 1.0)
+        self.q_ = benjamini_hochberg(self.p_)
+        self.expected_ = {key: (float(np.mean(v)) if runs else float("nan"), float(np.std(v, ddof=1)) if runs > 1
+                                else float("nan")) for key, v in (("flagged", self.null_flagged_),
+                                                                   ("significant", self.null_significant_))}
+        for u in found:
+            kk = u["prototype"]
+            u["p"], u["q"] = float(self.p_[kk]), float(self.q_[kk])
+            u["significant"] = bool(self.statistic_[kk] >= self.z_ and self.q_[kk] <= self.fdr)
+        self.uncertain_ = found
+        return self
+
+    def _evaluate(self, beta: np.ndarray, factor: np.ndarray, sigma: np.ndarray,
+                  evidence: bool = False) -> tuple[list[dict[str, Any]], np.ndarray, float]:
+        """The flip rule on one β: (flagged prototypes [with evidence], statistic [k], noise floor)."""
+        view = two_class_view(beta) if beta.shape[2] == 2 else beta
+        floor = float(np.quantile(np.abs(view), self.noise_quantile)) if view.size else 0.0
+        statistic = np.full(beta.shape[1], -np.inf)
+        found = strongest_flips(view, floor, self.min_flips)
+        for u in found:
+            k = u["prototype"]
+            ends = []
+            for s0, c0, s1, c1 in u["ends"]:
+                before = self._difference(beta, factor, sigma, s0, k, c0, c1)
+                after = self._difference(beta, factor, sigma, s1, k, c1, c0)
+                ends.append((before, after))
+            strength = np.array([min(b[2], a[2]) for b, a in ends])
+            statistic[k] = np.sort(strength)[::-1][self.min_flips - 1]
+            if evidence:
+                u["significant_flips"] = int((strength >= self.z_).sum())
+                u["statistic"] = float(statistic[k])
+                u["flip_evidence"] = [
+                    {"from_step": s0, "to_step": s1, "from_class": c0, "to_class": c1,
+                     "before": self._interval(b), "after": self._interval(a), "significant": bool(min(b[2], a[2]) >= self.z_)}
+                    for (s0, c0, s1, c1), (b, a) in zip(u["ends"], ends)]
+            del u["ends"]
+        return found, statistic, floor
+
+    @staticmethod
+    def _difference(beta: np.ndarray, factor: np.ndarray, sigma: np.ndarray, s: int, k: int, a: int,
+                    b: int) -> tuple[float, float, float]:
+        """(β[s, k, a] - β[s, k, b], its standard error, z = difference / standard error)."""
+        diff = float(beta[s, k, a] - beta[s, k, b])
+        se = float(factor[s, k] * np.sqrt(max(sigma[s, a, a] + sigma[s, b, b] - 2 * sigma[s, a, b], 0.0)))
+        z = diff / se if se > 0 else (np.inf if diff > 0 else -np.inf if diff < 0 else 0.0)
+        return diff, se, z
+
+    def _interval(self, diff: tuple[float, float, float]) -> dict[str, Any]:
+        """The level interval of one difference of coefficients, for the summary."""
+        d, se, z = diff
+        return {"difference": d, "low": d - self.z_ * se, "high": d + self.z_ * se, "z": z}
