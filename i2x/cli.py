@@ -160,6 +160,14 @@ def add_analyze_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-flips", type=int, default=2, help="uncertain: flips between the same two classes (default 2)")
     g.add_argument("--top-confused", type=int, default=3,
                    help="how many most-confused class pairs count as 'top confused' (default 3)")
+    g.add_argument("--significance-level", type=float, default=0.95,
+                   help="uncertain: a flip counts as significant when, at both its ends, this level's interval of "
+                        "the leading class's beta minus the other's lies above 0 (default 0.95)")
+    g.add_argument("--null-runs", type=int, default=20, metavar="R",
+                   help="uncertain: runs of the null model (confidence changes permuted across samples) giving the "
+                        "count expected by chance and the p values; 0: none (default 20)")
+    g.add_argument("--fdr", type=float, default=0.1,
+                   help="uncertain: significant when the Benjamini-Hochberg q is at most this (default 0.1)")
 
 
 def _analyze_config(args: argparse.Namespace) -> "AnalyzeConfig":
@@ -177,7 +185,8 @@ def _analyze_config(args: argparse.Namespace) -> "AnalyzeConfig":
         k_candidates=args.k_candidates, min_cluster_size=args.min_cluster_size, alpha=args.alpha,
         shared_presence=args.shared_presence, specialized_presence=args.specialized_presence,
         specialized_max_overall=args.specialized_max_overall, noise_quantile=args.noise_quantile,
-        min_flips=args.min_flips, top_confused=args.top_confused, jobs=args.jobs,
+        min_flips=args.min_flips, top_confused=args.top_confused, significance_level=args.significance_level,
+        null_runs=args.null_runs, fdr=args.fdr, jobs=args.jobs,
         max_group_samples=args.max_group_samples or None, device=getattr(args, "device", "auto"),
     )
 
@@ -204,10 +213,17 @@ def _print_findings(summary: dict) -> None:
     names = summary["classes"]
     if not summary["uncertain"]:
         print("no uncertain prototype found (try --min-flips 1, --noise-quantile 0.5, or more checkpoints)")
+    else:
+        c = summary.get("uncertainty")
+        if c:
+            e, es = c["expected_flagged"], c["expected_significant"]
+            print(f"uncertain: {c['flagged']} flagged (chance: {e['mean']} ± {e['sd']}), {c['significant']} significant "
+                  f"(chance: {es['mean']} ± {es['sd']})")
     for u in summary["uncertain"][:5]:
         a, b = u["classes"]
+        verdict = "" if "significant" not in u else (f", q {u['q']:.3g}" if u["significant"] else ", not significant")
         print(f"  uncertain prototype {u['prototype']}: swings {names[a]} <-> {names[b]}, {u['flips']} flips, "
-              f"score {u['score']:.3g}{' (a top-confused pair)' if u['in_top_confused'] else ''}")
+              f"score {u['score']:.3g}{verdict}{' (a top-confused pair)' if u['in_top_confused'] else ''}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -243,7 +259,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     result = finetune(
         args.dir, strategies=args.strategies, seeds=args.seeds, epochs=args.epochs, lr=args.lr,
         optimizer=args.optimizer, min_share=args.min_share, pairs=args.pairs, exclude_file=args.exclude,
-        dest=args.dest, batch_size=args.batch_size, device=args.device,
+        dest=args.dest, batch_size=args.batch_size, device=args.device, all_uncertain=args.all_uncertain,
     )
     print(f"results: {result.dest / 'finetune.json'}")
 
@@ -383,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "highest-scoring one), all, or explicit class pairs by name or index")
     p.add_argument("--exclude", metavar="FILE",
                    help="fine-tune with your own exclusion list instead (JSON list of training indices, or one per line)")
+    p.add_argument("--all-uncertain", action="store_true",
+                   help="curate from every flagged uncertain prototype, not only the significant ones (default)")
     p.add_argument("--dest", help="output directory (default DIR/finetune)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -123,10 +123,10 @@ class FlipSignificance:
                 stop = min(runs, start + chunk)
                 perm = np.argsort(rng.random((stop - start, n)), axis=1)
                 Yp = Y[perm]  # [r, n, m]
-                b = A @ np.einsum("nk,rnm->rkm", X, Yp)
-                resid = Yp - np.einsum("nk,rkm->rnm", X, b)
+                b = A @ (X.T @ Yp)  # batched matrix products: [r, k, m]
+                resid = Yp - X @ b
                 null_beta[start:stop, s] = b
-                null_sigma[start:stop, s] = np.einsum("rnm,rnl->rml", resid, resid) / dof
+                null_sigma[start:stop, s] = resid.transpose(0, 2, 1) @ resid / dof
             P_prev, Y_prev = P_next, Y_next
         self.beta_ = own_beta if beta is None else np.asarray(beta, dtype=np.float64)
         if self.beta_.shape != (t - 1, k, m):

@@ -199,12 +199,13 @@ def strongest_flips(beta: np.ndarray, floor: float, min_flips: int) -> list[dict
         flip = np.nonzero(cls[1:] != cls[:-1])[0] + 1  # index of the later entry of each flip
         if flip.size < min_flips:
             continue
-        pairs = np.stack([np.minimum(cls[flip - 1], cls[flip]), np.maximum(cls[flip - 1], cls[flip])], axis=1)
+        m = beta.shape[2]
+        codes = np.minimum(cls[flip - 1], cls[flip]) * m + np.maximum(cls[flip - 1], cls[flip])  # pair a < b as a*m + b
         candidates = []
-        for a, b in np.unique(pairs, axis=0):
-            mine = flip[(pairs[:, 0] == a) & (pairs[:, 1] == b)]
-            score = mine.size * float(np.mean(np.concatenate([val[mine - 1], val[mine]])))
-            candidates.append((mine.size, score, -a, -b, mine))
+        for code in np.unique(codes).tolist():
+            mine = flip[codes == code]
+            score = mine.size * float((val[mine - 1].sum() + val[mine].sum()) / (2 * mine.size))
+            candidates.append((mine.size, score, -(code // m), -(code % m), mine))
         flips, score, a, b, mine = max(candidates, key=lambda c: c[:4])
         if flips < min_flips:
             continue

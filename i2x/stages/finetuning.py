@@ -2,7 +2,9 @@
 
 The curated training set leaves out every training sample of class a or b of a flagged pair
 (a, b) in which one of the pair's uncertain prototypes covers at least ``min_share`` of the grid
-cells (``analysis/share``), the union over the flagged pairs. Each strategy ``X-Y`` starts from
+cells (``analysis/share``), the union over the flagged pairs. Only the uncertain prototypes the
+analysis found significant (``significant`` in summary.json: flips beyond their standard errors,
+and more than the null model expects) count, unless ``all_uncertain``. Each strategy ``X-Y`` starts from
 the final (last finite) checkpoint, trains ``epochs[0]`` epochs on set X and then ``epochs[1]``
 on set Y (X, Y in {full, curated}); every run is evaluated on the test split for accuracy and the
 confusions of each pair (a->b plus b->a), and the strategies are compared over the same seeds.
@@ -121,6 +123,7 @@ def finetune(
     batch_size: int = 64,
     device: str = "auto",
     progress: bool = True,
+    all_uncertain: bool = False,
 ) -> FinetuneResult:
     """Fine-tune the final checkpoint of the analysis in ``out_dir`` with each strategy and seed; print the table.
 
@@ -129,7 +132,8 @@ def finetune(
     checkpoint's most confused pairs, or else the single highest-scoring one (the paper curates one
     pair; the union of every flagged pair can remove most of the data); ``"all"`` takes every flagged
     pair; a list of (a, b) names or indices picks pairs. ``exclude_file`` replaces the curation rule by
-    a list of training-split indices. Results go to ``dest`` (default ``out_dir/finetune``).
+    a list of training-split indices. ``all_uncertain``: curate from every flagged prototype, not only the
+    significant ones. Results go to ``dest`` (default ``out_dir/finetune``).
     """
     start_time = time.perf_counter()
     out = Path(out_dir)
@@ -147,7 +151,7 @@ def finetune(
     config = replace(RunConfig.from_dict(store.config), device=device)
     ctx = build_context(config)
     train_set, test_set = ctx.data.split("train"), ctx.data.split("test")
-    curation = _curation(store, summary, names, labels_of(train_set), min_share, pairs, exclude_file)
+    curation = _curation(store, summary, names, labels_of(train_set), min_share, pairs, exclude_file, all_uncertain)
     report_pairs = list(curation.pairs) or _fallback_pairs(summary)
     _print_curation(curation, names, min_share)
 
@@ -180,6 +184,7 @@ def finetune(
         "weight_decay": 0.0,
         "batch_size": batch_size,
         "min_share": min_share if exclude_file is None else None,
+        "uncertain_used": None if exclude_file is not None else "all" if all_uncertain else "significant",
         "exclusion_source": curation.source,
         "device": str(ctx.device),
         "torch": torch.__version__,
@@ -273,11 +278,13 @@ def read_exclude_file(path: str | Path, n_train: int) -> np.ndarray:
 
 
 def _curation(store: Store, summary: dict[str, Any], names: list[str], train_labels: np.ndarray, min_share: float,
-              pairs: Sequence[tuple[int | str, int | str]] | str, exclude_file: str | Path | None) -> Curation:
+              pairs: Sequence[tuple[int | str, int | str]] | str, exclude_file: str | Path | None,
+              all_uncertain: bool = False) -> Curation:
     """Apply the curation rule to the analysed training samples, or read the user's own exclusion list."""
-    uncertain = _uncertain_by_pair(summary)
+    flagged = _usable_uncertain(summary, all_uncertain)
+    uncertain = _uncertain_by_pair(flagged)
     if pairs == "top":
-        chosen = _top_pairs(summary, uncertain)
+        chosen = _top_pairs(flagged, uncertain)
     elif pairs == "all":
         chosen = uncertain
     elif isinstance(pairs, str):
@@ -296,6 +303,12 @@ def _curation(store: Store, summary: dict[str, Any], names: list[str], train_lab
     else:
         if not any(chosen.values()):
             what = "any pair" if isinstance(pairs, str) else "the given pairs"
+            dropped = [u for u in summary.get("uncertain", []) if u not in flagged
+                       and (isinstance(pairs, str) or tuple(sorted(u["classes"])) in chosen)]
+            if dropped:
+                raise UserError(f"{store.path.parent}: no significant uncertain prototype for {what} "
+                                f"({len(dropped)} flagged, none beyond noise: see the report's uncertain section), so the curation rule has "
+                                "nothing to exclude; add --all-uncertain to curate from every flagged prototype")
             raise UserError(f"{store.path.parent}: the analysis flagged no uncertain prototype for {what}, so the "
                             f"curation rule has nothing to exclude. {NO_UNCERTAIN_ADVICE}")
         split = store.config.get("split", "train")
@@ -321,18 +334,26 @@ def _curation(store: Store, summary: dict[str, Any], names: list[str], train_lab
     return Curation(ids=ids, source=source, pairs=chosen, per_class=per_class, n_train=n_train)
 
 
-def _top_pairs(summary: dict[str, Any], uncertain: dict[Pair, list[int]]) -> dict[Pair, list[int]]:
+def _usable_uncertain(summary: dict[str, Any], all_uncertain: bool) -> list[dict[str, Any]]:
+    """summary.json's uncertain prototypes that curation may use: the significant ones, or all of them.
+
+    A summary written before significance was tested has no ``significant`` field: all of its entries count.
+    """
+    return [u for u in summary.get("uncertain", []) if all_uncertain or u.get("significant", True)]
+
+
+def _top_pairs(flagged: list[dict[str, Any]], uncertain: dict[Pair, list[int]]) -> dict[Pair, list[int]]:
     """The flagged pairs that are among the most confused at the final checkpoint, else the top-scoring one."""
-    top = {tuple(sorted(u["classes"])) for u in summary.get("uncertain", []) if u.get("in_top_confused")}
-    if not top and summary.get("uncertain"):
-        top = {tuple(sorted(summary["uncertain"][0]["classes"]))}
+    top = {tuple(sorted(u["classes"])) for u in flagged if u.get("in_top_confused")}
+    if not top and flagged:
+        top = {tuple(sorted(flagged[0]["classes"]))}
     return {pair: protos for pair, protos in uncertain.items() if pair in top}
 
 
-def _uncertain_by_pair(summary: dict[str, Any]) -> dict[Pair, list[int]]:
-    """{(a, b): the uncertain prototypes flagged for that pair} from summary.json, strongest first."""
+def _uncertain_by_pair(flagged: list[dict[str, Any]]) -> dict[Pair, list[int]]:
+    """{(a, b): the uncertain prototypes flagged for that pair}, strongest first."""
     found: dict[Pair, list[int]] = {}
-    for u in summary.get("uncertain", []):
+    for u in flagged:
         a, b = u["classes"]
         found.setdefault((min(a, b), max(a, b)), []).append(int(u["prototype"]))
     return found
