@@ -4,6 +4,9 @@
   training images of class ``SHORTCUT_CLASS`` and 5% of the others; the marker cells are known.
 * ``conflict_data``: the same kind of marker (bottom-right) on half of the images of two classes
   ``CONFLICT_PAIR``: a pattern whose label conflicts between those two classes.
+* ``two_class_data``: a two-class task (digits ``TWO_CLASS``) with the bottom-right marker on a
+  random half of the images, independent of the label; ``two_class_phase_data(leader, like)``:
+  the marker on class ``leader``'s images only, for training phases in which it changes sides.
 
 Each factory is deterministic. ``MARKER_SEED`` (environment ``I2X_PLANTED_SEED``) changes which
 images carry the marker, for multi-seed tests.
@@ -22,6 +25,7 @@ from i2x.io.data import DataOptions, ImageData, _tensor_data
 
 SHORTCUT_CLASS = 3
 CONFLICT_PAIR = (1, 7)
+TWO_CLASS = (3, 8)
 TOP_LEFT = (slice(0, 2), slice(0, 2))
 BOTTOM_RIGHT = (slice(6, 8), slice(6, 8))
 
@@ -112,3 +116,41 @@ def marked_test_images(data: ImageData, where: tuple[slice, slice] = TOP_LEFT) -
     marked = _tensor_data("m", {"train": (add_marker(x, where), y)}, [], 32,
                           DataOptions(mean=data.mean, std=data.std)).split("train").tensors[0]  # type: ignore[attr-defined]
     return clean, marked
+
+
+def _two_class_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The digits split restricted to TWO_CLASS, relabelled 0 and 1."""
+    out = {}
+    for split, (x, y) in _digits_split().items():
+        keep = np.isin(y, TWO_CLASS)
+        out[split] = (x[keep], (y[keep] == TWO_CLASS[1]).astype(np.int64))
+    return out
+
+
+def _two_class(marked: dict[str, np.ndarray], spec: str, like: ImageData | None = None) -> ImageData:
+    arrays = {}
+    for split, (x, y) in _two_class_split().items():
+        x = x.copy()
+        x[marked[split]] = add_marker(x[marked[split]], BOTTOM_RIGHT)
+        arrays[split] = (x, y)
+    opts = DataOptions() if like is None else DataOptions(mean=like.mean, std=like.std)
+    data = _tensor_data(spec, arrays, [str(c) for c in TWO_CLASS], 32, opts)
+    data.extra["marked"] = {k: np.flatnonzero(v) for k, v in marked.items()}
+    return data
+
+
+def two_class_data() -> ImageData:
+    """Digits TWO_CLASS (a two-class task) with the bottom-right marker on a random half of all images, whatever
+    their class: trained as is, a null data set for the marker; also the analysis set of the phase runs."""
+    rng = np.random.default_rng(_seed())
+    return _two_class({split: rng.random(len(y)) < 0.5 for split, (_, y) in _two_class_split().items()}, "two-class")
+
+
+def two_class_phase_data(leader: int, like: ImageData) -> ImageData:
+    """The same images with the marker on 90% of class ``leader``'s training images only (test: clean): a phase of
+    training in which the marker predicts ``leader``. Normalised like ``like``."""
+    rng = np.random.default_rng(_seed() + 100 + leader)
+    split = _two_class_split()
+    marked = {"train": (split["train"][1] == leader) & (rng.random(len(split["train"][1])) < 0.9),
+              "test": np.zeros(len(split["test"][1]), bool)}
+    return _two_class(marked, f"two-class-phase-{leader}", like)

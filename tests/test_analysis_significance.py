@@ -59,48 +59,51 @@ def test_standard_errors_match_the_ridge_fit_and_a_bootstrap():
     assert 0.8 < np.median(ratio) < 1.25, ratio  # the analytic errors agree with a bootstrap over samples
 
 
+def significant(sig: FlipSignificance) -> list[int]:
+    return [k for k, e in sig.evidence_.items() if e["significant"]]
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_null_data_flag_as_many_as_the_null_model_expects(seed):
     sig = significance(*planted(seed, real=0.0), null_runs=40, random_state=seed)
-    assert within_spread(len(sig.uncertain_), sig.expected_["flagged"]), (len(sig.uncertain_), sig.expected_)
-    significant = sum(u["significant"] for u in sig.uncertain_)
-    assert significant <= sig.expected_["significant"][0] + 2 * sig.expected_["significant"][1] + 0.5
-    assert sig.expected_["flagged"][0] >= 2  # the bare flip rule does flag noise: the test has teeth
+    assert within_spread(len(sig.flagged_), sig.expected_["flagged"]), (len(sig.flagged_), sig.expected_)
+    mean, sd = sig.expected_["significant"]
+    assert len(significant(sig)) <= mean + 2 * sd + 0.5, (significant(sig), sig.expected_)
+    assert sig.expected_["flagged"][0] >= 2  # the bare floor rule does flag noise: the test has teeth
 
 
 def test_real_associations_without_a_conflict_flag_nothing_significant():
-    found = [sum(u["significant"] for u in significance(*planted(seed), random_state=seed).uncertain_)
-             for seed in SEEDS]
-    assert sum(found) <= 1, found
+    found = [significant(significance(*planted(seed), random_state=seed)) for seed in SEEDS]
+    assert sum(map(len, found)) <= 1, found
+
+
+CONFLICT = (1, 7, 1, 7, 1, 7, 1, 7, 1)
 
 
 def test_planted_class_conflict_is_significant_in_most_seeds():
     hits = 0
     for seed in SEEDS:
-        sig = significance(*planted(seed, conflict=(1, 7, 1, 7, 1, 7, 1, 7, 1), effect=0.025), random_state=seed)
-        mine = [u for u in sig.uncertain_ if u["prototype"] == 0]
-        hits += bool(mine and mine[0]["classes"] == [1, 7] and mine[0]["significant"])
-        others = [u for u in sig.uncertain_ if u["significant"] and u["prototype"] != 0]
-        assert len(others) <= 1, others
+        sig = significance(*planted(seed, conflict=CONFLICT, effect=0.025), random_state=seed)
+        hits += sig.evidence_[0]["significant"] and sig.evidence_[0]["classes"] == [1, 7]
+        assert len([k for k in significant(sig) if k != 0]) <= 1, significant(sig)
     assert hits >= 4
 
 
 def test_evidence_states_the_rule():
-    sig = significance(*planted(0, conflict=(1, 7, 1, 7, 1, 7, 1, 7, 1), effect=0.03))
-    u = next(u for u in sig.uncertain_ if u["prototype"] == 0)
+    sig = significance(*planted(0, conflict=CONFLICT, effect=0.03))
+    e = sig.evidence_[0]
     assert sig.z_ == pytest.approx(1.959964, abs=1e-5)
-    for f in u["flip_evidence"]:
+    assert e["significant_flips"] == len(e["flip_evidence"]) >= 2 and e["statistic"] >= sig.z_
+    for f in e["flip_evidence"]:
         for end, leader, other in (("before", f["from_class"], f["to_class"]), ("after", f["to_class"], f["from_class"])):
-            e = f[end]
+            d = f[end]
             step = f["from_step"] if end == "before" else f["to_step"]
-            assert e["difference"] == pytest.approx(sig.beta_[step, 0, leader] - sig.beta_[step, 0, other])
-            assert e["low"] == pytest.approx(e["difference"] - sig.z_ * e["difference"] / e["z"])
-        assert f["significant"] == (min(f["before"]["z"], f["after"]["z"]) >= sig.z_) == (f["before"]["low"] > 0 < f["after"]["low"])
-    assert u["significant_flips"] == sum(f["significant"] for f in u["flip_evidence"])
-    assert u["p"] == pytest.approx(1 / (1 + sig.null_statistics_.size))  # stronger than every null run
-    # a stricter level shrinks the intervals' evidence: fewer (or as many) significant flips
-    strict = significance(*planted(0, conflict=(1, 7, 1, 7, 1, 7, 1, 7, 1), effect=0.03), level=0.9999)
-    assert next(v for v in strict.uncertain_ if v["prototype"] == 0)["significant_flips"] <= u["significant_flips"]
+            assert d["difference"] == pytest.approx(sig.beta_[step, 0, leader] - sig.beta_[step, 0, other])
+            assert d["low"] == pytest.approx(d["difference"] - sig.z_ * d["difference"] / d["z"])
+            assert d["difference"] > 0
+    assert e["p"] == pytest.approx(1 / (1 + sig.null_statistics_.size))  # stronger than every null run
+    strict = significance(*planted(0, conflict=CONFLICT, effect=0.03), level=0.9999)
+    assert strict.z_ > 3.8 and strict.evidence_[0]["significant_flips"] <= e["significant_flips"]
 
 
 def test_two_class_margin_finds_a_pattern_that_changes_sides():
@@ -109,19 +112,17 @@ def test_two_class_margin_finds_a_pattern_that_changes_sides():
         # prototype 0 helps class 1 early, class 0 in the middle and class 1 again late
         sig = significance(*planted(seed, m=2, conflict=(1, 1, 1, 0, 0, 0, 1, 1, 1), effect=0.025), random_state=seed)
         assert sig.view_ == "margin"
-        flagged = {u["prototype"]: u for u in sig.uncertain_ if u["significant"]}
-        hits += 0 in flagged and flagged[0]["classes"] == [0, 1]
-        found.append(sorted(flagged))
+        hits += sig.evidence_[0]["significant"] and sig.evidence_[0]["classes"] == [0, 1]
+        found.append(significant(sig))
     assert hits >= 4, found
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_two_class_run_without_conflict_flags_no_more_than_the_null(seed):
     sig = significance(*planted(seed, m=2), null_runs=40, random_state=seed)
-    significant = sum(u["significant"] for u in sig.uncertain_)
     mean, sd = sig.expected_["significant"]
-    assert significant <= mean + 2 * sd + 0.5
-    assert len(sig.uncertain_) <= sig.expected_["flagged"][0] + 2 * sig.expected_["flagged"][1] + 0.5
+    assert len(significant(sig)) <= mean + 2 * sd + 0.5
+    assert len(sig.flagged_) <= sig.expected_["flagged"][0] + 2 * sig.expected_["flagged"][1] + 0.5
 
 
 def test_two_class_structure_runs_on_the_margin():

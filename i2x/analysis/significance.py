@@ -10,24 +10,25 @@ step, as the fit does, where a bootstrap of B = 50-100 refits multiplies the map
 and it tests the difference of two classes' coefficients directly, so the strong correlation of the
 outputs (the m confidences sum to one, so their changes sum to zero) is accounted for.
 
-The rule, at ``level`` (0.95: z = Φ^-1(0.975) = 1.96): a flip of prototype k from class a, leading
-at step s0, to class b, leading at step s1, is *significant* when the level interval of
-β[s0, k, a] - β[s0, k, b] lies above 0 and that of β[s1, k, b] - β[s1, k, a] lies above 0: at both
-ends the interval of the leader's coefficient, with the standard error of the difference, excludes
-the other class's coefficient. With two classes the difference is the margin μ = β[..., 1] - β[..., 0]
-(see :mod:`i2x.analysis.structure`): its interval excludes 0 with opposite signs at the two ends.
-A flip's *strength* is the smaller z of its two ends; a flagged prototype's *statistic* is the
-``min_flips``-th largest strength of its flips (so statistic >= z <=> at least min_flips significant
-flips); -inf when the flip rule does not flag it.
+The rule, at ``level`` (0.95: z = Φ^-1(0.975) = 1.96), replaces the structure's quantile noise floor
+by β's own errors: at step s, prototype k's leading class a *counts* when the level interval of
+β[s, k, a] - β[s, k, r] lies above 0, r the runner-up (z_lead = that difference over its standard
+error >= z); a *significant flip* is a change of the leading class between consecutive counted steps,
+so at both of its ends the interval of the leader's coefficient excludes the runner-up's, and with it
+every other class's. The pair with the most flips is the prototype's pair (as in the structure), and
+k is flagged by the intervals when it has ``min_flips`` or more. With two classes the difference is
+the margin μ = β[..., 1] - β[..., 0] (see :mod:`i2x.analysis.structure`): its interval excludes 0
+with opposite signs at the two ends of each flip. The *statistic* of k is the largest z at which it
+still has min_flips flips between one pair (-inf if never), so it is >= z when k is flagged.
 
 Null model: each step's ΔŶ rows are permuted across samples (independently per step), ``null_runs``
 times, which breaks any link between prototype changes and confidence changes while keeping both
 distributions; X, and so A G A, stay. Each run goes through the same rule (its own floor, flips,
-statistics) at the observed λ. Expected counts are the mean ± sd over runs of the flagged and of the
-significant prototypes. p of a flagged prototype = (1 + #null statistics >= its statistic) /
+statistics) at the observed λ. Expected counts are the mean ± sd over runs of the prototypes the
+floor rule flags and of those the intervals flag. p of a flagged prototype = (1 + #null statistics >= its statistic) /
 (1 + runs·K), pooled over every run's prototypes (z has no scale, and runs alone would give p no finer
-than 1/(runs + 1)); q = Benjamini-Hochberg over all K prototypes (unflagged ones have p = 1).
-A flagged prototype is *significant* when its statistic >= z and q <= ``fdr``.
+than 1/(runs + 1)); q = Benjamini-Hochberg over all K prototypes. A prototype is *significant* when
+the intervals flag it and q <= ``fdr``. The null runs also count what the structure's floor rule flags.
 """
 
 from __future__ import annotations
@@ -59,11 +60,12 @@ def benjamini_hochberg(p: Any) -> np.ndarray:
 class FlipSignificance:
     """Standard errors of β, the significance of each flip, a permutation null, p and q per prototype.
 
-    Learned: `beta_` [s, k, m] (the observed β the rule ran on), `se_` [s, k, m] (standard error of
-    each coefficient), `z_` (the interval's half-width in standard errors), `noise_floor_`,
-    `uncertain_` [dict] (every prototype the flip rule flags, with its evidence), `p_` [k], `q_` [k],
-    `statistic_` [k], `null_flagged_` [runs], `null_significant_` [runs], `null_statistics_` [runs, k],
-    `expected_` {"flagged": (mean, sd), "significant": (mean, sd)}, `view_`.
+    Learned: `beta_` [s, k, m] (the observed β the rules ran on), `se_` [s, k, m] (standard error of
+    each coefficient), `z_` (the interval's half-width in standard errors), `flagged_` (prototypes the
+    floor rule flags), `evidence_` {k: dict} (per prototype: statistic, p, q, significant,
+    significant_flips, classes, score, flip_steps, flip_evidence with each flip's two intervals),
+    `p_` [k], `q_` [k], `statistic_` [k], `null_flagged_` [runs], `null_significant_` [runs],
+    `null_statistics_` [runs, k], `expected_` {"flagged": (mean, sd), "significant": (mean, sd)}, `view_`.
     """
 
     def __init__(self, level: float = 0.95, null_runs: int = 20, fdr: float = 0.1, noise_quantile: float = 0.75,
@@ -134,13 +136,15 @@ class FlipSignificance:
         self.z_ = float(norm.ppf(0.5 + self.level / 2))
         self.se_ = factor[:, :, None] * np.sqrt(np.maximum(np.diagonal(sigma, axis1=1, axis2=2), 0.0))[:, None, :]
         self.view_ = "margin" if m == 2 else "strongest class"
-        found, self.statistic_, self.noise_floor_ = self._evaluate(self.beta_, factor, sigma, evidence=True)
+        self.flagged_, _ = self._floor_rule(self.beta_)
+        self.statistic_, found = self._interval_rule(self.beta_, factor, sigma)
         self.null_statistics_ = np.full((runs, k), -np.inf)
         self.null_flagged_ = np.zeros(runs, dtype=np.int64)
+        self.null_significant_ = np.zeros(runs, dtype=np.int64)
         for r in range(runs):
-            flagged, self.null_statistics_[r], _ = self._evaluate(null_beta[r], factor, null_sigma[r])
-            self.null_flagged_[r] = len(flagged)
-        self.null_significant_ = (self.null_statistics_ >= self.z_).sum(axis=1)
+            self.null_flagged_[r] = len(self._floor_rule(null_beta[r])[0])
+            self.null_statistics_[r], null_found = self._interval_rule(null_beta[r], factor, null_sigma[r])
+            self.null_significant_[r] = len(null_found)
         pooled = np.sort(self.null_statistics_.ravel())
         beyond = pooled.size - np.searchsorted(pooled, self.statistic_, side="left")  # null statistics >= observed
         self.p_ = np.where(np.isfinite(self.statistic_), (1.0 + beyond) / (1.0 + pooled.size), 1.0)
@@ -148,38 +152,60 @@ class FlipSignificance:
         self.expected_ = {key: (float(np.mean(v)) if runs else float("nan"), float(np.std(v, ddof=1)) if runs > 1
                                 else float("nan")) for key, v in (("flagged", self.null_flagged_),
                                                                    ("significant", self.null_significant_))}
-        for u in found:
-            kk = u["prototype"]
-            u["p"], u["q"] = float(self.p_[kk]), float(self.q_[kk])
-            u["significant"] = bool(self.statistic_[kk] >= self.z_ and self.q_[kk] <= self.fdr)
-        self.uncertain_ = found
+        by_k = {u["prototype"]: u for u in found}
+        self.evidence_ = {}
+        for kk in range(k):
+            u = by_k.get(kk)
+            self.evidence_[kk] = {
+                "statistic": float(self.statistic_[kk]), "p": float(self.p_[kk]), "q": float(self.q_[kk]),
+                "significant": bool(u is not None and self.q_[kk] <= self.fdr),
+                "significant_flips": 0 if u is None else u["flips"],
+                "classes": None if u is None else u["classes"], "score": 0.0 if u is None else u["score"],
+                "flip_steps": [] if u is None else u["flip_steps"],
+                "flip_evidence": [] if u is None else [
+                    {"from_step": s0, "to_step": s1, "from_class": c0, "to_class": c1,
+                     "before": self._interval(self._difference(self.beta_, factor, sigma, s0, kk, c0, c1)),
+                     "after": self._interval(self._difference(self.beta_, factor, sigma, s1, kk, c1, c0))}
+                    for s0, c0, s1, c1 in u["ends"]],
+            }
         return self
 
-    def _evaluate(self, beta: np.ndarray, factor: np.ndarray, sigma: np.ndarray,
-                  evidence: bool = False) -> tuple[list[dict[str, Any]], np.ndarray, float]:
-        """The flip rule on one β: (flagged prototypes [with evidence], statistic [k], noise floor)."""
-        view = two_class_view(beta) if beta.shape[2] == 2 else beta
+    def _view(self, beta: np.ndarray) -> np.ndarray:
+        return two_class_view(beta) if beta.shape[2] == 2 else beta
+
+    def _floor_rule(self, beta: np.ndarray) -> tuple[list[int], float]:
+        """The structure's flip rule (quantile noise floor) on one β: (flagged prototypes, floor)."""
+        view = self._view(beta)
         floor = float(np.quantile(np.abs(view), self.noise_quantile)) if view.size else 0.0
+        return [u["prototype"] for u in strongest_flips(view, floor, self.min_flips)], floor
+
+    def _interval_rule(self, beta: np.ndarray, factor: np.ndarray,
+                       sigma: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """(statistic [k], the prototypes with >= min_flips significant flips) for one β.
+
+        A step counts for prototype k when its leading class leads the runner-up by z or more standard
+        errors; flips are changes of the leader between counted steps. The statistic is the largest such
+        z at which k still has min_flips flips between one pair (-inf if none).
+        """
+        view = self._view(beta)
+        lead = self._lead_z(beta, factor, sigma)  # [s, k]
         statistic = np.full(beta.shape[1], -np.inf)
-        found = strongest_flips(view, floor, self.min_flips)
-        for u in found:
-            k = u["prototype"]
-            ends = []
-            for s0, c0, s1, c1 in u["ends"]:
-                before = self._difference(beta, factor, sigma, s0, k, c0, c1)
-                after = self._difference(beta, factor, sigma, s1, k, c1, c0)
-                ends.append((before, after))
-            strength = np.array([min(b[2], a[2]) for b, a in ends])
-            statistic[k] = np.sort(strength)[::-1][self.min_flips - 1]
-            if evidence:
-                u["significant_flips"] = int((strength >= self.z_).sum())
-                u["statistic"] = float(statistic[k])
-                u["flip_evidence"] = [
-                    {"from_step": s0, "to_step": s1, "from_class": c0, "to_class": c1,
-                     "before": self._interval(b), "after": self._interval(a), "significant": bool(min(b[2], a[2]) >= self.z_)}
-                    for (s0, c0, s1, c1), (b, a) in zip(u["ends"], ends)]
-            del u["ends"]
-        return found, statistic, floor
+        for k in range(beta.shape[1]):
+            for t in np.sort(lead[:, k])[::-1][self.min_flips:]:  # min_flips flips need min_flips + 1 steps
+                if strongest_flips(view[:, [k]], -np.inf, self.min_flips, counted=lead[:, [k]] >= t):
+                    statistic[k] = t
+                    break
+        return statistic, strongest_flips(view, -np.inf, self.min_flips, counted=lead >= self.z_)
+
+    @staticmethod
+    def _lead_z(beta: np.ndarray, factor: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        """[s, k]: (β of the leading class - β of the runner-up) / its standard error."""
+        order = np.argsort(-beta, axis=2)
+        a, b = order[:, :, 0], order[:, :, 1]
+        steps = np.arange(beta.shape[0])[:, None]
+        diff = np.take_along_axis(beta, a[:, :, None], 2)[:, :, 0] - np.take_along_axis(beta, b[:, :, None], 2)[:, :, 0]
+        se = factor * np.sqrt(np.maximum(sigma[steps, a, a] + sigma[steps, b, b] - 2 * sigma[steps, a, b], 0.0))
+        return np.divide(diff, se, out=np.where(diff > 0, np.inf, 0.0), where=se > 0)
 
     @staticmethod
     def _difference(beta: np.ndarray, factor: np.ndarray, sigma: np.ndarray, s: int, k: int, a: int,

@@ -183,15 +183,18 @@ def two_class_view(beta: np.ndarray) -> np.ndarray:
     return np.stack([-margin, margin], axis=2)
 
 
-def strongest_flips(beta: np.ndarray, floor: float, min_flips: int) -> list[dict[str, Any]]:
+def strongest_flips(beta: np.ndarray, floor: float, min_flips: int, counted: np.ndarray | None = None,
+                    ids: Any = None) -> list[dict[str, Any]]:
     """The flip rule on β [s, k, m] (see the module doc), for every prototype with >= min_flips flips.
 
-    Each entry: prototype, classes [a, b], flips, score, flip_steps, and ``ends`` [(step_before,
-    class_before, step_after, class_after)] of each counted flip, in order.
+    ``counted`` [s, k] replaces the floor's choice of the steps that count; ``ids`` names the
+    prototypes (default 0..k-1). Each entry: prototype, classes [a, b], flips, score, flip_steps, and
+    ``ends`` [(step_before, class_before, step_after, class_after)] of each counted flip, in order.
     """
     strongest = beta.argmax(axis=2)  # [s, k]
     strength = np.take_along_axis(beta, strongest[:, :, None], axis=2)[:, :, 0]
-    above = strength > floor
+    above = strength > floor if counted is None else counted
+    ids = range(beta.shape[1]) if ids is None else ids
     found = []
     for k in range(beta.shape[1]):
         steps = np.nonzero(above[:, k])[0]
@@ -209,7 +212,7 @@ def strongest_flips(beta: np.ndarray, floor: float, min_flips: int) -> list[dict
         flips, score, a, b, mine = max(candidates, key=lambda c: c[:4])
         if flips < min_flips:
             continue
-        found.append({"prototype": k, "classes": [int(-a), int(-b)], "flips": int(flips), "score": score,
+        found.append({"prototype": int(ids[k]), "classes": [int(-a), int(-b)], "flips": int(flips), "score": score,
                       "flip_steps": [int(x) for x in steps[mine]],
                       "ends": [(int(steps[i - 1]), int(cls[i - 1]), int(steps[i]), int(cls[i])) for i in mine]})
     return found

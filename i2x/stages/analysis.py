@@ -199,7 +199,10 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
 
     summary = _summary(store, cfg, protos, structure, mapping, groups, carto, acc, loss, conf, steps, present,
                        labels, share, k_scores, finite)
-    summary.update(_significance_summary(significance, cfg, summary["uncertain"]))
+    top_pairs = {(a, b) for a, b, _ in structure.top_confused_pairs_}
+    summary.update(_significance_summary(significance, cfg, summary["uncertain"], top_pairs, store.class_names))
+    for u in summary["uncertain"]:
+        u.setdefault("curation_excludes", int((np.isin(labels, u["classes"]) & (share[:, u["prototype"]] >= 0.1)).sum()))
     summary["timings"] = timings
     store.set_analysis_attrs({"config": asdict(cfg), "k": K, "method": cfg.method, "steps": steps})
     path = save_summary(out, summary)  # written last and atomically: readers never see half of it
@@ -343,29 +346,42 @@ def _number(x: float, digits: int = 6) -> float | None:
     return round(float(x), digits) if np.isfinite(x) else None
 
 
-def _significance_summary(sig: FlipSignificance, cfg: AnalyzeConfig, uncertain: list[dict[str, Any]]) -> dict[str, Any]:
-    """Evidence into each uncertain entry (in place) and the flagged-versus-expected counts, for summary.json."""
-    evidence = {u["prototype"]: u for u in sig.uncertain_}
+def _significance_summary(sig: FlipSignificance, cfg: AnalyzeConfig, uncertain: list[dict[str, Any]],
+                          top_pairs: set[tuple[int, int]], names: list[str]) -> dict[str, Any]:
+    """Evidence into each uncertain entry (in place), entries for significant prototypes below the noise floor,
+    and the flagged-versus-expected counts, for summary.json."""
     (flag_mean, flag_sd), (sig_mean, sig_sd) = sig.expected_["flagged"], sig.expected_["significant"]
-    for u in uncertain:
-        e = evidence[u["prototype"]]
-        u.update({
+
+    def evidence(k: int) -> dict[str, Any]:
+        e = sig.evidence_[k]
+        return {
             "significant": e["significant"], "significant_flips": e["significant_flips"],
-            "statistic": _number(e["statistic"], 4), "p": _number(e["p"]), "q": _number(e["q"]),
-            "flip_evidence": [
-                {**{key: f[key] for key in ("from_step", "to_step", "from_class", "to_class", "significant")},
-                 **{end: {key: _number(v) for key, v in f[end].items()} for end in ("before", "after")}}
-                for f in e["flip_evidence"]],
+            "significant_classes": e["classes"], "statistic": _number(e["statistic"], 4),
+            "p": _number(e["p"]), "q": _number(e["q"]),
+            "flip_evidence": [{**{key: f[key] for key in ("from_step", "to_step", "from_class", "to_class")},
+                               **{end: {key: _number(v) for key, v in f[end].items()} for end in ("before", "after")}}
+                              for f in e["flip_evidence"]],
             "null_expected": {"flagged": _number(flag_mean, 3), "significant": _number(sig_mean, 3)},
-        })
+        }
+
+    for u in uncertain:
+        u.update(evidence(u["prototype"]), below_noise_floor=False)
+    listed = {u["prototype"] for u in uncertain}
+    for k, e in sig.evidence_.items():
+        if e["significant"] and k not in listed:  # well determined, yet below the quantile floor
+            a, b = e["classes"]
+            uncertain.append({"prototype": k, "classes": [a, b], "flips": e["significant_flips"],
+                              "score": e["score"], "flip_steps": e["flip_steps"],
+                              "in_top_confused": (a, b) in top_pairs, **evidence(k), "below_noise_floor": True,
+                              "class_names": [names[a], names[b]]})
     return {"uncertainty": {
         "view": sig.view_,
         "level": cfg.significance_level,
         "z": round(sig.z_, 4),
         "fdr": cfg.fdr,
         "null_runs": cfg.null_runs,
-        "flagged": len(uncertain),
-        "significant": sum(u["significant"] for u in uncertain),
+        "flagged": len(sig.flagged_),
+        "significant": sum(e["significant"] for e in sig.evidence_.values()),
         "expected_flagged": {"mean": _number(flag_mean, 3), "sd": _number(flag_sd, 3)},
         "expected_significant": {"mean": _number(sig_mean, 3), "sd": _number(sig_sd, 3)},
         "null_flagged": sig.null_flagged_.tolist(),

@@ -296,10 +296,13 @@ def uncertain(r: ReportInputs) -> Section:
         flip_at = [r.train_step(r.steps[i][1]) for i in u["flip_steps"]]
         evidence = [] if "significant" not in u else [
             ("beyond noise", Raw(chip("significant", "shared") if u["significant"] else chip("not significant", "warn"))),
-            ("significant flips", f"{u['significant_flips']} of {u['flips']} clear the {c['level']:.0%} interval at "
-                                  "both ends"),
+            ("significant flips", f"{u['significant_flips']}" + (
+                f" ({names[u['significant_classes'][0]]} ↔ {names[u['significant_classes'][1]]})"
+                if u["significant_classes"] else "") + f": the leading class's {c['level']:.0%} interval excludes "
+                "the runner-up's β at both ends"),
             ("p / q (false discovery)", f"{u['p']:.3g} / {u['q']:.3g}"),
-        ]
+        ] + ([("found by", "the intervals only: its β stays below the noise floor, but is well determined")]
+             if u.get("below_noise_floor") else [])
         facts = table(None, [
             ("flips", f"{u['flips']}, at training steps {', '.join(str(x) for x in flip_at)}"),
             *evidence,
@@ -328,12 +331,14 @@ def _significance_head(c: dict[str, Any], k: int) -> str:
                   "confidence changes shuffled across samples)")
     else:
         chance = "the null model was not run (--null-runs 0), so no count expected by chance is known"
-    return (f"<p><b>{c['flagged']} of {k} prototypes flagged by the flip rule, {c['significant']} significant</b>; "
-            f"{esc(chance)}.</p><p class=\"muted\">A flip is significant when, at both of its ends, the "
-            f"{c['level']:.0%} interval of the leading class's β minus the other class's β (ridge standard errors at "
-            f"the step's penalty) lies above 0. A prototype is significant when at least --min-flips of its flips are, "
-            f"and its false discovery estimate q (Benjamini-Hochberg over the prototypes, p from the null runs) is at "
-            f"most {c['fdr']:g}. Faded cards are not significant: their flips are within what noise produces; "
+    return (f"<p><b>{c['flagged']} of {k} prototypes flagged by the flip rule (noise floor), {c['significant']} "
+            "significant</b>; "
+            f"{esc(chance)}.</p><p class=\"muted\">A step counts when the {c['level']:.0%} interval of the leading "
+            f"class's β minus the runner-up's (ridge standard errors at the step's penalty) lies above 0; a significant "
+            f"flip is a change of the leading class between counted steps, so at both of its ends the interval "
+            f"excludes the other class's β. A prototype is significant with at least --min-flips significant flips "
+            f"between one pair and a false discovery estimate q (Benjamini-Hochberg over the prototypes, p from the "
+            f"null runs) of at most {c['fdr']:g}. Faded cards are not significant: their flips are within what noise produces; "
             f"curation uses significant prototypes only unless asked (<code>i2x finetune --all-uncertain</code>).</p>")
 
 
