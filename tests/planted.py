@@ -5,8 +5,7 @@
 * ``conflict_data``: the same kind of marker (bottom-right) on half of the images of two classes
   ``CONFLICT_PAIR``: a pattern whose label conflicts between those two classes.
 * ``two_class_data``: a two-class task (digits ``TWO_CLASS``) with the bottom-right marker on a
-  random half of the images, independent of the label; ``two_class_phase_data(leader, like)``:
-  the marker on class ``leader``'s images only, for training phases in which it changes sides.
+  random half of the images, independent of the label (a null data set for the marker).
 
 Each factory is deterministic. ``MARKER_SEED`` (environment ``I2X_PLANTED_SEED``) changes which
 images carry the marker, for multi-seed tests.
@@ -127,30 +126,20 @@ def _two_class_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def _two_class(marked: dict[str, np.ndarray], spec: str, like: ImageData | None = None) -> ImageData:
+def _two_class(marked: dict[str, np.ndarray], spec: str) -> ImageData:
     arrays = {}
     for split, (x, y) in _two_class_split().items():
         x = x.copy()
         x[marked[split]] = add_marker(x[marked[split]], BOTTOM_RIGHT)
         arrays[split] = (x, y)
-    opts = DataOptions() if like is None else DataOptions(mean=like.mean, std=like.std)
-    data = _tensor_data(spec, arrays, [str(c) for c in TWO_CLASS], 32, opts)
+    data = _tensor_data(spec, arrays, [str(c) for c in TWO_CLASS], 32, DataOptions())
     data.extra["marked"] = {k: np.flatnonzero(v) for k, v in marked.items()}
     return data
 
 
 def two_class_data() -> ImageData:
     """Digits TWO_CLASS (a two-class task) with the bottom-right marker on a random half of all images, whatever
-    their class: trained as is, a null data set for the marker; also the analysis set of the phase runs."""
+    their class: a null data set for the marker."""
     rng = np.random.default_rng(_seed())
     return _two_class({split: rng.random(len(y)) < 0.5 for split, (_, y) in _two_class_split().items()}, "two-class")
 
-
-def two_class_phase_data(leader: int, like: ImageData) -> ImageData:
-    """The same images with the marker on 90% of class ``leader``'s training images only (test: clean): a phase of
-    training in which the marker predicts ``leader``. Normalised like ``like``."""
-    rng = np.random.default_rng(_seed() + 100 + leader)
-    split = _two_class_split()
-    marked = {"train": (split["train"][1] == leader) & (rng.random(len(split["train"][1])) < 0.9),
-              "test": np.zeros(len(split["test"][1]), bool)}
-    return _two_class(marked, f"two-class-phase-{leader}", like)

@@ -1,14 +1,17 @@
 """Whether an uncertain prototype's flips are more than noise: ridge standard errors and a permutation null.
 
 Uncertainty of β (analytic: the ridge's own standard errors at each step's chosen penalty λ). For
-X = ΔP[s] (n x k), Y = ΔŶ[s] (n x m), G = X'X, A = (G + λI)^-1 and β = A X'Y,
+X = ΔP[s] (n x k), Y = ΔŶ[s] (n x m), A = (X'X + λI)^-1 and β = A X'Y, with H = A X' and residuals
+R = Y - Xβ, the heteroscedasticity-robust (sandwich, HC1) covariance of prototype k's coefficients is
 
-    Cov(β[:, a] - β[:, b]) = (Σ_aa + Σ_bb - 2 Σ_ab) · A G A,   Σ = R'R / (n - tr(A G)),  R = Y - Xβ,
+    Cov(β[k, a], β[k, b]) = n / (n - tr(A X'X)) · Σ_i H[k, i]² R[i, a] R[i, b],
 
-conditional on X and λ, as the fit is. Chosen over a bootstrap because it costs one k x k solve per
-step, as the fit does, where a bootstrap of B = 50-100 refits multiplies the mapping's cost by B;
-and it tests the difference of two classes' coefficients directly, so the strong correlation of the
-outputs (the m confidences sum to one, so their changes sum to zero) is accounted for.
+conditional on X and λ, as the fit is. Robust because confidence changes are far from homoscedastic
+(most samples barely move, a few jump), which the textbook σ²·A X'X A understates. Chosen over a
+bootstrap because it costs O(n k m²) per step, about the fit's own cost, where a bootstrap of
+B = 50-100 refits multiplies the mapping's cost by B; and the difference of two classes'
+coefficients is tested directly, with its covariance, so the strong correlation of the outputs
+(the m confidences sum to one, so their changes sum to zero) is accounted for.
 
 The rule, at ``level`` (0.95: z = Φ^-1(0.975) = 1.96), replaces the structure's quantile noise floor
 by β's own errors: at step s, prototype k's leading class a *counts* when the level interval of
@@ -43,6 +46,11 @@ from i2x.errors import UserError
 
 #: Null runs are permuted in chunks of at most this many elements (runs x n x m), to bound memory.
 NULL_CHUNK_ELEMENTS = 4_000_000
+
+
+def _pick(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """c[s, k, a[s, k], b[s, k]] for c [s, k, m, m]."""
+    return np.take_along_axis(np.take_along_axis(c, a[:, :, None, None], 2)[:, :, 0], b[:, :, None], 2)[:, :, 0]
 
 
 def benjamini_hochberg(p: Any) -> np.ndarray:
@@ -104,10 +112,9 @@ class FlipSignificance:
         rng = np.random.default_rng(self.random_state)
         runs = int(self.null_runs)
         own_beta = np.zeros((t - 1, k, m))
-        factor = np.zeros((t - 1, k))  # sqrt(diag(A G A)): the standard error per unit residual sd
-        sigma = np.zeros((t - 1, m, m))
+        cov = np.zeros((t - 1, k, m, m))  # Cov(β[s, k, a], β[s, k, b])
         null_beta = np.zeros((runs, t - 1, k, m))
-        null_sigma = np.zeros((runs, t - 1, m, m))
+        null_cov = np.zeros((runs, t - 1, k, m, m))
         P_prev, Y_prev = np.asarray(P[0], dtype=np.float64), np.asarray(probs[0], dtype=np.float64)
         for s in range(t - 1):
             P_next, Y_next = np.asarray(P[s + 1], dtype=np.float64), np.asarray(probs[s + 1], dtype=np.float64)
@@ -115,12 +122,13 @@ class FlipSignificance:
             G = X.T @ X
             A = np.linalg.inv(G + alpha[s] * np.eye(k))
             AG = A @ G
-            factor[s] = np.sqrt(np.maximum(np.sum(AG * A, axis=1), 0.0))  # diag(A G A), A symmetric
+            H2 = (A @ X.T) ** 2  # [k, n]: each sample's squared weight in each coefficient
             dof = max(n - float(np.trace(AG)), 1.0)
             own_beta[s] = A @ (X.T @ Y)
             resid = Y - X @ own_beta[s]
-            sigma[s] = resid.T @ resid / dof
-            chunk = max(1, NULL_CHUNK_ELEMENTS // max(n * m, 1))
+            scale = n / dof  # HC1: the residuals' degrees of freedom
+            cov[s] = scale * (H2 @ (resid[:, :, None] * resid[:, None, :]).reshape(n, m * m)).reshape(k, m, m)
+            chunk = max(1, NULL_CHUNK_ELEMENTS // max(n * m * m, 1))
             for start in range(0, runs, chunk):
                 stop = min(runs, start + chunk)
                 perm = np.argsort(rng.random((stop - start, n)), axis=1)
@@ -128,22 +136,23 @@ class FlipSignificance:
                 b = A @ (X.T @ Yp)  # batched matrix products: [r, k, m]
                 resid = Yp - X @ b
                 null_beta[start:stop, s] = b
-                null_sigma[start:stop, s] = resid.transpose(0, 2, 1) @ resid / dof
+                outer = (resid[:, :, :, None] * resid[:, :, None, :]).reshape(stop - start, n, m * m)
+                null_cov[start:stop, s] = scale * (H2 @ outer).reshape(stop - start, k, m, m)
             P_prev, Y_prev = P_next, Y_next
         self.beta_ = own_beta if beta is None else np.asarray(beta, dtype=np.float64)
         if self.beta_.shape != (t - 1, k, m):
             raise ValueError(f"beta shape {self.beta_.shape} does not match (t-1, k, m) = {(t - 1, k, m)}")
         self.z_ = float(norm.ppf(0.5 + self.level / 2))
-        self.se_ = factor[:, :, None] * np.sqrt(np.maximum(np.diagonal(sigma, axis1=1, axis2=2), 0.0))[:, None, :]
+        self.se_ = np.sqrt(np.maximum(np.diagonal(cov, axis1=2, axis2=3), 0.0))
         self.view_ = "margin" if m == 2 else "strongest class"
         self.flagged_, _ = self._floor_rule(self.beta_)
-        self.statistic_, found = self._interval_rule(self.beta_, factor, sigma)
+        self.statistic_, found = self._interval_rule(self.beta_, cov)
         self.null_statistics_ = np.full((runs, k), -np.inf)
         self.null_flagged_ = np.zeros(runs, dtype=np.int64)
         self.null_significant_ = np.zeros(runs, dtype=np.int64)
         for r in range(runs):
             self.null_flagged_[r] = len(self._floor_rule(null_beta[r])[0])
-            self.null_statistics_[r], null_found = self._interval_rule(null_beta[r], factor, null_sigma[r])
+            self.null_statistics_[r], null_found = self._interval_rule(null_beta[r], null_cov[r])
             self.null_significant_[r] = len(null_found)
         pooled = np.sort(self.null_statistics_.ravel())
         beyond = pooled.size - np.searchsorted(pooled, self.statistic_, side="left")  # null statistics >= observed
@@ -164,8 +173,8 @@ class FlipSignificance:
                 "flip_steps": [] if u is None else u["flip_steps"],
                 "flip_evidence": [] if u is None else [
                     {"from_step": s0, "to_step": s1, "from_class": c0, "to_class": c1,
-                     "before": self._interval(self._difference(self.beta_, factor, sigma, s0, kk, c0, c1)),
-                     "after": self._interval(self._difference(self.beta_, factor, sigma, s1, kk, c1, c0))}
+                     "before": self._interval(self._difference(self.beta_, cov, s0, kk, c0, c1)),
+                     "after": self._interval(self._difference(self.beta_, cov, s1, kk, c1, c0))}
                     for s0, c0, s1, c1 in u["ends"]],
             }
         return self
@@ -179,8 +188,7 @@ class FlipSignificance:
         floor = float(np.quantile(np.abs(view), self.noise_quantile)) if view.size else 0.0
         return [u["prototype"] for u in strongest_flips(view, floor, self.min_flips)], floor
 
-    def _interval_rule(self, beta: np.ndarray, factor: np.ndarray,
-                       sigma: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    def _interval_rule(self, beta: np.ndarray, cov: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """(statistic [k], the prototypes with >= min_flips significant flips) for one β.
 
         A step counts for prototype k when its leading class leads the runner-up by z or more standard
@@ -188,7 +196,7 @@ class FlipSignificance:
         z at which k still has min_flips flips between one pair (-inf if none).
         """
         view = self._view(beta)
-        lead = self._lead_z(beta, factor, sigma)  # [s, k]
+        lead = self._lead_z(beta, cov)  # [s, k]
         statistic = np.full(beta.shape[1], -np.inf)
         for k in range(beta.shape[1]):
             for t in np.sort(lead[:, k])[::-1][self.min_flips:]:  # min_flips flips need min_flips + 1 steps
@@ -198,21 +206,22 @@ class FlipSignificance:
         return statistic, strongest_flips(view, -np.inf, self.min_flips, counted=lead >= self.z_)
 
     @staticmethod
-    def _lead_z(beta: np.ndarray, factor: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    def _lead_z(beta: np.ndarray, cov: np.ndarray) -> np.ndarray:
         """[s, k]: (β of the leading class - β of the runner-up) / its standard error."""
         order = np.argsort(-beta, axis=2)
         a, b = order[:, :, 0], order[:, :, 1]
-        steps = np.arange(beta.shape[0])[:, None]
+        steps, protos = np.arange(beta.shape[0])[:, None], np.arange(beta.shape[1])[None, :]
         diff = np.take_along_axis(beta, a[:, :, None], 2)[:, :, 0] - np.take_along_axis(beta, b[:, :, None], 2)[:, :, 0]
-        se = factor * np.sqrt(np.maximum(sigma[steps, a, a] + sigma[steps, b, b] - 2 * sigma[steps, a, b], 0.0))
+        c = cov[steps, protos]  # [s, k, m, m]
+        se = np.sqrt(np.maximum(_pick(c, a, a) + _pick(c, b, b) - 2 * _pick(c, a, b), 0.0))
         return np.divide(diff, se, out=np.where(diff > 0, np.inf, 0.0), where=se > 0)
 
     @staticmethod
-    def _difference(beta: np.ndarray, factor: np.ndarray, sigma: np.ndarray, s: int, k: int, a: int,
+    def _difference(beta: np.ndarray, cov: np.ndarray, s: int, k: int, a: int,
                     b: int) -> tuple[float, float, float]:
         """(β[s, k, a] - β[s, k, b], its standard error, z = difference / standard error)."""
         diff = float(beta[s, k, a] - beta[s, k, b])
-        se = float(factor[s, k] * np.sqrt(max(sigma[s, a, a] + sigma[s, b, b] - 2 * sigma[s, a, b], 0.0)))
+        se = float(np.sqrt(max(cov[s, k, a, a] + cov[s, k, b, b] - 2 * cov[s, k, a, b], 0.0)))
         z = diff / se if se > 0 else (np.inf if diff > 0 else -np.inf if diff < 0 else 0.0)
         return diff, se, z
 
