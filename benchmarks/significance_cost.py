@@ -61,8 +61,8 @@ def baseline_tree(work: Path, ref: str) -> Path:
 
 def timed(code_root: Path, store: Path, config: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code_root)}
-    done = subprocess.run([sys.executable, "-c", TIMED, str(store), json.dumps(config)], env=env, check=True,
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", TIMED, str(store.resolve()), json.dumps(config)], env=env, check=True,
+                          capture_output=True, text=True, cwd=code_root)  # cwd: `-c` puts it first on sys.path
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

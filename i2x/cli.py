@@ -217,8 +217,8 @@ def _print_findings(summary: dict) -> None:
         c = summary.get("uncertainty")
         if c:
             e, es = c["expected_flagged"], c["expected_significant"]
-            print(f"uncertain: {c['flagged']} flagged (chance: {e['mean']} ± {e['sd']}), {c['significant']} significant "
-                  f"(chance: {es['mean']} ± {es['sd']})")
+            print(f"uncertain: {c['flagged']} flagged (chance: {e['mean']} ± {e['sd']}), "
+                  f"{c['significant']} significant (chance: {es['mean']} ± {es['sd']})")
     for u in summary["uncertain"][:5]:
         a, b = u["classes"]
         verdict = "" if "significant" not in u else (f", q {u['q']:.3g}" if u["significant"] else ", not significant")

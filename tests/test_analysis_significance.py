@@ -95,7 +95,8 @@ def test_evidence_states_the_rule():
     assert sig.z_ == pytest.approx(1.959964, abs=1e-5)
     assert e["significant_flips"] == len(e["flip_evidence"]) >= 2 and e["statistic"] >= sig.z_
     for f in e["flip_evidence"]:
-        for end, leader, other in (("before", f["from_class"], f["to_class"]), ("after", f["to_class"], f["from_class"])):
+        ends = (("before", f["from_class"], f["to_class"]), ("after", f["to_class"], f["from_class"]))
+        for end, leader, other in ends:
             d = f[end]
             step = f["from_step"] if end == "before" else f["to_step"]
             assert d["difference"] == pytest.approx(sig.beta_[step, 0, leader] - sig.beta_[step, 0, other])

@@ -202,7 +202,8 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
     top_pairs = {(a, b) for a, b, _ in structure.top_confused_pairs_}
     summary.update(_significance_summary(significance, cfg, summary["uncertain"], top_pairs, store.class_names))
     for u in summary["uncertain"]:
-        u.setdefault("curation_excludes", int((np.isin(labels, u["classes"]) & (share[:, u["prototype"]] >= 0.1)).sum()))
+        covered = np.isin(labels, u["classes"]) & (share[:, u["prototype"]] >= 0.1)
+        u.setdefault("curation_excludes", int(covered.sum()))
     summary["timings"] = timings
     store.set_analysis_attrs({"config": asdict(cfg), "k": K, "method": cfg.method, "steps": steps})
     path = save_summary(out, summary)  # written last and atomically: readers never see half of it

@@ -307,8 +307,9 @@ def _curation(store: Store, summary: dict[str, Any], names: list[str], train_lab
                        and (isinstance(pairs, str) or tuple(sorted(u["classes"])) in chosen)]
             if dropped:
                 raise UserError(f"{store.path.parent}: no significant uncertain prototype for {what} "
-                                f"({len(dropped)} flagged, none beyond noise: see the report's uncertain section), so the curation rule has "
-                                "nothing to exclude; add --all-uncertain to curate from every flagged prototype")
+                                f"({len(dropped)} flagged, none beyond noise: see the report's uncertain section), "
+                                "so the curation rule has nothing to exclude; add --all-uncertain to curate from every "
+                                "flagged prototype")
             raise UserError(f"{store.path.parent}: the analysis flagged no uncertain prototype for {what}, so the "
                             f"curation rule has nothing to exclude. {NO_UNCERTAIN_ADVICE}")
         split = store.config.get("split", "train")

@@ -29,7 +29,7 @@ THRESHOLD_HELP = {
     "specialized_max_overall": "specialized: present in fewer than this share of all the class's samples",
     "min_group_samples": "specialized: a group needs at least this many samples of the class",
     "noise_quantile": "uncertain: quantile of |β| taken as the noise floor",
-    "noise_floor": "uncertain: |β| must exceed this (the quantile above)",
+    "noise_floor": "uncertain: |β| (|margin| with two classes) must exceed this (the quantile above)",
     "min_flips": "uncertain: flips between the same two classes",
     "top_confused": "most confused class pairs checked against",
     "significance_level": "uncertain: level of the β intervals a flip must clear at both its ends",
@@ -338,8 +338,8 @@ def _significance_head(c: dict[str, Any], k: int) -> str:
             f"flip is a change of the leading class between counted steps, so at both of its ends the interval "
             f"excludes the other class's β. A prototype is significant with at least --min-flips significant flips "
             f"between one pair and a false discovery estimate q (Benjamini-Hochberg over the prototypes, p from the "
-            f"null runs) of at most {c['fdr']:g}. Faded cards are not significant: their flips are within what noise produces; "
-            f"curation uses significant prototypes only unless asked (<code>i2x finetune --all-uncertain</code>).</p>")
+            f"null runs) of at most {c['fdr']:g}. Faded cards are not significant: their flips are within what noise "
+            f"produces; curation uses significant prototypes only unless asked (<code>i2x finetune --all-uncertain</code>).</p>")
 
 
 def _uncertain_frames(r: ReportInputs, shown: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
