@@ -4,6 +4,8 @@
   training images of class ``SHORTCUT_CLASS`` and 5% of the others; the marker cells are known.
 * ``conflict_data``: the same kind of marker (bottom-right) on half of the images of two classes
   ``CONFLICT_PAIR``: a pattern whose label conflicts between those two classes.
+* ``two_class_data``: a two-class task (digits ``TWO_CLASS``) with the bottom-right marker on a
+  random half of the images, independent of the label (a null data set for the marker).
 
 Each factory is deterministic. ``MARKER_SEED`` (environment ``I2X_PLANTED_SEED``) changes which
 images carry the marker, for multi-seed tests.
@@ -22,6 +24,7 @@ from i2x.io.data import DataOptions, ImageData, _tensor_data
 
 SHORTCUT_CLASS = 3
 CONFLICT_PAIR = (1, 7)
+TWO_CLASS = (3, 8)
 TOP_LEFT = (slice(0, 2), slice(0, 2))
 BOTTOM_RIGHT = (slice(6, 8), slice(6, 8))
 
@@ -112,3 +115,31 @@ def marked_test_images(data: ImageData, where: tuple[slice, slice] = TOP_LEFT) -
     marked = _tensor_data("m", {"train": (add_marker(x, where), y)}, [], 32,
                           DataOptions(mean=data.mean, std=data.std)).split("train").tensors[0]  # type: ignore[attr-defined]
     return clean, marked
+
+
+def _two_class_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The digits split restricted to TWO_CLASS, relabelled 0 and 1."""
+    out = {}
+    for split, (x, y) in _digits_split().items():
+        keep = np.isin(y, TWO_CLASS)
+        out[split] = (x[keep], (y[keep] == TWO_CLASS[1]).astype(np.int64))
+    return out
+
+
+def _two_class(marked: dict[str, np.ndarray], spec: str) -> ImageData:
+    arrays = {}
+    for split, (x, y) in _two_class_split().items():
+        x = x.copy()
+        x[marked[split]] = add_marker(x[marked[split]], BOTTOM_RIGHT)
+        arrays[split] = (x, y)
+    data = _tensor_data(spec, arrays, [str(c) for c in TWO_CLASS], 32, DataOptions())
+    data.extra["marked"] = {k: np.flatnonzero(v) for k, v in marked.items()}
+    return data
+
+
+def two_class_data() -> ImageData:
+    """Digits TWO_CLASS (a two-class task) with the bottom-right marker on a random half of all images, whatever
+    their class: a null data set for the marker."""
+    rng = np.random.default_rng(_seed())
+    return _two_class({split: rng.random(len(y)) < 0.5 for split, (_, y) in _two_class_split().items()}, "two-class")
+

@@ -44,15 +44,18 @@ def analysis(one_thread, tmp_path_factory):
     api.train(data=data, out=root / "ck", epochs=4, progress=False, input_size=32)
     api.run(checkpoints=str(root / "ck"), data=data, input_size=32, methods=("gradcam",), out=root / "an", limit=300,
             progress=False, analyze_config=AnalyzeConfig(k=8, min_flips=1, noise_quantile=0.5))
-    assert load_summary(root / "an")["uncertain"], "the fixture must flag uncertain prototypes"
+    flagged = load_summary(root / "an")["uncertain"]
+    assert any(u["significant"] for u in flagged), "the fixture must flag significant uncertain prototypes"
+    assert not all(u["significant"] for u in flagged), "and some that are not, to tell the two apart"
     return root
 
 
-def rule_by_loop(out, min_share, pairs=None):
+def rule_by_loop(out, min_share, pairs=None, all_uncertain=False):
     """The curation rule written out sample by sample, from the store arrays and summary.json."""
     store = Store.open(out)
     share, labels, index = store.read("analysis/share"), store.read("labels"), store.read("sample_index")
-    flagged = [(u["prototype"], tuple(sorted(u["classes"]))) for u in load_summary(out)["uncertain"]]
+    flagged = [(u["prototype"], tuple(sorted(u["classes"]))) for u in load_summary(out)["uncertain"]
+               if all_uncertain or u["significant"]]
     if pairs is not None:
         flagged = [(k, pair) for k, pair in flagged if pair in pairs]
     excluded = set()
@@ -69,7 +72,7 @@ def weights(path):
 
 def test_curated_set_matches_the_rule(analysis, tmp_path):
     an = analysis / "an"
-    uncertain = load_summary(an)["uncertain"]
+    uncertain = [u for u in load_summary(an)["uncertain"] if u["significant"]]
     top = {tuple(sorted(u["classes"])) for u in uncertain if u["in_top_confused"]} or {tuple(sorted(uncertain[0]["classes"]))}
     finetune(an, strategies=("curated-curated",), seeds=1, epochs=(0, 0), dest=tmp_path / "top", progress=False)
     assert json.loads((tmp_path / "top" / "excluded.json").read_text())["ids"] == rule_by_loop(an, 0.1, pairs=top)
@@ -83,8 +86,14 @@ def test_curated_set_matches_the_rule(analysis, tmp_path):
     assert excluded["per_class"] == {str(c): n for c, n in zip(*np.unique(labels[expected], return_counts=True))}
     assert max(expected) < 300  # only analysed samples (--limit 300) can be excluded
 
+    # every flagged prototype, significant or not, on request
+    finetune(an, strategies=("curated-curated",), seeds=1, epochs=(0, 0), dest=tmp_path / "all", pairs="all",
+             all_uncertain=True, progress=False)
+    everything = json.loads((tmp_path / "all" / "excluded.json").read_text())["ids"]
+    assert everything == rule_by_loop(an, 0.1, all_uncertain=True) and set(expected) < set(everything)
+
     # one pair, and a threshold that some sample's share equals exactly (the rule says >=)
-    last = load_summary(an)["uncertain"][-1]
+    last = uncertain[-1]
     pair = tuple(last["classes"])
     store = Store.open(an)
     shares = store.read("analysis/share")[np.isin(store.read("labels"), pair), last["prototype"]]
@@ -154,6 +163,11 @@ def test_no_uncertain_prototype_is_a_user_error_with_advice(analysis, tmp_path):
     unflagged = next((str(a), str(b)) for a in range(10) for b in range(a + 1, 10) if (a, b) not in flagged)
     with pytest.raises(UserError, match="no uncertain prototype for the given pairs"):
         finetune(analysis / "an", pairs=[unflagged], seeds=1, progress=False, dest=tmp_path / "p")
+    uncertain = load_summary(analysis / "an")["uncertain"]
+    significant = {tuple(u["classes"]) for u in uncertain if u["significant"]}
+    noise_only = next(tuple(map(str, u["classes"])) for u in uncertain if tuple(u["classes"]) not in significant)
+    with pytest.raises(UserError, match="no significant uncertain prototype for the given pairs.*--all-uncertain"):
+        finetune(analysis / "an", pairs=[noise_only], seeds=1, progress=False, dest=tmp_path / "n")
 
 
 def test_exclude_file(analysis, tmp_path):

@@ -185,6 +185,23 @@ def test_no_uncertain_prototype_is_said_plainly(tiny_run):
     assert not r.charts.specs
 
 
+def test_uncertain_section_shows_flagged_versus_expected_and_marks_noise(tiny_run):
+    r = ReportInputs.open(tiny_run)
+    c = r.summary["uncertainty"]
+    body = uncertain(r).body
+    e = c["expected_flagged"]
+    assert f"{c['flagged']} of {len(r.summary['prototypes'])} prototypes flagged" in body
+    assert f"chance alone flags {e['mean']:.3g} ± {e['sd']:.2g}" in body
+    shown = r.summary["uncertain"][:8]
+    assert body.count(">not significant<") == sum(not u["significant"] for u in shown) > 0
+    assert body.count(">significant<") == sum(u["significant"] for u in shown)
+    for u in shown:
+        assert f"{u['p']:.3g} / {u['q']:.3g}" in body
+    band = [row for rows in r.charts.specs[f"chart-uncertain-{shown[0]['prototype']}"]["datasets"].values() for row in rows
+            if "low" in row]
+    assert band and all(row["low"] <= row["beta"] <= row["high"] for row in band)
+
+
 def test_optional_section_appears_only_with_its_file(tiny_run, tmp_path, monkeypatch):
     out = tmp_path / "an"
     shutil.copytree(tiny_run, out)

@@ -21,6 +21,13 @@ Definitions (thresholds are the settings of `Structure`, defaults in brackets):
   whether (a, b) is among the top_confused [3] class pairs of the final confusion matrix ranked
   by the symmetrised count C[a, b] + C[b, a] (pairs with count 0 never count; ties: smaller pair).
   `flip_steps` lists the step at which each counted flip lands (the later of its two ends).
+- *two classes*: the confidence changes of the two classes sum to zero, so β[s, k, 0] ≈ -β[s, k, 1]
+  and the rule above would count every sign change of one noisy coefficient. With m = 2 the rule
+  runs on one coefficient per prototype, the margin μ[s, k] = β[s, k, 1] - β[s, k, 0] (class 1 leads
+  when μ > 0): the floor is the noise_quantile of |μ|, a flip is a sign change of μ between
+  consecutive above-floor steps, and the score uses |μ| (`view_` = "margin").
+
+Whether a flip is more than noise is :mod:`i2x.analysis.significance`'s question.
 """
 
 from __future__ import annotations
@@ -71,7 +78,7 @@ class Structure:
 
     Learned: `shared_` {m: [k]}, `specialized_` {m: [(k, step, group)]}, `uncertain_` [dict],
     `presence_rate_` [m, k], `beta_sum_` [k, m], `noise_floor_`, `top_confused_pairs_` [(a, b, count)],
-    `thresholds_` (every value used, for the report).
+    `view_` ("strongest class", or "margin" for two classes), `thresholds_` (every value used, for the report).
     """
 
     def __init__(self, shared_presence: float = 0.9, specialized_presence: float = 0.9,
@@ -112,9 +119,11 @@ class Structure:
         self.beta_sum_ = beta.sum(axis=0)
         self.shared_ = self._shared(m)
         self.specialized_ = self._specialized(present, labels, groups, m)
-        self.noise_floor_ = float(np.quantile(np.abs(beta), self.noise_quantile)) if beta.size else 0.0
+        self.view_ = "margin" if m == 2 else "strongest class"
+        view = two_class_view(beta) if m == 2 else beta
+        self.noise_floor_ = float(np.quantile(np.abs(view), self.noise_quantile)) if beta.size else 0.0
         self.top_confused_pairs_ = top_confused_pairs(np.asarray(final_confusion), self.top_confused)
-        self.uncertain_ = self._uncertain(beta)
+        self.uncertain_ = self._uncertain(view)
         self.thresholds_ = {
             "shared_presence": self.shared_presence,
             "specialized_presence": self.specialized_presence,
@@ -158,26 +167,52 @@ class Structure:
     def _uncertain(self, beta: np.ndarray) -> list[dict[str, Any]]:
         """Prototypes whose above-floor strongest class flips between the same two classes >= min_flips times."""
         top_pairs = {(a, b) for a, b, _ in self.top_confused_pairs_}
-        strongest = beta.argmax(axis=2)  # [s, k]
-        strength = np.take_along_axis(beta, strongest[:, :, None], axis=2)[:, :, 0]
-        above = strength > self.noise_floor_
-        found = []
-        for k in range(beta.shape[1]):
-            steps = np.nonzero(above[:, k])[0]
-            cls, val = strongest[steps, k], strength[steps, k]
-            flip = np.nonzero(cls[1:] != cls[:-1])[0] + 1  # index of the later entry of each flip
-            if flip.size == 0:
-                continue
-            pairs = np.stack([np.minimum(cls[flip - 1], cls[flip]), np.maximum(cls[flip - 1], cls[flip])], axis=1)
-            candidates = []
-            for a, b in np.unique(pairs, axis=0):
-                mine = flip[(pairs[:, 0] == a) & (pairs[:, 1] == b)]
-                score = mine.size * float(np.mean(np.concatenate([val[mine - 1], val[mine]])))
-                candidates.append((mine.size, score, -a, -b, mine))
-            flips, score, a, b, mine = max(candidates, key=lambda c: c[:4])
-            if flips < self.min_flips:
-                continue
-            found.append({"prototype": k, "classes": [int(-a), int(-b)], "flips": int(flips), "score": score,
-                          "flip_steps": [int(x) for x in steps[mine]],
-                          "in_top_confused": (int(-a), int(-b)) in top_pairs})
+        found = [{key: u[key] for key in ("prototype", "classes", "flips", "score", "flip_steps")}
+                 | {"in_top_confused": tuple(u["classes"]) in top_pairs}
+                 for u in strongest_flips(beta, self.noise_floor_, self.min_flips)]
         return sorted(found, key=lambda d: (-d["score"], d["prototype"]))
+
+
+def two_class_view(beta: np.ndarray) -> np.ndarray:
+    """β [s, k, 2] as the margin view [-μ, μ] with μ = β[..., 1] - β[..., 0]: one coefficient per prototype.
+
+    With two classes the confidence changes sum to zero, so β[..., 0] ≈ -β[..., 1] and the class
+    a prototype favours is the sign of the margin μ; the rule then runs on μ (floor on |μ|).
+    """
+    margin = beta[:, :, 1] - beta[:, :, 0]
+    return np.stack([-margin, margin], axis=2)
+
+
+def strongest_flips(beta: np.ndarray, floor: float, min_flips: int, counted: np.ndarray | None = None,
+                    ids: Any = None) -> list[dict[str, Any]]:
+    """The flip rule on β [s, k, m] (see the module doc), for every prototype with >= min_flips flips.
+
+    ``counted`` [s, k] replaces the floor's choice of the steps that count; ``ids`` names the
+    prototypes (default 0..k-1). Each entry: prototype, classes [a, b], flips, score, flip_steps, and
+    ``ends`` [(step_before, class_before, step_after, class_after)] of each counted flip, in order.
+    """
+    strongest = beta.argmax(axis=2)  # [s, k]
+    strength = np.take_along_axis(beta, strongest[:, :, None], axis=2)[:, :, 0]
+    above = strength > floor if counted is None else counted
+    ids = range(beta.shape[1]) if ids is None else ids
+    found = []
+    for k in range(beta.shape[1]):
+        steps = np.nonzero(above[:, k])[0]
+        cls, val = strongest[steps, k], strength[steps, k]
+        flip = np.nonzero(cls[1:] != cls[:-1])[0] + 1  # index of the later entry of each flip
+        if flip.size < min_flips:
+            continue
+        m = beta.shape[2]
+        codes = np.minimum(cls[flip - 1], cls[flip]) * m + np.maximum(cls[flip - 1], cls[flip])  # pair a < b as a*m + b
+        candidates = []
+        for code in np.unique(codes).tolist():
+            mine = flip[codes == code]
+            score = mine.size * float((val[mine - 1].sum() + val[mine].sum()) / (2 * mine.size))
+            candidates.append((mine.size, score, -(code // m), -(code % m), mine))
+        flips, score, a, b, mine = max(candidates, key=lambda c: c[:4])
+        if flips < min_flips:
+            continue
+        found.append({"prototype": int(ids[k]), "classes": [int(-a), int(-b)], "flips": int(flips), "score": score,
+                      "flip_steps": [int(x) for x in steps[mine]],
+                      "ends": [(int(steps[i - 1]), int(cls[i - 1]), int(steps[i]), int(cls[i])) for i in mine]})
+    return found

@@ -134,10 +134,16 @@ def print_findings(summary: dict) -> None:
     names = summary["classes"]
     if not summary["uncertain"]:
         print("no uncertain prototype found (try --min-flips 1, --noise-quantile 0.5, or more checkpoints)")
+    elif summary.get("uncertainty"):
+        c = summary["uncertainty"]
+        e, es = c["expected_flagged"], c["expected_significant"]
+        print(f"uncertain: {c['flagged']} flagged (chance: {e['mean']} ± {e['sd']}), "
+              f"{c['significant']} significant (chance: {es['mean']} ± {es['sd']})")
     for u in summary["uncertain"][:5]:
         a, b = u["classes"]
+        verdict = "" if "significant" not in u else (f", q {u['q']:.3g}" if u["significant"] else ", not significant")
         print(f"  uncertain prototype {u['prototype']}: swings {names[a]} <-> {names[b]}, {u['flips']} flips, "
-              f"score {u['score']:.3g}{' (a top-confused pair)' if u['in_top_confused'] else ''}")
+              f"score {u['score']:.3g}{verdict}{' (a top-confused pair)' if u['in_top_confused'] else ''}")
 
 
 # ---- report --------------------------------------------------------------------------------------

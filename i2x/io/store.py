@@ -57,6 +57,7 @@ ARRAYS: dict[str, tuple[str, ...]] = {
     "analysis/share": ("n", "k"),
     "analysis/groups": ("s", "n"),
     "analysis/beta": ("s", "k", "m"),
+    "analysis/beta_se": ("s", "k", "m"),
     "analysis/alpha": ("s",),
     "analysis/r2": ("s",),
     "analysis/group_ids": ("s", "g"),

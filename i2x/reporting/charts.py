@@ -170,7 +170,8 @@ def cartography(frame: pd.DataFrame) -> alt.Chart:
 
 def uncertain_trajectory(beta_frame: pd.DataFrame, confusion_frame: pd.DataFrame, floor: float,
                          flips: pd.DataFrame, first: int) -> alt.HConcatChart:
-    """β toward the two classes over training (flips marked) beside the pair's confusion count per checkpoint.
+    """β toward the two classes over training (flips marked; bands: their intervals where the frame has ``low`` and
+    ``high``) beside the pair's confusion count per checkpoint.
 
     The frames hold every uncertain prototype (column ``prototype``); the top-level param ``proto``
     (initially ``first``) picks one, so one spec serves every card (see :func:`with_param`).
@@ -193,8 +194,13 @@ def uncertain_trajectory(beta_frame: pd.DataFrame, confusion_frame: pd.DataFrame
         y="floor:Q", tooltip=[alt.Tooltip("floor:Q", title="noise floor", format=".3g")])
     marks = alt.Chart(flips).mark_rule(color="#c0392b", opacity=0.3, strokeWidth=6).encode(
         x="train_step:Q", tooltip=[alt.Tooltip("between:N", title="flip at")]).transform_filter(pick)
-    left = alt.layer(marks, rule, lines, labels).properties(width=290, height=180,
-                                                            title="Flip trajectory (β toward each class)")
+    layers = [marks, rule, lines, labels]
+    if "low" in beta_frame:  # the coefficients' intervals (summary.json's uncertainty level)
+        layers.insert(2, alt.Chart(beta_frame).mark_area(opacity=0.15).encode(
+            x="train_step:Q", y="low:Q", y2="high:Q",
+            color=alt.Color("slot:N", scale=alt.Scale(domain=["a", "b"], range=["#2e6fd8", "#e67e22"]), legend=None),
+        ).transform_filter(pick))
+    left = alt.layer(*layers).properties(width=290, height=180, title="Flip trajectory (β toward each class)")
     right = alt.Chart(confusion_frame).mark_bar(color="#c0392b", opacity=0.8).encode(
         x=alt.X("train_step:O", title="training step"),
         y=alt.Y("count:Q", title="confusions (both ways)"),

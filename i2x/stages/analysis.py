@@ -3,7 +3,7 @@
 Order (each reads what the one before wrote): prototypes (PCA + FAISS k-means on the final
 checkpoint's features) -> intensity ``P[t, n, k]`` -> confidence groups (HDBSCAN on ΔŶ) ->
 ridge mapping ``β[s, k, m]`` -> structure (shared, specialized, uncertain prototypes) ->
-cartography. Results go to the store's ``analysis/`` group and ``DIR/summary.json``.
+significance of the uncertain ones (β's standard errors, a permutation null) -> cartography. Results go to the store's ``analysis/`` group and ``DIR/summary.json``.
 
 Checkpoints whose weights held NaN/Inf (``finite[t] == 0``) are left out of the steps: a step s
 runs between two consecutive *usable* checkpoints, listed in ``summary.json`` under ``steps``.
@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from i2x.analysis import (ConfidenceGroups, Prototypes, RidgeMapping, Structure, accuracy, cartography,
                        cartography_summary, choose_k, confusion, intensity, presence_share)
 from i2x.analysis.groups import default_min_cluster_size
+from i2x.analysis.significance import FlipSignificance
 from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store
@@ -75,6 +76,14 @@ class AnalyzeConfig:
     noise_quantile: float = option(0.75, "uncertain: |beta| must exceed this quantile of all |beta|", low=0, high=1)
     min_flips: int = option(2, "uncertain: flips between the same two classes", low=1)
     top_confused: int = option(3, "how many most-confused class pairs count as 'top confused'", low=0)
+    significance_level: float = option(
+        0.95, "uncertain: a flip is significant when, at both its ends, this level's interval of the leading class's "
+        "β minus the other class's β lies above 0", low=0, high=0.999, low_open=True)
+    null_runs: int = option(20, "uncertain: runs of the null model (confidence changes permuted across samples) that "
+                                "give the number of uncertain prototypes expected by chance and the p values; 0: none",
+                            low=0, high=10_000)
+    fdr: float = option(0.1, "uncertain: a flagged prototype is significant when its Benjamini-Hochberg q is at most "
+                             "this (and it has --min-flips significant flips)", low=0, high=1, low_open=True)
     jobs: int | None = option(None, "processes that run HDBSCAN's steps in parallel (default: every core from 10000 "
                               "samples on)", low=1, metavar="N")
     device: str = device_option("cpu keeps FAISS on the CPU; auto/cuda use a FAISS GPU if seen")
@@ -122,7 +131,7 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
             f"--first {usable[-1] + 1} --overwrite to the `i2x extract` command)"
         )
     timings: dict[str, float] = {}
-    bar = tqdm(total=6, desc="analysis", disable=not progress)
+    bar = tqdm(total=7, desc="analysis", disable=not progress)
     t0 = time.perf_counter()
 
     features = store.array("features")
@@ -196,6 +205,14 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
     t0 = _timed(timings, "structure", t0)
     bar.update()
 
+    significance = FlipSignificance(
+        level=cfg.significance_level, null_runs=cfg.null_runs, fdr=cfg.fdr, noise_quantile=cfg.noise_quantile,
+        min_flips=cfg.min_flips, random_state=cfg.seed,
+    ).fit(P_used, probs_used, mapping.alpha_, mapping.beta_)
+    store.write("analysis/beta_se", significance.se_.astype(np.float32))
+    t0 = _timed(timings, "significance", t0)
+    bar.update()
+
     carto = cartography(probs_used, labels)
     for key, value in carto.items():
         store.write(f"analysis/{key}", value)
@@ -205,6 +222,11 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
 
     summary = _summary(store, cfg, protos, structure, mapping, groups, carto, acc, loss, conf, steps, present,
                        labels, share, k_scores, finite)
+    top_pairs = {(a, b) for a, b, _ in structure.top_confused_pairs_}
+    summary.update(_significance_summary(significance, cfg, summary["uncertain"], top_pairs, store.class_names))
+    for u in summary["uncertain"]:
+        covered = np.isin(labels, u["classes"]) & (share[:, u["prototype"]] >= 0.1)
+        u.setdefault("curation_excludes", int(covered.sum()))
     summary["timings"] = timings
     store.set_analysis_attrs({"config": asdict(cfg), "k": K, "method": cfg.method, "steps": steps})
     path = save_summary(out, summary)  # written last and atomically: readers never see half of it
@@ -336,7 +358,56 @@ def _summary(store: Store, cfg: AnalyzeConfig, protos: Prototypes, structure: St
         "mapping": {"alpha": mapping.alpha_.tolist(), "r2": [round(float(v), 4) for v in mapping.r2_],
                     "min_group_size": mapping.min_group_size_},
         "cartography": cartography_summary(carto),
-        "thresholds": {**structure.thresholds_, "min_cluster_size": groups.min_cluster_size_,
+        "thresholds": {**structure.thresholds_, "significance_level": cfg.significance_level,
+                       "null_runs": cfg.null_runs, "fdr": cfg.fdr, "min_cluster_size": groups.min_cluster_size_,
                        "curation_min_share": 0.1},
         "warnings": list(protos.warnings_),
     }
+
+
+def _number(x: float, digits: int = 6) -> float | None:
+    """A float for strict JSON: rounded, None where it is not finite (a z over a zero standard error)."""
+    return round(float(x), digits) if np.isfinite(x) else None
+
+
+def _significance_summary(sig: FlipSignificance, cfg: AnalyzeConfig, uncertain: list[dict[str, Any]],
+                          top_pairs: set[tuple[int, int]], names: list[str]) -> dict[str, Any]:
+    """Evidence into each uncertain entry (in place), entries for significant prototypes below the noise floor,
+    and the flagged-versus-expected counts, for summary.json."""
+    (flag_mean, flag_sd), (sig_mean, sig_sd) = sig.expected_["flagged"], sig.expected_["significant"]
+
+    def evidence(k: int) -> dict[str, Any]:
+        e = sig.evidence_[k]
+        return {
+            "significant": e["significant"], "significant_flips": e["significant_flips"],
+            "significant_classes": e["classes"], "statistic": _number(e["statistic"], 4),
+            "p": _number(e["p"]), "q": _number(e["q"]),
+            "flip_evidence": [{**{key: f[key] for key in ("from_step", "to_step", "from_class", "to_class")},
+                               **{end: {key: _number(v) for key, v in f[end].items()} for end in ("before", "after")}}
+                              for f in e["flip_evidence"]],
+            "null_expected": {"flagged": _number(flag_mean, 3), "significant": _number(sig_mean, 3)},
+        }
+
+    for u in uncertain:
+        u.update(evidence(u["prototype"]), below_noise_floor=False)
+    listed = {u["prototype"] for u in uncertain}
+    for k, e in sig.evidence_.items():
+        if e["significant"] and k not in listed:  # well determined, yet below the quantile floor
+            a, b = e["classes"]
+            uncertain.append({"prototype": k, "classes": [a, b], "flips": e["significant_flips"],
+                              "score": e["score"], "flip_steps": e["flip_steps"],
+                              "in_top_confused": (a, b) in top_pairs, **evidence(k), "below_noise_floor": True,
+                              "class_names": [names[a], names[b]]})
+    return {"uncertainty": {
+        "view": sig.view_,
+        "level": cfg.significance_level,
+        "z": round(sig.z_, 4),
+        "fdr": cfg.fdr,
+        "null_runs": cfg.null_runs,
+        "flagged": len(sig.flagged_),
+        "significant": sum(e["significant"] for e in sig.evidence_.values()),
+        "expected_flagged": {"mean": _number(flag_mean, 3), "sd": _number(flag_sd, 3)},
+        "expected_significant": {"mean": _number(sig_mean, 3), "sd": _number(sig_sd, 3)},
+        "null_flagged": sig.null_flagged_.tolist(),
+        "null_significant": sig.null_significant_.tolist(),
+    }}

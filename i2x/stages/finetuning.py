@@ -2,7 +2,9 @@
 
 The curated training set leaves out every training sample of class a or b of a flagged pair
 (a, b) in which one of the pair's uncertain prototypes covers at least ``min_share`` of the grid
-cells (``analysis/share``), the union over the flagged pairs. Each strategy ``X-Y`` starts from
+cells (``analysis/share``), the union over the flagged pairs. Only the uncertain prototypes the
+analysis found significant (``significant`` in summary.json: flips beyond their standard errors,
+and more than the null model expects) count, unless ``all_uncertain``. Each strategy ``X-Y`` starts from
 the final (last finite) checkpoint, trains ``epochs[0]`` epochs on set X and then ``epochs[1]``
 on set Y (X, Y in {full, curated}); every run is evaluated on the test split for accuracy and the
 confusions of each pair (a->b plus b->a), and the strategies are compared over the same seeds.
@@ -144,6 +146,7 @@ class FinetuneConfig:
         metavar="top|all|A,B;C,D")
     exclude_file: str | None = option(None, "fine-tune with your own exclusion list instead (JSON list of training "
                                       "indices, or one per line)", flag="--exclude", metavar="FILE")
+    all_uncertain: bool = option(False, "curate from every flagged uncertain prototype, not only the significant ones")
     dest: str | None = option(None, "output directory (default DIR/finetune)", metavar="DIR")
     batch_size: int = option(64, "batch size", low=1)
     device: str = device_option()
@@ -158,8 +161,9 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
     the uncertain prototypes whose class pair is among the final checkpoint's most confused pairs, or
     else the single highest-scoring one (the paper curates one pair; the union of every flagged pair can
     remove most of the data); ``"all"`` takes every flagged pair; a list of (a, b) names or indices picks
-    pairs. ``exclude_file`` replaces the curation rule by a list of training-split indices. Results go to
-    ``dest`` (default ``out_dir/finetune``).
+    pairs. ``exclude_file`` replaces the curation rule by a list of training-split indices. ``all_uncertain``:
+    curate from every flagged prototype, not only the significant ones. Results go to ``dest`` (default
+    ``out_dir/finetune``).
     """
     cfg = config or FinetuneConfig(**options)
     validate(cfg)
@@ -171,7 +175,8 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
     names = store.class_names
     ctx = build_context(replace(RunConfig.from_dict(store.config), device=cfg.device))
     train_set, test_set = ctx.data.split("train"), ctx.data.split("test")
-    curation = _curation(store, summary, names, labels_of(train_set), cfg.min_share, cfg.pairs, cfg.exclude_file)
+    curation = _curation(store, summary, names, labels_of(train_set), cfg.min_share, cfg.pairs, cfg.exclude_file,
+                         cfg.all_uncertain)
     report_pairs = list(curation.pairs) or _fallback_pairs(summary)
     _print_curation(curation, names, cfg.min_share)
     start_name, start_sha = _load_start(store, ctx)
@@ -244,6 +249,7 @@ def _settings(out: Path, cfg: FinetuneConfig, plan: Plan, curation: Curation, ct
         "weight_decay": 0.0,
         "batch_size": cfg.batch_size,
         "min_share": cfg.min_share if cfg.exclude_file is None else None,
+        "uncertain_used": None if cfg.exclude_file is not None else "all" if cfg.all_uncertain else "significant",
         "exclusion_source": curation.source,
         "device": str(ctx.device),
         "torch": torch.__version__,
@@ -332,11 +338,13 @@ def read_exclude_file(path: str | Path, n_train: int) -> np.ndarray:
 
 
 def _curation(store: Store, summary: dict[str, Any], names: list[str], train_labels: np.ndarray, min_share: float,
-              pairs: Sequence[tuple[int | str, int | str]] | str, exclude_file: str | Path | None) -> Curation:
+              pairs: Sequence[tuple[int | str, int | str]] | str, exclude_file: str | Path | None,
+              all_uncertain: bool = False) -> Curation:
     """Apply the curation rule to the analysed training samples, or read the user's own exclusion list."""
-    uncertain = _uncertain_by_pair(summary)
+    flagged = _usable_uncertain(summary, all_uncertain)
+    uncertain = _uncertain_by_pair(flagged)
     if pairs == "top":
-        chosen = _top_pairs(summary, uncertain)
+        chosen = _top_pairs(flagged, uncertain)
     elif pairs == "all":
         chosen = uncertain
     elif isinstance(pairs, str):
@@ -355,6 +363,13 @@ def _curation(store: Store, summary: dict[str, Any], names: list[str], train_lab
     else:
         if not any(chosen.values()):
             what = "any pair" if isinstance(pairs, str) else "the given pairs"
+            dropped = [u for u in summary.get("uncertain", []) if u not in flagged
+                       and (isinstance(pairs, str) or tuple(sorted(u["classes"])) in chosen)]
+            if dropped:
+                raise UserError(f"{store.path.parent}: no significant uncertain prototype for {what} "
+                                f"({len(dropped)} flagged, none beyond noise: see the report's uncertain section), "
+                                "so the curation rule has nothing to exclude; add --all-uncertain to curate from every "
+                                "flagged prototype")
             raise UserError(f"{store.path.parent}: the analysis flagged no uncertain prototype for {what}, so the "
                             f"curation rule has nothing to exclude. {NO_UNCERTAIN_ADVICE}")
         split = store.config.get("split", "train")
@@ -380,18 +395,26 @@ def _curation(store: Store, summary: dict[str, Any], names: list[str], train_lab
     return Curation(ids=ids, source=source, pairs=chosen, per_class=per_class, n_train=n_train)
 
 
-def _top_pairs(summary: dict[str, Any], uncertain: dict[Pair, list[int]]) -> dict[Pair, list[int]]:
+def _usable_uncertain(summary: dict[str, Any], all_uncertain: bool) -> list[dict[str, Any]]:
+    """summary.json's uncertain prototypes that curation may use: the significant ones, or all of them.
+
+    A summary written before significance was tested has no ``significant`` field: all of its entries count.
+    """
+    return [u for u in summary.get("uncertain", []) if all_uncertain or u.get("significant", True)]
+
+
+def _top_pairs(flagged: list[dict[str, Any]], uncertain: dict[Pair, list[int]]) -> dict[Pair, list[int]]:
     """The flagged pairs that are among the most confused at the final checkpoint, else the top-scoring one."""
-    top = {tuple(sorted(u["classes"])) for u in summary.get("uncertain", []) if u.get("in_top_confused")}
-    if not top and summary.get("uncertain"):
-        top = {tuple(sorted(summary["uncertain"][0]["classes"]))}
+    top = {tuple(sorted(u["classes"])) for u in flagged if u.get("in_top_confused")}
+    if not top and flagged:
+        top = {tuple(sorted(flagged[0]["classes"]))}
     return {pair: protos for pair, protos in uncertain.items() if pair in top}
 
 
-def _uncertain_by_pair(summary: dict[str, Any]) -> dict[Pair, list[int]]:
-    """{(a, b): the uncertain prototypes flagged for that pair} from summary.json, strongest first."""
+def _uncertain_by_pair(flagged: list[dict[str, Any]]) -> dict[Pair, list[int]]:
+    """{(a, b): the uncertain prototypes flagged for that pair}, strongest first."""
     found: dict[Pair, list[int]] = {}
-    for u in summary.get("uncertain", []):
+    for u in flagged:
         a, b = u["classes"]
         found.setdefault((min(a, b), max(a, b)), []).append(int(u["prototype"]))
     return found

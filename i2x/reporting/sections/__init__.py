@@ -29,9 +29,12 @@ THRESHOLD_HELP = {
     "specialized_max_overall": "specialized: present in fewer than this share of all the class's samples",
     "min_group_samples": "specialized: a group needs at least this many samples of the class",
     "noise_quantile": "uncertain: quantile of |β| taken as the noise floor",
-    "noise_floor": "uncertain: |β| must exceed this (the quantile above)",
+    "noise_floor": "uncertain: |β| (|margin| with two classes) must exceed this (the quantile above)",
     "min_flips": "uncertain: flips between the same two classes",
     "top_confused": "most confused class pairs checked against",
+    "significance_level": "uncertain: level of the β intervals a flip must clear at both its ends",
+    "null_runs": "uncertain: runs of the null model (confidence changes permuted across samples)",
+    "fdr": "uncertain: significant when the Benjamini-Hochberg q is at most this",
     "min_cluster_size": "HDBSCAN minimum group size",
     "curation_min_share": "curation: a sample is excluded if the prototype covers this share of its locations",
 }
@@ -267,8 +270,14 @@ def uncertain(r: ReportInputs) -> Section:
     intro = ("Prototypes whose strongest class flips back and forth between the same two classes during training: "
              "evidence the model has not settled, and the candidates for curated fine-tuning.")
     th = s["thresholds"]
+    c = s.get("uncertainty")
+    if c and c["view"] == "margin":
+        intro += (" With two classes the two confidences move in opposite directions (their changes sum to zero), so "
+                  f"each prototype has one coefficient: the margin β({names[1]}) − β({names[0]}); it favours "
+                  f"{names[1]} when positive, and a flip is a reversal of its sign.")
+    head = _significance_head(c, len(r.summary["prototypes"])) if c else ""
     if not found:
-        body = (f"<p><b>No uncertain prototype was found.</b> No prototype's strongest class flipped between the same "
+        body = head + (f"<p><b>No uncertain prototype was found.</b> No prototype's strongest class flipped between the same "
                 f"two classes at least {esc(th['min_flips'])} times with β above the noise floor "
                 f"({th['noise_floor']:.3g}, the {esc(th['noise_quantile'])} quantile of |β|).</p>"
                 "<p>To look closer: keep more checkpoints (save more often, or drop <code>--every</code>), lower the "
@@ -285,20 +294,52 @@ def uncertain(r: ReportInputs) -> Section:
         chart = r.charts.add(f"uncertain-{k}", charts.with_param(spec, "proto", k, rows_key="prototype"))
         presence = r.summary["prototypes"][k]["presence"]
         flip_at = [r.train_step(r.steps[i][1]) for i in u["flip_steps"]]
+        evidence = [] if "significant" not in u else [
+            ("beyond noise", Raw(chip("significant", "shared") if u["significant"] else chip("not significant", "warn"))),
+            ("significant flips", f"{u['significant_flips']}" + (
+                f" ({names[u['significant_classes'][0]]} ↔ {names[u['significant_classes'][1]]})"
+                if u["significant_classes"] else "") + f": the leading class's {c['level']:.0%} interval excludes "
+                "the runner-up's β at both ends"),
+            ("p / q (false discovery)", f"{u['p']:.3g} / {u['q']:.3g}"),
+        ] + ([("found by", "the intervals only: its β stays below the noise floor, but is well determined")]
+             if u.get("below_noise_floor") else [])
         facts = table(None, [
             ("flips", f"{u['flips']}, at training steps {', '.join(str(x) for x in flip_at)}"),
+            *evidence,
             ("score", f"{u['score']:.3g}"),
             ("among the most confused pairs", "yes" if u["in_top_confused"] else "no"),
             ("present in", f"{presence[a]:.0%} of class {names[a]} and {presence[b]:.0%} of class {names[b]} samples"),
             ("curation would exclude", f"{u['curation_excludes']} training samples of {names[a]} or {names[b]} "
                                        f"where it covers ≥ {th['curation_min_share']:.0%} of the locations"),
         ], "facts")
-        cards.append(f'<div class="ucard" id="uncertain-{k}"><h3>Prototype {k}: '
+        faded = ' style="opacity:0.6"' if u.get("significant") is False else ""
+        cards.append(f'<div class="ucard" id="uncertain-{k}"{faded}><h3>Prototype {k}: '
                      f'{chip(names[a], "uncertain")} ↔ {chip(names[b], "uncertain")}</h3>'
                      f'<div class="row"><div class="ufacts">{facts}{_patch_imgs(r, k)}</div>{chart}</div></div>')
     more = len(found) - len(shown)
     notes = [f"The {len(shown)} strongest are shown; {more} more are listed in summary.json."] if more else []
-    return Section("uncertain", "Uncertain prototypes", intro, "".join(cards), notes)
+    return Section("uncertain", "Uncertain prototypes", intro, head + "".join(cards), notes)
+
+
+def _significance_head(c: dict[str, Any], k: int) -> str:
+    """Flagged versus expected by chance, and the rule that makes a flip significant."""
+    e, es = c["expected_flagged"], c["expected_significant"]
+    if c["null_runs"]:
+        chance = (f"chance alone flags {e['mean']:.3g} ± {e['sd'] if e['sd'] is not None else 0:.2g} "
+                  f"and {es['mean']:.3g} ± {es['sd'] if es['sd'] is not None else 0:.2g} significant "
+                  f"(mean ± sd over {c['null_runs']} runs of the null model: the same analysis with each step's "
+                  "confidence changes shuffled across samples)")
+    else:
+        chance = "the null model was not run (--null-runs 0), so no count expected by chance is known"
+    return (f"<p><b>{c['flagged']} of {k} prototypes flagged by the flip rule (noise floor), {c['significant']} "
+            "significant</b>; "
+            f"{esc(chance)}.</p><p class=\"muted\">A step counts when the {c['level']:.0%} interval of the leading "
+            f"class's β minus the runner-up's (ridge standard errors at the step's penalty) lies above 0; a significant "
+            f"flip is a change of the leading class between counted steps, so at both of its ends the interval "
+            f"excludes the other class's β. A prototype is significant with at least --min-flips significant flips "
+            f"between one pair and a false discovery estimate q (Benjamini-Hochberg over the prototypes, p from the "
+            f"null runs) of at most {c['fdr']:g}. Faded cards are not significant: their flips are within what noise "
+            f"produces; curation uses significant prototypes only unless asked (<code>i2x finetune --all-uncertain</code>).</p>")
 
 
 def _uncertain_frames(r: ReportInputs, shown: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -306,11 +347,15 @@ def _uncertain_frames(r: ReportInputs, shown: list[dict[str, Any]]) -> tuple[pd.
     uncertain prototype (column ``prototype``)."""
     beta, conf = r.read("analysis/beta"), r.read("analysis/confusion")
     usable = np.flatnonzero(r.read("finite").astype(bool))
+    evidence = r.summary.get("uncertainty")
+    half = evidence["z"] * r.read("analysis/beta_se") if evidence and r.store.has("analysis/beta_se") else None
     betas, pairs, flips = [], [], []
     for u in shown:
         k, (a, b) = u["prototype"], u["classes"]
         betas += [{"prototype": k, "train_step": r.train_step(t1), "between": r.step_label(i), "slot": slot,
-                   "toward": r.names[c], "beta": round(float(beta[i, k, c]), 5)}
+                   "toward": r.names[c], "beta": round(float(beta[i, k, c]), 5),
+                   **({} if half is None else {"low": round(float(beta[i, k, c] - half[i, k, c]), 5),
+                                               "high": round(float(beta[i, k, c] + half[i, k, c]), 5)})}
                   for i, (_t0, t1) in enumerate(r.steps) for slot, c in (("a", a), ("b", b))]
         counts = conf[usable, a, b] + conf[usable, b, a]
         pairs += [{"prototype": k, "train_step": r.train_step(t), "checkpoint": r.checkpoints[t]["name"],
