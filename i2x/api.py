@@ -40,16 +40,18 @@ def train(
     freeze_backbone_epochs: int = 0,
     device: str = "auto",
     progress: bool = True,
+    overwrite: bool = False,
     **data_options: Any,
 ) -> TrainResult:
-    """Train ``model`` on ``data`` with the reference trainer, one snapshot per epoch in ``out``."""
+    """Train ``model`` on ``data`` with the reference trainer, one snapshot per epoch in ``out`` (a non-empty
+    ``out`` is refused unless ``overwrite``, which deletes its ``epoch_*.pt`` first)."""
     dataset = load_data(data, DataOptions(**data_options))
     torch.manual_seed(seed)  # the initial weights follow --seed too
     net = build_model(model, num_classes=dataset.num_classes, in_channels=dataset.channels)
     check_forward(net, dataset.split("train"), model, data)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, seed=seed,
                       save_every=save_every, freeze_backbone_epochs=freeze_backbone_epochs, device=device,
-                      progress=progress)
+                      progress=progress, overwrite=overwrite)
     return _train(net, dataset.split("train"), dataset.split("test"), out, cfg)
 
 
@@ -63,11 +65,12 @@ def extract(config: RunConfig | None = None, out: str | Path = "analyses/run", o
     return _extract(config, out, overwrite=overwrite, progress=progress)
 
 
-def report(out: str | Path, progress: bool = True, pngs: bool = True) -> Path:
-    """Write ``out/report.html`` (self-contained, offline) and PNG exports of the main charts in ``out/report/``."""
+def report(out: str | Path, progress: bool = True, pngs: bool = True, trust_analysis: bool = False) -> Path:
+    """Write ``out/report.html`` (self-contained, offline) and PNG exports of the main charts in ``out/report/``;
+    ``trust_analysis`` lets the pictures come from a data spec that imports a Python file."""
     from i2x.reporting import build_report
 
-    return build_report(out, progress=progress, pngs=pngs)
+    return build_report(out, progress=progress, pngs=pngs, trust_analysis=trust_analysis)
 
 
 def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool = True,
@@ -92,7 +95,9 @@ class RunResult:
 
 def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analyze_config: AnalyzeConfig | None = None,
         overwrite: bool = False, progress: bool = True, with_reliance: bool = True, **options: Any) -> RunResult:
-    """Extract + analyze + reliance + report in one call; the CLI's ``i2x run``."""
+    """Extract + analyze + reliance + report in one call; the CLI's ``i2x run``.
+
+    The later stages trust what this call named: its model and data specs, and ``trust_checkpoints``."""
     config = config or RunConfig(**options)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -103,11 +108,11 @@ def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analy
     timings["analyze"] = time.perf_counter() - start
     if with_reliance:
         start = time.perf_counter()
-        reliance(out, progress=progress)
+        reliance(out, progress=progress, trust_checkpoints=config.trust_checkpoints, trust_analysis=True)
         timings["reliance"] = time.perf_counter() - start
         an.summary = load_summary(out)
     start = time.perf_counter()
-    report_path = report(out, progress=progress)
+    report_path = report(out, progress=progress, trust_analysis=True)
     timings["report"] = time.perf_counter() - start
     return RunResult(ex.store_path, an.summary, an.summary_path or Path(out) / "summary.json", report_path, timings)
 
@@ -120,7 +125,7 @@ def demo(checkpoints: str | Path = "checkpoints/digits-demo", out: str | Path = 
     if force or not any(ckpt_dir.glob("epoch_*.pt")):
         print(f"training the small CNN on digits for {epochs} epochs into {ckpt_dir}/")
         start = time.perf_counter()
-        result = train(out=ckpt_dir, epochs=epochs)
+        result = train(out=ckpt_dir, epochs=epochs, overwrite=force)
         timings["train"] = time.perf_counter() - start
         print(f"  test accuracy {result.test_accuracy:.4f} ({timings['train']:.1f} s)")
     else:

@@ -71,6 +71,20 @@ def add_checkpoint_options(p: argparse.ArgumentParser) -> None:
                    help="allow checkpoints that need arbitrary pickled code to load (only for files you trust)")
 
 
+def add_trust_options(p: argparse.ArgumentParser, checkpoints: bool = True) -> None:
+    """Options of the commands that rebuild the model from an analysis directory (treated as untrusted input)."""
+    g = p.add_argument_group("trust")
+    if checkpoints:
+        g.add_argument("--trust-checkpoints", action="store_true",
+                       help="allow checkpoints that need arbitrary pickled code to load (only for files you trust)")
+        g.add_argument("--model", metavar="SPEC",
+                       help="confirm the analysis's package.module:factory or file.py:factory model spec (the same "
+                            "one) so it may be imported; its file must still match the sha256 recorded at extraction")
+    g.add_argument("--trust-analysis", action="store_true",
+                   help="import the model/data code the analysis names, and honour its --trust-checkpoints "
+                        "(only for analysis folders you made or trust)")
+
+
 def add_extract_options(p: argparse.ArgumentParser) -> None:
     """Options of the extraction stage."""
     g = p.add_argument_group("extraction")
@@ -108,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     result = api.train(
         data=args.data, model=args.model, out=args.out, epochs=args.epochs, seed=args.seed,
         save_every=args.save_every, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
-        freeze_backbone_epochs=args.freeze_backbone_epochs, device=args.device,
+        freeze_backbone_epochs=args.freeze_backbone_epochs, device=args.device, overwrite=args.overwrite,
         input_size=args.input_size, channels=args.channels, mean=args.mean, std=args.std,
     )
     print(f"trained {args.epochs} epochs in {result.seconds:.1f} s; final test accuracy {result.test_accuracy:.4f}")
@@ -224,7 +238,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from i2x import api
 
-    path = api.report(args.dir, pngs=not args.no_png)
+    path = api.report(args.dir, pngs=not args.no_png, trust_analysis=args.trust_analysis)
     print(f"report: {path}")
 
 
@@ -243,7 +257,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     result = finetune(
         args.dir, strategies=args.strategies, seeds=args.seeds, epochs=args.epochs, lr=args.lr,
         optimizer=args.optimizer, min_share=args.min_share, pairs=args.pairs, exclude_file=args.exclude,
-        dest=args.dest, batch_size=args.batch_size, device=args.device,
+        dest=args.dest, batch_size=args.batch_size, device=args.device, trust_checkpoints=args.trust_checkpoints,
+        trust_analysis=args.trust_analysis, model=args.model,
     )
     print(f"results: {result.dest / 'finetune.json'}")
 
@@ -256,6 +271,7 @@ def cmd_faithfulness(args: argparse.Namespace) -> None:
         baseline=args.baseline, insertion_baseline=args.insertion_baseline, buckets=args.buckets,
         per_bucket=args.per_bucket, positive_class=args.positive_class, random_draws=args.random_draws,
         seed=args.seed, batch_size=args.batch_size, device=args.device, trust_checkpoints=args.trust_checkpoints,
+        trust_analysis=args.trust_analysis, model=args.model,
     )
     for method, per_bucket in result["methods"].items():
         for bucket, r in per_bucket.items():
@@ -289,7 +305,8 @@ def cmd_reliance(args: argparse.Namespace) -> None:
 
     result = reliance(args.dir, RelianceConfig(
         max_samples=args.max_samples, recipients=args.recipients, random_draws=args.random_draws,
-        batch_size=args.batch_size, top=args.top, seed=args.seed, device=args.device))
+        batch_size=args.batch_size, top=args.top, seed=args.seed, device=args.device),
+        trust_checkpoints=args.trust_checkpoints, trust_analysis=args.trust_analysis, model=args.model)
     _print_reliance(result["verdict"], result["ranking"][:args.top], result["prototypes"])
     print(f"results: {Path(args.dir) / 'reliance.json'}")
 
@@ -347,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-backbone-epochs", type=int, default=0, metavar="N",
                    help="train only the classifier head for the first N epochs, then everything (two-phase run)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty --out, deleting its epoch_*.pt snapshots first")
 
     p = command("extract", cmd_extract, "replay checkpoints: probabilities, raw CAMs and final features into DIR/store.zarr")
     p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots")
@@ -364,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("report", cmd_report, "write DIR/report.html (self-contained, opens offline) and PNG charts in DIR/report/")
     p.add_argument("dir", metavar="DIR", help="analysis directory (after i2x analyze)")
     p.add_argument("--no-png", action="store_true", help="skip the PNG exports of the charts (faster)")
+    add_trust_options(p, checkpoints=False)
 
     p = command("finetune", cmd_finetune,
                 "curated -> full fine-tuning from the final checkpoint, driven by the uncertain prototypes, "
@@ -386,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", help="output directory (default DIR/finetune)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_trust_options(p)
 
     p = command("faithfulness", cmd_faithfulness,
                 "deletion and insertion tests of the CAMs against a random pixel order, per bucket (tp, fp, random)")
@@ -407,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for bucket sampling and random orders (default 0)")
     p.add_argument("--batch-size", type=int, default=512, help="images per forward batch (default 512)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--trust-checkpoints", action="store_true", help="allow checkpoints that need pickled code")
+    add_trust_options(p)
 
     p = command("drift", cmd_drift, "how the CAMs move between two checkpoints or training phases, per method")
     p.add_argument("dir", metavar="DIR", help="analysis directory (after i2x extract or run)")
@@ -432,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="suspects to show in detail (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and random-cell draws (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_trust_options(p)
 
     p = command("run", cmd_run, "extract + analyze + report in one command")
     p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots")
@@ -460,8 +482,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"i2x: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("i2x: interrupted; rerun the same command to resume", file=sys.stderr)
+    except KeyboardInterrupt:  # extraction keeps finished checkpoints and fine-tuning finished runs; the rest restart
+        resumes = args.command in ("extract", "run", "demo", "finetune")
+        print("i2x: interrupted; rerun the same command to " + ("resume" if resumes else "start this step over"),
+              file=sys.stderr)
         return 130
     return 0
 

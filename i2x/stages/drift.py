@@ -19,12 +19,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from i2x.errors import UserError
-from i2x.io.data import DataOptions, load_data
+from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import DRIFT, checkpoint_index, clean_json, describe_checkpoint, stored_methods, \
     usable_checkpoints, write_json
 from i2x.metrics.drift import centroid, drift_metrics, rank_reversals, summarize
-from i2x.stages.context import RunConfig
+from i2x.stages.context import open_data
 
 #: Drift metrics written per sample class; shift_px is in pixels of the input image.
 DRIFT_METRICS = ("iou", "shift_px", "shift_frac", "spearman", "concentration_a", "concentration_b",
@@ -34,11 +34,11 @@ STABILITY = {"iou": 1.0, "spearman": 1.0, "shift_frac": -1.0}
 
 
 def _input_size(store: Store) -> tuple[int, int]:
-    """The input size (H, W) the store was extracted at (opened from the recorded data spec)."""
-    config = RunConfig.from_dict(store.config)
-    if config.input_size:
-        return int(config.input_size), int(config.input_size)
-    data = load_data(config.data, DataOptions(config.input_size, config.channels, config.mean, config.std))
+    """The input size (H, W) the store was extracted at (recorded there; older stores: from the data spec)."""
+    if store.attrs.get("input_size"):
+        h, w = store.attrs["input_size"]
+        return int(h), int(w)
+    _, data = open_data(store)
     return int(data.input_size[0]), int(data.input_size[1])
 
 
@@ -177,25 +177,26 @@ def drift(
     """
     start = time.perf_counter()
     _check_stability(stability)
-    store = Store.open(out_dir)
-    methods = stored_methods(store, methods)
-    a, b = _pair(store, from_, to, phase_split)
-    reader = _DriftReader(store, top)
-    keep = reader.correct(a) & reader.correct(b)
-    result: dict[str, Any] = {
-        "from": describe_checkpoint(store, a), "to": describe_checkpoint(store, b), "phase_split": phase_split,
-        "top": top, "grid": list(reader.grid), "input_size": list(reader.input_size),
-        "pixels_per_cell": list(reader.scale), "class_names": store.class_names,
-        "n_samples": int(keep.size), "n_correct_both": int(keep.sum()), "methods": {},
-    }
-    for m in methods:
-        result["methods"][m] = reader.summary(reader.metrics(m, a, b, keep), keep)
-    per_class = {m: _stability(result["methods"][m]["per_class"], stability) for m in methods}
-    result["stability"] = _ranking(per_class, stability)
-    if consecutive:
-        result["consecutive"] = _consecutive(reader, methods, progress)
-    result["seconds"] = round(time.perf_counter() - start, 3)
-    write_json(Path(out_dir) / DRIFT, result)
+    with locked(out_dir):  # no other i2x process rewrites the store while the study reads it
+        store = Store.open(out_dir)
+        methods = stored_methods(store, methods)
+        a, b = _pair(store, from_, to, phase_split)
+        reader = _DriftReader(store, top)
+        keep = reader.correct(a) & reader.correct(b)
+        result: dict[str, Any] = {
+            "from": describe_checkpoint(store, a), "to": describe_checkpoint(store, b), "phase_split": phase_split,
+            "top": top, "grid": list(reader.grid), "input_size": list(reader.input_size),
+            "pixels_per_cell": list(reader.scale), "class_names": store.class_names,
+            "n_samples": int(keep.size), "n_correct_both": int(keep.sum()), "methods": {},
+        }
+        for m in methods:
+            result["methods"][m] = reader.summary(reader.metrics(m, a, b, keep), keep)
+        per_class = {m: _stability(result["methods"][m]["per_class"], stability) for m in methods}
+        result["stability"] = _ranking(per_class, stability)
+        if consecutive:
+            result["consecutive"] = _consecutive(reader, methods, progress)
+        result["seconds"] = round(time.perf_counter() - start, 3)
+        write_json(Path(out_dir) / DRIFT, result)
     return clean_json(result)
 
 

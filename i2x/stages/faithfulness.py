@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from i2x.attribution import Attributor, display_maps, get_methods
 from i2x.errors import UserError
+from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import FAITHFULNESS, checkpoint_index, clean_json, describe_checkpoint, stored_methods, write_json
 from i2x.metrics.faithfulness import MODES, auc, drop_at, fraction_grid, perturbation_curves, pixel_order, \
@@ -175,76 +176,80 @@ def faithfulness(
     device: str = "auto",
     trust_checkpoints: bool = False,
     progress: bool = True,
+    trust_analysis: bool = False,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """Deletion/insertion study of one checkpoint's stored CAMs per sample bucket; writes ``DIR/faithfulness.json``.
 
     ``baseline`` fills deleted pixels and ``insertion_baseline`` is the image insertion starts from
     (:data:`FILLS`). Buckets come from :func:`i2x.faithfulness.select_buckets` on the checkpoint's stored
     probabilities (``positive_class``: a class name or index for the binary-style tp/fp of the chest X-ray
-    study). Returns the JSON written.
+    study). ``trust_checkpoints``, ``trust_analysis`` and ``model`` are as in
+    :func:`i2x.stages.context.open_context`. Returns the JSON written.
     """
     start = time.perf_counter()
     buckets = list(buckets)
     _check_faithfulness_options(buckets, fractions, baseline, insertion_baseline, per_bucket, random_draws, steps)
-    store = Store.open(out_dir)
-    t = checkpoint_index(store, checkpoint)
-    methods = stored_methods(store, methods)
-    positive = _class_index(store, positive_class)
-    labels = store.read("labels")
-    probs = np.asarray(store.array("probs")[t])
-    predicted = probs.argmax(axis=1)
-    chosen = {k: v for k, v in select_buckets(probs, labels, per_bucket, positive, seed).items() if k in buckets}
+    with locked(out_dir):  # no other i2x process rewrites the store while the study reads it
+        store = Store.open(out_dir)
+        t = checkpoint_index(store, checkpoint)
+        methods = stored_methods(store, methods)
+        positive = _class_index(store, positive_class)
+        labels = store.read("labels")
+        probs = np.asarray(store.array("probs")[t])
+        predicted = probs.argmax(axis=1)
+        chosen = {k: v for k, v in select_buckets(probs, labels, per_bucket, positive, seed).items() if k in buckets}
 
-    ctx = open_context(store, t, device, batch_size, trust_checkpoints)
-    fills = {"deletion": _fill(baseline, ctx), "insertion": _fill(insertion_baseline, ctx)}
-    grid = fraction_grid(steps)
-    sample_index = store.read("sample_index")
-    result: dict[str, Any] = {
-        "checkpoint": describe_checkpoint(store, t),
-        "settings": {"methods": methods, "fractions": list(fractions), "steps": steps, "buckets": buckets,
-                     "per_bucket": per_bucket, "positive_class": positive, "random_draws": random_draws,
-                     "seed": seed},
-        "baselines": {"deletion": baseline, "insertion": insertion_baseline},
-        "fills": {mode: fill.get("mean_value", "blur") for mode, fill in fills.items()},
-        "target_rule": TARGET_RULE,
-        "fractions_grid": grid,
-        "class_names": store.class_names,
-        "buckets": {},
-        "methods": {m: {} for m in methods},
-    }
-    bar = tqdm(total=len(chosen) * (len(methods) + 1), desc="faithfulness", disable=not progress)
-    for name, rows in chosen.items():
-        targets = predicted[rows] if name == "fp" else labels[rows]
-        result["buckets"][name] = {"n": int(rows.size), "rows": rows, "sample_index": sample_index[rows],
-                                   "labels": labels[rows], "predicted": predicted[rows], "targets": targets}
-        if rows.size == 0:
-            for m in methods:
-                result["methods"][m][name] = {"n": 0}
-            bar.update(len(methods) + 1)
-            continue
-        images = torch.stack([ctx.dataset[int(i)][0] for i in rows]).to(ctx.device)
-        _check_probs(ctx, images, probs[rows], f"{store.path} checkpoint {store.checkpoints[t]['name']}")
-        target = torch.as_tensor(targets)
-        b, _, h, w = images.shape
+        ctx = open_context(store, t, device, batch_size, trust_checkpoints, trust_analysis, model)
+        fills = {"deletion": _fill(baseline, ctx), "insertion": _fill(insertion_baseline, ctx)}
+        grid = fraction_grid(steps)
+        sample_index = store.read("sample_index")
+        result: dict[str, Any] = {
+            "checkpoint": describe_checkpoint(store, t),
+            "settings": {"methods": methods, "fractions": list(fractions), "steps": steps, "buckets": buckets,
+                         "per_bucket": per_bucket, "positive_class": positive, "random_draws": random_draws,
+                         "seed": seed},
+            "baselines": {"deletion": baseline, "insertion": insertion_baseline},
+            "fills": {mode: fill.get("mean_value", "blur") for mode, fill in fills.items()},
+            "target_rule": TARGET_RULE,
+            "fractions_grid": grid,
+            "class_names": store.class_names,
+            "buckets": {},
+            "methods": {m: {} for m in methods},
+        }
+        bar = tqdm(total=len(chosen) * (len(methods) + 1), desc="faithfulness", disable=not progress)
+        for name, rows in chosen.items():
+            targets = predicted[rows] if name == "fp" else labels[rows]
+            result["buckets"][name] = {"n": int(rows.size), "rows": rows, "sample_index": sample_index[rows],
+                                       "labels": labels[rows], "predicted": predicted[rows], "targets": targets}
+            if rows.size == 0:
+                for m in methods:
+                    result["methods"][m][name] = {"n": 0}
+                bar.update(len(methods) + 1)
+                continue
+            images = torch.stack([ctx.dataset[int(i)][0] for i in rows]).to(ctx.device)
+            _check_probs(ctx, images, probs[rows], f"{store.path} checkpoint {store.checkpoints[t]['name']}")
+            target = torch.as_tensor(targets)
+            b, _, h, w = images.shape
 
-        def curves(mode: str, order: torch.Tensor) -> np.ndarray:
-            return perturbation_curves(ctx.model, images, None, target, mode, steps=steps, order=order,
-                                       batch_size=batch_size, **fills[mode]).double().numpy()
+            def curves(mode: str, order: torch.Tensor) -> np.ndarray:
+                return perturbation_curves(ctx.model, images, None, target, mode, steps=steps, order=order,
+                                           batch_size=batch_size, **fills[mode]).double().numpy()
 
-        draws = torch.Generator().manual_seed(seed)
-        orders = [random_order(b, h, w, draws) for _ in range(random_draws)]
-        rand = {mode: np.stack([curves(mode, o) for o in orders]) for mode in MODES}
-        bar.update(1)
-        raw = cams_for_targets(store, ctx, t, rows, images, targets, methods, batch_size)
-        for m in methods:
-            saliency = display_maps(raw[m], (h, w))
-            order = pixel_order(saliency, torch.Generator().manual_seed(seed))  # seeded tie-breaking of flat regions
-            cam = {mode: curves(mode, order) for mode in MODES}
-            result["methods"][m][name] = _bucket_summary(cam, rand, grid, fractions)
+            draws = torch.Generator().manual_seed(seed)
+            orders = [random_order(b, h, w, draws) for _ in range(random_draws)]
+            rand = {mode: np.stack([curves(mode, o) for o in orders]) for mode in MODES}
             bar.update(1)
-    bar.close()
-    result["seconds"] = round(time.perf_counter() - start, 3)
-    write_json(Path(out_dir) / FAITHFULNESS, result)
+            raw = cams_for_targets(store, ctx, t, rows, images, targets, methods, batch_size)
+            for m in methods:
+                saliency = display_maps(raw[m], (h, w))
+                order = pixel_order(saliency, torch.Generator().manual_seed(seed))  # seeded tie-breaking of flat regions
+                cam = {mode: curves(mode, order) for mode in MODES}
+                result["methods"][m][name] = _bucket_summary(cam, rand, grid, fractions)
+                bar.update(1)
+        bar.close()
+        result["seconds"] = round(time.perf_counter() - start, 3)
+        write_json(Path(out_dir) / FAITHFULNESS, result)
     return clean_json(result)
 
 

@@ -29,9 +29,10 @@ Choices the paper leaves open, and why:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,12 +42,12 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from i2x.stages.context import RunConfig, build_context
+from i2x.stages.context import open_context
 from i2x.io.data import labels_of
 from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import FINETUNE, FINETUNE_DIR, load_summary, write_json
+from i2x.io.workdir import FINETUNE, FINETUNE_DIR, load_summary, write_bytes, write_json
 from i2x.stages.training import TrainConfig, evaluate, make_optimizer, subset, train_epochs
 
 EXCLUDED_NAME = "excluded.json"
@@ -121,6 +122,9 @@ def finetune(
     batch_size: int = 64,
     device: str = "auto",
     progress: bool = True,
+    trust_checkpoints: bool = False,
+    trust_analysis: bool = False,
+    model: str | None = None,
 ) -> FinetuneResult:
     """Fine-tune the final checkpoint of the analysis in ``out_dir`` with each strategy and seed; print the table.
 
@@ -130,6 +134,7 @@ def finetune(
     pair; the union of every flagged pair can remove most of the data); ``"all"`` takes every flagged
     pair; a list of (a, b) names or indices picks pairs. ``exclude_file`` replaces the curation rule by
     a list of training-split indices. Results go to ``dest`` (default ``out_dir/finetune``).
+    ``trust_checkpoints``, ``trust_analysis`` and ``model`` are as in :func:`i2x.stages.context.open_context`.
     """
     start_time = time.perf_counter()
     out = Path(out_dir)
@@ -141,24 +146,17 @@ def finetune(
         raise UserError(f"--min-share {min_share}: give a fraction of the grid cells in (0, 1], e.g. 0.1")
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
-    store = Store.open(out)
-    summary = load_summary(out)
-    names = store.class_names
-    config = replace(RunConfig.from_dict(store.config), device=device)
-    ctx = build_context(config)
-    train_set, test_set = ctx.data.split("train"), ctx.data.split("test")
-    curation = _curation(store, summary, names, labels_of(train_set), min_share, pairs, exclude_file)
+    with locked(out):  # nothing may rewrite the analysis while the curation reads it
+        store = Store.open(out)
+        summary = load_summary(out)
+        names = store.class_names
+        start_t, start_name, start_sha = _start_checkpoint(store)
+        ctx = open_context(store, start_t, device, batch_size, trust_checkpoints, trust_analysis, model)
+        train_set, test_set = ctx.data.split("train"), ctx.data.split("test")
+        curation = _curation(store, summary, names, labels_of(train_set), min_share, pairs, exclude_file)
     report_pairs = list(curation.pairs) or _fallback_pairs(summary)
     _print_curation(curation, names, min_share)
 
-    start_name, start_sha = _start_checkpoint(store)
-    checkpoint = ctx.checkpoint(start_name)
-    if checkpoint.sha256() != start_sha:
-        raise UserError(
-            f"{checkpoint.path}: the checkpoint changed since the analysis (its sha256 differs from the one the store "
-            f"recorded); restore it, or rerun `i2x run` on the current checkpoints"
-        )
-    ctx.load(checkpoint)
     model = ctx.model
     start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     test_labels = labels_of(test_set)
@@ -188,7 +186,7 @@ def finetune(
         "std": "sample standard deviation over seeds (ddof=1; 0 for one seed)",
     }
     dest_dir = Path(dest) if dest is not None else out / FINETUNE_DIR
-    with locked(dest_dir):
+    with locked(out), locked(dest_dir, enabled=dest_dir.resolve() != out.resolve()):
         _write_excluded(dest_dir / EXCLUDED_NAME, curation, names, min_share)
         start = _evaluate(model, test_set, test_labels, ctx.device, report_pairs, names)
         fingerprint = _fingerprint(settings, curation.ids)
@@ -458,9 +456,10 @@ def _save_run(run_path: Path, model: nn.Module, record: dict[str, Any], start_na
     run_path.parent.mkdir(parents=True, exist_ok=True)
     run_path.with_suffix(".json").unlink(missing_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()
     torch.save({"state_dict": state, "strategy": record["strategy"], "seed": record["seed"],
-                "start_checkpoint": start_name, "metrics": {"accuracy": record["accuracy"]}},
-               run_path.with_suffix(".pt"))
+                "start_checkpoint": start_name, "metrics": {"accuracy": record["accuracy"]}}, buffer)
+    write_bytes(run_path.with_suffix(".pt"), buffer.getvalue())
     write_json(run_path.with_suffix(".json"), record)
 
 
@@ -577,13 +576,13 @@ def _check_lr(optimizer: str, lr: float | None) -> float:
     return float(lr)
 
 
-def _start_checkpoint(store: Store) -> tuple[str, str]:
-    """Name and sha256 of the last checkpoint whose weights are finite: where every run starts."""
+def _start_checkpoint(store: Store) -> tuple[int, str, str]:
+    """Store index, name and sha256 of the last checkpoint whose weights are finite: where every run starts."""
     finite = np.flatnonzero(store.read("finite").astype(bool) & store.done())
     if finite.size == 0:
         raise UserError(f"{store.path}: no finished checkpoint with finite weights to fine-tune from")
     record = store.checkpoints[int(finite[-1])]
-    return record["name"], record["sha256"]
+    return int(finite[-1]), record["name"], record["sha256"]
 
 
 __all__ = ["finetune", "format_table", "FinetuneResult", "Curation", "exclusion_mask", "read_exclude_file",
