@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from i2x.stages.context import open_context
+from i2x.stages.context import open_context, open_data
 from i2x.io.data import labels_of
 from i2x.errors import UserError
 from i2x.io.lock import locked
@@ -150,10 +150,11 @@ def finetune(
         store = Store.open(out)
         summary = load_summary(out)
         names = store.class_names
+        _, data = open_data(store, trust_analysis)
+        train_set, test_set = data.split("train"), data.split("test")
+        curation = _curation(store, summary, names, labels_of(train_set), min_share, pairs, exclude_file)
         start_t, start_name, start_sha = _start_checkpoint(store)
         ctx = open_context(store, start_t, device, batch_size, trust_checkpoints, trust_analysis, model)
-        train_set, test_set = ctx.data.split("train"), ctx.data.split("test")
-        curation = _curation(store, summary, names, labels_of(train_set), min_share, pairs, exclude_file)
     report_pairs = list(curation.pairs) or _fallback_pairs(summary)
     _print_curation(curation, names, min_share)
 
