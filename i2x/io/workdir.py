@@ -32,6 +32,7 @@ import numpy as np
 from i2x.errors import UserError
 from i2x.io.lock import LOCK_NAME
 from i2x.io.store import Store
+from i2x.version import __version__
 
 SUMMARY = "summary.json"
 RELIANCE = "reliance.json"
@@ -125,9 +126,7 @@ def is_analysis(out: str | Path) -> bool:
 def claim(out: str | Path, settings: dict[str, Any], overwrite: bool = False) -> Path:
     """Make ``out`` an i2x analysis directory, refusing (before writing anything) a folder that holds files
     i2x did not write unless ``overwrite``; then record the marker with the version and ``settings``."""
-    from i2x.version import __version__
-
-    out = refuse_symlink(out)
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a directory; choose another --out")
     if out.is_dir() and not is_analysis(out) and not overwrite:
@@ -135,8 +134,12 @@ def claim(out: str | Path, settings: dict[str, Any], overwrite: bool = False) ->
         if held:
             raise UserError(f"--out {out}: the folder is not empty and is not an i2x analysis (it holds "
                             f"{', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); choose an empty or new folder, "
-                            "or pass --overwrite to let i2x replace its own files there")
-    out.mkdir(parents=True, exist_ok=True)
+                            "or pass --overwrite to write into it anyway (replacing any store.zarr, summary.json, "
+                            "report.html there)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create it ({exc.strerror}); choose a writable --out") from None
     if not (out / MARKER).is_file() or overwrite:
         write_json(out / MARKER, {"i2x_version": __version__, "settings": settings}, indent=2)
     return out
