@@ -289,7 +289,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
     from i2x.stages.drift import drift
 
     result = drift(args.dir, from_=args.from_, to=args.to, phase_split=args.phase_split, methods=args.method,
-                   top=args.top, stability=args.stability)
+                   top=args.top, stability=args.stability, trust_analysis=args.trust_analysis)
     for method, r in result["methods"].items():
         overall = r["overall"]
         print(f"{method:>10}: n={overall['iou']['n']}  IoU {overall['iou']['mean']:.3f}  shift "
@@ -440,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=float, default=0.2, help="top share of cells for IoU and concentration (default 0.2)")
     p.add_argument("--stability", choices=("iou", "spearman", "shift_frac"), default="iou",
                    help="metric that ranks classes by stability for the method comparison (default iou)")
+    add_trust_options(p, checkpoints=False)
 
     p = command("reliance", cmd_reliance,
                 "which prototypes the final model relies on: presence, purity, concentration, deletion and "

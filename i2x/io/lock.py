@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -33,6 +34,10 @@ def locked(out_dir: str | Path, enabled: bool = True) -> Iterator[None]:
         if path.is_symlink():
             raise UserError(f"{path}: is a symlink; i2x does not write through symlinks. Remove it and rerun") from None
         raise UserError(f"{path}: cannot create the lock file ({exc.strerror}); choose a writable --out") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:  # a hard link would make the pid overwrite another file
+        os.close(fd)
+        raise UserError(f"{path}: is not a plain file of its own (a hard link or a device); remove it and rerun")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

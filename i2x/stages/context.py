@@ -12,7 +12,7 @@ only when this command was given it (or ``--trust-analysis`` and the extraction 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +198,8 @@ def _same_spec(given: str, recorded: str) -> bool:
     return a.resolve() == b.resolve() and given.rpartition(":")[2] == recorded.rpartition(":")[2]
 
 
-def check_code(store: Store, config: RunConfig, trust_analysis: bool = False, model: str | None = None) -> None:
+def check_code(store: Store, config: RunConfig, trust_analysis: bool = False, model: str | None = None,
+               kinds: tuple[str, ...] = ("model", "data")) -> None:
     """Refuse to import the code an analysis directory names unless the user confirmed it, or if it changed.
 
     An analysis folder may come from someone else: ``--model path/net.py:factory`` in its settings would
@@ -206,7 +207,7 @@ def check_code(store: Store, config: RunConfig, trust_analysis: bool = False, mo
     """
     recorded = store.attrs.get("code") or {}
     for kind, spec in (("model", config.model), ("data", config.data)):
-        if not names_code(spec, kind):
+        if kind not in kinds or not names_code(spec, kind):
             continue
         confirmed = trust_analysis or (kind == "model" and model is not None and _same_spec(model, spec))
         if not confirmed:
@@ -248,6 +249,6 @@ def open_context(store: Store, t: int | None = None, device: str = "auto", batch
 def open_data(store: Store, trust_analysis: bool = False) -> tuple[RunConfig, ImageData]:
     """The store's config and its data set, without building the model (the report's pictures need no model)."""
     config = RunConfig.from_dict(store.config)
-    check_code(store, replace(config, model="small-cnn"), trust_analysis)
+    check_code(store, config, trust_analysis, kinds=("data",))
     opts = DataOptions(config.input_size, config.channels, config.mean, config.std)
     return config, load_data(config.data, opts)

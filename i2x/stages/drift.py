@@ -33,12 +33,12 @@ DRIFT_METRICS = ("iou", "shift_px", "shift_frac", "spearman", "concentration_a",
 STABILITY = {"iou": 1.0, "spearman": 1.0, "shift_frac": -1.0}
 
 
-def _input_size(store: Store) -> tuple[int, int]:
+def _input_size(store: Store, trust_analysis: bool = False) -> tuple[int, int]:
     """The input size (H, W) the store was extracted at (recorded there; older stores: from the data spec)."""
     if store.attrs.get("input_size"):
         h, w = store.attrs["input_size"]
         return int(h), int(w)
-    _, data = open_data(store)
+    _, data = open_data(store, trust_analysis)
     return int(data.input_size[0]), int(data.input_size[1])
 
 
@@ -63,12 +63,12 @@ def _quantiles(values: np.ndarray) -> list[float] | None:
 class _DriftReader:
     """Reads what the drift metrics need from one store: labels, correctness and raw CAMs per checkpoint."""
 
-    def __init__(self, store: Store, top: float) -> None:
+    def __init__(self, store: Store, top: float, trust_analysis: bool = False) -> None:
         self.store = store
         self.top = top
         self.labels = store.read("labels")
         self.grid = store.grid
-        self.input_size = _input_size(store)
+        self.input_size = _input_size(store, trust_analysis)
         self.scale = (self.input_size[0] / self.grid[0], self.input_size[1] / self.grid[1])
         self.diagonal = math.hypot(*self.input_size)
 
@@ -167,13 +167,16 @@ def drift(
     consecutive: bool = True,
     stability: str = "iou",
     progress: bool = True,
+    trust_analysis: bool = False,
 ) -> dict[str, Any]:
     """Semantic drift of the stored CAMs from checkpoint ``from_`` to ``to``; writes ``DIR/drift.json``.
 
     ``phase_split`` (a training step, or ``"auto"`` for the end of the frozen-backbone phase) replaces
     ``from_`` by the last checkpoint of the first phase. Only samples both checkpoints classify correctly
     count. ``consecutive`` adds the drift over every pair of consecutive usable checkpoints. Classes are
-    ranked by ``stability`` (mean of a metric, :data:`STABILITY`) under each method. Returns the JSON written.
+    ranked by ``stability`` (mean of a metric, :data:`STABILITY`) under each method. ``trust_analysis``: a store
+    made before the input size was recorded may import its data spec's Python file to learn it. Returns the JSON
+    written.
     """
     start = time.perf_counter()
     _check_stability(stability)
@@ -181,7 +184,7 @@ def drift(
         store = Store.open(out_dir)
         methods = stored_methods(store, methods)
         a, b = _pair(store, from_, to, phase_split)
-        reader = _DriftReader(store, top)
+        reader = _DriftReader(store, top, trust_analysis)
         keep = reader.correct(a) & reader.correct(b)
         result: dict[str, Any] = {
             "from": describe_checkpoint(store, a), "to": describe_checkpoint(store, b), "phase_split": phase_split,

@@ -80,6 +80,17 @@ def test_a_symlinked_lock_file_leaves_its_target_untouched(copied_run, tmp_path)
     assert victim.read_text() == "precious"
 
 
+def test_a_hard_linked_lock_file_leaves_the_other_file_untouched(copied_run, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (copied_run / LOCK_NAME).unlink(missing_ok=True)
+    os.link(victim, copied_run / LOCK_NAME)
+    with pytest.raises(UserError, match="hard link"):
+        with locked(copied_run):
+            pass
+    assert victim.read_text() == "precious"
+
+
 def test_json_is_never_written_through_a_symlink(tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
