@@ -100,6 +100,19 @@ def test_json_is_never_written_through_a_symlink(tmp_path):
     assert victim.read_text() == "precious"
 
 
+def test_a_full_disk_keeps_the_previous_study_whole(tmp_path, monkeypatch):
+    write_json(tmp_path / RELIANCE, {"verdict": "the previous study"})
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)  # the new file's bytes never reach the disk
+    with pytest.raises(OSError, match="No space"):
+        write_json(tmp_path / RELIANCE, {"verdict": "a new study " * 1000})
+    assert json.loads((tmp_path / RELIANCE).read_text()) == {"verdict": "the previous study"}
+    assert [p.name for p in tmp_path.iterdir()] == [RELIANCE]  # no half-written file left beside it
+
+
 def test_train_refuses_a_folder_that_already_holds_snapshots(tmp_path):
     digits = load_digits()
     npz = tmp_path / "d.npz"
