@@ -33,7 +33,8 @@ SHARED_OPTIONS = ("input_size", "channels", "mean", "std", "num_classes")
 
 def train(data: str = "digits", model: str = "small-cnn", out: str | Path = "checkpoints/run",
           config: TrainConfig | None = None, progress: bool = True, **options: Any) -> TrainResult:
-    """Train ``model`` on ``data`` with the reference trainer, one snapshot per epoch in ``out``.
+    """Train ``model`` on ``data`` with the reference trainer, one snapshot per epoch in ``out``
+    (a non-empty ``out`` is refused unless ``overwrite``, which deletes its ``epoch_*.pt`` first).
 
     Pass a :class:`TrainConfig` or its fields as keyword arguments (``epochs=3``, ``lr=1e-2``); the data
     and model options ``input_size``, ``channels``, ``mean``, ``std`` and ``num_classes`` are keyword
@@ -62,11 +63,12 @@ def extract(config: RunConfig | None = None, out: str | Path = "analyses/run", o
     return _extract(config or RunConfig(**options), out, overwrite=overwrite, progress=progress)
 
 
-def report(out: str | Path, progress: bool = True, pngs: bool = True) -> Path:
-    """Write ``out/report.html`` (self-contained, offline) and PNG exports of the main charts in ``out/report/``."""
+def report(out: str | Path, progress: bool = True, pngs: bool = True, trust_analysis: bool = False) -> Path:
+    """Write ``out/report.html`` (self-contained, offline) and PNG exports of the main charts in ``out/report/``;
+    ``trust_analysis`` lets the pictures come from a data spec that imports a Python file."""
     from i2x.reporting import build_report
 
-    return build_report(out, progress=progress, pngs=pngs)
+    return build_report(out, progress=progress, pngs=pngs, trust_analysis=trust_analysis)
 
 
 def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool = True,
@@ -93,7 +95,8 @@ def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analy
         overwrite: bool = False, progress: bool = True, with_reliance: bool = True, **options: Any) -> RunResult:
     """Extract + analyze + reliance + report in one call; the CLI's ``i2x run``.
 
-    Both configs are checked before anything runs, so a bad analysis option never costs an extraction.
+    Both configs are checked before anything runs, so a bad analysis option never costs an extraction. The later stages trust what
+    this call named: its model and data specs, and ``trust_checkpoints``.
     """
     config = config or RunConfig(**options)
     analyze_config = analyze_config or AnalyzeConfig()
@@ -108,11 +111,11 @@ def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analy
     timings["analyze"] = time.perf_counter() - start
     if with_reliance:
         start = time.perf_counter()
-        reliance(out, progress=progress)
+        reliance(out, progress=progress, trust_checkpoints=config.trust_checkpoints, trust_analysis=True)
         timings["reliance"] = time.perf_counter() - start
         an.summary = load_summary(out)
     start = time.perf_counter()
-    report_path = report(out, progress=progress)
+    report_path = report(out, progress=progress, trust_analysis=True)
     timings["report"] = time.perf_counter() - start
     return RunResult(ex.store_path, an.summary, an.summary_path or Path(out) / "summary.json", report_path, timings)
 
@@ -136,7 +139,7 @@ def demo(checkpoints: str | Path = "checkpoints/digits-demo", out: str | Path = 
     if force or not any(ckpt_dir.glob("epoch_*.pt")):
         print(f"training the small CNN on digits for {epochs} epochs into {ckpt_dir}/")
         start = time.perf_counter()
-        result = train(out=ckpt_dir, epochs=epochs)
+        result = train(out=ckpt_dir, epochs=epochs, overwrite=force)
         timings["train"] = time.perf_counter() - start
         print(f"  test accuracy {result.test_accuracy:.4f} ({timings['train']:.1f} s)")
     else:

@@ -284,7 +284,7 @@ def test_deletion_matches_model_surgery(planted_run):
 
 def test_report_section_shows_suspects_first(planted_run):
     out, result = planted_run
-    section = reliance_section(ReportInputs.open(out))
+    section = reliance_section(ReportInputs.open(out, trust_analysis=True))  # its data spec is this file
     assert section is not None and section.id == "reliance"
     top = result["ranking"][0]
     assert f'id="reliance-{top}"' in section.body

@@ -59,6 +59,7 @@ def _end_progress_bars() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``i2x`` console script."""
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -73,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         _end_progress_bars()
-        print("i2x: interrupted; rerun the same command to resume", file=sys.stderr)
+        resumes = getattr(args, "command", None) in ("extract", "run", "demo", "finetune")  # they keep finished work
+        print("i2x: interrupted; rerun the same command to " + ("resume" if resumes else "start this step over"),
+              file=sys.stderr)
         return 130
     return 0
 

@@ -32,6 +32,20 @@ def command(sub: Subparsers, name: str, func: Callable[[argparse.Namespace], Non
     return p
 
 
+def add_trust_options(p: argparse.ArgumentParser, checkpoints: bool = True) -> None:
+    """Trust options of the commands whose API takes them as arguments (an analysis folder is untrusted input)."""
+    g = p.add_argument_group("trust")
+    if checkpoints:
+        g.add_argument("--trust-checkpoints", action="store_true",
+                       help="allow checkpoints that need arbitrary pickled code to load (only for files you trust)")
+        g.add_argument("--model", metavar="SPEC",
+                       help="confirm the analysis's package.module:factory or file.py:factory model spec (the same "
+                            "one) so it may be imported; its file must still match the sha256 recorded at extraction")
+    g.add_argument("--trust-analysis", action="store_true",
+                   help="import the model/data code the analysis names, and honour its --trust-checkpoints "
+                        "(only for analysis folders you made or trust)")
+
+
 def analysis_dir(p: argparse.ArgumentParser, after: str) -> None:
     p.add_argument("dir", metavar="DIR", help=f"analysis directory (after {after})")
 
@@ -152,12 +166,13 @@ def add_report(sub: Subparsers) -> None:
                 "write DIR/report.html (self-contained, opens offline) and PNG charts in DIR/report/")
     analysis_dir(p, "i2x analyze")
     p.add_argument("--no-png", action="store_true", help="skip the PNG exports of the charts (faster)")
+    add_trust_options(p, checkpoints=False)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from i2x import api
 
-    print(f"report: {api.report(args.dir, pngs=not args.no_png)}")
+    print(f"report: {api.report(args.dir, pngs=not args.no_png, trust_analysis=args.trust_analysis)}")
 
 
 # ---- finetune ------------------------------------------------------------------------------------
@@ -228,13 +243,15 @@ def add_reliance(sub: Subparsers) -> None:
                 "transplant interventions against random cells, and a shortcut-suspicion ranking")
     analysis_dir(p, "i2x analyze")
     add_options(p, RelianceConfig)
+    add_trust_options(p)
 
 
 def cmd_reliance(args: argparse.Namespace) -> None:
     from i2x import api
 
     cfg = config_from(args, RelianceConfig)
-    result = api.reliance(args.dir, cfg)
+    result = api.reliance(args.dir, cfg, trust_checkpoints=args.trust_checkpoints,
+                          trust_analysis=args.trust_analysis, model=args.model)
     print(result["verdict"])
     for k in result["ranking"][:cfg.top]:
         p = result["prototypes"][k]

@@ -155,7 +155,7 @@ def _read_payload(path: Path, trust: bool, mmap: bool = False) -> Any:
     try:
         with warnings.catch_warnings():  # torch warns on stderr about pickle protocols before refusing anyway
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            return _weights_only_load(path, mmap)
     except (pickle.UnpicklingError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and mmap and "mmap" in str(exc):
             return _read_payload(path, trust, mmap=False)
@@ -171,6 +171,23 @@ def _read_payload(path: Path, trust: bool, mmap: bool = False) -> Any:
     except (EOFError, OSError, ValueError, KeyError, IndexError, struct.error) as exc:
         # what the unpickler raises on garbage: random bytes or a file cut short
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); is it truncated or corrupt?") from exc
+
+
+def _weights_only_load(path: Path, mmap: bool) -> Any:
+    """``torch.load(weights_only=True)`` that also accepts the harmless objects training scripts save beside the
+    weights (an ``argparse.Namespace`` of the run's arguments, pathlib paths, numpy scalars, dtypes and arrays):
+    each is rebuilt from data by its own constructor, so no file can name code to run through them."""
+    import argparse
+    import pathlib
+
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 / numpy 1
+    harmless = [argparse.Namespace, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath,
+                pathlib.PureWindowsPath, multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype,
+                *{type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}]  # numeric dtypes only, never object
+    with torch.serialization.safe_globals(harmless):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def _unreadable_safetensors(path: Path, exc: BaseException) -> UserError:

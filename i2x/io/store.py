@@ -179,6 +179,10 @@ class Store:
             dimension_names=dims_of(name), overwrite=True,
         )
 
+    def note(self, attrs: dict[str, Any]) -> None:
+        """Record root attributes that do not decide whether a store resumes (trust setting, code digests)."""
+        self.root.attrs.update(_jsonable(attrs))
+
     # ---- extraction results -------------------------------------------------------------
     @property
     def attrs(self) -> dict[str, Any]:

@@ -10,6 +10,12 @@ Layout of ``DIR`` (an ``i2x run --out``)::
     drift.json           the drift study (i2x drift)
     finetune/            fine-tuning runs and finetune.json (i2x finetune)
     report.html          the report, and report/ with its PNG charts
+    .i2x-analysis.json   the marker: this directory is an i2x analysis (version, creation settings)
+    .i2x.lock            the lock every writer holds (:mod:`i2x.io.lock`)
+
+i2x writes only into directories it recognises by the marker (or empty ones), never through a
+symlink, and replaces files whole (write beside, then rename), so a crash or a full disk leaves the
+previous file rather than half of a new one.
 """
 
 from __future__ import annotations
@@ -17,13 +23,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from i2x.errors import UserError
+from i2x.io.lock import LOCK_NAME
 from i2x.io.store import Store
+from i2x.version import __version__
 
 SUMMARY = "summary.json"
 RELIANCE = "reliance.json"
@@ -33,6 +42,7 @@ FINETUNE_DIR = "finetune"
 FINETUNE = "finetune.json"
 REPORT = "report.html"
 REPORT_ASSETS = "report"
+MARKER = ".i2x-analysis.json"
 
 
 def clean_json(value: Any) -> Any:
@@ -52,17 +62,87 @@ def clean_json(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | Path, data: Any, indent: int = 1) -> Path:
-    """Write ``data`` as strict JSON, atomically: a reader (or a crash) never sees half a file."""
+def refuse_symlink(path: str | Path) -> Path:
+    """``path``, after checking it is not a symlink: i2x never writes through one (a planted link could
+    make it truncate any file the user can write)."""
     path = Path(path)
+    if path.is_symlink():
+        raise UserError(f"{path}: is a symlink (to {os.readlink(path)}); i2x does not write through symlinks. "
+                        "Remove the link or choose another --out")
+    return path
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (beside it, then renamed over it), never through a symlink:
+    a reader, a crash or a full disk never leaves half a file."""
+    path = refuse_symlink(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(clean_json(data), indent=indent, allow_nan=False))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 ``text`` atomically, never through a symlink (:func:`write_bytes`)."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, data: Any, indent: int = 1) -> Path:
+    """Write ``data`` as strict JSON, atomically: a reader (or a crash) never sees half a file."""
+    return write_text(path, json.dumps(clean_json(data), indent=indent, allow_nan=False))
+
+
+def replace_dir(staged: Path, final: Path) -> None:
+    """Swap the finished folder ``staged`` in for ``final`` (the old one is removed only after the swap)."""
+    refuse_symlink(final)
+    old = final.with_name(f".{final.name}.{os.getpid()}.old")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staged, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- is this an i2x analysis directory? ---------------------------------------------------------
+def is_analysis(out: str | Path) -> bool:
+    """True if ``out`` holds the i2x marker, or (made before the marker existed) an i2x store."""
+    out = Path(out)
+    if (out / MARKER).is_file() and not (out / MARKER).is_symlink():
+        return True
+    store_meta = out / "store.zarr" / "zarr.json"
+    try:
+        return "i2x_version" in json.loads(store_meta.read_text()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def claim(out: str | Path, settings: dict[str, Any], overwrite: bool = False) -> Path:
+    """Make ``out`` an i2x analysis directory, refusing (before writing anything) a folder that holds files
+    i2x did not write unless ``overwrite``; then record the marker with the version and ``settings``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a directory; choose another --out")
+    if out.is_dir() and not is_analysis(out) and not overwrite:
+        held = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
+        if held:
+            raise UserError(f"--out {out}: the folder is not empty and is not an i2x analysis (it holds "
+                            f"{', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); choose an empty or new folder, "
+                            "or pass --overwrite to write into it anyway (replacing any store.zarr, summary.json, "
+                            "report.html there)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create it ({exc.strerror}); choose a writable --out") from None
+    if not (out / MARKER).is_file() or overwrite:
+        write_json(out / MARKER, {"i2x_version": __version__, "settings": settings}, indent=2)
+    return out
 
 
 def read_json(path: str | Path, command: str) -> dict[str, Any]:
@@ -74,14 +154,6 @@ def read_json(path: str | Path, command: str) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # cut short by a crash, or edited by hand
         raise UserError(f"{path}: not valid JSON ({exc}); rerun `{command}`") from None
-
-
-def optional_json(path: str | Path) -> dict[str, Any] | None:
-    """A study's JSON if it ran and is readable, else None."""
-    try:
-        return read_json(path, "i2x")
-    except UserError:
-        return None
 
 
 def load_summary(out: str | Path) -> dict[str, Any]:

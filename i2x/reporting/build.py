@@ -2,39 +2,73 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from i2x.errors import UserError
+from i2x.io.lock import locked
+from i2x.io.workdir import REPORT, REPORT_ASSETS, refuse_symlink, replace_dir, write_text
 from i2x.version import __version__
 from i2x.reporting.inputs import ReportInputs
-from i2x.reporting.page import render_page
-from i2x.reporting.sections import SECTIONS
+from i2x.reporting.page import Section, render_page
+from i2x.reporting.sections import SECTIONS, SectionBuilder
 
-REPORT_NAME = "report.html"
-PNG_DIR = "report"
+log = logging.getLogger(__name__)
 
 
-def build_report(out_dir: str | Path, progress: bool = True, pngs: bool = True) -> Path:
+def build_report(out_dir: str | Path, progress: bool = True, pngs: bool = True, trust_analysis: bool = False) -> Path:
     """Write the structured-explanation report of ``out_dir`` (store + summary.json) and return its path.
 
     Sections are the builders of :data:`i2x.report.sections.SECTIONS`; one that returns None is
-    skipped. With ``pngs`` the main charts are also exported as PNG files to ``out_dir/report/``.
+    skipped, one whose input cannot be read (a study JSON cut short or edited) is shown as unavailable
+    with the reason. With ``pngs`` the main charts are also exported as PNG files to ``out_dir/report/``.
+    The lock is held throughout (a running ``analyze`` makes this a clear error, not a half-read store);
+    the page and the PNG folder are written beside the old ones and swapped in at the end.
+    ``trust_analysis`` lets the pictures come from a data spec that imports a Python file.
     """
     start = time.perf_counter()
-    r = ReportInputs.open(out_dir)
     out = Path(out_dir)
-    builders = tqdm(SECTIONS, desc="report", disable=not progress)
-    sections = [section for section in (build(r) for build in builders) if section is not None]
-    s = r.summary
-    title = f"{s['model']} on {Path(s['data']).name if '/' in s['data'] else s['data']}"
-    subtitle = (f"How the reasoning formed over {len(r.checkpoints)} checkpoints: {s['method']} at layer {s['layer']}, "
-                f"{s['k']} prototypes, {s['n_samples']} samples of the {s['split']} split.")
-    exported = r.charts.export_pngs(out / PNG_DIR) if pngs else []
-    links = [("summary.json", "summary.json")] + [(f"{PNG_DIR}/{p.name}", p.name) for p in exported]
-    footer = (f"i2x {__version__} · store {r.store.path} · built in {time.perf_counter() - start:.1f} s · "
-              "self-contained: opens offline, loads nothing from the network.")
-    path = out / REPORT_NAME
-    path.write_text(render_page(title, subtitle, sections, r.charts.specs, links, footer), encoding="utf-8")
-    return path
+    for name in (REPORT, REPORT_ASSETS):
+        refuse_symlink(out / name)
+    with locked(out):
+        r = ReportInputs.open(out, trust_analysis=trust_analysis)
+        builders = tqdm(SECTIONS, desc="report", disable=not progress)
+        sections = [section for section in (_build(build, r) for build in builders) if section is not None]
+        s = r.summary
+        title = f"{s['model']} on {Path(s['data']).name if '/' in s['data'] else s['data']}"
+        subtitle = (f"How the reasoning formed over {len(r.checkpoints)} checkpoints: {s['method']} at layer "
+                    f"{s['layer']}, {s['k']} prototypes, {s['n_samples']} samples of the {s['split']} split.")
+        exported = _export_pngs(r, out) if pngs else []
+        links = [("summary.json", "summary.json")] + [(f"{REPORT_ASSETS}/{name}", name) for name in exported]
+        footer = (f"i2x {__version__} · store {r.store.path} · built in {time.perf_counter() - start:.1f} s · "
+                  "self-contained: opens offline, loads nothing from the network.")
+        return write_text(out / REPORT, render_page(title, subtitle, sections, r.charts.specs, links, footer))
+
+
+def _build(builder: SectionBuilder, r: ReportInputs) -> Section | None:
+    """One section, or, when its input cannot be read or lacks what it needs, a note saying so."""
+    try:
+        return builder(r)
+    except (UserError, KeyError, TypeError, ValueError, IndexError) as exc:
+        name = getattr(builder, "__name__", "section").removesuffix("_section")
+        reason = str(exc) if isinstance(exc, UserError) else f"its input is incomplete ({type(exc).__name__}: {exc})"
+        log.warning("report section %s unavailable: %s", name, reason)
+        return Section(name, f"{name.replace('_', ' ').capitalize()}: unavailable", "This section could not be built.",
+                       "", [reason])
+
+
+def _export_pngs(r: ReportInputs, out: Path) -> list[str]:
+    """Export the charts into a fresh folder beside ``DIR/report`` and swap it in whole; returns the file names."""
+    staged = out / f".{REPORT_ASSETS}.{os.getpid()}.new"
+    shutil.rmtree(staged, ignore_errors=True)
+    try:
+        names = [p.name for p in r.charts.export_pngs(staged)]
+        replace_dir(staged, out / REPORT_ASSETS)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return names

@@ -1,8 +1,8 @@
 """What every section builder reads: the store, the summary, optional analysis files and the input images.
 
-Arrays are read once and cached; the input images come from rebuilding the run context (the
-data set recorded in the store). If the data set can no longer be opened, the report is still
-built, without pictures, and says why.
+Arrays are read once and cached; the input images come from the data set recorded in the store
+(:func:`i2x.stages.context.open_data`: no model is built). If the data set can no longer be opened,
+or it names code the user has not confirmed, the report is still built, without pictures, and says why.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from i2x.stages.context import Context, RunConfig, build_context
+from i2x.io.data import ImageData
+from i2x.stages.context import RunConfig, open_data
 from i2x.errors import UserError
 from i2x.io.store import Store
-from i2x.io.workdir import load_summary, optional_json
+from i2x.io.workdir import load_summary, read_json
 from i2x.reporting.charts import ChartSet
 from i2x.reporting.images import png_uri, prototype_patches
 
@@ -43,16 +44,17 @@ class ReportInputs:
     summary: dict[str, Any]
     charts: ChartSet = field(default_factory=ChartSet)
     patches_per_prototype: int | None = None  # None: 6, or 4 when there are more than 48 prototypes
+    trust_analysis: bool = False  # import a data spec's Python file (the user confirmed the analysis)
     _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, out_dir: str | Path) -> "ReportInputs":
+    def open(cls, out_dir: str | Path, trust_analysis: bool = False) -> "ReportInputs":
         """Open ``DIR/store.zarr`` and ``DIR/summary.json`` (UserErrors say which stage to run)."""
         out = Path(out_dir)
         store = Store.open(out)
         summary = load_summary(out)
         store.analysis_attrs()
-        return cls(out, store, summary)
+        return cls(out, store, summary, trust_analysis=trust_analysis)
 
     # ---- plain facts -----------------------------------------------------------------------
     @property
@@ -83,8 +85,10 @@ class ReportInputs:
         return int(step) if step is not None else t
 
     def optional_json(self, relative: str) -> dict[str, Any] | None:
-        """A JSON file of the analysis directory, or None if it is absent (its section is then skipped)."""
-        return optional_json(self.out_dir / relative)
+        """A JSON file of the analysis directory, or None if it is absent (its section is then skipped);
+        an unreadable one raises a UserError, which the report shows as the section being unavailable."""
+        path = self.out_dir / relative
+        return read_json(path, "the study") if path.exists() else None
 
     # ---- arrays ---------------------------------------------------------------------------
     def read(self, name: str) -> np.ndarray:
@@ -104,13 +108,13 @@ class ReportInputs:
 
     # ---- images ---------------------------------------------------------------------------
     @cached_property
-    def _context(self) -> tuple[Context | None, str | None]:
-        """(the run context, None) or (None, why the data set cannot be opened)."""
+    def _context(self) -> tuple[tuple[RunConfig, ImageData] | None, str | None]:
+        """((the run config, its data set), None) or (None, why the data set cannot be opened)."""
         try:
-            ctx = build_context(RunConfig.from_dict(self.store.config), with_checkpoints=False)
+            opened = open_data(self.store, self.trust_analysis)
         except (UserError, OSError) as exc:
             return None, str(exc)
-        return ctx, None
+        return opened, None
 
     @property
     def images_unavailable(self) -> str | None:
@@ -120,18 +124,19 @@ class ReportInputs:
     @property
     def input_size(self) -> tuple[int, int] | None:
         """The model's input size (H, W), or None when the data set cannot be opened."""
-        ctx = self._context[0]
-        return None if ctx is None else (int(ctx.data.input_size[0]), int(ctx.data.input_size[1]))
+        opened = self._context[0]
+        return None if opened is None else (int(opened[1].input_size[0]), int(opened[1].input_size[1]))
 
     def images(self, rows: np.ndarray) -> np.ndarray:
         """Input images of store rows ``rows`` in the [0, 1] pixel range, ``[B, C, H, W]`` float32."""
-        ctx, why = self._context
-        if ctx is None:
+        opened, why = self._context
+        if opened is None:
             raise UserError(f"input images unavailable: {why}")
-        split = ctx.data.split(ctx.config.split)
+        config, data = opened
+        split = data.split(config.split)
         index = self.read("sample_index")[np.asarray(rows, dtype=np.int64)]
         batch = torch.stack([split[int(i)][0] for i in index]) if len(index) else torch.zeros(0)
-        return ctx.data.denormalize(batch).numpy().astype(np.float32)
+        return data.denormalize(batch).numpy().astype(np.float32)
 
     def patches_per(self, k: int) -> int:
         """Example patches per prototype card (fewer when there are many cards, to bound the page size)."""

@@ -130,6 +130,17 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
             f"prototypes are built from the final checkpoint's features; extract again without it (e.g. add "
             f"--first {usable[-1] + 1} --overwrite to the `i2x extract` command)"
         )
+    # every setting is checked (by building the estimators) before the previous analysis is cleared below
+    group_est = ConfidenceGroups(min_cluster_size=cfg.min_cluster_size, min_samples=_min_samples(cfg, len(labels)),
+                                 max_fit_samples=cfg.max_group_samples, n_jobs=cfg.jobs, random_state=cfg.seed)
+    mapping_est = RidgeMapping(alpha=cfg.alpha)
+    structure_est = Structure(
+        shared_presence=cfg.shared_presence, specialized_presence=cfg.specialized_presence,
+        specialized_max_overall=cfg.specialized_max_overall, noise_quantile=cfg.noise_quantile,
+        min_flips=cfg.min_flips, top_confused=cfg.top_confused,
+    )
+    mapping_est._check_settings()  # the estimators check their settings in fit (scikit-learn style): check now
+    structure_est._check_settings()
     timings: dict[str, float] = {}
     bar = tqdm(total=7, desc="analysis", disable=not progress)
     t0 = time.perf_counter()
@@ -182,14 +193,12 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
             f"{store.path}: only {len(usable)} usable checkpoint(s); prototypes, intensity and accuracy are written, "
             "but confidence groups, the ridge mapping and the structure need two or more checkpoints (deltas)"
         )
-    groups = ConfidenceGroups(min_cluster_size=cfg.min_cluster_size,
-                              min_samples=_min_samples(cfg, len(labels)), max_fit_samples=cfg.max_group_samples,
-                              n_jobs=cfg.jobs, random_state=cfg.seed).fit(probs_used)
+    groups = group_est.fit(probs_used)
     store.write("analysis/groups", groups.labels_, chunks=(1, len(labels)))
     t0 = _timed(timings, "groups", t0)
     bar.update()
 
-    mapping = RidgeMapping(alpha=cfg.alpha).fit(P_used, probs_used, groups.labels_)
+    mapping = mapping_est.fit(P_used, probs_used, groups.labels_)
     store.write("analysis/beta", mapping.beta_)
     store.write("analysis/alpha", mapping.alpha_)
     store.write("analysis/r2", mapping.r2_)
@@ -197,11 +206,7 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
     t0 = _timed(timings, "mapping", t0)
     bar.update()
 
-    structure = Structure(
-        shared_presence=cfg.shared_presence, specialized_presence=cfg.specialized_presence,
-        specialized_max_overall=cfg.specialized_max_overall, noise_quantile=cfg.noise_quantile,
-        min_flips=cfg.min_flips, top_confused=cfg.top_confused,
-    ).fit(mapping.beta_, present, labels, groups.labels_, conf[usable[-1]])
+    structure = structure_est.fit(mapping.beta_, present, labels, groups.labels_, conf[usable[-1]])
     t0 = _timed(timings, "structure", t0)
     bar.update()
 

@@ -20,13 +20,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from i2x.errors import UserError
-from i2x.io.data import DataOptions, load_data
+from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import DRIFT, checkpoint_index, clean_json, describe_checkpoint, stored_methods, \
     usable_checkpoints, write_json
 from i2x.metrics.drift import centroid, drift_metrics, rank_reversals, summarize
 from i2x.settings import name_list, option, validate
-from i2x.stages.context import RunConfig
+from i2x.stages.context import RunConfig, open_data
 
 #: Drift metrics written per sample class; shift_px is in pixels of the input image.
 DRIFT_METRICS = ("iou", "shift_px", "shift_frac", "spearman", "concentration_a", "concentration_b",
@@ -35,12 +35,12 @@ DRIFT_METRICS = ("iou", "shift_px", "shift_frac", "spearman", "concentration_a",
 STABILITY = {"iou": 1.0, "spearman": 1.0, "shift_frac": -1.0}
 
 
-def _input_size(store: Store) -> tuple[int, int]:
-    """The input size (H, W) the store was extracted at (opened from the recorded data spec)."""
-    config = RunConfig.from_dict(store.config)
-    if config.input_size:
-        return int(config.input_size), int(config.input_size)
-    data = load_data(config.data, DataOptions(config.input_size, config.channels, config.mean, config.std))
+def _input_size(store: Store, trust_analysis: bool = False) -> tuple[int, int]:
+    """The input size (H, W) the store was extracted at (recorded there; older stores: from the data spec)."""
+    if store.attrs.get("input_size"):
+        h, w = store.attrs["input_size"]
+        return int(h), int(w)
+    _, data = open_data(store, trust_analysis)
     return int(data.input_size[0]), int(data.input_size[1])
 
 
@@ -65,12 +65,12 @@ def _quantiles(values: np.ndarray) -> list[float] | None:
 class _DriftReader:
     """Reads what the drift metrics need from one store: labels, correctness and raw CAMs per checkpoint."""
 
-    def __init__(self, store: Store, top: float) -> None:
+    def __init__(self, store: Store, top: float, trust_analysis: bool = False) -> None:
         self.store = store
         self.top = top
         self.labels = store.read("labels")
         self.grid = store.grid
-        self.input_size = _input_size(store)
+        self.input_size = _input_size(store, trust_analysis)
         self.scale = (self.input_size[0] / self.grid[0], self.input_size[1] / self.grid[1])
         self.diagonal = math.hypot(*self.input_size)
 
@@ -178,6 +178,8 @@ class DriftConfig:
     consecutive: bool = option(True, "add the drift over every pair of consecutive usable checkpoints", cli=False)
     stability: str = option("iou", "metric that ranks classes by stability for the method comparison",
                             choices=tuple(STABILITY))
+    trust_analysis: bool = option(False, "a store made before the input size was recorded may import its data spec's "
+                                  "Python file to learn it (only for folders you trust)")
 
 
 def drift(out_dir: str | Path, config: DriftConfig | None = None, progress: bool = True,
@@ -193,25 +195,26 @@ def drift(out_dir: str | Path, config: DriftConfig | None = None, progress: bool
     cfg = config or DriftConfig(**options)
     validate(cfg)
     start = time.perf_counter()
-    store = Store.open(out_dir)
-    methods = stored_methods(store, cfg.methods)
-    a, b = _pair(store, cfg.from_, cfg.to, cfg.phase_split)
-    reader = _DriftReader(store, cfg.top)
-    keep = reader.correct(a) & reader.correct(b)
-    result: dict[str, Any] = {
-        "from": describe_checkpoint(store, a), "to": describe_checkpoint(store, b), "phase_split": cfg.phase_split,
-        "top": cfg.top, "grid": list(reader.grid), "input_size": list(reader.input_size),
-        "pixels_per_cell": list(reader.scale), "class_names": store.class_names,
-        "n_samples": int(keep.size), "n_correct_both": int(keep.sum()), "methods": {},
-    }
-    for m in methods:
-        result["methods"][m] = reader.summary(reader.metrics(m, a, b, keep), keep)
-    per_class = {m: _stability(result["methods"][m]["per_class"], cfg.stability) for m in methods}
-    result["stability"] = _ranking(per_class, cfg.stability)
-    if cfg.consecutive:
-        result["consecutive"] = _consecutive(reader, methods, progress)
-    result["seconds"] = round(time.perf_counter() - start, 3)
-    write_json(Path(out_dir) / DRIFT, result)
+    with locked(out_dir):  # no other i2x process rewrites the store while the study reads it
+        store = Store.open(out_dir)
+        methods = stored_methods(store, cfg.methods)
+        a, b = _pair(store, cfg.from_, cfg.to, cfg.phase_split)
+        reader = _DriftReader(store, cfg.top, cfg.trust_analysis)
+        keep = reader.correct(a) & reader.correct(b)
+        result: dict[str, Any] = {
+            "from": describe_checkpoint(store, a), "to": describe_checkpoint(store, b), "phase_split": cfg.phase_split,
+            "top": cfg.top, "grid": list(reader.grid), "input_size": list(reader.input_size),
+            "pixels_per_cell": list(reader.scale), "class_names": store.class_names,
+            "n_samples": int(keep.size), "n_correct_both": int(keep.sum()), "methods": {},
+        }
+        for m in methods:
+            result["methods"][m] = reader.summary(reader.metrics(m, a, b, keep), keep)
+        per_class = {m: _stability(result["methods"][m]["per_class"], cfg.stability) for m in methods}
+        result["stability"] = _ranking(per_class, cfg.stability)
+        if cfg.consecutive:
+            result["consecutive"] = _consecutive(reader, methods, progress)
+        result["seconds"] = round(time.perf_counter() - start, 3)
+        write_json(Path(out_dir) / DRIFT, result)
     return clean_json(result)
 
 

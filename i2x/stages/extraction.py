@@ -27,13 +27,14 @@ from tqdm.auto import tqdm
 
 from i2x.attribution import Attributor, find_target_layer, get_methods, tokens
 from i2x.attribution.tokens import Layout
-from i2x.stages.context import Context, RunConfig, build_context
+from i2x.stages.context import Context, RunConfig, build_context, code_record
 from i2x.io.data import iter_batches
 from i2x.io.devices import resolve_device
 from i2x.io.distributed import Dist, local_device, session
 from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store, chunk_ranges
+from i2x.io.workdir import claim
 from i2x.settings import validate
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,11 @@ def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progres
                 log.info("target layer %s, grid %dx%d, %d channels", layer, grid[0], grid[1], channels)
                 if progress and ctx.listing is not None:
                     print(ctx.listing.summary(), flush=True)
+                claim(out, config.fingerprint(), overwrite)
                 stack.enter_context(locked(out))
                 store = _create_store(ctx, config, out, grid, channels, layout, list(methods), overwrite)
+                store.note({"trust_checkpoints": config.trust_checkpoints, "code": code_record(config),
+                            "input_size": list(ctx.data.input_size)})
         with dist.together("opening the store"):
             store = store or Store.open(out, mode="a")
         result = ExtractResult(store.path, layer, grid, samples=len(ctx.labels),

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from i2x.attribution import Attributor, display_maps, get_methods, tokens
 from i2x.errors import UserError
+from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import FAITHFULNESS, checkpoint_index, clean_json, describe_checkpoint, stored_methods, write_json
 from i2x.metrics.faithfulness import MODES, auc, drop_at, fraction_grid, perturbation_curves, pixel_order, \
@@ -169,6 +170,10 @@ class FaithfulnessConfig:
     batch_size: int = option(512, "images per forward batch", low=1)
     device: str = device_option()
     trust_checkpoints: bool = option(False, "allow checkpoints that need pickled code")
+    trust_analysis: bool = option(False, "let this analysis folder's recorded model and data specs import their "
+                                  "Python files (only for folders you trust)")
+    model: str | None = option(None, "the model spec again (must match the recorded one) to allow its Python file",
+                               metavar="SPEC")
 
 
 def faithfulness(out_dir: str | Path, config: FaithfulnessConfig | None = None, progress: bool = True,
@@ -184,67 +189,69 @@ def faithfulness(out_dir: str | Path, config: FaithfulnessConfig | None = None, 
     cfg = config or FaithfulnessConfig(**options)
     validate(cfg)
     start = time.perf_counter()
-    store = Store.open(out_dir)
-    t = checkpoint_index(store, cfg.checkpoint)
-    methods = stored_methods(store, cfg.methods)
-    positive = _class_index(store, cfg.positive_class)
-    labels = store.read("labels")
-    probs = np.asarray(store.array("probs")[t])
-    predicted = probs.argmax(axis=1)
-    buckets = select_buckets(probs, labels, cfg.per_bucket, positive, cfg.seed)
-    chosen = {k: v for k, v in buckets.items() if k in cfg.buckets}
+    with locked(out_dir):  # no other i2x process rewrites the store while the study reads it
+        store = Store.open(out_dir)
+        t = checkpoint_index(store, cfg.checkpoint)
+        methods = stored_methods(store, cfg.methods)
+        positive = _class_index(store, cfg.positive_class)
+        labels = store.read("labels")
+        probs = np.asarray(store.array("probs")[t])
+        predicted = probs.argmax(axis=1)
+        buckets = select_buckets(probs, labels, cfg.per_bucket, positive, cfg.seed)
+        chosen = {k: v for k, v in buckets.items() if k in cfg.buckets}
 
-    ctx = open_context(store, t, cfg.device, cfg.batch_size, cfg.trust_checkpoints)
-    fills = {"deletion": _fill(cfg.baseline, ctx), "insertion": _fill(cfg.insertion_baseline, ctx)}
-    grid = fraction_grid(cfg.steps)
-    sample_index = store.read("sample_index")
-    result: dict[str, Any] = {
-        "checkpoint": describe_checkpoint(store, t),
-        "settings": {"methods": methods, "fractions": list(cfg.fractions), "steps": cfg.steps,
-                     "buckets": list(cfg.buckets), "per_bucket": cfg.per_bucket, "positive_class": positive,
-                     "random_draws": cfg.random_draws, "seed": cfg.seed},
-        "baselines": {"deletion": cfg.baseline, "insertion": cfg.insertion_baseline},
-        "fills": {mode: fill.get("mean_value", "blur") for mode, fill in fills.items()},
-        "target_rule": TARGET_RULE,
-        "fractions_grid": grid,
-        "class_names": store.class_names,
-        "buckets": {},
-        "methods": {m: {} for m in methods},
-    }
-    bar = tqdm(total=len(chosen) * (len(methods) + 1), desc="faithfulness", disable=not progress)
-    for name, rows in chosen.items():
-        targets = predicted[rows] if name == "fp" else labels[rows]
-        result["buckets"][name] = {"n": int(rows.size), "rows": rows, "sample_index": sample_index[rows],
-                                   "labels": labels[rows], "predicted": predicted[rows], "targets": targets}
-        if rows.size == 0:
-            for m in methods:
-                result["methods"][m][name] = {"n": 0}
-            bar.update(len(methods) + 1)
-            continue
-        images = torch.stack([ctx.dataset[int(i)][0] for i in rows]).to(ctx.device)
-        _check_probs(ctx, images, probs[rows], f"{store.path} checkpoint {store.checkpoints[t]['name']}")
-        target = torch.as_tensor(targets)
-        b, _, h, w = images.shape
+        ctx = open_context(store, t, cfg.device, cfg.batch_size, cfg.trust_checkpoints, cfg.trust_analysis,
+                           cfg.model)
+        fills = {"deletion": _fill(cfg.baseline, ctx), "insertion": _fill(cfg.insertion_baseline, ctx)}
+        grid = fraction_grid(cfg.steps)
+        sample_index = store.read("sample_index")
+        result: dict[str, Any] = {
+            "checkpoint": describe_checkpoint(store, t),
+            "settings": {"methods": methods, "fractions": list(cfg.fractions), "steps": cfg.steps,
+                         "buckets": list(cfg.buckets), "per_bucket": cfg.per_bucket, "positive_class": positive,
+                         "random_draws": cfg.random_draws, "seed": cfg.seed},
+            "baselines": {"deletion": cfg.baseline, "insertion": cfg.insertion_baseline},
+            "fills": {mode: fill.get("mean_value", "blur") for mode, fill in fills.items()},
+            "target_rule": TARGET_RULE,
+            "fractions_grid": grid,
+            "class_names": store.class_names,
+            "buckets": {},
+            "methods": {m: {} for m in methods},
+        }
+        bar = tqdm(total=len(chosen) * (len(methods) + 1), desc="faithfulness", disable=not progress)
+        for name, rows in chosen.items():
+            targets = predicted[rows] if name == "fp" else labels[rows]
+            result["buckets"][name] = {"n": int(rows.size), "rows": rows, "sample_index": sample_index[rows],
+                                       "labels": labels[rows], "predicted": predicted[rows], "targets": targets}
+            if rows.size == 0:
+                for m in methods:
+                    result["methods"][m][name] = {"n": 0}
+                bar.update(len(methods) + 1)
+                continue
+            images = torch.stack([ctx.dataset[int(i)][0] for i in rows]).to(ctx.device)
+            _check_probs(ctx, images, probs[rows], f"{store.path} checkpoint {store.checkpoints[t]['name']}")
+            target = torch.as_tensor(targets)
+            b, _, h, w = images.shape
 
-        def curves(mode: str, order: torch.Tensor) -> np.ndarray:
-            return perturbation_curves(ctx.model, images, None, target, mode, steps=cfg.steps, order=order,
-                                       batch_size=cfg.batch_size, **fills[mode]).double().numpy()
+            def curves(mode: str, order: torch.Tensor) -> np.ndarray:
+                return perturbation_curves(ctx.model, images, None, target, mode, steps=cfg.steps, order=order,
+                                           batch_size=cfg.batch_size, **fills[mode]).double().numpy()
 
-        draws = torch.Generator().manual_seed(cfg.seed)
-        orders = [random_order(b, h, w, draws) for _ in range(cfg.random_draws)]
-        rand = {mode: np.stack([curves(mode, o) for o in orders]) for mode in MODES}
-        bar.update(1)
-        raw = cams_for_targets(store, ctx, t, rows, images, targets, methods, cfg.batch_size)
-        for m in methods:
-            saliency = display_maps(raw[m], (h, w))
-            # seeded tie-breaking of flat regions
-            order = pixel_order(saliency, torch.Generator().manual_seed(cfg.seed))
-            cam = {mode: curves(mode, order) for mode in MODES}
-            result["methods"][m][name] = _bucket_summary(cam, rand, grid, cfg.fractions)
+            draws = torch.Generator().manual_seed(cfg.seed)
+            orders = [random_order(b, h, w, draws) for _ in range(cfg.random_draws)]
+            rand = {mode: np.stack([curves(mode, o) for o in orders]) for mode in MODES}
             bar.update(1)
-    bar.close()
-    result["seconds"] = round(time.perf_counter() - start, 3)
-    write_json(Path(out_dir) / FAITHFULNESS, result)
+            raw = cams_for_targets(store, ctx, t, rows, images, targets, methods, cfg.batch_size)
+            for m in methods:
+                saliency = display_maps(raw[m], (h, w))
+                # seeded tie-breaking of flat regions
+                order = pixel_order(saliency, torch.Generator().manual_seed(cfg.seed))
+                cam = {mode: curves(mode, order) for mode in MODES}
+                result["methods"][m][name] = _bucket_summary(cam, rand, grid, cfg.fractions)
+                bar.update(1)
+        bar.close()
+        result["seconds"] = round(time.perf_counter() - start, 3)
+        write_json(Path(out_dir) / FAITHFULNESS, result)
     return clean_json(result)
 
 

@@ -31,6 +31,7 @@ Choices the paper leaves open, and why:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -44,12 +45,12 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from i2x.stages.context import Context, RunConfig, build_context
+from i2x.stages.context import Context, open_context, open_data
 from i2x.io.data import labels_of
 from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import FINETUNE, FINETUNE_DIR, load_summary, write_json
+from i2x.io.workdir import FINETUNE, FINETUNE_DIR, load_summary, write_bytes, write_json
 from i2x.settings import device_option, name_list, option, validate, whole, whole_list
 from i2x.stages.training import TrainConfig, evaluate, make_optimizer, subset, train_epochs
 
@@ -150,6 +151,11 @@ class FinetuneConfig:
     dest: str | None = option(None, "output directory (default DIR/finetune)", metavar="DIR")
     batch_size: int = option(64, "batch size", low=1)
     device: str = device_option()
+    trust_checkpoints: bool = option(False, "allow checkpoints that need pickled code (only for files you trust)")
+    trust_analysis: bool = option(False, "let this analysis folder's recorded model and data specs import their "
+                                  "Python files (only for folders you trust)")
+    model: str | None = option(None, "the model spec again (must match the recorded one) to allow its Python file",
+                               metavar="SPEC")
 
 
 def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress: bool = True,
@@ -171,19 +177,22 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
     out = Path(out_dir)
     plan = Plan(_parse_strategies(cfg.strategies), _seed_list(cfg.seeds), _check_epochs(cfg.epochs),
                 _check_lr(cfg.optimizer, cfg.lr))
-    store, summary = Store.open(out), load_summary(out)
-    names = store.class_names
-    ctx = build_context(replace(RunConfig.from_dict(store.config), device=cfg.device))
-    train_set, test_set = ctx.data.split("train"), ctx.data.split("test")
-    curation = _curation(store, summary, names, labels_of(train_set), cfg.min_share, cfg.pairs, cfg.exclude_file,
-                         cfg.all_uncertain)
+    with locked(out):  # nothing may rewrite the analysis while the curation reads it
+        store, summary = Store.open(out), load_summary(out)
+        names = store.class_names
+        _, data = open_data(store, cfg.trust_analysis)
+        train_set, test_set = data.split("train"), data.split("test")
+        curation = _curation(store, summary, names, labels_of(train_set), cfg.min_share, cfg.pairs,
+                             cfg.exclude_file, cfg.all_uncertain)
+        start_t, start_name, start_sha = _start_checkpoint(store)
+        ctx = open_context(store, start_t, cfg.device, cfg.batch_size, cfg.trust_checkpoints, cfg.trust_analysis,
+                           cfg.model)
     report_pairs = list(curation.pairs) or _fallback_pairs(summary)
     _print_curation(curation, names, cfg.min_share)
-    start_name, start_sha = _load_start(store, ctx)
     sets = _training_sets(train_set, curation, plan)
     settings = _settings(out, cfg, plan, curation, ctx, start_name, start_sha, len(test_set))
     dest_dir = Path(cfg.dest) if cfg.dest is not None else out / FINETUNE_DIR
-    with locked(dest_dir):
+    with locked(out), locked(dest_dir, enabled=dest_dir.resolve() != out.resolve()):
         _write_excluded(dest_dir / EXCLUDED_NAME, curation, names, cfg.min_share)
         evaluate_on_test = partial(_evaluate, test_set=test_set, labels=labels_of(test_set), device=ctx.device,
                                    pairs=report_pairs, names=names)
@@ -210,19 +219,6 @@ class Plan:
     seeds: list[int]
     epochs: tuple[int, int]
     lr: float
-
-
-def _load_start(store: Store, ctx: Context) -> tuple[str, str]:
-    """Load the analysis's last finite checkpoint into ``ctx.model``, checking it is the file the store recorded."""
-    start_name, start_sha = _start_checkpoint(store)
-    checkpoint = ctx.checkpoint(start_name)
-    if checkpoint.sha256() != start_sha:
-        raise UserError(
-            f"{checkpoint.path}: the checkpoint changed since the analysis (its sha256 differs from the one the store "
-            f"recorded); restore it, or rerun `i2x run` on the current checkpoints"
-        )
-    ctx.load(checkpoint)
-    return start_name, start_sha
 
 
 def _training_sets(train_set: Dataset, curation: Curation, plan: Plan) -> dict[str, Dataset]:
@@ -540,9 +536,10 @@ def _save_run(run_path: Path, model: nn.Module, record: dict[str, Any], start_na
     run_path.parent.mkdir(parents=True, exist_ok=True)
     run_path.with_suffix(".json").unlink(missing_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()
     torch.save({"state_dict": state, "strategy": record["strategy"], "seed": record["seed"],
-                "start_checkpoint": start_name, "metrics": {"accuracy": record["accuracy"]}},
-               run_path.with_suffix(".pt"))
+                "start_checkpoint": start_name, "metrics": {"accuracy": record["accuracy"]}}, buffer)
+    write_bytes(run_path.with_suffix(".pt"), buffer.getvalue())
     write_json(run_path.with_suffix(".json"), record)
 
 
@@ -659,13 +656,13 @@ def _check_lr(optimizer: str, lr: float | None) -> float:
     return float(lr)
 
 
-def _start_checkpoint(store: Store) -> tuple[str, str]:
-    """Name and sha256 of the last checkpoint whose weights are finite: where every run starts."""
+def _start_checkpoint(store: Store) -> tuple[int, str, str]:
+    """Store index, name and sha256 of the last checkpoint whose weights are finite: where every run starts."""
     finite = np.flatnonzero(store.read("finite").astype(bool) & store.done())
     if finite.size == 0:
         raise UserError(f"{store.path}: no finished checkpoint with finite weights to fine-tune from")
     record = store.checkpoints[int(finite[-1])]
-    return record["name"], record["sha256"]
+    return int(finite[-1]), record["name"], record["sha256"]
 
 
 __all__ = ["finetune", "FinetuneConfig", "format_table", "FinetuneResult", "Curation", "exclusion_mask",

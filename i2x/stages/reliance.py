@@ -62,7 +62,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from i2x.attribution import get_layer
-from i2x.stages.context import Context, RunConfig, build_context
+from i2x.stages.context import Context, open_context
 from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store, chunk_ranges
@@ -335,22 +335,25 @@ def verdict(ordered: list[dict[str, Any]], z_threshold: float, separation: float
 
 
 def reliance(out_dir: str | Path, config: RelianceConfig | None = None, progress: bool = True,
+             trust_checkpoints: bool = False, trust_analysis: bool = False, model: str | None = None,
              **options: Any) -> dict[str, Any]:
     """Run the reliance study on the analysis in ``out_dir``: writes ``reliance.json`` and merges a ``reliance``
-    entry into ``summary.json``. Pass a :class:`RelianceConfig` or its fields (``recipients=64``)."""
+    entry into ``summary.json``. Pass a :class:`RelianceConfig` or its fields (``recipients=64``).
+    ``trust_checkpoints``, ``trust_analysis`` and ``model`` are as in :func:`i2x.stages.context.open_context`."""
     cfg = config or RelianceConfig(**options)
     validate(cfg)
     with locked(out_dir):
         store = Store.open(out_dir, mode="r")
         summary = load_summary(out_dir)
-        result = _study(store, cfg, progress)
+        ctx = open_context(store, None, cfg.device, cfg.batch_size, trust_checkpoints, trust_analysis, model)
+        result = _study(store, ctx, cfg, progress)
         write_json(Path(out_dir) / RELIANCE, result, indent=2)
         summary["reliance"] = _summary_entry(result)
         save_summary(out_dir, summary)
     return result
 
 
-def _study(store: Store, cfg: RelianceConfig, progress: bool) -> dict[str, Any]:
+def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> dict[str, Any]:
     """Presence statistics, deletion and transplant for every prototype, then the ranking and the verdict."""
     start = time.perf_counter()
     assign, labels, rows_index = store.read("analysis/assign"), store.read("labels"), store.read("sample_index")
@@ -360,7 +363,6 @@ def _study(store: Store, cfg: RelianceConfig, progress: bool) -> dict[str, Any]:
     lifts = lift(stats["purity"], stats["prior"])
     top_class = lifts.argmax(axis=1)
     holders = [np.flatnonzero(stats["present"][:, k]) for k in range(k_count)]
-    ctx = _final_model(store, cfg)
     model, analysed = ctx.model, ctx.data.split(ctx.config.split)
     rng = np.random.default_rng(cfg.seed)
     recipients, recipient_labels, held_name = _recipient_pool(ctx, cfg, rng)
@@ -403,16 +405,6 @@ def _study(store: Store, cfg: RelianceConfig, progress: bool) -> dict[str, Any]:
 def assign_digest(assign: np.ndarray) -> str:
     """A short fingerprint of the prototype assignments, so a report can tell reliance.json is stale."""
     return hashlib.sha256(np.ascontiguousarray(assign, dtype=np.int64).tobytes()).hexdigest()[:16]
-
-
-def _final_model(store: Store, cfg: RelianceConfig) -> Context:
-    """The run context rebuilt from the store's config, with the final checkpoint loaded, in eval mode."""
-    ctx = build_context(RunConfig.from_dict({**store.config, "device": cfg.device}))
-    if not ctx.checkpoints:
-        raise UserError(f"{ctx.config.checkpoints}: no checkpoints found; reliance needs the final checkpoint")
-    ctx.load(ctx.checkpoint("final"))
-    ctx.model.eval()
-    return ctx
 
 
 def _recipient_pool(ctx: Context, cfg: RelianceConfig,

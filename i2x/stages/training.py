@@ -9,6 +9,7 @@ the two-phase (transfer, then fine-tune) run of the drift study.
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from i2x.io.devices import resolve_device
 from i2x.errors import UserError
 from i2x.settings import device_option, option, validate
+from i2x.io.workdir import refuse_symlink, write_bytes
 
 
 @dataclass
@@ -40,6 +42,7 @@ class TrainConfig:
                                          "(two-phase run)", low=0, metavar="N")
     device: str = device_option()
     progress: bool = option(True, "show progress bars", cli=False)
+    overwrite: bool = option(False, "write into a non-empty folder, deleting its epoch_*.pt snapshots first")
 
 
 @dataclass
@@ -122,13 +125,29 @@ def train_epochs(
     return mean_loss
 
 
+def _snapshot_dir(out: Path, overwrite: bool) -> Path:
+    """Create the snapshot folder; a non-empty one is refused unless ``overwrite`` (which deletes its
+    ``epoch_*.pt`` first), so the snapshots of two runs never mix in one folder."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a directory; choose another --out")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        raise UserError(f"--out {out}: the folder is not empty (it holds {', '.join(held[:3])}"
+                        f"{', ...' if len(held) > 3 else ''}); the snapshots of two runs would mix. Choose an empty or "
+                        "new folder, or pass --overwrite to delete its epoch_*.pt snapshots first")
+    for old in out.glob("epoch_*.pt") if held else ():
+        refuse_symlink(old)
+        old.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def train(model: nn.Module, train_set: Dataset, test_set: Dataset, out: str | Path, cfg: TrainConfig) -> TrainResult:
     """Train ``model`` and write a snapshot every ``save_every`` epochs (and after the last) into ``out``."""
     validate(cfg)
     if len(train_set) == 0:  # type: ignore[arg-type]
         raise UserError("the training split is empty")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _snapshot_dir(Path(out), cfg.overwrite)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -160,7 +179,9 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset, out: str | Pa
         if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
             path = out / f"epoch_{epoch}.pt"
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            torch.save({"state_dict": state, "epoch": epoch, "step": step, "metrics": metrics}, path)
+            buffer = io.BytesIO()
+            torch.save({"state_dict": state, "epoch": epoch, "step": step, "metrics": metrics}, buffer)
+            write_bytes(path, buffer.getvalue())
             result.checkpoints.append(path)
     for p in backbone:  # a run that ends inside the frozen phase still returns a trainable model
         p.requires_grad_(True)

@@ -203,7 +203,7 @@ def test_the_cli_options_reach_the_walker_and_the_store_records_them(digits_npz,
         state = SmallCNN(num_classes=10, in_channels=1).state_dict()
         torch.save({"state_dict": state, "epoch": epoch}, ck / f"epoch_{epoch}.pt")
     torch.save({"state_dict": state, "epoch": 2, "best": True}, ck / "best.pt")
-    common = ["--data", f"npz:{digits_npz}", "--input-size", "16", "--limit", "8", "--methods", "gradcam"]
+    common = ["--data", f"npz:{digits_npz}", "--input-size", "16", "--limit", "10", "--methods", "gradcam"]
 
     assert main(["extract", str(ck), "--out", str(tmp_path / "once"), *common]) == 0
     assert "skipped 1 duplicate(s) with identical weights: best.pt (= epoch_2.pt)" in capsys.readouterr().out

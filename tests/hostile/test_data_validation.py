@@ -229,7 +229,7 @@ def test_a_layer_without_a_grid_is_refused_with_advice(digits, tmp_path, capsys)
         torch.save(SmallCNN(num_classes=10, in_channels=1).state_dict(), ck / f"epoch_{epoch}.pt")
 
     code = main(["extract", str(ck), "--out", str(tmp_path / "an"), "--data", spec, "--input-size", "16",
-                 "--layer", "head.0", "--limit", "8"])
+                 "--layer", "head.0", "--limit", "10"])
 
     line = one_line_error(capsys.readouterr().err)
     assert code == 2
