@@ -22,7 +22,7 @@ from i2x.stages.extraction import ExtractResult, extract as _extract
 from i2x.stages.finetuning import FinetuneResult, finetune, format_table
 from i2x.io.models import build_model
 from i2x.stages.reliance import RelianceConfig, reliance
-from i2x.stages.drift import compare_models, drift
+from i2x.stages.drift import DriftConfig, compare_models, drift
 from i2x.stages.faithfulness import faithfulness
 from i2x.stages.training import TrainConfig, TrainResult, train as _train
 
@@ -112,6 +112,24 @@ def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analy
     return RunResult(ex.store_path, an.summary, an.summary_path or Path(out) / "summary.json", report_path, timings)
 
 
+def compare_drift(out_dirs: list[str | Path], config: DriftConfig | None = None, names: list[str] | None = None,
+                  out: str | Path | None = None, page: bool = True, **options: Any) -> dict[str, Any]:
+    """Several runs' drift side by side (:func:`i2x.stages.drift.compare_models`); the CLI's ``i2x drift A B ...``.
+
+    Writes the JSON to ``out`` (default ``compare-drift.json`` in the current directory) and, with ``page``,
+    a self-contained HTML page next to it (same name, ``.html``); their paths are in ``result["paths"]``.
+    """
+    from i2x.reporting.comparison import write_drift_comparison
+
+    out = Path(out or "compare-drift.json")
+    if out.suffix == ".html":
+        raise UserError(f"--out {out}: name the JSON file (e.g. {out.with_suffix('.json')}); the page goes next to it")
+    result = compare_models(out_dirs, config, names=names, out=out, **options)
+    html = write_drift_comparison(result, out.with_suffix(".html"), out) if page else None
+    result["paths"] = {"json": str(out), "html": str(html) if html else None}
+    return result
+
+
 def demo(checkpoints: str | Path = "checkpoints/digits-demo", out: str | Path = "analyses/digits-demo",
          epochs: int = 10, force: bool = False) -> RunResult:
     """Train the small CNN on digits (unless its snapshots exist), then run the pipeline on them."""
@@ -159,5 +177,5 @@ def doctor() -> dict[str, str]:
 
 
 __all__ = ["train", "extract", "analyze", "report", "run", "finetune", "format_table", "FinetuneResult",
-           "faithfulness", "drift", "compare_models", "reliance", "RelianceConfig", "demo", "doctor", "load_summary", "RunConfig", "AnalyzeConfig",
+           "faithfulness", "drift", "compare_models", "compare_drift", "DriftConfig", "reliance", "RelianceConfig", "demo", "doctor", "load_summary", "RunConfig", "AnalyzeConfig",
            "RunResult", "UserError"]

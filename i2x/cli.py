@@ -270,18 +270,35 @@ def cmd_faithfulness(args: argparse.Namespace) -> None:
 
 
 def cmd_drift(args: argparse.Namespace) -> None:
-    from i2x.stages.drift import drift
+    from i2x import api
+    from i2x.stages.drift import DriftConfig, format_comparison, format_tau
 
-    result = drift(args.dir, from_=args.from_, to=args.to, phase_split=args.phase_split, methods=args.method,
-                   top=args.top, stability=args.stability)
+    cfg = DriftConfig(from_=args.from_, to=args.to, phase_split=args.phase_split, methods=args.method, top=args.top,
+                      stability=args.stability, samples=args.samples, bootstrap=args.bootstrap,
+                      confidence=args.confidence, seed=args.seed)
+    if len(args.dirs) > 1:
+        result = api.compare_drift(args.dirs, cfg, names=args.names, out=args.out)
+        print(format_comparison(result))
+        print(f"results: {result['paths']['json']}\nreport: {result['paths']['html']}")
+        return
+    if args.names or args.out:
+        raise UserError("--names and --out compare several runs: give two or more analysis directories")
+    result = api.drift(args.dirs[0], cfg)
     for method, r in result["methods"].items():
         overall = r["overall"]
-        print(f"{method:>10}: n={overall['iou']['n']}  IoU {overall['iou']['mean']:.3f}  shift "
-              f"{overall['shift_px']['mean']:.2f} px  Spearman {overall['spearman']['mean']:.3f}")
+        if not overall["iou"]["n"]:
+            print(f"{method:>10}: n=0  not defined (no sample is classified correctly at both checkpoints)")
+            continue
+        print(f"{method:>10}: n={overall['iou']['n']}  IoU {_number(overall['iou']['mean'])}  shift "
+              f"{_number(overall['shift_px']['mean'], 2)} px  Spearman {_number(overall['spearman']['mean'])}")
     for rev in result["stability"]["reversals"]:
         print(f"class stability ranking, {rev['methods'][0]} vs {rev['methods'][1]}: Kendall tau "
-              f"{rev['kendall_tau']:.2f}, {len(rev['reversed_pairs'])} reversed pair(s)")
-    print(f"results: {Path(args.dir) / 'drift.json'}")
+              f"{format_tau(rev)}, {len(rev['reversed_pairs'])} reversed pair(s)")
+    print(f"results: {Path(args.dirs[0]) / 'drift.json'}")
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "not defined" if value is None else f"{value:.{digits}f}"
 
 
 def cmd_reliance(args: argparse.Namespace) -> None:
@@ -409,8 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--trust-checkpoints", action="store_true", help="allow checkpoints that need pickled code")
 
-    p = command("drift", cmd_drift, "how the CAMs move between two checkpoints or training phases, per method")
-    p.add_argument("dir", metavar="DIR", help="analysis directory (after i2x extract or run)")
+    p = command("drift", cmd_drift, "how the CAMs move between two checkpoints or training phases, per method; "
+                                     "with several DIRs, the runs side by side with rankings and bootstrap intervals")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="analysis directory (after i2x extract or run); several: "
+                                                         "compare the runs (e.g. one per architecture)")
     p.add_argument("--from", dest="from_", default="first", help="first checkpoint: first (default) or a name")
     p.add_argument("--to", default="final", help="second checkpoint: final (default) or a name")
     p.add_argument("--phase-split", help="compare the last checkpoint at or before this step (or 'auto': the last "
@@ -418,7 +437,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", type=_names, metavar="A,B", help="CAM methods (default: all stored)")
     p.add_argument("--top", type=float, default=0.2, help="top share of cells for IoU and concentration (default 0.2)")
     p.add_argument("--stability", choices=("iou", "spearman", "shift_frac"), default="iou",
-                   help="metric that ranks classes by stability for the method comparison (default iou)")
+                   help="metric that ranks classes (one DIR) or runs (several; each metric is ranked, this one "
+                        "leads) by stability (default iou)")
+    p.add_argument("--names", type=_names, metavar="A,B", help="several DIRs: one name per run (default: the "
+                                                               "directories' names)")
+    p.add_argument("--out", metavar="FILE", help="several DIRs: the comparison JSON (default compare-drift.json in "
+                                                 "the current directory), the HTML page next to it (.html)")
+    p.add_argument("--samples", choices=("each", "all"), default="each",
+                   help="several DIRs: count each run's own true positives at both checkpoints (default), or only "
+                        "the samples every run gets right at both")
+    p.add_argument("--bootstrap", type=int, default=1000, help="several DIRs: bootstrap resamples of the shared "
+                                                               "samples for the intervals (default 1000)")
+    p.add_argument("--confidence", type=float, default=0.95, help="several DIRs: interval level (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="several DIRs: seed of the bootstrap (default 0)")
 
     p = command("reliance", cmd_reliance,
                 "which prototypes the final model relies on: presence, purity, concentration, deletion and "
