@@ -309,6 +309,15 @@ def test_compare_models_ranks_directories(run, store, tmp_path):
     scores = result["stability"]["iou"]["scores"]["layercam"]
     assert result["stability"]["iou"]["ranking"]["layercam"] == sorted(scores, key=lambda k: -scores[k])
     assert result["stability"]["iou"]["reversals"][0]["methods"] == ["gradcampp", "layercam"]
+    # --samples all: only the samples both runs classify correctly at both of their checkpoints.
+    probs, labels = store.read("probs"), store.read("labels")
+    correct = [probs[t].argmax(1) == labels for t in range(3)]
+    everywhere = correct[0] & correct[1] & correct[2]
+    strict = compare_models([run, other], methods=["gradcampp"], samples="all", bootstrap=20)
+    assert strict["samples"]["n_correct_in_all"] == everywhere.sum() > 0
+    assert [strict["runs"][n]["n_correct_both"] for n in (run.name, "two")] == [everywhere.sum()] * 2
+    a, b = store.cam("gradcampp")[0][everywhere], store.cam("gradcampp")[1][everywhere]
+    assert strict["stability"]["iou"]["scores"]["gradcampp"]["two"] == pytest.approx(drift_metrics(a, b)["iou"].mean())
     with pytest.raises(UserError, match="two"):
         compare_models([run])
     with pytest.raises(UserError, match="--names"):

@@ -435,6 +435,7 @@ def format_comparison(result: dict[str, Any]) -> str:
                 a, b = rev["pair"]
                 share = f", reversed in {rev['share_reversed']:.0%} of resamples" \
                     if rev["share_reversed"] is not None else ""
-                text.append(f"    reversed: {a} / {b} ({reversal_label(rev)}{share})")
+                text.append(f"    reversed: {a} > {b} under {first}, {b} > {a} under {second} "
+                            f"({reversal_label(rev)}{share})")
             lines.extend(text)
     return "\n".join(lines)

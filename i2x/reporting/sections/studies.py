@@ -310,7 +310,8 @@ def _comparison_table(e: dict[str, Any]) -> str:
                                if v["interval"][0] is not None else f"{m}: {v['estimate']:+.3f}"
                                for m, v in rev["difference"].items())
             share = f"; reversed in {rev['share_reversed']:.0%} of resamples" if rev["share_reversed"] is not None else ""
-            chips.append(chip(f"{a} / {b}: {label}", "uncertain" if label == "clear" else "")
+            chips.append(chip(f"{a} > {b} under {first}, {b} > {a} under {second}: {label}",
+                              "uncertain" if label == "clear" else "")
                          + esc(f" (stability difference {detail}{share})"))
         highlight = chip("the drift paper's comparison", "warn") if {first, second} == {"gradcampp", "layercam"} else ""
         rows.append([Raw(esc(f"{first} vs {second}") + " " + highlight), len(c["items"]), format_tau(c),
