@@ -20,9 +20,9 @@ from i2x.version import __version__
 #: Public name -> the module that defines it.
 _PUBLIC = {
     **{name: "i2x.api" for name in (
-        "AnalyzeConfig", "RelianceConfig", "RunConfig", "RunResult", "analyze", "compare_models", "demo", "doctor",
-        "drift", "extract", "faithfulness", "finetune", "format_table", "load_summary", "reliance", "report", "run",
-        "train", "UserError")},
+        "AnalyzeConfig", "DriftConfig", "RelianceConfig", "RunConfig", "RunResult", "analyze", "compare_drift",
+        "compare_models", "demo", "doctor", "drift", "extract", "faithfulness", "finetune", "format_table",
+        "load_summary", "reliance", "report", "run", "train", "UserError")},
     **{name: "i2x.analysis" for name in (
         "ConfidenceGroups", "Prototypes", "RidgeMapping", "Structure", "cartography", "intensity")},
     **{name: "i2x.attribution" for name in ("Attributor", "GradCAM", "GradCAMPlusPlus", "LayerCAM")},

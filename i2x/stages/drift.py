@@ -402,6 +402,16 @@ def reversal_label(reversal: dict[str, Any]) -> str:
     return "within noise" if reversal["within_noise"] else "clear"
 
 
+def _order(ranking: list[str], ranks: dict[str, int]) -> str:
+    """``a > b = c``: items from most to least stable, ``=`` between ties; ``none`` when nothing is ranked."""
+    if not ranking:
+        return "none"
+    text = ranking[0]
+    for before, item in zip(ranking[:-1], ranking[1:]):
+        text += (" = " if ranks[item] == ranks[before] else " > ") + item
+    return text
+
+
 def format_comparison(result: dict[str, Any]) -> str:
     """The cross-run comparison as plain text: runs x methods table of the leading metric, rankings, tau, reversals."""
     names, methods, metric = result["names"], result["methods"], result["headline"]
@@ -427,7 +437,7 @@ def format_comparison(result: dict[str, Any]) -> str:
         e = result["stability"][key]
         lines.append(f"ranking by {key} ({'higher' if e['higher_is_stable'] else 'lower'} is stable):")
         for m in methods:
-            lines.append(f"  {m:>10}: " + " > ".join(e["ranking"][m]) if e["ranking"][m] else f"  {m:>10}: none")
+            lines.append(f"  {m:>10}: {_order(e['ranking'][m], e['ranks'][m])}")
         for c in e["reversals"]:
             first, second = c["methods"]
             text = [f"  {first} vs {second}: Kendall tau {format_tau(c)}"]
