@@ -21,7 +21,7 @@ from i2x.version import __version__
 _PUBLIC = {
     **{name: "i2x.api" for name in (
         "AnalyzeConfig", "DemoConfig", "DriftConfig", "FaithfulnessConfig", "FinetuneConfig", "RelianceConfig",
-        "RunConfig", "RunResult", "TrainConfig", "analyze", "compare_models", "demo", "doctor",
+        "RunConfig", "RunResult", "TrainConfig", "analyze", "compare_drift", "compare_models", "demo", "doctor",
         "drift", "extract", "faithfulness", "finetune", "format_table", "load_summary", "reliance", "report", "run",
         "train", "UserError")},
     **{name: "i2x.analysis" for name in (

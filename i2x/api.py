@@ -120,6 +120,24 @@ def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analy
     return RunResult(ex.store_path, an.summary, an.summary_path or Path(out) / "summary.json", report_path, timings)
 
 
+def compare_drift(out_dirs: list[str | Path], config: DriftConfig | None = None, names: list[str] | None = None,
+                  out: str | Path | None = None, page: bool = True, **options: Any) -> dict[str, Any]:
+    """Several runs' drift side by side (:func:`i2x.stages.drift.compare_models`); the CLI's ``i2x drift A B ...``.
+
+    Writes the JSON to ``out`` (default ``compare-drift.json`` in the current directory) and, with ``page``,
+    a self-contained HTML page next to it (same name, ``.html``); their paths are in ``result["paths"]``.
+    """
+    from i2x.reporting.comparison import write_drift_comparison
+
+    out = Path(out or "compare-drift.json")
+    if out.suffix == ".html":
+        raise UserError(f"--out {out}: name the JSON file (e.g. {out.with_suffix('.json')}); the page goes next to it")
+    result = compare_models(out_dirs, config, names=names, out=out, **options)
+    html = write_drift_comparison(result, out.with_suffix(".html"), out) if page else None
+    result["paths"] = {"json": str(out), "html": str(html) if html else None}
+    return result
+
+
 @dataclass
 class DemoConfig:
     """Settings of ``i2x demo``."""
@@ -178,6 +196,6 @@ def doctor() -> dict[str, str]:
 
 
 __all__ = ["train", "extract", "analyze", "report", "run", "finetune", "format_table", "FinetuneResult",
-           "faithfulness", "drift", "compare_models", "reliance", "demo", "doctor", "load_summary", "RunConfig",
+           "faithfulness", "drift", "compare_models", "compare_drift", "reliance", "demo", "doctor", "load_summary", "RunConfig",
            "AnalyzeConfig", "TrainConfig", "RelianceConfig", "FinetuneConfig", "FaithfulnessConfig", "DriftConfig",
            "DemoConfig", "RunResult", "UserError"]

@@ -13,6 +13,7 @@ from i2x.metrics.drift import (
     concentration_change,
     drift_metrics,
     iou_top,
+    kendall_tau_b,
     rank_reversals,
     spearman,
     summarize,
@@ -20,6 +21,7 @@ from i2x.metrics.drift import (
     top_mask,
 )
 from i2x.errors import UserError
+from i2x.metrics.bootstrap import bootstrap_means, percentile_interval
 
 
 def blob(h: int, w: int, row: int, col: int) -> np.ndarray:
@@ -132,3 +134,80 @@ def test_rank_reversals_finds_the_reversed_pair():
     assert three[1]["reversed_pairs"] == [] and three[1]["kendall_tau"] == pytest.approx(1.0)
     with pytest.raises(UserError, match="gradcam_x"):
         rank_reversals(stability, methods=["gradcampp", "gradcam_x"])
+
+
+def test_tau_not_defined_says_why_for_one_item_and_for_ties():
+    one = rank_reversals({"gradcampp": {"3": 0.4}, "layercam": {"3": 0.6}}, noun="classes")[0]
+    assert math.isnan(one["kendall_tau"]) and math.isnan(one["p_value"])
+    assert one["undefined"] == "fewer than two classes are scored under both gradcampp and layercam (1)"
+    assert one["reversed_pairs"] == [] and one["tied_pairs"] == []
+    tied = rank_reversals({"gradcampp": {"a": 0.5, "b": 0.5, "c": 0.5}, "layercam": {"a": 0.1, "b": 0.2, "c": 0.3}})[0]
+    assert math.isnan(tied["kendall_tau"]) and "under gradcampp (all tied)" in tied["undefined"]
+    assert tied["reversed_pairs"] == [] and len(tied["tied_pairs"]) == 3  # ties are not reversals
+    partly = rank_reversals({"x": {"a": 1.0, "b": 1.0, "c": 0.0}, "y": {"a": 0.0, "b": 1.0, "c": 2.0}})[0]
+    assert partly["undefined"] is None
+    assert partly["kendall_tau"] == pytest.approx(kendalltau([1.0, 1.0, 0.0], [0.0, 1.0, 2.0]).statistic)
+    assert partly["tied_pairs"] == [["a", "b"]] and partly["reversed_pairs"] == [["a", "c"], ["b", "c"]]
+
+
+def test_kendall_tau_b_matches_scipy_row_by_row():
+    rng = np.random.default_rng(3)
+    x, y = np.round(rng.random((40, 5)) * 3), np.round(rng.random((40, 5)) * 3)  # many ties
+    expected = [kendalltau(a, b).statistic for a, b in zip(x, y)]
+    np.testing.assert_allclose(kendall_tau_b(x, y), expected, atol=1e-12)
+    assert np.isnan(kendall_tau_b(np.ones((1, 4)), np.arange(4.0)[None]))[0]
+
+
+def _loop_bootstrap(values, replicates, seed):
+    """The paired bootstrap written as a loop: one draw of sample positions per replicate, shared by all rows."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, values.shape[1], size=(replicates, values.shape[1]))
+    return np.array([[np.nanmean(row[d]) if (~np.isnan(row[d])).any() else np.nan for row in values] for d in draws])
+
+
+def test_bootstrap_means_share_the_draws_and_skip_nans(monkeypatch):
+    import i2x.metrics.bootstrap as bootstrap
+
+    rng = np.random.default_rng(0)
+    values = rng.random((3, 25))
+    values[1, ::3] = np.nan  # samples that do not count for row 1
+    values[2, 1:] = np.nan  # row 2 counts one sample only: replicates that miss it have no mean
+    got = bootstrap_means(values, 200, seed=7)
+    expected = _loop_bootstrap(values, 200, 7)
+    np.testing.assert_allclose(got, expected, equal_nan=True)
+    assert np.isnan(got[:, 2]).any() and not np.isnan(got[:, :2]).any()
+    monkeypatch.setattr(bootstrap, "_BLOCK_CELLS", 60)  # blocks of 2 replicates: the same stream of draws
+    np.testing.assert_allclose(bootstrap_means(values, 200, seed=7), got, equal_nan=True)
+    lo, hi = percentile_interval(got[:, 0], 0.9)
+    assert lo == pytest.approx(np.percentile(got[:, 0], 5)) and hi == pytest.approx(np.percentile(got[:, 0], 95))
+    assert percentile_interval(np.array([np.nan]), 0.9) == [None, None]
+
+
+def test_reversal_inside_the_noise_is_called_that():
+    # Two items; the methods order them oppositely. Scores per sample: under "m1" a leads b by a lot,
+    # under "m2" b leads a by a hair, so only m1's difference is clear and the reversal is within noise.
+    rng = np.random.default_rng(1)
+    n = 400
+    per_sample = {("m1", "a"): 0.8 + 0.05 * rng.standard_normal(n), ("m1", "b"): 0.4 + 0.05 * rng.standard_normal(n),
+                  ("m2", "a"): 0.5 + 0.2 * rng.standard_normal(n), ("m2", "b"): 0.505 + 0.2 * rng.standard_normal(n)}
+    keys = list(per_sample)
+    reps = bootstrap_means(np.stack([per_sample[k] for k in keys]), 500, seed=0)
+    scores = {m: {i: float(per_sample[(m, i)].mean()) for i in "ab"} for m in ("m1", "m2")}
+    assert scores["m1"]["a"] > scores["m1"]["b"] and scores["m2"]["a"] < scores["m2"]["b"]
+    replicates = {m: {i: reps[:, keys.index((m, i))] for i in "ab"} for m in ("m1", "m2")}
+    (c,) = rank_reversals(scores, replicates=replicates, confidence=0.95)
+    assert c["kendall_tau"] == pytest.approx(-1.0) and c["kendall_tau_interval"][0] == pytest.approx(-1.0)
+    (rev,) = c["reversals"]
+    assert rev["pair"] == ["a", "b"] and rev["within_noise"] is True
+    assert rev["difference"]["m1"]["crosses_zero"] is False and rev["difference"]["m2"]["crosses_zero"] is True
+    assert rev["difference"]["m1"]["estimate"] == pytest.approx(scores["m1"]["a"] - scores["m1"]["b"])
+    d = reps[:, keys.index(("m2", "a"))] - reps[:, keys.index(("m2", "b"))]
+    assert rev["difference"]["m2"]["interval"] == pytest.approx(list(np.percentile(d, [2.5, 97.5])))
+    assert 0.1 < rev["share_reversed"] < 0.9  # m2's order flips in many resamples
+    # With m2's gap made wide, the same reversal is clear.
+    wide = {**per_sample, ("m2", "b"): per_sample[("m2", "b")] + 0.3}
+    reps = bootstrap_means(np.stack([wide[k] for k in keys]), 500, seed=0)
+    scores["m2"]["b"] = float(wide[("m2", "b")].mean())
+    replicates = {m: {i: reps[:, keys.index((m, i))] for i in "ab"} for m in ("m1", "m2")}
+    (rev,) = rank_reversals(scores, replicates=replicates)[0]["reversals"]
+    assert rev["within_noise"] is False and rev["share_reversed"] > 0.95

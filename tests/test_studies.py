@@ -21,6 +21,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from sklearn.datasets import load_digits
 
 from i2x import api
+from i2x.cli import main
 from i2x.stages.analysis import AnalyzeConfig
 from i2x.attribution import display_maps
 from i2x.stages.context import RunConfig, build_context
@@ -293,19 +294,65 @@ def test_compare_models_ranks_directories(run, store, tmp_path):
     # A second "model": the same run extracted on its first two checkpoints only.
     other = tmp_path / "two"
     api.extract(RunConfig.from_dict({**store.config, "first": 2}), out=other, progress=False)
-    result = compare_models([run, other], methods=["gradcampp", "layercam"], out=tmp_path / "compare.json")
+    result = compare_models([run, other], methods=["gradcampp", "layercam"], out=tmp_path / "compare.json",
+                            bootstrap=50)
     assert json.loads((tmp_path / "compare.json").read_text()) == result
-    assert result["models"][run.name]["to"]["name"] == "epoch_3.pt"
-    assert result["models"]["two"]["to"]["name"] == "epoch_2.pt"
+    assert result["runs"][run.name]["to"]["name"] == "epoch_3.pt"
+    assert result["runs"]["two"]["to"]["name"] == "epoch_2.pt"
+    assert result["samples"] == {"n_common": 200, "n_label_mismatch": 0, "n_per_run": {run.name: 200, "two": 200},
+                                 "rule": "each"}
     for name, d in ((run.name, run), ("two", other)):
         alone = drift(d, consecutive=False, progress=False)
         for m in ("gradcampp", "layercam"):
-            assert result["models"][name]["overall"][m]["iou"] == alone["methods"][m]["overall"]["iou"]
-    scores = result["stability"]["scores"]["layercam"]
-    assert result["stability"]["ranking"]["layercam"] == sorted(scores, key=lambda k: -scores[k])
-    assert result["stability"]["reversals"][0]["methods"] == ["gradcampp", "layercam"]
+            assert result["runs"][name]["overall"][m]["iou"] == alone["methods"][m]["overall"]["iou"]
+    scores = result["stability"]["iou"]["scores"]["layercam"]
+    assert result["stability"]["iou"]["ranking"]["layercam"] == sorted(scores, key=lambda k: -scores[k])
+    assert result["stability"]["iou"]["reversals"][0]["methods"] == ["gradcampp", "layercam"]
+    # --samples all: only the samples both runs classify correctly at both of their checkpoints.
+    probs, labels = store.read("probs"), store.read("labels")
+    correct = [probs[t].argmax(1) == labels for t in range(3)]
+    everywhere = correct[0] & correct[1] & correct[2]
+    strict = compare_models([run, other], methods=["gradcampp"], samples="all", bootstrap=20)
+    assert strict["samples"]["n_correct_in_all"] == everywhere.sum() > 0
+    assert [strict["runs"][n]["n_correct_both"] for n in (run.name, "two")] == [everywhere.sum()] * 2
+    a, b = store.cam("gradcampp")[0][everywhere], store.cam("gradcampp")[1][everywhere]
+    assert strict["stability"]["iou"]["scores"]["gradcampp"]["two"] == pytest.approx(drift_metrics(a, b)["iou"].mean())
     with pytest.raises(UserError, match="two"):
         compare_models([run])
+    with pytest.raises(UserError, match="--names"):
+        compare_models([run, other], names=["a"])
+    with pytest.raises(UserError, match="--method"):
+        compare_models([run, other], methods=["gradcamx"])
+
+
+def test_drift_cli_with_one_class_in_the_frozen_phase_says_not_defined(run, store, tmp_path, capsys):
+    # The crash: at the end of the frozen-backbone phase the model predicts one class, so only that
+    # class has true positives in both phases and the class ranking's Kendall tau is not defined.
+    labels = store.read("labels")
+    copy = _copy_with_probs(run, tmp_path / "copy", 0, np.full(len(labels), 3))
+    assert main(["drift", str(copy), "--phase-split", "auto", "--method", "gradcampp,layercam"]) == 0
+    printed = capsys.readouterr().out
+    assert "Kendall tau not defined (fewer than two classes are scored under both gradcampp and layercam (1))" \
+        in printed
+    written = json.loads((copy / DRIFT_NAME).read_text())
+    (comparison,) = written["stability"]["reversals"]
+    assert comparison["kendall_tau"] is None and comparison["items"] == ["3"]
+    assert comparison["undefined"].startswith("fewer than two classes")
+    assert written["n_correct_both"] == int(((store.read("probs")[FINAL].argmax(1) == labels) & (labels == 3)).sum())
+    # The report section says so too, and the cross-run comparison leaves a run without true positives out.
+    section = drift_section(_inputs({DRIFT_NAME: written}))
+    assert "not defined (fewer than two classes" in section.body
+    none = _copy_with_probs(run, tmp_path / "none", 0, (labels + 1) % 10)
+    assert main(["drift", str(run), str(none), "--names", "ok,none", "--phase-split", "auto", "--bootstrap", "20",
+                 "--out", str(tmp_path / "cmp.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "not ranked: no true positive at epoch_1.pt (frozen-backbone phase) among the shared samples" in printed
+    assert "Kendall tau not defined (fewer than two runs" in printed
+    cmp = json.loads((tmp_path / "cmp.json").read_text())
+    assert cmp["stability"]["iou"]["ranking"]["gradcampp"] == ["ok"]
+    assert cmp["stability"]["iou"]["left_out"]["gradcampp"] == {"none": cmp["runs"]["none"]["undefined"]}
+    page = (tmp_path / "cmp.html").read_text()
+    assert "not defined" in page and "no true positive at epoch_1.pt" in page
 
 
 # ---- report sections ---------------------------------------------------------------------------------

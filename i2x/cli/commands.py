@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from i2x.cli.options import add_options, config_from
+from i2x.errors import UserError
+from i2x.settings import name_list
 from i2x.stages.analysis import AnalyzeConfig
 from i2x.stages.context import RunConfig
 from i2x.stages.drift import DriftConfig
@@ -217,23 +219,45 @@ def cmd_faithfulness(args: argparse.Namespace) -> None:
 
 # ---- drift ---------------------------------------------------------------------------------------
 def add_drift(sub: Subparsers) -> None:
-    p = command(sub, "drift", cmd_drift, "how the CAMs move between two checkpoints or training phases, per method")
-    analysis_dir(p, "i2x extract or run")
+    p = command(sub, "drift", cmd_drift, "how the CAMs move between two checkpoints or training phases, per method; "
+                                         "with several DIRs, the runs side by side with rankings and bootstrap intervals")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="analysis directory (after i2x extract or run); several: "
+                                                         "compare the runs (e.g. one per architecture)")
     add_options(p, DriftConfig)
+    p.add_argument("--names", type=name_list, metavar="A,B",
+                   help="several DIRs: one name per run (default: the directories' names)")
+    p.add_argument("--out", metavar="FILE", help="several DIRs: the comparison JSON (default compare-drift.json in "
+                                                 "the current directory), the HTML page next to it (.html)")
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "not defined" if value is None else f"{value:.{digits}f}"
 
 
 def cmd_drift(args: argparse.Namespace) -> None:
     from i2x import api
+    from i2x.stages.drift import format_comparison, format_tau
 
-    result = api.drift(args.dir, config_from(args, DriftConfig))
+    cfg = config_from(args, DriftConfig)
+    if len(args.dirs) > 1:
+        result = api.compare_drift(args.dirs, cfg, names=args.names, out=args.out)
+        print(format_comparison(result))
+        print(f"results: {result['paths']['json']}\nreport: {result['paths']['html']}")
+        return
+    if args.names or args.out:
+        raise UserError("--names and --out compare several runs: give two or more analysis directories")
+    result = api.drift(args.dirs[0], cfg)
     for method, r in result["methods"].items():
         overall = r["overall"]
-        print(f"{method:>10}: n={overall['iou']['n']}  IoU {overall['iou']['mean']:.3f}  shift "
-              f"{overall['shift_px']['mean']:.2f} px  Spearman {overall['spearman']['mean']:.3f}")
+        if not overall["iou"]["n"]:
+            print(f"{method:>10}: n=0  not defined (no sample is classified correctly at both checkpoints)")
+            continue
+        print(f"{method:>10}: n={overall['iou']['n']}  IoU {_number(overall['iou']['mean'])}  shift "
+              f"{_number(overall['shift_px']['mean'], 2)} px  Spearman {_number(overall['spearman']['mean'])}")
     for rev in result["stability"]["reversals"]:
         print(f"class stability ranking, {rev['methods'][0]} vs {rev['methods'][1]}: Kendall tau "
-              f"{rev['kendall_tau']:.2f}, {len(rev['reversed_pairs'])} reversed pair(s)")
-    print(f"results: {Path(args.dir) / 'drift.json'}")
+              f"{format_tau(rev)}, {len(rev['reversed_pairs'])} reversed pair(s)")
+    print(f"results: {Path(args.dirs[0]) / 'drift.json'}")
 
 
 # ---- reliance ------------------------------------------------------------------------------------

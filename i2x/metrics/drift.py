@@ -25,6 +25,7 @@ import numpy as np
 from scipy.stats import kendalltau, rankdata
 
 from i2x.errors import UserError
+from i2x.metrics.bootstrap import percentile_interval
 
 
 def _stack(maps: np.ndarray, name: str = "maps") -> np.ndarray:
@@ -163,17 +164,64 @@ def summarize(
     }
 
 
+def tau_undefined(x: np.ndarray, y: np.ndarray, first: str, second: str, noun: str = "items") -> str | None:
+    """Why Kendall's tau of scores x and y is not defined (fewer than two items, or one side all tied); None if it is."""
+    if len(x) < 2:
+        return f"fewer than two {noun} are scored under both {first} and {second} ({len(x)})"
+    for name, values in ((first, x), (second, y)):
+        if np.unique(values).size < 2:
+            return f"every one of the {len(values)} {noun} has the same score under {name} (all tied)"
+    return None
+
+
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each row pair of x and y [b, k] (scipy's definition, vectorised over rows); NaN where
+    one row is all tied or holds a NaN."""
+    x, y = np.atleast_2d(np.asarray(x, dtype=np.float64)), np.atleast_2d(np.asarray(y, dtype=np.float64))
+    i, j = np.triu_indices(x.shape[1], k=1)
+    sx, sy = np.sign(x[:, i] - x[:, j]), np.sign(y[:, i] - y[:, j])
+    denominator = np.sqrt((sx != 0).sum(axis=1) * (sy != 0).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (sx * sy).sum(axis=1) / denominator, np.nan)
+
+
+def _noise(first: str, second: str, pair: tuple[int, int], x: np.ndarray, y: np.ndarray,
+           rx: np.ndarray, ry: np.ndarray, confidence: float) -> dict:
+    """A reversed pair with each method's score difference and its bootstrap interval; ``within_noise`` when
+    either interval contains 0 (the reversal could be resampling noise)."""
+    a, b = pair
+    difference = {}
+    for name, point, reps in ((first, x, rx), (second, y, ry)):
+        lo, hi = percentile_interval(reps[:, a] - reps[:, b], confidence)
+        difference[name] = {"estimate": float(point[a] - point[b]), "interval": [lo, hi],
+                            "crosses_zero": None if lo is None else bool(lo <= 0 <= hi)}
+    flags = [d["crosses_zero"] for d in difference.values()]
+    both = np.isfinite(rx[:, [a, b]]).all(axis=1) & np.isfinite(ry[:, [a, b]]).all(axis=1)
+    flipped = (rx[both, a] > rx[both, b]) & (ry[both, a] < ry[both, b])
+    return {"difference": difference, "within_noise": None if None in flags else any(flags),
+            "share_reversed": float(flipped.mean()) if both.any() else None}
+
+
 def rank_reversals(
     stability: Mapping[str, Mapping[str, float]],
     methods: Sequence[str] | None = None,
+    replicates: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    confidence: float = 0.95,
+    noun: str = "items",
 ) -> list[dict]:
     """Compare how two or more methods rank the same items (classes, models or phases) by a stability score.
 
     ``stability[method][item]`` is a score, higher = ranked higher. For each pair of methods (all pairs
     of ``methods``, default all keys in order) over their common items, returns a dict with
-    ``methods``, ``items``, ``kendall_tau`` and ``p_value`` (scipy's tau-b; NaN for fewer than two
-    items) and ``reversed_pairs``: [first, second] pairs that the first method ranks first>second
-    and the second method ranks second>first (ties are not reversals).
+    ``methods``, ``items``, ``kendall_tau`` and ``p_value`` (scipy's tau-b; NaN when not defined, with
+    the reason in ``undefined``: fewer than two items, or all tied under one method), ``reversed_pairs``:
+    [first, second] pairs that the first method ranks first>second and the second method ranks
+    second>first, and ``tied_pairs`` (ties are not reversals).
+
+    ``replicates[method][item]`` (bootstrap replicates of the scores, the same resamples for every
+    method and item) adds ``kendall_tau_interval`` and ``reversals``: per reversed pair each method's
+    score difference with its ``confidence`` interval, ``within_noise`` (either interval contains 0)
+    and ``share_reversed`` (the share of replicates in which the pair is reversed).
     """
     methods = list(stability) if methods is None else list(methods)
     missing = [m for m in methods if m not in stability]
@@ -186,16 +234,32 @@ def rank_reversals(
         y = np.array([stability[second][item] for item in items], dtype=np.float64)
         # reversed[i, j]: the first method puts item i above j, the second puts j above i.
         reversed_ = (x[:, None] > x[None, :]) & (y[:, None] < y[None, :])
-        if len(items) >= 2:
+        tied = np.triu((x[:, None] == x[None, :]) | (y[:, None] == y[None, :]), k=1)
+        undefined = tau_undefined(x, y, first, second, noun)
+        if undefined is None:
             result = kendalltau(x, y)
             tau, p_value = float(result.statistic), float(result.pvalue)
         else:
             tau = p_value = math.nan
-        comparisons.append({
+        pairs = list(zip(*np.nonzero(reversed_)))
+        comparison = {
             "methods": [first, second],
             "items": items,
             "kendall_tau": tau,
             "p_value": p_value,
-            "reversed_pairs": [[items[i], items[j]] for i, j in zip(*np.nonzero(reversed_))],
-        })
+            "undefined": undefined,
+            "reversed_pairs": [[items[i], items[j]] for i, j in pairs],
+            "tied_pairs": [[items[i], items[j]] for i, j in zip(*np.nonzero(tied))],
+        }
+        if replicates is not None:
+            rx = np.stack([np.asarray(replicates[first][item], dtype=np.float64) for item in items], axis=1) \
+                if items else np.empty((0, 0))
+            ry = np.stack([np.asarray(replicates[second][item], dtype=np.float64) for item in items], axis=1) \
+                if items else np.empty((0, 0))
+            taus = kendall_tau_b(rx, ry) if len(items) >= 2 else np.empty(0)
+            comparison["kendall_tau_interval"] = percentile_interval(taus, confidence)
+            comparison["reversals"] = [{"pair": [items[i], items[j]],
+                                        **_noise(first, second, (i, j), x, y, rx, ry, confidence)}
+                                       for i, j in pairs]
+        comparisons.append(comparison)
     return comparisons

@@ -223,3 +223,23 @@ def with_param(spec: dict[str, Any], name: str, value: Any, rows_key: str | None
         out["datasets"] = {key: [row for row in rows if row.get(rows_key, value) == value]
                            for key, rows in spec.get("datasets", {}).items()}
     return out
+
+
+def rank_slopes(frame: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str], initial: str) -> alt.LayerChart:
+    """Slope chart of rankings: one line per run from its rank under one method to the next (1 = most stable);
+    crossing lines are reversals. ``frame``: metric, method, run, rank, score, interval; a dropdown picks the metric."""
+    metric = alt.param(name="metric", value=initial, bind=alt.binding_select(options=list(metrics), name="metric "))
+    top = int(frame["rank"].max()) if not frame.empty else 1
+    base = alt.Chart(frame).transform_filter("datum.metric == metric").encode(
+        x=alt.X("method:N", sort=list(methods), title="CAM method", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("rank:Q", title="rank (1 = most stable)", scale=alt.Scale(domain=[top + 0.3, 0.7]),
+                axis=alt.Axis(values=list(range(1, top + 1)), format="d")),
+        color=alt.Color("run:N", title="run"),
+        detail="run:N",
+        tooltip=["run:N", "method:N", "rank:Q", alt.Tooltip("score:Q", format=".3f"), "interval:N"])
+    line = base.mark_line(strokeWidth=2)
+    points = base.mark_circle(size=80, opacity=1)
+    labels = base.transform_filter(alt.FieldEqualPredicate(field="method", equal=list(methods)[-1])).mark_text(
+        align="left", dx=8, fontSize=11).encode(text="run:N")
+    return alt.layer(line, points, labels).add_params(metric).properties(
+        width=max(260, 170 * len(methods)), height=max(140, 50 * top), title="Ranking of the runs by stability")
