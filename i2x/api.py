@@ -23,6 +23,7 @@ from i2x.stages.finetuning import FinetuneResult, finetune, format_table
 from i2x.io.models import build_model
 from i2x.stages.reliance import RelianceConfig, reliance
 from i2x.stages.drift import compare_models, drift
+from i2x.stages.evidence import EvidenceConfig, evidence
 from i2x.stages.faithfulness import faithfulness
 from i2x.stages.training import TrainConfig, TrainResult, train as _train
 
@@ -159,5 +160,5 @@ def doctor() -> dict[str, str]:
 
 
 __all__ = ["train", "extract", "analyze", "report", "run", "finetune", "format_table", "FinetuneResult",
-           "faithfulness", "drift", "compare_models", "reliance", "RelianceConfig", "demo", "doctor", "load_summary", "RunConfig", "AnalyzeConfig",
+           "faithfulness", "drift", "compare_models", "evidence", "EvidenceConfig", "reliance", "RelianceConfig", "demo", "doctor", "load_summary", "RunConfig", "AnalyzeConfig",
            "RunResult", "UserError"]

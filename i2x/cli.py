@@ -302,6 +302,40 @@ def _print_reliance(verdict: str, ranking: list, prototypes: Any) -> None:
               f"concentration {p['concentration']:.2f})")
 
 
+def add_config_options(p: argparse.ArgumentParser, config: type) -> None:
+    """One option per field of a config dataclass made with :func:`i2x.settings.option` (help and default from it)."""
+    import dataclasses
+
+    from i2x.settings import flag_of
+
+    for f in dataclasses.fields(config):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        if f.type in (bool, "bool"):
+            p.add_argument(flag_of(f), dest=f.name, action="store_true", help=meta["help"])
+            continue
+        kind = meta.get("parse") or {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
+        default = f.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        extra = f" (default {shown})" if default is not None and "default" not in meta["help"] else ""
+        p.add_argument(flag_of(f), dest=f.name, type=kind, default=default, metavar=meta.get("metavar"),
+                       choices=meta.get("choices"), help=meta["help"] + extra)
+
+
+def cmd_evidence(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from i2x.stages.evidence import EvidenceConfig, evidence
+
+    config = EvidenceConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvidenceConfig)})
+    result = evidence(args.dir, config)
+    for c in result["per_checkpoint"]:
+        print(f"{c['checkpoint']['name']:>12}: {c['n']} masks, decision kept {c['kept']:.0%}, mean area "
+              f"{c['area']['mean']:.3f}, robust {c['robust']['mean']:.2f}")
+    print(f"results: {Path(args.dir) / 'evidence.json'}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from i2x import api
 
@@ -432,6 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="suspects to show in detail (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and random-cell draws (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+    p = command("evidence", cmd_evidence, "minimal evidence masks (Med-CAM) of chosen samples at chosen checkpoints, "
+                                          "set against the CAMs")
+    p.add_argument("dir", metavar="DIR", help="analysis directory (after i2x extract or run)")
+    add_config_options(p, __import__("i2x.stages.evidence", fromlist=["EvidenceConfig"]).EvidenceConfig)
 
     p = command("run", cmd_run, "extract + analyze + report in one command")
     p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots")
