@@ -146,7 +146,10 @@ def select_checkpoints(store: Store, spec: str) -> list[int]:
         elif name == "middle":
             chosen.add(int(usable[len(usable) // 2]))
         else:
-            chosen.add(checkpoint_index(store, name))
+            try:
+                chosen.add(checkpoint_index(store, name))
+            except UserError as exc:
+                raise UserError(f"--checkpoints {spec}: {exc}") from None
     if not chosen:
         raise UserError("--checkpoints: name at least one checkpoint (first, middle, final, all or a name)")
     return sorted(chosen)
