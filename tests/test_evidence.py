@@ -17,6 +17,7 @@ from i2x.attribution.minimal_evidence import MinimalEvidence
 from i2x.cli import main
 from i2x.errors import UserError
 from i2x.io.store import Store
+from i2x.reporting import build_report
 from i2x.metrics.evidence import (activation_matching, area, binarisation, compose, decision_loss, iou_at_equal_area,
                                   kl_divergence, leakage, straight_through, total_variation)
 from i2x.stages.evidence import EvidenceConfig, evidence
@@ -180,6 +181,11 @@ def test_stage_writes_arrays_json_and_the_cli_runs(tiny_run, tmp_path):
     np.testing.assert_allclose(leak[masks.sum((-2, -1)) > 0], expected_leak[masks.sum((-2, -1)) > 0], rtol=1e-5)
     written = json.loads((out / "evidence.json").read_text())
     assert written["samples"]["rows"] == [3, 5, 7] and len(written["checkpoints"]) == 2
+    page = build_report(out, progress=False, pngs=False).read_text(encoding="utf-8")
+    section = page[page.index('<section id="evidence"'):]
+    section = section[:section.index("</section>")]
+    assert section.count('<td class="who">') == 3 and section.count("<img") == 12  # image, CAM, mask, evidence
+    assert 'id="chart-evidence-area"' in section
     assert main(["evidence", str(out), "--samples", "misclassified", "--max-samples", "2", "--checkpoints", "final",
                  "--iterations", "2", "--device", "cpu"]) == 0
     assert Store.open(out).read("evidence/masks").shape[:2] == (1, 2)
