@@ -1,7 +1,7 @@
 """i2x: explain how an image classifier's reasoning forms during training.
 
 The public API mirrors the CLI (``i2x.run``, ``i2x.extract``, ``i2x.analyze``, ``i2x.report``,
-``i2x.finetune``, ``i2x.faithfulness``, ``i2x.drift``, ...) and re-exports the analysis stages as
+``i2x.finetune``, ``i2x.faithfulness``, ``i2x.drift``, ``i2x.evidence``, ...) and re-exports the analysis stages as
 scikit-learn-style estimators (``i2x.Prototypes``, ``i2x.ConfidenceGroups``, ``i2x.RidgeMapping``,
 ``i2x.Structure``) and the CAM methods. Internals live in the subpackages (see docs/ARCHITECTURE.md).
 
@@ -20,9 +20,9 @@ from i2x.version import __version__
 #: Public name -> the module that defines it.
 _PUBLIC = {
     **{name: "i2x.api" for name in (
-        "AnalyzeConfig", "DemoConfig", "DriftConfig", "FaithfulnessConfig", "FinetuneConfig", "RelianceConfig",
+        "AnalyzeConfig", "DemoConfig", "DriftConfig", "EvidenceConfig", "FaithfulnessConfig", "FinetuneConfig", "RelianceConfig",
         "RunConfig", "RunResult", "TrainConfig", "analyze", "compare_drift", "compare_models", "demo", "doctor",
-        "drift", "extract", "faithfulness", "finetune", "format_table", "load_summary", "reliance", "report", "run",
+        "drift", "evidence", "extract", "faithfulness", "finetune", "format_table", "load_summary", "reliance", "report", "run",
         "train", "UserError")},
     **{name: "i2x.analysis" for name in (
         "ConfidenceGroups", "Prototypes", "RidgeMapping", "Structure", "cartography", "intensity")},

@@ -25,6 +25,7 @@ from i2x.io.models import build_model
 from i2x.stages.reliance import RelianceConfig, reliance
 from i2x.stages.drift import DriftConfig, compare_models, drift
 from i2x.stages.faithfulness import FaithfulnessConfig, faithfulness
+from i2x.stages.evidence import EvidenceConfig, evidence
 from i2x.stages.training import TrainConfig, TrainResult, train as _train
 
 #: Keyword arguments of :func:`train` that describe the data and model, not the training (RunConfig fields).
@@ -196,6 +197,6 @@ def doctor() -> dict[str, str]:
 
 
 __all__ = ["train", "extract", "analyze", "report", "run", "finetune", "format_table", "FinetuneResult",
-           "faithfulness", "drift", "compare_models", "compare_drift", "reliance", "demo", "doctor", "load_summary", "RunConfig",
+           "faithfulness", "drift", "compare_models", "compare_drift", "evidence", "EvidenceConfig", "reliance", "demo", "doctor", "load_summary", "RunConfig",
            "AnalyzeConfig", "TrainConfig", "RelianceConfig", "FinetuneConfig", "FaithfulnessConfig", "DriftConfig",
            "DemoConfig", "RunResult", "UserError"]

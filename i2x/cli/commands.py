@@ -13,6 +13,7 @@ from i2x.settings import name_list
 from i2x.stages.analysis import AnalyzeConfig
 from i2x.stages.context import RunConfig
 from i2x.stages.drift import DriftConfig
+from i2x.stages.evidence import EvidenceConfig
 from i2x.stages.faithfulness import FaithfulnessConfig
 from i2x.stages.finetuning import FinetuneConfig
 from i2x.stages.reliance import RelianceConfig
@@ -284,6 +285,24 @@ def cmd_reliance(args: argparse.Namespace) -> None:
     print(f"results: {Path(args.dir) / 'reliance.json'}")
 
 
+# ---- evidence ------------------------------------------------------------------------------------
+def add_evidence(sub: Subparsers) -> None:
+    p = command(sub, "evidence", cmd_evidence, "minimal evidence masks (Med-CAM) of chosen samples at chosen "
+                                               "checkpoints, set against the CAMs")
+    analysis_dir(p, "i2x extract or run")
+    add_options(p, EvidenceConfig)
+
+
+def cmd_evidence(args: argparse.Namespace) -> None:
+    from i2x import api
+
+    result = api.evidence(args.dir, config_from(args, EvidenceConfig))
+    for c in result["per_checkpoint"]:
+        print(f"{c['checkpoint']['name']:>12}: {c['n']} masks, decision kept {c['kept']:.0%}, mean area "
+              f"{c['area']['mean']:.3f}, robust {c['robust']['mean']:.2f}")
+    print(f"results: {Path(args.dir) / 'evidence.json'}")
+
+
 # ---- run -----------------------------------------------------------------------------------------
 def add_run(sub: Subparsers) -> None:
     p = command(sub, "run", cmd_run, "extract + analyze + report in one command")
@@ -319,4 +338,4 @@ def cmd_doctor(args: argparse.Namespace) -> None:
 
 #: Every subcommand, in the order ``i2x --help`` lists them.
 COMMANDS = (add_demo, add_train, add_extract, add_analyze, add_report, add_finetune, add_faithfulness, add_drift,
-            add_reliance, add_run, add_doctor)
+            add_reliance, add_evidence, add_run, add_doctor)

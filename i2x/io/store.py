@@ -14,14 +14,17 @@ k     prototype
 p     PCA component
 s     step between consecutive checkpoints (t -> t+1), s = 0 .. T-2
 g     HDBSCAN group slot within a step (``group_ids`` gives the group label)
+u     checkpoint of the evidence study (``evidence/checkpoints`` maps it to t)
+e     sample of the evidence study (``evidence/rows`` maps it to n)
+y, x  input pixel row and column
 ====  =====================================================================
 
 Extraction writes the root arrays; ``done[t]`` turns 1 only after every array of checkpoint t
 is written, so an interrupted run resumes at the first checkpoint not done. The analysis writes
-the ``analysis/`` group. Root attributes record the i2x version, the extraction config, the
-checkpoints (name, step, sha256), class names, layer, grid, ``checkpoint_order`` (the order used and the duplicates skipped) and
-``layer_layout`` (how the layer holds its
-grid: a conv map, transformer tokens with their prefix count, or a channels-last map).
+the ``analysis/`` group, the evidence study (``i2x evidence``) the ``evidence/`` group. Root attributes
+record the i2x version, the extraction config, the checkpoints (name, step, sha256), class names, layer,
+grid, ``checkpoint_order`` (the order used and the duplicates skipped) and ``layer_layout`` (how the layer
+holds its grid: a conv map, transformer tokens with their prefix count, or a channels-last map).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from i2x.errors import UserError
 
 STORE_NAME = "store.zarr"
 
-#: name -> dimension names. ``cam/<method>`` arrays share the ``cam/*`` entry.
+#: name -> dimension names. ``cam/<method>`` arrays share the ``cam/*`` entry (``evidence/iou/<method>`` likewise).
 ARRAYS: dict[str, tuple[str, ...]] = {
     "labels": ("n",),
     "sample_index": ("n",),
@@ -69,12 +72,27 @@ ARRAYS: dict[str, tuple[str, ...]] = {
     "analysis/variability": ("n",),
     "analysis/correctness": ("n",),
     "analysis/forgetting": ("n",),
+    "evidence/checkpoints": ("u",),
+    "evidence/rows": ("e",),
+    "evidence/masks": ("u", "e", "y", "x"),
+    "evidence/soft": ("u", "e", "y", "x"),
+    "evidence/target": ("u", "e"),
+    "evidence/threshold": ("u", "e"),
+    "evidence/area": ("u", "e"),
+    "evidence/kept": ("u", "e"),
+    "evidence/kl": ("u", "e"),
+    "evidence/robust": ("u", "e"),
+    "evidence/leakage": ("u", "e"),
+    "evidence/iou/*": ("u", "e"),
 }
+
+#: Array families whose members share one layout entry: ``cam/gradcam`` -> ``cam/*``.
+_FAMILIES = ("cam/", "evidence/iou/")
 
 
 def dims_of(name: str) -> tuple[str, ...]:
-    """The dimension names of array ``name`` (``cam/gradcam`` -> ``cam/*``)."""
-    key = "cam/*" if name.startswith("cam/") else name
+    """The dimension names of array ``name`` (``cam/gradcam`` -> ``cam/*``, ``evidence/iou/gradcam`` -> ``evidence/iou/*``)."""
+    key = next((f + "*" for f in _FAMILIES if name.startswith(f)), name)
     if key not in ARRAYS:
         raise KeyError(f"{name} is not an array of the i2x store layout")
     return ARRAYS[key]

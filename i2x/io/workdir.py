@@ -8,6 +8,7 @@ Layout of ``DIR`` (an ``i2x run --out``)::
     reliance.json        the reliance study (i2x reliance)
     faithfulness.json    the deletion/insertion study (i2x faithfulness)
     drift.json           the drift study (i2x drift)
+    evidence.json        the minimal evidence study (i2x evidence; masks in store.zarr/evidence/)
     finetune/            fine-tuning runs and finetune.json (i2x finetune)
     report.html          the report, and report/ with its PNG charts
     .i2x-analysis.json   the marker: this directory is an i2x analysis (version, creation settings)
@@ -38,6 +39,7 @@ SUMMARY = "summary.json"
 RELIANCE = "reliance.json"
 FAITHFULNESS = "faithfulness.json"
 DRIFT = "drift.json"
+EVIDENCE = "evidence.json"
 FINETUNE_DIR = "finetune"
 FINETUNE = "finetune.json"
 REPORT = "report.html"

@@ -1,0 +1,105 @@
+"""Report section of the minimal evidence study (``i2x evidence``), skipped when it has not run.
+
+Per sample at the last explained checkpoint: the image, the stored CAM, the minimal mask and the
+evidence (the image where the mask keeps it, black elsewhere); then the mean evidence area per
+class over the explained checkpoints (does the model need less of the image as it learns).
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from i2x.io.workdir import EVIDENCE
+from i2x.reporting.images import overlays, png_uri, resize, to_rgb
+from i2x.reporting.inputs import ReportInputs
+from i2x.reporting.page import Section, esc, img, table
+
+MAX_EVIDENCE_ROWS = 24
+PICTURE = 64
+
+
+def _area_frame(e: dict) -> pd.DataFrame:
+    """Mean evidence area and decision-kept share per class (and over all samples) per explained checkpoint."""
+    rows = []
+    for c in e["per_checkpoint"]:
+        step = c["checkpoint"]["step"] if c["checkpoint"].get("step") is not None else c["checkpoint"]["index"]
+        rows.append({"train_step": step, "checkpoint": c["checkpoint"]["name"], "class": "all samples",
+                     "area": round(c["area"]["mean"], 4), "kept": c["kept"], "n": c["n"]})
+        rows += [{"train_step": step, "checkpoint": c["checkpoint"]["name"], "class": name,
+                  "area": round(v["area"], 4), "kept": v["kept"], "n": v["n"]} for name, v in c["per_class"].items()]
+    return pd.DataFrame(rows)
+
+
+def area_chart(frame: pd.DataFrame) -> alt.Chart:
+    """Mean evidence area over training, one line per class and a thick one over all samples."""
+    return alt.Chart(frame).mark_line(point=True).encode(
+        x=alt.X("train_step:Q", title="training step"),
+        y=alt.Y("area:Q", title="mean minimal evidence area (share of the image)"),
+        color=alt.Color("class:N", title="class"),
+        strokeWidth=alt.condition("datum['class'] == 'all samples'", alt.value(3.5), alt.value(1.2)),
+        tooltip=["checkpoint:N", "class:N", alt.Tooltip("area:Q", format=".3f"), alt.Tooltip("kept:Q", format=".0%"),
+                 "n:Q"],
+    ).properties(width=420, height=220)
+
+
+def _pictures(r: ReportInputs, e: dict) -> str:
+    """Table rows: image | CAM | mask | evidence, per sample, at the last explained checkpoint."""
+    u = len(e["checkpoints"]) - 1
+    t = int(e["checkpoints"][u]["index"])
+    rows = np.asarray(e["samples"]["rows"], dtype=np.int64)[:MAX_EVIDENCE_ROWS]
+    masks = r.store.array("evidence/masks")[u, :rows.size].astype(np.float32)
+    images = r.images(rows)
+    order = np.argsort(rows)
+    cam = np.asarray(r.store.cam(r.method).get_orthogonal_selection((t, rows[order])))[np.argsort(order)]
+    shown = to_rgb(resize(images, PICTURE))
+    cams = overlays(images, cam[None], size=PICTURE)[0]
+    mask_pics = to_rgb(resize(masks[:, None], PICTURE))
+    evidence_pics = to_rgb(resize(images * masks[:, None], PICTURE))
+    area, kept = r.read("evidence/area")[u], r.read("evidence/kept")[u].astype(bool)
+    target, names = r.read("evidence/target")[u], r.names
+    body = []
+    for j, row in enumerate(rows):
+        who = (f'<td class="who"><b>{esc(names[e["samples"]["labels"][j]])}</b><br>{esc(e["samples"]["why"][j])}<br>'
+               f'<span class="muted">data set index {e["samples"]["sample_index"][j]}</span></td>')
+        pics = "".join(f"<td>{img(png_uri(p[j]), f'{what}, store row {row}')}</td>"
+                       for p, what in ((shown, "image"), (cams, "CAM"), (mask_pics, "minimal mask"),
+                                       (evidence_pics, "evidence")))
+        cap = (f'<td><div class="cap{"" if kept[j] else " wrong"}">→ {esc(names[target[j]])} '
+               f'{"kept" if kept[j] else "lost"}</div><div class="cap">area {area[j]:.0%}</div></td>')
+        body.append(f"<tr>{who}{pics}{cap}</tr>")
+    head = "<th></th><th>image</th><th>CAM</th><th>minimal mask</th><th>evidence</th><th>decision</th>"
+    return (f'<h3>At {esc(e["checkpoints"][u]["name"])}</h3><div style="overflow-x:auto"><table class="film">'
+            f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+
+
+def evidence_section(r: ReportInputs) -> Section | None:
+    """The minimal evidence study of ``evidence.json`` and ``store.zarr/evidence``; None when it has not run."""
+    e = r.optional_json(EVIDENCE)
+    if e is None or not r.store.has("evidence/masks"):
+        return None
+    st = e["settings"]
+    intro = ("The smallest part of each image that, shown alone on black, keeps the model's decision and its "
+             "activations at the target layer (Med-CAM minimal evidence), next to the CAM of the same checkpoint.")
+    rows = [(c["checkpoint"]["name"], c["n"], f"{c['kept']:.0%}", f"{c['area']['mean']:.3f}",
+             f"{c['robust']['mean']:.2f}", ", ".join(f"{m} {v['mean']:.2f}" for m, v in c["iou"].items() if v))
+            for c in e["per_checkpoint"]]
+    parts = [f'<p class="muted">{esc(st["generator"])} generator, {esc(st["iterations"])} Adam steps (lr '
+             f'{esc(st["lr"])}), threshold {esc(st["threshold"])}, weights matching:minimality:robustness '
+             f'{esc(":".join(f"{w:g}" for w in st["weights"]))}, noise [0, {esc(st["noise"])}], seed '
+             f'{esc(st["seed"])}; samples: {esc(st["samples"])}.</p>',
+             table(["checkpoint", "masks", "decision kept", "mean area", "robust to noise infill",
+                    "IoU with CAM at equal area"], rows)]
+    if len(e["per_checkpoint"]) > 1:
+        parts.append(r.charts.add("evidence-area", area_chart(_area_frame(e)), export="evidence_area.png",
+                                  caption="Mean share of the image the minimal evidence needs, per class, at each "
+                                          "explained checkpoint."))
+    notes = []
+    if r.images_unavailable:
+        notes.append(f"Input images unavailable: {r.images_unavailable}")
+    else:
+        parts.append(_pictures(r, e))
+        if len(e["samples"]["rows"]) > MAX_EVIDENCE_ROWS:
+            notes.append(f"The first {MAX_EVIDENCE_ROWS} of {len(e['samples']['rows'])} samples are shown.")
+    return Section("evidence", "Minimal evidence", intro, "".join(parts), notes)

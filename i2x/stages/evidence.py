@@ -1,0 +1,273 @@
+"""Minimal evidence over training: Med-CAM masks for chosen samples at chosen checkpoints, set against the CAMs;
+writes ``evidence/`` arrays in the store and ``DIR/evidence.json``.
+
+For each chosen checkpoint the model is rebuilt from the store (:func:`i2x.stages.context.open_context`)
+and the masks of all chosen samples are optimised together (:class:`i2x.attribution.minimal_evidence.MinimalEvidence`,
+where the optimiser and its settings are documented). Per mask: area, whether the evidence keeps the
+decision, KL, robustness under random infill, IoU with each stored CAM method at equal area (the CAM
+explaining the same decision, recomputed where the store holds another class's map) and, with an
+ROI file, the share of the mask outside the ROI. Over checkpoints: the evidence area per sample and
+per class, i.e. whether the model needs less of the image as it learns.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from i2x.analysis.cartography import cartography
+from i2x.attribution import display_maps
+from i2x.attribution.mask_generators import GENERATORS
+from i2x.attribution.minimal_evidence import EvidenceMasks, MinimalEvidence
+from i2x.errors import UserError
+from i2x.io.lock import locked
+from i2x.io.store import Store
+from i2x.io.workdir import EVIDENCE, checkpoint_index, clean_json, describe_checkpoint, usable_checkpoints, write_json
+from i2x.metrics.evidence import iou_at_equal_area, leakage
+from i2x.metrics.faithfulness import select_buckets
+from i2x.metrics.stats import mean_std
+from i2x.settings import option, validate
+from i2x.stages.context import open_context
+from i2x.stages.faithfulness import cams_for_targets
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+@dataclass
+class EvidenceConfig:
+    """Settings of ``i2x evidence`` (the optimiser's defaults are explained in :mod:`i2x.attribution.minimal_evidence`)."""
+
+    samples: str = option("default", "samples to explain: default (per class the most confident and the most "
+                          "variable sample, then the least confident at the end, as in the report's film strips), "
+                          "misclassified, class:NAME, prototype:K, bucket:tp|fp|random, or store rows like 3,17,42",
+                          metavar="SPEC")
+    max_samples: int = option(64, "explain at most this many samples", low=1)
+    checkpoints: str = option("first,middle,final", "checkpoints: comma-separated names or first, middle, final, "
+                              "all", metavar="A,B")
+    generator: str = option("pixel", "mask generator: pixel (coarse per-pixel logits, fast) or unet (the paper's "
+                            "per-image small U-Net)", choices=GENERATORS)
+    resolution: int = option(8, "pixel generator: mask logits per side, upsampled to the image", low=1)
+    iterations: int = option(100, "optimisation steps per batch", low=1)
+    lr: float | None = option(None, "Adam learning rate (default 0.3 for pixel, 0.01 for unet)", low=0,
+                              low_open=True)
+    threshold: float = option(0.5, "binarisation threshold of the masks", low=0, high=1, low_open=True)
+    weights: tuple[float, float, float] = option((10.0, 100.0, 10.0), "loss weights matching,minimality,robustness",
+                                                 parse=_floats, metavar="M,N,R", low=0)
+    noise: float = option(0.25, "robustness infill: uniform pixel noise in [0, NOISE]", low=0)
+    layers: tuple[str, ...] | None = option(None, "layers whose activations are matched (default: the store's "
+                                            "target layer)", parse=_names, metavar="A,B")
+    roi: str | None = option(None, ".npy file of boolean regions of interest [n, H, W] by store row: adds each "
+                             "mask's leakage outside its region", metavar="FILE")
+    batch_size: int = option(256, "masks optimised together", low=1)
+    seed: int = option(0, "seed of the noise and the U-Net weights")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    trust_checkpoints: bool = option(False, "allow checkpoints that need pickled code to load")
+    trust_analysis: bool = option(False, "let this analysis folder's recorded model and data specs import their "
+                                  "Python files (only for folders you trust)")
+    model: str | None = option(None, "the model spec again (must match the recorded one) to allow its Python file",
+                               metavar="SPEC")
+
+
+# ---- which samples and checkpoints ---------------------------------------------------------------
+def select_samples(store: Store, spec: str, max_samples: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Store rows to explain and why each was chosen (see ``EvidenceConfig.samples``), at most ``max_samples``."""
+    labels = store.read("labels")
+    usable = usable_checkpoints(store)
+    probs = np.asarray(store.array("probs").get_orthogonal_selection((usable, slice(None))))
+    final = probs[-1]
+    p_true = final[np.arange(labels.size), labels]
+    names = store.class_names
+    kind, _, arg = spec.partition(":")
+    if spec == "default":
+        carto = cartography(probs, labels)
+        picks: list[tuple[int, str]] = []
+        for c in range(len(names)):
+            of_class = np.flatnonzero(labels == c)
+            if of_class.size:
+                picks.append((int(of_class[np.argmax(carto["confidence"][of_class])]), "most confident"))
+                picks.append((int(of_class[np.argmax(carto["variability"][of_class])]), "most variable"))
+        wrong = final.argmax(axis=1) != labels
+        picks += [(int(i), "misclassified" if wrong[i] else "least confident at the end")
+                  for i in np.argsort(p_true, kind="stable")[:6]]
+        seen: dict[int, str] = {}
+        for row, why in picks:
+            seen.setdefault(row, why)
+        rows, whys = np.array(list(seen), dtype=np.int64), list(seen.values())
+    elif spec == "misclassified":
+        wrong = np.flatnonzero(final.argmax(axis=1) != labels)
+        rows = wrong[np.argsort(p_true[wrong], kind="stable")]
+        whys = ["misclassified"] * rows.size
+    elif kind == "class" and arg:
+        c = names.index(arg) if arg in names else int(arg) if arg.isdigit() and int(arg) < len(names) else None
+        if c is None:
+            raise UserError(f"--samples {spec}: no class {arg!r}; choose one of {', '.join(names)}")
+        rows = np.flatnonzero(labels == c)
+        whys = [f"class {names[c]}"] * rows.size
+    elif kind == "prototype" and arg.isdigit():
+        if not store.has("analysis/share"):
+            raise UserError(f"--samples {spec}: no prototypes yet; run `i2x analyze` first")
+        share = store.read("analysis/share")
+        k = int(arg)
+        if k >= share.shape[1]:
+            raise UserError(f"--samples {spec}: the analysis has prototypes 0..{share.shape[1] - 1}")
+        rows = np.argsort(-share[:, k], kind="stable")
+        rows = rows[share[rows, k] > 0]
+        whys = [f"prototype {k} covers {share[r, k]:.0%}" for r in rows]
+    elif kind == "bucket" and arg in ("tp", "fp", "random"):
+        rows = select_buckets(final, labels, max_samples, None, seed)[arg]
+        whys = [f"bucket {arg}"] * rows.size
+    elif all(v.strip().isdigit() for v in spec.split(",")):
+        rows = np.array([int(v) for v in spec.split(",")], dtype=np.int64)
+        if rows.max() >= labels.size:
+            raise UserError(f"--samples {spec}: the store has rows 0..{labels.size - 1}")
+        whys = ["chosen"] * rows.size
+    else:
+        raise UserError(f"--samples {spec!r}: give default, misclassified, class:NAME, prototype:K, "
+                        "bucket:tp|fp|random or store rows like 3,17,42")
+    if rows.size == 0:
+        raise UserError(f"--samples {spec}: no sample matches; choose another --samples")
+    return rows[:max_samples], whys[:max_samples]
+
+
+def select_checkpoints(store: Store, spec: str) -> list[int]:
+    """Store indices of the checkpoints named in ``spec`` (first, middle, final, all, or names), in training order."""
+    usable = usable_checkpoints(store)
+    chosen: set[int] = set()
+    for name in _names(spec):
+        if name == "all":
+            chosen.update(int(t) for t in usable)
+        elif name == "middle":
+            chosen.add(int(usable[len(usable) // 2]))
+        else:
+            try:
+                chosen.add(checkpoint_index(store, name))
+            except UserError as exc:
+                raise UserError(f"--checkpoints {spec}: {exc}") from None
+    if not chosen:
+        raise UserError("--checkpoints: name at least one checkpoint (first, middle, final, all or a name)")
+    return sorted(chosen)
+
+
+def _roi(path: str | None, n: int, size: tuple[int, int]) -> np.ndarray | None:
+    """The ROI masks ``[n, H, W]`` (bool) from a .npy file, checked against the store and the input size."""
+    if path is None:
+        return None
+    try:
+        roi = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--roi {path}: cannot read it as a .npy array ({exc})") from None
+    if roi.shape != (n, *size):
+        raise UserError(f"--roi {path}: shape {roi.shape}, expected {(n, *size)} (one H x W region per store row)")
+    return roi.astype(bool)
+
+
+# ---- the stage ---------------------------------------------------------------------------------
+def _stats(values: np.ndarray) -> dict[str, float] | None:
+    values = values[np.isfinite(values)]
+    return mean_std(values) if values.size else None
+
+
+def evidence(out_dir: str | Path, config: EvidenceConfig | None = None, progress: bool = True,
+             **options: Any) -> dict[str, Any]:
+    """Minimal evidence masks of the chosen samples at the chosen checkpoints; writes ``evidence/`` in the store
+    and ``DIR/evidence.json`` and returns that JSON. Pass an :class:`EvidenceConfig` or its fields."""
+    start = time.perf_counter()
+    cfg = config or EvidenceConfig(**options)
+    validate(cfg)
+    if len(cfg.weights) != 3:
+        raise UserError(f"--weights {','.join(map(str, cfg.weights))}: give three weights, matching,minimality,robustness")
+    with locked(out_dir):  # no other i2x process rewrites the store while the masks are written
+        store = Store.open(out_dir, mode="a")
+        rows, whys = select_samples(store, cfg.samples, cfg.max_samples, cfg.seed)
+        ts = select_checkpoints(store, cfg.checkpoints)
+        labels, names, methods = store.read("labels"), store.class_names, store.methods
+        layers = list(cfg.layers or [store.attrs["layer"]])
+        optimiser = MinimalEvidence(layers, generator=cfg.generator, resolution=cfg.resolution,
+                                    iterations=cfg.iterations, lr=cfg.lr, threshold=cfg.threshold,
+                                    weights=tuple(cfg.weights), noise=cfg.noise, seed=cfg.seed)
+        results: list[EvidenceMasks] = []
+        ious: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+        leaks: list[np.ndarray] = []
+        roi = None
+        for t in tqdm(ts, desc="evidence", disable=not progress):
+            ctx = open_context(store, t, cfg.device, cfg.batch_size, cfg.trust_checkpoints, cfg.trust_analysis,
+                               cfg.model)
+            size = tuple(int(s) for s in ctx.data.input_size)
+            roi = _roi(cfg.roi, labels.size, size) if cfg.roi and roi is None else roi
+            mean = torch.tensor(ctx.data.mean, dtype=torch.float32, device=ctx.device).view(1, -1, 1, 1)
+            std = torch.tensor(ctx.data.std, dtype=torch.float32, device=ctx.device).view(1, -1, 1, 1)
+            parts = []
+            for lo in range(0, rows.size, cfg.batch_size):
+                part = rows[lo:lo + cfg.batch_size]
+                images = torch.stack([ctx.dataset[int(i)][0] for i in part]).to(ctx.device)
+                parts.append(optimiser.explain(ctx.model, images, -mean / std, mean, std))
+            result = EvidenceMasks(*(torch.cat([getattr(p, f) for p in parts]) for f in EvidenceMasks.__dataclass_fields__))
+            results.append(result)
+            images = torch.stack([ctx.dataset[int(i)][0] for i in rows]).to(ctx.device)
+            raw = cams_for_targets(store, ctx, t, rows, images, result.target.numpy(), methods, cfg.batch_size)
+            for m in methods:
+                ious[m].append(iou_at_equal_area(result.masks, display_maps(raw[m], size)).numpy())
+            leaks.append(leakage(result.masks, torch.from_numpy(roi[rows])).numpy() if roi is not None
+                         else np.full(rows.size, np.nan))
+        arrays = {
+            "evidence/checkpoints": np.array(ts, dtype=np.int64), "evidence/rows": rows,
+            "evidence/masks": np.stack([r.masks.numpy() for r in results]).astype(np.uint8),
+            "evidence/soft": np.stack([r.soft.numpy() for r in results]).astype(np.float16),
+            **{f"evidence/{f}": np.stack([getattr(r, f).numpy() for r in results]).astype(dtype)
+               for f, dtype in (("target", np.int64), ("threshold", np.float32), ("area", np.float32),
+                                ("kept", np.uint8), ("kl", np.float32), ("robust", np.float32))},
+            "evidence/leakage": np.stack(leaks).astype(np.float32),
+            **{f"evidence/iou/{m}": np.stack(ious[m]).astype(np.float32) for m in methods},
+        }
+        if "evidence" in store.root:
+            del store.root["evidence"]
+        for name, data in arrays.items():
+            chunks = (1, *data.shape[1:]) if data.ndim > 2 else None
+            store.write(name, data, chunks)
+        summary = _summary(store, cfg, optimiser, ts, rows, whys, arrays, labels, names, methods)
+        summary["seconds"] = round(time.perf_counter() - start, 3)
+        write_json(Path(out_dir) / EVIDENCE, summary)
+    return clean_json(summary)
+
+
+def _summary(store: Store, cfg: EvidenceConfig, optimiser: MinimalEvidence, ts: list[int], rows: np.ndarray,
+             whys: list[str], arrays: dict[str, np.ndarray], labels: np.ndarray, names: list[str],
+             methods: list[str]) -> dict[str, Any]:
+    """The JSON of the study: settings, samples, and per checkpoint the masks' scores overall and per class."""
+    area, kept = arrays["evidence/area"], arrays["evidence/kept"].astype(bool)
+    at_threshold = kept & (arrays["evidence/threshold"] == np.float32(cfg.threshold))
+    y = labels[rows]
+    per_checkpoint = []
+    for u, t in enumerate(ts):
+        per_class = {names[c]: {"n": int((y == c).sum()), "area": float(area[u, y == c].mean()),
+                                "kept": float(kept[u, y == c].mean())} for c in np.unique(y)}
+        per_checkpoint.append({
+            "checkpoint": describe_checkpoint(store, t), "n": int(rows.size),
+            "kept": float(kept[u].mean()), "kept_at_threshold": float(at_threshold[u].mean()),
+            "area": _stats(area[u]), "area_kept": _stats(area[u, kept[u]]),
+            "kl": _stats(arrays["evidence/kl"][u]), "robust": _stats(arrays["evidence/robust"][u]),
+            "iou": {m: _stats(arrays[f"evidence/iou/{m}"][u]) for m in methods},
+            "leakage": _stats(arrays["evidence/leakage"][u]), "per_class": per_class,
+        })
+    settings = {**asdict(cfg), "lr": optimiser.lr, "layers": optimiser.layers,
+                "layer_weights": optimiser.layer_weights, "optimizer": "adam",
+                "binary_share": optimiser.binary_share}
+    return {
+        "settings": settings, "class_names": names, "methods": methods,
+        "checkpoints": [describe_checkpoint(store, t) for t in ts],
+        "samples": {"rows": rows, "sample_index": store.read("sample_index")[rows], "labels": y, "why": whys},
+        "per_checkpoint": per_checkpoint,
+        "per_sample": {"area": area, "kept": kept, "target": arrays["evidence/target"]},
+    }
