@@ -249,6 +249,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_faithfulness(args: argparse.Namespace) -> None:
+    from i2x.metrics.faithfulness import OOD_NOTE
     from i2x.stages.faithfulness import faithfulness
 
     result = faithfulness(
@@ -266,6 +267,10 @@ def cmd_faithfulness(args: argparse.Namespace) -> None:
             print(f"{method:>10} {bucket:>6} n={r['n']:>3}  deletion AUC {d['cam']['mean']:.3f} vs random "
                   f"{d['random']['mean']:.3f} ± {d['random']['std_draws']:.3f}   insertion AUC "
                   f"{i['cam']['mean']:.3f} vs random {i['random']['mean']:.3f} ± {i['random']['std_draws']:.3f}")
+            for mode in r["random_beats_map"]:
+                fill = result["baselines"][mode]
+                print(f"  note: the random order beats {method} in {mode} ({fill} fill)"
+                      + (f". {OOD_NOTE}" if fill in ("mean", "black") else ""))
     print(f"results: {Path(args.dir) / 'faithfulness.json'}")
 
 
@@ -387,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
+    from i2x.metrics.faithfulness import FILLS
+
     p = command("faithfulness", cmd_faithfulness,
                 "deletion and insertion tests of the CAMs against a random pixel order, per bucket (tp, fp, random)")
     p.add_argument("dir", metavar="DIR", help="analysis directory (after i2x extract or run)")
@@ -395,10 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", type=_floats, default=(0.25, 0.5), help="report the confidence drop at these "
                                                                          "removed fractions (default 0.25,0.5)")
     p.add_argument("--steps", type=int, default=20, help="steps of the curves from 0 to 100%% (default 20)")
-    p.add_argument("--baseline", choices=("mean", "zero", "blur"), default="mean",
-                   help="deletion fill: the data set's mean colour (default), black pixels, or a blurred image")
-    p.add_argument("--insertion-baseline", choices=("mean", "zero", "blur"), default="blur",
-                   help="insertion start image (default blur: Gaussian kernel 11, sigma 5)")
+    p.add_argument("--baseline", choices=FILLS, default="road",
+                   help="deletion fill: road (default: ROAD's noisy linear imputation from the neighbours), mean "
+                        "(the data set's mean colour), black, or blur (a blurred image)")
+    p.add_argument("--insertion-baseline", choices=FILLS, default="blur",
+                   help="insertion start image (default blur: Gaussian kernel 11, sigma 5), or road, mean, black")
     p.add_argument("--buckets", type=_names, default=("tp", "fp", "random"), metavar="A,B",
                    help="sample buckets: tp (true positives), fp (false positives), random (default all three)")
     p.add_argument("--per-bucket", type=int, default=12, help="samples per bucket (default 12)")

@@ -26,15 +26,12 @@ from i2x.attribution import Attributor, display_maps, get_methods
 from i2x.errors import UserError
 from i2x.io.store import Store
 from i2x.io.workdir import FAITHFULNESS, checkpoint_index, clean_json, describe_checkpoint, stored_methods, write_json
-from i2x.metrics.faithfulness import MODES, auc, drop_at, fraction_grid, perturbation_curves, pixel_order, \
-    random_order, select_buckets
+from i2x.metrics.faithfulness import FILLS, MODES, auc, constant_colour, drop_at, fraction_grid, \
+    perturbation_curves, pixel_order, random_order, select_buckets
 from i2x.metrics.stats import mean_std
 from i2x.stages.context import Context, open_context
 
 BUCKETS = ("tp", "fp", "random")
-#: Pixel fills, named in pixel terms: "mean" = the normalisation mean colour (0 in normalised inputs),
-#: "zero" = black pixels (-mean/std in normalised inputs), "blur" = the Gaussian-blurred image.
-FILLS = ("mean", "zero", "blur")
 TARGET_RULE = ("tp and random: the true label; fp: the predicted (wrong) class, so the map shows the evidence "
                "for the mistake")
 
@@ -74,14 +71,23 @@ def _check_faithfulness_options(buckets: Sequence[str], fractions: Sequence[floa
         raise UserError("--per-bucket, --random-draws and --steps must each be at least 1")
 
 
-def _fill(name: str, ctx: Context) -> dict[str, Any]:
+def _fill(name: str, ctx: Context, seed: int) -> dict[str, Any]:
     """Arguments of :func:`perturbation_curves` for a named fill (see :data:`FILLS`)."""
-    if name == "blur":
-        return {"baseline": "blur"}
-    if name == "mean":
-        return {"baseline": "mean", "mean_value": [0.0] * ctx.data.channels}
-    mean, std = np.asarray(ctx.data.mean, dtype=np.float64), np.asarray(ctx.data.std, dtype=np.float64)
-    return {"baseline": "mean", "mean_value": (-mean / std).tolist()}
+    if name in ("mean", "black"):
+        return {"fill": name, "colour": constant_colour(name, ctx.data.mean, ctx.data.std)}
+    if name == "road":
+        return {"fill": name, "generator": torch.Generator().manual_seed(seed)}
+    return {"fill": name}
+
+
+def random_beats_map(summary: dict[str, Any]) -> list[str]:
+    """Modes in which the random order's mean AUC beats the map's on one bucket summary."""
+    beaten = []
+    for mode in MODES:
+        a = summary.get(f"{mode}_auc")
+        if a and (a["difference"] > 0 if mode == "deletion" else a["difference"] < 0):
+            beaten.append(mode)
+    return beaten
 
 
 def cams_for_targets(store: Store, ctx: Context, t: int, rows: np.ndarray, images: torch.Tensor, targets: np.ndarray,
@@ -164,7 +170,7 @@ def faithfulness(
     methods: Sequence[str] | str | None = None,
     fractions: Sequence[float] = (0.25, 0.5),
     steps: int = 20,
-    baseline: str = "mean",
+    baseline: str = "road",
     insertion_baseline: str = "blur",
     buckets: Sequence[str] = BUCKETS,
     per_bucket: int = 12,
@@ -178,8 +184,9 @@ def faithfulness(
 ) -> dict[str, Any]:
     """Deletion/insertion study of one checkpoint's stored CAMs per sample bucket; writes ``DIR/faithfulness.json``.
 
-    ``baseline`` fills deleted pixels and ``insertion_baseline`` is the image insertion starts from
-    (:data:`FILLS`). Buckets come from :func:`i2x.faithfulness.select_buckets` on the checkpoint's stored
+    ``baseline`` fills deleted pixels (default ROAD imputation) and ``insertion_baseline`` is the image
+    insertion starts from (:data:`i2x.metrics.faithfulness.FILLS`). Buckets come from
+    :func:`i2x.metrics.faithfulness.select_buckets` on the checkpoint's stored
     probabilities (``positive_class``: a class name or index for the binary-style tp/fp of the chest X-ray
     study). Returns the JSON written.
     """
@@ -196,7 +203,7 @@ def faithfulness(
     chosen = {k: v for k, v in select_buckets(probs, labels, per_bucket, positive, seed).items() if k in buckets}
 
     ctx = open_context(store, t, device, batch_size, trust_checkpoints)
-    fills = {"deletion": _fill(baseline, ctx), "insertion": _fill(insertion_baseline, ctx)}
+    fills = {"deletion": _fill(baseline, ctx, seed), "insertion": _fill(insertion_baseline, ctx, seed)}
     grid = fraction_grid(steps)
     sample_index = store.read("sample_index")
     result: dict[str, Any] = {
@@ -205,7 +212,7 @@ def faithfulness(
                      "per_bucket": per_bucket, "positive_class": positive, "random_draws": random_draws,
                      "seed": seed},
         "baselines": {"deletion": baseline, "insertion": insertion_baseline},
-        "fills": {mode: fill.get("mean_value", "blur") for mode, fill in fills.items()},
+        "fills": {mode: fill.get("colour", fill["fill"]) for mode, fill in fills.items()},
         "target_rule": TARGET_RULE,
         "fractions_grid": grid,
         "class_names": store.class_names,
@@ -240,7 +247,9 @@ def faithfulness(
             saliency = display_maps(raw[m], (h, w))
             order = pixel_order(saliency, torch.Generator().manual_seed(seed))  # seeded tie-breaking of flat regions
             cam = {mode: curves(mode, order) for mode in MODES}
-            result["methods"][m][name] = _bucket_summary(cam, rand, grid, fractions)
+            summary = _bucket_summary(cam, rand, grid, fractions)
+            summary["random_beats_map"] = random_beats_map(summary)
+            result["methods"][m][name] = summary
             bar.update(1)
     bar.close()
     result["seconds"] = round(time.perf_counter() - start, 3)
