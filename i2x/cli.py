@@ -274,6 +274,44 @@ def cmd_faithfulness(args: argparse.Namespace) -> None:
     print(f"results: {Path(args.dir) / 'faithfulness.json'}")
 
 
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from i2x import api
+    from i2x.stages.benchmark import BenchmarkConfig
+
+    config = BenchmarkConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(BenchmarkConfig)
+                                if f.metadata.get("cli", True)})
+    result = api.benchmark(args.dir, config)
+    final = result["results"][result["checkpoints"][-1]["name"]]
+    print(f"checkpoint {result['checkpoints'][-1]['name']}: ROAD combined (pixel, higher is more faithful), "
+          f"robustness (mean Spearman), runtime")
+    for method, s in final.items():
+        print(f"{method:>10}: ROAD {s['road_combined_pixel']['mean']:+.3f}  robust {s['robust_spearman']['mean'] or 0:.3f}"
+              f"  {s['runtime_ms']['mean']:.2f} ms/image")
+    for note in result["notes"]:
+        print(f"  note: {note}")
+    print(f"results: {Path(args.dir) / 'benchmark.json'} ({result['seconds']:.1f} s)")
+
+
+def _add_config_options(p: argparse.ArgumentParser, config: type) -> None:
+    """Options from a config dataclass's fields (help, parse, choices from :func:`i2x.settings.option`)."""
+    import dataclasses
+
+    from i2x.settings import flag_of
+
+    for f in dataclasses.fields(config):
+        meta = f.metadata
+        if not meta.get("cli", True):
+            continue
+        if f.type in (bool, "bool"):
+            p.add_argument(flag_of(f), dest=f.name, action="store_true", help=meta["help"])
+            continue
+        kind = meta.get("parse") or {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+        p.add_argument(flag_of(f), dest=f.name, type=kind, default=f.default, metavar=meta.get("metavar"),
+                       help=f"{meta['help']} (default {f.default if not isinstance(f.default, tuple) else ','.join(map(str, f.default))})")
+
+
 def cmd_drift(args: argparse.Namespace) -> None:
     from i2x.stages.drift import drift
 
@@ -416,6 +454,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=512, help="images per forward batch (default 512)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--trust-checkpoints", action="store_true", help="allow checkpoints that need pickled code")
+
+    from i2x.stages.benchmark import BenchmarkConfig
+
+    p = command("benchmark", cmd_benchmark,
+                "attribution benchmark over training: ROAD faithfulness, leakage, robustness, sanity and runtime of "
+                "every method (plus occlusion and dual-evidence fusion) at chosen checkpoints")
+    p.add_argument("dir", metavar="DIR", help="analysis directory (after i2x extract or run)")
+    _add_config_options(p, BenchmarkConfig)
 
     p = command("drift", cmd_drift, "how the CAMs move between two checkpoints or training phases, per method")
     p.add_argument("dir", metavar="DIR", help="analysis directory (after i2x extract or run)")

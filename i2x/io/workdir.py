@@ -8,6 +8,7 @@ Layout of ``DIR`` (an ``i2x run --out``)::
     reliance.json        the reliance study (i2x reliance)
     faithfulness.json    the deletion/insertion study (i2x faithfulness)
     drift.json           the drift study (i2x drift)
+    benchmark.json       the attribution benchmark (i2x benchmark)
     finetune/            fine-tuning runs and finetune.json (i2x finetune)
     report.html          the report, and report/ with its PNG charts
 """
@@ -29,6 +30,7 @@ SUMMARY = "summary.json"
 RELIANCE = "reliance.json"
 FAITHFULNESS = "faithfulness.json"
 DRIFT = "drift.json"
+BENCHMARK = "benchmark.json"
 FINETUNE_DIR = "finetune"
 FINETUNE = "finetune.json"
 REPORT = "report.html"
