@@ -68,16 +68,20 @@ def top_k_iou(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, share:
     return out
 
 
-def max_sensitivity(explain: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+def max_sensitivity(explain: Callable[[torch.Tensor], dict[str, torch.Tensor]], images: torch.Tensor,
                     radius: float = SENSITIVITY_RADIUS, samples: int = SENSITIVITY_SAMPLES,
-                    generator: torch.Generator | None = None) -> np.ndarray:
-    """captum-style max-sensitivity [B]: max over draws of ||phi(x + d) - phi(x)|| / ||phi(x)||, d ~ U[-r, r]."""
-    base = _rows(explain(images))
-    norm = np.linalg.norm(base, axis=1)
-    worst = np.zeros(base.shape[0])
+                    generator: torch.Generator | None = None) -> dict[str, np.ndarray]:
+    """captum-style max-sensitivity [B] per method: max over draws of ||phi(x + d) - phi(x)|| / ||phi(x)||,
+    d ~ U[-r, r]. ``explain`` returns every method's maps at once, so each draw costs one call."""
+    base = {m: _rows(v) for m, v in explain(images).items()}
+    worst = {m: np.zeros(v.shape[0]) for m, v in base.items()}
     for _ in range(samples):
         d = (torch.rand(images.shape, generator=generator) * 2 - 1).to(images) * radius
-        change = np.linalg.norm(_rows(explain(images + d)) - base, axis=1)
-        worst = np.maximum(worst, change)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(norm > 0, worst / np.where(norm > 0, norm, 1), np.nan)
+        for m, v in explain(images + d).items():
+            worst[m] = np.maximum(worst[m], np.linalg.norm(_rows(v) - base[m], axis=1))
+    out = {}
+    for m, v in base.items():
+        norm = np.linalg.norm(v, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[m] = np.where(norm > 0, worst[m] / np.where(norm > 0, norm, 1), np.nan)
+    return out
