@@ -28,6 +28,8 @@ from i2x.reporting.sections.benchmark import benchmark_section
 from i2x.stages.benchmark import BenchmarkConfig, select_checkpoints
 from i2x.stages.context import RunConfig, open_context
 
+pytestmark = pytest.mark.slow  # end to end: trains, extracts and benchmarks a small run
+
 BOX = (slice(6, 18), slice(10, 22))
 NAMES = np.array(["<b>blue</b>", "red & co"])
 

@@ -58,6 +58,7 @@ LEVELS = ("pixel", "region")
 
 
 def _names(value: Any) -> tuple[str, ...]:
+    """``"a,b"`` or a sequence as a tuple of names."""
     return tuple(v for v in (value.split(",") if isinstance(value, str) else value) if v)
 
 
@@ -176,6 +177,7 @@ class Explainer:
         return {m: maps[m] for m in self.methods}, {m: seconds[m] for m in self.methods}
 
     def maps(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The maps alone, untimed."""
         return self(images, targets)[0]
 
 
