@@ -25,7 +25,7 @@ from i2x.metrics import leakage as lk
 from i2x.reporting.charts import ChartSet
 from i2x.reporting.page import vega_version
 from i2x.reporting.sections.benchmark import benchmark_section
-from i2x.stages.benchmark import BenchmarkConfig, select_checkpoints
+from i2x.stages.benchmark import select_checkpoints
 from i2x.stages.context import RunConfig, open_context
 
 pytestmark = pytest.mark.slow  # end to end: trains, extracts and benchmarks a small run
