@@ -26,6 +26,7 @@ from i2x.stages.reliance import RelianceConfig, reliance
 from i2x.stages.drift import DriftConfig, compare_models, drift
 from i2x.stages.faithfulness import FaithfulnessConfig, faithfulness
 from i2x.stages.evidence import EvidenceConfig, evidence
+from i2x.stages.benchmark import BenchmarkConfig, benchmark as _benchmark
 from i2x.stages.training import TrainConfig, TrainResult, train as _train
 
 #: Keyword arguments of :func:`train` that describe the data and model, not the training (RunConfig fields).
@@ -172,6 +173,12 @@ def demo(checkpoints: str | Path = "checkpoints/digits-demo", out: str | Path = 
     return result
 
 
+def benchmark(out: str | Path, config: BenchmarkConfig | None = None, **options: Any) -> dict[str, Any]:
+    """Benchmark every attribution method at chosen checkpoints (ROAD faithfulness, leakage, robustness,
+    sanity, runtime); writes ``out/benchmark.json``. Pass a :class:`BenchmarkConfig` or its fields."""
+    return _benchmark(out, config or BenchmarkConfig(**options))
+
+
 def doctor() -> dict[str, str]:
     """Versions and accelerator visibility: what to paste into a bug report."""
     from i2x.version import __version__
@@ -197,6 +204,6 @@ def doctor() -> dict[str, str]:
 
 
 __all__ = ["train", "extract", "analyze", "report", "run", "finetune", "format_table", "FinetuneResult",
-           "faithfulness", "drift", "compare_models", "compare_drift", "evidence", "EvidenceConfig", "reliance", "demo", "doctor", "load_summary", "RunConfig",
+           "faithfulness", "benchmark", "BenchmarkConfig", "drift", "compare_models", "compare_drift", "evidence", "EvidenceConfig", "reliance", "demo", "doctor", "load_summary", "RunConfig",
            "AnalyzeConfig", "TrainConfig", "RelianceConfig", "FinetuneConfig", "FaithfulnessConfig", "DriftConfig",
            "DemoConfig", "RunResult", "UserError"]

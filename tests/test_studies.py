@@ -39,7 +39,7 @@ from i2x.stages.faithfulness import cams_for_targets, faithfulness
 
 NAMES = ["<script>alert(1)</script>", "a & b", "2", "3", "4", "5", "6", "7", "8", "9"]
 FINAL = 2  # store index of the final checkpoint, epoch_3.pt
-SMALL = dict(steps=8, random_draws=3, per_bucket=6, progress=False)
+SMALL = dict(steps=8, random_draws=3, per_bucket=6, progress=False, baseline="mean")
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_tp_bucket_matches_a_direct_computation(store, final_study):
     images = _images(ctx, rows)
     saliency = display_maps(torch.from_numpy(store.cam("gradcam")[FINAL][rows]), (32, 32))
     order = pixel_order(saliency, torch.Generator().manual_seed(0))
-    kw = dict(steps=8, baseline="mean", mean_value=[0.0])  # the normalised mean colour is 0
+    kw = dict(steps=8, fill="mean")  # the normalised mean colour is 0
     deletion = perturbation_curves(ctx.model, images, None, targets, "deletion", order=order, **kw).double().numpy()
     insertion = perturbation_curves(ctx.model, images, None, targets, "insertion", steps=8, order=order).numpy()
     got = final_study["methods"]["gradcam"]["tp"]
@@ -156,7 +156,7 @@ def test_fp_maps_explain_the_predicted_class(store, final_study):
     # The study's curves follow these maps.
     order = pixel_order(ours, torch.Generator().manual_seed(0))
     curves = perturbation_curves(ctx.model, images, None, torch.tensor(targets), "deletion", steps=8,
-                                 baseline="mean", mean_value=[0.0], order=order)
+                                 fill="mean", order=order)
     got = final_study["methods"]["gradcam"]["fp"]["per_sample"]["deletion_auc"]
     np.testing.assert_allclose(got, auc(curves), atol=1e-6)
     # For true positives the stored maps already explain the target: nothing is recomputed.
@@ -168,7 +168,7 @@ def test_fp_maps_explain_the_predicted_class(store, final_study):
 def test_positive_class_and_fills(run, store):
     # Black deletion fill and a mean-colour insertion start: the curve ends are analytic.
     result = faithfulness(run, checkpoint="final", methods="gradcam", buckets=("tp", "fp"), positive_class="3",
-                          baseline="zero", insertion_baseline="mean", steps=4, random_draws=1, per_bucket=5,
+                          baseline="black", insertion_baseline="mean", steps=4, random_draws=1, per_bucket=5,
                           progress=False)
     t = len(store.checkpoints) - 1
     predicted, labels = store.read("probs")[t].argmax(axis=1), store.read("labels")
@@ -187,6 +187,19 @@ def test_positive_class_and_fills(run, store):
     assert curves["deletion"]["cam_mean"][-1] == pytest.approx(p_black, abs=1e-5)
     assert curves["insertion"]["cam_mean"][0] == pytest.approx(p_grey, abs=1e-5)
     assert result["fills"]["deletion"] == pytest.approx([-mean / std])
+
+
+def test_road_is_the_default_deletion_fill(run, store):
+    # ROAD curves start at the stored probability; the noise is seeded, so a rerun gives the same numbers.
+    kw = dict(methods="gradcam", buckets=("tp",), steps=4, random_draws=1, per_bucket=4, progress=False)
+    result = faithfulness(run, **kw)
+    assert result["baselines"] == {"deletion": "road", "insertion": "blur"}
+    got = result["methods"]["gradcam"]["tp"]
+    rows, targets = result["buckets"]["tp"]["rows"], result["buckets"]["tp"]["targets"]
+    np.testing.assert_allclose(got["per_sample"]["initial_prob"], store.read("probs")[FINAL][rows, targets], atol=1e-5)
+    assert got["random_beats_map"] == [m for m in ("deletion", "insertion") if
+                                       (got[f"{m}_auc"]["difference"] > 0) == (m == "deletion")]
+    assert faithfulness(run, **kw)["methods"]["gradcam"]["tp"]["per_sample"] == got["per_sample"]
 
 
 def _copy_with_probs(run: Path, to: Path, t: int, predicted: np.ndarray) -> Path:
@@ -369,6 +382,11 @@ def test_sections_render_escape_and_compile(run, final_study):
     body = "".join(s.body for s in sections)
     assert "<script>" not in body and "a & b" not in body
     assert "gradcampp vs layercam" in body and "false positives" in body
+    # The page says when the random order beats a map, and why a constant fill may cause it.
+    beaten = json.loads(json.dumps(final_study))
+    beaten["methods"]["gradcam"]["tp"]["random_beats_map"] = ["deletion"]
+    notes = faithfulness_section(_inputs({FAITHFULNESS_NAME: beaten})).notes
+    assert any("random order beats gradcam in deletion" in n and "out-of-distribution" in n for n in notes)
     assert set(r.charts.specs) == {"chart-faithfulness-curves", "chart-drift-consecutive", "chart-drift-classes"}
     for spec in r.charts.specs.values():  # every chart compiles to Vega
         assert vlc.vegalite_to_vega(spec, vl_version=vega_version())["marks"]

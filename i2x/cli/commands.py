@@ -11,6 +11,7 @@ from i2x.cli.options import add_options, config_from
 from i2x.errors import UserError
 from i2x.settings import name_list
 from i2x.stages.analysis import AnalyzeConfig
+from i2x.stages.benchmark import BenchmarkConfig
 from i2x.stages.context import RunConfig
 from i2x.stages.drift import DriftConfig
 from i2x.stages.evidence import EvidenceConfig
@@ -204,6 +205,7 @@ def add_faithfulness(sub: Subparsers) -> None:
 
 def cmd_faithfulness(args: argparse.Namespace) -> None:
     from i2x import api
+    from i2x.metrics.faithfulness import OOD_NOTE
 
     result = api.faithfulness(args.dir, config_from(args, FaithfulnessConfig))
     for method, per_bucket in result["methods"].items():
@@ -215,7 +217,36 @@ def cmd_faithfulness(args: argparse.Namespace) -> None:
             print(f"{method:>10} {bucket:>6} n={r['n']:>3}  deletion AUC {d['cam']['mean']:.3f} vs random "
                   f"{d['random']['mean']:.3f} ± {d['random']['std_draws']:.3f}   insertion AUC "
                   f"{i['cam']['mean']:.3f} vs random {i['random']['mean']:.3f} ± {i['random']['std_draws']:.3f}")
+            for mode in r["random_beats_map"]:
+                fill = result["baselines"][mode]
+                print(f"  note: the random order beats {method} in {mode} ({fill} fill)"
+                      + (f". {OOD_NOTE}" if fill in ("mean", "black") else ""))
     print(f"results: {Path(args.dir) / 'faithfulness.json'}")
+
+
+# ---- benchmark -----------------------------------------------------------------------------------
+def add_benchmark(sub: Subparsers) -> None:
+    p = command(sub, "benchmark", cmd_benchmark,
+                "attribution benchmark over training: ROAD faithfulness, leakage, robustness, sanity and runtime of "
+                "every method (plus occlusion and dual-evidence fusion) at chosen checkpoints")
+    analysis_dir(p, "i2x extract or run")
+    add_options(p, BenchmarkConfig)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from i2x import api
+
+    result = api.benchmark(args.dir, config_from(args, BenchmarkConfig))
+    final = result["results"][result["checkpoints"][-1]["name"]]
+    print(f"checkpoint {result['checkpoints'][-1]['name']}: ROAD combined (pixel, higher is more faithful), "
+          "robustness (mean Spearman), runtime")
+    for method, s in final.items():
+        robust = s["robust_spearman"]["mean"]
+        print(f"{method:>10}: ROAD {s['road_combined_pixel']['mean']:+.3f}  robust "
+              f"{'not defined' if robust is None else f'{robust:.3f}'}  {s['runtime_ms']['mean']:.2f} ms/image")
+    for note in result["notes"]:
+        print(f"  note: {note}")
+    print(f"results: {Path(args.dir) / 'benchmark.json'} ({result['seconds']:.1f} s)")
 
 
 # ---- drift ---------------------------------------------------------------------------------------
@@ -337,5 +368,5 @@ def cmd_doctor(args: argparse.Namespace) -> None:
 
 
 #: Every subcommand, in the order ``i2x --help`` lists them.
-COMMANDS = (add_demo, add_train, add_extract, add_analyze, add_report, add_finetune, add_faithfulness, add_drift,
-            add_reliance, add_evidence, add_run, add_doctor)
+COMMANDS = (add_demo, add_train, add_extract, add_analyze, add_report, add_finetune, add_faithfulness, add_benchmark,
+            add_drift, add_reliance, add_evidence, add_run, add_doctor)

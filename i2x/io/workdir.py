@@ -9,6 +9,7 @@ Layout of ``DIR`` (an ``i2x run --out``)::
     faithfulness.json    the deletion/insertion study (i2x faithfulness)
     drift.json           the drift study (i2x drift)
     evidence.json        the minimal evidence study (i2x evidence; masks in store.zarr/evidence/)
+    benchmark.json       the attribution benchmark (i2x benchmark)
     finetune/            fine-tuning runs and finetune.json (i2x finetune)
     report.html          the report, and report/ with its PNG charts
     .i2x-analysis.json   the marker: this directory is an i2x analysis (version, creation settings)
@@ -40,6 +41,7 @@ RELIANCE = "reliance.json"
 FAITHFULNESS = "faithfulness.json"
 DRIFT = "drift.json"
 EVIDENCE = "evidence.json"
+BENCHMARK = "benchmark.json"
 FINETUNE_DIR = "finetune"
 FINETUNE = "finetune.json"
 REPORT = "report.html"

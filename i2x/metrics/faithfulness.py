@@ -10,10 +10,14 @@ Conventions chosen here (the papers leave them open):
 
 * The count of changed pixels is ``round(f * H * W)`` rounded half up, in exact integer arithmetic.
 * A "pixel" is a spatial location: all channels of it change together.
-* Baselines: ``"zero"`` (in normalised inputs this *is* the data set's mean colour, RISE's deletion
-  reference, and our deletion default), ``"mean"`` (a per-channel colour passed in as
-  ``mean_value``, for inputs that are not normalised) and ``"blur"`` (Gaussian blur, kernel 11,
-  sigma 5, RISE's insertion start and our insertion default).
+* Fills (:data:`FILLS`, one vocabulary for every study): ``"road"`` (ROAD's noisy linear imputation
+  of the changed pixels from their neighbours, :mod:`i2x.metrics.road`; our deletion default),
+  ``"mean"`` (the data set's mean colour: 0 in normalised inputs, RISE's deletion reference),
+  ``"black"`` (black pixels: -mean/std in normalised inputs) and ``"blur"`` (Gaussian blur, kernel
+  11, sigma 5, RISE's insertion start and our insertion default). ``"mean"`` and ``"black"`` are
+  constant colours: give ``colour`` (see :func:`constant_colour`); ``"mean"`` defaults to 0.
+  A constant fill on scattered pixels makes out-of-distribution images, so a random order can
+  beat a faithful map under it; ROAD's imputation avoids most of that.
 * Ties in saliency keep pixel (row-major) order, or are broken at random when a generator is
   given; this matters for flat maps (e.g. an all-zero CAM), where row-major order would always
   delete the top rows first.
@@ -24,7 +28,6 @@ Functions take tensors, not paths; wiring to the store and the CLI lives elsewhe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -32,10 +35,15 @@ import torch
 import torchvision.transforms.functional as TF
 
 from i2x.errors import UserError
+from i2x.metrics.road import NOISE, impute
 
 MODES = ("deletion", "insertion")
-BASELINES = ("mean", "zero", "blur")
-DEFAULT_BASELINE = {"deletion": "zero", "insertion": "blur"}
+#: Every pixel fill, by name: ROAD imputation, mean colour, black, Gaussian blur.
+FILLS = ("road", "mean", "black", "blur")
+DEFAULT_FILL = {"deletion": "road", "insertion": "blur"}
+#: Why a random order can beat a map under a constant fill, said wherever it happens (report page and CLI).
+OOD_NOTE = ("A constant fill on scattered pixels makes out-of-distribution images, so this is likely an artefact of "
+            "the fill rather than evidence against the map; ROAD's imputation (--baseline road) avoids most of it.")
 
 
 def pixel_order(saliency: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -59,28 +67,38 @@ def change_counts(pixels: int, steps: int) -> torch.Tensor:
     return (2 * k * pixels + steps) // (2 * steps)
 
 
-def baseline_image(
+def constant_colour(fill: str, mean: Sequence[float], std: Sequence[float]) -> list[float]:
+    """Per-channel input value of a constant fill for inputs normalised by (mean, std): "mean" -> 0, "black" -> -mean/std."""
+    if fill == "mean":
+        return [0.0] * len(mean)
+    if fill == "black":
+        return [-m / s for m, s in zip(mean, std)]
+    raise ValueError(f"fill {fill!r} is not a constant colour; use mean or black")
+
+
+def fill_image(
     images: torch.Tensor,
-    baseline: str,
-    mean_value: Sequence[float] | torch.Tensor | None = None,
+    fill: str,
+    colour: Sequence[float] | torch.Tensor | None = None,
     blur_kernel: int = 11,
     blur_sigma: float = 5.0,
 ) -> torch.Tensor:
-    """The image [B, C, H, W] that changed pixels take (deletion) or that insertion starts from."""
-    if baseline == "zero":
-        return torch.zeros_like(images)
-    if baseline == "mean":
-        if mean_value is None:
-            raise ValueError("baseline='mean' needs mean_value, the data set's mean colour per channel")
-        mean = torch.as_tensor(mean_value, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
-        if mean.shape[1] != images.shape[1]:
-            raise ValueError(f"mean_value has {mean.shape[1]} channels, the images have {images.shape[1]}")
-        return mean.expand_as(images).clone()
-    if baseline == "blur":
+    """The image [B, C, H, W] that changed pixels take (deletion) or that insertion starts from, for a fill
+    that does not depend on which pixels change (all but ``"road"``)."""
+    if fill in ("mean", "black"):
+        if colour is None:
+            if fill == "black":
+                raise ValueError("fill='black' needs colour, black's value per channel (-mean/std when normalised)")
+            colour = [0.0] * images.shape[1]
+        value = torch.as_tensor(colour, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
+        if value.shape[1] != images.shape[1]:
+            raise ValueError(f"colour has {value.shape[1]} channels, the images have {images.shape[1]}")
+        return value.expand_as(images).clone()
+    if fill == "blur":
         # Reflect padding needs the kernel radius below the image size; shrink the kernel on tiny images.
         kernel = min(blur_kernel, 2 * min(images.shape[-2:]) - 1)
         return TF.gaussian_blur(images, kernel_size=[kernel, kernel], sigma=[blur_sigma, blur_sigma])
-    raise UserError(f"baseline {baseline!r} is not one of {', '.join(BASELINES)}; choose one of them")
+    raise UserError(f"fill {fill!r} is not one of {', '.join(FILLS)}; choose one of them")
 
 
 def _check_steps(steps: int) -> None:
@@ -95,17 +113,20 @@ def perturbation_curves(
     target: torch.Tensor,
     mode: str = "deletion",
     steps: int = 20,
-    baseline: str | None = None,
-    mean_value: Sequence[float] | torch.Tensor | None = None,
+    fill: str | None = None,
+    colour: Sequence[float] | torch.Tensor | None = None,
     order: torch.Tensor | None = None,
     batch_size: int = 512,
     blur_kernel: int = 11,
     blur_sigma: float = 5.0,
+    noise: float = NOISE,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Target-class probability [B, steps+1] (on the CPU) as pixels are deleted or inserted in saliency order.
 
     ``saliency`` [B, H, W] must be input-sized; it is ignored when ``order`` [B, H*W] is given.
-    ``baseline`` None picks RISE's: ``"zero"`` for deletion, ``"blur"`` for insertion.
+    ``fill`` None picks :data:`DEFAULT_FILL`: ROAD for deletion, blur for insertion. With ``"road"``
+    the pixels not (yet) holding the original are imputed (``noise``, ``generator``: ROAD's noise).
     All B*(steps+1) perturbed images are built chunk by chunk (``batch_size`` per model call) by one
     mask comparison, ``rank < count``, so memory does not grow with B or steps.
     """
@@ -122,8 +143,12 @@ def perturbation_curves(
         raise ValueError(f"order must be [B, H*W] = {(b, h * w)}, got {tuple(order.shape)}")
     device = images.device
     order = order.to(device)
-    fill = baseline_image(images, baseline or DEFAULT_BASELINE[mode], mean_value, blur_kernel, blur_sigma)
-    start, end = (images, fill) if mode == "deletion" else (fill, images)
+    fill = fill or DEFAULT_FILL[mode]
+    if fill == "road":
+        start = end = None
+    else:
+        filled = fill_image(images, fill, colour, blur_kernel, blur_sigma)
+        start, end = (images, filled) if mode == "deletion" else (filled, images)
     # rank[b, p] = position of pixel p in sample b's order; pixel p is changed when rank < count.
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(h * w, device=device).expand(b, -1))
     counts = change_counts(h * w, steps).to(device)
@@ -135,7 +160,11 @@ def perturbation_curves(
             point = torch.arange(lo, min(lo + batch_size, n_points), device=device)
             sample, step = point // (steps + 1), point % (steps + 1)
             changed = (rank[sample] < counts[step, None]).view(-1, 1, h, w)
-            x = torch.where(changed, end[sample], start[sample])
+            if start is None:  # ROAD: impute what is not the original image
+                removed = changed if mode == "deletion" else ~changed
+                x = impute(images[sample], removed[:, 0], noise, generator)
+            else:
+                x = torch.where(changed, end[sample], start[sample])
             p = model_fn(x).softmax(dim=1).gather(1, target[sample, None])[:, 0]
             probs.append(p.cpu())
     return torch.cat(probs).view(b, steps + 1)
@@ -199,124 +228,3 @@ def select_buckets(
         name: np.sort(rng.choice(pool, size=min(per_bucket, len(pool)), replace=False))
         for name, pool in pools.items()
     }
-
-
-@dataclass
-class FaithfulnessResult:
-    """Per-sample deletion/insertion curves and AUCs of a saliency map and of random pixel orders."""
-
-    fractions: np.ndarray  # [S+1]
-    baselines: dict[str, str]  # mode -> baseline used
-    deletion_curves: np.ndarray  # [B, S+1], saliency order
-    insertion_curves: np.ndarray  # [B, S+1]
-    random_deletion_curves: np.ndarray  # [B, S+1], mean over random draws
-    random_insertion_curves: np.ndarray  # [B, S+1]
-    deletion_auc: np.ndarray  # [B]
-    insertion_auc: np.ndarray  # [B]
-    random_deletion_auc: np.ndarray  # [draws, B], one row per random order
-    random_insertion_auc: np.ndarray  # [draws, B]
-    deletion_drop: dict[float, np.ndarray] = field(default_factory=dict)  # fraction -> [B]
-    random_deletion_drop: dict[float, np.ndarray] = field(default_factory=dict)  # fraction -> [B], mean over draws
-
-    @property
-    def random_deletion_auc_mean(self) -> np.ndarray:
-        """Random-order deletion AUC [B], mean over the draws."""
-        return self.random_deletion_auc.mean(axis=0)
-
-    @property
-    def random_deletion_auc_std(self) -> np.ndarray:
-        """Random-order deletion AUC [B], population std over the draws."""
-        return self.random_deletion_auc.std(axis=0)
-
-    @property
-    def random_insertion_auc_mean(self) -> np.ndarray:
-        """Random-order insertion AUC [B], mean over the draws."""
-        return self.random_insertion_auc.mean(axis=0)
-
-    @property
-    def random_insertion_auc_std(self) -> np.ndarray:
-        """Random-order insertion AUC [B], population std over the draws."""
-        return self.random_insertion_auc.std(axis=0)
-
-    def to_dict(self) -> dict:
-        """JSON-ready summary: sample means, mean curves and per-sample values, all plain lists and floats."""
-        per_sample = {
-            name: getattr(self, name).tolist()
-            for name in (
-                "deletion_auc", "insertion_auc", "random_deletion_auc_mean", "random_deletion_auc_std",
-                "random_insertion_auc_mean", "random_insertion_auc_std",
-            )
-        }
-        per_sample["initial_prob"] = self.deletion_curves[:, 0].tolist()
-        drops = {"deletion_drop": self.deletion_drop, "random_deletion_drop": self.random_deletion_drop}
-        for name, by_fraction in drops.items():
-            per_sample[name] = {f"{f:g}": v.tolist() for f, v in by_fraction.items()}
-        mean = {name: float(np.mean(values)) for name, values in per_sample.items() if isinstance(values, list)}
-        for name, by_fraction in drops.items():
-            mean[name] = {f"{f:g}": float(v.mean()) for f, v in by_fraction.items()}
-        curves = ("deletion_curves", "insertion_curves", "random_deletion_curves", "random_insertion_curves")
-        return {
-            "n_samples": int(self.deletion_auc.shape[0]),
-            "fractions": self.fractions.tolist(),
-            "baselines": dict(self.baselines),
-            "mean": mean,
-            "mean_curves": {name: getattr(self, name).mean(axis=0).tolist() for name in curves},
-            "per_sample": per_sample,
-        }
-
-
-def faithfulness_study(
-    model_fn: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    saliency: torch.Tensor,
-    targets: torch.Tensor,
-    steps: int = 20,
-    baseline: str | None = None,
-    random_draws: int = 5,
-    fractions: Sequence[float] = (0.25, 0.5),
-    generator: torch.Generator | None = None,
-    mean_value: Sequence[float] | torch.Tensor | None = None,
-    batch_size: int = 512,
-) -> FaithfulnessResult:
-    """Deletion and insertion of a saliency map against ``random_draws`` random pixel orders, with drops at ``fractions``.
-
-    ``baseline`` applies to both modes when given; None uses RISE's per mode (zero / blur).
-    ``generator`` seeds the random orders and the tie-breaking of flat saliency maps.
-    """
-    _check_steps(steps)
-    if random_draws < 1:
-        raise UserError(f"random_draws must be at least 1, got {random_draws}")
-    b, _, h, w = images.shape
-    if tuple(saliency.shape) != (b, h, w):
-        raise ValueError(f"saliency must be input-sized [B, H, W] = {(b, h, w)}, got {tuple(saliency.shape)}")
-    grid = fraction_grid(steps)
-    options = dict(steps=steps, mean_value=mean_value, batch_size=batch_size)
-    cam_order = pixel_order(saliency, generator)
-    curves, random_curves, baselines = {}, {}, {}
-    for mode in MODES:
-        baselines[mode] = baseline or DEFAULT_BASELINE[mode]
-        curves[mode] = perturbation_curves(
-            model_fn, images, None, targets, mode, baseline=baselines[mode], order=cam_order, **options
-        ).double().numpy()
-        random_curves[mode] = np.stack([
-            perturbation_curves(
-                model_fn, images, None, targets, mode, baseline=baselines[mode],
-                order=random_order(b, h, w, generator), **options,
-            ).double().numpy()
-            for _ in range(random_draws)
-        ])  # [draws, B, S+1]
-    mean_random_deletion = random_curves["deletion"].mean(axis=0)
-    return FaithfulnessResult(
-        fractions=grid,
-        baselines=baselines,
-        deletion_curves=curves["deletion"],
-        insertion_curves=curves["insertion"],
-        random_deletion_curves=mean_random_deletion,
-        random_insertion_curves=random_curves["insertion"].mean(axis=0),
-        deletion_auc=auc(curves["deletion"], grid),
-        insertion_auc=auc(curves["insertion"], grid),
-        random_deletion_auc=auc(random_curves["deletion"], grid),
-        random_insertion_auc=auc(random_curves["insertion"], grid),
-        deletion_drop={float(f): drop_at(curves["deletion"], f, grid) for f in fractions},
-        random_deletion_drop={float(f): drop_at(mean_random_deletion, f, grid) for f in fractions},
-    )

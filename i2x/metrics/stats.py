@@ -9,3 +9,12 @@ def mean_std(values: np.ndarray) -> dict[str, float]:
     """Mean and population standard deviation (ddof=0) of a 1-D array."""
     values = np.asarray(values, dtype=np.float64)
     return {"mean": float(values.mean()), "std": float(values.std())}
+
+
+def nan_mean_std(values: np.ndarray) -> dict[str, float | int | None]:
+    """Mean, population std and count of the finite values of a 1-D array (None when there are none)."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": float(finite.mean()), "std": float(finite.std()), "n": int(finite.size)}

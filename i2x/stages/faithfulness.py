@@ -28,16 +28,13 @@ from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import FAITHFULNESS, checkpoint_index, clean_json, describe_checkpoint, stored_methods, write_json
-from i2x.metrics.faithfulness import MODES, auc, drop_at, fraction_grid, perturbation_curves, pixel_order, \
-    random_order, select_buckets
+from i2x.metrics.faithfulness import FILLS, MODES, auc, constant_colour, drop_at, fraction_grid, \
+    perturbation_curves, pixel_order, random_order, select_buckets
 from i2x.metrics.stats import mean_std
 from i2x.settings import device_option, name_list, number_list, option, validate
 from i2x.stages.context import Context, open_context
 
 BUCKETS = ("tp", "fp", "random")
-#: Pixel fills, named in pixel terms: "mean" = the normalisation mean colour (0 in normalised inputs),
-#: "zero" = black pixels (-mean/std in normalised inputs), "blur" = the Gaussian-blurred image.
-FILLS = ("mean", "zero", "blur")
 TARGET_RULE = ("tp and random: the true label; fp: the predicted (wrong) class, so the map shows the evidence "
                "for the mistake")
 
@@ -62,14 +59,23 @@ def _class_index(store: Store, positive_class: int | str | None) -> int | None:
     return int(positive_class)
 
 
-def _fill(name: str, ctx: Context) -> dict[str, Any]:
+def _fill(name: str, ctx: Context, seed: int) -> dict[str, Any]:
     """Arguments of :func:`perturbation_curves` for a named fill (see :data:`FILLS`)."""
-    if name == "blur":
-        return {"baseline": "blur"}
-    if name == "mean":
-        return {"baseline": "mean", "mean_value": [0.0] * ctx.data.channels}
-    mean, std = np.asarray(ctx.data.mean, dtype=np.float64), np.asarray(ctx.data.std, dtype=np.float64)
-    return {"baseline": "mean", "mean_value": (-mean / std).tolist()}
+    if name in ("mean", "black"):
+        return {"fill": name, "colour": constant_colour(name, ctx.data.mean, ctx.data.std)}
+    if name == "road":
+        return {"fill": name, "generator": torch.Generator().manual_seed(seed)}
+    return {"fill": name}
+
+
+def random_beats_map(summary: dict[str, Any]) -> list[str]:
+    """Modes in which the random order's mean AUC beats the map's on one bucket summary."""
+    beaten = []
+    for mode in MODES:
+        a = summary.get(f"{mode}_auc")
+        if a and (a["difference"] > 0 if mode == "deletion" else a["difference"] < 0):
+            beaten.append(mode)
+    return beaten
 
 
 def cams_for_targets(store: Store, ctx: Context, t: int, rows: np.ndarray, images: torch.Tensor, targets: np.ndarray,
@@ -156,8 +162,9 @@ class FaithfulnessConfig:
     fractions: tuple[float, ...] = option((0.25, 0.5), "report the confidence drop at these removed fractions",
                                           parse=number_list, low=0, low_open=True, high=1, metavar="F1,F2")
     steps: int = option(20, "steps of the curves from 0 to 100%%", low=1)
-    baseline: str = option("mean", "deletion fill: the data set's mean colour, black pixels (zero), or a blurred "
-                           "image", choices=FILLS)
+    baseline: str = option("road", "deletion fill: road (ROAD's noisy linear imputation from the neighbours, "
+                           "in-distribution), mean (the data set's mean colour), black, or blur; constant fills on "
+                           "scattered pixels make out-of-distribution images", choices=FILLS)
     insertion_baseline: str = option("blur", "insertion start image (blur: Gaussian kernel 11, sigma 5)",
                                      choices=FILLS)
     buckets: tuple[str, ...] = option(BUCKETS, "sample buckets: tp (true positives), fp (false positives), random",
@@ -166,7 +173,7 @@ class FaithfulnessConfig:
     positive_class: int | str | None = option(None, "fp = predicted as this class but labelled otherwise (default: "
                                               "any error)", metavar="CLASS")
     random_draws: int = option(5, "random pixel orders for the baseline", low=1)
-    seed: int = option(0, "seed for bucket sampling and random orders")
+    seed: int = option(0, "seed for bucket sampling, random orders and ROAD's noise")
     batch_size: int = option(512, "images per forward batch", low=1)
     device: str = device_option()
     trust_checkpoints: bool = option(False, "allow checkpoints that need pickled code")
@@ -181,77 +188,100 @@ def faithfulness(out_dir: str | Path, config: FaithfulnessConfig | None = None, 
     """Deletion/insertion study of one checkpoint's stored CAMs per sample bucket; writes ``DIR/faithfulness.json``.
 
     Pass a :class:`FaithfulnessConfig` or its fields as keyword arguments. ``baseline`` fills deleted
-    pixels and ``insertion_baseline`` is the image insertion starts from (:data:`FILLS`). Buckets come
-    from :func:`i2x.metrics.faithfulness.select_buckets` on the checkpoint's stored probabilities
+    pixels (default ROAD imputation) and ``insertion_baseline`` is the image insertion starts from
+    (:data:`i2x.metrics.faithfulness.FILLS`). Buckets come from
+    :func:`i2x.metrics.faithfulness.select_buckets` on the checkpoint's stored probabilities
     (``positive_class``: a class name or index for the binary-style tp/fp of the chest X-ray study).
     Returns the JSON written.
     """
+    start = time.perf_counter()
     cfg = config or FaithfulnessConfig(**options)
     validate(cfg)
-    start = time.perf_counter()
     with locked(out_dir):  # no other i2x process rewrites the store while the study reads it
         store = Store.open(out_dir)
         t = checkpoint_index(store, cfg.checkpoint)
         methods = stored_methods(store, cfg.methods)
-        positive = _class_index(store, cfg.positive_class)
-        labels = store.read("labels")
-        probs = np.asarray(store.array("probs")[t])
-        predicted = probs.argmax(axis=1)
-        buckets = select_buckets(probs, labels, cfg.per_bucket, positive, cfg.seed)
-        chosen = {k: v for k, v in buckets.items() if k in cfg.buckets}
-
+        chosen, predicted = _buckets(store, t, cfg)
         ctx = open_context(store, t, cfg.device, cfg.batch_size, cfg.trust_checkpoints, cfg.trust_analysis,
                            cfg.model)
-        fills = {"deletion": _fill(cfg.baseline, ctx), "insertion": _fill(cfg.insertion_baseline, ctx)}
-        grid = fraction_grid(cfg.steps)
-        sample_index = store.read("sample_index")
-        result: dict[str, Any] = {
-            "checkpoint": describe_checkpoint(store, t),
-            "settings": {"methods": methods, "fractions": list(cfg.fractions), "steps": cfg.steps,
-                         "buckets": list(cfg.buckets), "per_bucket": cfg.per_bucket, "positive_class": positive,
-                         "random_draws": cfg.random_draws, "seed": cfg.seed},
-            "baselines": {"deletion": cfg.baseline, "insertion": cfg.insertion_baseline},
-            "fills": {mode: fill.get("mean_value", "blur") for mode, fill in fills.items()},
-            "target_rule": TARGET_RULE,
-            "fractions_grid": grid,
-            "class_names": store.class_names,
-            "buckets": {},
-            "methods": {m: {} for m in methods},
-        }
+        fills = {"deletion": _fill(cfg.baseline, ctx, cfg.seed), "insertion": _fill(cfg.insertion_baseline, ctx,
+                                                                                     cfg.seed)}
+        result = _header(store, t, cfg, methods, fills)
         bar = tqdm(total=len(chosen) * (len(methods) + 1), desc="faithfulness", disable=not progress)
         for name, rows in chosen.items():
-            targets = predicted[rows] if name == "fp" else labels[rows]
-            result["buckets"][name] = {"n": int(rows.size), "rows": rows, "sample_index": sample_index[rows],
-                                       "labels": labels[rows], "predicted": predicted[rows], "targets": targets}
-            if rows.size == 0:
-                for m in methods:
-                    result["methods"][m][name] = {"n": 0}
-                bar.update(len(methods) + 1)
-                continue
-            images = torch.stack([ctx.dataset[int(i)][0] for i in rows]).to(ctx.device)
-            _check_probs(ctx, images, probs[rows], f"{store.path} checkpoint {store.checkpoints[t]['name']}")
-            target = torch.as_tensor(targets)
-            b, _, h, w = images.shape
-
-            def curves(mode: str, order: torch.Tensor) -> np.ndarray:
-                return perturbation_curves(ctx.model, images, None, target, mode, steps=cfg.steps, order=order,
-                                           batch_size=cfg.batch_size, **fills[mode]).double().numpy()
-
-            draws = torch.Generator().manual_seed(cfg.seed)
-            orders = [random_order(b, h, w, draws) for _ in range(cfg.random_draws)]
-            rand = {mode: np.stack([curves(mode, o) for o in orders]) for mode in MODES}
-            bar.update(1)
-            raw = cams_for_targets(store, ctx, t, rows, images, targets, methods, cfg.batch_size)
+            targets = predicted[rows] if name == "fp" else store.read("labels")[rows]
+            result["buckets"][name] = _bucket_record(store, rows, predicted, targets)
+            per_method = _bucket_curves(store, ctx, t, rows, targets, methods, fills, cfg, bar) if rows.size else \
+                {m: {"n": 0} for m in methods}
             for m in methods:
-                saliency = display_maps(raw[m], (h, w))
-                # seeded tie-breaking of flat regions
-                order = pixel_order(saliency, torch.Generator().manual_seed(cfg.seed))
-                cam = {mode: curves(mode, order) for mode in MODES}
-                result["methods"][m][name] = _bucket_summary(cam, rand, grid, cfg.fractions)
-                bar.update(1)
+                result["methods"][m][name] = per_method[m]
+            bar.update(0 if rows.size else len(methods) + 1)
         bar.close()
         result["seconds"] = round(time.perf_counter() - start, 3)
         write_json(Path(out_dir) / FAITHFULNESS, result)
     return clean_json(result)
+
+
+def _buckets(store: Store, t: int, cfg: FaithfulnessConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The chosen buckets' store rows, and the predicted class of every sample at checkpoint t."""
+    positive = _class_index(store, cfg.positive_class)
+    probs = np.asarray(store.array("probs")[t])
+    buckets = select_buckets(probs, store.read("labels"), cfg.per_bucket, positive, cfg.seed)
+    return {k: v for k, v in buckets.items() if k in cfg.buckets}, probs.argmax(axis=1)
+
+
+def _header(store: Store, t: int, cfg: FaithfulnessConfig, methods: list[str],
+            fills: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The result's settings part; buckets and per-method summaries are filled in afterwards."""
+    return {
+        "checkpoint": describe_checkpoint(store, t),
+        "settings": {"methods": methods, "fractions": list(cfg.fractions), "steps": cfg.steps,
+                     "buckets": list(cfg.buckets), "per_bucket": cfg.per_bucket,
+                     "positive_class": _class_index(store, cfg.positive_class), "random_draws": cfg.random_draws,
+                     "seed": cfg.seed},
+        "baselines": {"deletion": cfg.baseline, "insertion": cfg.insertion_baseline},
+        "fills": {mode: fill.get("colour", fill["fill"]) for mode, fill in fills.items()},
+        "target_rule": TARGET_RULE,
+        "fractions_grid": fraction_grid(cfg.steps),
+        "class_names": store.class_names,
+        "buckets": {},
+        "methods": {m: {} for m in methods},
+    }
+
+
+def _bucket_record(store: Store, rows: np.ndarray, predicted: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+    """Which samples a bucket holds and the class each is scored on."""
+    return {"n": int(rows.size), "rows": rows, "sample_index": store.read("sample_index")[rows],
+            "labels": store.read("labels")[rows], "predicted": predicted[rows], "targets": targets}
+
+
+def _bucket_curves(store: Store, ctx: Context, t: int, rows: np.ndarray, targets: np.ndarray, methods: list[str],
+                   fills: dict[str, dict[str, Any]], cfg: FaithfulnessConfig, bar: Any) -> dict[str, Any]:
+    """Deletion and insertion curves of one bucket: random orders once, then each method's map order."""
+    images = torch.stack([ctx.dataset[int(i)][0] for i in rows]).to(ctx.device)
+    probs = np.asarray(store.array("probs").oindex[t, rows])
+    _check_probs(ctx, images, probs, f"{store.path} checkpoint {store.checkpoints[t]['name']}")
+    target = torch.as_tensor(targets)
+    b, _, h, w = images.shape
+    grid = fraction_grid(cfg.steps)
+
+    def curves(mode: str, order: torch.Tensor) -> np.ndarray:
+        return perturbation_curves(ctx.model, images, None, target, mode, steps=cfg.steps, order=order,
+                                   batch_size=cfg.batch_size, **fills[mode]).double().numpy()
+
+    draws = torch.Generator().manual_seed(cfg.seed)
+    orders = [random_order(b, h, w, draws) for _ in range(cfg.random_draws)]
+    rand = {mode: np.stack([curves(mode, o) for o in orders]) for mode in MODES}
+    bar.update(1)
+    raw = cams_for_targets(store, ctx, t, rows, images, targets, methods, cfg.batch_size)
+    out = {}
+    for m in methods:
+        saliency = display_maps(raw[m], (h, w))
+        order = pixel_order(saliency, torch.Generator().manual_seed(cfg.seed))  # seeded tie-breaking of flat regions
+        summary = _bucket_summary({mode: curves(mode, order) for mode in MODES}, rand, grid, cfg.fractions)
+        summary["random_beats_map"] = random_beats_map(summary)
+        out[m] = summary
+        bar.update(1)
+    return out
 
 

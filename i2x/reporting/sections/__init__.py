@@ -19,6 +19,7 @@ from i2x.reporting.images import jet, overlays, png_uri, resize, to_rgb
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, chip, esc, img, table
 from i2x.reporting.sections.evidence import evidence_section
+from i2x.reporting.sections.benchmark import benchmark_section
 from i2x.reporting.sections.reliance import reliance_section
 from i2x.reporting.sections.studies import drift_section, faithfulness_section
 
@@ -441,4 +442,5 @@ def _film_rows(r: ReportInputs, per_class: int = 2, confused: int = 6) -> tuple[
 
 
 SECTIONS: list[SectionBuilder] = [overview, reliance_section, prototypes, class_structure, dynamics, uncertain, film_strips,
-                                  faithfulness_section, drift_section, evidence_section]
+                                  faithfulness_section, drift_section, evidence_section,
+                                  benchmark_section]

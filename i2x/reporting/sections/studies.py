@@ -18,6 +18,7 @@ import pandas as pd
 
 from i2x.io.workdir import DRIFT, FAITHFULNESS
 from i2x.reporting.charts import ChartSet, rank_slopes
+from i2x.metrics.faithfulness import OOD_NOTE
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, chip, esc, table
 from i2x.stages.drift import format_tau, reversal_label
@@ -31,6 +32,10 @@ DRIFT_LABELS = {
     "concentration_change": "concentration change",
 }
 BUCKET_LABELS = {"tp": "true positives", "fp": "false positives", "random": "random samples"}
+#: What each fill of :data:`i2x.metrics.faithfulness.FILLS` does, for the page.
+FILL_LABELS = {"road": "ROAD noisy linear imputation from the neighbours", "mean": "the data set's mean colour",
+               "black": "black pixels", "blur": "a Gaussian-blurred copy (kernel 11, sigma 5)"}
+
 ORDER_COLOURS = alt.Scale(domain=["CAM order", "random order"], range=["#2e6fd8", "#98a2b3"])
 
 
@@ -106,6 +111,19 @@ def _faithfulness_table(f: dict[str, Any]) -> str:
     return table(headers, rows)
 
 
+def _random_wins(f: dict[str, Any]) -> list[str]:
+    """One note per method, bucket and mode where the random pixel order beats the map, with the likely cause."""
+    notes = []
+    for method, per_bucket in f["methods"].items():
+        for bucket, s in per_bucket.items():
+            for mode in s.get("random_beats_map", []):
+                a, fill = s[f"{mode}_auc"], f["baselines"][mode]
+                notes.append(f"The random order beats {method} in {mode} on the {BUCKET_LABELS.get(bucket, bucket)} "
+                             f"(AUC {a['cam']['mean']:.3f} vs random {a['random']['mean']:.3f}, {fill} fill)."
+                             + (" " + OOD_NOTE if fill in ("mean", "black") else ""))
+    return notes
+
+
 def faithfulness_section(r: ReportInputs) -> Section | None:
     """Deletion/insertion study of ``faithfulness.json``; None when the study was not run."""
     f = r.optional_json(FAITHFULNESS)
@@ -119,8 +137,9 @@ def faithfulness_section(r: ReportInputs) -> Section | None:
                     f"each, drawn at random (seed {st['seed']})"
                     + (f"; positive class {f['class_names'][positive]}" if positive is not None else "")),
         ("Class explained and scored", f["target_rule"]),
-        ("Pixel fills", f"deletion: {f['baselines']['deletion']}; "
-                        f"insertion starts from: {f['baselines']['insertion']}"),
+        ("Pixel fills", f"deletion: {FILL_LABELS.get(f['baselines']['deletion'], f['baselines']['deletion'])}; "
+                        "insertion starts from: "
+                        f"{FILL_LABELS.get(f['baselines']['insertion'], f['baselines']['insertion'])}"),
         ("Curves", f"{st['steps']} steps; random baseline: {st['random_draws']} random pixel orders per bucket, "
                    "shared by all methods"),
         ("Run time", f"{f['seconds']:.1f} s"),
@@ -136,6 +155,7 @@ def faithfulness_section(r: ReportInputs) -> Section | None:
                                           "CAM order and in random order; bands: ± 1 std over the bucket's samples."))
     parts.append("<h3>Per bucket</h3>" + _faithfulness_table(f))
     notes = [f"No {BUCKET_LABELS.get(b, b)} at this checkpoint." for b in buckets if not f["buckets"][b]["n"]]
+    notes += _random_wins(f)
     return Section("faithfulness", "Faithfulness: deletion and insertion",
                    "Does the map point at what the model uses? Deleting the most salient pixels first should lower "
                    "the confidence faster than deleting random pixels (lower deletion AUC), and inserting them first "

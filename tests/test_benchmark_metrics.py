@@ -1,0 +1,106 @@
+"""Occlusion, dual-evidence fusion, leakage and robustness metrics, each against a hand computation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from i2x.attribution.fusion import dual_evidence, peak_normalise
+from i2x.attribution.occlusion import cell_of_pixel, occlusion
+from i2x.metrics import leakage as lk
+from i2x.metrics.robustness import max_sensitivity, pearson, spearman, top_k_iou
+
+
+def sum_model(x: torch.Tensor) -> torch.Tensor:
+    """Logits [0.5 * sum(x), 0]: p(class 0) = sigmoid(0.5 * sum)."""
+    s = 0.5 * x.sum(dim=(1, 2, 3))
+    return torch.stack([s, torch.zeros_like(s)], dim=1)
+
+
+def sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
+def test_occlusion_is_the_probability_drop_per_cell_footprint():
+    # 4x4 image, 2x2 grid: cell (i, j) covers a 2x2 block. Block sums 1+2+5+6=14, 3+4+7+8=22,
+    # 9+10+13+14=46, 11+12+15+16=54; total 136. Hiding a block with colour 0 removes its sum.
+    image = torch.arange(1.0, 17.0, dtype=torch.float64).view(1, 1, 4, 4) / 10
+    maps = occlusion(sum_model, image, torch.tensor([0]), (2, 2), batch_size=3)
+    base = sigmoid(0.5 * 13.6)
+    expected = [[base - sigmoid(0.5 * (13.6 - s / 10)) for s in row] for row in ((14, 22), (46, 54))]
+    np.testing.assert_allclose(maps[0].numpy(), expected, rtol=1e-5)
+    # Class 1 gains when evidence for class 0 is hidden: its drops are negative, so ReLU gives 0.
+    assert torch.all(occlusion(sum_model, image, torch.tensor([1]), (2, 2)) == 0)
+    # A colour of 1 per channel: the block's pixels become 1 (sum 4 per block).
+    coloured = occlusion(sum_model, image, torch.tensor([0]), (2, 2), colour=[1.0])
+    assert coloured[0, 1, 1].item() == pytest.approx(base - sigmoid(0.5 * (13.6 - 5.4 + 4)), rel=1e-5)
+    # Footprints of a grid that does not divide the input: 5 pixels over 2 cells -> 0,0,0,1,1.
+    assert cell_of_pixel((5, 5), (2, 2))[:, 0].tolist() == [0, 0, 0, 2, 2]
+
+
+def test_dual_evidence_limits():
+    g = torch.tensor([[[2.0, 0.0], [1.0, 0.5]]])  # peak-normalised: 1, 0, .5, .25
+    o = torch.tensor([[[0.0, 4.0], [2.0, 1.0]]])  # peak-normalised: 0, 1, .5, .25
+    dea = dual_evidence(g, o)[0]
+    # Complete disagreement: the intervention's evidence is kept, the gradient's alone is dropped.
+    assert dea[0, 0].item() == 0.0 and dea[0, 1].item() == 1.0
+    # Agreement: their common value.
+    assert dea[1, 0].item() == pytest.approx(0.5) and dea[1, 1].item() == pytest.approx(0.25)
+    # Equal inputs: DEA is the peak-normalised map; a zero map stays zero.
+    same = torch.rand(3, 4, 4)
+    torch.testing.assert_close(dual_evidence(same, same), peak_normalise(same))
+    assert torch.all(dual_evidence(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)) == 0)
+    # Always between the two normalised maps; partial disagreement by hand: G=.8, O=.2 -> .2 + .4 * .6 / 2.
+    a, b = torch.rand(5, 6, 6), torch.rand(5, 6, 6)
+    ga, ob, fused = peak_normalise(a), peak_normalise(b), dual_evidence(a, b)
+    assert torch.all(fused >= torch.minimum(ga, ob) - 1e-7) and torch.all(fused <= torch.maximum(ga, ob) + 1e-7)
+    pair = dual_evidence(torch.tensor([[[0.8, 1.0]]]), torch.tensor([[[0.2, 1.0]]]))
+    assert pair[0, 0, 0].item() == pytest.approx(0.2 + 0.4 * 0.6 / 2)
+    # Vanishing gradients: DEA keeps the intervention's ranking.
+    flat = dual_evidence(torch.zeros(1, 3, 3), b[:1, :3, :3])
+    assert torch.equal(flat.flatten().argsort(), peak_normalise(b[:1, :3, :3]).flatten().argsort())
+
+
+# A 4x4 map with a 2x2 ROI in the top-left corner.
+MAP = np.array([[[4, 3, 0, 0], [2, 1, 0, 0], [0, 0, 0, 5], [0, 0, 0, 0]]], dtype=float)
+ROI = np.zeros((1, 4, 4), dtype=bool)
+ROI[0, :2, :2] = True
+
+
+def test_leakage_metrics_by_hand():
+    assert lk.leakage(MAP, ROI)[0] == pytest.approx(5 / 15)
+    assert lk.relevance_mass(MAP, ROI)[0] == pytest.approx(10 / 15)
+    # Top-4 pixels: 5, 4, 3, 2 -> three in the ROI.
+    assert lk.relevance_rank(MAP, ROI)[0] == pytest.approx(3 / 4)
+    # The maximum (5) sits at (2, 3): distance to the nearest ROI pixel (1, 1) is sqrt(1 + 4).
+    assert lk.pointing_game(MAP, ROI, tolerance=2.2)[0] == 0.0
+    assert lk.pointing_game(MAP, ROI, tolerance=2.3)[0] == 1.0
+    # Energy: min-max normalised map = MAP / 5, so the same share as the relevance mass here.
+    assert lk.energy_pointing_game(MAP, ROI)[0] == pytest.approx(10 / 15)
+    shifted = MAP + 1  # min 1, max 6: energy (MAP) / 5 unchanged, but relevance mass becomes 14 / 31
+    assert lk.energy_pointing_game(shifted, ROI)[0] == pytest.approx(10 / 15)
+    assert lk.relevance_mass(shifted, ROI)[0] == pytest.approx(14 / 31)
+    assert np.isnan(lk.leakage(MAP, np.zeros_like(ROI))[0]) and np.isnan(lk.leakage(0 * MAP, ROI)[0])
+
+
+def test_robustness_similarities_by_hand():
+    a = np.array([[[1.0, 2.0], [3.0, 4.0]]])
+    assert pearson(a, 2 * a + 1)[0] == pytest.approx(1.0)
+    assert pearson(a, -a)[0] == pytest.approx(-1.0)
+    assert spearman(a, a ** 3)[0] == pytest.approx(1.0)  # monotone: ranks agree
+    assert np.isnan(pearson(a, np.ones_like(a))[0])
+    # Top half (2 of 4 cells): {3, 2} vs {3, 1} -> IoU 1/3.
+    assert top_k_iou(a, np.array([[[1.0, 3.0], [0.0, 4.0]]]), share=0.5)[0] == pytest.approx(1 / 3)
+
+
+def test_max_sensitivity_of_a_linear_explainer():
+    # phi(x) = 3x: ||phi(x+d) - phi(x)|| / ||phi(x)|| = ||d|| / ||x||; with radius r the worst draw is
+    # below r sqrt(n) / ||x|| and, for many draws, close to it.
+    x = torch.ones(2, 1, 4, 4)
+    got = max_sensitivity(lambda z: {"linear": 3 * z[:, 0], "constant": 0 * z[:, 0] + 1}, x, radius=0.1, samples=50,
+                          generator=torch.Generator().manual_seed(0))
+    assert np.all(got["constant"] == 0.0)
+    got = got["linear"]
+    bound = 0.1 * 4 / 4
+    assert np.all(got <= bound) and np.all(got > 0.6 * bound)
