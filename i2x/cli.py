@@ -243,7 +243,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     result = finetune(
         args.dir, strategies=args.strategies, seeds=args.seeds, epochs=args.epochs, lr=args.lr,
         optimizer=args.optimizer, min_share=args.min_share, pairs=args.pairs, exclude_file=args.exclude,
-        dest=args.dest, batch_size=args.batch_size, device=args.device,
+        dest=args.dest, batch_size=args.batch_size, device=args.device, concept=args.concept,
     )
     print(f"results: {result.dest / 'finetune.json'}")
 
@@ -290,16 +290,17 @@ def cmd_reliance(args: argparse.Namespace) -> None:
     result = reliance(args.dir, RelianceConfig(
         max_samples=args.max_samples, recipients=args.recipients, random_draws=args.random_draws,
         batch_size=args.batch_size, top=args.top, seed=args.seed, device=args.device))
-    _print_reliance(result["verdict"], result["ranking"][:args.top], result["prototypes"])
+    _print_reliance(result["verdict"], result["ranking"][:args.top], result["concepts"])
     print(f"results: {Path(args.dir) / 'reliance.json'}")
 
 
-def _print_reliance(verdict: str, ranking: list, prototypes: Any) -> None:
+def _print_reliance(verdict: str, ranking: list, concepts: Any) -> None:
     print(verdict)
-    for k in ranking:
-        p = prototypes[k]
-        print(f"  prototype {k}: suspicion {p['suspicion']:.3g} (class {p['class_name']}, purity lift {p['lift']:.2f}, "
-              f"concentration {p['concentration']:.2f})")
+    for c in ranking:
+        p, t = concepts[c], concepts[c]["transplant"] or {}
+        print(f"  concept {c} (prototypes {', '.join(map(str, p['members']))}): class {p['class_name']}, paste flips "
+              f"{t.get('flip_rate', 0):.0%} vs {t.get('random_flip_rate', 0):.0%} random, lift {p['lift']:.2f}, "
+              f"concentration {p['concentration']:.2f}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -386,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", help="output directory (default DIR/finetune)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--concept", type=int, metavar="ID",
+                   help="curate a concept of the reliance study (e.g. the suspected shortcut) instead of the "
+                        "uncertain pairs: exclude the samples where it covers at least --min-share of the cells")
 
     p = command("faithfulness", cmd_faithfulness,
                 "deletion and insertion tests of the CAMs against a random pixel order, per bucket (tp, fp, random)")
@@ -422,14 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("reliance", cmd_reliance,
                 "which prototypes the final model relies on: presence, purity, concentration, deletion and "
-                "transplant interventions against random cells, and a shortcut-suspicion ranking")
+                "paste interventions against random baselines, per concept, and a shortcut verdict")
     p.add_argument("dir", metavar="DIR", help="analysis directory (after i2x analyze)")
     p.add_argument("--max-samples", type=int, default=128,
                    help="class samples per prototype whose cells are deleted (default 128)")
     p.add_argument("--recipients", type=int, default=128, help="held-out images per prototype for transplants (128)")
     p.add_argument("--random-draws", type=int, default=3, help="random-cell baselines per intervention (default 3)")
     p.add_argument("--batch-size", type=int, default=512, help="interventions per forward batch (default 512)")
-    p.add_argument("--top", type=int, default=5, help="suspects to show in detail (default 5)")
+    p.add_argument("--top", type=int, default=5, help="concepts to show in detail (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and random-cell draws (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
