@@ -28,12 +28,14 @@ EPOCHS = 4
 
 
 def planted_run(tmp: Path, factory: str, seed: int) -> tuple[Path, dict]:
-    """Train on ``factory`` with marker seed ``seed``, run the pipeline (reliance included); the analysis directory
-    and its reliance.json."""
+    """Train on ``factory`` with marker seed ``seed``, run extract, analyze and reliance (no report); the analysis
+    directory and its reliance.json."""
     spec = f"{SPEC}:{factory}"
     with synthetic.planted_seed(seed):
         api.train(data=spec, out=tmp / "ck", epochs=EPOCHS, seed=seed, progress=False)
-        api.run(RunConfig(checkpoints=str(tmp / "ck"), data=spec), out=tmp / "an", progress=False)
+        api.extract(RunConfig(checkpoints=str(tmp / "ck"), data=spec), tmp / "an", progress=False)
+        api.analyze(tmp / "an", progress=False)
+        api.reliance(tmp / "an", progress=False)
     return tmp / "an", json.loads((tmp / "an" / "reliance.json").read_text())
 
 

@@ -4,8 +4,8 @@ The input region a cell depends on is wider than the stride block that maps onto
 cell (i, j) of a layer's [h, w] grid, :func:`cell_fields` averages over a few images the absolute
 gradient of the cell's activation (summed over channels) with respect to the input (summed over
 input channels): ``fields[i, j]`` is an [H, W] map, zero outside the analytic receptive field.
-The footprint of a set of cells (:func:`field_footprint`) is where the sum of their maps reaches
-``threshold`` times its maximum. All cells of a batch of images are done in one backward pass.
+The footprint of a set of cells (:func:`field_footprint`) is the union of each cell's core: where
+its map reaches ``threshold`` times its own maximum. All cells of a batch of images are done in one backward pass.
 """
 from __future__ import annotations
 
@@ -43,13 +43,14 @@ def cell_fields(model: nn.Module, layer: nn.Module, images: torch.Tensor, batch_
 
 
 def field_footprint(fields: torch.Tensor, cell_masks: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Input footprints [B, H, W] (bool) of grid-cell masks [B, h, w] given :func:`cell_fields` [h, w, H, W]: where
-    the sum of the chosen cells' maps is positive and at least ``threshold`` times its maximum. An empty mask gives
-    an empty footprint."""
+    """Input footprints [B, H, W] (bool) of grid-cell masks [B, h, w] given :func:`cell_fields` [h, w, H, W]: the
+    union over the chosen cells of where each cell's map is positive and at least ``threshold`` times its own
+    maximum (the core of each cell's effective receptive field). An empty mask gives an empty footprint."""
     h, w = fields.shape[:2]
-    summed = (cell_masks.reshape(len(cell_masks), h * w).to(fields.dtype) @ fields.reshape(h * w, -1))
-    top = summed.max(dim=1, keepdim=True).values
-    return ((summed > 0) & (summed >= threshold * top)).view(len(cell_masks), *fields.shape[2:])
+    maps = fields.reshape(h * w, -1)
+    core = (maps > 0) & (maps >= threshold * maps.max(dim=1, keepdim=True).values)         # [hw, H*W]
+    chosen = cell_masks.reshape(len(cell_masks), h * w).to(torch.float32)
+    return (chosen @ core.to(torch.float32) > 0).view(len(cell_masks), *fields.shape[2:])
 
 
 def shifted(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

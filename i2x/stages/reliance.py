@@ -18,8 +18,8 @@ prototypes' cells), gets:
 * **Paste test** at the input: the unit's input footprint in class-c donor images is pasted into
   held-out images of other classes at the same place. The footprint is the effective receptive
   field of the unit's cells (:mod:`i2x.attribution.receptive_field`: the mean absolute input
-  gradient of each cell, summed over the unit's cells, thresholded at ``field_threshold`` of its
-  maximum), not the stride block. The baseline pastes random patches of the same area and shape
+  gradient of each cell, thresholded at ``field_threshold`` of that cell's maximum, united over
+  the unit's cells), not the stride block. The baseline pastes random patches of the same area and shape
   from the same donors (the footprint cyclically shifted to a random place). The effect is the
   rate of recipients turned into class c, paired against the baseline: excess, z and effect size.
 
@@ -74,13 +74,15 @@ class RelianceConfig:
     min_flip_excess: float = option(0.1, "paste flip rate above random patches a shortcut needs", low=0, high=1)
     min_lift: float = option(0.5, "lift over chance for its class a concept needs to count as class-tied", low=0,
                              high=1)
-    min_concentration: float = option(0.5, "spatial concentration a concept needs to count as fixed in place",
+    min_concentration: float = option(0.4, "spatial concentration a concept needs to count as fixed in place",
                                       low=0, high=1)
     min_jaccard: float = option(0.3, "co-presence (Jaccard over samples) that links two prototypes into a concept",
                                 low=0, high=1)
+    link_concentration: float = option(0.3, "spatial concentration each prototype needs to join a concept", low=0,
+                                       high=1)
     max_share: float = option(0.2, "largest share of the grid a concept's hot cells may cover", low=0, high=1,
                               low_open=True)
-    field_threshold: float = option(0.4, "share of its maximum at which a receptive field ends (footprint)", low=0,
+    field_threshold: float = option(0.5, "share of its maximum at which a receptive field ends (footprint)", low=0,
                                     high=1, low_open=True)
     field_images: int = option(16, "images the receptive fields are averaged over", low=1)
     seed: int = option(0, "seed of the sample and random draws")
@@ -295,7 +297,7 @@ def _study(store: Store, cfg: RelianceConfig, progress: bool) -> dict[str, Any]:
     stats = presence_stats(assign, labels, k_count, m)
     lifts = lift(stats["purity"], stats["prior"])
     top_class = lifts.argmax(axis=1)
-    grouping = ConceptGrouping(cfg.min_jaccard, cfg.min_lift, cfg.min_concentration, max_share=cfg.max_share).fit(
+    grouping = ConceptGrouping(cfg.min_jaccard, cfg.min_lift, cfg.link_concentration, max_share=cfg.max_share).fit(
         stats["present"], stats["cells"], top_class, lifts[np.arange(k_count), top_class], stats["concentration"])
     concept_assign = grouping.labels_[assign]
     c_count = len(grouping.members_)
@@ -419,12 +421,13 @@ RULE = ("shortcut = a concept that is class-tied (lift >= min_lift; lift = (P(c|
         "min_flip_excess more of them into c than random patches of the same shape from the same donors (paired z >= "
         "z_threshold), and whose deletion at the layer lowers c's margin more than random cells (z >= z_threshold); "
         "concepts ranked: those passing first, then by paste flip excess, then by the paste's margin excess")
-CONCEPT_RULE = ("prototypes linked when both are class-tied (lift >= min_lift) for the same class and fixed in place "
-                "(concentration >= min_concentration), co-present (Jaccard over samples >= min_jaccard) and on "
+CONCEPT_RULE = ("prototypes linked when both are class-tied (lift >= min_lift) for the same class and rather fixed in "
+                "place (concentration >= link_concentration), co-present (Jaccard over samples >= min_jaccard) and on "
                 "adjacent cells (hot cells, >= half of the most frequent cell's count, within one cell); merged by "
                 "decreasing Jaccard while the union of hot cells stays within max_share of the grid")
 FOOTPRINT = ("effective receptive field: the mean absolute input gradient of each cell's summed activation (over "
-             "field_images images), summed over the unit's cells and thresholded at field_threshold of its maximum; "
+             "field_images images), thresholded at field_threshold of that cell's maximum, united over the unit's "
+             "cells; "
              "random patches: the same footprint cyclically shifted to a random place")
 FILL = "the mean activation per channel over every sample and cell of the stored final-checkpoint features"
 
