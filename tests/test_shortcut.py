@@ -141,3 +141,44 @@ def test_curation_counts_a_concepts_cells():
     np.testing.assert_array_equal(concept_exclusion(share, members, 0, 0.05), [True, True, False])
     with pytest.raises(Exception, match="--concept 2"):
         concept_exclusion(share, members, 2, 0.05)
+
+
+# ---- slow: planted shortcuts over seeds, and their clean twins ---------------------------------------
+def _run(tmp: Path, factory: str, seed: int) -> tuple[Path, dict]:
+    spec = f"{SPEC}:{factory}"
+    with synthetic.planted_seed(seed):
+        api.train(data=spec, out=tmp / "ck", epochs=EPOCHS, seed=seed, progress=False)
+        api.extract(RunConfig(checkpoints=str(tmp / "ck"), data=spec), tmp / "an", progress=False)
+        api.analyze(tmp / "an", progress=False)
+        api.reliance(tmp / "an", progress=False)
+    return tmp / "an", json.loads((tmp / "an" / "reliance.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("kind", synthetic.KINDS)
+def test_planted_shortcut_is_found_and_ranked_first(tmp_path, kind, seed):
+    out, result = _run(tmp_path, f"marker_{kind}", seed)
+    place = kind.split("_")[0]
+    with synthetic.planted_seed(seed):
+        ctx = build_context(RunConfig.from_dict(Store.open(out).config))
+        ctx.load(ctx.checkpoint("final"))
+        effect = synthetic.marker_effect(ctx.model, ctx.data, place)
+        marked = ctx.data.extra["marked"]["train"]
+    # precondition, by input intervention: the trained model uses the marker
+    assert effect["rate_marked"] >= effect["rate_clean"] + 0.2, f"the model does not use the marker: {effect}"
+    store = Store.open(out)
+    concept, held = synthetic.marker_concept(store.read("analysis/assign"), store.read("sample_index"),
+                                             [c["members"] for c in result["concepts"]], marked,
+                                             synthetic.marker_cells(place, store.grid))
+    assert result["shortcut_found"], result["verdict"]
+    assert result["ranking"][0] == concept, f"marker concept {concept} (holds {held:.0%}) ranks " \
+                                            f"{result['ranking'].index(concept) + 1}: {result['verdict']}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("channels", ["grey", "rgb"])
+def test_clean_twin_gets_no_shortcut(tmp_path, channels, seed):
+    _, result = _run(tmp_path, f"clean_{channels}", seed)
+    assert not result["shortcut_found"] and result["verdict"].startswith("No shortcut found"), result["verdict"]
