@@ -224,12 +224,14 @@ def planted_run(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def _marker_concept(out: Path, result: dict) -> tuple[int, float]:
+    """The concept holding the largest share of the marker's cells in the marked images, and that share."""
     store = Store.open(out)
     with planted_seed(0):
         marked = synthetic.marker_corner_grey().extra["marked"]["train"]
-    return synthetic.marker_concept(store.read("analysis/assign"), store.read("sample_index"),
-                                    [c["members"] for c in result["concepts"]], marked,
-                                    synthetic.marker_cells("corner", store.grid))
+    shares = synthetic.marker_shares(store.read("analysis/assign"), store.read("sample_index"),
+                                     [c["members"] for c in result["concepts"]], marked,
+                                     synthetic.marker_cells("corner", store.grid))
+    return int(shares.argmax()), float(shares.max())
 
 
 def test_model_relies_on_the_planted_marker(planted_run):

@@ -3,8 +3,9 @@
 The planted runs (slow) use :mod:`i2x.io.synthetic`'s two-class textured sets: an L (corner) or a
 bar (centre) marker 2 pixels thick and 10-12 long, spanning 3 cells of the 7x7 grid across cell
 borders, on grey and 3-channel images. Each run first proves by input intervention that the
-trained model uses the marker, then asks for the verdict "shortcut found" with the concept holding
-the marker ranked first; the clean twin (same images, no marker) must get "no shortcut".
+trained model uses the marker, then asks for the verdict "shortcut found" with a concept holding the
+marker ranked first (at least ``MARKER_HOLD`` of the marker's cells: an arm of the L may be a concept
+of its own); the clean twin (same images, no marker) must get "no shortcut".
 """
 
 from __future__ import annotations
@@ -168,12 +169,13 @@ def test_planted_shortcut_is_found_and_ranked_first(tmp_path, kind, seed):
     # precondition, by input intervention: the trained model uses the marker
     assert effect["rate_marked"] >= effect["rate_clean"] + 0.2, f"the model does not use the marker: {effect}"
     store = Store.open(out)
-    concept, held = synthetic.marker_concept(store.read("analysis/assign"), store.read("sample_index"),
-                                             [c["members"] for c in result["concepts"]], marked,
-                                             synthetic.marker_cells(place, store.grid))
+    shares = synthetic.marker_shares(store.read("analysis/assign"), store.read("sample_index"),
+                                     [c["members"] for c in result["concepts"]], marked,
+                                     synthetic.marker_cells(place, store.grid))
     assert result["shortcut_found"], result["verdict"]
-    assert result["ranking"][0] == concept, f"marker concept {concept} (holds {held:.0%}) ranks " \
-                                            f"{result['ranking'].index(concept) + 1}: {result['verdict']}"
+    top = result["ranking"][0]
+    assert shares[top] >= synthetic.MARKER_HOLD, f"the top concept {top} holds {shares[top]:.0%} of the marker " \
+                                                 f"(best: concept {shares.argmax()}, {shares.max():.0%}): {result['verdict']}"
 
 
 @pytest.mark.slow

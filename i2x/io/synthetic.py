@@ -255,14 +255,17 @@ def marker_effect(model: nn.Module, data: ImageData, place: str) -> dict[str, fl
     return {"rate_clean": rate[0], "rate_marked": rate[1], "images": int(keep.sum())}
 
 
-def marker_concept(assign: np.ndarray, sample_index: np.ndarray, members: list[list[int]], marked: np.ndarray,
-                   cells: np.ndarray) -> tuple[int, float]:
-    """The concept holding the largest share of the marker's cells (``cells`` [h, w]) in the marked images
-    (data set indices ``marked``), given prototype assignments [n, h, w] and each concept's prototypes; and that
-    share."""
+#: a concept "holds the marker" when it covers at least this share of the marker's cells in the marked images
+MARKER_HOLD = 0.2
+
+
+def marker_shares(assign: np.ndarray, sample_index: np.ndarray, members: list[list[int]], marked: np.ndarray,
+                  cells: np.ndarray) -> np.ndarray:
+    """Per concept: the share of the marker's cells (``cells`` [h, w]) it holds in the marked images (data set
+    indices ``marked``), given prototype assignments [n, h, w] and each concept's prototypes. A marker wider than
+    a cell is often held by two or three concepts (an arm each)."""
     concept_of = np.zeros(int(assign.max()) + 1, dtype=np.int64)
     for c, protos in enumerate(members):
         concept_of[protos] = c
     held = concept_of[assign[np.isin(sample_index, marked)][:, cells]]
-    share = np.bincount(held.ravel(), minlength=len(members)) / max(held.size, 1)
-    return int(share.argmax()), float(share.max())
+    return np.bincount(held.ravel(), minlength=len(members)) / max(held.size, 1)
