@@ -66,13 +66,16 @@ def paired(effect: np.ndarray, random: np.ndarray) -> dict[str, float]:
 
 def shortcut_checks(lift_c: float, concentration_c: float, paste: dict[str, float] | None,
                     deletion: dict[str, float] | None, z_threshold: float, min_flip_excess: float, min_lift: float,
-                    min_concentration: float) -> dict[str, bool]:
+                    min_concentration: float, max_random_flip: float = 1.0) -> dict[str, bool]:
     """The four tests a shortcut passes: class-tied (lift), fixed in place (concentration), its paste turns
-    recipients into its class more than random patches (flip excess and its z), and deleting it costs its class's
-    margin more than random cells (z). ``paste`` holds ``excess_flip`` and ``flip_z``; ``deletion`` holds ``z``."""
+    recipients into its class more than random patches (flip excess and its z) while random patches of that shape
+    rarely do (at most ``max_random_flip``: otherwise the footprint pastes so much of the donor that the test cannot
+    isolate a local pattern), and deleting it costs its class's margin more than random cells (z). ``paste`` holds
+    ``excess_flip``, ``flip_z`` and ``random_flip_rate``; ``deletion`` holds ``z``."""
     paste, deletion = paste or {}, deletion or {}
     return {"class_tied": bool(lift_c >= min_lift), "fixed_in_place": bool(concentration_c >= min_concentration),
-            "paste": bool(paste.get("excess_flip", 0.0) >= min_flip_excess and paste.get("flip_z", 0.0) >= z_threshold),
+            "paste": bool(paste.get("excess_flip", 0.0) >= min_flip_excess and paste.get("flip_z", 0.0) >= z_threshold
+                          and paste.get("random_flip_rate", 1.0) <= max_random_flip),
             "deletion": bool(deletion.get("z", 0.0) >= z_threshold)}
 
 

@@ -26,8 +26,9 @@ prototypes' cells), gets:
 The verdict (:func:`verdict`) rests on that causal evidence. A concept is a *shortcut* when it is
 class-tied (lift >= ``min_lift``) and fixed in place (concentration >= ``min_concentration``), its
 paste turns at least ``min_flip_excess`` more recipients into its class than random patches do with
-z >= ``z_threshold``, and deleting it costs its class's margin more than random cells do
-(z >= ``z_threshold``). Concepts are ranked by that evidence: those that pass first, then by paste
+z >= ``z_threshold`` while random patches flip at most ``max_random_flip`` (else the footprint
+pastes so much of the donor that the test is inconclusive), and deleting it costs its class's
+margin more than random cells do (z >= ``z_threshold``). Concepts are ranked by that evidence: those that pass first, then by paste
 excess. Nothing is a product that one weak factor zeroes, and a shortcut split over prototypes is
 judged as one concept, so its pieces do not hide one another.
 
@@ -72,6 +73,8 @@ class RelianceConfig:
     gallery: int = option(8, "images per concept in the report", low=1)
     z_threshold: float = option(3.0, "z (paired, against random) that the paste and the deletion must reach", low=0)
     min_flip_excess: float = option(0.1, "paste flip rate above random patches a shortcut needs", low=0, high=1)
+    max_random_flip: float = option(0.25, "random patches flipping more than this make the paste test inconclusive",
+                                    low=0, high=1)
     min_lift: float = option(0.5, "lift over chance for its class a concept needs to count as class-tied", low=0,
                              high=1)
     min_concentration: float = option(0.4, "spatial concentration a concept needs to count as fixed in place",
@@ -253,8 +256,9 @@ def verdict(ordered: list[dict[str, Any]], z_threshold: float, min_flip_excess: 
     checks = lead["checks"]
     if not checks["paste"]:
         why.append(f"pasting it turns {t.get('flip_rate', 0.0):.0%} of other classes' images into {name}, against "
-                   f"{t.get('random_flip_rate', 0.0):.0%} for random patches (needs {min_flip_excess:.0%} more with "
-                   f"z >= {z_threshold:g}; z {t.get('flip_z', 0.0):.1f})")
+                   f"{t.get('random_flip_rate', 0.0):.0%} for random patches of the same shape (a shortcut needs "
+                   f"{min_flip_excess:.0%} more with z >= {z_threshold:g}, and random patches that rarely flip; "
+                   f"z {t.get('flip_z', 0.0):.1f})")
     if not checks["deletion"]:
         why.append(f"deleting it is within {z_threshold:g} standard errors of deleting random cells "
                    f"(z {d.get('z', 0.0):.1f})")
@@ -419,7 +423,8 @@ def _recipient_pool(ctx: Context, cfg: RelianceConfig,
 RULE = ("shortcut = a concept that is class-tied (lift >= min_lift; lift = (P(c|k) - P(c)) / (1 - P(c))), fixed in "
         "place (concentration >= min_concentration), whose footprint pasted into other classes' images turns at least "
         "min_flip_excess more of them into c than random patches of the same shape from the same donors (paired z >= "
-        "z_threshold), and whose deletion at the layer lowers c's margin more than random cells (z >= z_threshold); "
+        "z_threshold; random patches flipping at most max_random_flip), and whose deletion at the layer lowers c's "
+        "margin more than random cells (z >= z_threshold); "
         "concepts ranked: those passing first, then by paste flip excess, then by the paste's margin excess")
 CONCEPT_RULE = ("prototypes linked when both are class-tied (lift >= min_lift) for the same class and rather fixed in "
                 "place (concentration >= link_concentration), co-present (Jaccard over samples >= min_jaccard) and on "
@@ -561,7 +566,8 @@ def _row(k: int, names: list[str], stats: dict[str, np.ndarray], lifts: np.ndarr
         "locations": (cells / max(int(cells.max()), 1)).round(4).tolist(),
         "deletion": deletion, "transplant": transplant, "gallery": gallery,
         "checks": shortcut_checks(float(lifts[k, c]), float(stats["concentration"][k]), transplant, deletion,
-                                  cfg.z_threshold, cfg.min_flip_excess, cfg.min_lift, cfg.min_concentration),
+                                  cfg.z_threshold, cfg.min_flip_excess, cfg.min_lift, cfg.min_concentration,
+                                  cfg.max_random_flip),
     }
 
 
