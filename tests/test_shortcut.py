@@ -156,9 +156,10 @@ def _run(tmp: Path, factory: str, seed: int) -> tuple[Path, dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured detection is about half of the seeds per kind (benchmarks/planted.py): the top "
-                          "concept is sometimes one whose footprint covers or erases the marker without holding it",
-                   strict=False)
+@pytest.mark.xfail(reason="not yet 5/5: measured detection 2/5 corner grey, 2/5 centre grey, 1/5 corner rgb, 0/5 "
+                          "centre rgb (benchmarks/planted.py); the marker's concept ranks first in 11 of 20 runs, but "
+                          "random patches of its receptive-field footprint often flip > max_random_flip, so the paste "
+                          "test is inconclusive", strict=False)
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("kind", synthetic.KINDS)
 def test_planted_shortcut_is_found_and_ranked_first(tmp_path, kind, seed):
