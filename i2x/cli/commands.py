@@ -296,7 +296,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
 def add_reliance(sub: Subparsers) -> None:
     p = command(sub, "reliance", cmd_reliance,
                 "which prototypes the final model relies on: presence, purity, concentration, deletion and "
-                "transplant interventions against random cells, and a shortcut-suspicion ranking")
+                "paste interventions against random baselines, per concept, and a shortcut verdict")
     analysis_dir(p, "i2x analyze")
     add_options(p, RelianceConfig)
     add_trust_options(p)
@@ -309,10 +309,11 @@ def cmd_reliance(args: argparse.Namespace) -> None:
     result = api.reliance(args.dir, cfg, trust_checkpoints=args.trust_checkpoints,
                           trust_analysis=args.trust_analysis, model=args.model)
     print(result["verdict"])
-    for k in result["ranking"][:cfg.top]:
-        p = result["prototypes"][k]
-        print(f"  prototype {k}: suspicion {p['suspicion']:.3g} (class {p['class_name']}, purity lift {p['lift']:.2f}, "
-              f"concentration {p['concentration']:.2f})")
+    for c in result["ranking"][:cfg.top]:
+        p, t = result["concepts"][c], result["concepts"][c]["transplant"] or {}
+        print(f"  concept {c} (prototypes {', '.join(map(str, p['members']))}): class {p['class_name']}, paste flips "
+              f"{t.get('flip_rate', 0):.0%} vs {t.get('random_flip_rate', 0):.0%} random, lift {p['lift']:.2f}, "
+              f"concentration {p['concentration']:.2f}")
     print(f"results: {Path(args.dir) / 'reliance.json'}")
 
 

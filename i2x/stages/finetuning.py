@@ -50,7 +50,7 @@ from i2x.io.data import labels_of
 from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import FINETUNE, FINETUNE_DIR, load_summary, write_bytes, write_json
+from i2x.io.workdir import FINETUNE, FINETUNE_DIR, RELIANCE, load_summary, read_json, write_bytes, write_json
 from i2x.settings import device_option, name_list, option, validate, whole, whole_list
 from i2x.stages.training import TrainConfig, evaluate, make_optimizer, subset, train_epochs
 
@@ -148,6 +148,9 @@ class FinetuneConfig:
     exclude_file: str | None = option(None, "fine-tune with your own exclusion list instead (JSON list of training "
                                       "indices, or one per line)", flag="--exclude", metavar="FILE")
     all_uncertain: bool = option(False, "curate from every flagged uncertain prototype, not only the significant ones")
+    concept: int | None = option(None, "curate a concept of the reliance study instead (a suspected shortcut): every "
+                                 "analysed training sample where it covers at least --min-share of the cells",
+                                 low=0, metavar="ID")
     dest: str | None = option(None, "output directory (default DIR/finetune)", metavar="DIR")
     batch_size: int = option(64, "batch size", low=1)
     device: str = device_option()
@@ -168,8 +171,9 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
     else the single highest-scoring one (the paper curates one pair; the union of every flagged pair can
     remove most of the data); ``"all"`` takes every flagged pair; a list of (a, b) names or indices picks
     pairs. ``exclude_file`` replaces the curation rule by a list of training-split indices. ``all_uncertain``:
-    curate from every flagged prototype, not only the significant ones. Results go to ``dest`` (default
-    ``out_dir/finetune``).
+    curate from every flagged prototype, not only the significant ones. ``concept`` curates a concept of the
+    reliance study instead (a suspected shortcut). Shares count a concept's cells (the union of its
+    prototypes) whenever reliance.json is present. Results go to ``dest`` (default ``out_dir/finetune``).
     """
     cfg = config or FinetuneConfig(**options)
     validate(cfg)
@@ -183,7 +187,7 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
         _, data = open_data(store, cfg.trust_analysis)
         train_set, test_set = data.split("train"), data.split("test")
         curation = _curation(store, summary, names, labels_of(train_set), cfg.min_share, cfg.pairs,
-                             cfg.exclude_file, cfg.all_uncertain)
+                             cfg.exclude_file, cfg.all_uncertain, cfg.concept)
         start_t, start_name, start_sha = _start_checkpoint(store)
         ctx = open_context(store, start_t, cfg.device, cfg.batch_size, cfg.trust_checkpoints, cfg.trust_analysis,
                            cfg.model)
@@ -285,6 +289,32 @@ def _run_all(ctx: Context, sets: dict[str, Dataset], cfg: FinetuneConfig, plan: 
 
 # ---- the curated set --------------------------------------------------------------------------
 
+def concept_members(out_dir: str | Path, k: int) -> list[list[int]]:
+    """The prototypes of each concept from the reliance study (reliance.json), or one concept per prototype."""
+    path = Path(out_dir) / RELIANCE
+    if path.is_file():
+        concepts = read_json(path, "i2x reliance").get("concepts")
+        if concepts and sum(len(c["members"]) for c in concepts) == k:
+            return [list(c["members"]) for c in concepts]
+    return [[i] for i in range(k)]
+
+
+def concept_shares(share: np.ndarray, members: list[list[int]]) -> np.ndarray:
+    """Per sample and prototype [n, K]: the share of cells held by the prototype's whole concept."""
+    out = np.empty_like(share)
+    for group in members:
+        out[:, group] = share[:, group].sum(axis=1, keepdims=True)
+    return out
+
+
+def concept_exclusion(share: np.ndarray, members: list[list[int]], concept: int, min_share: float) -> np.ndarray:
+    """Boolean per analysed sample: concept ``concept`` covers at least ``min_share`` of its cells."""
+    if not 0 <= concept < len(members):
+        raise UserError(f"--concept {concept}: the reliance study has concepts 0..{len(members) - 1}; see "
+                        "reliance.json or the report's reliance section")
+    return share[:, members[concept]].sum(axis=1) >= min_share
+
+
 def exclusion_mask(share: np.ndarray, labels: np.ndarray, pairs: dict[Pair, list[int]], min_share: float) -> np.ndarray:
     """Boolean per analysed sample: of class a or b of a pair, and one of that pair's prototypes covers >= min_share."""
     mask = np.zeros(len(labels), dtype=bool)
@@ -335,11 +365,14 @@ def read_exclude_file(path: str | Path, n_train: int) -> np.ndarray:
 
 def _curation(store: Store, summary: dict[str, Any], names: list[str], train_labels: np.ndarray, min_share: float,
               pairs: Sequence[tuple[int | str, int | str]] | str, exclude_file: str | Path | None,
-              all_uncertain: bool = False) -> Curation:
-    """Apply the curation rule to the analysed training samples, or read the user's own exclusion list."""
+              all_uncertain: bool = False, concept: int | None = None) -> Curation:
+    """Apply the curation rule (or the concept rule) to the analysed training samples, or read the user's own
+    exclusion list."""
     flagged = _usable_uncertain(summary, all_uncertain)
-    uncertain = _uncertain_by_pair(flagged)
-    if pairs == "top":
+    uncertain = {} if concept is not None else _uncertain_by_pair(flagged)
+    if concept is not None:
+        chosen: dict[Pair, list[int]] = {}
+    elif pairs == "top":
         chosen = _top_pairs(flagged, uncertain)
     elif pairs == "all":
         chosen = uncertain
@@ -357,7 +390,7 @@ def _curation(store: Store, summary: dict[str, Any], names: list[str], train_lab
         ids = read_exclude_file(exclude_file, n_train)
         source = str(Path(exclude_file).resolve())
     else:
-        if not any(chosen.values()):
+        if concept is None and not any(chosen.values()):
             what = "any pair" if isinstance(pairs, str) else "the given pairs"
             dropped = [u for u in summary.get("uncertain", []) if u not in flagged
                        and (isinstance(pairs, str) or tuple(sorted(u["classes"])) in chosen)]
@@ -378,12 +411,19 @@ def _curation(store: Store, summary: dict[str, Any], names: list[str], train_lab
         if sample_index.max(initial=-1) >= n_train or not np.array_equal(train_labels[sample_index], labels):
             raise UserError(f"{store.path}: the store's labels do not match the training split of --data "
                             f"{store.config.get('data')}; the data changed since the analysis, rerun `i2x run`")
-        ids = np.unique(sample_index[exclusion_mask(store.read("analysis/share"), labels, chosen, min_share)])
+        share = store.read("analysis/share")
+        members = concept_members(store.path.parent, share.shape[1])
+        if concept is not None:
+            excluded = concept_exclusion(share, members, concept, min_share)
+        else:
+            excluded = exclusion_mask(concept_shares(share, members), labels, chosen, min_share)
+        ids = np.unique(sample_index[excluded])
         if len(sample_index) < n_train:
             print(f"note: the analysis covered {len(sample_index)} of the {n_train} training samples (--limit); "
                   "only those can be excluded")
         if ids.size == 0:
-            raise UserError(f"no training sample has an uncertain prototype covering >= {min_share:g} of its cells; "
+            what = f"concept {concept}" if concept is not None else "an uncertain prototype's concept"
+            raise UserError(f"no training sample has {what} covering >= {min_share:g} of its cells; "
                             "lower --min-share (e.g. 0.05) or give your own --exclude FILE")
         source = "rule"
     counts = np.bincount(train_labels[ids], minlength=len(names))

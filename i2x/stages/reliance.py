@@ -1,50 +1,39 @@
-"""Reliance: which prototypes the model actually depends on, shortcuts first.
+"""Reliance: which concepts the model actually depends on, shortcuts first.
 
 β (:mod:`i2x.analysis.mapping`) says how a prototype's CAM intensity tracks confidence changes
-during training; it does not say whether the model *uses* the prototype. This module asks the
-final checkpoint directly, with interventions, and ranks prototypes by how much they look like
-a shortcut. Per prototype k (c = the class k is purest for):
+during training; it does not say whether the model *uses* the prototype. This stage asks the
+final checkpoint directly, with interventions. A pattern larger than a grid cell is split over
+several prototypes, so prototypes are first grouped into *concepts*
+(:class:`i2x.analysis.concepts.ConceptGrouping`: class-tied, fixed-in-place prototypes that are
+co-present and on adjacent cells). Every unit, each prototype and each concept (the union of its
+prototypes' cells), gets:
 
-* **Presence** (from the store): presence rate per class, purity P(class | k present), and
-  spatial concentration (:func:`concentration`): how fixed k's cells are, from the entropy of
-  its cell distribution corrected for how many cells it covers per image. A marker or a border
-  artefact sits in the same cells of every image: 1; a pattern spread over the grid: 0.
-* **Deletion** at the target layer: a forward hook (:class:`CellReplacement`) replaces the
-  layer's output at k's cells by the data set's mean activation (per channel, over every
-  sample and cell of the stored features) and the rest of the network runs as usual, so any
-  architecture works without surgery. The effect is the drop of the logit margin (true class
-  minus best other; probabilities saturate on training data), per sample, per deleted cell and
-  per class, against as many uniformly random cells of the same sample (``random_draws`` sets).
-  Each image runs once up to the layer for all of its interventions when the network allows it.
-* **Transplant** at the input: the input footprint of k's cells in class-c images is pasted
-  into held-out images of other classes at the same place. A cell's footprint is the block of
-  input pixels that maps onto it by the layer's downsampling: nearest-neighbour upsampling of
-  the cell mask to the input size, so cell (i, j) of an h x w grid covers rows
-  ``floor(i*H/h) .. floor((i+1)*H/h) - 1`` and likewise columns. That is the centre of the
-  cell's receptive field, not all of it (the theoretical field of the small CNN's last layer is
-  26 of 32 pixels wide and would paste the whole donor). The effect is the flip rate to c and
-  the change of c's margin, against pasting as many random cells from the same donor.
+* **Presence** (from the store, :mod:`i2x.metrics.reliance`): presence rate per class, purity
+  P(class | present), lift over chance for its class c, and spatial concentration (1: the same
+  cells in every image, 0: anywhere on the grid).
+* **Deletion** at the target layer: a forward hook (:class:`CellReplacement`) replaces the layer's
+  output at the unit's cells by the data set's mean activation; the effect is the drop of the
+  true-class logit margin in class-c images against as many uniformly random cells of the same
+  sample (``random_draws`` sets).
+* **Paste test** at the input: the unit's input footprint in class-c donor images is pasted into
+  held-out images of other classes at the same place. The footprint is the effective receptive
+  field of the unit's cells (:mod:`i2x.attribution.receptive_field`: the mean absolute input
+  gradient of each cell, thresholded at ``field_threshold`` of that cell's maximum, united over
+  the unit's cells), not the stride block. The baseline pastes random patches of the same area and shape
+  from the same donors (the footprint cyclically shifted to a random place). The effect is the
+  rate of recipients turned into class c, paired against the baseline: excess, z and effect size.
 
-Suspicion, one number per prototype, ranked (:func:`suspicion`)::
+The verdict (:func:`verdict`) rests on that causal evidence. A concept is a *shortcut* when it is
+class-tied (lift >= ``min_lift``) and fixed in place (concentration >= ``min_concentration``), its
+paste turns at least ``min_flip_excess`` more recipients into its class than random patches do with
+z >= ``z_threshold`` while random patches flip at most ``max_random_flip`` (else the footprint
+pastes so much of the donor that the test is inconclusive), and deleting it costs its class's
+margin more than random cells do (z >= ``z_threshold``). Concepts are ranked by that evidence: those that pass first, then by paste
+excess. Nothing is a product that one weak factor zeroes, and a shortcut split over prototypes is
+judged as one concept, so its pieces do not hide one another.
 
-    suspicion = lift * concentration * max(0, deletion excess)
-    lift      = (P(c | k) - P(c)) / (1 - P(c))       how much purer for c than chance, in [0, 1]
-    deletion excess = drop of c's margin in class-c images when k's cells are deleted,
-                      minus the drop for as many random cells (logits)
-
-Why a product: each factor alone is common and harmless. Parts of the object are class-pure
-and relied on but move with it; background and border cells sit still but say nothing about
-the class; a class-pure pattern the model ignores is no risk. Only a fixed-place, class-tied
-pattern that the model leans on scores high on all three, and that is what a shortcut looks
-like. Reliance in the product is the deletion excess rather than the transplant: it is
-measured where k occurs (class-c images, in place), in logits against a matched random
-baseline, while a transplant of a large footprint also pastes much of the donor's object, so
-its random baseline is strong (the transplant is still reported and enters the verdict).
-The verdict (:func:`verdict`) says whether the top suspect stands out from random cells and
-from the other prototypes, or plainly that no shortcut stands out.
-
-Results go to ``DIR/reliance.json`` (every prototype, per-sample deletions) and under
-``reliance`` in ``DIR/summary.json`` (settings, formula, ranking, verdict, top suspects).
+Results go to ``DIR/reliance.json`` (concepts and prototypes, per-sample deletions) and under
+``reliance`` in ``DIR/summary.json`` (settings, verdict, the concept table).
 """
 from __future__ import annotations
 
@@ -56,80 +45,52 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from i2x.analysis.concepts import ConceptGrouping
 from i2x.attribution import get_layer
 from i2x.stages.context import Context, open_context
+from i2x.attribution.receptive_field import cell_fields, field_footprint, shifted
 from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store, chunk_ranges
 from i2x.io.workdir import RELIANCE, load_summary, save_summary, write_json
+from i2x.metrics.reliance import evidence_order, lift, paired, presence_stats, shortcut_checks
 from i2x.settings import device_option, option, validate
-
 
 
 @dataclass
 class RelianceConfig:
     """Settings of the reliance study (printed in the report and kept in summary.json)."""
 
-    max_samples: int = option(128, "class samples per prototype whose cells are deleted", low=1)
-    recipients: int = option(128, "held-out images per prototype for transplants", low=1)
-    random_draws: int = option(3, "random-cell baselines per intervention", low=1)
+    max_samples: int = option(128, "class samples per unit whose cells are deleted", low=1)
+    recipients: int = option(128, "held-out images per unit for the paste test", low=1)
+    random_draws: int = option(3, "random baselines per intervention", low=1)
     batch_size: int = option(512, "interventions per forward batch", low=1)
-    top: int = option(5, "suspects to show in detail", low=1)
-    gallery: int = option(8, "example images per suspect in the report", low=1, cli=False)
-    z_threshold: float = option(3.0, "standard errors by which deleting and pasting the top suspect must beat random "
-                                "cells for a shortcut verdict", low=0, cli=False)
-    separation: float = option(1.5, "the top suspect's suspicion must be at least this many times the runner-up's",
-                               low=0, cli=False)
-    seed: int = option(0, "seed of the sample and random-cell draws")
+    top: int = option(5, "concepts to show in detail", low=1)
+    gallery: int = option(8, "images per concept in the report", low=1)
+    z_threshold: float = option(3.0, "z (paired, against random) that the paste and the deletion must reach", low=0)
+    min_flip_excess: float = option(0.1, "paste flip rate above random patches a shortcut needs", low=0, high=1)
+    max_random_flip: float = option(0.25, "random patches flipping more than this make the paste test inconclusive",
+                                    low=0, high=1)
+    min_lift: float = option(0.5, "lift over chance for its class a concept needs to count as class-tied", low=0,
+                             high=1)
+    min_concentration: float = option(0.4, "spatial concentration a concept needs to count as fixed in place",
+                                      low=0, high=1)
+    min_jaccard: float = option(0.3, "co-presence (Jaccard over samples) that links two prototypes into a concept",
+                                low=0, high=1)
+    link_concentration: float = option(0.3, "spatial concentration each prototype needs to join a concept", low=0,
+                                       high=1)
+    max_share: float = option(0.2, "largest share of the grid a concept's hot cells may cover", low=0, high=1,
+                              low_open=True)
+    field_threshold: float = option(0.5, "share of its maximum at which a receptive field ends (footprint)", low=0,
+                                    high=1, low_open=True)
+    field_images: int = option(16, "images the receptive fields are averaged over", low=1)
+    seed: int = option(0, "seed of the sample and random draws")
     device: str = device_option()
 
-
-# ---- presence ------------------------------------------------------------------------------
-def presence_stats(assign: np.ndarray, labels: np.ndarray, k: int, m: int) -> dict[str, np.ndarray]:
-    """Per prototype: presence [n, K], presence rate per class [K, M], purity P(class | present) [K, M], the
-    share of each class among all samples [M], cell occurrence counts [K, h, w], the cells it covers per
-    sample that holds it [K], the entropy of its cell distribution [K] and its spatial concentration [K]."""
-    n, h, w = assign.shape
-    flat = assign.reshape(n, -1)
-    present = np.zeros((n, k), dtype=bool)
-    present[np.repeat(np.arange(n), h * w), flat.ravel()] = True
-    onehot = np.eye(m, dtype=np.float64)[labels]                          # [n, M]
-    both = present.T.astype(np.float64) @ onehot                          # [K, M] samples of class c holding k
-    class_sizes = onehot.sum(axis=0)
-    rate = np.divide(both, class_sizes, out=np.zeros_like(both), where=class_sizes > 0)
-    holders = both.sum(axis=1)
-    purity = np.divide(both, holders[:, None], out=np.zeros_like(both), where=holders[:, None] > 0)
-    cells = np.bincount(flat.ravel() * (h * w) + np.tile(np.arange(h * w), n), minlength=k * h * w).reshape(k, h * w)
-    total = cells.sum(axis=1)
-    size = np.divide(total, holders, out=np.zeros(k), where=holders > 0)
-    p = cells / np.maximum(total, 1)[:, None]
-    entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
-    return {"present": present, "rate": rate, "purity": purity, "prior": class_sizes / max(n, 1),
-            "cells": cells.reshape(k, h, w), "size": size, "entropy": entropy,
-            "concentration": concentration(entropy, size, h * w)}
-
-
-def concentration(entropy: np.ndarray, size: np.ndarray, cells: int) -> np.ndarray:
-    """How fixed a prototype's place is, in [0, 1]: ``(log(cells) - H) / (log(cells) - log(a))``.
-
-    H is the entropy of its cell distribution and ``a`` the cells it covers per sample. A prototype that
-    covers the same ``a`` cells in every image has H = log(a): 1. One spread evenly over the whole grid has
-    H = log(cells): 0. Plain ``1 - H / log(cells)`` would call a pattern that covers many cells spread out
-    even when those cells never change.
-    """
-    top = np.log(cells) - entropy
-    room = np.log(cells) - np.log(np.maximum(size, 1.0))
-    return np.clip(np.divide(top, room, out=np.ones_like(top), where=room > 1e-9), 0.0, 1.0)
-
-
-def lift(purity: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """How much purer than chance each prototype is for each class: (P(c|k) - P(c)) / (1 - P(c)), clipped at 0."""
-    return np.clip((purity - prior) / np.maximum(1.0 - prior, 1e-12), 0.0, None)
 
 
 # ---- interventions -------------------------------------------------------------------------
@@ -224,24 +185,18 @@ def deletion_margins(model: nn.Module, replacement: CellReplacement, images: tor
     return out
 
 
-def footprint(cell_masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Input-pixel footprint [B, 1, H, W] of grid-cell masks [B, h, w]: nearest upsampling, so pixel (y, x)
-    belongs to cell (floor(y*h/H), floor(x*w/W))."""
-    return F.interpolate(cell_masks[:, None].float(), size=size, mode="nearest") > 0.5
-
-
 @torch.no_grad()
 def transplant_logits(model: nn.Module, recipients: torch.Tensor, donors: torch.Tensor, masks: torch.Tensor,
                       batch_size: int = 512) -> torch.Tensor:
-    """Logits [R, V, M] of recipients [R, C, H, W] after pasting donors [R, C, H, W] at the footprint of each
-    cell mask ``masks`` [R, V, h, w] (recipient r gets donor r's pixels, at the same place)."""
+    """Logits [R, V, M] of recipients [R, C, H, W] after pasting donors [R, C, H, W] at each input-pixel mask
+    ``masks`` [R, V, H, W] (recipient r gets donor r's pixels, at the same place)."""
     r, v = masks.shape[:2]
     device = next(iter(model.parameters()), torch.empty(0)).device
-    flat = masks.reshape(r * v, *masks.shape[2:])
+    flat = masks.reshape(r * v, 1, *masks.shape[2:])
     out = []
     for lo, hi in chunk_ranges(r * v, batch_size):
         rows = torch.arange(lo, hi) // v
-        paste = footprint(flat[lo:hi], tuple(recipients.shape[-2:])).to(device)
+        paste = flat[lo:hi].to(device)
         x = torch.where(paste, donors[rows].to(device), recipients[rows].to(device))
         out.append(model(x).float().cpu())
     return torch.cat(out).view(r, v, -1)
@@ -252,14 +207,6 @@ def random_cells(counts: np.ndarray, draws: int, grid: tuple[int, int], rng: np.
     h, w = grid
     rank = np.argsort(rng.random((len(counts), draws, h * w)), axis=2).argsort(axis=2)
     return (rank < counts[:, None, None]).reshape(len(counts), draws, h, w)
-
-
-def _paired(effect: np.ndarray, random: np.ndarray) -> dict[str, float]:
-    """Mean effect, mean and spread of the random-cell effect, their paired excess and its z (excess / s.e.)."""
-    diff = effect - random.mean(axis=1)
-    se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.inf
-    return {"effect": float(effect.mean()), "random": float(random.mean()), "random_sd": float(random.std()),
-            "excess": float(diff.mean()), "z": float(diff.mean() / max(se, 1e-9)) if np.isfinite(se) else 0.0}
 
 
 # ---- data ----------------------------------------------------------------------------------
@@ -289,49 +236,42 @@ def _mean_activation(store: Store) -> torch.Tensor:
 
 
 # ---- the study -----------------------------------------------------------------------------
-def suspicion(lift_k: np.ndarray, concentration: np.ndarray, reliance_k: np.ndarray) -> np.ndarray:
-    """Shortcut suspicion per prototype: lift x concentration x max(0, reliance); see the module docstring."""
-    return np.clip(lift_k, 0, None) * np.clip(concentration, 0, None) * np.clip(np.nan_to_num(reliance_k), 0, None)
-
-
-def verdict(ordered: list[dict[str, Any]], z_threshold: float, separation: float, top: int) -> tuple[str, bool]:
-    """A plain sentence on whether a shortcut stands out, and whether one does.
-
-    The top suspect stands out when (1) deleting it and pasting it both beat random cells of the same area
-    by ``z_threshold`` standard errors, (2) its suspicion is at least ``separation`` times the runner-up's,
-    and (3) its lead is not reliance alone: its lift x concentration (the shortcut signature, class-tied
-    and fixed in place) is the highest of the ``top`` suspects. Without (3) a large, heavily used part of
-    a class's object can lead the ranking on reliance and be announced as a shortcut.
-    """
+def verdict(ordered: list[dict[str, Any]], z_threshold: float, min_flip_excess: float) -> tuple[str, bool]:
+    """A plain sentence on whether a shortcut was found, and whether one was: the top concept of the evidence
+    ranking is a shortcut when it passes every test of :func:`i2x.metrics.reliance.shortcut_checks`."""
     lead = ordered[0] if ordered else None
-    if lead is None or lead["suspicion"] <= 0:
-        return ("No shortcut stands out: no class-tied prototype lowers its class's margin more than random cells "
-                "of the same area do."), False
-    second = ordered[1]["suspicion"] if len(ordered) > 1 else 0.0
-    dz = (lead["deletion"] or {}).get("z", 0.0)
-    tz = lead["transplant"]["logit_z"] if lead["transplant"] else 0.0
-    signature = [p["lift"] * p["concentration"] for p in ordered[:max(top, 1)]]
-    name = lead["class_name"]
+    if lead is None:
+        return "No shortcut found: no concept to test.", False
+    name, unit = lead["class_name"], _unit_name(lead)
+    t, d = lead["transplant"] or {}, lead["deletion"] or {}
+    if all(lead["checks"].values()):
+        return (f"Shortcut found: {unit} for class {name}. It sits in the same place in every image (concentration "
+                f"{lead['concentration']:.2f}), {lead['purity']:.0%} of the images holding it are {name}; pasting it "
+                f"into other classes' images turns {t['flip_rate']:.0%} of them into {name} (random patches of the same "
+                f"shape: {t['random_flip_rate']:.0%}, z {t['flip_z']:.1f}), and deleting it lowers {name}'s margin by "
+                f"{d['excess']:.3g} more than random cells (z {d['z']:.1f})."), True
     why = []
-    if dz < z_threshold:
-        why.append(f"deleting it is within {z_threshold:g} standard errors of deleting random cells (z {dz:.1f})")
-    if tz < z_threshold:
-        why.append(f"pasting it is within {z_threshold:g} standard errors of pasting random cells (z {tz:.1f})")
-    if lead["suspicion"] < separation * second:
-        why.append(f"its suspicion {lead['suspicion']:.3g} is less than {separation:g} times the next one's "
-                   f"({second:.3g}), so it is one of several class-typical patterns rather than an outlier")
-    if signature[0] < max(signature):
-        why.append("another top suspect is more class-tied and more fixed in place, so its lead comes from "
-                   "how much the model uses it, as it would for a large part of the object")
-    if not why:
-        t = lead["transplant"]
-        return (f"Prototype {lead['id']} stands out as a likely shortcut for class {name}: it sits in the same cells "
-                f"(concentration {lead['concentration']:.2f}), {lead['purity']:.0%} of the samples holding it are "
-                f"{name}, deleting it lowers {name}'s margin by {lead['deletion']['excess']:.3g} more than random "
-                f"cells, and pasting it into other classes' images turns {t['flip_rate']:.0%} of them into {name} "
-                f"(random cells: {t['random_flip_rate']:.0%})."), True
-    return (f"No shortcut stands out. The top suspect, prototype {lead['id']} ({name}): " + "; ".join(why) +
-            ". Look at the suspects' galleries before ruling a shortcut out."), False
+    checks = lead["checks"]
+    if not checks["paste"]:
+        why.append(f"pasting it turns {t.get('flip_rate', 0.0):.0%} of other classes' images into {name}, against "
+                   f"{t.get('random_flip_rate', 0.0):.0%} for random patches of the same shape (a shortcut needs "
+                   f"{min_flip_excess:.0%} more with z >= {z_threshold:g}, and random patches that rarely flip; "
+                   f"z {t.get('flip_z', 0.0):.1f})")
+    if not checks["deletion"]:
+        why.append(f"deleting it is within {z_threshold:g} standard errors of deleting random cells "
+                   f"(z {d.get('z', 0.0):.1f})")
+    if not checks["class_tied"]:
+        why.append(f"it is not class-tied (lift {lead['lift']:.2f})")
+    if not checks["fixed_in_place"]:
+        why.append(f"it moves with the image content (concentration {lead['concentration']:.2f})")
+    return (f"No shortcut found. The strongest evidence is for {unit} ({name}): " + "; ".join(why) + "."), False
+
+
+def _unit_name(row: dict[str, Any]) -> str:
+    members = row.get("members", [row["id"]])
+    if len(members) == 1:
+        return f"concept {row['id']} (prototype {members[0]})"
+    return f"concept {row['id']} (prototypes {', '.join(map(str, members))})"
 
 
 def reliance(out_dir: str | Path, config: RelianceConfig | None = None, progress: bool = True,
@@ -354,7 +294,7 @@ def reliance(out_dir: str | Path, config: RelianceConfig | None = None, progress
 
 
 def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> dict[str, Any]:
-    """Presence statistics, deletion and transplant for every prototype, then the ranking and the verdict."""
+    """Presence, deletion and the paste test for every prototype and every concept, then the ranking and verdict."""
     start = time.perf_counter()
     assign, labels, rows_index = store.read("analysis/assign"), store.read("labels"), store.read("sample_index")
     names, grid = store.class_names, store.grid
@@ -362,44 +302,96 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> d
     stats = presence_stats(assign, labels, k_count, m)
     lifts = lift(stats["purity"], stats["prior"])
     top_class = lifts.argmax(axis=1)
-    holders = [np.flatnonzero(stats["present"][:, k]) for k in range(k_count)]
+    grouping = ConceptGrouping(cfg.min_jaccard, cfg.min_lift, cfg.link_concentration, max_share=cfg.max_share).fit(
+        stats["present"], stats["cells"], top_class, lifts[np.arange(k_count), top_class], stats["concentration"])
+    concept_assign = grouping.labels_[assign]
+    c_count = len(grouping.members_)
+    c_stats = presence_stats(concept_assign, labels, c_count, m)
+    c_lifts = lift(c_stats["purity"], c_stats["prior"])
+    # units: every prototype, then every concept of two or more prototypes (a singleton concept is its prototype)
+    units = [(assign, k, int(top_class[k])) for k in range(k_count)]
+    multi = [c for c, members in enumerate(grouping.members_) if len(members) > 1]
+    units += [(concept_assign, c, int(c_lifts[c].argmax())) for c in multi]
+    holders = [np.flatnonzero((a == u).reshape(len(a), -1).any(axis=1)) for a, u, _ in units]
     model, analysed = ctx.model, ctx.data.split(ctx.config.split)
     rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
     recipients, recipient_labels, held_name = _recipient_pool(ctx, cfg, rng)
-    plans = [_deletion_plan(assign, labels, holders[k], k, int(top_class[k]), grid, cfg, rng) for k in range(k_count)]
-    timings: dict[str, float] = {}
-    with CellReplacement(get_layer(model, store.attrs["layer"]), _mean_activation(store)) as replacement:
-        t0 = time.perf_counter()
+    plans = [_deletion_plan(a, labels, holders[i], u, c, grid, cfg, rng) for i, (a, u, c) in enumerate(units)]
+    layer = get_layer(model, store.attrs["layer"])
+    t0 = time.perf_counter()
+    field_rows = np.sort(rng.permutation(len(rows_index))[: cfg.field_images])
+    fields = cell_fields(model, layer, _images(analysed, rows_index[field_rows], cfg.batch_size)[0].to(ctx.device),
+                         cfg.batch_size)
+    t1 = time.perf_counter()
+    with CellReplacement(layer, _mean_activation(store)) as replacement:
         expand = replacement.can_expand(model, recipients.to(ctx.device), grid)
         drops, clean = _run_deletions(model, replacement, expand, analysed, rows_index, labels, plans, cfg, progress)
-        t1 = time.perf_counter()
-        clean_logits = transplant_logits(model, recipients, recipients,
-                                         torch.zeros(len(recipients), 1, *grid, dtype=torch.bool), cfg.batch_size)[:, 0]
-        transplants = [
-            _transplant(model, analysed, assign, rows_index, holders[k][labels[holders[k]] == top_class[k]], k,
-                        int(top_class[k]), recipients, recipient_labels, clean_logits, grid, cfg, rng)
-            for k in tqdm(range(k_count), desc="transplant", disable=not progress)]
-        timings = {"deletion": round(t1 - t0, 3), "transplant": round(time.perf_counter() - t1, 3)}
-    rows = []
-    for k in range(k_count):
-        chosen, _, counts = plans[k]
-        c = int(top_class[k])
-        deletion = _deletion_summary(drops[k], clean[k], chosen, counts, labels, c, m) if chosen.size else None
-        rows.append(_row(k, names, stats, lifts, c, deletion, transplants[k],
-                         _gallery(assign, labels, holders[k], k, c, cfg.gallery)))
-    reliance_k = np.array([(r["deletion"] or {}).get("excess", 0.0) for r in rows])
-    scores = suspicion(np.array([r["lift"] for r in rows]), stats["concentration"], reliance_k)
-    for r, score in zip(rows, scores):
-        r["suspicion"] = float(score)
-    ranking = [int(i) for i in np.argsort(-scores, kind="stable")]
-    text, found = verdict([rows[i] for i in ranking], cfg.z_threshold, cfg.separation, cfg.top)
+    t2 = time.perf_counter()
+    clean_logits = transplant_logits(model, recipients, recipients,
+                                     torch.zeros(len(recipients), 1, *recipients.shape[-2:], dtype=torch.bool),
+                                     cfg.batch_size)[:, 0]
+    pastes = [_transplant(model, analysed, a, rows_index, holders[i][labels[holders[i]] == c], u, c, recipients,
+                          recipient_labels, clean_logits, fields, cfg, rng, gen)
+              for i, (a, u, c) in enumerate(tqdm(units, desc="paste", disable=not progress))]
+    timings = {"fields": round(t1 - t0, 3), "deletion": round(t2 - t1, 3), "paste": round(time.perf_counter() - t2, 3)}
+    results = []
+    for i, (a, u, c) in enumerate(units):
+        chosen, _, counts = plans[i]
+        deletion = _deletion_summary(drops[i], clean[i], chosen, counts, labels, c, m) if chosen.size else None
+        results.append((deletion, pastes[i]))
+    protos = [_row(k, names, stats, lifts, int(top_class[k]), *results[k],
+                   _gallery(assign, labels, holders[k], k, int(top_class[k]), cfg.gallery), cfg)
+              for k in range(k_count)]
+    for p, k in zip(protos, range(k_count)):
+        p["concept"] = int(grouping.labels_[k])
+    concepts = []
+    for c, members in enumerate(grouping.members_):
+        if len(members) == 1:
+            row = {key: v for key, v in protos[members[0]].items() if key != "concept"}
+        else:
+            cc = int(c_lifts[c].argmax())
+            i = k_count + multi.index(c)
+            row = _row(c, names, c_stats, c_lifts, cc, *results[i],
+                       _gallery(concept_assign, labels, holders[i], c, cc, cfg.gallery), cfg)
+        row.update({"id": c, "members": members})
+        row["footprints"] = _gallery_footprints(concept_assign, row["gallery"], c, fields, cfg.field_threshold)
+        concepts.append(row)
+    ranking = _rank(concepts)
+    prototype_ranking = _rank(protos)
+    text, found = verdict([concepts[i] for i in ranking], cfg.z_threshold, cfg.min_flip_excess)
     return {
         "config": asdict(cfg), "checkpoint": ctx.checkpoint("final").name, "layer": store.attrs["layer"],
         "grid": list(grid), "k": k_count, "assign_digest": assign_digest(assign), "held_out_split": held_name,
-        "expanded_at_layer": expand, "footprint": FOOTPRINT, "fill": FILL, "formula": FORMULA,
-        "verdict": text, "shortcut_found": found, "ranking": ranking, "prototypes": rows,
+        "expanded_at_layer": expand, "footprint": FOOTPRINT, "fill": FILL, "rule": RULE, "concept_rule": CONCEPT_RULE,
+        "verdict": text, "shortcut_found": found, "suspect": ranking[0] if found else None,
+        "ranking": ranking, "concepts": concepts, "prototype_ranking": prototype_ranking, "prototypes": protos,
         "timings": timings, "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _rank(rows: list[dict[str, Any]]) -> list[int]:
+    """Row indices ordered by causal evidence (:func:`i2x.metrics.reliance.evidence_order`)."""
+    passes = np.array([all(r["checks"].values()) for r in rows], dtype=bool)
+    flip = np.array([(r["transplant"] or {}).get("excess_flip", 0.0) for r in rows])
+    logit = np.array([(r["transplant"] or {}).get("logit_excess", 0.0) for r in rows])
+    return [int(i) for i in evidence_order(passes, flip, logit)]
+
+
+def _gallery_footprints(unit_assign: np.ndarray, gallery: list[int], u: int, fields: torch.Tensor,
+                        threshold: float) -> list[str]:
+    """The unit's input footprint in each gallery image, as hex of the packed [H, W] bits (for the report's tint)."""
+    if not gallery:
+        return []
+    cells = torch.from_numpy(unit_assign[np.asarray(gallery)] == u)
+    masks = field_footprint(fields, cells, threshold).numpy()
+    return [np.packbits(mask.ravel()).tobytes().hex() for mask in masks]
+
+
+def unpack_footprint(hex_bits: str, size: tuple[int, int]) -> np.ndarray:
+    """The [H, W] bool footprint stored by the study (inverse of its packing)."""
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(hex_bits), dtype=np.uint8))
+    return bits[: size[0] * size[1]].reshape(size).astype(bool)
 
 
 def assign_digest(assign: np.ndarray) -> str:
@@ -409,7 +401,7 @@ def assign_digest(assign: np.ndarray) -> str:
 
 def _recipient_pool(ctx: Context, cfg: RelianceConfig,
                     rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """Held-out images transplants are pasted into: a random pool of the split not analysed (when there is one)."""
+    """Held-out images pastes go into: a random pool of the split not analysed (when there is one)."""
     others = [s for s in ctx.data.splits if s != ctx.config.split]
     name = "test" if "test" in others else (others[0] if others else ctx.config.split)
     split = ctx.data.split(name)
@@ -418,12 +410,20 @@ def _recipient_pool(ctx: Context, cfg: RelianceConfig,
     return images, labels, name
 
 
-FORMULA = ("suspicion = lift * concentration * max(0, deletion excess); lift = (P(c|k) - P(c)) / (1 - P(c)) for k's "
-           "purest class c; concentration = (log(h*w) - H) / (log(h*w) - log(a)), H the entropy of k's cell "
-           "distribution and a the cells it covers per sample; deletion excess = mean drop of c's margin in class-c "
-           "samples when k's cells are set to the mean activation, minus the drop for as many random cells")
-FOOTPRINT = ("nearest upsampling of the cell mask to the input size: the block of input pixels each grid cell covers "
-             "by the layer's downsampling (the centre of its receptive field)")
+RULE = ("shortcut = a concept that is class-tied (lift >= min_lift; lift = (P(c|k) - P(c)) / (1 - P(c))), fixed in "
+        "place (concentration >= min_concentration), whose footprint pasted into other classes' images turns at least "
+        "min_flip_excess more of them into c than random patches of the same shape from the same donors (paired z >= "
+        "z_threshold; random patches flipping at most max_random_flip), and whose deletion at the layer lowers c's "
+        "margin more than random cells (z >= z_threshold); "
+        "concepts ranked: those passing first, then by paste flip excess, then by the paste's margin excess")
+CONCEPT_RULE = ("prototypes linked when both are class-tied (lift >= min_lift) for the same class and rather fixed in "
+                "place (concentration >= link_concentration), co-present (Jaccard over samples >= min_jaccard) and on "
+                "adjacent cells (hot cells, >= half of the most frequent cell's count, within one cell); merged by "
+                "decreasing Jaccard while the union of hot cells stays within max_share of the grid")
+FOOTPRINT = ("effective receptive field: the mean absolute input gradient of each cell's summed activation (over "
+             "field_images images), thresholded at field_threshold of that cell's maximum, united over the unit's "
+             "cells; "
+             "random patches: the same footprint cyclically shifted to a random place")
 FILL = "the mean activation per channel over every sample and cell of the stored final-checkpoint features"
 
 
@@ -431,20 +431,19 @@ def _choose(pool: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray
     return rng.choice(pool, size=min(size, pool.size), replace=False) if pool.size else pool
 
 
-def _deletion_plan(assign: np.ndarray, labels: np.ndarray, holders: np.ndarray, k: int, c: int, grid: tuple[int, int],
-                   cfg: RelianceConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Which samples k is deleted from (up to ``max_samples`` class-c holders of k, the reliance toward c, and
-    half as many holders of other classes) and the masks: k's cells, then ``random_draws`` sets of as many
-    uniformly random cells. Returns rows [S], masks [S, 1 + draws, h, w] and k's cell counts [S]."""
+def _deletion_plan(unit_assign: np.ndarray, labels: np.ndarray, holders: np.ndarray, u: int, c: int,
+                   grid: tuple[int, int], cfg: RelianceConfig,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Which samples unit u is deleted from (up to ``max_samples`` class-c holders, the reliance toward c, and half
+    as many holders of other classes) and the masks: u's cells, then ``random_draws`` sets of as many uniformly
+    random cells. Returns rows [S], masks [S, 1 + draws, h, w] and u's cell counts [S]."""
     own_class = labels[holders] == c
     chosen = np.sort(np.concatenate([_choose(holders[own_class], cfg.max_samples, rng),
                                      _choose(holders[~own_class], cfg.max_samples // 2, rng)])).astype(np.int64)
-    own = assign[chosen] == k                                                   # [S, h, w]
+    own = unit_assign[chosen] == u                                              # [S, h, w]
     counts = own.reshape(len(chosen), -1).sum(axis=1)
     masks = np.concatenate([own[:, None], random_cells(counts, cfg.random_draws, grid, rng)], axis=1)
     return chosen, masks, counts
-
-
 def _run_deletions(model: nn.Module, replacement: CellReplacement, expand: bool, analysed: Dataset,
                    rows_index: np.ndarray, labels: np.ndarray,
                    plans: list[tuple[np.ndarray, np.ndarray, np.ndarray]], cfg: RelianceConfig,
@@ -487,7 +486,7 @@ def _deletion_summary(drops: np.ndarray, clean: np.ndarray, chosen: np.ndarray, 
     and per sample. ``drops`` [S, 1 + draws] are margin drops for k's cells then the random draws."""
     y = labels[chosen]
     in_c = y == c
-    toward = _paired(drops[in_c, 0], drops[in_c, 1:]) if in_c.any() else {}
+    toward = paired(drops[in_c, 0], drops[in_c, 1:]) if in_c.any() else {}
     per_cell = drops / np.maximum(counts, 1)[:, None]
     n_c = np.bincount(y, minlength=m)
 
@@ -504,33 +503,35 @@ def _deletion_summary(drops: np.ndarray, clean: np.ndarray, chosen: np.ndarray, 
                            "random": drops[:, 1:].mean(axis=1).round(5).tolist(), "cells": counts.tolist()}}
 
 
-def _transplant(model: nn.Module, analysed: Dataset, assign: np.ndarray, rows_index: np.ndarray, donors: np.ndarray,
-                k: int, c: int, recipients: torch.Tensor, recipient_labels: torch.Tensor, clean_logits: torch.Tensor,
-                grid: tuple[int, int], cfg: RelianceConfig, rng: np.random.Generator) -> dict[str, Any] | None:
-    """Paste k's footprint from class-c donors into held-out images of other classes (and as many random cells from
-    the same donors): flip rate to c and the change of c's margin."""
+def _transplant(model: nn.Module, analysed: Dataset, unit_assign: np.ndarray, rows_index: np.ndarray,
+                donors: np.ndarray, u: int, c: int, recipients: torch.Tensor, recipient_labels: torch.Tensor,
+                clean_logits: torch.Tensor, fields: torch.Tensor, cfg: RelianceConfig, rng: np.random.Generator,
+                gen: torch.Generator) -> dict[str, Any] | None:
+    """The paste test of unit u: its receptive-field footprint from class-c donors pasted into held-out images of
+    other classes, against the same footprint shifted to random places in the same donors; flip rate to c and the
+    change of c's margin, paired per recipient."""
     eligible = np.flatnonzero(recipient_labels.numpy() != c)
     if donors.size == 0 or eligible.size == 0:
         return None
     pick = np.sort(_choose(eligible, cfg.recipients, rng))
     donor_rows = rng.permutation(donors)[np.arange(pick.size) % donors.size]
-    own = assign[donor_rows] == k
-    counts = own.reshape(pick.size, -1).sum(axis=1)
-    masks = np.concatenate([own[:, None], random_cells(counts, cfg.random_draws, grid, rng)], axis=1)
+    own = field_footprint(fields, torch.from_numpy(unit_assign[donor_rows] == u), cfg.field_threshold)
+    masks = torch.stack([own] + [shifted(own, gen) for _ in range(cfg.random_draws)], dim=1)   # [R, 1 + draws, H, W]
     donor_images, _ = _images(analysed, rows_index[donor_rows], cfg.batch_size)
-    logits = transplant_logits(model, recipients[pick], donor_images, torch.from_numpy(masks), cfg.batch_size)
+    logits = transplant_logits(model, recipients[pick], donor_images, masks, cfg.batch_size)
     target = torch.full((pick.size,), c, dtype=torch.long)
     before = margin(clean_logits[pick], target).numpy()
     after = margin(logits.flatten(0, 1), target.repeat_interleave(masks.shape[1])).view(pick.size, -1).numpy()
     not_c = before <= 0
     flips = (after[not_c] > 0).astype(float)                                    # [R', 1 + draws]
-    none = {"effect": 0.0, "random": 0.0, "excess": 0.0, "z": 0.0}
-    flip = _paired(flips[:, 0], flips[:, 1:]) if not_c.any() else none
-    change = _paired(after[:, 0] - before, after[:, 1:] - before[:, None])
-    return {"recipients": int(pick.size), "donors": int(np.unique(donor_rows).size), "cells": float(counts.mean()),
+    flip = paired(flips[:, 0], flips[:, 1:])
+    change = paired(after[:, 0] - before, after[:, 1:] - before[:, None])
+    return {"recipients": int(pick.size), "donors": int(np.unique(donor_rows).size),
+            "pixels": float(own.reshape(len(own), -1).float().sum(dim=1).mean()),
             "flip_rate": flip["effect"], "random_flip_rate": flip["random"], "excess_flip": flip["excess"],
-            "flip_z": flip["z"], "logit_change": change["effect"], "random_logit_change": change["random"],
-            "random_logit_sd": change["random_sd"], "logit_excess": change["excess"], "logit_z": change["z"]}
+            "flip_z": flip["z"], "flip_effect_size": flip["effect_size"], "logit_change": change["effect"],
+            "random_logit_change": change["random"], "random_logit_sd": change["random_sd"],
+            "logit_excess": change["excess"], "logit_z": change["z"], "logit_effect_size": change["effect_size"]}
 
 
 def _gallery(assign: np.ndarray, labels: np.ndarray, holders: np.ndarray, k: int, c: int, size: int) -> list[int]:
@@ -541,8 +542,9 @@ def _gallery(assign: np.ndarray, labels: np.ndarray, holders: np.ndarray, k: int
 
 
 def _row(k: int, names: list[str], stats: dict[str, np.ndarray], lifts: np.ndarray, c: int,
-         deletion: dict[str, Any] | None, transplant: dict[str, Any] | None, gallery: list[int]) -> dict[str, Any]:
-    """Everything reliance.json says about prototype k."""
+         deletion: dict[str, Any] | None, transplant: dict[str, Any] | None, gallery: list[int],
+         cfg: RelianceConfig) -> dict[str, Any]:
+    """Everything reliance.json says about unit k (a prototype or a concept)."""
     cells = stats["cells"][k]
     return {
         "id": k, "class": c, "class_name": names[c],
@@ -553,18 +555,30 @@ def _row(k: int, names: list[str], stats: dict[str, np.ndarray], lifts: np.ndarr
         "cells_per_sample": float(stats["size"][k]),
         "locations": (cells / max(int(cells.max()), 1)).round(4).tolist(),
         "deletion": deletion, "transplant": transplant, "gallery": gallery,
+        "checks": shortcut_checks(float(lifts[k, c]), float(stats["concentration"][k]), transplant, deletion,
+                                  cfg.z_threshold, cfg.min_flip_excess, cfg.min_lift, cfg.min_concentration,
+                                  cfg.max_random_flip),
     }
 
 
+CONCEPT_TABLE = ("id", "members", "class", "class_name", "purity", "lift", "concentration", "cells_per_sample",
+                 "samples", "checks")
+
+
+def concept_table(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The concepts in evidence order, compact: presence, the tests passed, deletion and paste (no per-sample data)."""
+    table = []
+    for rank, c in enumerate(result["ranking"], start=1):
+        row = result["concepts"][c]
+        deletion = {key: v for key, v in (row["deletion"] or {}).items() if key != "per_sample"}
+        table.append({"rank": rank, **{key: row[key] for key in CONCEPT_TABLE}, "deletion": deletion,
+                      "paste": row["transplant"]})
+    return table
+
+
 def _summary_entry(result: dict[str, Any]) -> dict[str, Any]:
-    """The compact ``reliance`` entry of summary.json: settings, verdict and the ranked suspects."""
-    protos = {p["id"]: p for p in result["prototypes"]}
-    keep = ("id", "class", "class_name", "suspicion", "purity", "lift", "concentration", "cells_per_sample", "samples")
-    suspects = []
-    for k in result["ranking"][: result["config"]["top"]]:
-        p = protos[k]
-        deletion = {key: v for key, v in (p["deletion"] or {}).items() if key != "per_sample"}
-        suspects.append({**{key: p[key] for key in keep}, "deletion": deletion, "transplant": p["transplant"]})
-    entry = {key: result[key] for key in ("config", "checkpoint", "verdict", "shortcut_found", "formula", "footprint",
-                                          "fill", "held_out_split", "ranking", "seconds")}
-    return {**entry, "suspects": suspects}
+    """The compact ``reliance`` entry of summary.json: settings, verdict and the concept table."""
+    entry = {key: result[key] for key in ("config", "checkpoint", "verdict", "shortcut_found", "suspect", "rule",
+                                          "concept_rule", "footprint", "fill", "held_out_split", "ranking",
+                                          "seconds")}
+    return {**entry, "concepts": concept_table(result)}

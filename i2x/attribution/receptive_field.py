@@ -1,0 +1,63 @@
+"""Input footprints of grid cells from the effective receptive field.
+
+The input region a cell depends on is wider than the stride block that maps onto it. For every
+cell (i, j) of a layer's [h, w] grid, :func:`cell_fields` averages over a few images the absolute
+gradient of the cell's activation (summed over channels) with respect to the input (summed over
+input channels): ``fields[i, j]`` is an [H, W] map, zero outside the analytic receptive field.
+The footprint of a set of cells (:func:`field_footprint`) is the union of each cell's core: where
+its map reaches ``threshold`` times its own maximum. All cells of a batch of images are done in one backward pass.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def cell_fields(model: nn.Module, layer: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Mean absolute input gradient of each cell's summed activation: [h, w, H, W] (on the CPU, float32).
+
+    Each image is repeated once per cell; copy (b, i, j) back-propagates only cell (i, j) of its own layer output,
+    so one backward gives every cell's map (the model must treat batch rows independently, as in eval mode)."""
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    grabbed: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: grabbed.append(out))
+    try:
+        with torch.no_grad():
+            grabbed.clear()
+            model(images[:1].to(device))
+        h, w = grabbed[0].shape[-2:]
+        total = torch.zeros(h * w, *images.shape[-2:])
+        per_batch = max(1, batch_size // (h * w))
+        for lo in range(0, len(images), per_batch):
+            x = images[lo:lo + per_batch].to(device).repeat_interleave(h * w, dim=0).requires_grad_(True)
+            grabbed.clear()
+            model(x)
+            out = grabbed[0]
+            pick = torch.eye(h * w, device=device, dtype=out.dtype).repeat(x.shape[0] // (h * w), 1)
+            (out.sum(dim=1).flatten(1) * pick).sum().backward()
+            grad = x.grad.detach().abs().sum(dim=1).float().cpu()              # [B * hw, H, W]
+            total += grad.view(-1, h * w, *grad.shape[-2:]).sum(dim=0)
+    finally:
+        handle.remove()
+    return (total / len(images)).view(h, w, *images.shape[-2:])
+
+
+def field_footprint(fields: torch.Tensor, cell_masks: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Input footprints [B, H, W] (bool) of grid-cell masks [B, h, w] given :func:`cell_fields` [h, w, H, W]: the
+    union over the chosen cells of where each cell's map is positive and at least ``threshold`` times its own
+    maximum (the core of each cell's effective receptive field). An empty mask gives an empty footprint."""
+    h, w = fields.shape[:2]
+    maps = fields.reshape(h * w, -1)
+    core = (maps > 0) & (maps >= threshold * maps.max(dim=1, keepdim=True).values)         # [hw, H*W]
+    chosen = cell_masks.reshape(len(cell_masks), h * w).to(torch.float32)
+    return (chosen @ core.to(torch.float32) > 0).view(len(cell_masks), *fields.shape[2:])
+
+
+def shifted(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each mask [B, H, W] cyclically shifted by a uniformly random non-zero offset: the same area and shape
+    (on the torus) at another place."""
+    b, hh, ww = masks.shape
+    offset = torch.randint(1, hh * ww, (b,), generator=generator)
+    rows = (torch.arange(hh)[None, :] - (offset // ww)[:, None]) % hh          # out[y] = mask[y - dy]
+    cols = (torch.arange(ww)[None, :] - (offset % ww)[:, None]) % ww
+    return masks[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
