@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=2, help="batches per timed pass")
     parser.add_argument("--batch-size", type=int, default=None, help="default: 256 small-cnn, 64 resnet18")
     parser.add_argument("--input-size", type=int, default=None, help="default: 32 small-cnn, 64 resnet18")
-    parser.add_argument("--layer", default=None, help="target layer (default: find_target_layer, DESIGN D1)")
+    parser.add_argument("--layer", default=None, help="target layer (default: find_target_layer, D1 in docs/ARCHITECTURE.md)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")

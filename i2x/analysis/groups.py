@@ -1,4 +1,4 @@
-"""Confidence-change groups (DESIGN D7): HDBSCAN on ΔŶ[s] = probs[s+1] - probs[s], one clustering per step s.
+"""Confidence-change groups (D7 in docs/ARCHITECTURE.md): HDBSCAN on ΔŶ[s] = probs[s+1] - probs[s], one clustering per step s.
 
 Defaults chosen here where the design is silent:
 - `min_cluster_size=None` means max(10, n // 100); it is clamped to at least 2 (HDBSCAN's minimum).
@@ -37,7 +37,7 @@ PARALLEL_MIN_SAMPLES = 10_000
 
 
 def default_min_cluster_size(n: int) -> int:
-    """DESIGN D7's default HDBSCAN min_cluster_size for n samples: max(10, n // 100)."""
+    """The default HDBSCAN min_cluster_size for n samples (D7 in docs/ARCHITECTURE.md): max(10, n // 100)."""
     return max(10, n // 100)
 
 

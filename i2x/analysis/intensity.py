@@ -1,4 +1,4 @@
-"""Prototype intensity (DESIGN D6): P[t, n, k] = mean raw CAM over the locations of sample n assigned to prototype k.
+"""Prototype intensity (D6 in docs/ARCHITECTURE.md): P[t, n, k] = mean raw CAM over the locations of sample n assigned to prototype k.
 
 Assignments come from the final checkpoint only, so which prototypes a sample contains is fixed
 over t: `present[n, k]` marks them, and P is 0 where k is absent (so ΔP is 0 there and absence

@@ -1,4 +1,4 @@
-"""Ridge maps (DESIGN D8) from prototype-intensity changes to confidence changes, per step.
+"""Ridge maps (D8 in docs/ARCHITECTURE.md) from prototype-intensity changes to confidence changes, per step.
 
 For each step s: X = ΔP[s] = P[s+1] - P[s] (n x k), Y = ΔŶ[s] = probs[s+1] - probs[s] (n x m);
 scikit-learn Ridge without intercept, β[s] = coef_.T (k x m). The penalty is chosen by RidgeCV

@@ -1,4 +1,4 @@
-"""Prototypes (DESIGN D5): PCA + FAISS k-means of the final checkpoint's location feature vectors.
+"""Prototypes (D5 in docs/ARCHITECTURE.md): PCA + FAISS k-means of the final checkpoint's location feature vectors.
 
 Every spatial location of every sample is one d-dimensional vector. Fitting uses a seeded
 subsample of at most `max_fit_vectors` of them (drawn uniformly without replacement over all

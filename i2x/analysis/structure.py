@@ -1,4 +1,4 @@
-"""Per-class structure of the ridge maps (DESIGN D9): shared, specialized and uncertain prototypes.
+"""Per-class structure of the ridge maps (D9 in docs/ARCHITECTURE.md): shared, specialized and uncertain prototypes.
 
 Definitions (thresholds are the settings of `Structure`, defaults in brackets):
 

@@ -95,7 +95,7 @@ class Attributor:
     ) -> BatchResult:
         """Explain a batch ``x`` [B, ...] with one forward and one backward.
 
-        ``target`` is ``"true"`` (explain ``labels``, DESIGN D2), ``"predicted"`` (the argmax class)
+        ``target`` is ``"true"`` (explain ``labels``, D2 in docs/ARCHITECTURE.md), ``"predicted"`` (the argmax class)
         or a tensor of class indices [B]. The score explained is the pre-softmax logit of that class.
         Results stay on the model's device.
         """
@@ -144,7 +144,7 @@ class Attributor:
     def _target_classes(
         target: str | torch.Tensor, labels: torch.Tensor | None, logits: torch.Tensor, device: torch.device
     ) -> torch.Tensor:
-        """Class index per sample [B] for the CAM target (DESIGN D2)."""
+        """Class index per sample [B] for the CAM target (D2 in docs/ARCHITECTURE.md)."""
         if isinstance(target, torch.Tensor):
             classes = target
         elif target == "predicted":

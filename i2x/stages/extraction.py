@@ -56,7 +56,7 @@ class ExtractResult:
 
 
 def _probe(ctx: Context, layer: str | None) -> tuple[str, tuple[int, int], int, Layout]:
-    """Choose the target layer (DESIGN D1) and read its grid and channel count from one forward."""
+    """Choose the target layer (D1 in docs/ARCHITECTURE.md) and read its grid and channel count from one forward."""
     example = ctx.dataset[0][0].unsqueeze(0).to(ctx.device)
     was_training = ctx.model.training
     ctx.model.eval()

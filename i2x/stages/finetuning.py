@@ -1,4 +1,4 @@
-"""Curated -> full fine-tuning driven by uncertain prototypes (DESIGN D10), the paper's closing experiment.
+"""Curated -> full fine-tuning driven by uncertain prototypes (D10 in docs/ARCHITECTURE.md), the paper's closing experiment.
 
 The curated training set leaves out every training sample of class a or b of a flagged pair
 (a, b) in which one of the pair's uncertain prototypes covers at least ``min_share`` of the grid
