@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from i2x.errors import UserError
+from i2x.io.specs import SpecRegistry
 
 SPLITS = ("train", "test")
 MIN_PER_CLASS = 2  # training samples every class needs (one gives no class-internal variation to learn or map)
@@ -479,27 +480,27 @@ def _factory(target: str, opts: DataOptions) -> ImageData:
     raise UserError(f"--data {target}: the factory must return an i2x.data.ImageData or (train, test, class_names)")
 
 
+#: The kinds of ``--data`` spec; a new kind is one loader ``(argument, opts) -> ImageData`` and one entry here.
+DATA_SPECS = SpecRegistry("--data", "data")
+DATA_SPECS.register("digits", "scikit-learn's 1,797 handwritten digits, ships with the install")(
+    lambda _spec, opts: _digits(opts))
+DATA_SPECS.register("imagefolder:PATH", "PATH/train/<class>/*.png and PATH/test/<class>/...")(_imagefolder)
+DATA_SPECS.register("npz:PATH", "MedMNIST or Keras keys")(_npz)
+for _kind in ("mnist", "fashionmnist", "cifar10"):
+    DATA_SPECS.register(f"{_kind}:ROOT", "torchvision's files, already under ROOT")(
+        lambda root, opts, kind=_kind: _torchvision_set(kind, root, opts))
+DATA_SPECS.register("path/to/file.py:factory", "a function returning ImageData or (train, test, class_names)",
+                    matches=lambda spec: ":" in spec and spec.rpartition(":")[0].endswith(".py"))(_factory)
+
+
 def load_data(spec: str, opts: DataOptions | None = None) -> ImageData:
-    """Open the data set named by ``spec`` (see the module docstring for the specs and defaults)."""
+    """Open the data set named by ``spec`` (:data:`DATA_SPECS`; the module docstring gives the defaults)."""
     opts = opts or DataOptions()
     for option, value in (("--input-size", opts.input_size), ("--channels", opts.channels)):
         if value is not None and value < 1:
             raise UserError(f"{option} {value}: must be a positive integer")
-    kind, _, arg = spec.partition(":")
-    if spec == "digits":
-        return _digits(opts)
-    if kind in ("mnist", "fashionmnist", "cifar10") and arg:
-        return _torchvision_set(kind, arg, opts)
-    if kind == "imagefolder" and arg:
-        return _imagefolder(arg, opts)
-    if kind == "npz" and arg:
-        return _npz(arg, opts)
-    if spec.count(":") >= 1 and spec.rpartition(":")[0].endswith(".py"):
-        return _factory(spec, opts)
-    raise UserError(
-        f"--data {spec}: unknown data spec; use digits, imagefolder:PATH, npz:PATH, mnist:ROOT, "
-        "fashionmnist:ROOT, cifar10:ROOT or path/to/file.py:factory"
-    )
+    kind, argument = DATA_SPECS.resolve(spec)
+    return kind.load(argument, opts)
 
 
 def labels_of(dataset: Dataset) -> np.ndarray:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from i2x.errors import UserError
+from i2x.io.specs import SpecRegistry
 
 
 class SmallCNN(nn.Module):
@@ -141,25 +142,31 @@ def _load_factory(target: str) -> Callable[..., nn.Module]:
     return factory
 
 
+def _factory_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
+    """Call a ``package.module:factory`` or ``file.py:factory`` with the arguments it accepts."""
+    factory = _load_factory(spec)
+    params = inspect.signature(factory).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels))
+              if accepts_any or k in params}
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise UserError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+#: The kinds of ``--model`` spec; a new kind is one builder ``(argument, num_classes, in_channels)`` and one entry.
+MODEL_SPECS = SpecRegistry("--model", "model")
+MODEL_SPECS.register("small-cnn", "the built-in demo CNN")(
+    lambda _spec, num_classes, in_channels: SmallCNN(num_classes=num_classes, in_channels=in_channels))
+MODEL_SPECS.register("torchvision:NAME", "a torchvision model with weights=None (never downloads)")(_torchvision_model)
+MODEL_SPECS.register("timm:NAME", "a timm model with pretrained=False; timm:NAME?key=value sets model arguments")(
+    _timm_model)
+MODEL_SPECS.register("package.module:factory or path/to/file.py:factory", "a callable returning an nn.Module",
+                     matches=lambda spec: ":" in spec)(_factory_model)
+
+
 def build_model(spec: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    """Build the model named by ``spec`` with fresh weights (checkpoints are loaded afterwards)."""
-    if spec == "small-cnn":
-        return SmallCNN(num_classes=num_classes, in_channels=in_channels)
-    if spec.startswith("torchvision:"):
-        return _torchvision_model(spec.split(":", 1)[1], num_classes, in_channels)
-    if spec.startswith("timm:"):
-        return _timm_model(spec.split(":", 1)[1], num_classes, in_channels)
-    if ":" in spec:
-        factory = _load_factory(spec)
-        params = inspect.signature(factory).parameters
-        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels))
-                  if accepts_any or k in params}
-        model = factory(**kwargs)
-        if not isinstance(model, nn.Module):
-            raise UserError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch nn.Module")
-        return model
-    raise UserError(
-        f"--model {spec}: unknown model spec; use small-cnn, torchvision:NAME, timm:NAME, "
-        "package.module:factory or path/to/file.py:factory"
-    )
+    """Build the model named by ``spec`` (:data:`MODEL_SPECS`) with fresh weights; checkpoints load afterwards."""
+    kind, argument = MODEL_SPECS.resolve(spec)
+    return kind.load(argument, num_classes, in_channels)

@@ -24,11 +24,11 @@ from torch.utils.data import Dataset, Subset
 from i2x.attribution import METHODS, prefer_channels_last
 from i2x.attribution.tokens import parse as parse_tokens
 from i2x.io.checkpoints import ORDERS, Checkpoint, Listing, is_finite, list_checkpoints, load_into, select
-from i2x.io.data import DataOptions, ImageData, labels_of, load_data
+from i2x.io.data import DATA_SPECS, DataOptions, ImageData, labels_of, load_data
 from i2x.io.workdir import usable_checkpoints
 from i2x.io.devices import resolve_device
 from i2x.errors import UserError
-from i2x.io.models import build_model
+from i2x.io.models import MODEL_SPECS, build_model
 from i2x.io.store import Store
 from i2x.settings import device_option, name_list, number_list, option
 
@@ -42,12 +42,9 @@ class RunConfig:
     """What to analyse: checkpoints, model, data and how to read them (recorded in the store)."""
 
     checkpoints: str = option(help="directory of training snapshots", cli=False)
-    model: str = option("small-cnn", "architecture: small-cnn, torchvision:NAME (e.g. torchvision:resnet18, built "
-                        "without downloaded weights), timm:NAME (pretrained=False; timm:NAME?depth=2&img_size=32 "
-                        "sets model arguments), package.module:factory or path/to/file.py:factory",
+    model: str = option("small-cnn", f"architecture: {MODEL_SPECS.usage()} (no weights are ever downloaded)",
                         metavar="SPEC")
-    data: str = option("digits", "data set: digits (ships with scikit-learn), imagefolder:PATH, npz:PATH, "
-                       "mnist:ROOT, fashionmnist:ROOT, cifar10:ROOT or path/to/file.py:factory", metavar="SPEC")
+    data: str = option("digits", f"data set: {DATA_SPECS.usage()}", metavar="SPEC")
     split: str = option("train", "data split to analyse")
     layer: str | None = option(None, "target layer by dotted name (e.g. layer4, features.7); default: the last "
                                "module whose output is a 4-D map with at least 3x3 cells", metavar="NAME")

@@ -1,0 +1,70 @@
+"""Registries of spec strings (``--data npz:PATH``, ``--model timm:NAME``): adding a kind is one loader
+function plus one registration, and the help and error texts list what is registered.
+
+A spec is ``NAME`` (an exact name such as ``digits``) or ``PREFIX:ARGUMENT`` (``npz:data.npz``). A
+registration may instead claim specs by a predicate (``file.py:factory``) and is tried in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from i2x.errors import UserError
+
+
+@dataclass(frozen=True)
+class SpecKind:
+    """One kind of spec: how it is written, what it is, and the function that opens it."""
+
+    usage: str                       # as shown to the user: "npz:PATH", "digits"
+    summary: str                     # one phrase for the help text
+    load: Callable[..., Any]         # called with the argument after the prefix (or the whole spec) first
+    matches: Callable[[str], bool] | None = None  # claims a spec by shape instead of by its prefix
+
+    @property
+    def prefix(self) -> str:
+        return self.usage.partition(":")[0] if ":" in self.usage else ""
+
+    def argument(self, spec: str) -> str | None:
+        """The spec's argument for this kind's loader, or None if the spec is not of this kind."""
+        if self.matches is not None:
+            return spec if self.matches(spec) else None
+        if not self.prefix:
+            return spec if spec == self.usage else None
+        kind, _, arg = spec.partition(":")
+        return arg if kind == self.prefix and arg else None
+
+
+class SpecRegistry:
+    """The kinds of one spec option (``--data`` or ``--model``), in the order they are tried."""
+
+    def __init__(self, option: str, noun: str) -> None:
+        self.option = option
+        self.noun = noun
+        self.kinds: list[SpecKind] = []
+
+    def register(self, usage: str, summary: str,
+                 matches: Callable[[str], bool] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: open specs written as ``usage`` with the decorated function."""
+        def add(load: Callable[..., Any]) -> Callable[..., Any]:
+            self.kinds.append(SpecKind(usage, summary, load, matches))
+            return load
+        return add
+
+    def usage(self) -> str:
+        """``a, b:PATH or c:NAME``: every registered way of writing a spec, for help and error texts."""
+        names = [k.usage for k in self.kinds]
+        return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
+
+    def help(self) -> str:
+        """One line per kind: its usage and what it opens."""
+        return "; ".join(f"{k.usage}: {k.summary}" for k in self.kinds)
+
+    def resolve(self, spec: str) -> tuple[SpecKind, str]:
+        """The kind that opens ``spec`` and the argument to pass its loader; a UserError lists the kinds."""
+        for kind in self.kinds:
+            arg = kind.argument(spec)
+            if arg is not None:
+                return kind, arg
+        raise UserError(f"{self.option} {spec}: unknown {self.noun} spec; use {self.usage()}")
