@@ -35,7 +35,6 @@ fixed seed, upsampled bilinearly to 32x32 so a small CNN's target layer has an 8
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import stat
@@ -50,7 +49,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from i2x.errors import UserError
-from i2x.io.specs import SpecRegistry
+from i2x.io.specs import SpecRegistry, import_file
 
 SPLITS = ("train", "test")
 MIN_PER_CLASS = 2  # training samples every class needs (one gives no class-internal variation to learn or map)
@@ -459,12 +458,7 @@ def _align_classes(folder: Any, classes: list[str], where: str) -> None:
 def _factory(target: str, opts: DataOptions) -> ImageData:
     file_part, _, attr = target.rpartition(":")
     path = Path(file_part)
-    if not path.is_file():
-        raise UserError(f"--data {target}: file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"i2x_user_data_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_file(path, "--data", target, "i2x_user_data_")
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise UserError(f"--data {target}: {path} has no callable named {attr!r}")

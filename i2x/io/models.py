@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import importlib.util
 import inspect
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
 from i2x.errors import UserError
-from i2x.io.specs import SpecRegistry
+from i2x.io.specs import SpecRegistry, import_file
 
 
 class SmallCNN(nn.Module):
@@ -124,13 +122,7 @@ def _load_factory(target: str) -> Callable[..., nn.Module]:
     if not module_part or not attr:
         raise UserError(f"--model {target}: expected 'package.module:factory' or 'file.py:factory'")
     if module_part.endswith(".py"):
-        path = Path(module_part)
-        if not path.is_file():
-            raise UserError(f"--model {target}: file {path} does not exist")
-        spec = importlib.util.spec_from_file_location(f"i2x_user_{path.stem}", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = import_file(module_part, "--model", target, "i2x_user_")
     else:
         try:
             module = importlib.import_module(module_part)

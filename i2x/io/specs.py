@@ -7,7 +7,10 @@ registration may instead claim specs by a predicate (``file.py:factory``) and is
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 from i2x.errors import UserError
@@ -68,3 +71,15 @@ class SpecRegistry:
             if arg is not None:
                 return kind, arg
         raise UserError(f"{self.option} {spec}: unknown {self.noun} spec; use {self.usage()}")
+
+
+def import_file(path: str | Path, option: str, spec: str, prefix: str) -> ModuleType:
+    """Import a user's Python file named by a spec (``--model net.py:make``); a missing file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{option} {spec}: file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"{prefix}{path.stem}", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module

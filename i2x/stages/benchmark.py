@@ -50,8 +50,8 @@ from i2x.metrics.faithfulness import pixel_order, random_order, value_at
 from i2x.metrics.road import impute
 from i2x.metrics.robustness import TRANSFORMS, max_sensitivity, pearson, spearman, top_k_iou
 from i2x.metrics.stats import nan_mean_std as mean_std
-from i2x.settings import option, validate
-from i2x.stages.context import open_context
+from i2x.settings import device_option, option, validate
+from i2x.stages.context import ModelAccess, open_context
 
 #: Methods the benchmark adds to the registered CAM methods.
 EXTRA_METHODS = ("occlusion", "dea")
@@ -64,7 +64,7 @@ def _names(value: Any) -> tuple[str, ...]:
 
 
 @dataclass
-class BenchmarkConfig:
+class BenchmarkConfig(ModelAccess):
     """Settings of ``i2x benchmark``."""
 
     checkpoints: tuple[str, ...] = option(("first", "mid", "final"), "checkpoints to benchmark: first, mid, final or "
@@ -96,12 +96,7 @@ class BenchmarkConfig:
                                        low=0)
     seed: int = option(0, "seed of the sample, random orders and noise")
     batch_size: int = option(512, "images per forward batch", low=1)
-    device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    trust_checkpoints: bool = option(False, "allow checkpoints that need pickled code")
-    trust_analysis: bool = option(False, "let this analysis folder's recorded model and data specs import their "
-                                  "Python files (only for folders you trust)")
-    model: str | None = option(None, "the model spec again (must match the recorded one) to allow its Python file",
-                               metavar="SPEC")
+    device: str = device_option()
     progress: bool = option(True, "show progress", cli=False)
 
 

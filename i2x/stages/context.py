@@ -166,6 +166,20 @@ def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
     return Context(config, data, dataset, index, labels, model, device, ckpts, listing)
 
 
+@dataclass
+class ModelAccess:
+    """Trust settings of a command that rebuilds the model from an analysis directory (see :func:`open_context`);
+    the configs of those commands inherit them."""
+
+    trust_checkpoints: bool = option(False, "allow checkpoints that need arbitrary pickled code to load (only for "
+                                     "files you trust)")
+    trust_analysis: bool = option(False, "let this analysis folder's recorded model and data specs import their "
+                                  "Python files, and honour its recorded --trust-checkpoints (only for folders you "
+                                  "trust)")
+    model: str | None = option(None, "the model spec again (must match the recorded one) to allow its Python file",
+                               metavar="SPEC")
+
+
 def check_forward(model: nn.Module, dataset: Dataset, model_spec: str, data_spec: str) -> None:
     """Run the fresh model on one image, so a model that cannot take the data's image size or channel
     count fails here with a message rather than deep inside extraction."""

@@ -32,8 +32,8 @@ from i2x.io.workdir import EVIDENCE, checkpoint_index, clean_json, describe_chec
 from i2x.metrics.evidence import iou_at_equal_area, leakage
 from i2x.metrics.faithfulness import select_buckets
 from i2x.metrics.stats import mean_std
-from i2x.settings import option, validate
-from i2x.stages.context import open_context
+from i2x.settings import device_option, option, validate
+from i2x.stages.context import ModelAccess, open_context
 from i2x.stages.faithfulness import cams_for_targets
 
 
@@ -46,7 +46,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 @dataclass
-class EvidenceConfig:
+class EvidenceConfig(ModelAccess):
     """Settings of ``i2x evidence`` (the optimiser's defaults are explained in :mod:`i2x.attribution.minimal_evidence`)."""
 
     samples: str = option("default", "samples to explain: default (per class the most confident and the most "
@@ -72,12 +72,7 @@ class EvidenceConfig:
                              "mask's leakage outside its region", metavar="FILE")
     batch_size: int = option(256, "masks optimised together", low=1)
     seed: int = option(0, "seed of the noise and the U-Net weights")
-    device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    trust_checkpoints: bool = option(False, "allow checkpoints that need pickled code to load")
-    trust_analysis: bool = option(False, "let this analysis folder's recorded model and data specs import their "
-                                  "Python files (only for folders you trust)")
-    model: str | None = option(None, "the model spec again (must match the recorded one) to allow its Python file",
-                               metavar="SPEC")
+    device: str = device_option()
 
 
 # ---- which samples and checkpoints ---------------------------------------------------------------

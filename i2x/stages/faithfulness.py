@@ -32,7 +32,7 @@ from i2x.metrics.faithfulness import FILLS, MODES, auc, constant_colour, drop_at
     perturbation_curves, pixel_order, random_order, select_buckets
 from i2x.metrics.stats import mean_std
 from i2x.settings import device_option, name_list, number_list, option, validate
-from i2x.stages.context import Context, open_context
+from i2x.stages.context import Context, ModelAccess, open_context
 
 BUCKETS = ("tp", "fp", "random")
 TARGET_RULE = ("tp and random: the true label; fp: the predicted (wrong) class, so the map shows the evidence "
@@ -153,7 +153,7 @@ def _bucket_summary(cam: dict[str, np.ndarray], rand: dict[str, np.ndarray], gri
 
 
 @dataclass
-class FaithfulnessConfig:
+class FaithfulnessConfig(ModelAccess):
     """Settings of the faithfulness study (recorded in ``faithfulness.json``)."""
 
     checkpoint: str = option("final", "checkpoint to test: final, first, or a name", metavar="NAME")
@@ -176,11 +176,6 @@ class FaithfulnessConfig:
     seed: int = option(0, "seed for bucket sampling, random orders and ROAD's noise")
     batch_size: int = option(512, "images per forward batch", low=1)
     device: str = device_option()
-    trust_checkpoints: bool = option(False, "allow checkpoints that need pickled code")
-    trust_analysis: bool = option(False, "let this analysis folder's recorded model and data specs import their "
-                                  "Python files (only for folders you trust)")
-    model: str | None = option(None, "the model spec again (must match the recorded one) to allow its Python file",
-                               metavar="SPEC")
 
 
 def faithfulness(out_dir: str | Path, config: FaithfulnessConfig | None = None, progress: bool = True,

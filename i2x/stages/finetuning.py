@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from i2x.stages.context import Context, open_context, open_data
+from i2x.stages.context import Context, ModelAccess, open_context, open_data
 from i2x.io.data import labels_of
 from i2x.errors import UserError
 from i2x.io.lock import locked
@@ -128,7 +128,7 @@ def _check_pairs(pairs: str | Sequence[tuple[int | str, int | str]]) -> None:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(ModelAccess):
     """Settings of curated -> full fine-tuning (recorded in ``finetune.json``)."""
 
     strategies: tuple[str, ...] = option(DEFAULT_STRATEGIES, "stage-1 -> stage-2 data: full-full, curated-curated, "
@@ -154,11 +154,6 @@ class FinetuneConfig:
     dest: str | None = option(None, "output directory (default DIR/finetune)", metavar="DIR")
     batch_size: int = option(64, "batch size", low=1)
     device: str = device_option()
-    trust_checkpoints: bool = option(False, "allow checkpoints that need pickled code (only for files you trust)")
-    trust_analysis: bool = option(False, "let this analysis folder's recorded model and data specs import their "
-                                  "Python files (only for folders you trust)")
-    model: str | None = option(None, "the model spec again (must match the recorded one) to allow its Python file",
-                               metavar="SPEC")
 
 
 def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress: bool = True,
