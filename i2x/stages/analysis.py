@@ -98,10 +98,19 @@ class AnalyzeResult:
     summary_path: Path | None = None
 
 
-def _timed(timings: dict[str, float], name: str, start: float) -> float:
-    now = time.perf_counter()
-    timings[name] = round(now - start, 3)
-    return now
+class _Progress:
+    """Times the named steps of the analysis and advances one progress bar per step."""
+
+    def __init__(self, steps: int, progress: bool) -> None:
+        self.timings: dict[str, float] = {}
+        self.bar = tqdm(total=steps, desc="analysis", disable=not progress)
+        self.start = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self.start, 3)
+        self.start = now
+        self.bar.update()
 
 
 def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool = True) -> AnalyzeResult:
@@ -115,11 +124,53 @@ def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool
 
 
 def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> AnalyzeResult:
-    cams = store.cam(cfg.method)
-    probs = store.array("probs")
+    """The analysis as a list of steps, each writing its arrays to the store's ``analysis/`` group."""
+    finite, usable = _usable(store)
     labels = store.read("labels")
-    names = store.class_names
-    m = len(names)
+    groups_est, mapping_est, structure_est = _estimators(cfg, len(labels))  # settings checked before clearing
+    steps = _Progress(8, progress)
+    protos, k_scores = _prototypes(store, out, cfg)
+    steps.done("prototypes")
+    P, present, share = _intensity(store, cfg, protos, len(finite))
+    steps.done("intensity")
+    acc, loss, conf = _accuracy(store, labels, usable, len(finite))
+    P_used, probs_used = _AtCheckpoints(P, usable), _AtCheckpoints(store.array("probs"), usable)
+    groups = groups_est.fit(probs_used)
+    store.write("analysis/groups", groups.labels_, chunks=(1, len(labels)))
+    steps.done("groups")
+    mapping = mapping_est.fit(P_used, probs_used, groups.labels_)
+    _write_mapping(store, mapping, protos.k_, len(store.class_names))
+    steps.done("mapping")
+    structure = structure_est.fit(mapping.beta_, present, labels, groups.labels_, conf[usable[-1]])
+    steps.done("structure")
+    significance = FlipSignificance(
+        level=cfg.significance_level, null_runs=cfg.null_runs, fdr=cfg.fdr, noise_quantile=cfg.noise_quantile,
+        min_flips=cfg.min_flips, random_state=cfg.seed,
+    ).fit(P_used, probs_used, mapping.alpha_, mapping.beta_)
+    store.write("analysis/beta_se", significance.se_.astype(np.float32))
+    steps.done("significance")
+    carto = cartography(probs_used, labels)
+    for key, value in carto.items():
+        store.write(f"analysis/{key}", value)
+    steps.done("cartography")
+    steps.bar.close()
+
+    step_pairs = [[int(a), int(b)] for a, b in zip(usable[:-1], usable[1:])]
+    summary = _summary(store, cfg, protos, structure, mapping, groups, carto, acc, loss, conf, step_pairs, present,
+                       labels, share, k_scores, finite)
+    top_pairs = {(a, b) for a, b, _ in structure.top_confused_pairs_}
+    summary.update(_significance_summary(significance, cfg, summary["uncertain"], top_pairs, store.class_names))
+    for u in summary["uncertain"]:
+        covered = np.isin(labels, u["classes"]) & (share[:, u["prototype"]] >= 0.1)
+        u.setdefault("curation_excludes", int(covered.sum()))
+    summary["timings"] = steps.timings
+    store.set_analysis_attrs({"config": asdict(cfg), "k": protos.k_, "method": cfg.method, "steps": step_pairs})
+    path = save_summary(out, summary)  # written last and atomically: readers never see half of it
+    return AnalyzeResult(summary, steps.timings, path)
+
+
+def _usable(store: Store) -> tuple[np.ndarray, np.ndarray]:
+    """Which checkpoints have finite weights, and their indices; the final one must be among them."""
     finite = store.read("finite").astype(bool)
     usable = np.flatnonzero(finite)
     if usable.size == 0:
@@ -130,21 +181,27 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
             f"prototypes are built from the final checkpoint's features; extract again without it (e.g. add "
             f"--first {usable[-1] + 1} --overwrite to the `i2x extract` command)"
         )
-    # every setting is checked (by building the estimators) before the previous analysis is cleared below
-    group_est = ConfidenceGroups(min_cluster_size=cfg.min_cluster_size, min_samples=_min_samples(cfg, len(labels)),
-                                 max_fit_samples=cfg.max_group_samples, n_jobs=cfg.jobs, random_state=cfg.seed)
-    mapping_est = RidgeMapping(alpha=cfg.alpha)
-    structure_est = Structure(
+    return finite, usable
+
+
+def _estimators(cfg: AnalyzeConfig, n: int) -> tuple[ConfidenceGroups, RidgeMapping, Structure]:
+    """The estimators of the later steps, their settings checked now (scikit-learn style, fit would check them
+    only after the previous analysis is cleared)."""
+    groups = ConfidenceGroups(min_cluster_size=cfg.min_cluster_size, min_samples=_min_samples(cfg, n),
+                              max_fit_samples=cfg.max_group_samples, n_jobs=cfg.jobs, random_state=cfg.seed)
+    mapping = RidgeMapping(alpha=cfg.alpha)
+    structure = Structure(
         shared_presence=cfg.shared_presence, specialized_presence=cfg.specialized_presence,
         specialized_max_overall=cfg.specialized_max_overall, noise_quantile=cfg.noise_quantile,
         min_flips=cfg.min_flips, top_confused=cfg.top_confused,
     )
-    mapping_est._check_settings()  # the estimators check their settings in fit (scikit-learn style): check now
-    structure_est._check_settings()
-    timings: dict[str, float] = {}
-    bar = tqdm(total=7, desc="analysis", disable=not progress)
-    t0 = time.perf_counter()
+    mapping._check_settings()
+    structure._check_settings()
+    return groups, mapping, structure
 
+
+def _prototypes(store: Store, out: Path, cfg: AnalyzeConfig) -> tuple[Prototypes, dict[int, float]]:
+    """Fit the prototypes on the final checkpoint's features, then clear the previous analysis and write them."""
     features = store.array("features")
     k_scores: dict[int, float] = {}
     k = cfg.k
@@ -153,31 +210,33 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
                                max_points_per_centroid=cfg.max_points_per_centroid, use_gpu=_gpu(cfg.device))
     protos = Prototypes(k=int(k), pca_dim=cfg.pca_dim, seed=cfg.seed, max_fit_vectors=cfg.max_fit_vectors,
                         max_points_per_centroid=cfg.max_points_per_centroid, use_gpu=_gpu(cfg.device)).fit(features)
-    K = protos.k_
     (out / SUMMARY).unlink(missing_ok=True)  # the old summary describes the analysis cleared below
     store.clear_analysis()
     store.write("analysis/pca_mean", protos.pca_.mean_.astype(np.float32))
     store.write("analysis/pca_components", protos.pca_.components_.astype(np.float32))
     store.write("analysis/centroids", protos.centroids_)
     store.write("analysis/assign", protos.assign_, chunks=(store.chunk_n,) + protos.assign_.shape[1:])
-    t0 = _timed(timings, "prototypes", t0)
-    bar.update()
+    return protos, k_scores
 
-    n_ckpt, n = len(finite), len(labels)
-    P, _ = intensity(cams, protos.assign_, K, out=(
+
+def _intensity(store: Store, cfg: AnalyzeConfig, protos: Prototypes,
+               n_ckpt: int) -> tuple[Any, np.ndarray, np.ndarray]:
+    """Stream P[t, n, k] into the store; returns it (lazy), the presence mask and each prototype's share."""
+    n, K = len(store.read("labels")), protos.k_
+    P, _ = intensity(store.cam(cfg.method), protos.assign_, K, out=(
         store.create("analysis/intensity", (n_ckpt, n, K), "float32", (1, store.chunk_n, K)),
         store.create("analysis/present", (n, K), "bool", (store.chunk_n, K))))
-    present = store.read("analysis/present")
     share = presence_share(protos.assign_, K)
     store.write("analysis/share", share)
-    t0 = _timed(timings, "intensity", t0)
-    bar.update()
+    return P, store.read("analysis/present"), share
 
-    P_used, probs_used = _AtCheckpoints(P, usable), _AtCheckpoints(probs, usable)
-    steps = [[int(a), int(b)] for a, b in zip(usable[:-1], usable[1:])]
-    acc = np.full(len(finite), np.nan)
-    loss = np.full(len(finite), np.nan)
-    conf = np.zeros((len(finite), m, m), dtype=np.int64)
+
+def _accuracy(store: Store, labels: np.ndarray, usable: np.ndarray,
+              n_ckpt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Accuracy, loss and confusion matrix per usable checkpoint (NaN elsewhere); at least two are needed."""
+    probs, m = store.array("probs"), len(store.class_names)
+    acc, loss = np.full(n_ckpt, np.nan), np.full(n_ckpt, np.nan)
+    conf = np.zeros((n_ckpt, m, m), dtype=np.int64)
     rows = np.arange(len(labels))
     for t in usable:
         p = probs[int(t)]
@@ -187,55 +246,12 @@ def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> Ana
     store.write("analysis/accuracy", acc)
     store.write("analysis/loss", loss)
     store.write("analysis/confusion", conf)
-
     if len(usable) < 2:
         raise UserError(
             f"{store.path}: only {len(usable)} usable checkpoint(s); prototypes, intensity and accuracy are written, "
             "but confidence groups, the ridge mapping and the structure need two or more checkpoints (deltas)"
         )
-    groups = group_est.fit(probs_used)
-    store.write("analysis/groups", groups.labels_, chunks=(1, len(labels)))
-    t0 = _timed(timings, "groups", t0)
-    bar.update()
-
-    mapping = mapping_est.fit(P_used, probs_used, groups.labels_)
-    store.write("analysis/beta", mapping.beta_)
-    store.write("analysis/alpha", mapping.alpha_)
-    store.write("analysis/r2", mapping.r2_)
-    _write_group_betas(store, mapping, len(steps), K, m)
-    t0 = _timed(timings, "mapping", t0)
-    bar.update()
-
-    structure = structure_est.fit(mapping.beta_, present, labels, groups.labels_, conf[usable[-1]])
-    t0 = _timed(timings, "structure", t0)
-    bar.update()
-
-    significance = FlipSignificance(
-        level=cfg.significance_level, null_runs=cfg.null_runs, fdr=cfg.fdr, noise_quantile=cfg.noise_quantile,
-        min_flips=cfg.min_flips, random_state=cfg.seed,
-    ).fit(P_used, probs_used, mapping.alpha_, mapping.beta_)
-    store.write("analysis/beta_se", significance.se_.astype(np.float32))
-    t0 = _timed(timings, "significance", t0)
-    bar.update()
-
-    carto = cartography(probs_used, labels)
-    for key, value in carto.items():
-        store.write(f"analysis/{key}", value)
-    t0 = _timed(timings, "cartography", t0)
-    bar.update()
-    bar.close()
-
-    summary = _summary(store, cfg, protos, structure, mapping, groups, carto, acc, loss, conf, steps, present,
-                       labels, share, k_scores, finite)
-    top_pairs = {(a, b) for a, b, _ in structure.top_confused_pairs_}
-    summary.update(_significance_summary(significance, cfg, summary["uncertain"], top_pairs, store.class_names))
-    for u in summary["uncertain"]:
-        covered = np.isin(labels, u["classes"]) & (share[:, u["prototype"]] >= 0.1)
-        u.setdefault("curation_excludes", int(covered.sum()))
-    summary["timings"] = timings
-    store.set_analysis_attrs({"config": asdict(cfg), "k": K, "method": cfg.method, "steps": steps})
-    path = save_summary(out, summary)  # written last and atomically: readers never see half of it
-    return AnalyzeResult(summary, timings, path)
+    return acc, loss, conf
 
 
 class _AtCheckpoints:
@@ -271,8 +287,13 @@ def _gpu(device: str) -> bool | str:
     return False if device == "cpu" else "auto"
 
 
-def _write_group_betas(store: Store, mapping: RidgeMapping, n_steps: int, k: int, m: int) -> None:
-    """Per-group β as a padded ``[s, g, k, m]`` array (NaN where a slot is unused) with ``group_ids``."""
+def _write_mapping(store: Store, mapping: RidgeMapping, k: int, m: int) -> None:
+    """The global β, λ and R² per step, and per-group β as a padded ``[s, g, k, m]`` array (NaN where a slot
+    is unused) with ``group_ids``."""
+    store.write("analysis/beta", mapping.beta_)
+    store.write("analysis/alpha", mapping.alpha_)
+    store.write("analysis/r2", mapping.r2_)
+    n_steps = len(mapping.beta_)
     per_step: dict[int, list[int]] = {}
     for step, group in sorted(mapping.group_beta_):
         per_step.setdefault(step, []).append(group)
