@@ -8,6 +8,9 @@ Supported specs:
 * ``timm:NAME``: a timm model (``pip install 'i2x[timm]'``) built with ``pretrained=False`` (never
   downloads), ``num_classes`` and ``in_chans`` set; extra keyword arguments as ``timm:NAME?key=value&...``
   (e.g. ``timm:vit_tiny_patch16_224?img_size=32&patch_size=4&depth=2``).
+* ``hf:PATH``: a Hugging Face image classifier (``pip install 'i2x[hf]'``) built from the ``config.json`` in
+  ``PATH`` (a Trainer ``checkpoint-N/`` folder or the folder ``save_pretrained`` wrote) with
+  ``AutoModelForImageClassification.from_config`` (never downloads); its forward returns the logits.
 * ``package.module:factory`` and ``path/to/file.py:factory``: a callable returning an nn.Module;
   it is called with ``num_classes=`` and ``in_channels=`` when it accepts them.
 """
@@ -117,6 +120,41 @@ def _timm_model(target: str, num_classes: int, in_channels: int) -> nn.Module:
         raise UserError(f"--model timm:{target}: timm could not build it ({exc})") from exc
 
 
+def _logits(_module: nn.Module, _inputs: object, output: object) -> object:
+    """Forward hook: a Hugging Face output object becomes its ``.logits`` tensor (what every stage expects)."""
+    return getattr(output, "logits", output)
+
+
+def _hf_model(target: str, num_classes: int, in_channels: int) -> nn.Module:
+    """A Hugging Face image classifier from the ``config.json`` in folder ``target`` (no weights, no download).
+
+    The model keeps its own parameter names (``vit.encoder.layer.0...``) so Trainer checkpoints and
+    snapshots load as they are; a forward hook makes it return the logits rather than an output object.
+    """
+    try:
+        from transformers import AutoConfig, AutoModelForImageClassification
+    except ImportError:
+        raise UserError(f"--model hf:{target}: transformers is not installed; pip install 'i2x[hf]' "
+                        "(or pip install transformers)") from None
+    folder = Path(target)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"--model hf:{target}: no config.json in {folder}; point it at a Trainer checkpoint-N/ folder "
+                        "or a folder written by save_pretrained")
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        model = AutoModelForImageClassification.from_config(config)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"--model hf:{target}: transformers could not build a classifier from {folder / 'config.json'} "
+                        f"({str(exc).splitlines()[0][:200]})") from exc
+    labels = getattr(config, "num_labels", num_classes)
+    channels = getattr(config, "num_channels", in_channels)
+    if labels != num_classes or channels != in_channels:
+        raise UserError(f"--model hf:{target}: its config.json has {labels} classes and {channels} input channels but "
+                        f"the data has {num_classes} and {in_channels}; check --data, --num-classes and --channels")
+    model.register_forward_hook(_logits)
+    return model
+
+
 def _load_factory(target: str) -> Callable[..., nn.Module]:
     """Resolve ``package.module:factory`` or ``path/to/file.py:factory`` to a callable."""
     module_part, _, attr = target.rpartition(":")
@@ -149,6 +187,8 @@ def build_model(spec: str, num_classes: int, in_channels: int = 3) -> nn.Module:
         return _torchvision_model(spec.split(":", 1)[1], num_classes, in_channels)
     if spec.startswith("timm:"):
         return _timm_model(spec.split(":", 1)[1], num_classes, in_channels)
+    if spec.startswith("hf:"):
+        return _hf_model(spec.split(":", 1)[1], num_classes, in_channels)
     if ":" in spec:
         factory = _load_factory(spec)
         params = inspect.signature(factory).parameters
@@ -160,6 +200,6 @@ def build_model(spec: str, num_classes: int, in_channels: int = 3) -> nn.Module:
             raise UserError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch nn.Module")
         return model
     raise UserError(
-        f"--model {spec}: unknown model spec; use small-cnn, torchvision:NAME, timm:NAME, "
+        f"--model {spec}: unknown model spec; use small-cnn, torchvision:NAME, timm:NAME, hf:PATH, "
         "package.module:factory or path/to/file.py:factory"
     )
