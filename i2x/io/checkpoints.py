@@ -625,7 +625,12 @@ def load_state_dict(checkpoint: Checkpoint, model: nn.Module, trust: bool = Fals
     """Read ``checkpoint`` and return its state_dict with keys matched to ``model``'s."""
     payload = _read_payload(checkpoint.path, trust)
     state = _unwrap(payload, checkpoint.path)
-    return _strip_prefixes(state, set(model.state_dict()))
+    expected = set(model.state_dict())
+    state = _strip_prefixes(state, expected)
+    convert = getattr(model, "i2x_convert_state", None)  # a model whose files may use other names (hf:PATH)
+    if convert is not None and set(state) != expected:
+        state = convert(state)
+    return state
 
 
 def load_into(model: nn.Module, checkpoint: Checkpoint, trust: bool = False) -> dict[str, torch.Tensor]:

@@ -152,7 +152,27 @@ def _hf_model(target: str, num_classes: int, in_channels: int) -> nn.Module:
         raise UserError(f"--model hf:{target}: its config.json has {labels} classes and {channels} input channels but "
                         f"the data has {num_classes} and {in_channels}; check --data, --num-classes and --channels")
     model.register_forward_hook(_logits)
+    model.i2x_convert_state = lambda state: _hf_renamed(model, state)
     return model
+
+
+def _hf_renamed(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` in ``model``'s parameter names. transformers 5 writes some models' files (``save_pretrained``, so
+    Trainer checkpoints) under their older names (``vit.encoder.layer.0.attention.attention.query``); only its own
+    loader renames them, so the weights go through ``from_pretrained`` on a temporary folder. Returned unchanged
+    (for the caller's key check to report) when they do not load completely."""
+    import tempfile
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForImageClassification
+
+    with tempfile.TemporaryDirectory(prefix="i2x-hf-") as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(Path(tmp) / "model.safetensors"), metadata={"format": "pt"})
+        model.config.save_pretrained(tmp)
+        loaded, info = AutoModelForImageClassification.from_pretrained(tmp, local_files_only=True, output_loading_info=True)
+        if info.get("missing_keys") or info.get("unexpected_keys") or info.get("mismatched_keys"):
+            return state
+        return {k: v.detach().clone() for k, v in loaded.state_dict().items()}  # not mapped from the folder
 
 
 def _load_factory(target: str) -> Callable[..., nn.Module]:
