@@ -658,9 +658,12 @@ def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path |
         if items:
             more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
             parts.append(f"{label}: {', '.join(items[:5])}{more}")
+    folder = Path(path).parent
+    hint = (f" It sits beside a Hugging Face config.json: --model hf:{folder} builds the model that config describes."
+            if (folder / "config.json").is_file() and Path(path).name in HF_WEIGHT_FILES else "")
     raise UserError(
         f"{path}: the checkpoint does not fit the model ({'; '.join(parts)}). "
-        "Check --model, --num-classes, --channels and the data's class count."
+        f"Check --model, --num-classes, --channels and the data's class count.{hint}"
     )
 
 
