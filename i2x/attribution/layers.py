@@ -75,6 +75,16 @@ def _reaches_logits(model: nn.Module, module: nn.Module, example_input: torch.Te
     return grad is not None and bool(grad.abs().sum() > 0)
 
 
+def _is_block(modules: dict[str, nn.Module], name: str) -> bool:
+    """Whether ``name`` is one of a stack of blocks: a child of a ModuleList/Sequential with a sibling of its type."""
+    parent, _, _ = name.rpartition(".")
+    container = modules.get(parent)
+    if not isinstance(container, (nn.ModuleList, nn.Sequential)):
+        return False
+    kind = type(modules[name])
+    return sum(type(child) is kind for child in container.children()) >= 2
+
+
 def find_target_layer(model: nn.Module, example_input: torch.Tensor, tokens: Layout | None = None) -> str:
     """D1 in docs/ARCHITECTURE.md: the dotted name of the last module (in forward order) whose output is
     a map with both spatial sizes >= 3. Modules run more than once per forward (a shared ReLU) are skipped,
@@ -104,6 +114,8 @@ def find_target_layer(model: nn.Module, example_input: torch.Tensor, tokens: Lay
         # tokens no longer reach them and their gradient is zero, so the last block's input is taken.
         first = sequences[0][0]  # later 4-D outputs are attention internals ([B, heads, N, d]), not maps
         candidates = [name for i, name, layout in maps if layout.kind == "bchw" and i < first][-1:]
+        # Whole blocks first (an attention's own value projection can reach the class token too, but is no block).
+        usable.sort(key=lambda item: _is_block(modules, item[0]))
         for name, layout in reversed(usable):
             if _reaches_logits(model, modules[name], example_input, layout):
                 candidates.append(name)

@@ -625,7 +625,12 @@ def load_state_dict(checkpoint: Checkpoint, model: nn.Module, trust: bool = Fals
     """Read ``checkpoint`` and return its state_dict with keys matched to ``model``'s."""
     payload = _read_payload(checkpoint.path, trust)
     state = _unwrap(payload, checkpoint.path)
-    return _strip_prefixes(state, set(model.state_dict()))
+    expected = set(model.state_dict())
+    state = _strip_prefixes(state, expected)
+    convert = getattr(model, "i2x_convert_state", None)  # a model whose files may use other names (hf:PATH)
+    if convert is not None and set(state) != expected:
+        state = convert(state)
+    return state
 
 
 def load_into(model: nn.Module, checkpoint: Checkpoint, trust: bool = False) -> dict[str, torch.Tensor]:
@@ -653,9 +658,12 @@ def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path |
         if items:
             more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
             parts.append(f"{label}: {', '.join(items[:5])}{more}")
+    folder = Path(path).parent
+    hint = (f" It sits beside a Hugging Face config.json: --model hf:{folder} builds the model that config describes."
+            if (folder / "config.json").is_file() and Path(path).name in HF_WEIGHT_FILES else "")
     raise UserError(
         f"{path}: the checkpoint does not fit the model ({'; '.join(parts)}). "
-        "Check --model, --num-classes, --channels and the data's class count."
+        f"Check --model, --num-classes, --channels and the data's class count.{hint}"
     )
 
 

@@ -8,6 +8,9 @@ Supported specs:
 * ``timm:NAME``: a timm model (``pip install 'i2x[timm]'``) built with ``pretrained=False`` (never
   downloads), ``num_classes`` and ``in_chans`` set; extra keyword arguments as ``timm:NAME?key=value&...``
   (e.g. ``timm:vit_tiny_patch16_224?img_size=32&patch_size=4&depth=2``).
+* ``hf:PATH``: a Hugging Face image classifier (``pip install 'i2x[hf]'``) built from the ``config.json`` in
+  ``PATH`` (a Trainer ``checkpoint-N/`` folder or the folder ``save_pretrained`` wrote) with
+  ``AutoModelForImageClassification.from_config`` (never downloads); its forward returns the logits.
 * ``package.module:factory`` and ``path/to/file.py:factory``: a callable returning an nn.Module;
   it is called with ``num_classes=`` and ``in_channels=`` when it accepts them.
 """
@@ -116,6 +119,61 @@ def _timm_model(target: str, num_classes: int, in_channels: int) -> nn.Module:
         raise UserError(f"--model timm:{target}: timm could not build it ({exc})") from exc
 
 
+def _logits(_module: nn.Module, _inputs: object, output: object) -> object:
+    """Forward hook: a Hugging Face output object becomes its ``.logits`` tensor (what every stage expects)."""
+    return getattr(output, "logits", output)
+
+
+def _hf_model(target: str, num_classes: int, in_channels: int) -> nn.Module:
+    """A Hugging Face image classifier from the ``config.json`` in folder ``target`` (no weights, no download).
+
+    The model keeps its own parameter names (``vit.encoder.layer.0...``) so Trainer checkpoints and
+    snapshots load as they are; a forward hook makes it return the logits rather than an output object.
+    """
+    try:
+        from transformers import AutoConfig, AutoModelForImageClassification
+    except ImportError:
+        raise UserError(f"--model hf:{target}: transformers is not installed; pip install 'i2x[hf]' "
+                        "(or pip install transformers)") from None
+    folder = Path(target)
+    if not (folder / "config.json").is_file():
+        raise UserError(f"--model hf:{target}: no config.json in {folder}; point it at a Trainer checkpoint-N/ folder "
+                        "or a folder written by save_pretrained")
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        model = AutoModelForImageClassification.from_config(config)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"--model hf:{target}: transformers could not build a classifier from {folder / 'config.json'} "
+                        f"({str(exc).splitlines()[0][:200]})") from exc
+    labels = getattr(config, "num_labels", num_classes)
+    channels = getattr(config, "num_channels", in_channels)
+    if labels != num_classes or channels != in_channels:
+        raise UserError(f"--model hf:{target}: its config.json has {labels} classes and {channels} input channels but "
+                        f"the data has {num_classes} and {in_channels}; check --data, --num-classes and --channels")
+    model.register_forward_hook(_logits)
+    model.i2x_convert_state = lambda state: _hf_renamed(model, state)
+    return model
+
+
+def _hf_renamed(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` in ``model``'s parameter names. transformers 5 writes some models' files (``save_pretrained``, so
+    Trainer checkpoints) under their older names (``vit.encoder.layer.0.attention.attention.query``); only its own
+    loader renames them, so the weights go through ``from_pretrained`` on a temporary folder. Returned unchanged
+    (for the caller's key check to report) when they do not load completely."""
+    import tempfile
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForImageClassification
+
+    with tempfile.TemporaryDirectory(prefix="i2x-hf-") as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(Path(tmp) / "model.safetensors"), metadata={"format": "pt"})
+        model.config.save_pretrained(tmp)
+        loaded, info = AutoModelForImageClassification.from_pretrained(tmp, local_files_only=True, output_loading_info=True)
+        if info.get("missing_keys") or info.get("unexpected_keys") or info.get("mismatched_keys"):
+            return state
+        return {k: v.detach().clone() for k, v in loaded.state_dict().items()}  # not mapped from the folder
+
+
 def _load_factory(target: str) -> Callable[..., nn.Module]:
     """Resolve ``package.module:factory`` or ``path/to/file.py:factory`` to a callable."""
     module_part, _, attr = target.rpartition(":")
@@ -154,6 +212,8 @@ MODEL_SPECS.register("small-cnn", "the built-in demo CNN")(
 MODEL_SPECS.register("torchvision:NAME", "a torchvision model with weights=None (never downloads)")(_torchvision_model)
 MODEL_SPECS.register("timm:NAME", "a timm model with pretrained=False; timm:NAME?key=value sets model arguments")(
     _timm_model)
+MODEL_SPECS.register("hf:PATH", "a Hugging Face image classifier built from PATH/config.json (never downloads)")(
+    _hf_model)
 MODEL_SPECS.register("package.module:factory or path/to/file.py:factory", "a callable returning an nn.Module",
                      matches=lambda spec: ":" in spec)(_factory_model)
 
