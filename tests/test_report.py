@@ -11,6 +11,7 @@ import html
 import io
 import json
 import shutil
+from pathlib import Path
 from html.parser import HTMLParser
 
 import numpy as np
@@ -24,7 +25,7 @@ from i2x.attribution import display_maps
 from i2x.reporting import Section, build_report
 from i2x.reporting.images import HIGHLIGHT, jet, overlays, prototype_patches, to_rgb
 from i2x.reporting.inputs import ReportInputs
-from i2x.reporting.page import script_json
+from i2x.reporting.page import script_json, scrub_paths, shown_path
 from i2x.reporting.sections import _groups_fact, uncertain
 from i2x.io.store import Store
 
@@ -210,7 +211,7 @@ def test_optional_section_appears_only_with_its_file(tiny_run, tmp_path, monkeyp
         found = r.optional_json("extra.json")
         return None if found is None else Section("extra", "Extra", "An added section.", f"<p>{found['n']}</p>")
 
-    monkeypatch.setattr(report_build, "SECTIONS", [*report_build.SECTIONS[:1], extra])
+    monkeypatch.setattr(report_build, "SECTIONS", [*report_build.SECTIONS[:2], extra])
     page = Page(build_report(out, progress=False, pngs=False).read_text(encoding="utf-8"))
     assert "overview" in page.ids() and "extra" not in page.ids()
     (out / "extra.json").write_text(json.dumps({"n": 7}))
@@ -251,6 +252,54 @@ def test_diverged_checkpoint_is_shown_as_such(tiny_run, tmp_path):
     accuracy = specs_of(Page(text))["chart-accuracy"]
     points = next(v for v in accuracy["datasets"].values() if v and "accuracy" in v[0])
     assert name not in {p["checkpoint"] for p in points}
+
+
+def test_verdict_comes_first_and_links_to_its_evidence(tiny_report):
+    text = tiny_report.read_text(encoding="utf-8")
+    page = Page(text)
+    sections = [a["id"] for t, a in page.tags if t == "section"]
+    assert sections[:2] == ["verdict", "overview"]
+    summary = json.loads((tiny_report.parent / "summary.json").read_text())
+    verdict = text[text.index('<section id="verdict"'):text.index('<section id="overview"')]
+    accuracy = [a for a in summary["accuracy"] if a is not None]
+    assert f"{accuracy[0]:.1%}" in verdict and f"{accuracy[-1]:.1%}" in verdict
+    assert html.escape(summary["reliance"]["verdict"]) in verdict
+    u = summary["uncertain"][0]
+    assert f'href="#prototype-{u["prototype"]}"' in verdict
+    assert f'href="#class-{u["classes"][0]}"' in verdict
+    c = summary["uncertainty"]
+    assert f"{c['flagged']} of {summary['k']} prototypes flagged, {c['significant']} significant" in verdict
+    # the settings table moved below the accuracy and confusion charts
+    overview = text[text.index('<section id="overview"'):]
+    assert overview.index("chart-confusion") < overview.index("<h3>Settings</h3>")
+
+
+def test_every_internal_link_lands_on_an_anchor(tiny_report):
+    page = Page(tiny_report.read_text(encoding="utf-8"))
+    ids = page.ids()
+    targets = [a["href"][1:] for t, a in page.tags if t == "a" and (a.get("href") or "").startswith("#")]
+    assert {f"class-{c}" for c in range(len(HOSTILE_NAMES))} <= ids
+    assert not [t for t in targets if t not in ids]
+    prototype_links = {t for t in targets if t.startswith("prototype-")}
+    assert len(prototype_links) >= 3  # verdict, class structure and uncertain cards link their prototypes
+
+
+def test_no_absolute_path_of_the_machine_in_the_page(tiny_report):
+    text = tiny_report.read_text(encoding="utf-8")
+    run_root = tiny_report.parent.parent  # holds the data file, the checkpoints and the analysis dir
+    for path in (run_root, run_root.resolve(), Path.home()):
+        assert str(path) not in text
+    assert "npz:d.npz" in text  # the data named by its file name
+
+
+def test_paths_are_shown_relative_or_by_name(tmp_path):
+    base = tmp_path / "an"
+    assert shown_path(base / "store.zarr", base) == "store.zarr"
+    assert shown_path(f"npz:{tmp_path / 'd.npz'}", base) == "npz:d.npz"
+    assert shown_path(f"{tmp_path / 'model.py'}:Net", base) == "model.py:Net"
+    assert shown_path("digits", base) == "digits"
+    text = scrub_paths(f"could not open {tmp_path / 'x' / 'y.npz'}, see {base / 'a' / 'b.json'}; 1/2", base)
+    assert text == "could not open y.npz, see a/b.json; 1/2"
 
 
 # ---- the picture helpers on analytic cases --------------------------------------------------------

@@ -17,11 +17,12 @@ import pandas as pd
 from i2x.reporting import charts
 from i2x.reporting.images import jet, overlays, png_uri, resize, to_rgb
 from i2x.reporting.inputs import ReportInputs
-from i2x.reporting.page import Raw, Section, chip, esc, img, table
+from i2x.reporting.page import Raw, Section, chip, class_ref, esc, img, proto_ref, scrub_paths, shown_path, table
 from i2x.reporting.sections.evidence import evidence_section
 from i2x.reporting.sections.benchmark import benchmark_section
 from i2x.reporting.sections.reliance import reliance_section
 from i2x.reporting.sections.studies import drift_section, faithfulness_section
+from i2x.reporting.sections.verdict import verdict_section
 
 SectionBuilder = Callable[[ReportInputs], "Section | None"]
 
@@ -48,12 +49,13 @@ MAX_HEATMAP_CELLS = 60_000  # β rows (step x prototype x class) embedded for th
 
 
 def _chips(r: ReportInputs, ids: list[int], kind: str) -> Raw:
-    return Raw("".join(chip(r.names[i], kind) for i in ids) or '<span class="muted">none</span>')
+    """Classes as chips linked to their rows in the class structure section, or a muted 'none'."""
+    return Raw("".join(class_ref(i, r.names[i], kind) for i in ids) or '<span class="muted">none</span>')
 
 
 def _ids(ks: list[int], kind: str) -> Raw:
-    """Prototype ids as chips (P3, P17) or a muted 'none'."""
-    return Raw("".join(chip(f"P{k}", kind) for k in ks) or '<span class="muted">none</span>')
+    """Prototype ids as chips (P3, P17) linked to their cards, or a muted 'none'."""
+    return Raw("".join(proto_ref(k, kind) for k in ks) or '<span class="muted">none</span>')
 
 
 def _patch_imgs(r: ReportInputs, k: int) -> str:
@@ -85,9 +87,9 @@ def overview(r: ReportInputs) -> Section:
     size = r.input_size
     cell = f", one cell ≈ {size[0] / h:.3g} x {size[1] / w:.3g} px of the input" if size else ""
     facts = [
-        ("Data", f"{s['data']} (split {s['split']}, {s['n_samples']} samples, {len(names)} classes)"),
+        ("Data", f"{shown_path(s['data'], r.out_dir)} (split {s['split']}, {s['n_samples']} samples, {len(names)} classes)"),
         ("Input size", f"{size[0]} x {size[1]} px" if size else "the data set's default"),
-        ("Model", s["model"]),
+        ("Model", shown_path(s["model"], r.out_dir)),
         ("Target layer and grid", f"{s['layer']}: {h} x {w}{cell}"),
         ("CAM target", f"{s['target']} class; maps stored: {', '.join(s['methods_stored'])}; analysed: {s['method']}"),
         ("Prototypes", f"K = {s['k']} (asked {s['k_requested']}), PCA to {s['pca_dim']} dims "
@@ -96,10 +98,11 @@ def overview(r: ReportInputs) -> Section:
         ("Checkpoints", f"{len(ckpts)} ({len(s['diverged'])} diverged), {len(s['steps'])} steps between usable ones"),
         ("Confidence groups", _groups_fact(s)),
     ]
-    parts = [table(None, facts, "facts")]
+    parts = []
     if s["warnings"] or s["diverged"]:
         items = [chip("diverged", "warn") + esc(f" {name}: its weights hold NaN/Inf; left out of every step")
-                 for name in s["diverged"]] + [chip("warning", "warn") + " " + esc(w) for w in s["warnings"]]
+                 for name in s["diverged"]] + [chip("warning", "warn") + " " + esc(scrub_paths(w, r.out_dir))
+                                               for w in s["warnings"]]
         parts.append("<h3>Warnings</h3><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
     steps = [r.train_step(t) for t in range(len(ckpts))]
     curves = charts.accuracy_loss(steps, [c["name"] for c in ckpts], s["accuracy"], s["loss"])
@@ -116,9 +119,10 @@ def overview(r: ReportInputs) -> Section:
         table(["pair", "confusions (both ways)"], pairs) if pairs
         else '<p class="muted">none: no sample is misclassified</p>'))
     thresholds = [(k, v, THRESHOLD_HELP.get(k, "")) for k, v in s["thresholds"].items()]
+    parts.append("<h3>Settings</h3>" + table(None, facts, "facts"))
     parts.append("<h3>Thresholds used</h3>" + table(["setting", "value", "meaning"], thresholds))
-    return Section("overview", "Overview", "What was analysed and how well the model did: the data, model, layer and "
-                   "checkpoints, accuracy and loss along training, the final confusions and every threshold used.",
+    return Section("overview", "Overview", "How well the model did and what was analysed: accuracy and loss along "
+                   "training, the final confusions, the checkpoints, then the data, model, layer and every threshold used.",
                    "".join(parts))
 
 
@@ -133,7 +137,8 @@ def prototypes(r: ReportInputs) -> Section:
         roles += chip("specialized", "specialized") if p["specialized_for"] else ""
         if k in uncertain:
             a, b = uncertain[k]["classes"]
-            roles += chip(f"uncertain {names[a]} ↔ {names[b]}", "uncertain")
+            roles += (chip("uncertain", "uncertain") + class_ref(a, names[a], "uncertain") + "↔"
+                      + class_ref(b, names[b], "uncertain"))
         bars = "".join(f'<span class="{"on" if c in p["shared_for"] else ""}" style="height:{max(v, 0.0) * 100:.0f}%" '
                        f'title="{esc(names[c])}: present in {v:.0%} of its samples"></span>'
                        for c, v in enumerate(p["presence"]))
@@ -174,7 +179,7 @@ def class_structure(r: ReportInputs) -> Section:
     for c, name in enumerate(names):
         other = int(np.argmax(off[c])) if off[c].max() > 0 else None
         worst = f"{names[other]} ({off[c, other]}x)" if other is not None else None
-        rows.append((name, int((labels == c).sum()), None if np.isnan(recall[c]) else float(recall[c]),
+        rows.append((Raw(f'<span id="class-{c}">{esc(name)}</span>'), int((labels == c).sum()), None if np.isnan(recall[c]) else float(recall[c]),
                      _ids(shared[c], "shared"), _ids(special[c], "specialized"),
                      worst))
     body = table(["class", "samples", "final recall", "shared prototypes", "specialized prototypes",
@@ -315,8 +320,8 @@ def uncertain(r: ReportInputs) -> Section:
                                        f"where it covers ≥ {th['curation_min_share']:.0%} of the locations"),
         ], "facts")
         faded = ' style="opacity:0.6"' if u.get("significant") is False else ""
-        cards.append(f'<div class="ucard" id="uncertain-{k}"{faded}><h3>Prototype {k}: '
-                     f'{chip(names[a], "uncertain")} ↔ {chip(names[b], "uncertain")}</h3>'
+        cards.append(f'<div class="ucard" id="uncertain-{k}"{faded}><h3><a href="#prototype-{k}">Prototype {k}</a>: '
+                     f'{class_ref(a, names[a], "uncertain")} ↔ {class_ref(b, names[b], "uncertain")}</h3>'
                      f'<div class="row"><div class="ufacts">{facts}{_patch_imgs(r, k)}</div>{chart}</div></div>')
     more = len(found) - len(shown)
     notes = [f"The {len(shown)} strongest are shown; {more} more are listed in summary.json."] if more else []
@@ -441,6 +446,6 @@ def _film_rows(r: ReportInputs, per_class: int = 2, confused: int = 6) -> tuple[
     return np.array(list(seen), dtype=np.int64), list(seen.values())
 
 
-SECTIONS: list[SectionBuilder] = [overview, reliance_section, prototypes, class_structure, dynamics, uncertain, film_strips,
+SECTIONS: list[SectionBuilder] = [verdict_section, overview, reliance_section, prototypes, class_structure, dynamics, uncertain, film_strips,
                                   faithfulness_section, drift_section, evidence_section,
                                   benchmark_section]
