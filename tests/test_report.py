@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 from html.parser import HTMLParser
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 
 from i2x.reporting import build as report_build
+from i2x.reporting import charts
 from fixtures_pipeline import HOSTILE_NAMES, tiny_report, tiny_run  # noqa: F401  (pytest fixtures)
 from i2x.attribution import display_maps
 from i2x.reporting import Section, build_report
@@ -88,11 +90,12 @@ def test_page_has_every_section_chart_and_picture(tiny_report):
     assert {f"chart-uncertain-{u['prototype']}" for u in summary["uncertain"][:8]} <= chart_divs
     for spec in specs.values():
         assert spec["$schema"].startswith("https://vega.github.io/schema/vega-lite/")
-    # the β slider: one range-bound param over the steps, starting at the last one
+    # the β slider: one range-bound param over the steps, opening on the step with the largest |β|
     beta = specs["chart-beta"]
     (param,) = [p for p in beta["params"] if p["name"] == "step"]
     assert param["bind"]["input"] == "range" and param["bind"]["max"] == len(summary["steps"]) - 1
-    assert param["value"] == len(summary["steps"]) - 1
+    stored_beta = Store.open(tiny_report.parent).read("analysis/beta")
+    assert param["value"] == int(np.abs(stored_beta).max(axis=(1, 2)).argmax())
     # the β values in the heatmap's data are the store's β
     rows = next(v for v in beta["datasets"].values() if v and "beta" in v[0])
     stored = Store.open(tiny_report.parent).read("analysis/beta")
@@ -290,6 +293,34 @@ def test_no_absolute_path_of_the_machine_in_the_page(tiny_report):
     for path in (run_root, run_root.resolve(), Path.home()):
         assert str(path) not in text
     assert "npz:d.npz" in text  # the data named by its file name
+
+
+def test_slider_opens_on_the_strongest_step_and_the_scale_says_when_capped():
+    beta = np.zeros((4, 3, 2))
+    beta[2, 1, 0] = -2.5  # one extreme cell, at step 2; step 0 is all zero
+    beta[1] = 0.1
+    beta[3] = 0.2
+    assert charts.strongest_step(beta) == 2
+    limit, capped = charts.beta_limit(beta)
+    assert capped and limit < 2.5
+    spec = charts.to_spec(charts.beta_slider(beta, ["a", "b"], ["s0", "s1", "s2", "s3"], charts.strongest_step(beta)))
+    heat = spec["vconcat"][1]["encoding"]["color"]
+    assert heat["title"] == f"β (capped at ±{limit:.3g})" and heat["scale"]["domain"] == [-limit, limit]
+    even = np.linspace(-1, 1, 24).reshape(2, 3, 4)
+    assert charts.beta_limit(np.sign(even))[1] is False  # nothing beyond the domain: not said to be capped
+
+
+def test_confusion_has_a_legend_and_palettes_are_colour_blind_safe(tiny_report):
+    specs = specs_of(Page(tiny_report.read_text(encoding="utf-8")))
+    confusion = json.dumps(specs["chart-confusion"])
+    assert '"title": "samples (log scale)"' in confusion and "labelExpr" in confusion
+    schemes = set()
+    for spec in specs.values():
+        text = json.dumps(spec)
+        schemes |= set(re.findall(r'"scheme": "(\w+)"', text))
+    assert schemes and not schemes & {"rainbow", "sinebow", "turbo", "jet", "redyellowgreen", "redgreen",
+                                      "spectral", "redblue"}
+    assert '"scheme": "viridis"' in json.dumps(specs["chart-cartography"])
 
 
 def test_paths_are_shown_relative_or_by_name(tmp_path):

@@ -209,10 +209,16 @@ def dynamics(r: ReportInputs) -> Section:
     beta = r.read("analysis/beta")
     shown = _even(beta.shape[0], max(2, MAX_HEATMAP_CELLS // (beta.shape[1] * beta.shape[2])))
     labels_step = [r.step_label(int(i)) for i in shown]
-    caption = "Move the slider to walk through training; colours share one scale across steps."
+    initial = charts.strongest_step(beta[shown])
+    caption = (f"Move the slider to walk through training; it opens on the step with the largest |β| "
+               f"({labels_step[initial]}). Colours share one scale across steps.")
+    limit, capped = charts.beta_limit(beta[shown])
+    if capped:
+        caption += (f" The scale is capped at ±{limit:.3g} (the 95th percentile of |β|) while β reaches "
+                    f"±{float(np.abs(beta[shown]).max()):.3g}: cells beyond show the end colours; hover for values.")
     if shown.size < beta.shape[0]:
         caption += f" {shown.size} of the {beta.shape[0]} steps, evenly spaced, are shown."
-    heat = r.charts.add("beta", charts.beta_slider(beta[shown], names, labels_step, initial=shown.size - 1),
+    heat = r.charts.add("beta", charts.beta_slider(beta[shown], names, labels_step, initial=initial),
                         export="beta_heatmap.png", caption=caption)
     groups = r.charts.add("groups", charts.group_sizes(_group_frame(r), names), export="groups.png",
                           caption="Each segment is one group of samples whose confidences changed alike in that "
