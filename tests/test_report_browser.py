@@ -59,10 +59,21 @@ def test_report_renders_offline_and_interactive(driver, tiny_report):
 
     # the step slider redraws the β heatmap, and the label names the chosen checkpoint pair
     before = driver.execute_script("return " + HEATMAP)
-    set_control(driver, "#chart-beta input[type=range]", 0)
+    initial = int(driver.execute_script("return document.querySelector('#chart-beta input[type=range]').value"))
+    target = 1 if initial == 0 else 0
+    set_control(driver, "#chart-beta input[type=range]", target)
     browser.wait_for(driver, f"{HEATMAP} !== {json.dumps(before)}", timeout=10)
     label = driver.execute_script("return document.querySelector('#chart-beta svg').textContent")
-    assert "epoch_1.pt → epoch_2.pt" in label
+    assert f"epoch_{target + 1}.pt → epoch_{target + 2}.pt" in label
+
+    # a prototype mention in the verdict card links to its card: clicking scrolls the card into view
+    link = driver.find_element(By.CSS_SELECTOR, "#verdict a.ref[href^='#prototype-']")
+    card = link.get_attribute("href").split("#", 1)[1]
+    driver.execute_script("window.scrollTo(0, 0)")
+    link.click()
+    browser.wait_for(driver, f"location.hash === '#{card}'", timeout=5)
+    top = driver.execute_script(f"return document.getElementById('{card}').getBoundingClientRect().top")
+    assert abs(top) < 5 and driver.execute_script("return window.scrollY") > 0
 
     # the class dropdown lists the hostile names as text, and switching class redraws the lines
     options = driver.execute_script(
