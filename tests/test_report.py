@@ -323,6 +323,22 @@ def test_confusion_has_a_legend_and_palettes_are_colour_blind_safe(tiny_report):
     assert '"scheme": "viridis"' in json.dumps(specs["chart-cartography"])
 
 
+def test_every_study_appears_and_one_not_run_says_how_to_fill_it(tiny_report):
+    text = tiny_report.read_text(encoding="utf-8")
+    page = Page(text)
+    out = tiny_report.parent
+    for study, file in (("reliance", "reliance.json"), ("faithfulness", "faithfulness.json"), ("drift", "drift.json"),
+                        ("evidence", "evidence.json"), ("benchmark", "benchmark.json")):
+        assert study in page.ids() and f'href="#{study}"' in text  # in the table of contents either way
+        section = text[text.index(f'<section id="{study}"'):]
+        section = section[:section.index("</section>")]
+        if (out / file).exists():
+            assert "Not run" not in section
+        else:
+            assert ": not run</h2>" in section and f"<code>i2x {study} {out.name}</code>" in section
+    assert not (out / "faithfulness.json").exists()  # so the fixture shows at least one section not run
+
+
 def test_paths_are_shown_relative_or_by_name(tmp_path):
     base = tmp_path / "an"
     assert shown_path(base / "store.zarr", base) == "store.zarr"
