@@ -285,6 +285,10 @@ def test_every_internal_link_lands_on_an_anchor(tiny_report):
     assert not [t for t in targets if t not in ids]
     prototype_links = {t for t in targets if t.startswith("prototype-")}
     assert len(prototype_links) >= 3  # verdict, class structure and uncertain cards link their prototypes
+    text = tiny_report.read_text(encoding="utf-8")
+    for section in ("overview", "classes", "uncertain", "films"):  # confused pairs, class table, cards, strips
+        body = text[text.index(f'<section id="{section}"'):]
+        assert 'href="#class-' in body[:body.index("</section>")]
 
 
 def test_no_absolute_path_of_the_machine_in_the_page(tiny_report):

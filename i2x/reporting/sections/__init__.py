@@ -117,7 +117,8 @@ def overview(r: ReportInputs) -> Section:
              chip("diverged", "warn") if c["name"] in diverged else "ok") for i, c in enumerate(ckpts)]
     ck_table = table(["#", "checkpoint", "training step", "accuracy", "loss", "status"], rows)
     parts.append(f"<details{' open' if len(rows) <= 12 else ''}><summary>Checkpoints</summary>{ck_table}</details>")
-    pairs = [(f"{names[p['classes'][0]]} ↔ {names[p['classes'][1]]}", p["count"]) for p in s["top_confused_pairs"]]
+    pairs = [(Raw(f"{class_ref(a, names[a])} ↔ {class_ref(b, names[b])}"), p["count"])
+             for p in s["top_confused_pairs"] for a, b in [p["classes"]]]
     parts.append("<h3>Most confused pairs (final checkpoint)</h3>" + (
         table(["pair", "confusions (both ways)"], pairs) if pairs
         else '<p class="muted">none: no sample is misclassified</p>'))
@@ -181,7 +182,7 @@ def class_structure(r: ReportInputs) -> Section:
     rows = []
     for c, name in enumerate(names):
         other = int(np.argmax(off[c])) if off[c].max() > 0 else None
-        worst = f"{names[other]} ({off[c, other]}x)" if other is not None else None
+        worst = Raw(f"{class_ref(other, names[other])} ({off[c, other]}x)") if other is not None else None
         rows.append((Raw(f'<span id="class-{c}">{esc(name)}</span>'), int((labels == c).sum()), None if np.isnan(recall[c]) else float(recall[c]),
                      _ids(shared[c], "shared"), _ids(special[c], "specialized"),
                      worst))
@@ -418,7 +419,7 @@ def film_strips(r: ReportInputs) -> Section:
                    else '<div class="cap wrong">diverged</div>')
             alt_text = "CAM at " + r.checkpoints[t]["name"]
             cells.append(f"<td>{img(png_uri(frames[i, j]), alt_text)}{cap}</td>")
-        who = (f'<td class="who"><b>{esc(r.names[labels[j]])}</b><br>{esc(why[j])}<br>'
+        who = (f'<td class="who">{class_ref(int(labels[j]), r.names[labels[j]])}<br>{esc(why[j])}<br>'
                f'<span class="muted">data set index {index[j]}</span></td>')
         picture = f"<td>{img(png_uri(inputs[j]), 'input image')}</td>"
         body.append("<tr>" + who + picture + "".join(cells) + "</tr>")
