@@ -29,6 +29,7 @@ from i2x.reporting.images import HIGHLIGHT, jet, overlays, prototype_patches, to
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import script_json, scrub_paths, shown_path
 from i2x.reporting.sections import _groups_fact, uncertain
+from i2x.reporting.sections.verdict import verdict_section
 from i2x.io.store import Store
 
 
@@ -275,6 +276,17 @@ def test_verdict_comes_first_and_links_to_its_evidence(tiny_report):
     # the settings table moved below the accuracy and confusion charts
     overview = text[text.index('<section id="overview"'):]
     assert overview.index("chart-confusion") < overview.index("<h3>Settings</h3>")
+
+
+def test_verdict_without_reliance_or_significance_says_what_is_missing(tiny_run):
+    r = ReportInputs.open(tiny_run)
+    r.summary = {k: v for k, v in r.summary.items() if k not in ("reliance", "uncertainty")}
+    body = verdict_section(r).body
+    assert f"<code>i2x reliance {tiny_run.name}</code>" in body and "not run" in body
+    n = len(r.summary["uncertain"])
+    assert f"{n} of {r.summary['k']} prototypes flagged (" in body and "chance alone" not in body
+    r.summary["uncertain"] = []
+    assert "no prototype flipped" in verdict_section(r).body
 
 
 def test_every_internal_link_lands_on_an_anchor(tiny_report):
