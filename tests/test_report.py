@@ -337,6 +337,10 @@ def test_confusion_has_a_legend_and_palettes_are_colour_blind_safe(tiny_report):
     assert schemes and not schemes & {"rainbow", "sinebow", "turbo", "jet", "redyellowgreen", "redgreen",
                                       "spectral", "redblue"}
     assert '"scheme": "viridis"' in json.dumps(specs["chart-cartography"])
+    (pick,) = [p for p in specs["chart-cartography"]["params"] if p["name"] == "carto_class"]
+    assert pick["bind"]["options"] == ["", *HOSTILE_NAMES] and pick["bind"]["labels"][0] == "all classes"
+    role = specs["chart-class-beta"]["encoding"]["strokeDash"]["legend"]
+    assert role["symbolType"] == "stroke"  # the legend draws the solid and the dashed line, not two dots
 
 
 def test_every_study_appears_and_one_not_run_says_how_to_fill_it(tiny_report):

@@ -66,6 +66,13 @@ def test_report_renders_offline_and_interactive(driver, tiny_report):
     label = driver.execute_script("return document.querySelector('#chart-beta svg').textContent")
     assert f"epoch_{target + 1}.pt → epoch_{target + 2}.pt" in label
 
+    # the cartography's class filter keeps only that class's points
+    points = "document.querySelectorAll('#chart-cartography g.mark-symbol path').length"
+    everyone = driver.execute_script("return " + points)
+    set_control(driver, "#chart-cartography select", HOSTILE_NAMES[0])
+    one = browser.wait_for(driver, f"{points} < {everyone} && {points}", timeout=10)
+    assert 0 < one < everyone
+
     # a prototype mention in the verdict card links to its card: clicking scrolls the card into view
     link = driver.find_element(By.CSS_SELECTOR, "#verdict a.ref[href^='#prototype-']")
     card = link.get_attribute("href").split("#", 1)[1]

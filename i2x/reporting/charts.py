@@ -151,7 +151,8 @@ def class_betas(frame: pd.DataFrame, names: Sequence[str]) -> alt.Chart:
         x=alt.X("train_step:Q", title="training step (end of the step)"),
         y=alt.Y("beta:Q", title="β toward the class"),
         color=alt.Color("prototype:N", title="prototype"),
-        strokeDash=alt.StrokeDash("role:N", title="role", scale=alt.Scale(domain=["shared", "specialized"])),
+        strokeDash=alt.StrokeDash("role:N", title="role", scale=alt.Scale(domain=["shared", "specialized"]),
+                                  legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=2, symbolSize=300)),
         tooltip=["class:N", "prototype:N", "role:N", alt.Tooltip("between:N", title="checkpoints"),
                  alt.Tooltip("beta:Q", format=".4f", title="β")],
     ).add_params(choice).transform_filter("datum['class'] == cls").properties(
@@ -177,9 +178,13 @@ def group_sizes(frame: pd.DataFrame, names: Sequence[str]) -> alt.Chart:
     ).properties(width=300, height=300, title="Confidence-change groups per step (HDBSCAN)")
 
 
-def cartography(frame: pd.DataFrame) -> alt.Chart:
-    """Dataset cartography: confidence vs variability per sample, coloured by correctness."""
-    return alt.Chart(frame).mark_circle(size=22, opacity=0.75).encode(
+def cartography(frame: pd.DataFrame, names: Sequence[str]) -> alt.Chart:
+    """Dataset cartography: confidence vs variability per sample, coloured by correctness; a dropdown shows one
+    class or all ("" stands for all, so a class may be called anything)."""
+    pick = alt.param(name="carto_class", value="", bind=alt.binding_select(
+        options=["", *names], labels=["all classes", *names], name="class "))
+    return alt.Chart(frame).mark_circle(size=22, opacity=0.75).add_params(pick).transform_filter(
+        "carto_class == '' || datum['class'] == carto_class").encode(
         x=alt.X("variability:Q", title="variability (std of p(true class))"),
         y=alt.Y("confidence:Q", title="confidence (mean p(true class))", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("correctness:Q", title="correctness", scale=alt.Scale(scheme=SEQUENTIAL_SCHEME, domain=[0, 1])),

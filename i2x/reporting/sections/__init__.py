@@ -227,7 +227,7 @@ def dynamics(r: ReportInputs) -> Section:
     groups = r.charts.add("groups", charts.group_sizes(_group_frame(r), names), export="groups.png",
                           caption="Each segment is one group of samples whose confidences changed alike in that "
                                   "step, coloured by its main class (mixed: none above half; grey: noise).")
-    carto = r.charts.add("cartography", charts.cartography(_cartography_frame(r)), export="cartography.png",
+    carto = r.charts.add("cartography", charts.cartography(_cartography_frame(r), names), export="cartography.png",
                          caption=_cartography_caption(s["cartography"]))
     parts = [f'<div class="row">{heat}{groups}</div>', f'<h3>How each sample was learned</h3>{carto}']
     return Section("dynamics", "Training dynamics",
