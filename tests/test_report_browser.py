@@ -73,6 +73,16 @@ def test_report_renders_offline_and_interactive(driver, tiny_report):
     one = browser.wait_for(driver, f"{points} < {everyone} && {points}", timeout=10)
     assert 0 < one < everyone
 
+    # the class table sorts by a column when its header is clicked (numbers as numbers), and back
+    recall = "Array.from(document.querySelectorAll('#classes table.sortable tbody tr')).map(r => r.cells[2].textContent)"
+    header = driver.find_element(By.XPATH, "//section[@id='classes']//table[contains(@class,'sortable')]//th[3]")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", header)
+    header.click()
+    up = [float(v) for v in driver.execute_script("return " + recall)]
+    assert up == sorted(up) and len(up) == len(HOSTILE_NAMES)
+    header.click()
+    assert [float(v) for v in driver.execute_script("return " + recall)] == sorted(up, reverse=True)
+
     # a prototype mention in the verdict card links to its card: clicking scrolls the card into view
     link = driver.find_element(By.CSS_SELECTOR, "#verdict a.ref[href^='#prototype-']")
     card = link.get_attribute("href").split("#", 1)[1]

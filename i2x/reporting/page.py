@@ -152,6 +152,35 @@ def vega_bundle() -> str:
 
 _SCRIPT = """
 (function () {
+  // tables of class "sortable": a click on a header sorts by that column (numbers as numbers), again to reverse
+  document.querySelectorAll("table.sortable").forEach(function (table) {
+    table.querySelectorAll("thead th").forEach(function (th, col) {
+      th.tabIndex = 0;
+      th.title = "sort by this column";
+      const sort = function () {
+        const body = table.tBodies[0];
+        const up = th.getAttribute("aria-sort") !== "ascending";
+        table.querySelectorAll("thead th").forEach(function (h) { h.removeAttribute("aria-sort"); });
+        th.setAttribute("aria-sort", up ? "ascending" : "descending");
+        const key = function (row) {
+          const text = (row.cells[col] ? row.cells[col].textContent : "").trim();
+          const num = parseFloat(text.replace(/[,%]/g, ""));
+          return /^[-+]?[0-9.,]+%?/.test(text) && !isNaN(num) ? num : text;
+        };
+        const rows = Array.from(body.rows);
+        rows.sort(function (a, b) {
+          const x = key(a), y = key(b);
+          const order = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+          return up ? order : -order;
+        });
+        rows.forEach(function (row) { body.appendChild(row); });
+      };
+      th.addEventListener("click", sort);
+      th.addEventListener("keydown", function (e) { if (e.key === "Enter") { sort(); } });
+    });
+  });
+})();
+(function () {
   const specs = JSON.parse(document.getElementById("i2x-specs").textContent);
   const options = JSON.parse(document.getElementById("i2x-embed-options").textContent);
   const jobs = Object.keys(specs).map(function (id) {
@@ -272,6 +301,9 @@ table.film td.who { font-size:12px; min-width:130px; }
 ul.tight { margin:4px 0; padding-left:18px; }
 a.ref { text-decoration:none; }
 a.ref:hover .chip { outline:1px solid var(--accent); }
+table.sortable th { cursor:pointer; user-select:none; }
+table.sortable th[aria-sort=ascending]::after { content:" ▲"; }
+table.sortable th[aria-sort=descending]::after { content:" ▼"; }
 footer { color:var(--muted); font-size:13px; margin-top:30px; }
 @media (max-width: 900px) { nav.toc { position:static; width:auto; } main { margin-left:0; padding:16px; } }
 """

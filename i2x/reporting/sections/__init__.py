@@ -115,7 +115,7 @@ def overview(r: ReportInputs) -> Section:
     diverged = set(s["diverged"])
     rows = [(i, c["name"], steps[i], s["accuracy"][i], s["loss"][i],
              chip("diverged", "warn") if c["name"] in diverged else "ok") for i, c in enumerate(ckpts)]
-    ck_table = table(["#", "checkpoint", "training step", "accuracy", "loss", "status"], rows)
+    ck_table = table(["#", "checkpoint", "training step", "accuracy", "loss", "status"], rows, "sortable")
     parts.append(f"<details{' open' if len(rows) <= 12 else ''}><summary>Checkpoints</summary>{ck_table}</details>")
     pairs = [(Raw(f"{class_ref(a, names[a])} ↔ {class_ref(b, names[b])}"), p["count"])
              for p in s["top_confused_pairs"] for a, b in [p["classes"]]]
@@ -187,7 +187,7 @@ def class_structure(r: ReportInputs) -> Section:
                      _ids(shared[c], "shared"), _ids(special[c], "specialized"),
                      worst))
     body = table(["class", "samples", "final recall", "shared prototypes", "specialized prototypes",
-                  "most often taken for"], rows)
+                  "most often taken for"], rows, "sortable")
     beta = r.read("analysis/beta")
     frame = [{"class": names[c], "prototype": f"P{k}", "role": role, "train_step": r.train_step(b),
               "between": r.step_label(i), "beta": round(float(beta[i, k, c]), 5)}
