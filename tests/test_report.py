@@ -10,7 +10,9 @@ import base64
 import html
 import io
 import json
+import re
 import shutil
+from pathlib import Path
 from html.parser import HTMLParser
 
 import numpy as np
@@ -19,13 +21,15 @@ import torch
 from PIL import Image
 
 from i2x.reporting import build as report_build
+from i2x.reporting import charts
 from fixtures_pipeline import HOSTILE_NAMES, tiny_report, tiny_run  # noqa: F401  (pytest fixtures)
 from i2x.attribution import display_maps
 from i2x.reporting import Section, build_report
 from i2x.reporting.images import HIGHLIGHT, jet, overlays, prototype_patches, to_rgb
 from i2x.reporting.inputs import ReportInputs
-from i2x.reporting.page import script_json
+from i2x.reporting.page import script_json, scrub_paths, shown_path
 from i2x.reporting.sections import _groups_fact, uncertain
+from i2x.reporting.sections.verdict import verdict_section
 from i2x.io.store import Store
 
 
@@ -87,11 +91,12 @@ def test_page_has_every_section_chart_and_picture(tiny_report):
     assert {f"chart-uncertain-{u['prototype']}" for u in summary["uncertain"][:8]} <= chart_divs
     for spec in specs.values():
         assert spec["$schema"].startswith("https://vega.github.io/schema/vega-lite/")
-    # the β slider: one range-bound param over the steps, starting at the last one
+    # the β slider: one range-bound param over the steps, opening on the step with the largest |β|
     beta = specs["chart-beta"]
     (param,) = [p for p in beta["params"] if p["name"] == "step"]
     assert param["bind"]["input"] == "range" and param["bind"]["max"] == len(summary["steps"]) - 1
-    assert param["value"] == len(summary["steps"]) - 1
+    stored_beta = Store.open(tiny_report.parent).read("analysis/beta")
+    assert param["value"] == int(np.abs(stored_beta).max(axis=(1, 2)).argmax())
     # the β values in the heatmap's data are the store's β
     rows = next(v for v in beta["datasets"].values() if v and "beta" in v[0])
     stored = Store.open(tiny_report.parent).read("analysis/beta")
@@ -210,7 +215,7 @@ def test_optional_section_appears_only_with_its_file(tiny_run, tmp_path, monkeyp
         found = r.optional_json("extra.json")
         return None if found is None else Section("extra", "Extra", "An added section.", f"<p>{found['n']}</p>")
 
-    monkeypatch.setattr(report_build, "SECTIONS", [*report_build.SECTIONS[:1], extra])
+    monkeypatch.setattr(report_build, "SECTIONS", [*report_build.SECTIONS[:2], extra])
     page = Page(build_report(out, progress=False, pngs=False).read_text(encoding="utf-8"))
     assert "overview" in page.ids() and "extra" not in page.ids()
     (out / "extra.json").write_text(json.dumps({"n": 7}))
@@ -251,6 +256,117 @@ def test_diverged_checkpoint_is_shown_as_such(tiny_run, tmp_path):
     accuracy = specs_of(Page(text))["chart-accuracy"]
     points = next(v for v in accuracy["datasets"].values() if v and "accuracy" in v[0])
     assert name not in {p["checkpoint"] for p in points}
+
+
+def test_verdict_comes_first_and_links_to_its_evidence(tiny_report):
+    text = tiny_report.read_text(encoding="utf-8")
+    page = Page(text)
+    sections = [a["id"] for t, a in page.tags if t == "section"]
+    assert sections[:2] == ["verdict", "overview"]
+    summary = json.loads((tiny_report.parent / "summary.json").read_text())
+    verdict = text[text.index('<section id="verdict"'):text.index('<section id="overview"')]
+    accuracy = [a for a in summary["accuracy"] if a is not None]
+    assert f"{accuracy[0]:.1%}" in verdict and f"{accuracy[-1]:.1%}" in verdict
+    assert html.escape(summary["reliance"]["verdict"]) in verdict
+    u = summary["uncertain"][0]
+    assert f'href="#prototype-{u["prototype"]}"' in verdict
+    assert f'href="#class-{u["classes"][0]}"' in verdict
+    c = summary["uncertainty"]
+    assert f"{c['flagged']} of {summary['k']} prototypes flagged, {c['significant']} significant" in verdict
+    # the settings table moved below the accuracy and confusion charts
+    overview = text[text.index('<section id="overview"'):]
+    assert overview.index("chart-confusion") < overview.index("<h3>Settings</h3>")
+
+
+def test_verdict_without_reliance_or_significance_says_what_is_missing(tiny_run):
+    r = ReportInputs.open(tiny_run)
+    r.summary = {k: v for k, v in r.summary.items() if k not in ("reliance", "uncertainty")}
+    body = verdict_section(r).body
+    assert f"<code>i2x reliance {tiny_run.name}</code>" in body and "not run" in body
+    n = len(r.summary["uncertain"])
+    assert f"{n} of {r.summary['k']} prototypes flagged (" in body and "chance alone" not in body
+    r.summary["uncertain"] = []
+    assert "no prototype flipped" in verdict_section(r).body
+
+
+def test_every_internal_link_lands_on_an_anchor(tiny_report):
+    page = Page(tiny_report.read_text(encoding="utf-8"))
+    ids = page.ids()
+    targets = [a["href"][1:] for t, a in page.tags if t == "a" and (a.get("href") or "").startswith("#")]
+    assert {f"class-{c}" for c in range(len(HOSTILE_NAMES))} <= ids
+    assert not [t for t in targets if t not in ids]
+    prototype_links = {t for t in targets if t.startswith("prototype-")}
+    assert len(prototype_links) >= 3  # verdict, class structure and uncertain cards link their prototypes
+    text = tiny_report.read_text(encoding="utf-8")
+    for section in ("overview", "classes", "uncertain", "films"):  # confused pairs, class table, cards, strips
+        body = text[text.index(f'<section id="{section}"'):]
+        assert 'href="#class-' in body[:body.index("</section>")]
+
+
+def test_no_absolute_path_of_the_machine_in_the_page(tiny_report):
+    text = tiny_report.read_text(encoding="utf-8")
+    run_root = tiny_report.parent.parent  # holds the data file, the checkpoints and the analysis dir
+    for path in (run_root, run_root.resolve(), Path.home()):
+        assert str(path) not in text
+    assert "npz:d.npz" in text  # the data named by its file name
+
+
+def test_slider_opens_on_the_strongest_step_and_the_scale_says_when_capped():
+    beta = np.zeros((4, 3, 2))
+    beta[2, 1, 0] = -2.5  # one extreme cell, at step 2; step 0 is all zero
+    beta[1] = 0.1
+    beta[3] = 0.2
+    assert charts.strongest_step(beta) == 2
+    limit, capped = charts.beta_limit(beta)
+    assert capped and limit < 2.5
+    spec = charts.to_spec(charts.beta_slider(beta, ["a", "b"], ["s0", "s1", "s2", "s3"], charts.strongest_step(beta)))
+    heat = spec["vconcat"][1]["encoding"]["color"]
+    assert heat["title"] == f"β (capped at ±{limit:.3g})" and heat["scale"]["domain"] == [-limit, limit]
+    even = np.linspace(-1, 1, 24).reshape(2, 3, 4)
+    assert charts.beta_limit(np.sign(even))[1] is False  # nothing beyond the domain: not said to be capped
+
+
+def test_confusion_has_a_legend_and_palettes_are_colour_blind_safe(tiny_report):
+    specs = specs_of(Page(tiny_report.read_text(encoding="utf-8")))
+    confusion = json.dumps(specs["chart-confusion"])
+    assert '"title": "samples (log scale)"' in confusion and "labelExpr" in confusion
+    schemes = set()
+    for spec in specs.values():
+        text = json.dumps(spec)
+        schemes |= set(re.findall(r'"scheme": "(\w+)"', text))
+    assert schemes and not schemes & {"rainbow", "sinebow", "turbo", "jet", "redyellowgreen", "redgreen",
+                                      "spectral", "redblue"}
+    assert '"scheme": "viridis"' in json.dumps(specs["chart-cartography"])
+    (pick,) = [p for p in specs["chart-cartography"]["params"] if p["name"] == "carto_class"]
+    assert pick["bind"]["options"] == ["", *HOSTILE_NAMES] and pick["bind"]["labels"][0] == "all classes"
+    role = specs["chart-class-beta"]["encoding"]["strokeDash"]["legend"]
+    assert role["symbolType"] == "stroke"  # the legend draws the solid and the dashed line, not two dots
+
+
+def test_every_study_appears_and_one_not_run_says_how_to_fill_it(tiny_report):
+    text = tiny_report.read_text(encoding="utf-8")
+    page = Page(text)
+    out = tiny_report.parent
+    for study, file in (("reliance", "reliance.json"), ("faithfulness", "faithfulness.json"), ("drift", "drift.json"),
+                        ("evidence", "evidence.json"), ("benchmark", "benchmark.json")):
+        assert study in page.ids() and f'href="#{study}"' in text  # in the table of contents either way
+        section = text[text.index(f'<section id="{study}"'):]
+        section = section[:section.index("</section>")]
+        if (out / file).exists():
+            assert "Not run" not in section
+        else:
+            assert ": not run</h2>" in section and f"<code>i2x {study} {out.name}</code>" in section
+    assert not (out / "faithfulness.json").exists()  # so the fixture shows at least one section not run
+
+
+def test_paths_are_shown_relative_or_by_name(tmp_path):
+    base = tmp_path / "an"
+    assert shown_path(base / "store.zarr", base) == "store.zarr"
+    assert shown_path(f"npz:{tmp_path / 'd.npz'}", base) == "npz:d.npz"
+    assert shown_path(f"{tmp_path / 'model.py'}:Net", base) == "model.py:Net"
+    assert shown_path("digits", base) == "digits"
+    text = scrub_paths(f"could not open {tmp_path / 'x' / 'y.npz'}, see {base / 'a' / 'b.json'}; 1/2", base)
+    assert text == "could not open y.npz, see a/b.json; 1/2"
 
 
 # ---- the picture helpers on analytic cases --------------------------------------------------------

@@ -59,10 +59,38 @@ def test_report_renders_offline_and_interactive(driver, tiny_report):
 
     # the step slider redraws the β heatmap, and the label names the chosen checkpoint pair
     before = driver.execute_script("return " + HEATMAP)
-    set_control(driver, "#chart-beta input[type=range]", 0)
+    initial = int(driver.execute_script("return document.querySelector('#chart-beta input[type=range]').value"))
+    target = 1 if initial == 0 else 0
+    set_control(driver, "#chart-beta input[type=range]", target)
     browser.wait_for(driver, f"{HEATMAP} !== {json.dumps(before)}", timeout=10)
     label = driver.execute_script("return document.querySelector('#chart-beta svg').textContent")
-    assert "epoch_1.pt → epoch_2.pt" in label
+    assert f"epoch_{target + 1}.pt → epoch_{target + 2}.pt" in label
+
+    # the cartography's class filter keeps only that class's points
+    points = "document.querySelectorAll('#chart-cartography g.mark-symbol path').length"
+    everyone = driver.execute_script("return " + points)
+    set_control(driver, "#chart-cartography select", HOSTILE_NAMES[0])
+    one = browser.wait_for(driver, f"{points} < {everyone} && {points}", timeout=10)
+    assert 0 < one < everyone
+
+    # the class table sorts by a column when its header is clicked (numbers as numbers), and back
+    recall = "Array.from(document.querySelectorAll('#classes table.sortable tbody tr')).map(r => r.cells[2].textContent)"
+    header = driver.find_element(By.XPATH, "//section[@id='classes']//table[contains(@class,'sortable')]//th[3]")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", header)
+    header.click()
+    up = [float(v) for v in driver.execute_script("return " + recall)]
+    assert up == sorted(up) and len(up) == len(HOSTILE_NAMES)
+    header.click()
+    assert [float(v) for v in driver.execute_script("return " + recall)] == sorted(up, reverse=True)
+
+    # a prototype mention in the verdict card links to its card: clicking scrolls the card into view
+    link = driver.find_element(By.CSS_SELECTOR, "#verdict a.ref[href^='#prototype-']")
+    card = link.get_attribute("href").split("#", 1)[1]
+    driver.execute_script("window.scrollTo(0, 0)")
+    link.click()
+    browser.wait_for(driver, f"location.hash === '#{card}'", timeout=5)
+    top = driver.execute_script(f"return document.getElementById('{card}').getBoundingClientRect().top")
+    assert abs(top) < 5 and driver.execute_script("return window.scrollY") > 0
 
     # the class dropdown lists the hostile names as text, and switching class redraws the lines
     options = driver.execute_script(

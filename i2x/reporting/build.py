@@ -15,7 +15,7 @@ from i2x.io.lock import locked
 from i2x.io.workdir import REPORT, REPORT_ASSETS, refuse_symlink, replace_dir, write_text
 from i2x.version import __version__
 from i2x.reporting.inputs import ReportInputs
-from i2x.reporting.page import Section, render_page
+from i2x.reporting.page import Section, render_page, scrub_paths, shown_path
 from i2x.reporting.sections import SECTIONS, SectionBuilder
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,12 @@ def build_report(out_dir: str | Path, progress: bool = True, pngs: bool = True, 
         builders = tqdm(SECTIONS, desc="report", disable=not progress)
         sections = [section for section in (_build(build, r) for build in builders) if section is not None]
         s = r.summary
-        title = f"{s['model']} on {Path(s['data']).name if '/' in s['data'] else s['data']}"
+        title = f"{shown_path(s['model'], out)} on {shown_path(s['data'], out)}"
         subtitle = (f"How the reasoning formed over {len(r.checkpoints)} checkpoints: {s['method']} at layer "
                     f"{s['layer']}, {s['k']} prototypes, {s['n_samples']} samples of the {s['split']} split.")
         exported = _export_pngs(r, out) if pngs else []
         links = [("summary.json", "summary.json")] + [(f"{REPORT_ASSETS}/{name}", name) for name in exported]
-        footer = (f"i2x {__version__} · store {r.store.path} · built in {time.perf_counter() - start:.1f} s · "
+        footer = (f"i2x {__version__} · store {shown_path(r.store.path, out)} · built in {time.perf_counter() - start:.1f} s · "
                   "self-contained: opens offline, loads nothing from the network.")
         return write_text(out / REPORT, render_page(title, subtitle, sections, r.charts.specs, links, footer))
 
@@ -56,7 +56,7 @@ def _build(builder: SectionBuilder, r: ReportInputs) -> Section | None:
         return builder(r)
     except (UserError, KeyError, TypeError, ValueError, IndexError) as exc:
         name = getattr(builder, "__name__", "section").removesuffix("_section")
-        reason = str(exc) if isinstance(exc, UserError) else f"its input is incomplete ({type(exc).__name__}: {exc})"
+        reason = scrub_paths(exc, r.out_dir) if isinstance(exc, UserError) else f"its input is incomplete ({type(exc).__name__}: {exc})"
         log.warning("report section %s unavailable: %s", name, reason)
         return Section(name, f"{name.replace('_', ' ').capitalize()}: unavailable", "This section could not be built.",
                        "", [reason])

@@ -17,7 +17,8 @@ import pandas as pd
 from i2x.reporting.page import esc, vega_version
 
 FONT = "-apple-system, Segoe UI, Roboto, Helvetica Neue, Arial, sans-serif"
-BETA_SCHEME = "blueorange"
+BETA_SCHEME = "blueorange"  # diverging and colour-blind safe
+SEQUENTIAL_SCHEME = "viridis"  # colour-blind safe and readable in grey (never rainbow or red-green)
 
 
 class ChartSet:
@@ -88,8 +89,12 @@ def confusion_heatmap(matrix: np.ndarray, names: Sequence[str], title: str) -> a
         x=alt.X("predicted:N", sort=list(names), title="predicted class"),
         y=alt.Y("true:N", sort=list(names), title="true class"),
         tooltip=["true:N", "predicted:N", "count:Q"])
-    cells = base.mark_rect().encode(color=alt.Color("shade:Q", scale=alt.Scale(range=["#f7f9fc", "#08519c"]),
-                                                    legend=None))
+    top = int(df["count"].max()) if len(df) else 0
+    ticks = sorted({0, *(v for v in (1, 10, 100, 1000, 10_000) if v < top), top})
+    cells = base.mark_rect().encode(color=alt.Color(
+        "shade:Q", scale=alt.Scale(range=["#f7f9fc", "#08519c"]),
+        legend=alt.Legend(title="samples (log scale)", values=[float(np.log1p(v)) for v in ticks],
+                          labelExpr="format(round(exp(datum.value) - 1), ',')", gradientLength=140)))
     text = base.mark_text(fontSize=10).encode(
         text=alt.condition("datum.count > 0", "count:Q", alt.value("")),
         color=alt.condition(f"datum.shade > {0.6 * float(df['shade'].max() or 1):.6f}", alt.value("white"),
@@ -97,14 +102,30 @@ def confusion_heatmap(matrix: np.ndarray, names: Sequence[str], title: str) -> a
     return alt.layer(cells, text).properties(width=size, height=size, title=title)
 
 
+def beta_limit(beta: np.ndarray) -> tuple[float, bool]:
+    """The colour domain's half-width for β (the 95th percentile of |β|, so a few extreme cells do not wash the rest
+    out) and whether it caps any value (then the legend and caption say so)."""
+    top = float(np.max(np.abs(beta))) if beta.size else 0.0
+    limit = float(np.quantile(np.abs(beta), 0.95)) if beta.size else 0.0
+    limit = limit or top or 1.0
+    return limit, top > limit
+
+
+def strongest_step(beta: np.ndarray) -> int:
+    """The step whose largest |β| is the largest: where the slider opens (never an all-zero step unless all are)."""
+    return int(np.argmax(np.abs(beta).reshape(beta.shape[0], -1).max(axis=1))) if beta.size else 0
+
+
 def beta_slider(beta: np.ndarray, names: Sequence[str], step_labels: Sequence[str], initial: int) -> alt.VConcatChart:
-    """β[s, k, m] as a prototype x class heatmap under a line naming the step; a range slider picks the step s."""
+    """β[s, k, m] as a prototype x class heatmap under a line naming the step; a range slider picks the step s.
+    The colour scale is symmetric and shared by the steps; its legend title says when it caps values."""
     s, k, m = beta.shape
     ss, kk, mm = np.meshgrid(np.arange(s), np.arange(k), np.arange(m), indexing="ij")
     df = pd.DataFrame({"s": ss.ravel(), "prototype": kk.ravel(), "class": np.asarray(names, dtype=object)[mm.ravel()],
                        "beta": beta.ravel().astype(float).round(5)})
     steps = pd.DataFrame({"s": np.arange(s), "between": list(step_labels)})
-    limit = float(np.quantile(np.abs(beta), 0.95)) or 1.0
+    limit, capped = beta_limit(beta)
+    legend = f"β (capped at ±{limit:.3g})" if capped else "β"
     step = alt.param(name="step", value=int(initial),
                      bind=alt.binding_range(min=0, max=max(s - 1, 0), step=1, name="step "))
     width = max(200, min(520, 30 * m))
@@ -112,7 +133,7 @@ def beta_slider(beta: np.ndarray, names: Sequence[str], step_labels: Sequence[st
         lookup="s", from_=alt.LookupData(steps, "s", ["between"])).encode(
         x=alt.X("class:N", sort=list(names), title="class"),
         y=alt.Y("prototype:O", title="prototype"),
-        color=alt.Color("beta:Q", title="β", scale=alt.Scale(scheme=BETA_SCHEME, domain=[-limit, limit], clamp=True)),
+        color=alt.Color("beta:Q", title=legend, scale=alt.Scale(scheme=BETA_SCHEME, domain=[-limit, limit], clamp=True)),
         tooltip=[alt.Tooltip("between:N", title="checkpoints"), "prototype:O", "class:N",
                  alt.Tooltip("beta:Q", format=".4f", title="β")],
     ).properties(width=width, height=max(200, min(900, 13 * k)))
@@ -130,7 +151,8 @@ def class_betas(frame: pd.DataFrame, names: Sequence[str]) -> alt.Chart:
         x=alt.X("train_step:Q", title="training step (end of the step)"),
         y=alt.Y("beta:Q", title="β toward the class"),
         color=alt.Color("prototype:N", title="prototype"),
-        strokeDash=alt.StrokeDash("role:N", title="role", scale=alt.Scale(domain=["shared", "specialized"])),
+        strokeDash=alt.StrokeDash("role:N", title="role", scale=alt.Scale(domain=["shared", "specialized"]),
+                                  legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=2, symbolSize=300)),
         tooltip=["class:N", "prototype:N", "role:N", alt.Tooltip("between:N", title="checkpoints"),
                  alt.Tooltip("beta:Q", format=".4f", title="β")],
     ).add_params(choice).transform_filter("datum['class'] == cls").properties(
@@ -156,12 +178,16 @@ def group_sizes(frame: pd.DataFrame, names: Sequence[str]) -> alt.Chart:
     ).properties(width=300, height=300, title="Confidence-change groups per step (HDBSCAN)")
 
 
-def cartography(frame: pd.DataFrame) -> alt.Chart:
-    """Dataset cartography: confidence vs variability per sample, coloured by correctness."""
-    return alt.Chart(frame).mark_circle(size=22, opacity=0.75).encode(
+def cartography(frame: pd.DataFrame, names: Sequence[str]) -> alt.Chart:
+    """Dataset cartography: confidence vs variability per sample, coloured by correctness; a dropdown shows one
+    class or all ("" stands for all, so a class may be called anything)."""
+    pick = alt.param(name="carto_class", value="", bind=alt.binding_select(
+        options=["", *names], labels=["all classes", *names], name="class "))
+    return alt.Chart(frame).mark_circle(size=22, opacity=0.75).add_params(pick).transform_filter(
+        "carto_class == '' || datum['class'] == carto_class").encode(
         x=alt.X("variability:Q", title="variability (std of p(true class))"),
         y=alt.Y("confidence:Q", title="confidence (mean p(true class))", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("correctness:Q", title="correctness", scale=alt.Scale(scheme="redyellowgreen", domain=[0, 1])),
+        color=alt.Color("correctness:Q", title="correctness", scale=alt.Scale(scheme=SEQUENTIAL_SCHEME, domain=[0, 1])),
         tooltip=[alt.Tooltip("row:Q", title="store row"), alt.Tooltip("sample:Q", title="data set index"),
                  "class:N", alt.Tooltip("confidence:Q", format=".3f"), alt.Tooltip("variability:Q", format=".3f"),
                  alt.Tooltip("correctness:Q", format=".2f"), "forgetting:Q"],

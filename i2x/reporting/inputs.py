@@ -22,6 +22,7 @@ from i2x.io.store import Store
 from i2x.io.workdir import load_summary, read_json
 from i2x.reporting.charts import ChartSet
 from i2x.reporting.images import png_uri, prototype_patches
+from i2x.reporting.page import scrub_paths
 
 
 @dataclass
@@ -60,6 +61,11 @@ class ReportInputs:
     @property
     def names(self) -> list[str]:
         return self.store.class_names
+
+    @property
+    def shown_dir(self) -> str:
+        """The analysis directory as commands on the page name it (its name: no absolute path of the machine)."""
+        return self.out_dir.resolve().name
 
     @property
     def checkpoints(self) -> list[dict[str, Any]]:
@@ -118,8 +124,9 @@ class ReportInputs:
 
     @property
     def images_unavailable(self) -> str | None:
-        """Why the input images cannot be shown, or None when they can."""
-        return self._context[1]
+        """Why the input images cannot be shown (paths shown relative or by name), or None when they can."""
+        why = self._context[1]
+        return None if why is None else scrub_paths(why, self.out_dir)
 
     @property
     def input_size(self) -> tuple[int, int] | None:

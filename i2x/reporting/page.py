@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -74,6 +75,40 @@ def chip(text: Any, kind: str = "") -> Raw:
     return Raw(f'<span class="chip {esc(kind)}">{esc(text)}</span>')
 
 
+def proto_ref(k: int, kind: str = "") -> Raw:
+    """A prototype mention (chip "P3") that links to its card in the prototypes section."""
+    return Raw(f'<a class="ref" href="#prototype-{int(k)}">{chip(f"P{int(k)}", kind)}</a>')
+
+
+def class_ref(c: int, name: Any, kind: str = "") -> Raw:
+    """A class mention (chip with its name, escaped) that links to its row in the class structure section."""
+    return Raw(f'<a class="ref" href="#class-{int(c)}">{chip(name, kind)}</a>')
+
+
+def shown_path(value: Any, base: Path) -> str:
+    """A path as the page shows it: relative to ``base`` (the analysis directory) when inside it, else its file
+    name, so no absolute path of the machine reaches the page; ``kind:/a/b`` data specs keep their kind."""
+    text = str(value)
+    kind, sep, rest = text.partition(":")
+    if sep and "/" not in kind and os.path.isabs(rest):
+        return f"{kind}:{shown_path(rest, base)}"
+    if not os.path.isabs(text):
+        return text
+    path = Path(text)
+    try:
+        return str(path.resolve().relative_to(Path(base).resolve())) or "."
+    except ValueError:
+        return path.name or text
+
+
+_ABSOLUTE = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"<>:]+/)*[^\s/'\"<>:,;)]+")
+
+
+def scrub_paths(text: str, base: Path) -> str:
+    """``text`` (a warning, a study's note) with every absolute path in it shown as :func:`shown_path` does."""
+    return _ABSOLUTE.sub(lambda m: shown_path(m.group(0), base), str(text))
+
+
 def img(uri: str, alt_text: str, cls: str = "", title: str | None = None) -> str:
     """An ``<img>`` of a data URI; alt and title are escaped."""
     tip = f' title="{esc(title)}"' if title else ""
@@ -116,6 +151,35 @@ def vega_bundle() -> str:
 
 
 _SCRIPT = """
+(function () {
+  // tables of class "sortable": a click on a header sorts by that column (numbers as numbers), again to reverse
+  document.querySelectorAll("table.sortable").forEach(function (table) {
+    table.querySelectorAll("thead th").forEach(function (th, col) {
+      th.tabIndex = 0;
+      th.title = "sort by this column";
+      const sort = function () {
+        const body = table.tBodies[0];
+        const up = th.getAttribute("aria-sort") !== "ascending";
+        table.querySelectorAll("thead th").forEach(function (h) { h.removeAttribute("aria-sort"); });
+        th.setAttribute("aria-sort", up ? "ascending" : "descending");
+        const key = function (row) {
+          const text = (row.cells[col] ? row.cells[col].textContent : "").trim();
+          const num = parseFloat(text.replace(/[,%]/g, ""));
+          return /^[-+]?[0-9.,]+%?/.test(text) && !isNaN(num) ? num : text;
+        };
+        const rows = Array.from(body.rows);
+        rows.sort(function (a, b) {
+          const x = key(a), y = key(b);
+          const order = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+          return up ? order : -order;
+        });
+        rows.forEach(function (row) { body.appendChild(row); });
+      };
+      th.addEventListener("click", sort);
+      th.addEventListener("keydown", function (e) { if (e.key === "Enter") { sort(); } });
+    });
+  });
+})();
 (function () {
   const specs = JSON.parse(document.getElementById("i2x-specs").textContent);
   const options = JSON.parse(document.getElementById("i2x-embed-options").textContent);
@@ -233,6 +297,13 @@ table.film .cap { font-size:11px; color:var(--muted); white-space:nowrap; }
 table.film .cap.wrong { color:var(--uncertain); font-weight:600; }
 table.film td.who { font-size:12px; min-width:130px; }
 .legend-bar { display:inline-block; width:140px; height:10px; vertical-align:middle; border-radius:2px; margin:0 6px; }
+.verdict table.facts td:first-child { width:160px; font-weight:600; color:var(--fg); }
+ul.tight { margin:4px 0; padding-left:18px; }
+a.ref { text-decoration:none; }
+a.ref:hover .chip { outline:1px solid var(--accent); }
+table.sortable th { cursor:pointer; user-select:none; }
+table.sortable th[aria-sort=ascending]::after { content:" ▲"; }
+table.sortable th[aria-sort=descending]::after { content:" ▼"; }
 footer { color:var(--muted); font-size:13px; margin-top:30px; }
 @media (max-width: 900px) { nav.toc { position:static; width:auto; } main { margin-left:0; padding:16px; } }
 """

@@ -12,7 +12,7 @@ only when this command was given it (or ``--trust-analysis`` and the extraction 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,10 @@ class RunConfig:
                         "epoch_2 before epoch_10), name, or mtime (file modification time)", choices=ORDERS)
     keep_duplicates: bool = option(False, "analyse checkpoints with identical weights (last.ckpt beside the final "
                                    "epoch's file, copies) as separate steps; default: once, keeping the numbered name")
+    class_names: tuple[str, ...] | None = option(None, "name the classes, in label order (default: the data's own "
+                                                 "names, else their indices)", parse=name_list, metavar="A,B,...")
+    class_names_file: str | None = option(None, "name the classes from a text file, one name per line in label "
+                                          "order (for names with commas)", metavar="FILE")
     tokens: str | None = option(None, "how the layer's output holds its grid: auto (conv maps, transformer tokens "
                                 "with their prefix tokens and channels-last maps are detected), P prefix tokens, "
                                 "P and the grid (1x8x8), bchw or bhwc", metavar="auto|P|PxHxW|bhwc",
@@ -83,14 +87,14 @@ class RunConfig:
         d = asdict(self)
         d["checkpoints"] = str(Path(self.checkpoints).resolve())
         d["methods"] = list(self.methods)
-        for key in ("mean", "std", "names"):
+        for key in ("mean", "std", "names", "class_names"):
             d[key] = list(d[key]) if d[key] is not None else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        for key in ("methods", "mean", "std", "names"):
+        for key in ("methods", "mean", "std", "names", "class_names"):
             if known.get(key) is not None:
                 known[key] = tuple(known[key])
         return cls(**known)
@@ -98,9 +102,40 @@ class RunConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change what is computed (device and batch size do not)."""
         d = self.to_dict()
-        for key in ("device", "batch_size", "trust_checkpoints"):
+        for key in ("device", "batch_size", "trust_checkpoints", "class_names_file"):  # the file's names stay
             d.pop(key)
         return d
+
+    def resolved(self) -> "RunConfig":
+        """This config with ``--class-names-file`` read into ``class_names`` (what the store records)."""
+        if self.class_names_file is None:
+            return self
+        if self.class_names is not None:
+            raise UserError("--class-names and --class-names-file both name the classes; give one of them")
+        try:
+            lines = Path(self.class_names_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"--class-names-file {self.class_names_file}: cannot read it as UTF-8 text ({exc})") from exc
+        names = tuple(line.strip() for line in lines if line.strip())
+        if not names:
+            raise UserError(f"--class-names-file {self.class_names_file}: no name in it; write one class name a line")
+        return replace(self, class_names=names, class_names_file=None)
+
+
+def name_classes(config: RunConfig, data: ImageData) -> None:
+    """Give ``data`` the classes' names from ``--class-names`` (or its file, once :meth:`RunConfig.resolved` read it),
+    checked against the data's class count; without them the data's own names stay."""
+    names = config.class_names
+    if names is None:
+        return
+    flag = "--class-names (or --class-names-file)"
+    if len(names) != data.num_classes:
+        raise UserError(f"{flag}: {len(names)} names given but --data {config.data} has {data.num_classes} classes; "
+                        "give one name per class, in label order")
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise UserError(f"{flag}: {', '.join(twice)} named twice; every class needs its own name")
+    data.class_names = list(names)
 
 
 @dataclass
@@ -137,10 +172,12 @@ class Context:
 
 def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
     """Open the data and build the model (fresh weights) that ``config`` names, and list the checkpoints."""
+    config = config.resolved()
     if with_checkpoints and not Path(config.checkpoints).is_dir():
         raise UserError(f"checkpoint directory {config.checkpoints} does not exist or is not a directory")
     opts = DataOptions(config.input_size, config.channels, config.mean, config.std)
     data = load_data(config.data, opts)
+    name_classes(config, data)
     dataset = data.split(config.split)
     index = np.arange(len(dataset))  # type: ignore[arg-type]
     if config.limit is not None:
@@ -287,4 +324,6 @@ def open_data(store: Store, trust_analysis: bool = False) -> tuple[RunConfig, Im
     config = RunConfig.from_dict(store.config)
     check_code(store, config, trust_analysis, kinds=("data",))
     opts = DataOptions(config.input_size, config.channels, config.mean, config.std)
-    return config, load_data(config.data, opts)
+    data = load_data(config.data, opts)
+    name_classes(config, data)
+    return config, data

@@ -96,7 +96,7 @@ def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progres
             ctx.device = device
             ctx.model.to(device)
             layer, grid, channels, layout = _probe(ctx, config.layer)
-            config = ctx.config = replace(config, layer=layer)  # the caller's config stays as given
+            config = ctx.config = replace(ctx.config, layer=layer)  # the caller's config stays as given
             if len(ctx.labels) == 0:
                 raise UserError(f"--split {config.split}: the split has no samples")
             if dist.is_main:

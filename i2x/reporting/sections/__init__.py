@@ -2,13 +2,16 @@
 
 :data:`SECTIONS` lists them in page order. To add a section (e.g. faithfulness), write a builder
 that reads its file with ``r.optional_json("faithfulness.json")``, returns None when that is
-absent (the section is then skipped), adds charts with ``r.charts.add(name, chart)`` and escapes
+absent (the section is then skipped, or, wrapped in :func:`or_not_run`, said to be not run with the command that fills
+it), adds charts with ``r.charts.add(name, chart)`` and escapes
 every string with :func:`~i2x.report.page.esc` (or builds cells with :func:`~i2x.report.page.table`);
 then append it to :data:`SECTIONS`.
 """
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -17,11 +20,12 @@ import pandas as pd
 from i2x.reporting import charts
 from i2x.reporting.images import jet, overlays, png_uri, resize, to_rgb
 from i2x.reporting.inputs import ReportInputs
-from i2x.reporting.page import Raw, Section, chip, esc, img, table
+from i2x.reporting.page import Raw, Section, chip, class_ref, esc, img, proto_ref, scrub_paths, shown_path, table
 from i2x.reporting.sections.evidence import evidence_section
 from i2x.reporting.sections.benchmark import benchmark_section
 from i2x.reporting.sections.reliance import reliance_section
 from i2x.reporting.sections.studies import drift_section, faithfulness_section
+from i2x.reporting.sections.verdict import verdict_section
 
 SectionBuilder = Callable[[ReportInputs], "Section | None"]
 
@@ -48,12 +52,13 @@ MAX_HEATMAP_CELLS = 60_000  # β rows (step x prototype x class) embedded for th
 
 
 def _chips(r: ReportInputs, ids: list[int], kind: str) -> Raw:
-    return Raw("".join(chip(r.names[i], kind) for i in ids) or '<span class="muted">none</span>')
+    """Classes as chips linked to their rows in the class structure section, or a muted 'none'."""
+    return Raw("".join(class_ref(i, r.names[i], kind) for i in ids) or '<span class="muted">none</span>')
 
 
 def _ids(ks: list[int], kind: str) -> Raw:
-    """Prototype ids as chips (P3, P17) or a muted 'none'."""
-    return Raw("".join(chip(f"P{k}", kind) for k in ks) or '<span class="muted">none</span>')
+    """Prototype ids as chips (P3, P17) linked to their cards, or a muted 'none'."""
+    return Raw("".join(proto_ref(k, kind) for k in ks) or '<span class="muted">none</span>')
 
 
 def _patch_imgs(r: ReportInputs, k: int) -> str:
@@ -85,9 +90,9 @@ def overview(r: ReportInputs) -> Section:
     size = r.input_size
     cell = f", one cell ≈ {size[0] / h:.3g} x {size[1] / w:.3g} px of the input" if size else ""
     facts = [
-        ("Data", f"{s['data']} (split {s['split']}, {s['n_samples']} samples, {len(names)} classes)"),
+        ("Data", f"{shown_path(s['data'], r.out_dir)} (split {s['split']}, {s['n_samples']} samples, {len(names)} classes)"),
         ("Input size", f"{size[0]} x {size[1]} px" if size else "the data set's default"),
-        ("Model", s["model"]),
+        ("Model", shown_path(s["model"], r.out_dir)),
         ("Target layer and grid", f"{s['layer']}: {h} x {w}{cell}"),
         ("CAM target", f"{s['target']} class; maps stored: {', '.join(s['methods_stored'])}; analysed: {s['method']}"),
         ("Prototypes", f"K = {s['k']} (asked {s['k_requested']}), PCA to {s['pca_dim']} dims "
@@ -96,10 +101,11 @@ def overview(r: ReportInputs) -> Section:
         ("Checkpoints", f"{len(ckpts)} ({len(s['diverged'])} diverged), {len(s['steps'])} steps between usable ones"),
         ("Confidence groups", _groups_fact(s)),
     ]
-    parts = [table(None, facts, "facts")]
+    parts = []
     if s["warnings"] or s["diverged"]:
         items = [chip("diverged", "warn") + esc(f" {name}: its weights hold NaN/Inf; left out of every step")
-                 for name in s["diverged"]] + [chip("warning", "warn") + " " + esc(w) for w in s["warnings"]]
+                 for name in s["diverged"]] + [chip("warning", "warn") + " " + esc(scrub_paths(w, r.out_dir))
+                                               for w in s["warnings"]]
         parts.append("<h3>Warnings</h3><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
     steps = [r.train_step(t) for t in range(len(ckpts))]
     curves = charts.accuracy_loss(steps, [c["name"] for c in ckpts], s["accuracy"], s["loss"])
@@ -109,16 +115,18 @@ def overview(r: ReportInputs) -> Section:
     diverged = set(s["diverged"])
     rows = [(i, c["name"], steps[i], s["accuracy"][i], s["loss"][i],
              chip("diverged", "warn") if c["name"] in diverged else "ok") for i, c in enumerate(ckpts)]
-    ck_table = table(["#", "checkpoint", "training step", "accuracy", "loss", "status"], rows)
+    ck_table = table(["#", "checkpoint", "training step", "accuracy", "loss", "status"], rows, "sortable")
     parts.append(f"<details{' open' if len(rows) <= 12 else ''}><summary>Checkpoints</summary>{ck_table}</details>")
-    pairs = [(f"{names[p['classes'][0]]} ↔ {names[p['classes'][1]]}", p["count"]) for p in s["top_confused_pairs"]]
+    pairs = [(Raw(f"{class_ref(a, names[a])} ↔ {class_ref(b, names[b])}"), p["count"])
+             for p in s["top_confused_pairs"] for a, b in [p["classes"]]]
     parts.append("<h3>Most confused pairs (final checkpoint)</h3>" + (
         table(["pair", "confusions (both ways)"], pairs) if pairs
         else '<p class="muted">none: no sample is misclassified</p>'))
     thresholds = [(k, v, THRESHOLD_HELP.get(k, "")) for k, v in s["thresholds"].items()]
+    parts.append("<h3>Settings</h3>" + table(None, facts, "facts"))
     parts.append("<h3>Thresholds used</h3>" + table(["setting", "value", "meaning"], thresholds))
-    return Section("overview", "Overview", "What was analysed and how well the model did: the data, model, layer and "
-                   "checkpoints, accuracy and loss along training, the final confusions and every threshold used.",
+    return Section("overview", "Overview", "How well the model did and what was analysed: accuracy and loss along "
+                   "training, the final confusions, the checkpoints, then the data, model, layer and every threshold used.",
                    "".join(parts))
 
 
@@ -133,7 +141,8 @@ def prototypes(r: ReportInputs) -> Section:
         roles += chip("specialized", "specialized") if p["specialized_for"] else ""
         if k in uncertain:
             a, b = uncertain[k]["classes"]
-            roles += chip(f"uncertain {names[a]} ↔ {names[b]}", "uncertain")
+            roles += (chip("uncertain", "uncertain") + class_ref(a, names[a], "uncertain") + "↔"
+                      + class_ref(b, names[b], "uncertain"))
         bars = "".join(f'<span class="{"on" if c in p["shared_for"] else ""}" style="height:{max(v, 0.0) * 100:.0f}%" '
                        f'title="{esc(names[c])}: present in {v:.0%} of its samples"></span>'
                        for c, v in enumerate(p["presence"]))
@@ -173,12 +182,12 @@ def class_structure(r: ReportInputs) -> Section:
     rows = []
     for c, name in enumerate(names):
         other = int(np.argmax(off[c])) if off[c].max() > 0 else None
-        worst = f"{names[other]} ({off[c, other]}x)" if other is not None else None
-        rows.append((name, int((labels == c).sum()), None if np.isnan(recall[c]) else float(recall[c]),
+        worst = Raw(f"{class_ref(other, names[other])} ({off[c, other]}x)") if other is not None else None
+        rows.append((Raw(f'<span id="class-{c}">{esc(name)}</span>'), int((labels == c).sum()), None if np.isnan(recall[c]) else float(recall[c]),
                      _ids(shared[c], "shared"), _ids(special[c], "specialized"),
                      worst))
     body = table(["class", "samples", "final recall", "shared prototypes", "specialized prototypes",
-                  "most often taken for"], rows)
+                  "most often taken for"], rows, "sortable")
     beta = r.read("analysis/beta")
     frame = [{"class": names[c], "prototype": f"P{k}", "role": role, "train_step": r.train_step(b),
               "between": r.step_label(i), "beta": round(float(beta[i, k, c]), 5)}
@@ -204,15 +213,21 @@ def dynamics(r: ReportInputs) -> Section:
     beta = r.read("analysis/beta")
     shown = _even(beta.shape[0], max(2, MAX_HEATMAP_CELLS // (beta.shape[1] * beta.shape[2])))
     labels_step = [r.step_label(int(i)) for i in shown]
-    caption = "Move the slider to walk through training; colours share one scale across steps."
+    initial = charts.strongest_step(beta[shown])
+    caption = (f"Move the slider to walk through training; it opens on the step with the largest |β| "
+               f"({labels_step[initial]}). Colours share one scale across steps.")
+    limit, capped = charts.beta_limit(beta[shown])
+    if capped:
+        caption += (f" The scale is capped at ±{limit:.3g} (the 95th percentile of |β|) while β reaches "
+                    f"±{float(np.abs(beta[shown]).max()):.3g}: cells beyond show the end colours; hover for values.")
     if shown.size < beta.shape[0]:
         caption += f" {shown.size} of the {beta.shape[0]} steps, evenly spaced, are shown."
-    heat = r.charts.add("beta", charts.beta_slider(beta[shown], names, labels_step, initial=shown.size - 1),
+    heat = r.charts.add("beta", charts.beta_slider(beta[shown], names, labels_step, initial=initial),
                         export="beta_heatmap.png", caption=caption)
     groups = r.charts.add("groups", charts.group_sizes(_group_frame(r), names), export="groups.png",
                           caption="Each segment is one group of samples whose confidences changed alike in that "
                                   "step, coloured by its main class (mixed: none above half; grey: noise).")
-    carto = r.charts.add("cartography", charts.cartography(_cartography_frame(r)), export="cartography.png",
+    carto = r.charts.add("cartography", charts.cartography(_cartography_frame(r), names), export="cartography.png",
                          caption=_cartography_caption(s["cartography"]))
     parts = [f'<div class="row">{heat}{groups}</div>', f'<h3>How each sample was learned</h3>{carto}']
     return Section("dynamics", "Training dynamics",
@@ -315,8 +330,8 @@ def uncertain(r: ReportInputs) -> Section:
                                        f"where it covers ≥ {th['curation_min_share']:.0%} of the locations"),
         ], "facts")
         faded = ' style="opacity:0.6"' if u.get("significant") is False else ""
-        cards.append(f'<div class="ucard" id="uncertain-{k}"{faded}><h3>Prototype {k}: '
-                     f'{chip(names[a], "uncertain")} ↔ {chip(names[b], "uncertain")}</h3>'
+        cards.append(f'<div class="ucard" id="uncertain-{k}"{faded}><h3><a href="#prototype-{k}">Prototype {k}</a>: '
+                     f'{class_ref(a, names[a], "uncertain")} ↔ {class_ref(b, names[b], "uncertain")}</h3>'
                      f'<div class="row"><div class="ufacts">{facts}{_patch_imgs(r, k)}</div>{chart}</div></div>')
     more = len(found) - len(shown)
     notes = [f"The {len(shown)} strongest are shown; {more} more are listed in summary.json."] if more else []
@@ -404,7 +419,7 @@ def film_strips(r: ReportInputs) -> Section:
                    else '<div class="cap wrong">diverged</div>')
             alt_text = "CAM at " + r.checkpoints[t]["name"]
             cells.append(f"<td>{img(png_uri(frames[i, j]), alt_text)}{cap}</td>")
-        who = (f'<td class="who"><b>{esc(r.names[labels[j]])}</b><br>{esc(why[j])}<br>'
+        who = (f'<td class="who">{class_ref(int(labels[j]), r.names[labels[j]])}<br>{esc(why[j])}<br>'
                f'<span class="muted">data set index {index[j]}</span></td>')
         picture = f"<td>{img(png_uri(inputs[j]), 'input image')}</td>"
         body.append("<tr>" + who + picture + "".join(cells) + "</tr>")
@@ -441,6 +456,51 @@ def _film_rows(r: ReportInputs, per_class: int = 2, confused: int = 6) -> tuple[
     return np.array(list(seen), dtype=np.int64), list(seen.values())
 
 
-SECTIONS: list[SectionBuilder] = [overview, reliance_section, prototypes, class_structure, dynamics, uncertain, film_strips,
-                                  faithfulness_section, drift_section, evidence_section,
-                                  benchmark_section]
+# ---- studies that were not run -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Study:
+    """A study's section as the page shows it before the study ran: what it answers and the command that fills it."""
+
+    id: str
+    title: str
+    command: str
+    question: str
+
+
+STUDIES = {
+    "reliance": Study("reliance", "Reliance", "reliance", "Does the final model depend on a shortcut: a prototype tied "
+                      "to one class in fixed places, tested by deleting and transplanting it?"),
+    "faithfulness": Study("faithfulness", "Faithfulness", "faithfulness", "Do the CAMs point at what the model uses: "
+                          "does deleting the pixels they rank first lower the confidence faster than a random order?"),
+    "drift": Study("drift", "Semantic drift", "drift", "How far do the maps move between two checkpoints or training "
+                   "phases, per class and per method?"),
+    "evidence": Study("evidence", "Minimal evidence", "evidence", "What is the smallest part of an image that keeps "
+                      "the model's decision, and does the CAM cover it?"),
+    "benchmark": Study("benchmark", "Attribution benchmark", "benchmark", "Which CAM method is faithful, robust and "
+                       "sane at each checkpoint?"),
+}
+
+
+def or_not_run(builder: SectionBuilder, study: Study) -> SectionBuilder:
+    """``builder``, but where it returns None (its study's file is absent) a section saying "not run" and the command
+    that fills it, so a reader sees every study and what is missing."""
+
+    @functools.wraps(builder)
+    def build(r: ReportInputs) -> Section:
+        section = builder(r)
+        if section is not None:
+            return section
+        command = f"i2x {study.command} {r.shown_dir}"
+        return Section(study.id, f"{study.title}: not run", study.question,
+                       f'<p><b>Not run.</b> Run <code>{esc(command)}</code> in the folder that holds the analysis '
+                       f'directory, then rebuild this page with <code>{esc(f"i2x report {r.shown_dir}")}</code>.</p>')
+
+    return build
+
+
+SECTIONS: list[SectionBuilder] = [verdict_section, overview, or_not_run(reliance_section, STUDIES["reliance"]), prototypes,
+                                  class_structure, dynamics, uncertain, film_strips,
+                                  or_not_run(faithfulness_section, STUDIES["faithfulness"]),
+                                  or_not_run(drift_section, STUDIES["drift"]),
+                                  or_not_run(evidence_section, STUDIES["evidence"]),
+                                  or_not_run(benchmark_section, STUDIES["benchmark"])]

@@ -1,0 +1,71 @@
+"""The report's first section: what a reader must know before the details (shortcut verdict, uncertain pairs,
+accuracy from the first to the final checkpoint), each with a link to the section that backs it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from i2x.reporting.inputs import ReportInputs
+from i2x.reporting.page import Raw, Section, chip, class_ref, esc, proto_ref, table
+
+MAX_VERDICT_PAIRS = 5
+
+
+def _shortcut(r: ReportInputs) -> Raw:
+    entry = r.summary.get("reliance")
+    if not entry:
+        return Raw(f'<span class="muted">not run</span>: <code>i2x reliance {esc(r.shown_dir)}</code> tests by '
+                   "intervention whether the model depends on a prototype tied to one class in fixed places.")
+    mark = chip("shortcut suspected", "warn") if entry.get("shortcut_found") else chip("no shortcut stands out")
+    suspects = entry.get("suspects") or []
+    named = " ".join(proto_ref(p["id"]) for p in suspects[:3])
+    return Raw(f'{mark} {esc(entry["verdict"])} <a href="#reliance">details</a>'
+               + (f"<br>top suspects: {named}" if named else ""))
+
+
+def _uncertain(r: ReportInputs) -> Raw:
+    found, c = r.summary["uncertain"], r.summary.get("uncertainty")
+    k = len(r.summary["prototypes"])
+    if not found:
+        return Raw('<span class="muted">none</span>: no prototype flipped between two classes.')
+    head = f"{len(found)} of {k} prototypes flagged"
+    if c:
+        e = c["expected_flagged"]
+        chance = (f"; chance alone flags {e['mean']:.3g}" if c["null_runs"] and e["mean"] is not None
+                  else "; the null model was not run")
+        head = f"{c['flagged']} of {k} prototypes flagged, {c['significant']} significant{chance}"
+    items = []
+    for u in found[:MAX_VERDICT_PAIRS]:
+        a, b = u["classes"]
+        flag = ("" if "significant" not in u else
+                chip("significant", "shared") if u["significant"] else chip("not significant", "warn"))
+        items.append(f"<li>{proto_ref(u['prototype'], 'uncertain')} {class_ref(a, r.names[a])} ↔ "
+                     f"{class_ref(b, r.names[b])} {flag}</li>")
+    more = f'<li class="muted">{len(found) - MAX_VERDICT_PAIRS} more below</li>' if len(found) > MAX_VERDICT_PAIRS else ""
+    return Raw(f'{esc(head)} (<a href="#uncertain">details</a>)<ul class="tight">{"".join(items)}{more}</ul>')
+
+
+def _accuracy(s: dict[str, Any], names: list[str]) -> str:
+    acc = [(n, a) for n, a in zip(names, s["accuracy"]) if a is not None]
+    if not acc:
+        return "no usable checkpoint"
+    (n0, a0), (n1, a1) = acc[0], acc[-1]
+    return f"{a0:.1%} at {n0} → {a1:.1%} at {n1} ({s['split']} split, {s['n_samples']} samples)"
+
+
+def verdict_section(r: ReportInputs) -> Section:
+    """The verdict card: the answers first, each linked to the section that shows the evidence."""
+    s = r.summary
+    conf = np.asarray(s["final_confusion"])
+    wrong = int(conf.sum() - np.trace(conf))
+    rows = [
+        ("Shortcut", _shortcut(r)),
+        ("Uncertain pairs", _uncertain(r)),
+        ("Accuracy", _accuracy(s, [c["name"] for c in r.checkpoints])),
+        ("Errors at the end", f"{wrong} of {int(conf.sum())} samples misclassified"),
+    ]
+    return Section("verdict", "Verdict", "What the analysis found, before the details: does the model lean on a "
+                   "shortcut, which prototypes have not settled between two classes, and how well it did.",
+                   f'<div class="verdict">{table(None, rows, "facts")}</div>')
