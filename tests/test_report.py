@@ -28,7 +28,8 @@ from i2x.reporting import Section, build_report
 from i2x.reporting.images import HIGHLIGHT, jet, overlays, prototype_patches, to_rgb
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import script_json, scrub_paths, shown_path
-from i2x.reporting.sections import _groups_fact, uncertain
+from i2x.reporting.sections.common import _groups_fact
+from i2x.reporting.sections.uncertain import uncertain
 from i2x.reporting.sections.verdict import verdict_section
 from i2x.io.store import Store
 

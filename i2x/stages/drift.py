@@ -31,7 +31,7 @@ from i2x.io.workdir import DRIFT, checkpoint_index, clean_json, describe_checkpo
 from i2x.metrics.bootstrap import bootstrap_means, percentile_interval
 from i2x.metrics.drift import centroid, drift_metrics, rank_reversals, summarize
 from i2x.settings import name_list, option, validate
-from i2x.stages.context import RunConfig, open_data
+from i2x.stages.context import open_data
 
 #: Drift metrics written per sample class; shift_px is in pixels of the input image.
 DRIFT_METRICS = ("iou", "shift_px", "shift_frac", "spearman", "concentration_a", "concentration_b",
