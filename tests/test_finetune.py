@@ -199,3 +199,49 @@ def test_option_errors(analysis):
         finetune(analysis / "an", min_share=0, progress=False)
     with pytest.raises(UserError, match="--pairs"):
         finetune(analysis / "an", pairs=[("2", "cat")], progress=False)
+
+
+def test_study_rows_controls_and_paired_statistics(analysis, tmp_path):
+    kw = dict(study=True, seeds=[0, 1], epochs=(1, 1), progress=False)
+    result = finetune(analysis / "an", dest=tmp_path / "a", **kw)
+    assert list(result.strategies) == ["full-full", "curated-curated", "curated-full", "full", "curated",
+                                       "random-full", "cartography-full"]
+    excluded = json.loads((tmp_path / "a" / "excluded.json").read_text())
+    labels = np.load(analysis / "d.npz")["y_train"]
+    per_class = np.bincount(labels[excluded["ids"]], minlength=10)
+    analysed = Store.open(analysis / "an").read("sample_index")
+    for name in ("random", "cartography"):
+        ids = excluded["controls"][name]["ids"]
+        assert np.array_equal(np.bincount(labels[ids], minlength=10), per_class) and len(set(ids)) == len(ids)
+        assert set(ids) <= set(analysed.tolist())
+    store = Store.open(analysis / "an")
+    variability = dict(zip(store.read("sample_index").tolist(), store.read("analysis/variability").tolist()))
+    for c in np.flatnonzero(per_class):  # no analysed sample of the class left in is more ambiguous than one taken
+        taken = [variability[i] for i in excluded["controls"]["cartography"]["ids"] if labels[i] == c]
+        left = [v for i, v in variability.items() if labels[i] == c and i not in excluded["controls"]["cartography"]["ids"]]
+        assert min(taken) >= max(left)
+
+    # a one-stage row is stage 1 alone: the same as X-X with no stage-2 epoch
+    alone = finetune(analysis / "an", dest=tmp_path / "b", strategies=("full-full",), seeds=[0, 1], epochs=(1, 0),
+                     progress=False)
+    by = {(r["strategy"], r["seed"]): r for r in result.runs}
+    for r in alone.runs:
+        assert by["full", r["seed"]]["confusion_matrix"] == r["confusion_matrix"]
+
+    # paired statistics against a direct computation from the saved runs
+    saved = json.loads((tmp_path / "a" / "finetune.json").read_text())
+    runs = {(r["strategy"], r["seed"]): r for r in saved["runs"]}
+    label = saved["pairs"][0]["label"]
+    for base in ("full-full", "random-full", "cartography-full"):
+        d = saved["paired_differences"][f"curated-full minus {base}"]["confusions"][label]
+        diff = [runs["curated-full", s]["confusions"][label]["total"] - runs[base, s]["confusions"][label]["total"]
+                for s in (0, 1)]
+        assert d["values"] == diff and d["mean"] == pytest.approx(np.mean(diff))
+        assert d["ci"][0] <= d["mean"] <= d["ci"][1]
+    table = format_table(result)
+    assert "verdict" in table and "curated (stage 1 only)" in table and "random -> full" in table
+
+    # the same seeds give the same table
+    again = finetune(analysis / "an", dest=tmp_path / "c", **kw)
+    assert format_table(again) == table
+
