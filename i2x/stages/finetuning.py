@@ -121,6 +121,7 @@ class FinetuneResult:
             "runs": self.runs,
             "strategies": self.strategies,
             "paired_differences": self.paired,
+            "verdict": verdict(self),
             "seconds": round(self.seconds, 3),
         }
 
