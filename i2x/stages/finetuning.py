@@ -68,6 +68,8 @@ STUDY_STRATEGIES = ("full-full", "curated-curated", "curated-full", "full", "cur
                     "cartography-full")
 DEFAULT_SEEDS = 5
 STUDY_SEEDS = 10
+#: a paired difference counts as a win or a loss in the verdict only below this Wilcoxon p
+VERDICT_LEVEL = 0.05
 #: rows that ``curated-full`` is also compared with, seed by seed, when they ran
 CURATED_RIVALS = ("random-full", "cartography-full")
 DEFAULT_LR = {"sgd": 1e-3, "adam": 1e-4}
@@ -655,8 +657,9 @@ def format_table(result: FinetuneResult) -> str:
 
 
 def verdict(result: FinetuneResult) -> list[str]:
-    """One sentence per pair: did curated -> full beat full -> full and the controls (fewer confusions, the
-    interval of the difference below 0)?"""
+    """One sentence per pair: did curated -> full beat full -> full and the controls? "beat" needs both the
+    bootstrap interval of the confusion difference below 0 and Wilcoxon p < 0.05 (with 5 seeds the smallest
+    two-sided p is 1/16, so 5 seeds can never say "beat")."""
     out = []
     for label in (pair_label(p, result.class_names) for p in result.pairs):
         parts = []
@@ -668,7 +671,9 @@ def verdict(result: FinetuneResult) -> list[str]:
             lo, hi = c["ci"]
             if c["mean"] is None or lo is None:
                 continue
-            word = ("beat" if hi < 0 else "did worse than" if lo > 0 else "did not clearly beat")
+            significant = c["wilcoxon_p"] is not None and c["wilcoxon_p"] < VERDICT_LEVEL
+            word = "beat" if hi < 0 and significant else "did worse than" if lo > 0 and significant \
+                else "did not clearly beat"
             parts.append(f"{word} {_row_name(base)} ({c['mean']:+.2f} confusions, 95% CI [{lo:+.2f}, {hi:+.2f}], "
                          f"Wilcoxon p={_p(c['wilcoxon_p'])})")
         if parts:
