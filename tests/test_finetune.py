@@ -245,3 +245,21 @@ def test_study_rows_controls_and_paired_statistics(analysis, tmp_path):
     again = finetune(analysis / "an", dest=tmp_path / "c", **kw)
     assert format_table(again) == table
 
+
+
+def test_verdict_needs_the_interval_and_the_test():
+    from i2x.metrics.paired import paired_difference
+    from i2x.stages.finetuning import FinetuneResult, verdict
+
+    def result(diffs):
+        d = {"accuracy": paired_difference([0.0] * len(diffs)), "confusions": {"2<->7": paired_difference(diffs)}}
+        return FinetuneResult(dest=None, settings={}, class_names=[str(i) for i in range(10)], pairs=[(2, 7)],
+                              excluded={}, start={}, runs=[], strategies={},
+                              paired={"curated-full minus full-full": d, "curated-full minus random-full": d})
+
+    assert verdict(result([-1, -2, -1, -3, -1, -2, -1, -1, -2, -1]))[0].startswith(
+        "verdict 2<->7: curated -> full beat full -> full (-1.50 confusions")
+    assert "beat random -> full" in verdict(result([-1] * 10))[0]
+    five = verdict(result([-1] * 5))[0]  # the interval is below 0 but p = 1/16: not enough seeds to say "beat"
+    assert "did not clearly beat full -> full" in five and "p=0.062" in five
+    assert "did worse than full -> full" in verdict(result([2] * 10))[0]
