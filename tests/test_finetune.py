@@ -211,14 +211,17 @@ def test_study_rows_controls_and_paired_statistics(analysis, tmp_path):
     per_class = np.bincount(labels[excluded["ids"]], minlength=10)
     analysed = Store.open(analysis / "an").read("sample_index")
     for name in ("random", "cartography"):
-        ids = excluded["controls"][name]["ids"]
-        assert np.array_equal(np.bincount(labels[ids], minlength=10), per_class) and len(set(ids)) == len(ids)
-        assert set(ids) <= set(analysed.tolist())
+        for ids in excluded["controls"][name]["ids"].values():
+            assert np.array_equal(np.bincount(labels[ids], minlength=10), per_class) and len(set(ids)) == len(ids)
+            assert set(ids) <= set(analysed.tolist())
+    draws = excluded["controls"]["random"]["ids"]
+    assert list(draws) == ["0", "1"] and draws["0"] != draws["1"]  # a new random draw per seed
+    carto = excluded["controls"]["cartography"]["ids"]["0"]
     store = Store.open(analysis / "an")
     variability = dict(zip(store.read("sample_index").tolist(), store.read("analysis/variability").tolist()))
     for c in np.flatnonzero(per_class):  # no analysed sample of the class left in is more ambiguous than one taken
-        taken = [variability[i] for i in excluded["controls"]["cartography"]["ids"] if labels[i] == c]
-        left = [v for i, v in variability.items() if labels[i] == c and i not in excluded["controls"]["cartography"]["ids"]]
+        taken = [variability[i] for i in carto if labels[i] == c]
+        left = [v for i, v in variability.items() if labels[i] == c and i not in carto]
         assert min(taken) >= max(left)
 
     # a one-stage row is stage 1 alone: the same as X-X with no stage-2 epoch

@@ -1,7 +1,8 @@
 """Control exclusions for curated fine-tuning: as many samples per class as the curated set leaves out, chosen otherwise.
 
-* ``random``: drawn uniformly (numpy's generator, fixed ``seed``) from the analysed training samples
-  of each class the curated set touches; the same draw serves every fine-tuning seed.
+* ``random``: drawn uniformly from the analysed training samples of each class the curated set
+  touches, a new draw per fine-tuning seed (numpy's generator seeded with it), so the spread over
+  seeds includes the spread over random selections.
 * ``cartography``: per class, the analysed samples with the highest variability of the true-class
   probability over the checkpoints (dataset cartography's "ambiguous" axis), ties to the lower
   confidence, then the lower index.
@@ -47,18 +48,22 @@ def cartography_exclusion(counts: dict[int, int], sample_index: np.ndarray, labe
 
 
 def control_exclusions(store: Store, curated_ids: np.ndarray, train_labels: np.ndarray,
-                       wanted: set[str] | frozenset[str]) -> dict[str, np.ndarray]:
-    """{control name: its excluded training ids} for the ``wanted`` controls, matched to ``curated_ids`` per class."""
+                       wanted: set[str] | frozenset[str], seeds: list[int]) -> dict[str, dict[int, np.ndarray]]:
+    """{control name: {fine-tuning seed: its excluded training ids}} for the ``wanted`` controls, matched to
+    ``curated_ids`` per class (the cartography set is the same for every seed)."""
     if not wanted:
         return {}
     counts = per_class_counts(curated_ids, train_labels)
     sample_index, labels = store.read("sample_index"), store.read("labels")
-    makers = {"random": lambda: random_exclusion(counts, sample_index, labels),
-              "cartography": lambda: cartography_exclusion(counts, sample_index, labels,
-                                                           store.read("analysis/variability"),
-                                                           store.read("analysis/confidence"))}
+    out: dict[str, dict[int, np.ndarray]] = {}
     try:
-        return {name: makers[name]() for name in CONTROLS if name in wanted}
+        if "random" in wanted:
+            out["random"] = {seed: random_exclusion(counts, sample_index, labels, seed) for seed in seeds}
+        if "cartography" in wanted:
+            ids = cartography_exclusion(counts, sample_index, labels, store.read("analysis/variability"),
+                                        store.read("analysis/confidence"))
+            out["cartography"] = {seed: ids for seed in seeds}
+        return out
     except ValueError as err:
         raise UserError(f"{store.path}: cannot match the curated set for a control ({err}); analyse more training "
                         "samples (a larger --limit) or drop the random/cartography strategies") from None

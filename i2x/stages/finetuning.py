@@ -207,13 +207,13 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
         curation = _curation(store, summary, names, labels_of(train_set), cfg.min_share, cfg.pairs,
                              cfg.exclude_file, cfg.all_uncertain)
         controls = control_exclusions(store, curation.ids, labels_of(train_set),
-                                      {part for s in plan.strategies for part in s} & set(CONTROLS))
+                                      {part for s in plan.strategies for part in s} & set(CONTROLS), plan.seeds)
         start_t, start_name, start_sha = _start_checkpoint(store)
         ctx = open_context(store, start_t, cfg.device, cfg.batch_size, cfg.trust_checkpoints, cfg.trust_analysis,
                            cfg.model)
     report_pairs = list(curation.pairs) or _fallback_pairs(summary)
     _print_curation(curation, names, cfg.min_share)
-    sets = _training_sets(train_set, curation, plan, controls)
+    sets = _training_sets(train_set, curation, plan)
     settings = _settings(out, cfg, plan, curation, ctx, start_name, start_sha, len(test_set))
     dest_dir = Path(cfg.dest) if cfg.dest is not None else out / FINETUNE_DIR
     with locked(out), locked(dest_dir, enabled=dest_dir.resolve() != out.resolve()):
@@ -221,8 +221,8 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
         evaluate_on_test = partial(_evaluate, test_set=test_set, labels=labels_of(test_set), device=ctx.device,
                                    pairs=report_pairs, names=names)
         start = evaluate_on_test(ctx.model)
-        runs = _run_all(ctx, sets, cfg, plan, dest_dir, _fingerprint(settings, curation.ids, controls), start_name,
-                        evaluate_on_test, progress)
+        runs = _run_all(ctx, sets, controls, cfg, plan, dest_dir, _fingerprint(settings, curation.ids, controls),
+                        start_name, evaluate_on_test, progress)
         result = FinetuneResult(
             dest=dest_dir, settings=settings, class_names=names, pairs=report_pairs,
             excluded=_excluded_record(curation, names, controls), start=start, runs=runs,
@@ -245,17 +245,20 @@ class Plan:
     lr: float
 
 
-def _training_sets(train_set: Dataset, curation: Curation, plan: Plan,
-                   controls: dict[str, np.ndarray] | None = None) -> dict[str, Dataset]:
-    """The full, the curated and any control training set; an empty curated set is refused when a stage trains on it."""
+def _training_sets(train_set: Dataset, curation: Curation, plan: Plan) -> dict[str, Dataset]:
+    """The full and the curated training set; an empty curated set is refused when a stage trains on it."""
     keep = np.setdiff1d(np.arange(curation.n_train), curation.ids)
     if keep.size == 0 and any(e > 0 and part != "full" for s in plan.strategies for part, e in zip(s, plan.epochs)):
         raise UserError("the curated set is empty (every training sample is excluded); raise --min-share or "
                         "exclude fewer ids")
-    sets = {"full": train_set, "curated": subset(train_set, keep.tolist())}
-    for name, ids in (controls or {}).items():
-        sets[name] = subset(train_set, np.setdiff1d(np.arange(curation.n_train), ids).tolist())
-    return sets
+    return {"full": train_set, "curated": subset(train_set, keep.tolist())}
+
+
+def _with_controls(sets: dict[str, Dataset], controls: dict[str, dict[int, np.ndarray]], seed: int) -> dict[str, Dataset]:
+    """The training sets of one run: full, curated, and each control's set for that seed."""
+    n_train = len(sets["full"])  # type: ignore[arg-type]
+    return {**sets, **{name: subset(sets["full"], np.setdiff1d(np.arange(n_train), by_seed[seed]).tolist())
+                       for name, by_seed in controls.items()}}
 
 
 def _settings(out: Path, cfg: FinetuneConfig, plan: Plan, curation: Curation, ctx: Context, start_name: str,
@@ -283,7 +286,7 @@ def _settings(out: Path, cfg: FinetuneConfig, plan: Plan, curation: Curation, ct
     }
 
 
-def _run_all(ctx: Context, sets: dict[str, Dataset], cfg: FinetuneConfig, plan: Plan, dest_dir: Path,
+def _run_all(ctx: Context, sets: dict[str, Dataset], controls: dict[str, dict[int, np.ndarray]], cfg: FinetuneConfig, plan: Plan, dest_dir: Path,
              fingerprint: str, start_name: str, evaluate_on_test: Callable[[nn.Module], dict[str, Any]],
              progress: bool) -> list[dict[str, Any]]:
     """Every strategy and seed from the start weights, reusing finished runs with the same fingerprint."""
@@ -300,8 +303,8 @@ def _run_all(ctx: Context, sets: dict[str, Dataset], cfg: FinetuneConfig, plan: 
             record = _reuse(run_path, fingerprint)
             if record is None:
                 model.load_state_dict(start_state)
-                record = _run_one(model, stages, plan.epochs, sets, seed, train_cfg, cfg.optimizer, plan.lr,
-                                  ctx.device)
+                record = _run_one(model, stages, plan.epochs, _with_controls(sets, controls, seed), seed, train_cfg,
+                                  cfg.optimizer, plan.lr, ctx.device)
                 record.update(evaluate_on_test(model))
                 record.update({"strategy": strategy, "fingerprint": fingerprint})
                 _save_run(run_path, model, record, start_name)
@@ -488,7 +491,7 @@ def _print_curation(curation: Curation, names: list[str], min_share: float) -> N
 
 
 def _excluded_record(curation: Curation, names: list[str],
-                     controls: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                     controls: dict[str, dict[int, np.ndarray]] | None = None) -> dict[str, Any]:
     record: dict[str, Any] = {
         "source": curation.source,
         "count": int(curation.ids.size),
@@ -498,19 +501,20 @@ def _excluded_record(curation: Curation, names: list[str],
                   for p, protos in curation.pairs.items()],
     }
     if controls:
-        record["controls"] = {name: {"count": int(ids.size),
-                                     "shared_with_curated": int(np.intersect1d(ids, curation.ids).size)}
-                              for name, ids in controls.items()}
+        record["controls"] = {name: {"count": int(next(iter(by_seed.values())).size),
+                                     "shared_with_curated": {str(seed): int(np.intersect1d(ids, curation.ids).size)
+                                                             for seed, ids in by_seed.items()}}
+                              for name, by_seed in controls.items()}
     return record
 
 
 def _write_excluded(path: Path, curation: Curation, names: list[str], min_share: float,
-                    controls: dict[str, np.ndarray] | None = None) -> None:
+                    controls: dict[str, dict[int, np.ndarray]] | None = None) -> None:
     """``excluded.json``: the rule, the counts and the excluded training-split indices (reusable as --exclude)."""
     record = {**_excluded_record(curation, names, controls),
               "min_share": min_share if curation.source == "rule" else None, "ids": curation.ids.tolist()}
-    for name, ids in (controls or {}).items():
-        record["controls"][name]["ids"] = ids.tolist()
+    for name, by_seed in (controls or {}).items():
+        record["controls"][name]["ids"] = {str(seed): ids.tolist() for seed, ids in by_seed.items()}
     write_json(path, record)
 
 
@@ -552,10 +556,12 @@ def _evaluate(model: nn.Module, test_set: Dataset, labels: np.ndarray, device: t
     return {"accuracy": acc, "test_loss": loss, "confusions": confusions, "confusion_matrix": cm.tolist()}
 
 
-def _fingerprint(settings: dict[str, Any], ids: np.ndarray, controls: dict[str, np.ndarray] | None = None) -> str:
+def _fingerprint(settings: dict[str, Any], ids: np.ndarray,
+                 controls: dict[str, dict[int, np.ndarray]] | None = None) -> str:
     """What a saved run must match to be reused: the settings that change results, and the excluded ids."""
     keys = ("start_checkpoint", "epochs", "optimizer", "lr", "batch_size", "train_size")
-    extra = {f"ids_{name}": v.tolist() for name, v in (controls or {}).items()}
+    extra = {f"ids_{name}": {str(seed): v.tolist() for seed, v in by_seed.items()}
+             for name, by_seed in (controls or {}).items()}
     payload = json.dumps({**{k: settings[k] for k in keys}, "ids": ids.tolist(), **extra}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
