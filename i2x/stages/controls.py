@@ -1,4 +1,4 @@
-"""Control exclusions for curated fine-tuning: as many samples per class as the curated set leaves out, chosen otherwise.
+"""Control exclusions for curated fine-tuning: as many samples per class as the curated set, chosen otherwise.
 
 * ``random``: drawn uniformly from the analysed training samples of each class the curated set
   touches, a new draw per fine-tuning seed (numpy's generator seeded with it), so the spread over

@@ -9,8 +9,9 @@ the final (last finite) checkpoint, trains ``epochs[0]`` epochs on set X and the
 on set Y (X, Y in {full, curated}; a strategy ``X`` alone trains stage 1 only, the paper's "1 epoch" rows).
 Two control sets leave out as many samples per class as the curated one: ``random`` and ``cartography``
 (the most ambiguous; see ``stages/controls``), so ``random-full`` asks whether any exclusion of that
-size would do as well. ``--study`` runs all seven rows over 10 seeds. Every run is evaluated on the test split for accuracy and the
-confusions of each pair (a->b plus b->a), and the strategies are compared over the same seeds.
+size would do as well. ``--study`` runs all seven rows over 10 seeds. Every run is evaluated on the test
+split for accuracy and the confusions of each pair (a->b plus b->a), and the strategies are compared
+over the same seeds.
 
 Choices the paper leaves open, and why:
 
@@ -254,7 +255,8 @@ def _training_sets(train_set: Dataset, curation: Curation, plan: Plan) -> dict[s
     return {"full": train_set, "curated": subset(train_set, keep.tolist())}
 
 
-def _with_controls(sets: dict[str, Dataset], controls: dict[str, dict[int, np.ndarray]], seed: int) -> dict[str, Dataset]:
+def _with_controls(sets: dict[str, Dataset], controls: dict[str, dict[int, np.ndarray]],
+                   seed: int) -> dict[str, Dataset]:
     """The training sets of one run: full, curated, and each control's set for that seed."""
     n_train = len(sets["full"])  # type: ignore[arg-type]
     return {**sets, **{name: subset(sets["full"], np.setdiff1d(np.arange(n_train), by_seed[seed]).tolist())
@@ -286,7 +288,8 @@ def _settings(out: Path, cfg: FinetuneConfig, plan: Plan, curation: Curation, ct
     }
 
 
-def _run_all(ctx: Context, sets: dict[str, Dataset], controls: dict[str, dict[int, np.ndarray]], cfg: FinetuneConfig, plan: Plan, dest_dir: Path,
+def _run_all(ctx: Context, sets: dict[str, Dataset], controls: dict[str, dict[int, np.ndarray]],
+             cfg: FinetuneConfig, plan: Plan, dest_dir: Path,
              fingerprint: str, start_name: str, evaluate_on_test: Callable[[nn.Module], dict[str, Any]],
              progress: bool) -> list[dict[str, Any]]:
     """Every strategy and seed from the start weights, reusing finished runs with the same fingerprint."""
@@ -761,5 +764,5 @@ def _start_checkpoint(store: Store) -> tuple[int, str, str]:
     return int(finite[-1]), record["name"], record["sha256"]
 
 
-__all__ = ["finetune", "FinetuneConfig", "format_table", "verdict", "STUDY_STRATEGIES", "FinetuneResult", "Curation", "exclusion_mask",
-           "read_exclude_file", "pair_label"]
+__all__ = ["finetune", "FinetuneConfig", "format_table", "verdict", "STUDY_STRATEGIES", "FinetuneResult", "Curation",
+           "exclusion_mask", "read_exclude_file", "pair_label"]
