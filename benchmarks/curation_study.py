@@ -1,6 +1,6 @@
 """Does curation help? The seven-row fine-tuning study on a weak digits model that still confuses pairs.
 
-    python benchmarks/curation_study.py --seeds 10          # about 5 minutes on a busy 2-core machine
+    python benchmarks/curation_study.py --seeds 10          # about 1 minute on a shared 2-core machine
 
 The demo model reaches 99% on digits, so no pair is confused and the question cannot be asked. Here
 the small CNN is trained on digits at 16x16 with a small learning rate (5e-5, Adam, 10 epochs): it

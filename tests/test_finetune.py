@@ -231,6 +231,17 @@ def test_study_rows_controls_and_paired_statistics(analysis, tmp_path):
     for r in alone.runs:
         assert by["full", r["seed"]]["confusion_matrix"] == r["confusion_matrix"]
 
+    # random -> full trains on exactly the recorded draw: the same run as curated -> full excluding those ids
+    (tmp_path / "ids.json").write_text(json.dumps(draws["1"]))
+    mine = finetune(analysis / "an", dest=tmp_path / "d", strategies=("curated-full",), seeds=[1], epochs=(1, 1),
+                    exclude_file=tmp_path / "ids.json", progress=False)
+    assert mine.runs[0]["confusion_matrix"] == by["random-full", 1]["confusion_matrix"]
+    w_random, w_mine = weights(tmp_path / "a" / "runs" / "random-full" / "seed1.pt"), weights(
+        tmp_path / "d" / "runs" / "curated-full" / "seed1.pt")
+    assert all(torch.equal(w_random[k], w_mine[k]) for k in w_random)
+    w_curated = weights(tmp_path / "a" / "runs" / "curated-full" / "seed1.pt")
+    assert not all(torch.equal(w_random[k], w_curated[k]) for k in w_random)
+
     # paired statistics against a direct computation from the saved runs
     saved = json.loads((tmp_path / "a" / "finetune.json").read_text())
     runs = {(r["strategy"], r["seed"]): r for r in saved["runs"]}
