@@ -199,3 +199,81 @@ def test_option_errors(analysis):
         finetune(analysis / "an", min_share=0, progress=False)
     with pytest.raises(UserError, match="--pairs"):
         finetune(analysis / "an", pairs=[("2", "cat")], progress=False)
+
+
+def test_study_rows_controls_and_paired_statistics(analysis, tmp_path):
+    kw = dict(study=True, seeds=[0, 1], epochs=(1, 1), progress=False)
+    result = finetune(analysis / "an", dest=tmp_path / "a", **kw)
+    assert list(result.strategies) == ["full-full", "curated-curated", "curated-full", "full", "curated",
+                                       "random-full", "cartography-full"]
+    excluded = json.loads((tmp_path / "a" / "excluded.json").read_text())
+    labels = np.load(analysis / "d.npz")["y_train"]
+    per_class = np.bincount(labels[excluded["ids"]], minlength=10)
+    analysed = Store.open(analysis / "an").read("sample_index")
+    for name in ("random", "cartography"):
+        for ids in excluded["controls"][name]["ids"].values():
+            assert np.array_equal(np.bincount(labels[ids], minlength=10), per_class) and len(set(ids)) == len(ids)
+            assert set(ids) <= set(analysed.tolist())
+    draws = excluded["controls"]["random"]["ids"]
+    assert list(draws) == ["0", "1"] and draws["0"] != draws["1"]  # a new random draw per seed
+    carto = excluded["controls"]["cartography"]["ids"]["0"]
+    store = Store.open(analysis / "an")
+    variability = dict(zip(store.read("sample_index").tolist(), store.read("analysis/variability").tolist()))
+    for c in np.flatnonzero(per_class):  # no analysed sample of the class left in is more ambiguous than one taken
+        taken = [variability[i] for i in carto if labels[i] == c]
+        left = [v for i, v in variability.items() if labels[i] == c and i not in carto]
+        assert min(taken) >= max(left)
+
+    # a one-stage row is stage 1 alone: the same as X-X with no stage-2 epoch
+    alone = finetune(analysis / "an", dest=tmp_path / "b", strategies=("full-full",), seeds=[0, 1], epochs=(1, 0),
+                     progress=False)
+    by = {(r["strategy"], r["seed"]): r for r in result.runs}
+    for r in alone.runs:
+        assert by["full", r["seed"]]["confusion_matrix"] == r["confusion_matrix"]
+
+    # random -> full trains on exactly the recorded draw: the same run as curated -> full excluding those ids
+    (tmp_path / "ids.json").write_text(json.dumps(draws["1"]))
+    mine = finetune(analysis / "an", dest=tmp_path / "d", strategies=("curated-full",), seeds=[1], epochs=(1, 1),
+                    exclude_file=tmp_path / "ids.json", progress=False)
+    assert mine.runs[0]["confusion_matrix"] == by["random-full", 1]["confusion_matrix"]
+    w_random, w_mine = weights(tmp_path / "a" / "runs" / "random-full" / "seed1.pt"), weights(
+        tmp_path / "d" / "runs" / "curated-full" / "seed1.pt")
+    assert all(torch.equal(w_random[k], w_mine[k]) for k in w_random)
+    w_curated = weights(tmp_path / "a" / "runs" / "curated-full" / "seed1.pt")
+    assert not all(torch.equal(w_random[k], w_curated[k]) for k in w_random)
+
+    # paired statistics against a direct computation from the saved runs
+    saved = json.loads((tmp_path / "a" / "finetune.json").read_text())
+    runs = {(r["strategy"], r["seed"]): r for r in saved["runs"]}
+    label = saved["pairs"][0]["label"]
+    for base in ("full-full", "random-full", "cartography-full"):
+        d = saved["paired_differences"][f"curated-full minus {base}"]["confusions"][label]
+        diff = [runs["curated-full", s]["confusions"][label]["total"] - runs[base, s]["confusions"][label]["total"]
+                for s in (0, 1)]
+        assert d["values"] == diff and d["mean"] == pytest.approx(np.mean(diff))
+        assert d["ci"][0] <= d["mean"] <= d["ci"][1]
+    table = format_table(result)
+    assert "verdict" in table and "curated (stage 1 only)" in table and "random -> full" in table
+
+    # the same seeds give the same table
+    again = finetune(analysis / "an", dest=tmp_path / "c", **kw)
+    assert format_table(again) == table
+
+
+
+def test_verdict_needs_the_interval_and_the_test():
+    from i2x.metrics.paired import paired_difference
+    from i2x.stages.finetuning import FinetuneResult, verdict
+
+    def result(diffs):
+        d = {"accuracy": paired_difference([0.0] * len(diffs)), "confusions": {"2<->7": paired_difference(diffs)}}
+        return FinetuneResult(dest=None, settings={}, class_names=[str(i) for i in range(10)], pairs=[(2, 7)],
+                              excluded={}, start={}, runs=[], strategies={},
+                              paired={"curated-full minus full-full": d, "curated-full minus random-full": d})
+
+    assert verdict(result([-1, -2, -1, -3, -1, -2, -1, -1, -2, -1]))[0].startswith(
+        "verdict 2<->7: curated -> full beat full -> full (-1.50 confusions")
+    assert "beat random -> full" in verdict(result([-1] * 10))[0]
+    five = verdict(result([-1] * 5))[0]  # the interval is below 0 but p = 1/16: not enough seeds to say "beat"
+    assert "did not clearly beat full -> full" in five and "p=0.062" in five
+    assert "did worse than full -> full" in verdict(result([2] * 10))[0]

@@ -6,8 +6,12 @@ cells (``analysis/share``), the union over the flagged pairs. Only the uncertain
 analysis found significant (``significant`` in summary.json: flips beyond their standard errors,
 and more than the null model expects) count, unless ``all_uncertain``. Each strategy ``X-Y`` starts from
 the final (last finite) checkpoint, trains ``epochs[0]`` epochs on set X and then ``epochs[1]``
-on set Y (X, Y in {full, curated}); every run is evaluated on the test split for accuracy and the
-confusions of each pair (a->b plus b->a), and the strategies are compared over the same seeds.
+on set Y (X, Y in {full, curated}; a strategy ``X`` alone trains stage 1 only, the paper's "1 epoch" rows).
+Two control sets leave out as many samples per class as the curated one: ``random`` and ``cartography``
+(the most ambiguous; see ``stages/controls``), so ``random-full`` asks whether any exclusion of that
+size would do as well. ``--study`` runs all seven rows over 10 seeds. Every run is evaluated on the test
+split for accuracy and the confusions of each pair (a->b plus b->a), and the strategies are compared
+over the same seeds.
 
 Choices the paper leaves open, and why:
 
@@ -22,7 +26,8 @@ Choices the paper leaves open, and why:
   from ``(s, i)`` alone. So for one seed every strategy sees the same shuffle and dropout stream in
   a stage with the same data, e.g. the full stage 2 of curated->full and full->full: the
   comparison is paired, and the differences per seed are reported with their mean ± std.
-* Statistics: ± is the sample standard deviation (ddof=1) over seeds, 0 for a single seed.
+* Statistics: ± is the sample standard deviation (ddof=1) over seeds, 0 for a single seed; paired
+  differences also get a bootstrap interval over seeds and Wilcoxon / sign-test p-values (``metrics/paired``).
 * Resuming: each finished run leaves ``runs/<strategy>/seed<k>.pt`` and ``.json`` with a fingerprint
   of the settings and the excluded ids; rerunning with the same settings reuses them.
 * Runs on CUDA are not forced to be deterministic; on the CPU the same seed gives bit-identical weights.
@@ -52,11 +57,22 @@ from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import FINETUNE, FINETUNE_DIR, RELIANCE, load_summary, read_json, write_bytes, write_json
 from i2x.settings import device_option, name_list, option, validate, whole, whole_list
+from i2x.metrics.paired import paired_difference
+from i2x.stages.controls import CONTROLS, control_exclusions
 from i2x.stages.training import TrainConfig, evaluate, make_optimizer, subset, train_epochs
 
 EXCLUDED_NAME = "excluded.json"
-SET_NAMES = ("full", "curated")
+SET_NAMES = ("full", "curated") + CONTROLS
 DEFAULT_STRATEGIES = ("full-full", "curated-curated", "curated-full")
+#: ``--study``: the paper's five rows (a single set name trains stage 1 only) and the two control rows.
+STUDY_STRATEGIES = ("full-full", "curated-curated", "curated-full", "full", "curated", "random-full",
+                    "cartography-full")
+DEFAULT_SEEDS = 5
+STUDY_SEEDS = 10
+#: a paired difference counts as a win or a loss in the verdict only below this Wilcoxon p
+VERDICT_LEVEL = 0.05
+#: rows that ``curated-full`` is also compared with, seed by seed, when they ran
+CURATED_RIVALS = ("random-full", "cartography-full")
 DEFAULT_LR = {"sgd": 1e-3, "adam": 1e-4}
 BASELINE = "full-full"
 #: above this fraction of the training set excluded, say how to curate less (the rule unions all flagged pairs)
@@ -108,6 +124,7 @@ class FinetuneResult:
             "runs": self.runs,
             "strategies": self.strategies,
             "paired_differences": self.paired,
+            "verdict": verdict(self),
             "seconds": round(self.seconds, 3),
         }
 
@@ -131,10 +148,15 @@ def _check_pairs(pairs: str | Sequence[tuple[int | str, int | str]]) -> None:
 class FinetuneConfig(ModelAccess):
     """Settings of curated -> full fine-tuning (recorded in ``finetune.json``)."""
 
-    strategies: tuple[str, ...] = option(DEFAULT_STRATEGIES, "stage-1 -> stage-2 data: full-full, curated-curated, "
-                                         "curated-full", parse=name_list, metavar="A,B")
-    seeds: int | tuple[int, ...] = option(5, "runs per strategy, same seeds across strategies (the API also takes a "
-                                          "list of seeds)", parse=whole, metavar="N")
+    strategies: tuple[str, ...] = option(DEFAULT_STRATEGIES, "stage-1 -> stage-2 data X-Y, or X alone for stage 1 "
+                                         "only, X and Y in full, curated, random, cartography (the last two leave out "
+                                         "as many samples per class as curated, at random or the most ambiguous)",
+                                         parse=name_list, metavar="A,B")
+    seeds: int | tuple[int, ...] | None = option(None, f"runs per strategy, same seeds across strategies (default "
+                                                 f"{DEFAULT_SEEDS}, {STUDY_SEEDS} with --study; the API also takes a "
+                                                 "list of seeds)", parse=whole, metavar="N")
+    study: bool = option(False, "run the seven-row study: " + ", ".join(STUDY_STRATEGIES) + " (replaces "
+                         "--strategies)")
     epochs: tuple[int, int] = option((1, 1), "epochs of stage 1 and stage 2", parse=whole_list, low=0,
                                      metavar="E1,E2")
     lr: float | None = option(None, "learning rate (default 1e-3 for sgd, 1e-4 for adam)", low=0, low_open=True)
@@ -174,8 +196,9 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
     validate(cfg)
     start_time = time.perf_counter()
     out = Path(out_dir)
-    plan = Plan(_parse_strategies(cfg.strategies), _seed_list(cfg.seeds), _check_epochs(cfg.epochs),
-                _check_lr(cfg.optimizer, cfg.lr))
+    plan = Plan(_parse_strategies(STUDY_STRATEGIES if cfg.study else cfg.strategies),
+                _seed_list(cfg.seeds if cfg.seeds is not None else STUDY_SEEDS if cfg.study else DEFAULT_SEEDS),
+                _check_epochs(cfg.epochs), _check_lr(cfg.optimizer, cfg.lr))
     with locked(out):  # nothing may rewrite the analysis while the curation reads it
         store, summary = Store.open(out), load_summary(out)
         names = store.class_names
@@ -183,6 +206,8 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
         train_set, test_set = data.split("train"), data.split("test")
         curation = _curation(store, summary, names, labels_of(train_set), cfg.min_share, cfg.pairs,
                              cfg.exclude_file, cfg.all_uncertain, cfg.concept)
+        controls = control_exclusions(store, curation.ids, labels_of(train_set),
+                                      {part for s in plan.strategies for part in s} & set(CONTROLS), plan.seeds)
         start_t, start_name, start_sha = _start_checkpoint(store)
         ctx = open_context(store, start_t, cfg.device, cfg.batch_size, cfg.trust_checkpoints, cfg.trust_analysis,
                            cfg.model)
@@ -192,15 +217,15 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
     settings = _settings(out, cfg, plan, curation, ctx, start_name, start_sha, len(test_set))
     dest_dir = Path(cfg.dest) if cfg.dest is not None else out / FINETUNE_DIR
     with locked(out), locked(dest_dir, enabled=dest_dir.resolve() != out.resolve()):
-        _write_excluded(dest_dir / EXCLUDED_NAME, curation, names, cfg.min_share)
+        _write_excluded(dest_dir / EXCLUDED_NAME, curation, names, cfg.min_share, controls)
         evaluate_on_test = partial(_evaluate, test_set=test_set, labels=labels_of(test_set), device=ctx.device,
                                    pairs=report_pairs, names=names)
         start = evaluate_on_test(ctx.model)
-        runs = _run_all(ctx, sets, cfg, plan, dest_dir, _fingerprint(settings, curation.ids), start_name,
-                        evaluate_on_test, progress)
+        runs = _run_all(ctx, sets, controls, cfg, plan, dest_dir, _fingerprint(settings, curation.ids, controls),
+                        start_name, evaluate_on_test, progress)
         result = FinetuneResult(
             dest=dest_dir, settings=settings, class_names=names, pairs=report_pairs,
-            excluded=_excluded_record(curation, names), start=start, runs=runs,
+            excluded=_excluded_record(curation, names, controls), start=start, runs=runs,
             strategies=_per_strategy(runs, settings["strategies"], report_pairs, names),
             paired=_paired(runs, settings["strategies"], report_pairs, names),
             seconds=time.perf_counter() - start_time,
@@ -214,7 +239,7 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
 class Plan:
     """The checked run plan: strategies as (stage 1, stage 2) sets, seeds, epochs per stage, learning rate."""
 
-    strategies: list[tuple[str, str]]
+    strategies: list[tuple[str, ...]]
     seeds: list[int]
     epochs: tuple[int, int]
     lr: float
@@ -223,10 +248,18 @@ class Plan:
 def _training_sets(train_set: Dataset, curation: Curation, plan: Plan) -> dict[str, Dataset]:
     """The full and the curated training set; an empty curated set is refused when a stage trains on it."""
     keep = np.setdiff1d(np.arange(curation.n_train), curation.ids)
-    if keep.size == 0 and any(e > 0 and part == "curated" for s in plan.strategies for part, e in zip(s, plan.epochs)):
+    if keep.size == 0 and any(e > 0 and part != "full" for s in plan.strategies for part, e in zip(s, plan.epochs)):
         raise UserError("the curated set is empty (every training sample is excluded); raise --min-share or "
                         "exclude fewer ids")
     return {"full": train_set, "curated": subset(train_set, keep.tolist())}
+
+
+def _with_controls(sets: dict[str, Dataset], controls: dict[str, dict[int, np.ndarray]],
+                   seed: int) -> dict[str, Dataset]:
+    """The training sets of one run: full, curated, and each control's set for that seed."""
+    n_train = len(sets["full"])  # type: ignore[arg-type]
+    return {**sets, **{name: subset(sets["full"], np.setdiff1d(np.arange(n_train), by_seed[seed]).tolist())
+                       for name, by_seed in controls.items()}}
 
 
 def _settings(out: Path, cfg: FinetuneConfig, plan: Plan, curation: Curation, ctx: Context, start_name: str,
@@ -254,7 +287,8 @@ def _settings(out: Path, cfg: FinetuneConfig, plan: Plan, curation: Curation, ct
     }
 
 
-def _run_all(ctx: Context, sets: dict[str, Dataset], cfg: FinetuneConfig, plan: Plan, dest_dir: Path,
+def _run_all(ctx: Context, sets: dict[str, Dataset], controls: dict[str, dict[int, np.ndarray]],
+             cfg: FinetuneConfig, plan: Plan, dest_dir: Path,
              fingerprint: str, start_name: str, evaluate_on_test: Callable[[nn.Module], dict[str, Any]],
              progress: bool) -> list[dict[str, Any]]:
     """Every strategy and seed from the start weights, reusing finished runs with the same fingerprint."""
@@ -271,8 +305,8 @@ def _run_all(ctx: Context, sets: dict[str, Dataset], cfg: FinetuneConfig, plan: 
             record = _reuse(run_path, fingerprint)
             if record is None:
                 model.load_state_dict(start_state)
-                record = _run_one(model, stages, plan.epochs, sets, seed, train_cfg, cfg.optimizer, plan.lr,
-                                  ctx.device)
+                record = _run_one(model, stages, plan.epochs, _with_controls(sets, controls, seed), seed, train_cfg,
+                                  cfg.optimizer, plan.lr, ctx.device)
                 record.update(evaluate_on_test(model))
                 record.update({"strategy": strategy, "fingerprint": fingerprint})
                 _save_run(run_path, model, record, start_name)
@@ -494,8 +528,9 @@ def _print_curation(curation: Curation, names: list[str], min_share: float) -> N
               "the pair(s) you care about with --pairs A,B or raise --min-share")
 
 
-def _excluded_record(curation: Curation, names: list[str]) -> dict[str, Any]:
-    return {
+def _excluded_record(curation: Curation, names: list[str],
+                     controls: dict[str, dict[int, np.ndarray]] | None = None) -> dict[str, Any]:
+    record: dict[str, Any] = {
         "source": curation.source,
         "count": int(curation.ids.size),
         "train_size": curation.n_train,
@@ -503,18 +538,27 @@ def _excluded_record(curation: Curation, names: list[str]) -> dict[str, Any]:
         "pairs": [{"classes": list(p), "label": pair_label(p, names), "prototypes": protos}
                   for p, protos in curation.pairs.items()],
     }
+    if controls:
+        record["controls"] = {name: {"count": int(next(iter(by_seed.values())).size),
+                                     "shared_with_curated": {str(seed): int(np.intersect1d(ids, curation.ids).size)
+                                                             for seed, ids in by_seed.items()}}
+                              for name, by_seed in controls.items()}
+    return record
 
 
-def _write_excluded(path: Path, curation: Curation, names: list[str], min_share: float) -> None:
+def _write_excluded(path: Path, curation: Curation, names: list[str], min_share: float,
+                    controls: dict[str, dict[int, np.ndarray]] | None = None) -> None:
     """``excluded.json``: the rule, the counts and the excluded training-split indices (reusable as --exclude)."""
-    record = {**_excluded_record(curation, names), "min_share": min_share if curation.source == "rule" else None,
-              "ids": curation.ids.tolist()}
+    record = {**_excluded_record(curation, names, controls),
+              "min_share": min_share if curation.source == "rule" else None, "ids": curation.ids.tolist()}
+    for name, by_seed in (controls or {}).items():
+        record["controls"][name]["ids"] = {str(seed): ids.tolist() for seed, ids in by_seed.items()}
     write_json(path, record)
 
 
 # ---- the runs ---------------------------------------------------------------------------------
 
-def _run_one(model: nn.Module, stages: tuple[str, str], epochs: tuple[int, int], sets: dict[str, Dataset], seed: int,
+def _run_one(model: nn.Module, stages: tuple[str, ...], epochs: tuple[int, int], sets: dict[str, Dataset], seed: int,
              cfg: TrainConfig, optimizer: str, lr: float, device: torch.device) -> dict[str, Any]:
     """Train ``model`` (already at the start state) through the two stages; returns the losses and the time."""
     start = time.perf_counter()
@@ -550,10 +594,13 @@ def _evaluate(model: nn.Module, test_set: Dataset, labels: np.ndarray, device: t
     return {"accuracy": acc, "test_loss": loss, "confusions": confusions, "confusion_matrix": cm.tolist()}
 
 
-def _fingerprint(settings: dict[str, Any], ids: np.ndarray) -> str:
+def _fingerprint(settings: dict[str, Any], ids: np.ndarray,
+                 controls: dict[str, dict[int, np.ndarray]] | None = None) -> str:
     """What a saved run must match to be reused: the settings that change results, and the excluded ids."""
     keys = ("start_checkpoint", "epochs", "optimizer", "lr", "batch_size", "train_size")
-    payload = json.dumps({**{k: settings[k] for k in keys}, "ids": ids.tolist()}, sort_keys=True)
+    extra = {f"ids_{name}": {str(seed): v.tolist() for seed, v in by_seed.items()}
+             for name, by_seed in (controls or {}).items()}
+    payload = json.dumps({**{k: settings[k] for k in keys}, "ids": ids.tolist(), **extra}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -598,65 +645,117 @@ def _per_strategy(runs: list[dict[str, Any]], strategies: list[str], pairs: list
 
 
 def _paired(runs: list[dict[str, Any]], strategies: list[str], pairs: list[Pair], names: list[str]) -> dict[str, Any]:
-    """Per seed, each strategy minus full-full (same seeds): accuracy and confusion differences, mean ± std."""
-    if BASELINE not in strategies:
-        return {}
+    """Per seed, each strategy minus full-full (same seeds), and curated-full minus each control: accuracy and
+    confusion differences with mean ± std, a bootstrap interval and Wilcoxon / sign-test p-values."""
+    comparisons = [(s, BASELINE) for s in strategies if s != BASELINE and BASELINE in strategies]
+    if "curated-full" in strategies:
+        comparisons += [("curated-full", rival) for rival in CURATED_RIVALS if rival in strategies]
     by = {(r["strategy"], r["seed"]): r for r in runs}
     out = {}
-    for s in strategies:
-        if s == BASELINE:
-            continue
-        seeds = [seed for (strategy, seed) in by if strategy == s and (BASELINE, seed) in by]
-        diff = {"seeds": seeds,
-                "accuracy": _stats([by[s, k]["accuracy"] - by[BASELINE, k]["accuracy"] for k in seeds])}
+    for s, base in comparisons:
+        seeds = [seed for (strategy, seed) in by if strategy == s and (base, seed) in by]
+        diff: dict[str, Any] = {
+            "seeds": seeds,
+            "accuracy": paired_difference([by[s, k]["accuracy"] - by[base, k]["accuracy"] for k in seeds])}
         diff["confusions"] = {
-            pair_label(p, names): _stats([by[s, k]["confusions"][pair_label(p, names)]["total"]
-                                          - by[BASELINE, k]["confusions"][pair_label(p, names)]["total"]
-                                          for k in seeds])
+            pair_label(p, names): paired_difference([by[s, k]["confusions"][pair_label(p, names)]["total"]
+                                                     - by[base, k]["confusions"][pair_label(p, names)]["total"]
+                                                     for k in seeds])
             for p in pairs
         }
-        out[f"{s} minus {BASELINE}"] = diff
+        out[f"{s} minus {base}"] = diff
     return out
 
 
 def format_table(result: FinetuneResult) -> str:
-    """The paper's table: strategy | accuracy % mean ± std | each pair's confusions mean ± std, then paired diffs."""
+    """The paper's table, one row per strategy: accuracy % and each pair's confusions as mean ± std over seeds,
+    then the paired difference to full -> full (mean [95% bootstrap interval], Wilcoxon p); then curated -> full
+    against the controls, and the verdict."""
     labels = [pair_label(p, result.class_names) for p in result.pairs]
     header = ["strategy", "accuracy %"] + [f"{label} confusions" for label in labels]
+    header += [f"Δ {label} vs full->full" for label in labels] + ["Δ accuracy pp vs full->full"]
+    blank = [""] * (len(labels) + 1)
     rows = [["final checkpoint", f"{100 * result.start['accuracy']:.2f}"]
-            + [str(result.start["confusions"][label]["total"]) for label in labels]]
+            + [str(result.start["confusions"][label]["total"]) for label in labels] + blank]
     for s, st in result.strategies.items():
-        rows.append([s.replace("-", " -> "), _pm(st["accuracy"], 100)]
-                    + [_pm(st["confusions"][label], 1) for label in labels])
-    for name, d in result.paired.items():
-        rows.append([f"diff: {name.replace('-', ' -> ')}", _pm(d["accuracy"], 100, sign=True)]
-                    + [_pm(d["confusions"][label], 1, sign=True) for label in labels])
+        d = result.paired.get(f"{s} minus {BASELINE}")
+        paired = ([_diff(d["confusions"][label], 1) for label in labels] + [_diff(d["accuracy"], 100)]) if d else blank
+        rows.append([_row_name(s), _pm(st["accuracy"], 100)] + [_pm(st["confusions"][label], 1) for label in labels]
+                    + paired)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header] + rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
+    for rival in CURATED_RIVALS:
+        d = result.paired.get(f"curated-full minus {rival}")
+        if d:
+            lines.append(f"curated -> full minus {_row_name(rival)}: "
+                         + "; ".join(f"{label} {_diff(d['confusions'][label], 1)}" for label in labels)
+                         + f"; accuracy pp {_diff(d['accuracy'], 100)}")
     n_seeds = len(result.settings["seeds"])
     lines.append(f"{n_seeds} seed(s) per strategy, test split of {result.settings['test_size']} samples; "
-                 f"± is the sample std over seeds; diff rows are per-seed paired differences "
-                 f"(accuracy in percentage points). Excluded {result.excluded['count']} of "
-                 f"{result.excluded['train_size']} training samples.")
+                 f"± is the sample std over seeds; Δ columns are per-seed paired differences: mean [95% bootstrap "
+                 f"interval over seeds] and the Wilcoxon signed-rank p (accuracy in percentage points). Excluded "
+                 f"{result.excluded['count']} of {result.excluded['train_size']} training samples.")
+    lines.extend(verdict(result))
     return "\n".join(lines)
 
 
-def _pm(stat: dict[str, Any], scale: float, sign: bool = False) -> str:
-    fmt = "+.2f" if sign else ".2f"
-    return f"{scale * stat['mean']:{fmt}} ± {scale * stat['std']:.2f}"
+def verdict(result: FinetuneResult) -> list[str]:
+    """One sentence per pair: did curated -> full beat full -> full and the controls? "beat" needs both the
+    bootstrap interval of the confusion difference below 0 and Wilcoxon p < 0.05 (with 5 seeds the smallest
+    two-sided p is 1/16, so 5 seeds can never say "beat")."""
+    out = []
+    for label in (pair_label(p, result.class_names) for p in result.pairs):
+        parts = []
+        for base in (BASELINE,) + CURATED_RIVALS:
+            d = result.paired.get(f"curated-full minus {base}")
+            if not d:
+                continue
+            c = d["confusions"][label]
+            lo, hi = c["ci"]
+            if c["mean"] is None or lo is None:
+                continue
+            significant = c["wilcoxon_p"] is not None and c["wilcoxon_p"] < VERDICT_LEVEL
+            word = "beat" if hi < 0 and significant else "did worse than" if lo > 0 and significant \
+                else "did not clearly beat"
+            parts.append(f"{word} {_row_name(base)} ({c['mean']:+.2f} confusions, 95% CI [{lo:+.2f}, {hi:+.2f}], "
+                         f"Wilcoxon p={_p(c['wilcoxon_p'])})")
+        if parts:
+            out.append(f"verdict {label}: curated -> full " + "; ".join(parts) + ".")
+    return out
 
 
-def _parse_strategies(strategies: Sequence[str]) -> list[tuple[str, str]]:
-    """``["curated-full", ...]`` as (stage 1 set, stage 2 set) pairs, in the given order, duplicates dropped."""
+def _row_name(strategy: str) -> str:
+    """``curated -> full``, or ``curated (stage 1 only)`` for a one-stage strategy."""
+    return strategy.replace("-", " -> ") if "-" in strategy else f"{strategy} (stage 1 only)"
+
+
+def _diff(stat: dict[str, Any], scale: float) -> str:
+    lo, hi = stat["ci"]
+    if stat["mean"] is None or lo is None:
+        return "n/a"
+    return f"{scale * stat['mean']:+.2f} [{scale * lo:+.2f}, {scale * hi:+.2f}] p={_p(stat['wilcoxon_p'])}"
+
+
+def _p(p: float | None) -> str:
+    return "n/a" if p is None else f"{p:.3f}"
+
+
+def _pm(stat: dict[str, Any], scale: float) -> str:
+    return f"{scale * stat['mean']:.2f} ± {scale * stat['std']:.2f}"
+
+
+def _parse_strategies(strategies: Sequence[str]) -> list[tuple[str, ...]]:
+    """``["curated-full", "full", ...]`` as (stage 1 set[, stage 2 set]) tuples, in the given order, duplicates
+    dropped; a single set trains stage 1 only (the paper's "1 epoch" rows)."""
     if isinstance(strategies, str):
         strategies = [strategies]
-    plan: list[tuple[str, str]] = []
+    plan: list[tuple[str, ...]] = []
     for s in strategies:
         parts = tuple(p.strip() for p in s.replace("->", "-").split("-"))
-        if len(parts) != 2 or any(p not in SET_NAMES for p in parts):
-            raise UserError(f"--strategies {s}: write each strategy as X-Y with X and Y in full, curated "
-                            "(e.g. curated-full)")
+        if len(parts) not in (1, 2) or any(p not in SET_NAMES for p in parts):
+            raise UserError(f"--strategies {s}: write each strategy as X-Y (or X for stage 1 only) with X and Y in "
+                            f"{', '.join(SET_NAMES)} (e.g. curated-full)")
         if parts not in plan:
             plan.append(parts)  # type: ignore[arg-type]
     if not plan:
@@ -700,5 +799,5 @@ def _start_checkpoint(store: Store) -> tuple[int, str, str]:
     return int(finite[-1]), record["name"], record["sha256"]
 
 
-__all__ = ["finetune", "FinetuneConfig", "format_table", "FinetuneResult", "Curation", "exclusion_mask",
-           "read_exclude_file", "pair_label"]
+__all__ = ["finetune", "FinetuneConfig", "format_table", "verdict", "STUDY_STRATEGIES", "FinetuneResult", "Curation",
+           "exclusion_mask", "read_exclude_file", "pair_label"]
