@@ -170,7 +170,7 @@ def test_transformers_run_through_the_pipeline(spec, tmp_path):
     model = build_model(spec, num_classes=10, in_channels=1)
     _train(model, 12, tmp_path / "ck")
     result = api.run(checkpoints=str(tmp_path / "ck"), model=spec, out=tmp_path / "an", limit=96, progress=False,
-                     with_reliance=False, analyze_config=api.AnalyzeConfig(k=4, min_flips=1))
+                     analyze_config=api.AnalyzeConfig(k=4, min_flips=1))  # reliance included: it edits token grids
     store = Store.open(tmp_path / "an")
     kind, prefix, grid = expected
     assert store.attrs["layer_layout"]["kind"] == kind
@@ -179,3 +179,4 @@ def test_transformers_run_through_the_pipeline(spec, tmp_path):
     cams = store.cam("gradcam")[-1]
     assert np.isfinite(cams).all() and (cams.reshape(len(cams), -1).max(1) > 0).mean() > 0.5
     assert result.report_path is not None and result.report_path.is_file()
+    assert (tmp_path / "an" / "reliance.json").is_file() and "verdict" in result.summary["reliance"]

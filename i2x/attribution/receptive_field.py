@@ -12,12 +12,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from i2x.attribution.tokens import Layout, to_map
 
-def cell_fields(model: nn.Module, layer: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+
+def cell_fields(model: nn.Module, layer: nn.Module, images: torch.Tensor, batch_size: int = 512,
+                layout: Layout = Layout("bchw")) -> torch.Tensor:
     """Mean absolute input gradient of each cell's summed activation: [h, w, H, W] (on the CPU, float32).
 
     Each image is repeated once per cell; copy (b, i, j) back-propagates only cell (i, j) of its own layer output,
-    so one backward gives every cell's map (the model must treat batch rows independently, as in eval mode)."""
+    so one backward gives every cell's map (the model must treat batch rows independently, as in eval mode).
+    ``layout`` says how the layer holds its grid (transformer tokens, channels last)."""
     device = next(iter(model.parameters()), torch.empty(0)).device
     grabbed: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: grabbed.append(out))
@@ -25,14 +29,14 @@ def cell_fields(model: nn.Module, layer: nn.Module, images: torch.Tensor, batch_
         with torch.no_grad():
             grabbed.clear()
             model(images[:1].to(device))
-        h, w = grabbed[0].shape[-2:]
+        h, w = to_map(grabbed[0], layout).shape[-2:]
         total = torch.zeros(h * w, *images.shape[-2:])
         per_batch = max(1, batch_size // (h * w))
         for lo in range(0, len(images), per_batch):
             x = images[lo:lo + per_batch].to(device).repeat_interleave(h * w, dim=0).requires_grad_(True)
             grabbed.clear()
             model(x)
-            out = grabbed[0]
+            out = to_map(grabbed[0], layout)
             pick = torch.eye(h * w, device=device, dtype=out.dtype).repeat(x.shape[0] // (h * w), 1)
             (out.sum(dim=1).flatten(1) * pick).sum().backward()
             grad = x.grad.detach().abs().sum(dim=1).float().cpu()              # [B * hw, H, W]

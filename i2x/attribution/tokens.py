@@ -39,6 +39,14 @@ class Layout:
     def to_dict(self) -> dict[str, object]:
         return {"kind": self.kind, "prefix": self.prefix, "grid": list(self.grid) if self.grid else None}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, object] | None) -> "Layout":
+        """The layout a store recorded (``layer_layout``); stores made before it are conv maps."""
+        if not d:
+            return cls("bchw")
+        grid = d.get("grid")
+        return cls(str(d["kind"]), int(d.get("prefix") or 0), tuple(grid) if grid else None)  # type: ignore[arg-type]
+
 
 def parse(text: str | None) -> Layout | None:
     """The ``--tokens`` override: ``auto``/None, ``bchw``, ``bhwc``, ``P`` or ``PxHxW``."""

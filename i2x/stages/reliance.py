@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from i2x.analysis.concepts import ConceptGrouping
 from i2x.attribution import get_layer
 from i2x.stages.context import Context, open_context
+from i2x.attribution.tokens import Layout, from_map, to_map
 from i2x.attribution.receptive_field import cell_fields, field_footprint, shifted
 from i2x.errors import UserError
 from i2x.io.lock import locked
@@ -111,8 +112,9 @@ class CellReplacement:
     ResNet stage), which :meth:`can_expand` checks; otherwise the images themselves are repeated.
     """
 
-    def __init__(self, layer: nn.Module, fill: torch.Tensor) -> None:
+    def __init__(self, layer: nn.Module, fill: torch.Tensor, layout: Layout = Layout("bchw")) -> None:
         self.fill = fill
+        self.layout = layout
         self._mask: torch.Tensor | None = None
         self._counts: torch.Tensor | None = None
         self._handle = layer.register_forward_hook(self._hook)
@@ -120,14 +122,15 @@ class CellReplacement:
     def _hook(self, _module: nn.Module, _inputs: Any, output: Any) -> Any:
         if self._mask is None:
             return None
-        if not isinstance(output, torch.Tensor) or output.dim() != 4:
-            raise UserError("reliance: the target layer's output is not a 4-D [B, C, h, w] tensor")
+        if not isinstance(output, torch.Tensor):
+            raise UserError("reliance: the target layer's output is not a tensor")
         if self._counts is not None:
             output = output.repeat_interleave(self._counts.to(output.device), dim=0)
-        if tuple(self._mask.shape) != (output.shape[0], *output.shape[2:]):
-            raise ValueError(f"cell mask {tuple(self._mask.shape)} does not fit the layer output {tuple(output.shape)}")
+        grid = to_map(output, self.layout)
+        if tuple(self._mask.shape) != (grid.shape[0], *grid.shape[2:]):
+            raise ValueError(f"cell mask {tuple(self._mask.shape)} does not fit the layer's grid {tuple(grid.shape)}")
         fill = self.fill.to(device=output.device, dtype=output.dtype).view(1, -1, 1, 1)
-        return torch.where(self._mask[:, None].to(output.device), fill, output)
+        return from_map(torch.where(self._mask[:, None].to(output.device), fill, grid), output, self.layout)
 
     @torch.no_grad()
     def run(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor, counts: torch.Tensor,
@@ -319,12 +322,13 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> d
     recipients, recipient_labels, held_name = _recipient_pool(ctx, cfg, rng)
     plans = [_deletion_plan(a, labels, holders[i], u, c, grid, cfg, rng) for i, (a, u, c) in enumerate(units)]
     layer = get_layer(model, store.attrs["layer"])
+    layout = Layout.from_dict(store.attrs.get("layer_layout"))
     t0 = time.perf_counter()
     field_rows = np.sort(rng.permutation(len(rows_index))[: cfg.field_images])
     fields = cell_fields(model, layer, _images(analysed, rows_index[field_rows], cfg.batch_size)[0].to(ctx.device),
-                         cfg.batch_size)
+                         cfg.batch_size, layout)
     t1 = time.perf_counter()
-    with CellReplacement(layer, _mean_activation(store)) as replacement:
+    with CellReplacement(layer, _mean_activation(store), layout) as replacement:
         expand = replacement.can_expand(model, recipients.to(ctx.device), grid)
         drops, clean = _run_deletions(model, replacement, expand, analysed, rows_index, labels, plans, cfg, progress)
     t2 = time.perf_counter()
