@@ -86,7 +86,8 @@ def test_a_class_missing_from_the_analysed_split(trained, digits, tmp_path):
     assert all(p["presence"][9] == 0.0 for p in summary["prototypes"])
     assert summary["shared"]["9"] == [] and sum(summary["final_confusion"][9]) == 0
     # the class table lists it with 0 samples and no recall
-    assert '<tr><td>9</td><td>0</td><td><span class="muted">–</span></td>' in (out / "report.html").read_text()
+    assert '<tr><td><span id="class-9">9</span></td><td>0</td><td><span class="muted">–</span></td>' \
+        in (out / "report.html").read_text()
 
 
 def test_more_prototypes_than_feature_vectors(trained, tmp_path):
