@@ -24,8 +24,7 @@ import torch
 from i2x import api
 from i2x.io.store import Store
 from i2x.stages.context import RunConfig, open_context
-
-BOX = (slice(6, 18), slice(10, 22))
+from i2x.io.synthetic import BOX, box_images
 
 
 def runtime_table(result: dict) -> None:
@@ -40,14 +39,6 @@ def runtime_table(result: dict) -> None:
           f"samples = {1000 * result['seconds'] / n:.1f} ms per image and checkpoint")
 
 
-def _images(labels: np.ndarray, rng: np.random.Generator, with_box: bool = True) -> np.ndarray:
-    x = rng.uniform(0.0, 0.6, size=(len(labels), 32, 32, 3)).astype(np.float32)
-    if with_box:
-        for i, y in enumerate(labels):
-            x[i, BOX[0], BOX[1], 0 if y else 2] += 0.4
-    return x
-
-
 def planted(seeds: int, samples: int) -> None:
     rows = []
     for seed in range(seeds):
@@ -55,7 +46,7 @@ def planted(seeds: int, samples: int) -> None:
             root = Path(tmp)
             rng = np.random.default_rng(seed)
             y_train, y_test = rng.integers(0, 2, 600), rng.integers(0, 2, 200)
-            np.savez(root / "d.npz", x_train=_images(y_train, rng), y_train=y_train, x_test=_images(y_test, rng),
+            np.savez(root / "d.npz", x_train=box_images(y_train, rng), y_train=y_train, x_test=box_images(y_test, rng),
                      y_test=y_test)
             masks = np.zeros((600, 32, 32), dtype=bool)
             masks[:, BOX[0], BOX[1]] = True
@@ -70,7 +61,7 @@ def planted(seeds: int, samples: int) -> None:
             mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (ctx.data.mean, ctx.data.std))
             acc = []
             for with_box in (True, False):
-                x = (torch.from_numpy(_images(y_test, rng, with_box)).permute(0, 3, 1, 2) - mean) / std
+                x = (torch.from_numpy(box_images(y_test, rng, with_box)).permute(0, 3, 1, 2) - mean) / std
                 with torch.no_grad():
                     acc.append(float((ctx.model(x).argmax(1).numpy() == y_test).mean()))
             r = api.benchmark(root / "an", checkpoints=("final",), methods=("gradcam", "occlusion", "dea"),

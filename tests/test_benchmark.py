@@ -27,19 +27,11 @@ from i2x.reporting.page import vega_version
 from i2x.reporting.sections.benchmark import benchmark_section
 from i2x.stages.benchmark import select_checkpoints
 from i2x.stages.context import RunConfig, open_context
+from i2x.io.synthetic import BOX, box_images
 
 pytestmark = pytest.mark.slow  # end to end: trains, extracts and benchmarks a small run
 
-BOX = (slice(6, 18), slice(10, 22))
 NAMES = np.array(["<b>blue</b>", "red & co"])
-
-
-def _images(labels: np.ndarray, rng: np.random.Generator, with_box: bool = True) -> np.ndarray:
-    x = rng.uniform(0.0, 0.6, size=(len(labels), 32, 32, 3)).astype(np.float32)
-    if with_box:
-        for i, y in enumerate(labels):
-            x[i, BOX[0], BOX[1], 0 if y else 2] += 0.4
-    return x
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +39,7 @@ def run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bench")
     rng = np.random.default_rng(0)
     y_train, y_test = rng.integers(0, 2, 400), rng.integers(0, 2, 100)
-    np.savez(root / "d.npz", x_train=_images(y_train, rng), y_train=y_train, x_test=_images(y_test, rng),
+    np.savez(root / "d.npz", x_train=box_images(y_train, rng), y_train=y_train, x_test=box_images(y_test, rng),
              y_test=y_test, class_names=NAMES)
     masks = np.zeros((400, 32, 32), dtype=bool)
     masks[:, BOX[0], BOX[1]] = True
@@ -83,7 +75,7 @@ def test_the_model_uses_the_box(run):
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (ctx.data.mean, ctx.data.std))
     rates = []
     for with_box in (True, False):
-        x = (torch.from_numpy(_images(y, rng, with_box)).permute(0, 3, 1, 2) - mean) / std
+        x = (torch.from_numpy(box_images(y, rng, with_box)).permute(0, 3, 1, 2) - mean) / std
         with torch.no_grad():
             rates.append(float((ctx.model(x).argmax(1).numpy() == y).mean()))
     assert rates[0] > 0.9 and rates[1] < 0.7, rates

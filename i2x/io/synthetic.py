@@ -302,3 +302,18 @@ def two_class_data() -> ImageData:
     their class: a null data set for the marker."""
     rng = np.random.default_rng(_seed())
     return _digits_pair({split: rng.random(len(y)) < 0.5 for split, (_, y) in _digits_pair_split().items()}, "two-class")
+
+
+# ---- a coloured box as the evidence (attribution benchmark) ------------------------------------------
+#: Where the box sits in the 32x32 images of :func:`box_images`: a known region of interest.
+BOX = (slice(6, 18), slice(10, 22))
+
+
+def box_images(labels: np.ndarray, rng: np.random.Generator, with_box: bool = True) -> np.ndarray:
+    """Textured 32x32 RGB images [n, H, W, 3] whose label is the colour of a box at :data:`BOX` (red for 1,
+    blue for 0): the only evidence, so a faithful map stays inside the box."""
+    x = rng.uniform(0.0, 0.6, size=(len(labels), 32, 32, 3)).astype(np.float32)
+    if with_box:
+        for i, y in enumerate(labels):
+            x[i, BOX[0], BOX[1], 0 if y else 2] += 0.4
+    return x
