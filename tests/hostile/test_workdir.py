@@ -149,8 +149,8 @@ def test_report_shows_an_unreadable_study_as_unavailable(copied_run, damage):
     study = json.loads((copied_run / RELIANCE).read_text())
     if damage == "truncated":  # as a full disk left it before writes were atomic
         (copied_run / RELIANCE).write_text(json.dumps(study)[:200])
-    else:  # valid JSON for this very analysis, but without the per-prototype results
-        write_json(copied_run / RELIANCE, {k: v for k, v in study.items() if k != "prototypes"})
+    else:  # valid JSON for this very analysis, but without the ranked results
+        write_json(copied_run / RELIANCE, {k: v for k, v in study.items() if k != "ranking"})
     page = build_report(copied_run, progress=False, pngs=False).read_text(encoding="utf-8")
     assert "Reliance: unavailable" in page and "id=\"overview\"" in page
 

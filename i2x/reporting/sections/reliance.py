@@ -156,7 +156,7 @@ def reliance_section(r: ReportInputs) -> Section | None:
     if result.get("assign_digest") != assign_digest(assign) or "concepts" not in result:
         return Section("reliance", TITLE, intro, "", [
             f"{RELIANCE} was computed for another analysis of this store (or by an older i2x); "
-            f"rerun `i2x reliance {r.out_dir}`."])
+            f"rerun `i2x reliance {r.shown_dir}`."])
     top = [result["concepts"][c] for c in result["ranking"][: result["config"]["top"]]]
     cards = "".join(_card(r, i, p) for i, p in enumerate(top, start=1))
     method = table(["", ""], [
