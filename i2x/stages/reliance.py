@@ -28,7 +28,9 @@ class-tied (lift >= ``min_lift``) and fixed in place (concentration >= ``min_con
 paste turns at least ``min_flip_excess`` more recipients into its class than random patches do with
 z >= ``z_threshold`` while random patches flip at most ``max_random_flip`` (else the footprint
 pastes so much of the donor that the test is inconclusive), and deleting it costs its class's
-margin more than random cells do (z >= ``z_threshold``). Concepts are ranked by that evidence: those that pass first, then by paste
+margin more than random cells do (z >= ``z_threshold``). The default excess, 0.4, is what separates them on the
+data we measured: planted markers turn 55-80% more other-class images than random patches, the parts of centred
+digits (class-tied and fixed in place too) 19-30% more, and the real case that motivated the rule 51%. Concepts are ranked by that evidence: those that pass first, then by paste
 excess. Nothing is a product that one weak factor zeroes, and a shortcut split over prototypes is
 judged as one concept, so its pieces do not hide one another.
 
@@ -73,7 +75,9 @@ class RelianceConfig:
     top: int = option(5, "concepts to show in detail", low=1)
     gallery: int = option(8, "images per concept in the report", low=1)
     z_threshold: float = option(3.0, "z (paired, against random) that the paste and the deletion must reach", low=0)
-    min_flip_excess: float = option(0.1, "paste flip rate above random patches a shortcut needs", low=0, high=1)
+    min_flip_excess: float = option(0.4, "paste flip rate above random patches a shortcut needs: a shortcut decides "
+                                    "on its own, while a part of an object (a stroke of a centred digit) moves fewer "
+                                    "images", low=0, high=1)
     max_random_flip: float = option(0.25, "random patches flipping more than this make the paste test inconclusive",
                                     low=0, high=1)
     min_lift: float = option(0.5, "lift over chance for its class a concept needs to count as class-tied", low=0,
