@@ -18,7 +18,8 @@ from i2x.io.workdir import load_summary
 from i2x.stages.analysis import AnalyzeConfig
 from i2x.stages.context import RunConfig, build_context
 from i2x.errors import UserError
-from i2x.stages.finetuning import finetune, format_table, read_exclude_file
+from i2x.stages.curation import read_exclude_file
+from i2x.stages.finetuning import finetune, format_table
 from i2x.io.store import Store
 from i2x.stages.training import evaluate
 
@@ -263,7 +264,7 @@ def test_study_rows_controls_and_paired_statistics(analysis, tmp_path):
 
 def test_verdict_needs_the_interval_and_the_test():
     from i2x.metrics.paired import paired_difference
-    from i2x.stages.finetuning import FinetuneResult, verdict
+    from i2x.stages.finetune_results import FinetuneResult, verdict
 
     def result(diffs):
         d = {"accuracy": paired_difference([0.0] * len(diffs)), "confusions": {"2<->7": paired_difference(diffs)}}

@@ -25,7 +25,7 @@ from i2x.io import synthetic
 from i2x.io.store import Store
 from i2x.metrics.reliance import paired
 from i2x.stages.context import RunConfig, build_context
-from i2x.stages.finetuning import concept_exclusion, concept_shares
+from i2x.stages.curation import concept_exclusion, concept_shares
 
 SPEC = str(Path(synthetic.__file__).resolve())
 EPOCHS = 4

@@ -39,7 +39,7 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -55,13 +55,14 @@ from i2x.io.data import labels_of
 from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import FINETUNE, FINETUNE_DIR, RELIANCE, load_summary, read_json, write_bytes, write_json
+from i2x.io.workdir import FINETUNE, FINETUNE_DIR, load_summary, write_bytes, write_json
 from i2x.settings import device_option, name_list, option, validate, whole, whole_list
-from i2x.metrics.paired import paired_difference
 from i2x.stages.controls import CONTROLS, control_exclusions
+from i2x.stages.curation import (EXCLUDED_NAME, Curation, Pair, choose_exclusions, excluded_record, exclusion_mask, 
+                                 fallback_pairs, pair_label, print_curation, read_exclude_file, write_excluded)
+from i2x.stages.finetune_results import FinetuneResult, format_table, paired_differences, per_strategy, verdict
 from i2x.stages.training import TrainConfig, evaluate, make_optimizer, subset, train_epochs
 
-EXCLUDED_NAME = "excluded.json"
 SET_NAMES = ("full", "curated") + CONTROLS
 DEFAULT_STRATEGIES = ("full-full", "curated-curated", "curated-full")
 #: ``--study``: the paper's five rows (a single set name trains stage 1 only) and the two control rows.
@@ -69,64 +70,7 @@ STUDY_STRATEGIES = ("full-full", "curated-curated", "curated-full", "full", "cur
                     "cartography-full")
 DEFAULT_SEEDS = 5
 STUDY_SEEDS = 10
-#: a paired difference counts as a win or a loss in the verdict only below this Wilcoxon p
-VERDICT_LEVEL = 0.05
-#: rows that ``curated-full`` is also compared with, seed by seed, when they ran
-CURATED_RIVALS = ("random-full", "cartography-full")
 DEFAULT_LR = {"sgd": 1e-3, "adam": 1e-4}
-BASELINE = "full-full"
-#: above this fraction of the training set excluded, say how to curate less (the rule unions all flagged pairs)
-LARGE_EXCLUSION = 0.5
-
-Pair = tuple[int, int]
-
-NO_UNCERTAIN_ADVICE = (
-    "Try: rerun `i2x analyze DIR` with a lower --noise-quantile (e.g. 0.5) or --min-flips 1, or with another "
-    "--method (gradcampp, layercam); analyse more checkpoints (a flip needs several steps); or name the pair "
-    "yourself with --pairs A,B, or give your own list of training ids with --exclude FILE."
-)
-
-
-@dataclass
-class Curation:
-    """The training samples the curated set leaves out, and the pairs and prototypes that chose them."""
-
-    ids: np.ndarray
-    source: str
-    pairs: dict[Pair, list[int]]
-    per_class: dict[str, int]
-    n_train: int
-
-
-@dataclass
-class FinetuneResult:
-    """Everything ``finetune`` wrote to ``dest/finetune.json``, plus where it lies."""
-
-    dest: Path
-    settings: dict[str, Any]
-    class_names: list[str]
-    pairs: list[Pair]
-    excluded: dict[str, Any]
-    start: dict[str, Any]
-    runs: list[dict[str, Any]]
-    strategies: dict[str, dict[str, Any]]
-    paired: dict[str, dict[str, Any]] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form written to ``finetune.json``."""
-        return {
-            "settings": self.settings,
-            "class_names": self.class_names,
-            "pairs": [{"classes": list(p), "label": pair_label(p, self.class_names)} for p in self.pairs],
-            "excluded": self.excluded,
-            "start": self.start,
-            "runs": self.runs,
-            "strategies": self.strategies,
-            "paired_differences": self.paired,
-            "verdict": verdict(self),
-            "seconds": round(self.seconds, 3),
-        }
 
 
 def parse_pairs(text: str) -> str | list[tuple[str, str]]:
@@ -204,20 +148,20 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
         names = store.class_names
         _, data = open_data(store, cfg.trust_analysis)
         train_set, test_set = data.split("train"), data.split("test")
-        curation = _curation(store, summary, names, labels_of(train_set), cfg.min_share, cfg.pairs,
+        curation = choose_exclusions(store, summary, names, labels_of(train_set), cfg.min_share, cfg.pairs,
                              cfg.exclude_file, cfg.all_uncertain, cfg.concept)
         controls = control_exclusions(store, curation.ids, labels_of(train_set),
                                       {part for s in plan.strategies for part in s} & set(CONTROLS), plan.seeds)
         start_t, start_name, start_sha = _start_checkpoint(store)
         ctx = open_context(store, start_t, cfg.device, cfg.batch_size, cfg.trust_checkpoints, cfg.trust_analysis,
                            cfg.model)
-    report_pairs = list(curation.pairs) or _fallback_pairs(summary)
-    _print_curation(curation, names, cfg.min_share)
+    report_pairs = list(curation.pairs) or fallback_pairs(summary)
+    print_curation(curation, names, cfg.min_share)
     sets = _training_sets(train_set, curation, plan)
     settings = _settings(out, cfg, plan, curation, ctx, start_name, start_sha, len(test_set))
     dest_dir = Path(cfg.dest) if cfg.dest is not None else out / FINETUNE_DIR
     with locked(out), locked(dest_dir, enabled=dest_dir.resolve() != out.resolve()):
-        _write_excluded(dest_dir / EXCLUDED_NAME, curation, names, cfg.min_share, controls)
+        write_excluded(dest_dir / EXCLUDED_NAME, curation, names, cfg.min_share, controls)
         evaluate_on_test = partial(_evaluate, test_set=test_set, labels=labels_of(test_set), device=ctx.device,
                                    pairs=report_pairs, names=names)
         start = evaluate_on_test(ctx.model)
@@ -225,9 +169,9 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
                         start_name, evaluate_on_test, progress)
         result = FinetuneResult(
             dest=dest_dir, settings=settings, class_names=names, pairs=report_pairs,
-            excluded=_excluded_record(curation, names, controls), start=start, runs=runs,
-            strategies=_per_strategy(runs, settings["strategies"], report_pairs, names),
-            paired=_paired(runs, settings["strategies"], report_pairs, names),
+            excluded=excluded_record(curation, names, controls), start=start, runs=runs,
+            strategies=per_strategy(runs, settings["strategies"], report_pairs, names),
+            paired=paired_differences(runs, settings["strategies"], report_pairs, names),
             seconds=time.perf_counter() - start_time,
         )
         write_json(dest_dir / FINETUNE, result.to_dict(), indent=2)
@@ -318,243 +262,6 @@ def _run_all(ctx: Context, sets: dict[str, Dataset], controls: dict[str, dict[in
 
 # ---- the curated set --------------------------------------------------------------------------
 
-def concept_members(out_dir: str | Path, k: int) -> list[list[int]]:
-    """The prototypes of each concept from the reliance study (reliance.json), or one concept per prototype."""
-    path = Path(out_dir) / RELIANCE
-    if path.is_file():
-        concepts = read_json(path, "i2x reliance").get("concepts")
-        if concepts and sum(len(c["members"]) for c in concepts) == k:
-            return [list(c["members"]) for c in concepts]
-    return [[i] for i in range(k)]
-
-
-def concept_shares(share: np.ndarray, members: list[list[int]]) -> np.ndarray:
-    """Per sample and prototype [n, K]: the share of cells held by the prototype's whole concept."""
-    out = np.empty_like(share)
-    for group in members:
-        out[:, group] = share[:, group].sum(axis=1, keepdims=True)
-    return out
-
-
-def concept_exclusion(share: np.ndarray, members: list[list[int]], concept: int, min_share: float) -> np.ndarray:
-    """Boolean per analysed sample: concept ``concept`` covers at least ``min_share`` of its cells."""
-    if not 0 <= concept < len(members):
-        raise UserError(f"--concept {concept}: the reliance study has concepts 0..{len(members) - 1}; see "
-                        "reliance.json or the report's reliance section")
-    return share[:, members[concept]].sum(axis=1) >= min_share
-
-
-def exclusion_mask(share: np.ndarray, labels: np.ndarray, pairs: dict[Pair, list[int]], min_share: float) -> np.ndarray:
-    """Boolean per analysed sample: of class a or b of a pair, and one of that pair's prototypes covers >= min_share."""
-    mask = np.zeros(len(labels), dtype=bool)
-    for (a, b), prototypes in pairs.items():
-        if prototypes:
-            covered = (share[:, prototypes] >= min_share).any(axis=1)
-            mask |= np.isin(labels, (a, b)) & covered
-    return mask
-
-
-def read_exclude_file(path: str | Path, n_train: int) -> np.ndarray:
-    """Training-split indices from a JSON list (or ``{"ids": [...]}``, as in excluded.json) or one id per line."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--exclude {path}: file not found")
-    text = p.read_text()
-    try:
-        data: Any = json.loads(text)
-    except json.JSONDecodeError:
-        data = [line.split("#")[0].strip() for line in text.splitlines()]
-        data = [v for v in data if v]
-    if isinstance(data, dict):
-        data = data.get("ids")
-    if isinstance(data, int) and not isinstance(data, bool):
-        data = [data]
-    if not isinstance(data, list):
-        raise UserError(f"--exclude {path}: expected a JSON list of training-set indices, {{\"ids\": [...]}}, "
-                        "or one index per line")
-    ids = []
-    for value in data:
-        try:
-            ok = not isinstance(value, (bool, float)) and int(value) == float(value)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise UserError(f"--exclude {path}: {value!r} is not an integer index of the training split")
-        ids.append(int(value))
-    arr = np.unique(np.asarray(ids, dtype=np.int64))
-    bad = arr[(arr < 0) | (arr >= n_train)]
-    if bad.size:
-        shown = ", ".join(str(v) for v in bad[:5]) + (f" (+{bad.size - 5} more)" if bad.size > 5 else "")
-        raise UserError(f"--exclude {path}: id(s) {shown} are outside the training split, whose indices run "
-                        f"0..{n_train - 1}")
-    if arr.size == 0:
-        raise UserError(f"--exclude {path}: the file lists no ids, so the curated set would equal the full one")
-    return arr
-
-
-def _curation(store: Store, summary: dict[str, Any], names: list[str], train_labels: np.ndarray, min_share: float,
-              pairs: Sequence[tuple[int | str, int | str]] | str, exclude_file: str | Path | None,
-              all_uncertain: bool = False, concept: int | None = None) -> Curation:
-    """Apply the curation rule (or the concept rule) to the analysed training samples, or read the user's own
-    exclusion list."""
-    flagged = _usable_uncertain(summary, all_uncertain)
-    uncertain = {} if concept is not None else _uncertain_by_pair(flagged)
-    if concept is not None:
-        chosen: dict[Pair, list[int]] = {}
-    elif pairs == "top":
-        chosen = _top_pairs(flagged, uncertain)
-    elif pairs == "all":
-        chosen = uncertain
-    elif isinstance(pairs, str):
-        raise UserError(f"--pairs {pairs}: give 'top', 'all' or class pairs such as 3,5;2,7")
-    else:
-        chosen: dict[Pair, list[int]] = {}
-        for pair in (_resolve_pair(p, names) for p in pairs):
-            chosen[pair] = uncertain.get(pair, [])
-            if not chosen[pair]:
-                print(f"note: the analysis flagged no uncertain prototype for the pair {pair_label(pair, names)}; "
-                      "it excludes nothing (its confusions are still reported)")
-    n_train = len(train_labels)
-    if exclude_file is not None:
-        ids = read_exclude_file(exclude_file, n_train)
-        source = str(Path(exclude_file).resolve())
-    else:
-        if concept is None and not any(chosen.values()):
-            what = "any pair" if isinstance(pairs, str) else "the given pairs"
-            dropped = [u for u in summary.get("uncertain", []) if u not in flagged
-                       and (isinstance(pairs, str) or tuple(sorted(u["classes"])) in chosen)]
-            if dropped:
-                raise UserError(f"{store.path.parent}: no significant uncertain prototype for {what} "
-                                f"({len(dropped)} flagged, none beyond noise: see the report's uncertain section), "
-                                "so the curation rule has nothing to exclude; add --all-uncertain to curate from every "
-                                "flagged prototype")
-            raise UserError(f"{store.path.parent}: the analysis flagged no uncertain prototype for {what}, so the "
-                            f"curation rule has nothing to exclude. {NO_UNCERTAIN_ADVICE}")
-        split = store.config.get("split", "train")
-        if split != "train":
-            raise UserError(f"{store.path.parent}: the analysis covered the {split!r} split, but the curated set is "
-                            "built from the training split; rerun `i2x run` with --split train, or give the "
-                            "training ids to leave out with --exclude FILE")
-        sample_index = store.read("sample_index")
-        labels = store.read("labels")
-        if sample_index.max(initial=-1) >= n_train or not np.array_equal(train_labels[sample_index], labels):
-            raise UserError(f"{store.path}: the store's labels do not match the training split of --data "
-                            f"{store.config.get('data')}; the data changed since the analysis, rerun `i2x run`")
-        share = store.read("analysis/share")
-        members = concept_members(store.path.parent, share.shape[1])
-        if concept is not None:
-            excluded = concept_exclusion(share, members, concept, min_share)
-        else:
-            excluded = exclusion_mask(concept_shares(share, members), labels, chosen, min_share)
-        ids = np.unique(sample_index[excluded])
-        if len(sample_index) < n_train:
-            print(f"note: the analysis covered {len(sample_index)} of the {n_train} training samples (--limit); "
-                  "only those can be excluded")
-        if ids.size == 0:
-            what = f"concept {concept}" if concept is not None else "an uncertain prototype's concept"
-            raise UserError(f"no training sample has {what} covering >= {min_share:g} of its cells; "
-                            "lower --min-share (e.g. 0.05) or give your own --exclude FILE")
-        source = "rule"
-    counts = np.bincount(train_labels[ids], minlength=len(names))
-    per_class = {names[c]: int(counts[c]) for c in np.flatnonzero(counts)}
-    return Curation(ids=ids, source=source, pairs=chosen, per_class=per_class, n_train=n_train)
-
-
-def _usable_uncertain(summary: dict[str, Any], all_uncertain: bool) -> list[dict[str, Any]]:
-    """summary.json's uncertain prototypes that curation may use: the significant ones, or all of them.
-
-    A summary written before significance was tested has no ``significant`` field: all of its entries count.
-    """
-    return [u for u in summary.get("uncertain", []) if all_uncertain or u.get("significant", True)]
-
-
-def _top_pairs(flagged: list[dict[str, Any]], uncertain: dict[Pair, list[int]]) -> dict[Pair, list[int]]:
-    """The flagged pairs that are among the most confused at the final checkpoint, else the top-scoring one."""
-    top = {tuple(sorted(u["classes"])) for u in flagged if u.get("in_top_confused")}
-    if not top and flagged:
-        top = {tuple(sorted(flagged[0]["classes"]))}
-    return {pair: protos for pair, protos in uncertain.items() if pair in top}
-
-
-def _uncertain_by_pair(flagged: list[dict[str, Any]]) -> dict[Pair, list[int]]:
-    """{(a, b): the uncertain prototypes flagged for that pair}, strongest first."""
-    found: dict[Pair, list[int]] = {}
-    for u in flagged:
-        a, b = u["classes"]
-        found.setdefault((min(a, b), max(a, b)), []).append(int(u["prototype"]))
-    return found
-
-
-def _resolve_pair(pair: tuple[int | str, int | str], names: list[str]) -> Pair:
-    """A pair given by class names or indices as sorted class indices (a UserError names what is unknown)."""
-    if len(pair) != 2:
-        raise UserError(f"--pairs {pair!r}: give each pair as two classes, e.g. 2,7 or cat,dog")
-    index = []
-    for c in pair:
-        if isinstance(c, str) and c in names:
-            index.append(names.index(c))
-        elif str(c).strip().lstrip("-").isdigit() and 0 <= int(c) < len(names):
-            index.append(int(c))
-        else:
-            raise UserError(f"--pairs: {c!r} is not a class of this analysis; classes: {', '.join(names)}")
-    a, b = index
-    if a == b:
-        raise UserError(f"--pairs {pair!r}: the two classes of a pair must differ")
-    return (min(a, b), max(a, b))
-
-
-def _fallback_pairs(summary: dict[str, Any]) -> list[Pair]:
-    """With --exclude and no flagged pair: report the final checkpoint's most confused pairs."""
-    return [tuple(sorted(p["classes"])) for p in summary.get("top_confused_pairs", [])]  # type: ignore[misc]
-
-
-def pair_label(pair: Pair, names: list[str]) -> str:
-    """``2<->7``: how a pair is shown in tables and JSON keys."""
-    return f"{names[pair[0]]}<->{names[pair[1]]}"
-
-
-def _print_curation(curation: Curation, names: list[str], min_share: float) -> None:
-    counts = ", ".join(f"class {c}: {n}" for c, n in curation.per_class.items())
-    print(f"curated set: excluding {curation.ids.size} of {curation.n_train} training samples ({counts})")
-    if curation.source == "rule":
-        for pair, protos in curation.pairs.items():
-            if protos:
-                print(f"  pair {pair_label(pair, names)}: uncertain prototype(s) {', '.join(map(str, protos))}, "
-                      f"share >= {min_share:g}")
-    else:
-        print(f"  ids from {curation.source}")
-    if curation.ids.size > LARGE_EXCLUSION * curation.n_train:
-        print(f"note: that is {curation.ids.size / curation.n_train:.0%} of the training set; to curate less, name "
-              "the pair(s) you care about with --pairs A,B or raise --min-share")
-
-
-def _excluded_record(curation: Curation, names: list[str],
-                     controls: dict[str, dict[int, np.ndarray]] | None = None) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "source": curation.source,
-        "count": int(curation.ids.size),
-        "train_size": curation.n_train,
-        "per_class": curation.per_class,
-        "pairs": [{"classes": list(p), "label": pair_label(p, names), "prototypes": protos}
-                  for p, protos in curation.pairs.items()],
-    }
-    if controls:
-        record["controls"] = {name: {"count": int(next(iter(by_seed.values())).size),
-                                     "shared_with_curated": {str(seed): int(np.intersect1d(ids, curation.ids).size)
-                                                             for seed, ids in by_seed.items()}}
-                              for name, by_seed in controls.items()}
-    return record
-
-
-def _write_excluded(path: Path, curation: Curation, names: list[str], min_share: float,
-                    controls: dict[str, dict[int, np.ndarray]] | None = None) -> None:
-    """``excluded.json``: the rule, the counts and the excluded training-split indices (reusable as --exclude)."""
-    record = {**_excluded_record(curation, names, controls),
-              "min_share": min_share if curation.source == "rule" else None, "ids": curation.ids.tolist()}
-    for name, by_seed in (controls or {}).items():
-        record["controls"][name]["ids"] = {str(seed): ids.tolist() for seed, ids in by_seed.items()}
-    write_json(path, record)
-
 
 # ---- the runs ---------------------------------------------------------------------------------
 
@@ -626,123 +333,6 @@ def _save_run(run_path: Path, model: nn.Module, record: dict[str, Any], start_na
 
 
 # ---- statistics and the table ----------------------------------------------------------------
-
-def _stats(values: Sequence[float]) -> dict[str, Any]:
-    v = np.asarray(values, dtype=float)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "values": v.tolist()}
-
-
-def _per_strategy(runs: list[dict[str, Any]], strategies: list[str], pairs: list[Pair],
-                  names: list[str]) -> dict[str, dict[str, Any]]:
-    """Mean ± std over seeds of accuracy and each pair's total confusions, per strategy."""
-    out = {}
-    for s in strategies:
-        mine = [r for r in runs if r["strategy"] == s]
-        out[s] = {"accuracy": _stats([r["accuracy"] for r in mine]),
-                  "confusions": {pair_label(p, names): _stats([r["confusions"][pair_label(p, names)]["total"]
-                                                               for r in mine]) for p in pairs}}
-    return out
-
-
-def _paired(runs: list[dict[str, Any]], strategies: list[str], pairs: list[Pair], names: list[str]) -> dict[str, Any]:
-    """Per seed, each strategy minus full-full (same seeds), and curated-full minus each control: accuracy and
-    confusion differences with mean ± std, a bootstrap interval and Wilcoxon / sign-test p-values."""
-    comparisons = [(s, BASELINE) for s in strategies if s != BASELINE and BASELINE in strategies]
-    if "curated-full" in strategies:
-        comparisons += [("curated-full", rival) for rival in CURATED_RIVALS if rival in strategies]
-    by = {(r["strategy"], r["seed"]): r for r in runs}
-    out = {}
-    for s, base in comparisons:
-        seeds = [seed for (strategy, seed) in by if strategy == s and (base, seed) in by]
-        diff: dict[str, Any] = {
-            "seeds": seeds,
-            "accuracy": paired_difference([by[s, k]["accuracy"] - by[base, k]["accuracy"] for k in seeds])}
-        diff["confusions"] = {
-            pair_label(p, names): paired_difference([by[s, k]["confusions"][pair_label(p, names)]["total"]
-                                                     - by[base, k]["confusions"][pair_label(p, names)]["total"]
-                                                     for k in seeds])
-            for p in pairs
-        }
-        out[f"{s} minus {base}"] = diff
-    return out
-
-
-def format_table(result: FinetuneResult) -> str:
-    """The paper's table, one row per strategy: accuracy % and each pair's confusions as mean ± std over seeds,
-    then the paired difference to full -> full (mean [95% bootstrap interval], Wilcoxon p); then curated -> full
-    against the controls, and the verdict."""
-    labels = [pair_label(p, result.class_names) for p in result.pairs]
-    header = ["strategy", "accuracy %"] + [f"{label} confusions" for label in labels]
-    header += [f"Δ {label} vs full->full" for label in labels] + ["Δ accuracy pp vs full->full"]
-    blank = [""] * (len(labels) + 1)
-    rows = [["final checkpoint", f"{100 * result.start['accuracy']:.2f}"]
-            + [str(result.start["confusions"][label]["total"]) for label in labels] + blank]
-    for s, st in result.strategies.items():
-        d = result.paired.get(f"{s} minus {BASELINE}")
-        paired = ([_diff(d["confusions"][label], 1) for label in labels] + [_diff(d["accuracy"], 100)]) if d else blank
-        rows.append([_row_name(s), _pm(st["accuracy"], 100)] + [_pm(st["confusions"][label], 1) for label in labels]
-                    + paired)
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header] + rows]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    for rival in CURATED_RIVALS:
-        d = result.paired.get(f"curated-full minus {rival}")
-        if d:
-            lines.append(f"curated -> full minus {_row_name(rival)}: "
-                         + "; ".join(f"{label} {_diff(d['confusions'][label], 1)}" for label in labels)
-                         + f"; accuracy pp {_diff(d['accuracy'], 100)}")
-    n_seeds = len(result.settings["seeds"])
-    lines.append(f"{n_seeds} seed(s) per strategy, test split of {result.settings['test_size']} samples; "
-                 f"± is the sample std over seeds; Δ columns are per-seed paired differences: mean [95% bootstrap "
-                 f"interval over seeds] and the Wilcoxon signed-rank p (accuracy in percentage points). Excluded "
-                 f"{result.excluded['count']} of {result.excluded['train_size']} training samples.")
-    lines.extend(verdict(result))
-    return "\n".join(lines)
-
-
-def verdict(result: FinetuneResult) -> list[str]:
-    """One sentence per pair: did curated -> full beat full -> full and the controls? "beat" needs both the
-    bootstrap interval of the confusion difference below 0 and Wilcoxon p < 0.05 (with 5 seeds the smallest
-    two-sided p is 1/16, so 5 seeds can never say "beat")."""
-    out = []
-    for label in (pair_label(p, result.class_names) for p in result.pairs):
-        parts = []
-        for base in (BASELINE,) + CURATED_RIVALS:
-            d = result.paired.get(f"curated-full minus {base}")
-            if not d:
-                continue
-            c = d["confusions"][label]
-            lo, hi = c["ci"]
-            if c["mean"] is None or lo is None:
-                continue
-            significant = c["wilcoxon_p"] is not None and c["wilcoxon_p"] < VERDICT_LEVEL
-            word = "beat" if hi < 0 and significant else "did worse than" if lo > 0 and significant \
-                else "did not clearly beat"
-            parts.append(f"{word} {_row_name(base)} ({c['mean']:+.2f} confusions, 95% CI [{lo:+.2f}, {hi:+.2f}], "
-                         f"Wilcoxon p={_p(c['wilcoxon_p'])})")
-        if parts:
-            out.append(f"verdict {label}: curated -> full " + "; ".join(parts) + ".")
-    return out
-
-
-def _row_name(strategy: str) -> str:
-    """``curated -> full``, or ``curated (stage 1 only)`` for a one-stage strategy."""
-    return strategy.replace("-", " -> ") if "-" in strategy else f"{strategy} (stage 1 only)"
-
-
-def _diff(stat: dict[str, Any], scale: float) -> str:
-    lo, hi = stat["ci"]
-    if stat["mean"] is None or lo is None:
-        return "n/a"
-    return f"{scale * stat['mean']:+.2f} [{scale * lo:+.2f}, {scale * hi:+.2f}] p={_p(stat['wilcoxon_p'])}"
-
-
-def _p(p: float | None) -> str:
-    return "n/a" if p is None else f"{p:.3f}"
-
-
-def _pm(stat: dict[str, Any], scale: float) -> str:
-    return f"{scale * stat['mean']:.2f} ± {scale * stat['std']:.2f}"
 
 
 def _parse_strategies(strategies: Sequence[str]) -> list[tuple[str, ...]]:
