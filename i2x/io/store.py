@@ -139,15 +139,14 @@ class Store:
         sample_index: np.ndarray,
         grid: tuple[int, int],
         channels: int,
-        notes: dict[str, Any] | None = None,
         methods: list[str],
         chunk_n: int,
         overwrite: bool = False,
     ) -> "Store":
         """Create the store, or reopen it to resume when it was made with the same config and checkpoints.
 
-        A store made with a different config is an error unless ``overwrite``. ``notes`` are recorded
-        attributes that describe how the run was read (``layer_layout``, ``checkpoint_order``), not compared.
+        A store made with a different config is an error unless ``overwrite``. Attributes that describe
+        how the run was read, and do not decide whether it resumes, go through :meth:`note`.
         """
         path = cls.location(out_dir)
         attrs = {
@@ -187,7 +186,7 @@ class Store:
         store._new("features", (n, h, w, channels), "float16", (cn, h, w, channels))
         store._new("done", (t,), "uint8", (t,))
         store._new("finite", (t,), "uint8", (t,), fill_value=1)
-        root.attrs.update({**attrs, **_jsonable(notes or {}), "chunk_n": cn, "layout_complete": True})
+        root.attrs.update({**attrs, "chunk_n": cn, "layout_complete": True})
         return store
 
     def _new(self, name: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...], fill_value: Any = 0) -> zarr.Array:
@@ -295,10 +294,14 @@ class Store:
             raise UserError(f"{self.path}: no analysis yet; run `i2x analyze` first")
         return dict(self.root["analysis"].attrs)
 
+    def clear_group(self, group: str) -> None:
+        """Drop a group of results (``analysis``, ``evidence``) before a stage writes it anew."""
+        if group in self.root:
+            del self.root[group]
+
     def clear_analysis(self) -> None:
         """Drop a previous analysis before writing a new one."""
-        if "analysis" in self.root:
-            del self.root["analysis"]
+        self.clear_group("analysis")
 
 
 def chunk_ranges(n: int, chunk: int, rank: int = 0, world: int = 1) -> Iterable[tuple[int, int]]:

@@ -226,8 +226,7 @@ def evidence(out_dir: str | Path, config: EvidenceConfig | None = None, progress
             "evidence/leakage": np.stack(leaks).astype(np.float32),
             **{f"evidence/iou/{m}": np.stack(ious[m]).astype(np.float32) for m in methods},
         }
-        if "evidence" in store.root:
-            del store.root["evidence"]
+        store.clear_group("evidence")
         for name, data in arrays.items():
             chunks = (1, *data.shape[1:]) if data.ndim > 2 else None
             store.write(name, data, chunks)

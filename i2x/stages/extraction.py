@@ -105,9 +105,10 @@ def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progres
                     print(ctx.listing.summary(), flush=True)
                 claim(out, config.fingerprint(), overwrite)
                 stack.enter_context(locked(out))
-                store = _create_store(ctx, config, out, grid, channels, layout, list(methods), overwrite)
+                store = _create_store(ctx, config, out, grid, channels, list(methods), overwrite)
                 store.note({"trust_checkpoints": config.trust_checkpoints, "code": code_record(config),
-                            "input_size": list(ctx.data.input_size)})
+                            "input_size": list(ctx.data.input_size), "layer_layout": layout.to_dict(),
+                            **({"checkpoint_order": ctx.listing.describe()} if ctx.listing is not None else {})})
         with dist.together("opening the store"):
             store = store or Store.open(out, mode="a")
         result = ExtractResult(store.path, layer, grid, samples=len(ctx.labels),
@@ -118,7 +119,7 @@ def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progres
 
 
 def _create_store(ctx: Context, config: RunConfig, out: str | Path, grid: tuple[int, int], channels: int,
-                  layout: Layout, methods: list[str], overwrite: bool) -> Store:
+                  methods: list[str], overwrite: bool) -> Store:
     """Create the store (or reopen it to resume), recording the config and the checkpoints' fingerprints."""
     checkpoints = [
         {**c.describe(), "sha256": c.sha256(), **({"metrics": c.meta["metrics"]} if "metrics" in c.meta else {})}
@@ -132,8 +133,6 @@ def _create_store(ctx: Context, config: RunConfig, out: str | Path, grid: tuple[
         labels=ctx.labels,
         sample_index=ctx.sample_index,
         grid=grid,
-        notes={"layer_layout": layout.to_dict(),
-               **({"checkpoint_order": ctx.listing.describe()} if ctx.listing is not None else {})},
         channels=channels,
         methods=methods,
         chunk_n=config.batch_size,
