@@ -28,7 +28,8 @@ import torch
 from sklearn.datasets import load_digits
 
 from i2x import api
-from i2x.stages.drift import DriftConfig, format_comparison
+from i2x.reporting.drift_text import format_comparison
+from i2x.stages.drift import DriftConfig
 
 
 def _data(work: Path, n_train: int) -> str:

@@ -23,7 +23,8 @@ from i2x.stages.extraction import ExtractResult, extract as _extract
 from i2x.stages.finetuning import FinetuneConfig, FinetuneResult, finetune, format_table
 from i2x.io.models import build_model
 from i2x.stages.reliance import RelianceConfig, reliance
-from i2x.stages.drift import DriftConfig, compare_models, drift
+from i2x.stages.drift import DriftConfig, drift
+from i2x.stages.drift_runs import compare_models
 from i2x.stages.faithfulness import FaithfulnessConfig, faithfulness
 from i2x.stages.evidence import EvidenceConfig, evidence
 from i2x.stages.benchmark import BenchmarkConfig, benchmark as _benchmark
@@ -124,7 +125,7 @@ def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analy
 
 def compare_drift(out_dirs: list[str | Path], config: DriftConfig | None = None, names: list[str] | None = None,
                   out: str | Path | None = None, page: bool = True, **options: Any) -> dict[str, Any]:
-    """Several runs' drift side by side (:func:`i2x.stages.drift.compare_models`); the CLI's ``i2x drift A B ...``.
+    """Several runs' drift side by side (:func:`i2x.stages.drift_runs.compare_models`); the CLI's ``i2x drift A B ...``.
 
     Writes the JSON to ``out`` (default ``compare-drift.json`` in the current directory) and, with ``page``,
     a self-contained HTML page next to it (same name, ``.html``); their paths are in ``result["paths"]``.

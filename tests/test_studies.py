@@ -34,7 +34,8 @@ from i2x.reporting.sections.studies import drift_section, faithfulness_section
 from i2x.io.store import Store
 from i2x.io.workdir import DRIFT as DRIFT_NAME, FAITHFULNESS as FAITHFULNESS_NAME
 from i2x.stages.context import open_context
-from i2x.stages.drift import compare_models, drift
+from i2x.stages.drift import drift
+from i2x.stages.drift_runs import compare_models
 from i2x.stages.faithfulness import cams_for_targets, faithfulness
 
 NAMES = ["<script>alert(1)</script>", "a & b", "2", "3", "4", "5", "6", "7", "8", "9"]

@@ -268,7 +268,7 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 def cmd_drift(args: argparse.Namespace) -> None:
     from i2x import api
-    from i2x.stages.drift import format_comparison, format_tau
+    from i2x.reporting.drift_text import format_comparison, format_tau
 
     cfg = config_from(args, DriftConfig)
     if len(args.dirs) > 1:

@@ -1,4 +1,4 @@
-"""The cross-run drift page: a self-contained HTML file from the result of :func:`i2x.stages.drift.compare_models`."""
+"""The cross-run drift page: a self-contained HTML file from the result of :func:`i2x.stages.drift_runs.compare_models`."""
 
 from __future__ import annotations
 

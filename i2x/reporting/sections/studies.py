@@ -5,7 +5,7 @@ order, mean and spread over samples) and a per-bucket table; ``drift_section`` s
 consecutive checkpoints, the per-class distributions between the two compared checkpoints and the
 class-stability rankings with the pairs that reverse between methods. Both follow the builder
 interface of :mod:`i2x.report.sections`: ``builder(r: ReportInputs) -> Section | None``.
-``drift_comparison_sections`` renders the cross-run comparison (:func:`i2x.stages.drift.compare_models`)
+``drift_comparison_sections`` renders the cross-run comparison (:func:`i2x.stages.drift_runs.compare_models`)
 for its own page: the runs x methods table, a slope chart of the rankings, tau and the reversals.
 """
 
@@ -21,7 +21,7 @@ from i2x.reporting.charts import ChartSet, rank_slopes
 from i2x.metrics.faithfulness import OOD_NOTE
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, chip, esc, table
-from i2x.stages.drift import format_tau, reversal_label
+from i2x.reporting.drift_text import format_tau, reversal_label
 
 #: Drift metrics offered in the charts' dropdown: key -> label.
 DRIFT_LABELS = {
