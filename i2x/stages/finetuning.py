@@ -35,33 +35,29 @@ Choices the paper leaves open, and why:
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from i2x.stages.context import Context, ModelAccess, open_context, open_data
-from i2x.io.data import labels_of
 from i2x.errors import UserError
+from i2x.io.data import labels_of
 from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import FINETUNE, FINETUNE_DIR, load_summary, write_bytes, write_json
+from i2x.io.workdir import FINETUNE, FINETUNE_DIR, load_summary, write_json
 from i2x.settings import device_option, name_list, option, validate, whole, whole_list
+from i2x.stages.context import Context, ModelAccess, open_context, open_data
 from i2x.stages.controls import CONTROLS, control_exclusions
-from i2x.stages.curation import (EXCLUDED_NAME, Curation, Pair, choose_exclusions, excluded_record, exclusion_mask, 
-                                 fallback_pairs, pair_label, print_curation, read_exclude_file, write_excluded)
-from i2x.stages.finetune_results import FinetuneResult, format_table, paired_differences, per_strategy, verdict
-from i2x.stages.training import TrainConfig, evaluate, make_optimizer, subset, train_epochs
+from i2x.stages.curation import (EXCLUDED_NAME, Curation, choose_exclusions, excluded_record, fallback_pairs,
+                                 print_curation, write_excluded)
+from i2x.stages.finetune_results import FinetuneResult, format_table, paired_differences, per_strategy
+from i2x.stages.finetune_runs import evaluate_run, run_all, run_fingerprint
+from i2x.stages.training import subset
 
 SET_NAMES = ("full", "curated") + CONTROLS
 DEFAULT_STRATEGIES = ("full-full", "curated-curated", "curated-full")
@@ -162,10 +158,10 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
     dest_dir = Path(cfg.dest) if cfg.dest is not None else out / FINETUNE_DIR
     with locked(out), locked(dest_dir, enabled=dest_dir.resolve() != out.resolve()):
         write_excluded(dest_dir / EXCLUDED_NAME, curation, names, cfg.min_share, controls)
-        evaluate_on_test = partial(_evaluate, test_set=test_set, labels=labels_of(test_set), device=ctx.device,
+        evaluate_on_test = partial(evaluate_run, test_set=test_set, labels=labels_of(test_set), device=ctx.device,
                                    pairs=report_pairs, names=names)
         start = evaluate_on_test(ctx.model)
-        runs = _run_all(ctx, sets, controls, cfg, plan, dest_dir, _fingerprint(settings, curation.ids, controls),
+        runs = run_all(ctx, sets, controls, cfg, plan, dest_dir, run_fingerprint(settings, curation.ids, controls),
                         start_name, evaluate_on_test, progress)
         result = FinetuneResult(
             dest=dest_dir, settings=settings, class_names=names, pairs=report_pairs,
@@ -198,14 +194,6 @@ def _training_sets(train_set: Dataset, curation: Curation, plan: Plan) -> dict[s
     return {"full": train_set, "curated": subset(train_set, keep.tolist())}
 
 
-def _with_controls(sets: dict[str, Dataset], controls: dict[str, dict[int, np.ndarray]],
-                   seed: int) -> dict[str, Dataset]:
-    """The training sets of one run: full, curated, and each control's set for that seed."""
-    n_train = len(sets["full"])  # type: ignore[arg-type]
-    return {**sets, **{name: subset(sets["full"], np.setdiff1d(np.arange(n_train), by_seed[seed]).tolist())
-                       for name, by_seed in controls.items()}}
-
-
 def _settings(out: Path, cfg: FinetuneConfig, plan: Plan, curation: Curation, ctx: Context, start_name: str,
               start_sha: str, test_size: int) -> dict[str, Any]:
     """The settings recorded in ``finetune.json``; their fingerprint decides which finished runs are reused."""
@@ -229,110 +217,6 @@ def _settings(out: Path, cfg: FinetuneConfig, plan: Plan, curation: Curation, ct
         "test_size": test_size,
         "std": "sample standard deviation over seeds (ddof=1; 0 for one seed)",
     }
-
-
-def _run_all(ctx: Context, sets: dict[str, Dataset], controls: dict[str, dict[int, np.ndarray]],
-             cfg: FinetuneConfig, plan: Plan, dest_dir: Path,
-             fingerprint: str, start_name: str, evaluate_on_test: Callable[[nn.Module], dict[str, Any]],
-             progress: bool) -> list[dict[str, Any]]:
-    """Every strategy and seed from the start weights, reusing finished runs with the same fingerprint."""
-    model = ctx.model
-    start_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    train_cfg = TrainConfig(batch_size=cfg.batch_size, progress=progress)
-    runs = []
-    bar = tqdm(total=len(plan.strategies) * len(plan.seeds), desc="fine-tuning", disable=not progress)
-    for stages in plan.strategies:
-        strategy = "-".join(stages)
-        for seed in plan.seeds:
-            bar.set_postfix(strategy=strategy, seed=seed)
-            run_path = dest_dir / "runs" / strategy / f"seed{seed}"
-            record = _reuse(run_path, fingerprint)
-            if record is None:
-                model.load_state_dict(start_state)
-                record = _run_one(model, stages, plan.epochs, _with_controls(sets, controls, seed), seed, train_cfg,
-                                  cfg.optimizer, plan.lr, ctx.device)
-                record.update(evaluate_on_test(model))
-                record.update({"strategy": strategy, "fingerprint": fingerprint})
-                _save_run(run_path, model, record, start_name)
-            runs.append(record)
-            bar.update()
-    bar.close()
-    return runs
-
-
-# ---- the curated set --------------------------------------------------------------------------
-
-
-# ---- the runs ---------------------------------------------------------------------------------
-
-def _run_one(model: nn.Module, stages: tuple[str, ...], epochs: tuple[int, int], sets: dict[str, Dataset], seed: int,
-             cfg: TrainConfig, optimizer: str, lr: float, device: torch.device) -> dict[str, Any]:
-    """Train ``model`` (already at the start state) through the two stages; returns the losses and the time."""
-    start = time.perf_counter()
-    opt = make_optimizer(model.parameters(), optimizer, lr, 0.0)
-    losses = []
-    for i, (part, n_epochs) in enumerate(zip(stages, epochs)):
-        if n_epochs == 0:
-            continue
-        stage_seed = _stage_seed(seed, i)
-        torch.manual_seed(stage_seed)
-        generator = torch.Generator().manual_seed(stage_seed)
-        loss = train_epochs(model, sets[part], cfg, n_epochs, generator, device, opt, desc=f"stage {i + 1} ({part})")
-        losses.append({"stage": i + 1, "set": part, "epochs": n_epochs, "train_loss": loss})
-    return {"seed": seed, "stages": losses, "seconds": round(time.perf_counter() - start, 3)}
-
-
-def _stage_seed(seed: int, stage: int) -> int:
-    """A seed that depends on (seed, stage) only, so strategies share the stream of a stage."""
-    return int(np.random.SeedSequence([seed, stage]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def _evaluate(model: nn.Module, test_set: Dataset, labels: np.ndarray, device: torch.device, pairs: list[Pair],
-              names: list[str]) -> dict[str, Any]:
-    """Test accuracy, loss, the confusion matrix and each pair's confusions (a->b, b->a, total)."""
-    acc, loss, preds = evaluate(model, test_set, device)
-    m = len(names)
-    cm = np.bincount(labels * m + preds.numpy(), minlength=m * m).reshape(m, m)
-    confusions = {
-        pair_label((a, b), names): {f"{names[a]}->{names[b]}": int(cm[a, b]), f"{names[b]}->{names[a]}": int(cm[b, a]),
-                                    "total": int(cm[a, b] + cm[b, a])}
-        for a, b in pairs
-    }
-    return {"accuracy": acc, "test_loss": loss, "confusions": confusions, "confusion_matrix": cm.tolist()}
-
-
-def _fingerprint(settings: dict[str, Any], ids: np.ndarray,
-                 controls: dict[str, dict[int, np.ndarray]] | None = None) -> str:
-    """What a saved run must match to be reused: the settings that change results, and the excluded ids."""
-    keys = ("start_checkpoint", "epochs", "optimizer", "lr", "batch_size", "train_size")
-    extra = {f"ids_{name}": {str(seed): v.tolist() for seed, v in by_seed.items()}
-             for name, by_seed in (controls or {}).items()}
-    payload = json.dumps({**{k: settings[k] for k in keys}, "ids": ids.tolist(), **extra}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def _reuse(run_path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """A finished run's record if it was made with the same settings (resume after an interruption)."""
-    meta = run_path.with_suffix(".json")
-    if not (meta.is_file() and run_path.with_suffix(".pt").is_file()):
-        return None
-    record = json.loads(meta.read_text())
-    return record if record.get("fingerprint") == fingerprint else None
-
-
-def _save_run(run_path: Path, model: nn.Module, record: dict[str, Any], start_name: str) -> None:
-    """The run's weights (loadable as an i2x checkpoint), then its metrics: the .json marks the run as done."""
-    run_path.parent.mkdir(parents=True, exist_ok=True)
-    run_path.with_suffix(".json").unlink(missing_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    buffer = io.BytesIO()
-    torch.save({"state_dict": state, "strategy": record["strategy"], "seed": record["seed"],
-                "start_checkpoint": start_name, "metrics": {"accuracy": record["accuracy"]}}, buffer)
-    write_bytes(run_path.with_suffix(".pt"), buffer.getvalue())
-    write_json(run_path.with_suffix(".json"), record)
-
-
-# ---- statistics and the table ----------------------------------------------------------------
 
 
 def _parse_strategies(strategies: Sequence[str]) -> list[tuple[str, ...]]:
@@ -389,5 +273,4 @@ def _start_checkpoint(store: Store) -> tuple[int, str, str]:
     return int(finite[-1]), record["name"], record["sha256"]
 
 
-__all__ = ["finetune", "FinetuneConfig", "format_table", "verdict", "STUDY_STRATEGIES", "FinetuneResult", "Curation",
-           "exclusion_mask", "read_exclude_file", "pair_label"]
+__all__ = ["finetune", "FinetuneConfig", "format_table", "STUDY_STRATEGIES", "FinetuneResult"]
