@@ -5,13 +5,12 @@ the report's images) rebuild the same context from the config recorded in the st
 :func:`open_context` (a model with a checkpoint) or :func:`open_data` (the images only). Both treat
 the analysis directory as untrusted input: a model or data spec that imports a Python file is
 imported only when the user confirms it (``--model`` again, or ``--trust-analysis``) and the file's
-sha256 still matches the one recorded at extraction; checkpoints load with ``--trust-checkpoints``
+sha256 still matches the one recorded at extraction (:mod:`i2x.stages.provenance`); checkpoints load with ``--trust-checkpoints``
 only when this command was given it (or ``--trust-analysis`` and the extraction was trusted).
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,15 @@ from torch.utils.data import Dataset, Subset
 
 from i2x.attribution import METHODS, prefer_channels_last
 from i2x.attribution.tokens import parse as parse_tokens
+from i2x.errors import UserError
 from i2x.io.checkpoints import ORDERS, Checkpoint, Listing, is_finite, list_checkpoints, load_into, select
 from i2x.io.data import DATA_SPECS, DataOptions, ImageData, labels_of, load_data
-from i2x.io.workdir import usable_checkpoints
 from i2x.io.devices import resolve_device
-from i2x.errors import UserError
 from i2x.io.models import MODEL_SPECS, build_model
 from i2x.io.store import Store
+from i2x.io.workdir import usable_checkpoints
 from i2x.settings import device_option, name_list, number_list, option
+from i2x.stages.provenance import check_code, checkpoint_trust
 
 
 #: The fewest samples an analysis accepts: HDBSCAN's smallest confidence group (min_cluster_size 10).
@@ -234,68 +234,6 @@ def check_forward(model: nn.Module, dataset: Dataset, model_spec: str, data_spec
         ) from exc
     finally:
         model.train(was_training)
-
-
-# ---- back from a store: the one place that holds trust and the checks ------------------------------
-def _code_file(spec: str) -> Path | None:
-    """The Python file a ``path/to/file.py:factory`` spec imports, else None."""
-    module, _, attr = spec.rpartition(":")
-    return Path(module) if module.endswith(".py") and attr else None
-
-
-def names_code(spec: str, kind: str) -> bool:
-    """Whether a ``--model`` or ``--data`` spec imports code (a file or a module) rather than naming a built-in."""
-    if kind == "model":
-        return ":" in spec and not spec.startswith("torchvision:")
-    return _code_file(spec) is not None
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def code_record(config: RunConfig) -> dict[str, dict[str, Any]]:
-    """The specs of ``config`` that import code, with their file's sha256: recorded in the store at extraction."""
-    record = {}
-    for kind, spec in (("model", config.model), ("data", config.data)):
-        if names_code(spec, kind):
-            file = _code_file(spec)
-            record[kind] = {"spec": spec, "sha256": _sha256(file) if file and file.is_file() else None}
-    return record
-
-
-def _same_spec(given: str, recorded: str) -> bool:
-    a, b = _code_file(given), _code_file(recorded)
-    if a is None or b is None:
-        return given == recorded
-    return a.resolve() == b.resolve() and given.rpartition(":")[2] == recorded.rpartition(":")[2]
-
-
-def check_code(store: Store, config: RunConfig, trust_analysis: bool = False, model: str | None = None,
-               kinds: tuple[str, ...] = ("model", "data")) -> None:
-    """Refuse to import the code an analysis directory names unless the user confirmed it, or if it changed.
-
-    An analysis folder may come from someone else: ``--model path/net.py:factory`` in its settings would
-    otherwise run whatever that file holds when the folder is opened.
-    """
-    recorded = store.attrs.get("code") or {}
-    for kind, spec in (("model", config.model), ("data", config.data)):
-        if kind not in kinds or not names_code(spec, kind):
-            continue
-        confirmed = trust_analysis or (kind == "model" and model is not None and _same_spec(model, spec))
-        if not confirmed:
-            again = f"--model {spec} again or " if kind == "model" else ""
-            raise UserError(f"{store.path}: this analysis names code to run (--{kind} {spec}); i2x imports it only if "
-                            f"you confirm: pass {again}--trust-analysis (only for analyses you made or trust)")
-        file, want = _code_file(spec), (recorded.get(kind) or {}).get("sha256")
-        if file is not None and want and (not file.is_file() or _sha256(file) != want):
-            raise UserError(f"{file}: the --{kind} code changed since extraction (its sha256 differs from the one "
-                            "recorded in the store); restore it, or rerun `i2x run --overwrite`")
-
-
-def checkpoint_trust(store: Store, trust_checkpoints: bool, trust_analysis: bool) -> bool:
-    """Load pickled code only if this command was told so, or the analysis is trusted and extraction was."""
-    return bool(trust_checkpoints or (trust_analysis and store.attrs.get("trust_checkpoints")))
 
 
 def open_context(store: Store, t: int | None = None, device: str = "auto", batch_size: int = 256,

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from i2x.attribution import Attributor, find_target_layer, get_methods, tokens
 from i2x.attribution.tokens import Layout
-from i2x.stages.context import Context, RunConfig, build_context, code_record
+from i2x.stages.context import Context, RunConfig, build_context
+from i2x.stages.provenance import code_record
 from i2x.io.data import iter_batches
 from i2x.io.devices import resolve_device
 from i2x.io.distributed import Dist, local_device, session
