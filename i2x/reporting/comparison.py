@@ -7,7 +7,7 @@ from typing import Any
 
 from i2x.reporting.charts import ChartSet
 from i2x.reporting.page import render_page
-from i2x.reporting.sections.studies import drift_comparison_sections
+from i2x.reporting.sections.drift_runs import drift_comparison_sections
 from i2x.version import __version__
 
 
