@@ -181,6 +181,44 @@ _SCRIPT = """
   });
 })();
 (function () {
+  // card filters: a role and a class drop-down show only the cards (of data-target) whose data-roles and
+  // data-classes hold the chosen values
+  document.querySelectorAll(".card-filter").forEach(function (box) {
+    const cards = Array.from(document.querySelectorAll(box.getAttribute("data-target")));
+    const role = box.querySelector("select.role"), cls = box.querySelector("select.cls");
+    const count = box.querySelector(".count");
+    const apply = function () {
+      let shown = 0;
+      cards.forEach(function (card) {
+        const ok = (!role.value || card.getAttribute("data-roles").split(" ").indexOf(role.value) >= 0) &&
+                   (!cls.value || card.getAttribute("data-classes").split(" ").indexOf(cls.value) >= 0);
+        card.hidden = !ok;
+        if (ok) { shown += 1; }
+      });
+      count.textContent = shown + " of " + cards.length + " shown";
+    };
+    role.addEventListener("change", apply);
+    cls.addEventListener("change", apply);
+    apply();
+  });
+  // switches (select.switch-select, data-attr="method" or "scale"): inside the switch's section show only the
+  // elements whose data-<attr> equals the chosen value, for every switch of that section
+  document.querySelectorAll("section").forEach(function (section) {
+    const switches = Array.from(section.querySelectorAll("select.switch-select"));
+    if (!switches.length) { return; }
+    const apply = function () {
+      section.querySelectorAll("[data-method], [data-scale]").forEach(function (el) {
+        el.hidden = switches.some(function (s) {
+          const value = el.getAttribute("data-" + s.getAttribute("data-attr"));
+          return value !== null && value !== s.value;
+        });
+      });
+    };
+    switches.forEach(function (s) { s.addEventListener("change", apply); });
+    apply();
+  });
+})();
+(function () {
   const specs = JSON.parse(document.getElementById("i2x-specs").textContent);
   const options = JSON.parse(document.getElementById("i2x-embed-options").textContent);
   const jobs = Object.keys(specs).map(function (id) {
@@ -198,12 +236,14 @@ _SCRIPT = """
 
 
 def render_page(title: str, subtitle: str, sections: list[Section], specs: dict[str, dict[str, Any]],
-                links: list[tuple[str, str]], footer: str) -> str:
-    """The whole page: header, table of contents, sections, then the inline Vega bundle and the chart specs."""
+                links: list[tuple[str, str]], footer: str, inputs: dict[str, Any] | None = None) -> str:
+    """The whole page: header, table of contents, sections, then the inline Vega bundle and the chart specs;
+    ``inputs`` (the files each section read, :mod:`i2x.reporting.freshness`) is kept in the page as JSON."""
     toc = "".join(f'<li><a href="#{esc(s.id)}">{esc(s.title)}</a></li>' for s in sections)
     link_html = " · ".join(f'<a href="{esc(href)}">{esc(text)}</a>' for href, text in links)
     body = "\n".join(_section_html(s) for s in sections)
     bundle = vega_bundle().replace("</script", "<\\/script")
+    record = f'\n<script id="i2x-inputs" type="application/json">{script_json(inputs)}</script>' if inputs else ""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -221,7 +261,7 @@ def render_page(title: str, subtitle: str, sections: list[Section], specs: dict[
 <footer>{esc(footer)}</footer>
 </main>
 <script id="i2x-specs" type="application/json">{script_json(specs)}</script>
-<script id="i2x-embed-options" type="application/json">{script_json(EMBED_OPTIONS)}</script>
+<script id="i2x-embed-options" type="application/json">{script_json(EMBED_OPTIONS)}</script>{record}
 <script>{bundle}</script>
 <script>{_SCRIPT}</script>
 </body>
@@ -305,5 +345,29 @@ table.sortable th { cursor:pointer; user-select:none; }
 table.sortable th[aria-sort=ascending]::after { content:" ▲"; }
 table.sortable th[aria-sort=descending]::after { content:" ▼"; }
 footer { color:var(--muted); font-size:13px; margin-top:30px; }
+.card-filter, .switch { margin:4px 0 12px; font-size:14px; color:var(--muted); }
+.card-filter select, .switch select { margin:0 4px; }
+[hidden] { display:none !important; }
+.frame { position:relative; width:64px; height:64px; background-size:64px 64px; background-color:#000;
+         print-color-adjust:exact; -webkit-print-color-adjust:exact; }
+.frame img { display:block; width:64px; height:64px; opacity:0.55; border-radius:0; }
+.pairs .pair { display:grid; grid-template-columns:1fr 60px 1fr; gap:10px; align-items:start; margin:0 0 12px; }
+.pairs .sim { text-align:center; font-weight:600; padding-top:30px; }
+.stale-banner { background:#fff3d6; border:1px solid var(--warn); border-radius:8px; padding:10px 14px; margin:0 0 16px; }
+section.stale { border-color:var(--warn); }
+@media print {
+  nav.toc, .card-filter, .switch, .vega-bindings { display:none; }
+  main { margin:0; padding:0; max-width:none; }
+  body { background:#fff; font-size:11pt; }
+  section { break-inside:auto; border:none; padding:0; margin:0 0 18pt; }
+  h2, h3 { break-after:avoid; }
+  .card, figure, tr, .ucard, .pair { break-inside:avoid; }
+  .gallery { grid-template-columns:repeat(3, 1fr); }
+  div[style*="overflow-x"] { overflow:visible !important; }
+  table.film img { width:48px; height:48px; }
+  a { color:inherit; text-decoration:none; }
+  details { display:block; }
+  details > summary { display:none; }
+}
 @media (max-width: 900px) { nav.toc { position:static; width:auto; } main { margin-left:0; padding:16px; } }
 """
