@@ -24,15 +24,15 @@ from i2x.version import __version__
 class CompareConfig:
     """Settings of ``i2x compare``."""
 
-    out: str = option("compare.html", "the comparison page to write (default compare.html in the current directory)",
+    out: str = option("compare.html", "the comparison page to write (an .html file; relative to the current directory)",
                       metavar="FILE")
     names: tuple[str, ...] | None = option(None, "a name for each run, A then B (default: the directories' names)",
                                            parse=name_list, metavar="A,B")
     match: str = option("overlap", "how prototypes are paired: overlap of the cells they occupy on the shared "
-                                   "samples (default; any two models) or centroid (cosine of the centroids; only for "
+                                   "samples (any two models) or centroid (cosine of the centroids; only for "
                                    "runs whose features are comparable, e.g. one fine-tuned from the other)",
                         choices=MATCH_RULES)
-    top: float = option(0.2, "top share of cells for the IoU of the two runs' maps (default 0.2)", low=0, high=1,
+    top: float = option(0.2, "top share of cells for the IoU of the two runs' maps", low=0, high=1,
                         low_open=True)
 
 

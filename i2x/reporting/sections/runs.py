@@ -43,13 +43,15 @@ def _shortcut(pair: RunPair, run: Run) -> Raw:
     return Raw(f"{mark} {esc(entry.get('verdict', ''))}")
 
 
-def _uncertain(run: Run) -> Raw:
+def _uncertain(run: Run, shown: int = 6) -> Raw:
     found = run.r.summary["uncertain"]
     if not found:
         return Raw('<span class="muted">none</span>')
     names = run.r.names
-    return Raw(f"{len(found)}: " + " ".join(f"{ref(run, u['prototype'], 'uncertain')} {esc(names[u['classes'][0]])} ↔ "
-                                            f"{esc(names[u['classes'][1]])}" for u in found[:6]))
+    more = f' <span class="muted">and {len(found) - shown} more</span>' if len(found) > shown else ""
+    return Raw(f"{len(found)} flagged: " + " ".join(
+        f"{ref(run, u['prototype'], 'uncertain')} {esc(names[u['classes'][0]])} ↔ {esc(names[u['classes'][1]])}"
+        for u in found[:shown]) + more)
 
 
 def side_by_side(pair: RunPair) -> Section:
