@@ -121,12 +121,23 @@ def test_report_renders_offline_and_interactive(driver, tiny_report):
     shown = driver.execute_script(visible)
     assert shown and set(shown) == {"layercam/strip"}
 
-    # the card filter keeps the uncertain prototypes' cards only
-    cards = "Array.from(document.querySelectorAll('#prototypes .card')).filter(c => !c.hidden)"
-    every = driver.execute_script(f"return {cards}.length")
-    set_control(driver, "#prototypes .card-filter select.role", "uncertain")
-    roles = driver.execute_script(f"return {cards}.map(c => c.dataset.roles)")
-    assert 0 < len(roles) < every and all("uncertain" in r.split() for r in roles)
+    # the card filter: one class shows the cards of the prototypes that are shared, specialized or uncertain for it
+    summary = json.loads((tiny_report.parent / "summary.json").read_text())
+
+    def involved_in(c: int) -> set[int]:
+        return {u["prototype"] for u in summary["uncertain"] if c in u["classes"]} | {
+            p["id"] for p in summary["prototypes"] if c in p["shared_for"] + p["specialized_for"]}
+
+    c = min((c for c in range(len(HOSTILE_NAMES)) if involved_in(c)), key=lambda c: len(involved_in(c)))
+    involved = involved_in(c)
+    assert len(involved) < summary["k"]  # so the filter hides some cards
+    set_control(driver, "#prototypes .card-filter select.cls", str(c))
+    cards = ("return Array.from(document.querySelectorAll('#prototypes .card')).filter(c => !c.hidden)"
+             ".map(c => c.id)")
+    assert set(driver.execute_script(cards)) == {f"prototype-{k}" for k in involved}
+    count = driver.execute_script("return document.querySelector('#prototypes .card-filter .count').textContent")
+    assert count == f"{len(involved)} of {summary['k']} shown"
+    set_control(driver, "#prototypes .card-filter select.cls", "")
 
     # nothing injected ran or was created, and the console is clean
     assert driver.execute_script("return window.__dialogs") == []

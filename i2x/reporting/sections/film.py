@@ -27,7 +27,7 @@ def _switches(methods: list[str]) -> str:
 
 def _frames(tiles: dict[str, dict[str, np.ndarray]], i: int, j: int, alt_text: str) -> str:
     """Every method's and scale's tile of frame (checkpoint column i, strip j), only one of them shown at a time."""
-    return "".join(f'<img data-method="{esc(m)}" data-scale="{scale}" src="{png_uri(t[i, j])}" alt="{esc(m)} {alt_text}">'
+    return "".join(f'<img data-method="{esc(m)}" data-scale="{scale}" src="{png_uri(t[i, j])}" alt="{esc(m)} {esc(alt_text)}">'
                    for m, per_scale in tiles.items() for scale, t in per_scale.items())
 
 
