@@ -175,7 +175,10 @@ section.stale { border-color:var(--warn); }
   .card, figure, tr, .ucard, .pair { break-inside:avoid; }
   .gallery { grid-template-columns:repeat(3, 1fr); }
   div[style*="overflow-x"] { overflow:visible !important; }
-  table.film img { width:48px; height:48px; }
+  .frame, .frame img { width:40px; height:40px; background-size:40px 40px; }
+  table.film td { padding:2px 3px 2px 0; }
+  table.film td.who { min-width:0; width:90px; font-size:9px; }
+  table.film .cap { font-size:7px; }
   a { color:inherit; text-decoration:none; }
   details { display:block; }
   details > summary { display:none; }
