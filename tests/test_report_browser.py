@@ -157,6 +157,8 @@ def test_compare_page_renders_offline_and_interactive(driver, pair):
     assert browser.wait_for(driver, "document.body && document.body.getAttribute('data-charts')") == "rendered"
     render_ms = driver.execute_script("return window.i2xRenderedMs")
     assert driver.execute_script(BROKEN_IMAGES) == []
+    assert driver.execute_script(CHARTS_WITHOUT_DRAWING) == [] and driver.execute_script(
+        "return document.querySelectorAll('div.chart svg').length") == 1
 
     # a prototype mention in the suspect concepts links to its card in the paired galleries
     link = driver.find_element(By.CSS_SELECTOR, "#suspects a.ref[href^='#B-prototype-']")

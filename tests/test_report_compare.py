@@ -104,6 +104,10 @@ def test_compare_page_is_escaped_offline_linked_and_pathless(pair, tmp_path):
     text = page.read_text(encoding="utf-8")
     parsed = Page(text)
     assert "<b>bold</b>" not in text and html.escape("<b>bold</b>") in text
+    specs = json.loads(parsed.scripts["i2x-specs"])  # the run names survive exactly inside the chart data
+    points = next(v for v in specs["chart-accuracy"]["datasets"].values() if v and "run" in v[0])
+    assert {p["run"] for p in points} == {"A: <b>bold</b>", "B: plain & simple"}
+    assert "<" not in parsed.scripts["i2x-specs"]
     for name in HOSTILE_NAMES[:3]:
         assert name not in text
     ids = parsed.ids()

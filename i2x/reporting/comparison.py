@@ -53,7 +53,7 @@ def write_comparison(dir_a: str | Path, dir_b: str | Path, config: CompareConfig
     a, b = (Run(letter, name, ReportInputs.open(d, trust_analysis=trust_analysis))
             for letter, name, d in (("A", names[0], dir_a), ("B", names[1], dir_b)))
     pair = pair_runs(a, b, cfg.match, cfg.top)
-    sections = [side_by_side(pair), suspects(pair), matched(pair), shared_samples(pair)]
+    sections = [side_by_side(pair, charts), suspects(pair), matched(pair), shared_samples(pair)]
     title = f"{names[0]} versus {names[1]}"
     subtitle = (f"A: {shown_path(a.r.summary['model'], a.r.out_dir)}, {len(a.r.checkpoints)} checkpoints; "
                 f"B: {shown_path(b.r.summary['model'], b.r.out_dir)}, {len(b.r.checkpoints)} checkpoints; "

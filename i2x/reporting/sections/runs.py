@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from i2x.reporting.charts import ChartSet, accuracy_of_runs
 from i2x.reporting.images import overlays, png_uri, resize, to_rgb
 from i2x.reporting.page import Raw, Section, chip, esc, img, shown_path, table
 from i2x.reporting.pairing import Run, RunPair, agreement
@@ -54,8 +56,8 @@ def _uncertain(run: Run, shown: int = 6) -> Raw:
         for u in found[:shown]) + more)
 
 
-def side_by_side(pair: RunPair) -> Section:
-    """The verdict of each run, one column each."""
+def side_by_side(pair: RunPair, charts: ChartSet) -> Section:
+    """The verdict of each run, one column each, and both accuracy curves in one chart."""
     rows: list[list[Any]] = []
     for label, fact in (("Model", lambda u: shown_path(u.r.summary["model"], u.r.out_dir)),
                         ("Data", lambda u: f"{shown_path(u.r.summary['data'], u.r.out_dir)} ({u.r.summary['split']})"),
@@ -68,9 +70,15 @@ def side_by_side(pair: RunPair) -> Section:
     head = ["", f"A: {pair.a.name}", f"B: {pair.b.name}"]
     longer = max((pair.a, pair.b), key=lambda u: len(u.r.names)).r.names
     classes = ", ".join(f'<span id="class-{c}">{esc(n)}</span>' for c, n in enumerate(longer))
+    labels = [f"A: {pair.a.name}", f"B: {pair.b.name}"]
+    frame = pd.DataFrame([{"run": label, "step": u.r.train_step(t), "checkpoint": c["name"], "accuracy": acc}
+                          for label, u in zip(labels, pair.runs)
+                          for t, (c, acc) in enumerate(zip(u.r.checkpoints, u.r.summary["accuracy"]))])
+    chart = charts.add("accuracy", accuracy_of_runs(frame, labels),
+                       caption="Accuracy of each run's analysed split at every checkpoint.")
     return Section("verdict", "Side by side", "Each run's verdict and accuracy, A on the left, B on the right.",
-                   f'<div class="verdict">{table(head, rows, "facts")}</div><p class="muted">Classes: {classes}</p>',
-                   pair.notes)
+                   f'<div class="verdict">{table(head, rows, "facts")}</div><p class="muted">Classes: {classes}</p>'
+                   + chart, pair.notes)
 
 
 def _concepts(pair: RunPair, run: Run) -> str:
