@@ -63,7 +63,11 @@ def _mark_report(args: argparse.Namespace) -> None:
         return
     from i2x import api
 
-    stale = api.mark_report(dirs[0])
+    try:
+        stale = api.mark_report(dirs[0])
+    except (OSError, UserError) as exc:  # the study itself succeeded: say so rather than fail it
+        print(f"i2x: could not mark report.html as out of date: {exc}", file=sys.stderr)
+        return
     if stale:
         print(f"report.html is out of date ({', '.join(stale)}); rebuild it with: i2x report {dirs[0]}")
 

@@ -49,7 +49,10 @@ def stale_sections(out_dir: str | Path) -> dict[str, list[str]]:
     found = _BLOCK.search(page.read_text(encoding="utf-8"))
     if not found:
         return {}
-    recorded = json.loads(found.group(1))
+    try:
+        recorded = json.loads(found.group(1))
+    except ValueError:  # an edited page: nothing to compare with
+        return {}
     now: dict[str, str | None] = {}
     stale = {}
     for section, files in recorded.items():
