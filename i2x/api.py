@@ -74,6 +74,23 @@ def report(out: str | Path, progress: bool = True, pngs: bool = True, trust_anal
     return build_report(out, progress=progress, pngs=pngs, trust_analysis=trust_analysis)
 
 
+def mark_report(out: str | Path) -> dict[str, list[str]]:
+    """Mark the sections of ``out/report.html`` whose inputs changed since it was built (a study run after it) and
+    put a banner on the page naming ``i2x report``; returns section id -> changed files (empty: the page is current)."""
+    from i2x.reporting.freshness import mark_out_of_date
+
+    return mark_out_of_date(out)
+
+
+def compare(dir_a: str | Path, dir_b: str | Path, config: Any = None, trust_analysis: bool = False,
+            **options: Any) -> Path:
+    """Two analysis directories side by side in one self-contained page (``i2x compare A B --out FILE``); pass a
+    :class:`i2x.reporting.comparison.CompareConfig` or its fields (``out=``, ``names=``, ``match=``, ``top=``)."""
+    from i2x.reporting.comparison import CompareConfig, write_comparison
+
+    return write_comparison(dir_a, dir_b, config or CompareConfig(**options), trust_analysis=trust_analysis)
+
+
 def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool = True,
             **options: Any) -> AnalyzeResult:
     """Analyse the store in ``out``: prototypes, groups, ridge mapping, structure; writes ``summary.json``.

@@ -141,8 +141,9 @@ def test_hostile_class_names_stay_text(tiny_report):
         assert html.escape(name, quote=True) in text  # shown, as text
     page = Page(text)
     assert not [a for t, a in page.tags if t == "img" and a.get("src") == "x"]
-    # the only scripts are ours: the two JSON blocks, the Vega bundle and the embedding code
-    assert len(page.scripts) == 4
+    # the only scripts are ours: the three JSON blocks (specs, embed options, inputs read), the Vega bundle and
+    # the page's code
+    assert len(page.scripts) == 5
     # inside the chart specs the names survive exactly (escaped as \u003c..., decoded by JSON.parse)
     raw = page.scripts["i2x-specs"]
     assert "<" not in raw and ">" not in raw and "&" not in raw

@@ -1,7 +1,9 @@
-"""Open the report in headless Chromium with networking off, as a reader would, and check it works.
+"""Open the report and the comparison page in headless Chromium with networking off, as a reader would, and check
+they work.
 
-Skipped when Debian's chromium / chromium-driver are not installed. Saves a full-page screenshot
-to test-artifacts/report.png and prints the time from navigation to all charts rendered.
+Skipped when Debian's chromium / chromium-driver are not installed. Saves full-page screenshots to
+test-artifacts/report.png and compare.png and prints each page's size and the time from navigation to all charts
+rendered (measured, not asserted).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import browser
+from fixtures_compare import pair  # noqa: F401  (pytest fixture)
 from fixtures_pipeline import HOSTILE_NAMES, tiny_report, tiny_run  # noqa: F401  (pytest fixtures)
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -108,6 +111,34 @@ def test_report_renders_offline_and_interactive(driver, tiny_report):
     tip = browser.wait_for(driver, "(document.getElementById('vg-tooltip-element') || {}).textContent", timeout=10)
     assert HOSTILE_NAMES[0] in tip  # the first cell is class 0: its name, shown as text
 
+    # the film strips' method switch shows that method's frames only, and the scale switch its scale's
+    visible = ("return Array.from(document.querySelectorAll('#films img[data-method]'))"
+               ".filter(i => i.offsetParent !== null).map(i => i.dataset.method + '/' + i.dataset.scale)")
+    shown = set(driver.execute_script(visible))
+    assert len(shown) == 1 and shown.pop().endswith("/frame")
+    set_control(driver, "#films select[data-attr=method]", "layercam")
+    set_control(driver, "#films select[data-attr=scale]", "strip")
+    shown = driver.execute_script(visible)
+    assert shown and set(shown) == {"layercam/strip"}
+
+    # the card filter: one class shows the cards of the prototypes that are shared, specialized or uncertain for it
+    summary = json.loads((tiny_report.parent / "summary.json").read_text())
+
+    def involved_in(c: int) -> set[int]:
+        return {u["prototype"] for u in summary["uncertain"] if c in u["classes"]} | {
+            p["id"] for p in summary["prototypes"] if c in p["shared_for"] + p["specialized_for"]}
+
+    c = min((c for c in range(len(HOSTILE_NAMES)) if involved_in(c)), key=lambda c: len(involved_in(c)))
+    involved = involved_in(c)
+    assert len(involved) < summary["k"]  # so the filter hides some cards
+    set_control(driver, "#prototypes .card-filter select.cls", str(c))
+    cards = ("return Array.from(document.querySelectorAll('#prototypes .card')).filter(c => !c.hidden)"
+             ".map(c => c.id)")
+    assert set(driver.execute_script(cards)) == {f"prototype-{k}" for k in involved}
+    count = driver.execute_script("return document.querySelector('#prototypes .card-filter .count').textContent")
+    assert count == f"{len(involved)} of {summary['k']} shown"
+    set_control(driver, "#prototypes .card-filter select.cls", "")
+
     # nothing injected ran or was created, and the console is clean
     assert driver.execute_script("return window.__dialogs") == []
     assert driver.execute_script("return document.querySelectorAll('img:not([src^=\"data:\"])').length") == 0
@@ -116,3 +147,41 @@ def test_report_renders_offline_and_interactive(driver, tiny_report):
     shot = browser.full_screenshot(driver, ARTIFACTS / "report.png")
     assert shot.stat().st_size > 10_000
     print(f"\nreport {tiny_report.stat().st_size / 1e6:.2f} MB, {n_charts} charts rendered in {render_ms:.0f} ms")
+
+
+def test_compare_page_renders_offline_and_interactive(driver, pair):
+    from selenium.webdriver.common.by import By
+
+    page = pair[3]
+    driver.get(page.as_uri())
+    assert browser.wait_for(driver, "document.body && document.body.getAttribute('data-charts')") == "rendered"
+    render_ms = driver.execute_script("return window.i2xRenderedMs")
+    assert driver.execute_script(BROKEN_IMAGES) == []
+    assert driver.execute_script(CHARTS_WITHOUT_DRAWING) == [] and driver.execute_script(
+        "return document.querySelectorAll('div.chart svg').length") == 1
+
+    # a prototype mention in the suspect concepts links to its card in the paired galleries
+    link = driver.find_element(By.CSS_SELECTOR, "#suspects a.ref[href^='#B-prototype-']")
+    card = link.get_attribute("href").split("#", 1)[1]
+    driver.execute_script("window.scrollTo(0, 0)")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", link)
+    link.click()
+    browser.wait_for(driver, f"location.hash === '#{card}'", timeout=5)
+    top = driver.execute_script(f"return document.getElementById('{card}').getBoundingClientRect().top")
+    assert abs(top) < 5
+
+    # the per-class table of the shared samples sorts by the number of samples, both ways
+    counts = "Array.from(document.querySelectorAll('#shared table.sortable tbody tr')).map(r => r.cells[1].textContent)"
+    header = driver.find_element(By.XPATH, "//section[@id='shared']//table[contains(@class,'sortable')]//th[2]")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", header)
+    header.click()
+    up = [int(v) for v in driver.execute_script("return " + counts)]
+    assert up == sorted(up) and len(up) == len(HOSTILE_NAMES)
+    header.click()
+    assert [int(v) for v in driver.execute_script("return " + counts)] == sorted(up, reverse=True)
+
+    assert driver.execute_script("return window.__dialogs") == []
+    assert browser.severe_logs(driver) == []
+    shot = browser.full_screenshot(driver, ARTIFACTS / "compare.png")
+    assert shot.stat().st_size > 10_000
+    print(f"\ncompare page {page.stat().st_size / 1e6:.2f} MB, rendered in {render_ms:.0f} ms")

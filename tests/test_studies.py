@@ -30,7 +30,8 @@ from i2x.errors import UserError
 from i2x.metrics.faithfulness import auc, drop_at, perturbation_curves, pixel_order, random_order, select_buckets
 from i2x.reporting.charts import ChartSet
 from i2x.reporting.page import vega_version
-from i2x.reporting.sections.studies import drift_section, faithfulness_section
+from i2x.reporting.sections.drift import drift_section
+from i2x.reporting.sections.faithfulness import faithfulness_section
 from i2x.io.store import Store
 from i2x.io.workdir import DRIFT as DRIFT_NAME, FAITHFULNESS as FAITHFULNESS_NAME
 from i2x.stages.context import open_context

@@ -56,6 +56,22 @@ def _end_progress_bars() -> None:
         bar.close()
 
 
+def _mark_report(args: argparse.Namespace) -> None:
+    """After a command that wrote into one analysis directory (a study), mark what its report no longer shows."""
+    dirs = getattr(args, "dirs", None) or [getattr(args, "dir", None)]
+    if getattr(args, "command", None) in ("report", "compare") or len(dirs) != 1 or not isinstance(dirs[0], str):
+        return
+    from i2x import api
+
+    try:
+        stale = api.mark_report(dirs[0])
+    except (OSError, UserError) as exc:  # the study itself succeeded: say so rather than fail it
+        print(f"i2x: could not mark report.html as out of date: {exc}", file=sys.stderr)
+        return
+    if stale:
+        print(f"report.html is out of date ({', '.join(stale)}); rebuild it with: i2x report {dirs[0]}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``i2x`` console script."""
     parser = build_parser()
@@ -68,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         args.func(args)
+        _mark_report(args)
     except UserError as exc:
         _end_progress_bars()
         print(f"i2x: error: {exc}", file=sys.stderr)

@@ -179,6 +179,24 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {api.report(args.dir, pngs=not args.no_png, trust_analysis=args.trust_analysis)}")
 
 
+def add_compare(sub: Subparsers) -> None:
+    from i2x.reporting.comparison import CompareConfig
+
+    p = command(sub, "compare", cmd_compare, "two analysis directories side by side in one self-contained page: "
+                                             "verdicts, suspect concepts, paired prototypes, shared samples")
+    p.add_argument("dir_a", metavar="DIR_A", help="first analysis directory (A, after i2x run / analyze)")
+    p.add_argument("dir_b", metavar="DIR_B", help="second analysis directory (B)")
+    add_options(p, CompareConfig)
+    add_trust_options(p, checkpoints=False)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from i2x import api
+    from i2x.reporting.comparison import CompareConfig
+
+    print(f"comparison: {api.compare(args.dir_a, args.dir_b, config_from(args, CompareConfig), args.trust_analysis)}")
+
+
 # ---- finetune ------------------------------------------------------------------------------------
 def add_finetune(sub: Subparsers) -> None:
     p = command(sub, "finetune", cmd_finetune,
@@ -369,5 +387,5 @@ def cmd_doctor(args: argparse.Namespace) -> None:
 
 
 #: Every subcommand, in the order ``i2x --help`` lists them.
-COMMANDS = (add_demo, add_train, add_extract, add_analyze, add_report, add_finetune, add_faithfulness, add_benchmark,
-            add_drift, add_reliance, add_evidence, add_run, add_doctor)
+COMMANDS = (add_demo, add_train, add_extract, add_analyze, add_report, add_compare, add_finetune, add_faithfulness,
+            add_benchmark, add_drift, add_reliance, add_evidence, add_run, add_doctor)

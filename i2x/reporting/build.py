@@ -12,8 +12,9 @@ from tqdm.auto import tqdm
 
 from i2x.errors import UserError
 from i2x.io.lock import locked
-from i2x.io.workdir import REPORT, REPORT_ASSETS, refuse_symlink, replace_dir, write_text
+from i2x.io.workdir import REPORT, REPORT_ASSETS, SUMMARY, refuse_symlink, replace_dir, write_text
 from i2x.version import __version__
+from i2x.reporting.freshness import record
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Section, render_page, scrub_paths, shown_path
 from i2x.reporting.sections import SECTIONS, SectionBuilder
@@ -27,7 +28,8 @@ def build_report(out_dir: str | Path, progress: bool = True, pngs: bool = True, 
     Sections are the builders of :data:`i2x.report.sections.SECTIONS`; one that returns None is
     skipped, one whose input cannot be read (a study JSON cut short or edited) is shown as unavailable
     with the reason. With ``pngs`` the main charts are also exported as PNG files to ``out_dir/report/``.
-    The lock is held throughout (a running ``analyze`` makes this a clear error, not a half-read store);
+    The page records the files each section read, so a later change marks it out of date
+    (:mod:`i2x.reporting.freshness`). The lock is held throughout (a running ``analyze`` makes this a clear error, not a half-read store);
     the page and the PNG folder are written beside the old ones and swapped in at the end.
     ``trust_analysis`` lets the pictures come from a data spec that imports a Python file.
     """
@@ -37,8 +39,13 @@ def build_report(out_dir: str | Path, progress: bool = True, pngs: bool = True, 
         refuse_symlink(out / name)
     with locked(out):
         r = ReportInputs.open(out, trust_analysis=trust_analysis)
-        builders = tqdm(SECTIONS, desc="report", disable=not progress)
-        sections = [section for section in (_build(build, r) for build in builders) if section is not None]
+        sections, reads = [], {}
+        for builder in tqdm(SECTIONS, desc="report", disable=not progress):
+            r.asked.clear()
+            section = _build(builder, r)
+            if section is not None:
+                sections.append(section)
+                reads[section.id] = [SUMMARY, *r.asked]
         s = r.summary
         title = f"{shown_path(s['model'], out)} on {shown_path(s['data'], out)}"
         subtitle = (f"How the reasoning formed over {len(r.checkpoints)} checkpoints: {s['method']} at layer "
@@ -47,7 +54,8 @@ def build_report(out_dir: str | Path, progress: bool = True, pngs: bool = True, 
         links = [("summary.json", "summary.json")] + [(f"{REPORT_ASSETS}/{name}", name) for name in exported]
         footer = (f"i2x {__version__} · store {shown_path(r.store.path, out)} · built in {time.perf_counter() - start:.1f} s · "
                   "self-contained: opens offline, loads nothing from the network.")
-        return write_text(out / REPORT, render_page(title, subtitle, sections, r.charts.specs, links, footer))
+        return write_text(out / REPORT, render_page(title, subtitle, sections, r.charts.specs, links, footer,
+                                                    inputs=record(out, reads)))
 
 
 def _build(builder: SectionBuilder, r: ReportInputs) -> Section | None:

@@ -76,6 +76,16 @@ def accuracy_loss(steps: Sequence[int], names: Sequence[str], accuracy: Sequence
     return alt.hconcat(acc, lss)
 
 
+def accuracy_of_runs(frame: pd.DataFrame, runs: Sequence[str]) -> alt.Chart:
+    """Accuracy per checkpoint of several runs (columns run, step, checkpoint, accuracy), one line each."""
+    return alt.Chart(frame.dropna(subset=["accuracy"])).mark_line(point=True).encode(
+        x=alt.X("step:Q", title="training step"),
+        y=alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("run:N", title="run", sort=list(runs), scale=alt.Scale(range=["#2e6fd8", "#e69f00"])),
+        tooltip=["run:N", "checkpoint:N", "step:Q", alt.Tooltip("accuracy:Q", format=".4f")],
+    ).properties(width=520, height=200, title="Accuracy along training")
+
+
 def confusion_heatmap(matrix: np.ndarray, names: Sequence[str], title: str) -> alt.LayerChart:
     """Counts of true (rows) by predicted (columns) class, log-coloured so small confusions stay visible."""
     m = len(names)

@@ -1,14 +1,67 @@
-"""The cross-run drift page: a self-contained HTML file from the result of :func:`i2x.stages.drift_runs.compare_models`."""
+"""The comparison pages: two analysis directories side by side (``i2x compare A B``), and the cross-run drift page
+from the result of :func:`i2x.stages.drift_runs.compare_models`. Both are self-contained HTML files."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from i2x.errors import UserError
+from i2x.io.workdir import write_text
 from i2x.reporting.charts import ChartSet
-from i2x.reporting.page import render_page
-from i2x.reporting.sections.studies import drift_comparison_sections
+from i2x.reporting.inputs import ReportInputs
+from i2x.reporting.page import render_page, shown_path
+from i2x.reporting.pairing import MATCH_RULES, Run, pair_runs
+from i2x.reporting.sections.drift_runs import drift_comparison_sections
+from i2x.reporting.sections.runs import matched, shared_samples, side_by_side, suspects
+from i2x.settings import name_list, option, validate
 from i2x.version import __version__
+
+
+@dataclass
+class CompareConfig:
+    """Settings of ``i2x compare``."""
+
+    out: str = option("compare.html", "the comparison page to write (an .html file; relative to the current directory)",
+                      metavar="FILE")
+    names: tuple[str, ...] | None = option(None, "a name for each run, A then B (default: the directories' names)",
+                                           parse=name_list, metavar="A,B")
+    match: str = option("overlap", "how prototypes are paired: overlap of the cells they occupy on the shared "
+                                   "samples (any two models) or centroid (cosine of the centroids; only for "
+                                   "runs whose features are comparable, e.g. one fine-tuned from the other)",
+                        choices=MATCH_RULES)
+    top: float = option(0.2, "top share of cells for the IoU of the two runs' maps", low=0, high=1,
+                        low_open=True)
+
+
+def write_comparison(dir_a: str | Path, dir_b: str | Path, config: CompareConfig | None = None,
+                     trust_analysis: bool = False) -> Path:
+    """Write the page that sets run ``dir_a`` (A) beside ``dir_b`` (B): verdicts, suspect concepts, prototypes
+    paired by similarity and the shared samples; returns its path."""
+    cfg = config or CompareConfig()
+    validate(cfg)
+    start = time.perf_counter()
+    out = Path(cfg.out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"--out {cfg.out}: name an .html file (e.g. {out.with_suffix('.html')})")
+    names = list(cfg.names) if cfg.names else [Path(dir_a).resolve().name, Path(dir_b).resolve().name]
+    if len(names) != 2:
+        raise UserError(f"--names {','.join(names)}: give two names, A then B")
+    charts = ChartSet()
+    a, b = (Run(letter, name, ReportInputs.open(d, trust_analysis=trust_analysis))
+            for letter, name, d in (("A", names[0], dir_a), ("B", names[1], dir_b)))
+    pair = pair_runs(a, b, cfg.match, cfg.top)
+    sections = [side_by_side(pair, charts), suspects(pair), matched(pair), shared_samples(pair)]
+    title = f"{names[0]} versus {names[1]}"
+    subtitle = (f"A: {shown_path(a.r.summary['model'], a.r.out_dir)}, {len(a.r.checkpoints)} checkpoints; "
+                f"B: {shown_path(b.r.summary['model'], b.r.out_dir)}, {len(b.r.checkpoints)} checkpoints; "
+                f"{pair.rows_a.size} shared samples.")
+    footer = (f"i2x {__version__} · built in {time.perf_counter() - start:.1f} s · self-contained: opens offline, "
+              "loads nothing from the network.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_text(out, render_page(title, subtitle, sections, charts.specs, [], footer))
 
 
 def write_drift_comparison(result: dict[str, Any], path: str | Path, json_path: str | Path | None = None) -> Path:

@@ -67,6 +67,26 @@ def overlays(images: np.ndarray, raw_maps: np.ndarray, size: int, image_weight: 
     return out
 
 
+def map_tiles(raw_maps: np.ndarray, size: int = 16, shared: bool = False) -> np.ndarray:
+    """Colour tiles of raw maps ``[T, B, h, w]`` -> uint8 ``[T, B, size, size, 3]`` (jet), drawn over the input by the page.
+
+    ReLU, then bilinear upsampling to ``size``; each tile scaled to its own maximum, or with ``shared`` every tile
+    of a column ``b`` (one sample's strip over the T checkpoints) to the strip's maximum, so a weak map looks weak.
+    Non-finite maps come out grey.
+    """
+    t, b = raw_maps.shape[:2]
+    finite = np.isfinite(raw_maps).all(axis=(2, 3))
+    safe = np.where(np.isfinite(raw_maps), np.maximum(raw_maps, 0.0), 0.0).reshape(t * b, 1, *raw_maps.shape[2:])
+    up = F.interpolate(torch.from_numpy(safe.astype(np.float32)), size=(size, size), mode="bilinear",
+                       align_corners=False).numpy().reshape(t, b, size, size)
+    peak = up.max(axis=(2, 3), keepdims=True)
+    if shared:
+        peak = np.broadcast_to(peak.max(axis=0, keepdims=True), peak.shape)
+    out = jet(np.divide(up, peak, out=np.zeros_like(up), where=peak > 0))
+    out[~finite] = 200
+    return out
+
+
 def prototype_patches(images: np.ndarray, cells: np.ndarray, grid: tuple[int, int], context: int = 3,
                       min_context_px: int = 48, min_size: int = 64, max_size: int = 96) -> np.ndarray:
     """Square crops around each patch's grid cell, with that cell outlined.

@@ -46,6 +46,7 @@ class ReportInputs:
     charts: ChartSet = field(default_factory=ChartSet)
     patches_per_prototype: int | None = None  # None: 6, or 4 when there are more than 48 prototypes
     trust_analysis: bool = False  # import a data spec's Python file (the user confirmed the analysis)
+    asked: list[str] = field(default_factory=list)  # files optional_json was asked for (the page records them)
     _arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -93,6 +94,7 @@ class ReportInputs:
     def optional_json(self, relative: str) -> dict[str, Any] | None:
         """A JSON file of the analysis directory, or None if it is absent (its section is then skipped);
         an unreadable one raises a UserError, which the report shows as the section being unavailable."""
+        self.asked.append(relative)
         path = self.out_dir / relative
         return read_json(path, "the study") if path.exists() else None
 

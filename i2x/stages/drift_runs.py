@@ -34,7 +34,7 @@ def _run_names(dirs: list[Path], names: Sequence[str] | None) -> list[str]:
     return found if len(set(found)) == len(found) else [str(d) for d in dirs]
 
 
-def _common_samples(stores: list[Store], names: list[str]) -> tuple[list[np.ndarray], dict[str, Any]]:
+def common_samples(stores: list[Store], names: list[str]) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Store rows of the samples every run holds with the same label (matched by ``sample_index``), per run."""
     index = [np.asarray(s.read("sample_index")) for s in stores]
     labels = [np.asarray(s.read("labels")) for s in stores]
@@ -93,7 +93,7 @@ def compare_models(out_dirs: Sequence[str | Path], config: DriftConfig | None = 
         raise UserError(f"--method: not stored in every run ({', '.join(missing) or 'no method in common'}); "
                         "choose methods all of them hold")
     chosen = method_order(chosen)
-    rows, samples = _common_samples(stores, names)
+    rows, samples = common_samples(stores, names)
     samples["rule"] = cfg.samples
     readers = [DriftReader(s, cfg.top, cfg.trust_analysis) for s in stores]
     pairs = [checkpoint_pair(s, cfg.from_, cfg.to, cfg.phase_split) for s in stores]

@@ -24,7 +24,8 @@ from i2x.reporting.sections.overview import overview
 from i2x.reporting.sections.prototypes import prototypes
 from i2x.reporting.sections.reliance import reliance_section
 from i2x.reporting.sections.structure import class_structure
-from i2x.reporting.sections.studies import drift_section, faithfulness_section
+from i2x.reporting.sections.drift import drift_section
+from i2x.reporting.sections.faithfulness import faithfulness_section
 from i2x.reporting.sections.uncertain import uncertain
 from i2x.reporting.sections.verdict import verdict_section
 

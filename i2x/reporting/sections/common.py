@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -69,3 +69,19 @@ def _even(n: int, at_most: int) -> np.ndarray:
     if n <= at_most:
         return np.arange(n)
     return np.unique(np.round(np.linspace(0, n - 1, at_most)).astype(int))
+
+
+def mean_pm(stats: dict[str, Any] | None, mean: str = "mean", spread: str = "std") -> str:
+    """``mean ± spread`` with 3 decimals (a dash when missing)."""
+    if not stats or stats.get(mean) is None:
+        return "–"
+    s = stats.get(spread)
+    return f"{stats[mean]:.3f}" + (f" ± {s:.3f}" if s is not None else "")
+
+
+def checkpoint_name(c: dict[str, Any]) -> str:
+    """A checkpoint as the study JSON names it: name, step and phase where known."""
+    step = f", step {c['step']}" if c.get("step") is not None else ""
+    phase = f", {c['phase']}" if c.get("phase") else ""
+    return f"{c['name']}{step}{phase}"
+

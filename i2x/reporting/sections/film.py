@@ -1,61 +1,128 @@
-"""The CAM film strips: maps of chosen samples over the checkpoints."""
+"""The CAM film strips: maps of chosen samples over the checkpoints, for every stored CAM method (a switch picks one),
+scaled per frame or per strip (a second switch), and for a misclassified sample also the maps of the class the
+model answered, computed on demand with the model."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from i2x.reporting.images import jet, overlays, png_uri, resize, to_rgb
+from i2x.errors import UserError
+from i2x.reporting.images import jet, map_tiles, png_uri, resize, to_rgb
 from i2x.reporting.inputs import ReportInputs
-from i2x.reporting.page import Section, class_ref, esc, img
+from i2x.reporting.page import Section, class_ref, esc, img, scrub_paths
 from i2x.reporting.sections.common import MAX_FILM_COLUMNS, _even
+
+SCALES = {"frame": "each frame to its own peak", "strip": "one scale per strip (weak maps look weak)"}
+
+
+def _switches(methods: list[str]) -> str:
+    """The method and scale drop-downs (the page's script shows the frames whose data-method/data-scale match)."""
+    options = "".join(f'<option value="{esc(m)}">{esc(m)}</option>' for m in methods)
+    scales = "".join(f'<option value="{k}">{esc(v)}</option>' for k, v in SCALES.items())
+    return (f'<div class="switch">method <select class="switch-select" data-attr="method" aria-label="CAM method">'
+            f'{options}</select> scale <select class="switch-select" data-attr="scale" aria-label="colour scale">'
+            f"{scales}</select></div>")
+
+
+def _frames(tiles: dict[str, dict[str, np.ndarray]], i: int, j: int, alt_text: str) -> str:
+    """Every method's and scale's tile of frame (checkpoint column i, strip j), only one of them shown at a time."""
+    return "".join(f'<img data-method="{esc(m)}" data-scale="{scale}" src="{png_uri(t[i, j])}" alt="{esc(m)} {esc(alt_text)}">'
+                   for m, per_scale in tiles.items() for scale, t in per_scale.items())
+
+
+def _predicted_maps(r: ReportInputs, rows: np.ndarray, targets: np.ndarray, cols: np.ndarray,
+                    usable: np.ndarray, methods: list[str]) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """Raw maps ``[T, B, h, w]`` per method explaining class ``targets`` of store rows ``rows`` at checkpoints ``cols``
+    (NaN where a checkpoint diverged), recomputed with the model; or (None, why) when it cannot be rebuilt."""
+    from i2x.stages.context import open_context
+    from i2x.stages.faithfulness import cams_for_targets
+
+    h, w = r.store.grid
+    out = {m: np.full((cols.size, rows.size, h, w), np.nan, dtype=np.float32) for m in methods}
+    try:
+        ctx = open_context(r.store, device="cpu", batch_size=64, trust_analysis=r.trust_analysis)
+        x = torch.stack([ctx.dataset[int(i)][0] for i in rows])
+        for i, t in enumerate(cols):
+            if usable[i]:
+                ctx.load(ctx.checkpoint(r.checkpoints[t]["name"]))
+                ctx.model.eval()
+                for m, maps in cams_for_targets(r.store, ctx, int(t), rows, x, targets, methods).items():
+                    out[m][i] = maps.numpy()
+    except (UserError, OSError, RuntimeError) as exc:
+        return None, scrub_paths(str(exc), r.out_dir)
+    return out, None
 
 
 def film_strips(r: ReportInputs) -> Section:
-    intro = (f"{r.method} maps at every checkpoint, side by side, for typical and hard samples of each class and the "
-             "most confused ones: where the model looked as it learned. Each frame is scaled to its own range for "
-             "display; its caption gives the prediction, p(true class) and the raw peak, which is what I2X tracks.")
+    explains = "the true class" if r.store.config.get("target", "true") == "true" else "the predicted class"
+    intro = (f"CAM maps at every checkpoint, side by side, for typical and hard samples of each class and the most "
+             f"confused ones: where the model looked as it learned. Stored maps explain {explains}; a misclassified "
+             "sample gets a second strip for the class the model answered at the end (the evidence for the mistake). "
+             "The switches pick the CAM method and whether each frame is scaled to its own peak or the strip shares "
+             "one scale; captions give the prediction, p(the strip's class) and the raw peak, which is what I2X tracks.")
     if r.images_unavailable:
         return Section("films", "CAM film strips", intro, "", [f"Input images unavailable: {r.images_unavailable}"])
     rows, why = _film_rows(r)
-    n_checkpoints = len(r.checkpoints)
-    cols = _even(n_checkpoints, MAX_FILM_COLUMNS)
+    methods = [r.method] + [m for m in r.store.methods if m != r.method]
+    cols = _even(len(r.checkpoints), MAX_FILM_COLUMNS)
     order = np.argsort(rows)
-    sorted_rows = rows[order]
-    cam = r.store.cam(r.method).get_orthogonal_selection((cols, sorted_rows))
-    probs = r.store.array("probs").get_orthogonal_selection((cols, sorted_rows))
     back = np.argsort(order)
-    cam, probs = cam[:, back], probs[:, back]
+    cams = {m: r.store.cam(m).get_orthogonal_selection((cols, rows[order]))[:, back] for m in methods}
+    probs = r.store.array("probs").get_orthogonal_selection((cols, rows[order]))[:, back]
     images = r.images(rows)
-    frames = overlays(images, cam, size=64)
-    inputs = to_rgb(resize(images, 64))
     labels, index = r.read("labels")[rows], r.read("sample_index")[rows]
     usable = r.read("finite")[cols].astype(bool)
-    frames[~usable] = 200  # diverged checkpoints: grey frames
-    peaks = np.where(usable[:, None], np.nan_to_num(cam).max(axis=(2, 3)), np.nan)
     pred = np.nan_to_num(probs).argmax(axis=2)
-    p_true = probs[:, np.arange(rows.size), labels]
+    final = np.nan_to_num(np.asarray(r.store.array("probs")[r.final])[rows]).argmax(axis=1)
+    wrong = np.flatnonzero(final != labels) if explains == "the true class" else np.zeros(0, dtype=int)
+    notes = []
+    answered, why_not = (_predicted_maps(r, rows[wrong], final[wrong], cols, usable, methods) if wrong.size
+                         else (None, None))
+    if why_not:
+        notes.append(f"Maps for the class the model answered are unavailable: {why_not}")
+    strips = [(j, cams, labels[j], None) for j in range(rows.size)]
+    if answered:
+        extra = {int(j): n for n, j in enumerate(wrong)}
+        strips = [s for j in range(rows.size) for s in
+                  [(j, cams, labels[j], None)] + ([(j, answered, final[j], extra[j])] if j in extra else [])]
     head = "<th></th><th>input</th>" + "".join(
         f'<th title="{esc(r.checkpoints[t]["name"])}">step {r.train_step(t)}</th>' for t in cols)
     body = []
-    for j in range(rows.size):  # one table row per shown sample (a handful)
+    for j, maps, cls, col in strips:  # one table row per strip (a handful)
+        m_maps = {m: (a[:, [j]] if col is None else a[:, [col]]) for m, a in maps.items()}
+        tiles = {m: {s: map_tiles(a, shared=(s == "strip")) for s in SCALES} for m, a in m_maps.items()}
         cells = []
         for i, t in enumerate(cols):
-            wrong = pred[i, j] != labels[j]
-            cap = (f'<div class="cap{" wrong" if wrong else ""}">→ {esc(r.names[pred[i, j]])} · '
-                   f'p {p_true[i, j]:.2f}</div><div class="cap">peak {peaks[i, j]:.2g}</div>' if usable[i]
-                   else '<div class="cap wrong">diverged</div>')
-            alt_text = "CAM at " + r.checkpoints[t]["name"]
-            cells.append(f"<td>{img(png_uri(frames[i, j]), alt_text)}{cap}</td>")
-        who = (f'<td class="who">{class_ref(int(labels[j]), r.names[labels[j]])}<br>{esc(why[j])}<br>'
-               f'<span class="muted">data set index {index[j]}</span></td>')
-        picture = f"<td>{img(png_uri(inputs[j]), 'input image')}</td>"
-        body.append("<tr>" + who + picture + "".join(cells) + "</tr>")
+            if not usable[i]:
+                cap = '<div class="cap wrong">diverged</div>'
+            else:
+                miss = pred[i, j] != labels[j]
+                peaks = "".join(f'<div class="cap" data-method="{esc(m)}">peak {np.nan_to_num(a[i, 0]).max():.2g}</div>'
+                                for m, a in m_maps.items())
+                cap = (f'<div class="cap{" wrong" if miss else ""}">→ {esc(r.names[pred[i, j]])} · '
+                       f"p {probs[i, j, cls]:.2f}</div>{peaks}")
+            cells.append(f'<td><div class="frame film-in-{j}">{_frames(tiles, i, 0, "map at " + r.checkpoints[t]["name"])}'
+                         f"</div>{cap}</td>")
+        if col is None:
+            who = (f'{class_ref(int(labels[j]), r.names[labels[j]])}<br>{esc(why[j])}<br>'
+                   f'<span class="muted">data set index {index[j]}</span>')
+        else:
+            who = (f'evidence for its answer {class_ref(int(cls), r.names[cls], "uncertain")}<br>'
+                   f'<span class="muted">same sample, maps of the class it predicts at the end</span>')
+        picture = f'<td><div class="frame film-in-{j}" role="img" aria-label="input image"></div></td>'
+        body.append(f'<tr><td class="who">{who}</td>' + picture + "".join(cells) + "</tr>")
+    inputs = to_rgb(resize(images, 64))
+    backgrounds = "".join(f"#films .film-in-{j} {{ background-image:url({png_uri(inputs[j])}); }}"
+                          for j in range(rows.size))
     legend = png_uri(jet(np.tile(np.linspace(0, 1, 140), (10, 1))))
-    notes = [f"{n_checkpoints} checkpoints; {cols.size} evenly spaced ones shown."] if cols.size < n_checkpoints else []
-    scale = (f'<p class="muted">low {img(legend, "colour scale", "legend-bar")} high '
-             f"(per frame); the cell grid is {r.store.grid[0]} x {r.store.grid[1]}.</p>")
+    if cols.size < len(r.checkpoints):
+        notes.append(f"{len(r.checkpoints)} checkpoints; {cols.size} evenly spaced ones shown.")
+    scale = (f'<p class="muted">low {img(legend, "colour scale", "legend-bar")} high; the cell grid is '
+             f"{r.store.grid[0]} x {r.store.grid[1]}.</p>")
     return Section("films", "CAM film strips", intro,
-                   scale + f'<div style="overflow-x:auto"><table class="film"><thead><tr>{head}</tr></thead>'
+                   f"<style>{backgrounds}</style>" + _switches(methods) + scale
+                   + f'<div style="overflow-x:auto"><table class="film"><thead><tr>{head}</tr></thead>'
                    f'<tbody>{"".join(body)}</tbody></table></div>', notes)
 
 

@@ -1,0 +1,90 @@
+"""Is the report still true? The page records what each section read; a later check marks the sections whose inputs
+changed since (a study run after the report, a re-analysis), so a reader of the old page sees it is out of date.
+
+The record is a JSON block in the page (``<script id="i2x-inputs">``): per section id, each file of the analysis
+directory it read and the sha256 of its content then (None: the file was absent). :func:`mark_out_of_date`
+compares it with the files now and rewrites the page with a banner and a note on each stale section;
+``i2x report`` rebuilds the page, which clears the marks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+from pathlib import Path
+
+from i2x.io.workdir import REPORT, write_text
+from i2x.reporting.page import esc
+
+_BLOCK = re.compile(r'<script id="i2x-inputs" type="application/json">(.*?)</script>', re.S)
+_BANNER = re.compile(r'<div class="stale-banner"[^>]*>.*?</div>\n?', re.S)
+
+
+def fingerprint(path: Path) -> str | None:
+    """sha256 of a file's content, or None when it does not exist."""
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record(out_dir: Path, reads: dict[str, list[str]]) -> dict[str, dict[str, str | None]]:
+    """Per section id, the fingerprint of each file it read (relative to ``out_dir``)."""
+    digests = {name: fingerprint(out_dir / name) for names in reads.values() for name in set(names)}
+    return {section: {name: digests[name] for name in names} for section, names in reads.items()}
+
+
+def stale_sections(out_dir: str | Path) -> dict[str, list[str]]:
+    """Sections of ``out_dir/report.html`` whose inputs changed since it was built: section id -> changed files
+    (empty when the page is current, was built before this record existed, or is absent)."""
+    out = Path(out_dir)
+    page = out / REPORT
+    if not page.is_file():
+        return {}
+    found = _BLOCK.search(page.read_text(encoding="utf-8"))
+    if not found:
+        return {}
+    try:
+        recorded = json.loads(found.group(1))
+    except ValueError:  # an edited page: nothing to compare with
+        return {}
+    now: dict[str, str | None] = {}
+    stale = {}
+    for section, files in recorded.items():
+        changed = [name for name, digest in files.items()
+                   if now.setdefault(name, fingerprint(out / name)) != digest]
+        if changed:
+            stale[section] = changed
+    return stale
+
+
+def mark_out_of_date(out_dir: str | Path) -> dict[str, list[str]]:
+    """Rewrite ``out_dir/report.html`` so that a banner names the command that rebuilds it and every section whose
+    inputs changed says so; returns the stale sections (the page is left as it is when there are none)."""
+    out = Path(out_dir)
+    stale = stale_sections(out)
+    if not stale:
+        return stale
+    page = out / REPORT
+    text = _BANNER.sub("", page.read_text(encoding="utf-8"))
+    command = f"i2x report {out.resolve().name}"
+    titles = []
+    for section, files in stale.items():
+        heading = re.compile(r'<section id="' + re.escape(esc(section)) + r'"( class="stale")?><h2>(.*?)</h2>', re.S)
+        found = heading.search(text)
+        titles.append(html.unescape(found.group(2)) if found else section)
+        if found and not found.group(1):  # not marked yet
+            note = (f'<p class="note stale-note">Out of date: {esc(", ".join(files))} changed after this page was '
+                    f"built. Run <code>{esc(command)}</code>.</p>")
+            text = (text[:found.start()] + f'<section id="{esc(section)}" class="stale"><h2>{found.group(2)}</h2>'
+                    + note + text[found.end():])
+    links = ", ".join(f'<a href="#{esc(s)}">{esc(t)}</a>' for s, t in zip(stale, titles))
+    banner = (f'<div class="stale-banner" role="alert"><b>This page is out of date.</b> The inputs of {links} changed '
+              f"after it was built; rebuild it with <code>{esc(command)}</code>.</div>\n")
+    write_text(page, text.replace("<main>\n", "<main>\n" + banner, 1))
+    return stale
