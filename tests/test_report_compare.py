@@ -195,3 +195,17 @@ def test_the_answer_strip_explains_the_predicted_class(tiny_report):
     assert (out.logits.argmax(dim=1).numpy() != store.read("labels")[rows]).all()
     direct = out.cams["gradcam"].detach().numpy().max(axis=(1, 2))
     assert [f"{v:.2g}" for v in direct] == list(peaks.values())
+
+
+def test_without_the_checkpoints_the_answer_strips_say_why(tiny_run, tmp_path):
+    """An analysis folder shared without its checkpoints: the stored strips stay, the answer strips are explained."""
+    out = tmp_path / "an"
+    shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("report*"))
+    store = Store.open(out, mode="a")
+    store.root.attrs["config"] = {**store.config, "checkpoints": str(tmp_path / "gone")}
+    text = api.report(out, progress=False, pngs=False).read_text(encoding="utf-8")
+    films = text[text.index('<section id="films"'):]
+    films = films[:films.index("</section>")]
+    assert "Maps for the class the model answered are unavailable" in films and "gone" in films
+    assert "evidence for its answer" not in films and films.count('<td class="who">') > 0
+    assert str(tmp_path) not in text
