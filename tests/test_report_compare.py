@@ -152,9 +152,16 @@ def test_a_study_run_after_the_report_marks_its_section_and_report_clears_it(tin
     assert '<section id="faithfulness">' in text  # untouched
     api.report(out, progress=False, pngs=False)
     assert stale_sections(out) == {} and 'class="stale-banner"' not in (out / "report.html").read_text(encoding="utf-8")
+    # a study that adds its entry to the summary marks the sections that read that entry only
     summary = json.loads((out / "summary.json").read_text())
-    (out / "summary.json").write_text(json.dumps({**summary, "warnings": ["re-analysed"]}))
-    assert {"verdict", "overview", "prototypes", "films"} <= set(stale_sections(out))  # every section read it
+    (out / "summary.json").write_text(json.dumps({**summary, "reliance": {"verdict": "v", "shortcut_found": False}}))
+    stale = stale_sections(out)
+    assert stale["verdict"] == ["summary.json"] and not {"prototypes", "films", "classes", "dynamics"} & set(stale)
+    # a re-analysis (new timings, new store arrays) changes what every section shows
+    (out / "summary.json").write_text(json.dumps({**summary, "timings": {"extract": 1.0}}))
+    stale = stale_sections(out)
+    assert set(stale) == set(Page((out / "report.html").read_text(encoding="utf-8")).ids()) & set(stale) and \
+        {"verdict", "overview", "prototypes", "classes", "dynamics", "uncertain", "films", "faithfulness"} <= set(stale)
 
 
 # ---- film strips -------------------------------------------------------------------------------------
