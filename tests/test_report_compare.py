@@ -152,9 +152,16 @@ def test_a_study_run_after_the_report_marks_its_section_and_report_clears_it(tin
     assert '<section id="faithfulness">' in text  # untouched
     api.report(out, progress=False, pngs=False)
     assert stale_sections(out) == {} and 'class="stale-banner"' not in (out / "report.html").read_text(encoding="utf-8")
+    # a study that adds its entry to the summary marks the sections that read that entry only
     summary = json.loads((out / "summary.json").read_text())
-    (out / "summary.json").write_text(json.dumps({**summary, "warnings": ["re-analysed"]}))
-    assert {"verdict", "overview", "prototypes", "films"} <= set(stale_sections(out))  # every section read it
+    (out / "summary.json").write_text(json.dumps({**summary, "reliance": {"verdict": "v", "shortcut_found": False}}))
+    stale = stale_sections(out)
+    assert stale["verdict"] == ["summary.json"] and not {"prototypes", "films", "classes", "dynamics"} & set(stale)
+    # a re-analysis (new timings, new store arrays) changes what every section shows
+    (out / "summary.json").write_text(json.dumps({**summary, "timings": {"extract": 1.0}}))
+    stale = stale_sections(out)
+    assert set(stale) == set(Page((out / "report.html").read_text(encoding="utf-8")).ids()) & set(stale) and \
+        {"verdict", "overview", "prototypes", "classes", "dynamics", "uncertain", "films", "faithfulness"} <= set(stale)
 
 
 # ---- film strips -------------------------------------------------------------------------------------
@@ -195,3 +202,17 @@ def test_the_answer_strip_explains_the_predicted_class(tiny_report):
     assert (out.logits.argmax(dim=1).numpy() != store.read("labels")[rows]).all()
     direct = out.cams["gradcam"].detach().numpy().max(axis=(1, 2))
     assert [f"{v:.2g}" for v in direct] == list(peaks.values())
+
+
+def test_without_the_checkpoints_the_answer_strips_say_why(tiny_run, tmp_path):
+    """An analysis folder shared without its checkpoints: the stored strips stay, the answer strips are explained."""
+    out = tmp_path / "an"
+    shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("report*"))
+    store = Store.open(out, mode="a")
+    store.root.attrs["config"] = {**store.config, "checkpoints": str(tmp_path / "gone")}
+    text = api.report(out, progress=False, pngs=False).read_text(encoding="utf-8")
+    films = text[text.index('<section id="films"'):]
+    films = films[:films.index("</section>")]
+    assert "Maps for the class the model answered are unavailable" in films and "gone" in films
+    assert "evidence for its answer" not in films and films.count('<td class="who">') > 0
+    assert str(tmp_path) not in text

@@ -12,9 +12,9 @@ from tqdm.auto import tqdm
 
 from i2x.errors import UserError
 from i2x.io.lock import locked
-from i2x.io.workdir import REPORT, REPORT_ASSETS, SUMMARY, refuse_symlink, replace_dir, write_text
+from i2x.io.workdir import REPORT, REPORT_ASSETS, refuse_symlink, replace_dir, write_text
 from i2x.version import __version__
-from i2x.reporting.freshness import record
+from i2x.reporting.freshness import ANALYSIS_RUN, record, summary_part
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Section, render_page, scrub_paths, shown_path
 from i2x.reporting.sections import SECTIONS, SectionBuilder
@@ -42,10 +42,12 @@ def build_report(out_dir: str | Path, progress: bool = True, pngs: bool = True, 
         sections, reads = [], {}
         for builder in tqdm(SECTIONS, desc="report", disable=not progress):
             r.asked.clear()
+            r.summary.read.clear()
             section = _build(builder, r)
             if section is not None:
                 sections.append(section)
-                reads[section.id] = [SUMMARY, *r.asked]
+                keys = sorted(r.summary.read | {ANALYSIS_RUN})  # every section shows the store of that analysis run
+                reads[section.id] = [summary_part(key) for key in keys] + r.asked
         s = r.summary
         title = f"{shown_path(s['model'], out)} on {shown_path(s['data'], out)}"
         subtitle = (f"How the reasoning formed over {len(r.checkpoints)} checkpoints: {s['method']} at layer "

@@ -2,7 +2,9 @@
 changed since (a study run after the report, a re-analysis), so a reader of the old page sees it is out of date.
 
 The record is a JSON block in the page (``<script id="i2x-inputs">``): per section id, each file of the analysis
-directory it read and the sha256 of its content then (None: the file was absent). :func:`mark_out_of_date`
+directory it read and the sha256 of its content then (None: the file was absent); of ``summary.json`` only the
+top-level entries the section read count (``summary.json:accuracy``), so a study that adds its entry to the summary
+marks its own section and the verdict, not every section. :func:`mark_out_of_date`
 compares it with the files now and rewrites the page with a banner and a note on each stale section;
 ``i2x report`` rebuilds the page, which clears the marks.
 """
@@ -14,9 +16,14 @@ import html
 import json
 import re
 from pathlib import Path
+from typing import Any
 
-from i2x.io.workdir import REPORT, write_text
+from i2x.io.workdir import REPORT, SUMMARY, write_text
 from i2x.reporting.page import esc
+
+#: The summary entry that changes with every analysis run (its measured durations): a re-analysis rewrites the store
+#: arrays every section reads, so every section records it.
+ANALYSIS_RUN = "timings"
 
 _BLOCK = re.compile(r'<script id="i2x-inputs" type="application/json">(.*?)</script>', re.S)
 _BANNER = re.compile(r'<div class="stale-banner"[^>]*>.*?</div>\n?', re.S)
@@ -33,10 +40,40 @@ def fingerprint(path: Path) -> str | None:
     return digest.hexdigest()
 
 
+def summary_part(key: str) -> str:
+    """The name the record gives one top-level entry of ``summary.json``."""
+    return f"{SUMMARY}:{key}"
+
+
+class _Digests:
+    """Fingerprints of files and summary entries of one analysis directory, each computed once."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out = out_dir
+        self.seen: dict[str, str | None] = {}
+        self._summary: dict[str, Any] | None = None
+
+    def __call__(self, name: str) -> str | None:
+        if name not in self.seen:
+            self.seen[name] = self._entry(name[len(SUMMARY) + 1:]) if name.startswith(SUMMARY + ":") \
+                else fingerprint(self.out / name)
+        return self.seen[name]
+
+    def _entry(self, key: str) -> str | None:
+        if self._summary is None:
+            try:
+                self._summary = json.loads((self.out / SUMMARY).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                self._summary = {}
+        if key not in self._summary:
+            return None
+        return hashlib.sha256(json.dumps(self._summary[key], sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def record(out_dir: Path, reads: dict[str, list[str]]) -> dict[str, dict[str, str | None]]:
-    """Per section id, the fingerprint of each file it read (relative to ``out_dir``)."""
-    digests = {name: fingerprint(out_dir / name) for names in reads.values() for name in set(names)}
-    return {section: {name: digests[name] for name in names} for section, names in reads.items()}
+    """Per section id, the fingerprint of each file (or :func:`summary_part`) it read, relative to ``out_dir``."""
+    digest = _Digests(out_dir)
+    return {section: {name: digest(name) for name in names} for section, names in reads.items()}
 
 
 def stale_sections(out_dir: str | Path) -> dict[str, list[str]]:
@@ -53,11 +90,9 @@ def stale_sections(out_dir: str | Path) -> dict[str, list[str]]:
         recorded = json.loads(found.group(1))
     except ValueError:  # an edited page: nothing to compare with
         return {}
-    now: dict[str, str | None] = {}
-    stale = {}
+    now, stale = _Digests(out), {}
     for section, files in recorded.items():
-        changed = [name for name, digest in files.items()
-                   if now.setdefault(name, fingerprint(out / name)) != digest]
+        changed = sorted({name.partition(":")[0] for name, digest in files.items() if now(name) != digest})
         if changed:
             stale[section] = changed
     return stale

@@ -25,6 +25,38 @@ from i2x.reporting.images import png_uri, prototype_patches
 from i2x.reporting.page import scrub_paths
 
 
+class KeyLog(dict):
+    """A dict that notes which of its top-level keys were read, so the page can record what each section used."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+    def __iter__(self):
+        self.read.update(super().keys())
+        return super().__iter__()
+
+    def items(self):
+        self.read.update(super().keys())
+        return super().items()
+
+    def values(self):
+        self.read.update(super().keys())
+        return super().values()
+
+
 @dataclass
 class Patch:
     """One example patch of a prototype: its picture and where it came from."""
@@ -54,7 +86,7 @@ class ReportInputs:
         """Open ``DIR/store.zarr`` and ``DIR/summary.json`` (UserErrors say which stage to run)."""
         out = Path(out_dir)
         store = Store.open(out)
-        summary = load_summary(out)
+        summary = KeyLog(load_summary(out))
         store.analysis_attrs()
         return cls(out, store, summary, trust_analysis=trust_analysis)
 

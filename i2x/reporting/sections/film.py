@@ -4,6 +4,8 @@ model answered, computed on demand with the model."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -55,6 +57,7 @@ def _predicted_maps(r: ReportInputs, rows: np.ndarray, targets: np.ndarray, cols
 
 
 def film_strips(r: ReportInputs) -> Section:
+    """The strips of the samples :func:`_film_rows` picks, over evenly spaced checkpoints, with their switches."""
     explains = "the true class" if r.store.config.get("target", "true") == "true" else "the predicted class"
     intro = (f"CAM maps at every checkpoint, side by side, for typical and hard samples of each class and the most "
              f"confused ones: where the model looked as it learned. Stored maps explain {explains}; a misclassified "
@@ -88,30 +91,8 @@ def film_strips(r: ReportInputs) -> Section:
                   [(j, cams, labels[j], None)] + ([(j, answered, final[j], extra[j])] if j in extra else [])]
     head = "<th></th><th>input</th>" + "".join(
         f'<th title="{esc(r.checkpoints[t]["name"])}">step {r.train_step(t)}</th>' for t in cols)
-    body = []
-    for j, maps, cls, col in strips:  # one table row per strip (a handful)
-        m_maps = {m: (a[:, [j]] if col is None else a[:, [col]]) for m, a in maps.items()}
-        tiles = {m: {s: map_tiles(a, shared=(s == "strip")) for s in SCALES} for m, a in m_maps.items()}
-        cells = []
-        for i, t in enumerate(cols):
-            if not usable[i]:
-                cap = '<div class="cap wrong">diverged</div>'
-            else:
-                miss = pred[i, j] != labels[j]
-                peaks = "".join(f'<div class="cap" data-method="{esc(m)}">peak {np.nan_to_num(a[i, 0]).max():.2g}</div>'
-                                for m, a in m_maps.items())
-                cap = (f'<div class="cap{" wrong" if miss else ""}">→ {esc(r.names[pred[i, j]])} · '
-                       f"p {probs[i, j, cls]:.2f}</div>{peaks}")
-            cells.append(f'<td><div class="frame film-in-{j}">{_frames(tiles, i, 0, "map at " + r.checkpoints[t]["name"])}'
-                         f"</div>{cap}</td>")
-        if col is None:
-            who = (f'{class_ref(int(labels[j]), r.names[labels[j]])}<br>{esc(why[j])}<br>'
-                   f'<span class="muted">data set index {index[j]}</span>')
-        else:
-            who = (f'evidence for its answer {class_ref(int(cls), r.names[cls], "uncertain")}<br>'
-                   f'<span class="muted">same sample, maps of the class it predicts at the end</span>')
-        picture = f'<td><div class="frame film-in-{j}" role="img" aria-label="input image"></div></td>'
-        body.append(f'<tr><td class="who">{who}</td>' + picture + "".join(cells) + "</tr>")
+    facts = _Facts(labels, index, why, pred, probs, usable, cols)
+    body = [_strip_row(r, facts, j, maps, int(cls), col) for j, maps, cls, col in strips]
     inputs = to_rgb(resize(images, 64))
     backgrounds = "".join(f"#films .film-in-{j} {{ background-image:url({png_uri(inputs[j])}); }}"
                           for j in range(rows.size))
@@ -124,6 +105,47 @@ def film_strips(r: ReportInputs) -> Section:
                    f"<style>{backgrounds}</style>" + _switches(methods) + scale
                    + f'<div style="overflow-x:auto"><table class="film"><thead><tr>{head}</tr></thead>'
                    f'<tbody>{"".join(body)}</tbody></table></div>', notes)
+
+
+@dataclass
+class _Facts:
+    """What every strip of the table reads: per shown sample its label, data set index and why it was picked; per
+    checkpoint column and sample the prediction and probabilities; which columns are usable and their checkpoints."""
+
+    labels: np.ndarray
+    index: np.ndarray
+    why: list[str]
+    pred: np.ndarray
+    probs: np.ndarray
+    usable: np.ndarray
+    cols: np.ndarray
+
+
+def _strip_row(r: ReportInputs, f: _Facts, j: int, maps: dict[str, np.ndarray], cls: int, col: int | None) -> str:
+    """One table row: sample ``j``'s maps of class ``cls`` over the checkpoints; ``col`` is its column in ``maps`` when
+    they are the answer strips (None: the stored maps, column ``j``)."""
+    m_maps = {m: a[:, [j if col is None else col]] for m, a in maps.items()}
+    tiles = {m: {s: map_tiles(a, shared=(s == "strip")) for s in SCALES} for m, a in m_maps.items()}
+    cells = []
+    for i, t in enumerate(f.cols):
+        if not f.usable[i]:
+            cap = '<div class="cap wrong">diverged</div>'
+        else:
+            miss = f.pred[i, j] != f.labels[j]
+            peaks = "".join(f'<div class="cap" data-method="{esc(m)}">peak {np.nan_to_num(a[i, 0]).max():.2g}</div>'
+                            for m, a in m_maps.items())
+            cap = (f'<div class="cap{" wrong" if miss else ""}">→ {esc(r.names[f.pred[i, j]])} · '
+                   f"p {f.probs[i, j, cls]:.2f}</div>{peaks}")
+        frames = _frames(tiles, i, 0, "map at " + r.checkpoints[t]["name"])
+        cells.append(f'<td><div class="frame film-in-{j}">{frames}</div>{cap}</td>')
+    if col is None:
+        who = (f'{class_ref(int(f.labels[j]), r.names[f.labels[j]])}<br>{esc(f.why[j])}<br>'
+               f'<span class="muted">data set index {f.index[j]}</span>')
+    else:
+        who = (f'evidence for its answer {class_ref(cls, r.names[cls], "uncertain")}<br>'
+               '<span class="muted">same sample, maps of the class it predicts at the end</span>')
+    picture = f'<td><div class="frame film-in-{j}" role="img" aria-label="input image"></div></td>'
+    return f'<tr><td class="who">{who}</td>' + picture + "".join(cells) + "</tr>"
 
 
 def _film_rows(r: ReportInputs, per_class: int = 2, confused: int = 6) -> tuple[np.ndarray, list[str]]:
