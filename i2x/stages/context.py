@@ -23,7 +23,9 @@ from torch.utils.data import Dataset, Subset
 
 from i2x.attribution import METHODS, prefer_channels_last
 from i2x.attribution.tokens import parse as parse_tokens
-from i2x.io.checkpoints import ORDERS, Checkpoint, Listing, is_finite, list_checkpoints, load_into, select
+from i2x.io.checkpoint_order import ORDERS
+from i2x.io.checkpoints import Checkpoint, Listing, list_checkpoints, select
+from i2x.io.state_dicts import is_finite, load_into
 from i2x.io.data import DATA_SPECS, DataOptions, ImageData, labels_of, load_data
 from i2x.io.workdir import usable_checkpoints
 from i2x.io.devices import resolve_device
