@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from i2x.io.workdir import load_summary
+from i2x.io.location import RemotePath, as_path
+from i2x.io.workdir import SUMMARY, load_summary
 from i2x.stages.analysis import AnalyzeConfig, AnalyzeResult, analyze as _analyze
 from i2x.stages.context import RunConfig, check_forward
 from i2x.io.data import DataOptions, load_data
@@ -86,10 +87,10 @@ def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool
 class RunResult:
     """What ``run`` produced: the store, the summary, the report and the time per stage."""
 
-    store_path: Path
+    store_path: Path | RemotePath
     summary: dict[str, Any]
-    summary_path: Path
-    report_path: Path | None
+    summary_path: Path | RemotePath
+    report_path: Path | RemotePath | None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -119,7 +120,7 @@ def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analy
     start = time.perf_counter()
     report_path = report(out, progress=progress, trust_analysis=True)
     timings["report"] = time.perf_counter() - start
-    return RunResult(ex.store_path, an.summary, an.summary_path or Path(out) / "summary.json", report_path, timings)
+    return RunResult(ex.store_path, an.summary, an.summary_path or as_path(out) / SUMMARY, report_path, timings)
 
 
 def compare_drift(out_dirs: list[str | Path], config: DriftConfig | None = None, names: list[str] | None = None,

@@ -105,8 +105,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def add_extract(sub: Subparsers) -> None:
     p = command(sub, "extract", cmd_extract,
                 "replay checkpoints: probabilities, raw CAMs and final features into DIR/store.zarr")
-    p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots")
-    p.add_argument("--out", required=True, metavar="DIR", help="analysis directory (store at DIR/store.zarr)")
+    p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots, or a URL (s3://bucket/run/)")
+    p.add_argument("--out", required=True, metavar="DIR", help="analysis directory (store at DIR/store.zarr), or a URL (s3://...)")
     add_run_options(p)
 
 
@@ -338,8 +338,8 @@ def cmd_evidence(args: argparse.Namespace) -> None:
 # ---- run -----------------------------------------------------------------------------------------
 def add_run(sub: Subparsers) -> None:
     p = command(sub, "run", cmd_run, "extract + analyze + report in one command")
-    p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots")
-    p.add_argument("--out", required=True, metavar="DIR", help="analysis directory for the store, summary and report")
+    p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots, or a URL (s3://bucket/run/)")
+    p.add_argument("--out", required=True, metavar="DIR", help="analysis directory for the store, summary and report, or a URL (s3://...)")
     add_run_options(p)
     add_options(p, AnalyzeConfig, "analysis")
     p.add_argument("--no-reliance", action="store_true", help="skip the reliance study (shortcut ranking)")

@@ -10,6 +10,7 @@ trusting it. Safetensors files load with safetensors.
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 import struct
@@ -49,7 +50,7 @@ def refuse_placeholders(path: Path) -> None:
     """A clear error for the two stand-ins that are not weights at all: an empty file, a Git LFS pointer."""
     if path.stat().st_size == 0:
         raise UserError(f"{path}: the file is empty (0 bytes); delete it or move it out of the checkpoint directory")
-    with open(path, "rb") as fh:
+    with path.open("rb") as fh:
         if fh.read(len(LFS_POINTER)) == LFS_POINTER:
             raise UserError(f"{path}: is a Git LFS pointer, not the weights; fetch them with `git lfs pull`")
 
@@ -59,12 +60,13 @@ def read_payload(path: Path, trust: bool, mmap: bool = False) -> Any:
     refuse_placeholders(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.torch import load, load_file
 
         try:
-            return load_file(str(path), device="cpu")
+            return load_file(str(path), device="cpu") if isinstance(path, Path) else load(path.read_bytes())
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise unreadable_safetensors(path, exc) from exc
+    mmap = mmap and isinstance(path, Path)
     if check_torch_format(path, trust) == "pickle":
         return _trusted_load(path, plain=True)
     try:
@@ -102,7 +104,7 @@ def _weights_only_load(path: Path, mmap: bool) -> Any:
                 pathlib.PureWindowsPath, multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype,
                 *{type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}]  # numeric dtypes only, never object
     with torch.serialization.safe_globals(harmless):
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(source(path), map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def unreadable_safetensors(path: Path, exc: BaseException) -> UserError:
@@ -113,13 +115,14 @@ def check_torch_format(path: Path, trust: bool = False) -> str:
     """Name the file's format before unpickling anything: ``zip``, ``legacy`` or ``tar`` (torch.save's formats) or
     ``pickle`` (a plain ``pickle.dump``: loads only when trusted). Anything else can never load, trusted or not,
     and gets a message saying what it is: a compressed file, a zip torch.save did not write, a zip cut short."""
-    with open(path, "rb") as fh:
+    with path.open("rb") as fh:
         head = fh.read(64)
+        is_zip, is_tar = head.startswith(ZIP_MAGIC) and zipfile.is_zipfile(fh), _is_tar(fh)
     if head.startswith(ZIP_MAGIC):
-        if not zipfile.is_zipfile(path):
+        if not is_zip:
             raise UserError(f"{path}: not a readable PyTorch checkpoint (a zip archive without its central directory, "
                             "as when a download or copy is cut short); is it truncated or corrupt?")
-        with zipfile.ZipFile(path) as archive:
+        with path.open("rb") as fh, zipfile.ZipFile(fh) as archive:
             names = archive.namelist()
         if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
             return "zip"
@@ -130,7 +133,7 @@ def check_torch_format(path: Path, trust: bool = False) -> str:
         if head.startswith(magic):
             raise UserError(f"{path}: a {kind}-compressed file, which torch.load does not read; decompress it "
                             f"({tool}) and point i2x at the result")
-    if LEGACY_MAGIC in head[:32] or tarfile.is_tarfile(path):
+    if LEGACY_MAGIC in head[:32] or is_tar:
         return "legacy" if LEGACY_MAGIC in head[:32] else "tar"
     if head[:1] == b"\x80":  # the PROTO opcode every pickle of protocol 2+ starts with
         if trust:
@@ -142,14 +145,28 @@ def check_torch_format(path: Path, trust: bool = False) -> str:
     )
 
 
+def source(path: Path) -> Path | io.BytesIO:
+    """What torch.load reads: a local file by its path (memory-mappable), a remote one (:class:`RemotePath`) fetched
+    whole into memory, one file at a time, so a directory on object storage is never copied."""
+    return path if isinstance(path, Path) else io.BytesIO(path.read_bytes())
+
+
+def _is_tar(fh: Any) -> bool:
+    fh.seek(0)
+    try:
+        return tarfile.is_tarfile(fh)
+    finally:
+        fh.seek(0)
+
+
 def _trusted_load(path: Path, plain: bool = False) -> Any:
     """Unpickle with arbitrary code allowed (the user said --trust-checkpoints); any failure is a UserError.
     ``plain``: a pickle.dump file, which torch.load cannot read (it expects torch.save's framing)."""
     try:
         if plain:
-            with open(path, "rb") as fh:
+            with path.open("rb") as fh:
                 return pickle.load(fh)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(source(path), map_location="cpu", weights_only=False)
     except Exception as exc:  # the pickle may run any code, so it may raise anything
         raise UserError(
             f"{path}: could not be loaded even with --trust-checkpoints ({type(exc).__name__}: {first_line(exc)}); "

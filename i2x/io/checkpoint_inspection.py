@@ -17,6 +17,7 @@ from i2x.io.state_dicts import unwrap
 from i2x.errors import UserError
 
 STEP_KEYS = ("global_step", "step", "epoch")
+HEADER_LIMIT = 100 << 20  # safetensors refuses headers above 100 MB too
 
 
 def inspect(path: Path, trust: bool) -> tuple[int | None, str, dict[str, Any], str | None]:
@@ -45,14 +46,27 @@ def _safetensors_step(path: Path) -> tuple[int | None, str]:
 
     refuse_placeholders(path)
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
+        if isinstance(path, Path):
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+        else:
+            meta = _remote_safetensors_metadata(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise unreadable_safetensors(path, exc) from exc
     for key in STEP_KEYS:
         if str(meta.get(key, "")).lstrip("-").isdigit():
             return int(meta[key]), key
     return None, "unknown"
+
+
+def _remote_safetensors_metadata(path: Any) -> dict[str, str]:
+    """The metadata of a safetensors file on object storage, from its header alone (two ranged reads)."""
+    with path.open("rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        if not 2 <= size <= HEADER_LIMIT:
+            raise ValueError(f"header size {size} out of range")
+        header = json.loads(fh.read(size))
+    return header.get("__metadata__") or {} if isinstance(header, dict) else {}
 
 
 def _payload_step(payload: Any) -> tuple[int | None, str, dict[str, Any]]:
@@ -122,6 +136,8 @@ def full_digest(path: Path, trust: bool) -> str | None:
 def _safetensors_digest(path: Path) -> str | None:
     from safetensors import SafetensorError, safe_open
 
+    if not isinstance(path, Path):  # on object storage: the file was fetched whole anyway
+        return weights_digest(read_payload(path, trust=False))
     try:
         with safe_open(str(path), framework="pt") as fh:
             return weights_digest(_LazyTensors(fh))

@@ -27,6 +27,7 @@ from typing import Any, Iterable
 from i2x.errors import UserError
 from i2x.io.checkpoint_formats import HF_WEIGHT_FILES
 from i2x.io.checkpoint_inspection import inspect
+from i2x.io.location import RemotePath, as_path
 from i2x.io.checkpoint_order import ORDERS, order_checkpoints, resolve_duplicates
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class Checkpoint:
     """One training snapshot: where its weights are, and its position in training."""
 
     name: str
-    path: Path
+    path: Path | RemotePath  # a local file, or one on object storage (s3://...)
     step: int | None = None
     step_source: str = "unknown"
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -50,7 +51,7 @@ class Checkpoint:
     def sha256(self) -> str:
         """The SHA-256 of the weight file, streamed (recorded so a store knows what it was built from)."""
         digest = hashlib.sha256()
-        with open(self.path, "rb") as fh:
+        with self.path.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
         return digest.hexdigest()
@@ -111,7 +112,7 @@ def list_checkpoints(directory: str | Path, trust: bool = False, order: str = "s
     """The snapshots in ``directory``, duplicates resolved and ordered, with the order's reason."""
     if order not in ORDERS:
         raise UserError(f"--order {order}: choose one of {', '.join(ORDERS)}")
-    root = Path(directory)
+    root = as_path(directory)
     if not root.is_dir():
         raise UserError(f"checkpoint directory {root} does not exist or is not a directory")
     found: list[Checkpoint] = []

@@ -24,6 +24,7 @@ from i2x.analysis import (ConfidenceGroups, Prototypes, RidgeMapping, Structure,
 from i2x.analysis.groups import default_min_cluster_size
 from i2x.analysis.significance import FlipSignificance
 from i2x.errors import UserError
+from i2x.io.location import RemotePath, as_path
 from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import SUMMARY, save_summary
@@ -95,7 +96,7 @@ class AnalyzeResult:
 
     summary: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
-    summary_path: Path | None = None
+    summary_path: Path | RemotePath | None = None
 
 
 class _Progress:
@@ -120,10 +121,10 @@ def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool
     with locked(out):
         store = Store.open(out, mode="a")
         store.require_complete()
-        return _analyze(store, Path(out), cfg, progress)
+        return _analyze(store, as_path(out), cfg, progress)
 
 
-def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> AnalyzeResult:
+def _analyze(store: Store, out: Path | RemotePath, cfg: AnalyzeConfig, progress: bool) -> AnalyzeResult:
     """The analysis as a list of steps, each writing its arrays to the store's ``analysis/`` group."""
     finite, usable = _usable(store)
     labels = store.read("labels")
@@ -200,7 +201,7 @@ def _estimators(cfg: AnalyzeConfig, n: int) -> tuple[ConfidenceGroups, RidgeMapp
     return groups, mapping, structure
 
 
-def _prototypes(store: Store, out: Path, cfg: AnalyzeConfig) -> tuple[Prototypes, dict[int, float]]:
+def _prototypes(store: Store, out: Path | RemotePath, cfg: AnalyzeConfig) -> tuple[Prototypes, dict[int, float]]:
     """Fit the prototypes on the final checkpoint's features, then clear the previous analysis and write them."""
     features = store.array("features")
     k_scores: dict[int, float] = {}

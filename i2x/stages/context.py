@@ -26,6 +26,7 @@ from i2x.attribution.tokens import parse as parse_tokens
 from i2x.io.checkpoint_order import ORDERS
 from i2x.io.checkpoints import Checkpoint, Listing, list_checkpoints, select
 from i2x.io.state_dicts import is_finite, load_into
+from i2x.io.location import as_path
 from i2x.io.data import DATA_SPECS, DataOptions, ImageData, labels_of, load_data
 from i2x.io.workdir import usable_checkpoints
 from i2x.io.devices import resolve_device
@@ -87,7 +88,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["checkpoints"] = str(Path(self.checkpoints).resolve())
+        d["checkpoints"] = str(as_path(self.checkpoints).resolve())
         d["methods"] = list(self.methods)
         for key in ("mean", "std", "names", "class_names"):
             d[key] = list(d[key]) if d[key] is not None else None
@@ -175,7 +176,7 @@ class Context:
 def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
     """Open the data and build the model (fresh weights) that ``config`` names, and list the checkpoints."""
     config = config.resolved()
-    if with_checkpoints and not Path(config.checkpoints).is_dir():
+    if with_checkpoints and not as_path(config.checkpoints).is_dir():
         raise UserError(f"checkpoint directory {config.checkpoints} does not exist or is not a directory")
     opts = DataOptions(config.input_size, config.channels, config.mean, config.std)
     data = load_data(config.data, opts)
