@@ -6,6 +6,7 @@ The CLI (:mod:`i2x.cli`) only parses options and calls these.
 from __future__ import annotations
 
 import platform
+import shlex
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from i2x.io.distributed import LaunchConfig, torchrun_command
 from i2x.io.location import RemotePath, as_path
 from i2x.io.workdir import SUMMARY, load_summary
 from i2x.stages.analysis import AnalyzeConfig, AnalyzeResult, analyze as _analyze
@@ -178,6 +180,13 @@ def benchmark(out: str | Path, config: BenchmarkConfig | None = None, **options:
     """Benchmark every attribution method at chosen checkpoints (ROAD faithfulness, leakage, robustness,
     sanity, runtime); writes ``out/benchmark.json``. Pass a :class:`BenchmarkConfig` or its fields."""
     return _benchmark(out, config or BenchmarkConfig(**options))
+
+
+def launch(argv: list[str], config: LaunchConfig | None = None, **options: Any) -> str:
+    """The torchrun command line that runs the extraction ``argv`` (``["extract", CKPT_DIR, "--out", DIR, ...]``) on
+    ``nnodes`` nodes of ``nproc_per_node`` processes each; the CLI's ``i2x launch`` (a cluster script runs it on
+    every node, see docs/slurm.sbatch)."""
+    return shlex.join(torchrun_command(config or LaunchConfig(**options), argv))
 
 
 def doctor() -> dict[str, str]:

@@ -4,7 +4,6 @@ started and stopped by this module, with fake credentials and a bucket each test
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -24,51 +23,10 @@ from i2x.io.store import Store
 from i2x.io.workdir import load_summary, read_json, write_json
 from i2x.stages.analysis import AnalyzeConfig
 
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
-pytest.importorskip("s3fs")
+from fixtures_s3 import KEY_ID, SECRET, keys as _keys, make_bucket as _bucket, s3, upload as _upload  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY_ID, SECRET = "AKIAFAKEI2XTESTKEY01", "fake/i2x+secret+never+stored+0123456789"
 RUN_ARGS = ["--limit", "60", "--batch-size", "16", "--methods", "gradcam,layercam", "--k", "6", "--min-flips", "1"]
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """moto's S3 server on 127.0.0.1 (a free port), the environment pointing the S3 client at it."""
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                                            "AWS_ENDPOINT_URL", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE")}
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    os.environ.update(AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
-                      AWS_CONFIG_FILE="/nonexistent")
-    try:
-        yield boto3.client("s3")
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _bucket(s3, name: str) -> str:
-    s3.create_bucket(Bucket=name)
-    return name
-
-
-def _upload(s3, bucket: str, local: Path, prefix: str) -> None:
-    for file in sorted(p for p in local.rglob("*") if p.is_file()):
-        s3.upload_file(str(file), bucket, f"{prefix}/{file.relative_to(local).as_posix()}")
-
-
-def _keys(s3, bucket: str, prefix: str = "") -> list[str]:
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from i2x.cli.options import add_options, config_from
 from i2x.errors import UserError
+from i2x.io.distributed import LaunchConfig
 from i2x.settings import name_list
 from i2x.stages.analysis import AnalyzeConfig
 from i2x.stages.benchmark import BenchmarkConfig
@@ -356,6 +357,22 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"report: {result.report_path}" if result.report_path else f"summary: {result.summary_path}")
 
 
+# ---- launch --------------------------------------------------------------------------------------
+def add_launch(sub: Subparsers) -> None:
+    p = command(sub, "launch", cmd_launch, "print the torchrun command that runs `i2x extract` across nodes and "
+                "GPUs (a cluster script runs it on every node; see docs/slurm.sbatch)")
+    add_options(p, LaunchConfig)
+    p.add_argument("extraction", nargs=argparse.REMAINDER, metavar="-- extract CKPT_DIR --out DIR ...",
+                   help="the i2x extract command to run on every rank")
+
+
+def cmd_launch(args: argparse.Namespace) -> None:
+    from i2x import api
+
+    argv = args.extraction[1:] if args.extraction[:1] == ["--"] else args.extraction
+    print(api.launch(argv, config_from(args, LaunchConfig)))
+
+
 # ---- doctor --------------------------------------------------------------------------------------
 def add_doctor(sub: Subparsers) -> None:
     command(sub, "doctor", cmd_doctor, "print versions and GPU visibility, for bug reports")
@@ -370,4 +387,4 @@ def cmd_doctor(args: argparse.Namespace) -> None:
 
 #: Every subcommand, in the order ``i2x --help`` lists them.
 COMMANDS = (add_demo, add_train, add_extract, add_analyze, add_report, add_finetune, add_faithfulness, add_benchmark,
-            add_drift, add_reliance, add_evidence, add_run, add_doctor)
+            add_drift, add_reliance, add_evidence, add_run, add_launch, add_doctor)
