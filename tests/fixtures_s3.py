@@ -11,7 +11,7 @@ import pytest
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
-pytest.importorskip("s3fs")
+s3fs = pytest.importorskip("s3fs")
 
 KEY_ID, SECRET = "AKIAFAKEI2XTESTKEY01", "fake/i2x+secret+never+stored+0123456789"
 
@@ -24,6 +24,7 @@ def s3():
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec reuses clients, which would still talk to an earlier server
     host, port = server.get_host_and_port()
     os.environ.update(AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1",
                       AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
@@ -32,6 +33,7 @@ def s3():
         yield boto3.client("s3")
     finally:
         server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

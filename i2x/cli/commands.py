@@ -10,6 +10,7 @@ from typing import Any, Callable
 from i2x.cli.options import add_options, config_from
 from i2x.errors import UserError
 from i2x.io.distributed import LaunchConfig
+from i2x.io.location import as_path
 from i2x.settings import name_list
 from i2x.stages.analysis import AnalyzeConfig
 from i2x.stages.benchmark import BenchmarkConfig
@@ -222,7 +223,7 @@ def cmd_faithfulness(args: argparse.Namespace) -> None:
                 fill = result["baselines"][mode]
                 print(f"  note: the random order beats {method} in {mode} ({fill} fill)"
                       + (f". {OOD_NOTE}" if fill in ("mean", "black") else ""))
-    print(f"results: {Path(args.dir) / 'faithfulness.json'}")
+    print(f"results: {as_path(args.dir) / 'faithfulness.json'}")
 
 
 # ---- benchmark -----------------------------------------------------------------------------------
@@ -247,7 +248,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
               f"{'not defined' if robust is None else f'{robust:.3f}'}  {s['runtime_ms']['mean']:.2f} ms/image")
     for note in result["notes"]:
         print(f"  note: {note}")
-    print(f"results: {Path(args.dir) / 'benchmark.json'} ({result['seconds']:.1f} s)")
+    print(f"results: {as_path(args.dir) / 'benchmark.json'} ({result['seconds']:.1f} s)")
 
 
 # ---- drift ---------------------------------------------------------------------------------------
@@ -290,7 +291,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
     for rev in result["stability"]["reversals"]:
         print(f"class stability ranking, {rev['methods'][0]} vs {rev['methods'][1]}: Kendall tau "
               f"{format_tau(rev)}, {len(rev['reversed_pairs'])} reversed pair(s)")
-    print(f"results: {Path(args.dirs[0]) / 'drift.json'}")
+    print(f"results: {as_path(args.dirs[0]) / 'drift.json'}")
 
 
 # ---- reliance ------------------------------------------------------------------------------------
@@ -315,7 +316,7 @@ def cmd_reliance(args: argparse.Namespace) -> None:
         print(f"  concept {c} (prototypes {', '.join(map(str, p['members']))}): class {p['class_name']}, paste flips "
               f"{t.get('flip_rate', 0):.0%} vs {t.get('random_flip_rate', 0):.0%} random, lift {p['lift']:.2f}, "
               f"concentration {p['concentration']:.2f}")
-    print(f"results: {Path(args.dir) / 'reliance.json'}")
+    print(f"results: {as_path(args.dir) / 'reliance.json'}")
 
 
 # ---- evidence ------------------------------------------------------------------------------------
@@ -333,7 +334,7 @@ def cmd_evidence(args: argparse.Namespace) -> None:
     for c in result["per_checkpoint"]:
         print(f"{c['checkpoint']['name']:>12}: {c['n']} masks, decision kept {c['kept']:.0%}, mean area "
               f"{c['area']['mean']:.3f}, robust {c['robust']['mean']:.2f}")
-    print(f"results: {Path(args.dir) / 'evidence.json'}")
+    print(f"results: {as_path(args.dir) / 'evidence.json'}")
 
 
 # ---- run -----------------------------------------------------------------------------------------

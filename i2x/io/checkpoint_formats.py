@@ -57,6 +57,8 @@ def refuse_placeholders(path: Path) -> None:
 
 def read_payload(path: Path, trust: bool, mmap: bool = False) -> Any:
     """Load a weight file's payload safely; user-facing errors name the file and the fix."""
+    if not isinstance(path, Path):
+        path = path.fetch()  # on object storage: one GET, then every check reads memory
     refuse_placeholders(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
