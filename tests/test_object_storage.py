@@ -21,6 +21,7 @@ from i2x.io.location import RemotePath, as_path
 from i2x.io.lock import LOCK_NAME, locked
 from i2x.io.store import Store
 from i2x.io.workdir import load_summary, read_json, write_json
+from i2x.reporting.page import shown_path
 from i2x.stages.analysis import AnalyzeConfig
 
 from fixtures_s3 import KEY_ID, SECRET, keys as _keys, make_bucket as _bucket, s3, upload as _upload  # noqa: F401
@@ -57,9 +58,13 @@ def test_the_walker_lists_and_reads_checkpoints_on_s3_like_local_ones(s3, ckpts,
         list_checkpoints(f"s3://{bucket}/nothing-here")
 
 
-def test_json_files_and_the_lock_on_s3(s3):
+def test_json_files_and_the_lock_on_s3(s3, tmp_path):
+    assert as_path(f"file://{tmp_path}/an") == tmp_path / "an" and as_path("rel/an") == Path("rel/an")
     bucket = _bucket(s3, "files")
     out = as_path(f"s3://{bucket}/an")
+    assert isinstance(out, RemotePath) and str(out / "summary.json") == f"s3://{bucket}/an/summary.json"
+    # the report names files without the machine's paths or the bucket's, whichever side they are on
+    assert shown_path(f"npz:{tmp_path}/d.npz", out) == "npz:d.npz" and shown_path(out / "store.zarr", out) == "store.zarr"
     write_json(out / "x.json", {"a": np.float32(1.5), "b": float("nan")})
     assert read_json(out / "x.json", "i2x x") == {"a": 1.5, "b": None}
     with locked(out):
@@ -95,6 +100,8 @@ def test_run_on_s3_equals_the_local_run_and_a_killed_extraction_resumes_there(s3
     for name in ("summary.json", "reliance.json", "report.html", ".i2x-analysis.json", "store.zarr/zarr.json"):
         assert f"analysis/{name}" in keys, name
     assert any(k.startswith("analysis/report/") and k.endswith(".png") for k in keys)
+    page = s3.get_object(Bucket=bucket, Key="analysis/report.html")["Body"].read().decode()
+    assert "could not be built" not in page and page.count("<section") >= 5
     assert f"analysis/{LOCK_NAME}" not in keys
     # the credentials reach nothing i2x writes: not the store's attributes, the JSON files or the report
     for key in keys:

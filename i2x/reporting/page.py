@@ -100,7 +100,7 @@ def shown_path(value: Any, base: Path) -> str:
     path = Path(text)
     try:
         return str(path.resolve().relative_to(Path(base).resolve())) or "."
-    except ValueError:
+    except (ValueError, TypeError):  # outside base, or base is on object storage (a URL: no local path is inside)
         return path.name or text
 
 
