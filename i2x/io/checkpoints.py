@@ -8,7 +8,9 @@ Found in a directory (not recursively):
 
 Everything else is ignored (and listed at debug level), including the Trainer's non-weight files
 (``training_args.bin``, ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state.pth``).
-A symlink that leads out of the directory is refused.
+A symlink that leads out of the directory is refused. The directory may be a URL (``s3://bucket/run/``,
+:mod:`i2x.io.location`): it is listed there and each snapshot is read into memory when it is loaded, one at a
+time, so the directory is never copied.
 
 The rest lives beside this module: reading one file safely (:mod:`i2x.io.checkpoint_formats`), the step
 and weights digest inside it (:mod:`i2x.io.checkpoint_inspection`), training order and duplicates
