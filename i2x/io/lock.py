@@ -77,7 +77,13 @@ def _remote_lock(out: RemotePath) -> Iterator[None]:
     """The lock object ``out/.i2x.lock``, created only if absent (a conditional PUT), deleted at exit."""
     lock = out / LOCK_NAME
     holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if not _create(lock, holder):
+    created = _create(lock, holder)
+    if created is None:
+        log.warning("%s: not locked: this storage's client (%s) cannot create an object only if it is absent, so two "
+                    "i2x runs on this --out would not be stopped; run one at a time", out, out.protocol)
+        yield
+        return
+    if not created:
         other = _holder(lock)
         if other.get("host") != holder["host"] or _alive(other.get("pid")):
             raise UserError(
@@ -94,12 +100,14 @@ def _remote_lock(out: RemotePath) -> Iterator[None]:
         lock.unlink(missing_ok=True)
 
 
-def _create(lock: RemotePath, holder: dict) -> bool:
-    """Write the lock object unless it exists; False when it does."""
+def _create(lock: RemotePath, holder: dict) -> bool | None:
+    """Write the lock object unless it exists; False when it does, None when the client cannot make the condition."""
     try:
         lock.fs.pipe_file(lock.path, json.dumps(holder).encode(), mode="create")
     except FileExistsError:
         return False
+    except (TypeError, NotImplementedError):  # a client without the mode argument
+        return None
     except OSError as exc:
         if "PreconditionFailed" in str(exc) or "412" in str(exc):
             return False
