@@ -16,6 +16,12 @@ writes ``WORK/results.json``.
     python benchmarks/scale.py                                  # N = 7,500 .. 60,000, 20 checkpoints
     python benchmarks/scale.py --sizes 1000,2000 --checkpoints 4 # a quick look
     python benchmarks/scale.py --ranks 2                         # extraction under torchrun, 2 ranks
+    python benchmarks/scale.py --store s3 --sizes 2000 --checkpoints 4  # the same on S3 (loopback) against local
+
+``--store s3`` starts moto's S3 server on a loopback port (fake credentials), uploads the checkpoints to a
+bucket and runs every N twice on the same data: checkpoints and analysis directory local, then both on
+``s3://``; it prints each stage's wall time for both and their ratio. The server answers from memory on the
+same machine, so the ratio measures the client's overhead (requests, serialisation), not a network.
 """
 
 from __future__ import annotations
@@ -161,11 +167,15 @@ def make_checkpoints(args: argparse.Namespace, work: Path, log: Path) -> Path:
     return ckpt
 
 
-def measure(n: int, args: argparse.Namespace, ckpt: Path, work: Path, log: Path) -> Row:
-    """Extract, analyze and (if available) report N images, each stage in a fresh process."""
-    env = stage_env(n, work, args.threads)
-    out = work / f"n{n}"
-    shutil.rmtree(out, ignore_errors=True)
+def measure(n: int, args: argparse.Namespace, ckpt: Path | str, work: Path, log: Path, remote: S3 | None = None) -> Row:
+    """Extract, analyze and (if available) report N images, each stage in a fresh process; with ``remote`` the
+    checkpoints (``ckpt``, a URL) and the analysis directory are on S3."""
+    env = {**stage_env(n, work, args.threads), **(remote.env if remote else {})}
+    out = f"{remote.url}/n{n}" if remote else work / f"n{n}"
+    if remote:
+        remote.remove(f"n{n}")
+    else:
+        shutil.rmtree(out, ignore_errors=True)
     extract = ["-m", "i2x", "extract", str(ckpt), "--data", DATA_SPEC, "--out", str(out), "--device", "cpu",
                "--batch-size", str(args.batch_size)]
     if args.ranks > 1:
@@ -176,11 +186,69 @@ def measure(n: int, args: argparse.Namespace, ckpt: Path, work: Path, log: Path)
     if args.report:
         row.stages["report"] = run_stage([sys.executable, "-c", "import sys; from i2x.reporting import build_report; "
                                           "build_report(sys.argv[1], progress=False)", str(out)], env, log)
+    if remote:
+        row.analysis_timings = json.loads(remote.fs.cat_file(f"{out}/summary.json"))["timings"]
+        row.store_mib = round(remote.fs.du(f"{out}/store.zarr") / MIB, 1)
+        if not args.keep:
+            remote.remove(f"n{n}")
+        return row
     row.analysis_timings = json.loads((out / "summary.json").read_text())["timings"]
     row.store_mib = round(sum(f.stat().st_size for f in (out / "store.zarr").rglob("*") if f.is_file()) / MIB, 1)
     if not args.keep:
         shutil.rmtree(out)
     return row
+
+
+class S3:
+    """moto's S3 server on a free loopback port with fake credentials, one bucket, and the stages' environment."""
+
+    BUCKET = "i2x-scale"
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        import logging
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+        os.environ.update(self.env)
+        import fsspec
+
+        self.fs = fsspec.filesystem("s3", use_listings_cache=False, skip_instance_cache=True)
+        self.fs.mkdir(self.BUCKET)
+        self.url = f"s3://{self.BUCKET}"
+
+    def upload(self, local: Path, name: str) -> str:
+        """Copy a local folder of checkpoints into the bucket; its URL."""
+        for file in sorted(local.glob("*")):
+            self.fs.put_file(str(file), f"{self.BUCKET}/{name}/{file.name}")
+        return f"{self.url}/{name}"
+
+    def remove(self, name: str) -> None:
+        if self.fs.exists(f"{self.BUCKET}/{name}"):
+            self.fs.rm(f"{self.BUCKET}/{name}", recursive=True)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def print_remote(local: list[Row], remote: list[Row]) -> None:
+    """Each stage's wall and CPU time with the checkpoints and the analysis directory local and on S3."""
+    stages = list(local[0].stages)
+    head = f"{'N':>7} {'T':>3} {'stage':>8} {'local s':>8} {'s3 s':>8} {'s3/local':>8} {'local CPU':>9} {'s3 CPU':>7} {'store':>6}"
+    print("\n" + head + "\n" + "-" * len(head))
+    for a, b in zip(local, remote):
+        for s in stages + ["total"]:
+            la, lb = (a.seconds, b.seconds) if s == "total" else (a.stages[s].seconds, b.stages[s].seconds)
+            ca, cb = (a.cpu_seconds, b.cpu_seconds) if s == "total" else (a.stages[s].cpu_seconds, b.stages[s].cpu_seconds)
+            print(f"{a.n:>7,} {a.checkpoints:>3} {s:>8} {la:>8.1f} {lb:>8.1f} {lb / la:>8.2f} {ca:>9.1f} {cb:>7.1f}"
+                  f" {b.store_mib:>6.1f}")
+    print("s3: checkpoints and analysis directory on moto's S3 server over loopback (the client's overhead, no "
+          "network); CPU: the stage's own process (the server runs in the benchmark's process); store: MiB on S3.")
 
 
 def print_table(rows: list[Row]) -> None:
@@ -223,6 +291,8 @@ def main() -> None:
                         help="working directory for data, checkpoints and stores (default $TMPDIR/i2x-scale)")
     parser.add_argument("--no-report", dest="report", action="store_false", help="skip the report stage")
     parser.add_argument("--keep", action="store_true", help="keep each N's analysis directory")
+    parser.add_argument("--store", choices=("local", "s3"), default="local",
+                        help="s3: also run every N with checkpoints and analysis on S3 (moto on loopback) and compare")
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     args.work.mkdir(parents=True, exist_ok=True)
@@ -231,20 +301,32 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in load_before)}; log: {log}")
     draw_data(max(sizes + [args.train_n]), args.work, log)
     ckpt = make_checkpoints(args, args.work, log)
-    rows = []
-    for n in sizes:
-        print(f"N={n:,} ...", flush=True)
-        rows.append(measure(n, args, ckpt, args.work, log))
-        r = rows[-1]
-        print("  " + ", ".join(f"{k} {v.seconds:.0f} s (CPU {v.cpu_seconds:.0f} s, peak RSS {v.peak_rss_mib:.0f} MiB)"
-                               for k, v in r.stages.items()) + f"; load {os.getloadavg()[0]:.2f}", flush=True)
+    remote = S3() if args.store == "s3" else None
+    remote_ckpt = remote.upload(ckpt, ckpt.name) if remote else ""
+    rows, remote_rows = [], []
+    try:
+        for n in sizes:
+            print(f"N={n:,} ...", flush=True)
+            rows.append(measure(n, args, ckpt, args.work, log))
+            if remote:
+                remote_rows.append(measure(n, args, remote_ckpt, args.work, log, remote))
+            for r in rows[-1:] + remote_rows[-1:]:
+                print("  " + ("s3: " if r in remote_rows else "")
+                      + ", ".join(f"{k} {v.seconds:.0f} s (CPU {v.cpu_seconds:.0f} s, peak RSS {v.peak_rss_mib:.0f} MiB)"
+                                  for k, v in r.stages.items()) + f"; load {os.getloadavg()[0]:.2f}", flush=True)
+    finally:
+        if remote:
+            remote.stop()
     load_after = os.getloadavg()
     print(f"\nload average after: {' '.join(f'{v:.2f}' for v in load_after)}\n")
     print_table(rows)
+    if remote:
+        print_remote(rows, remote_rows)
     results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "load_before_after": [load_before, load_after], "rows": [
                    {**asdict(r), "seconds": r.seconds, "cpu_seconds": r.cpu_seconds, "peak_rss_mib": r.peak_rss_mib}
-                   for r in rows]}
+                   for r in rows],
+               "s3_rows": [{**asdict(r), "seconds": r.seconds} for r in remote_rows]}
     (args.work / "results.json").write_text(json.dumps(results, indent=2))
 
 

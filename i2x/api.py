@@ -6,6 +6,7 @@ The CLI (:mod:`i2x.cli`) only parses options and calls these.
 from __future__ import annotations
 
 import platform
+import shlex
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,7 +14,9 @@ from typing import Any
 
 import torch
 
-from i2x.io.workdir import load_summary
+from i2x.io.distributed import LaunchConfig, torchrun_command
+from i2x.io.location import RemotePath, as_path
+from i2x.io.workdir import SUMMARY, load_summary
 from i2x.stages.analysis import AnalyzeConfig, AnalyzeResult, analyze as _analyze
 from i2x.stages.context import RunConfig, check_forward
 from i2x.io.data import DataOptions, load_data
@@ -104,10 +107,10 @@ def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool
 class RunResult:
     """What ``run`` produced: the store, the summary, the report and the time per stage."""
 
-    store_path: Path
+    store_path: Path | RemotePath
     summary: dict[str, Any]
-    summary_path: Path
-    report_path: Path | None
+    summary_path: Path | RemotePath
+    report_path: Path | RemotePath | None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -137,7 +140,7 @@ def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analy
     start = time.perf_counter()
     report_path = report(out, progress=progress, trust_analysis=True)
     timings["report"] = time.perf_counter() - start
-    return RunResult(ex.store_path, an.summary, an.summary_path or Path(out) / "summary.json", report_path, timings)
+    return RunResult(ex.store_path, an.summary, an.summary_path or as_path(out) / SUMMARY, report_path, timings)
 
 
 def compare_drift(out_dirs: list[str | Path], config: DriftConfig | None = None, names: list[str] | None = None,
@@ -195,6 +198,13 @@ def benchmark(out: str | Path, config: BenchmarkConfig | None = None, **options:
     """Benchmark every attribution method at chosen checkpoints (ROAD faithfulness, leakage, robustness,
     sanity, runtime); writes ``out/benchmark.json``. Pass a :class:`BenchmarkConfig` or its fields."""
     return _benchmark(out, config or BenchmarkConfig(**options))
+
+
+def launch(argv: list[str], config: LaunchConfig | None = None, **options: Any) -> str:
+    """The torchrun command line that runs the extraction ``argv`` (``["extract", CKPT_DIR, "--out", DIR, ...]``) on
+    ``nnodes`` nodes of ``nproc_per_node`` processes each; the CLI's ``i2x launch`` (a cluster script runs it on
+    every node, see docs/slurm.sbatch)."""
+    return shlex.join(torchrun_command(config or LaunchConfig(**options), argv))
 
 
 def doctor() -> dict[str, str]:

@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 from i2x.cli.options import add_options, config_from
 from i2x.errors import UserError
+from i2x.io.distributed import LaunchConfig
+from i2x.io.location import as_path
 from i2x.settings import name_list
 from i2x.stages.analysis import AnalyzeConfig
 from i2x.stages.benchmark import BenchmarkConfig
@@ -105,8 +107,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def add_extract(sub: Subparsers) -> None:
     p = command(sub, "extract", cmd_extract,
                 "replay checkpoints: probabilities, raw CAMs and final features into DIR/store.zarr")
-    p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots")
-    p.add_argument("--out", required=True, metavar="DIR", help="analysis directory (store at DIR/store.zarr)")
+    p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots, or a URL (s3://bucket/run/)")
+    p.add_argument("--out", required=True, metavar="DIR", help="analysis directory (store at DIR/store.zarr), or a URL (s3://...)")
     add_run_options(p)
 
 
@@ -239,7 +241,7 @@ def cmd_faithfulness(args: argparse.Namespace) -> None:
                 fill = result["baselines"][mode]
                 print(f"  note: the random order beats {method} in {mode} ({fill} fill)"
                       + (f". {OOD_NOTE}" if fill in ("mean", "black") else ""))
-    print(f"results: {Path(args.dir) / 'faithfulness.json'}")
+    print(f"results: {as_path(args.dir) / 'faithfulness.json'}")
 
 
 # ---- benchmark -----------------------------------------------------------------------------------
@@ -264,7 +266,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
               f"{'not defined' if robust is None else f'{robust:.3f}'}  {s['runtime_ms']['mean']:.2f} ms/image")
     for note in result["notes"]:
         print(f"  note: {note}")
-    print(f"results: {Path(args.dir) / 'benchmark.json'} ({result['seconds']:.1f} s)")
+    print(f"results: {as_path(args.dir) / 'benchmark.json'} ({result['seconds']:.1f} s)")
 
 
 # ---- drift ---------------------------------------------------------------------------------------
@@ -307,7 +309,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
     for rev in result["stability"]["reversals"]:
         print(f"class stability ranking, {rev['methods'][0]} vs {rev['methods'][1]}: Kendall tau "
               f"{format_tau(rev)}, {len(rev['reversed_pairs'])} reversed pair(s)")
-    print(f"results: {Path(args.dirs[0]) / 'drift.json'}")
+    print(f"results: {as_path(args.dirs[0]) / 'drift.json'}")
 
 
 # ---- reliance ------------------------------------------------------------------------------------
@@ -332,7 +334,7 @@ def cmd_reliance(args: argparse.Namespace) -> None:
         print(f"  concept {c} (prototypes {', '.join(map(str, p['members']))}): class {p['class_name']}, paste flips "
               f"{t.get('flip_rate', 0):.0%} vs {t.get('random_flip_rate', 0):.0%} random, lift {p['lift']:.2f}, "
               f"concentration {p['concentration']:.2f}")
-    print(f"results: {Path(args.dir) / 'reliance.json'}")
+    print(f"results: {as_path(args.dir) / 'reliance.json'}")
 
 
 # ---- evidence ------------------------------------------------------------------------------------
@@ -350,14 +352,14 @@ def cmd_evidence(args: argparse.Namespace) -> None:
     for c in result["per_checkpoint"]:
         print(f"{c['checkpoint']['name']:>12}: {c['n']} masks, decision kept {c['kept']:.0%}, mean area "
               f"{c['area']['mean']:.3f}, robust {c['robust']['mean']:.2f}")
-    print(f"results: {Path(args.dir) / 'evidence.json'}")
+    print(f"results: {as_path(args.dir) / 'evidence.json'}")
 
 
 # ---- run -----------------------------------------------------------------------------------------
 def add_run(sub: Subparsers) -> None:
     p = command(sub, "run", cmd_run, "extract + analyze + report in one command")
-    p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots")
-    p.add_argument("--out", required=True, metavar="DIR", help="analysis directory for the store, summary and report")
+    p.add_argument("ckpt_dir", metavar="CKPT_DIR", help="directory of training snapshots, or a URL (s3://bucket/run/)")
+    p.add_argument("--out", required=True, metavar="DIR", help="analysis directory for the store, summary and report, or a URL (s3://...)")
     add_run_options(p)
     add_options(p, AnalyzeConfig, "analysis")
     p.add_argument("--no-reliance", action="store_true", help="skip the reliance study (shortcut ranking)")
@@ -374,6 +376,22 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"report: {result.report_path}" if result.report_path else f"summary: {result.summary_path}")
 
 
+# ---- launch --------------------------------------------------------------------------------------
+def add_launch(sub: Subparsers) -> None:
+    p = command(sub, "launch", cmd_launch, "print the torchrun command that runs `i2x extract` across nodes and "
+                "GPUs (a cluster script runs it on every node; see docs/slurm.sbatch)")
+    add_options(p, LaunchConfig)
+    p.add_argument("extraction", nargs=argparse.REMAINDER, metavar="-- extract CKPT_DIR --out DIR ...",
+                   help="the i2x extract command to run on every rank")
+
+
+def cmd_launch(args: argparse.Namespace) -> None:
+    from i2x import api
+
+    argv = args.extraction[1:] if args.extraction[:1] == ["--"] else args.extraction
+    print(api.launch(argv, config_from(args, LaunchConfig)))
+
+
 # ---- doctor --------------------------------------------------------------------------------------
 def add_doctor(sub: Subparsers) -> None:
     command(sub, "doctor", cmd_doctor, "print versions and GPU visibility, for bug reports")
@@ -388,4 +406,4 @@ def cmd_doctor(args: argparse.Namespace) -> None:
 
 #: Every subcommand, in the order ``i2x --help`` lists them.
 COMMANDS = (add_demo, add_train, add_extract, add_analyze, add_report, add_compare, add_finetune, add_faithfulness,
-            add_benchmark, add_drift, add_reliance, add_evidence, add_run, add_doctor)
+            add_benchmark, add_drift, add_reliance, add_evidence, add_run, add_launch, add_doctor)

@@ -8,12 +8,18 @@ A rank that fails must not leave the others waiting at the next collective: work
 synchronisation points runs inside :meth:`Dist.together`, whose exit is a vote, so an error on one
 rank raises on every rank. Collectives also time out after ``I2X_DIST_TIMEOUT`` seconds (default
 1800), the backstop for a rank that dies without voting (killed, out of memory).
+
+Across nodes, :func:`torchrun_command` writes the launch line a cluster script runs on every node
+(``i2x launch``; ``docs/slurm.sbatch``): c10d rendezvous at the first node, so node ranks are assigned by
+torchrun and the same line serves every node; the store must be where every node can write (``s3://...``
+or a shared file system).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from i2x.errors import UserError
+from i2x.settings import option, validate
 
 TIMEOUT_ENV = "I2X_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
@@ -105,3 +112,40 @@ def local_device(device: torch.device) -> torch.device:
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % max(torch.cuda.device_count(), 1))
     return device
+
+
+def _check_endpoint(value: str | None) -> None:
+    if value is not None and not re.fullmatch(r"[A-Za-z0-9._\[\]:-]+:\d{1,5}", value):
+        raise ValueError("give HOST:PORT, e.g. node001:29500")
+
+
+@dataclass
+class LaunchConfig:
+    """Settings of ``i2x launch``: the shape of a torchrun job across nodes."""
+
+    nnodes: int = option(1, "nodes (machines) of the job", low=1)
+    nproc_per_node: int = option(1, "processes per node: one per GPU, or per core on CPU", low=1)
+    rdzv_endpoint: str | None = option(None, "HOST:PORT of the rendezvous, on the first node, reachable from every "
+                                       "node (needed with --nnodes above 1)", metavar="HOST:PORT", check=_check_endpoint)
+    rdzv_id: str = option("i2x", "the job id every node gives, e.g. $SLURM_JOB_ID", metavar="ID")
+
+
+def torchrun_command(config: LaunchConfig, argv: Sequence[str]) -> list[str]:
+    """The torchrun command line that runs ``i2x <argv>`` (an ``extract``) as ``nnodes * nproc_per_node`` ranks."""
+    validate(config)
+    argv = list(argv)
+    if not argv or argv[0] != "extract":
+        raise UserError("i2x launch: give the extraction after the options (i2x launch --nnodes 2 ... -- extract "
+                        "CKPT_DIR --out DIR ...); only `i2x extract` runs across processes, the later stages run on one node")
+    if "--out" not in argv and not any(a.startswith("--out=") for a in argv):
+        raise UserError("i2x launch: the extraction needs --out, on storage every node writes to (s3://... or a "
+                        "shared file system)")
+    if config.nnodes == 1 and config.rdzv_endpoint is None:
+        shape = ["--standalone", f"--nproc-per-node={config.nproc_per_node}"]
+    elif config.rdzv_endpoint is None:
+        raise UserError(f"--nnodes {config.nnodes}: give --rdzv-endpoint HOST:PORT (the first node), which every node "
+                        "must reach")
+    else:
+        shape = [f"--nnodes={config.nnodes}", f"--nproc-per-node={config.nproc_per_node}", "--rdzv-backend=c10d",
+                 f"--rdzv-endpoint={config.rdzv_endpoint}", f"--rdzv-id={config.rdzv_id}"]
+    return ["torchrun", *shape, "-m", "i2x", *argv]

@@ -25,6 +25,9 @@ the ``analysis/`` group, the evidence study (``i2x evidence``) the ``evidence/``
 record the i2x version, the extraction config, the checkpoints (name, step, sha256), class names, layer,
 grid, ``checkpoint_order`` (the order used and the duplicates skipped) and ``layer_layout`` (how the layer
 holds its grid: a conv map, transformer tokens with their prefix count, or a channels-last map).
+
+``DIR`` may be a URL (``s3://bucket/analysis``): the store is then written there through fsspec
+(:class:`zarr.storage.FsspecStore`), chunk by chunk, and resumes there like a local one.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import zarr
 
 from i2x.version import __version__
 from i2x.errors import UserError
+from i2x.io.location import RemotePath, as_path
 
 STORE_NAME = "store.zarr"
 
@@ -106,15 +110,15 @@ def _jsonable(value: Any) -> Any:
 class Store:
     """Read and write one i2x store through the layout above."""
 
-    def __init__(self, root: zarr.Group, path: Path) -> None:
+    def __init__(self, root: zarr.Group, path: Path | RemotePath) -> None:
         self.root = root
         self.path = path
 
     # ---- opening -------------------------------------------------------------------------
     @staticmethod
-    def location(out_dir: str | Path) -> Path:
+    def location(out_dir: str | Path | RemotePath) -> Path | RemotePath:
         """Where the store of an output directory lives."""
-        return Path(out_dir) / STORE_NAME
+        return as_path(out_dir) / STORE_NAME
 
     @classmethod
     def open(cls, out_dir: str | Path, mode: str = "r") -> "Store":
@@ -122,7 +126,7 @@ class Store:
         path = cls.location(out_dir)
         if not (path / "zarr.json").is_file():
             raise UserError(f"{out_dir}: no i2x store here ({path} is missing); run `i2x extract` or `i2x run` first")
-        root = zarr.open_group(str(path), mode=mode)
+        root = zarr.open_group(_zarr_store(path, mode), mode=mode)
         if not root.attrs.get("layout_complete"):
             raise UserError(f"{path}: the store was not fully created; rerun `i2x extract` with the same options")
         return cls(root, path)
@@ -159,7 +163,7 @@ class Store:
             "methods": list(methods),
         }
         if (path / "zarr.json").is_file() and not overwrite:
-            root = zarr.open_group(str(path), mode="a")
+            root = zarr.open_group(_zarr_store(path, "a"), mode="a")
             if root.attrs.get("layout_complete"):
                 old = {k: root.attrs.get(k) for k in ("config", "checkpoints", "class_names", "layer", "grid", "methods")}
                 new = {k: attrs[k] for k in old}
@@ -170,10 +174,12 @@ class Store:
                         "or choose another --out"
                     )
                 return cls(root, path)
-        if path.exists():
+        if isinstance(path, RemotePath):
+            path.remove_tree()
+        elif path.exists():
             shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        root = zarr.open_group(str(path), mode="w")
+        root = zarr.open_group(_zarr_store(path, "w"), mode="w")
         n, t, m = len(labels), len(checkpoints), len(class_names)
         h, w = grid
         cn = max(1, min(chunk_n, n))
@@ -302,6 +308,14 @@ class Store:
     def clear_analysis(self) -> None:
         """Drop a previous analysis before writing a new one."""
         self.clear_group("analysis")
+
+
+def _zarr_store(path: Path | RemotePath, mode: str) -> Any:
+    """What zarr opens: a local folder by its path, a URL through fsspec (read-only when ``mode`` is ``r``)."""
+    if isinstance(path, RemotePath):
+        return zarr.storage.FsspecStore.from_url(path.url, read_only=mode == "r",
+                                                 storage_options={"use_listings_cache": False})
+    return str(path)
 
 
 def chunk_ranges(n: int, chunk: int, rank: int = 0, world: int = 1) -> Iterable[tuple[int, int]]:

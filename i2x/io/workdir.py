@@ -18,6 +18,10 @@ Layout of ``DIR`` (an ``i2x run --out``)::
 i2x writes only into directories it recognises by the marker (or empty ones), never through a
 symlink, and replaces files whole (write beside, then rename), so a crash or a full disk leaves the
 previous file rather than half of a new one.
+
+``DIR`` may be a URL on object storage (``s3://bucket/analysis``, :mod:`i2x.io.location`): there each file is
+one PUT, which replaces the object whole (no rename is needed for a reader never to see half a file), and
+the report's chart folder is uploaded file by file after it was written locally.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from i2x.errors import UserError
+from i2x.io.location import RemotePath, as_path
 from i2x.io.lock import LOCK_NAME
 from i2x.io.store import Store
 from i2x.version import __version__
@@ -66,20 +71,23 @@ def clean_json(value: Any) -> Any:
     return value
 
 
-def refuse_symlink(path: str | Path) -> Path:
+def refuse_symlink(path: str | Path | RemotePath) -> Path | RemotePath:
     """``path``, after checking it is not a symlink: i2x never writes through one (a planted link could
     make it truncate any file the user can write)."""
-    path = Path(path)
+    path = as_path(path)
     if path.is_symlink():
         raise UserError(f"{path}: is a symlink (to {os.readlink(path)}); i2x does not write through symlinks. "
                         "Remove the link or choose another --out")
     return path
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (beside it, then renamed over it), never through a symlink:
-    a reader, a crash or a full disk never leaves half a file."""
+def write_bytes(path: str | Path | RemotePath, data: bytes) -> Path | RemotePath:
+    """Write ``data`` to ``path`` atomically (beside it, then renamed over it; on object storage one PUT),
+    never through a symlink: a reader, a crash or a full disk never leaves half a file."""
     path = refuse_symlink(path)
+    if isinstance(path, RemotePath):
+        path.write_bytes(data)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -94,19 +102,23 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def write_text(path: str | Path, text: str) -> Path:
+def write_text(path: str | Path | RemotePath, text: str) -> Path | RemotePath:
     """Write UTF-8 ``text`` atomically, never through a symlink (:func:`write_bytes`)."""
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | Path, data: Any, indent: int = 1) -> Path:
+def write_json(path: str | Path | RemotePath, data: Any, indent: int = 1) -> Path | RemotePath:
     """Write ``data`` as strict JSON, atomically: a reader (or a crash) never sees half a file."""
     return write_text(path, json.dumps(clean_json(data), indent=indent, allow_nan=False))
 
 
-def replace_dir(staged: Path, final: Path) -> None:
-    """Swap the finished folder ``staged`` in for ``final`` (the old one is removed only after the swap)."""
+def replace_dir(staged: Path, final: Path | RemotePath) -> None:
+    """Swap the finished folder ``staged`` in for ``final`` (the old one is removed only after the swap; on
+    object storage, which has no rename, the old files are deleted and the new ones uploaded)."""
     refuse_symlink(final)
+    if isinstance(final, RemotePath):
+        final.upload(staged)
+        return
     old = final.with_name(f".{final.name}.{os.getpid()}.old")
     if final.exists():
         os.replace(final, old)
@@ -115,9 +127,9 @@ def replace_dir(staged: Path, final: Path) -> None:
 
 
 # ---- is this an i2x analysis directory? ---------------------------------------------------------
-def is_analysis(out: str | Path) -> bool:
+def is_analysis(out: str | Path | RemotePath) -> bool:
     """True if ``out`` holds the i2x marker, or (made before the marker existed) an i2x store."""
-    out = Path(out)
+    out = as_path(out)
     if (out / MARKER).is_file() and not (out / MARKER).is_symlink():
         return True
     store_meta = out / "store.zarr" / "zarr.json"
@@ -127,10 +139,10 @@ def is_analysis(out: str | Path) -> bool:
         return False
 
 
-def claim(out: str | Path, settings: dict[str, Any], overwrite: bool = False) -> Path:
+def claim(out: str | Path | RemotePath, settings: dict[str, Any], overwrite: bool = False) -> Path | RemotePath:
     """Make ``out`` an i2x analysis directory, refusing (before writing anything) a folder that holds files
     i2x did not write unless ``overwrite``; then record the marker with the version and ``settings``."""
-    out = Path(out)
+    out = as_path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a directory; choose another --out")
     if out.is_dir() and not is_analysis(out) and not overwrite:
@@ -149,9 +161,9 @@ def claim(out: str | Path, settings: dict[str, Any], overwrite: bool = False) ->
     return out
 
 
-def read_json(path: str | Path, command: str) -> dict[str, Any]:
+def read_json(path: str | Path | RemotePath, command: str) -> dict[str, Any]:
     """Read a JSON file of the analysis directory; ``command`` is the one that writes it (for the errors)."""
-    path = Path(path)
+    path = as_path(path)
     if not path.is_file():
         raise UserError(f"{path.parent}: no {path.name}; run `{command}` first")
     try:
@@ -160,14 +172,14 @@ def read_json(path: str | Path, command: str) -> dict[str, Any]:
         raise UserError(f"{path}: not valid JSON ({exc}); rerun `{command}`") from None
 
 
-def load_summary(out: str | Path) -> dict[str, Any]:
+def load_summary(out: str | Path | RemotePath) -> dict[str, Any]:
     """Read ``DIR/summary.json`` (a UserError if the analysis has not run)."""
-    return read_json(Path(out) / SUMMARY, f"i2x analyze {out}")
+    return read_json(as_path(out) / SUMMARY, f"i2x analyze {out}")
 
 
-def save_summary(out: str | Path, summary: dict[str, Any]) -> Path:
+def save_summary(out: str | Path | RemotePath, summary: dict[str, Any]) -> Path | RemotePath:
     """Write ``DIR/summary.json`` atomically."""
-    return write_json(Path(out) / SUMMARY, summary, indent=2)
+    return write_json(as_path(out) / SUMMARY, summary, indent=2)
 
 
 # ---- checkpoints of the store ------------------------------------------------------------------

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from i2x.errors import UserError
+from i2x.io.location import RemotePath, as_path
 from i2x.io.lock import locked
 from i2x.io.workdir import REPORT, REPORT_ASSETS, refuse_symlink, replace_dir, write_text
 from i2x.version import __version__
@@ -34,7 +36,7 @@ def build_report(out_dir: str | Path, progress: bool = True, pngs: bool = True, 
     ``trust_analysis`` lets the pictures come from a data spec that imports a Python file.
     """
     start = time.perf_counter()
-    out = Path(out_dir)
+    out = as_path(out_dir)
     for name in (REPORT, REPORT_ASSETS):
         refuse_symlink(out / name)
     with locked(out):
@@ -72,13 +74,15 @@ def _build(builder: SectionBuilder, r: ReportInputs) -> Section | None:
                        "", [reason])
 
 
-def _export_pngs(r: ReportInputs, out: Path) -> list[str]:
-    """Export the charts into a fresh folder beside ``DIR/report`` and swap it in whole; returns the file names."""
-    staged = out / f".{REPORT_ASSETS}.{os.getpid()}.new"
+def _export_pngs(r: ReportInputs, out: Path | RemotePath) -> list[str]:
+    """Export the charts into a fresh folder beside ``DIR/report`` (or, for a ``DIR`` on object storage, a local
+    temporary one) and swap it in whole; returns the file names."""
+    local = Path(tempfile.mkdtemp(prefix="i2x-report-")) if isinstance(out, RemotePath) else out
+    staged = local / f".{REPORT_ASSETS}.{os.getpid()}.new"
     shutil.rmtree(staged, ignore_errors=True)
     try:
         names = [p.name for p in r.charts.export_pngs(staged)]
         replace_dir(staged, out / REPORT_ASSETS)
     finally:
-        shutil.rmtree(staged, ignore_errors=True)
+        shutil.rmtree(staged if local is out else local, ignore_errors=True)
     return names

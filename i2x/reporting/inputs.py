@@ -18,6 +18,7 @@ import torch
 from i2x.io.data import ImageData
 from i2x.stages.context import RunConfig, open_data
 from i2x.errors import UserError
+from i2x.io.location import RemotePath, as_path
 from i2x.io.store import Store
 from i2x.io.workdir import load_summary, read_json
 from i2x.reporting.charts import ChartSet
@@ -72,7 +73,7 @@ class Patch:
 class ReportInputs:
     """The analysis directory as the section builders see it (see :mod:`i2x.report.sections`)."""
 
-    out_dir: Path
+    out_dir: Path | RemotePath
     store: Store
     summary: dict[str, Any]
     charts: ChartSet = field(default_factory=ChartSet)
@@ -84,7 +85,7 @@ class ReportInputs:
     @classmethod
     def open(cls, out_dir: str | Path, trust_analysis: bool = False) -> "ReportInputs":
         """Open ``DIR/store.zarr`` and ``DIR/summary.json`` (UserErrors say which stage to run)."""
-        out = Path(out_dir)
+        out = as_path(out_dir)
         store = Store.open(out)
         summary = KeyLog(load_summary(out))
         store.analysis_attrs()

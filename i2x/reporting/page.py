@@ -91,6 +91,9 @@ def shown_path(value: Any, base: Path) -> str:
     """A path as the page shows it: relative to ``base`` (the analysis directory) when inside it, else its file
     name, so no absolute path of the machine reaches the page; ``kind:/a/b`` data specs keep their kind."""
     text = str(value)
+    if "://" in text:  # on object storage: the key below the analysis directory, or the name
+        prefix = str(base).rstrip("/") + "/"
+        return text[len(prefix):] if text.startswith(prefix) else text.rstrip("/").rsplit("/", 1)[-1]
     kind, sep, rest = text.partition(":")
     if sep and "/" not in kind and os.path.isabs(rest):
         return f"{kind}:{shown_path(rest, base)}"
@@ -99,7 +102,7 @@ def shown_path(value: Any, base: Path) -> str:
     path = Path(text)
     try:
         return str(path.resolve().relative_to(Path(base).resolve())) or "."
-    except ValueError:
+    except (ValueError, TypeError):  # outside base, or base is on object storage (a URL: no local path is inside)
         return path.name or text
 
 

@@ -25,6 +25,7 @@ from i2x.analysis import ConfidenceGroups, RidgeMapping, Structure, cartography
 from i2x.analysis.groups import default_min_cluster_size
 from i2x.analysis.significance import FlipSignificance
 from i2x.errors import UserError
+from i2x.io.location import RemotePath, as_path
 from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import save_summary
@@ -98,7 +99,7 @@ class AnalyzeResult:
 
     summary: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
-    summary_path: Path | None = None
+    summary_path: Path | RemotePath | None = None
 
 
 class _Progress:
@@ -123,10 +124,10 @@ def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool
     with locked(out):
         store = Store.open(out, mode="a")
         store.require_complete()
-        return _analyze(store, Path(out), cfg, progress)
+        return _analyze(store, as_path(out), cfg, progress)
 
 
-def _analyze(store: Store, out: Path, cfg: AnalyzeConfig, progress: bool) -> AnalyzeResult:
+def _analyze(store: Store, out: Path | RemotePath, cfg: AnalyzeConfig, progress: bool) -> AnalyzeResult:
     """The analysis as a list of steps, each writing its arrays to the store's ``analysis/`` group."""
     finite, usable = _usable(store)
     labels = store.read("labels")

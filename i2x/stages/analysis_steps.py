@@ -10,6 +10,7 @@ import numpy as np
 
 from i2x.analysis import Prototypes, RidgeMapping, accuracy, choose_k, confusion, intensity, presence_share
 from i2x.errors import UserError
+from i2x.io.location import RemotePath
 from i2x.io.store import Store
 from i2x.io.workdir import SUMMARY
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from i2x.stages.analysis import AnalyzeConfig
 
 
-def write_prototypes(store: Store, out: Path, cfg: AnalyzeConfig) -> tuple[Prototypes, dict[int, float]]:
+def write_prototypes(store: Store, out: Path | RemotePath, cfg: AnalyzeConfig) -> tuple[Prototypes, dict[int, float]]:
     """Fit the prototypes on the final checkpoint's features, then clear the previous analysis and write them."""
     features = store.array("features")
     k_scores: dict[int, float] = {}

@@ -41,6 +41,7 @@ from i2x.attribution import METHODS, Attributor, display_maps, get_methods
 from i2x.attribution.fusion import dual_evidence
 from i2x.attribution.occlusion import cell_of_pixel, occlusion
 from i2x.errors import UserError
+from i2x.io.location import as_path
 from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import BENCHMARK, describe_checkpoint, checkpoint_index, usable_checkpoints, write_json, \
@@ -384,5 +385,5 @@ def benchmark(out_dir: str | Path, config: BenchmarkConfig | None = None, **opti
         result["notes"] = _notes(result)
         result["seconds"] = round(time.perf_counter() - start, 3)
         result["ms_per_image"] = 1000 * result["seconds"] / (rows.size * len(ts))
-        write_json(Path(out_dir) / BENCHMARK, result)
+        write_json(as_path(out_dir) / BENCHMARK, result)
         return clean_json(result)

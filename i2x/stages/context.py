@@ -23,10 +23,13 @@ from torch.utils.data import Dataset, Subset
 from i2x.attribution import METHODS, prefer_channels_last
 from i2x.attribution.tokens import parse as parse_tokens
 from i2x.errors import UserError
-from i2x.io.checkpoints import ORDERS, Checkpoint, Listing, is_finite, list_checkpoints, load_into, select
+from i2x.io.checkpoint_order import ORDERS
+from i2x.io.checkpoints import Checkpoint, Listing, list_checkpoints, select
 from i2x.io.data import DATA_SPECS, DataOptions, ImageData, labels_of, load_data
 from i2x.io.devices import resolve_device
+from i2x.io.location import as_path
 from i2x.io.models import MODEL_SPECS, build_model
+from i2x.io.state_dicts import is_finite, load_into
 from i2x.io.store import Store
 from i2x.io.workdir import usable_checkpoints
 from i2x.settings import device_option, name_list, number_list, option
@@ -85,7 +88,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["checkpoints"] = str(Path(self.checkpoints).resolve())
+        d["checkpoints"] = str(as_path(self.checkpoints).resolve())
         d["methods"] = list(self.methods)
         for key in ("mean", "std", "names", "class_names"):
             d[key] = list(d[key]) if d[key] is not None else None
@@ -173,7 +176,7 @@ class Context:
 def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
     """Open the data and build the model (fresh weights) that ``config`` names, and list the checkpoints."""
     config = config.resolved()
-    if with_checkpoints and not Path(config.checkpoints).is_dir():
+    if with_checkpoints and not as_path(config.checkpoints).is_dir():
         raise UserError(f"checkpoint directory {config.checkpoints} does not exist or is not a directory")
     opts = DataOptions(config.input_size, config.channels, config.mean, config.std)
     data = load_data(config.data, opts)

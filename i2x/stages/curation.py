@@ -17,6 +17,7 @@ import numpy as np
 
 from i2x.errors import UserError
 from i2x.io.store import Store
+from i2x.io.location import as_path
 from i2x.io.workdir import RELIANCE, read_json, write_json
 
 
@@ -44,7 +45,7 @@ class Curation:
 
 def concept_members(out_dir: str | Path, k: int) -> list[list[int]]:
     """The prototypes of each concept from the reliance study (reliance.json), or one concept per prototype."""
-    path = Path(out_dir) / RELIANCE
+    path = as_path(out_dir) / RELIANCE
     if path.is_file():
         concepts = read_json(path, "i2x reliance").get("concepts")
         if concepts and sum(len(c["members"]) for c in concepts) == k:

@@ -21,6 +21,7 @@ from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from i2x.errors import UserError
+from i2x.io.location import as_path
 from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import DRIFT, checkpoint_index, clean_json, describe_checkpoint, stored_methods, \
@@ -226,7 +227,7 @@ def drift(out_dir: str | Path, config: DriftConfig | None = None, progress: bool
         if cfg.consecutive:
             result["consecutive"] = _consecutive(reader, methods, progress)
         result["seconds"] = round(time.perf_counter() - start, 3)
-        write_json(Path(out_dir) / DRIFT, result)
+        write_json(as_path(out_dir) / DRIFT, result)
     return clean_json(result)
 
 

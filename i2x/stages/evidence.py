@@ -26,6 +26,7 @@ from i2x.attribution import display_maps
 from i2x.attribution.mask_generators import GENERATORS
 from i2x.attribution.minimal_evidence import EvidenceMasks, MinimalEvidence
 from i2x.errors import UserError
+from i2x.io.location import as_path
 from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import EVIDENCE, checkpoint_index, clean_json, describe_checkpoint, usable_checkpoints, write_json
@@ -232,7 +233,7 @@ def evidence(out_dir: str | Path, config: EvidenceConfig | None = None, progress
             store.write(name, data, chunks)
         summary = _summary(store, cfg, optimiser, ts, rows, whys, arrays, labels, names, methods)
         summary["seconds"] = round(time.perf_counter() - start, 3)
-        write_json(Path(out_dir) / EVIDENCE, summary)
+        write_json(as_path(out_dir) / EVIDENCE, summary)
     return clean_json(summary)
 
 

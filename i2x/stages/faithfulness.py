@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from i2x.attribution import Attributor, display_maps, get_methods, tokens
 from i2x.errors import UserError
+from i2x.io.location import as_path
 from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import FAITHFULNESS, checkpoint_index, clean_json, describe_checkpoint, stored_methods, write_json
@@ -213,7 +214,7 @@ def faithfulness(out_dir: str | Path, config: FaithfulnessConfig | None = None, 
             bar.update(0 if rows.size else len(methods) + 1)
         bar.close()
         result["seconds"] = round(time.perf_counter() - start, 3)
-        write_json(Path(out_dir) / FAITHFULNESS, result)
+        write_json(as_path(out_dir) / FAITHFULNESS, result)
     return clean_json(result)
 
 

@@ -47,6 +47,7 @@ from torch.utils.data import Dataset
 
 from i2x.errors import UserError
 from i2x.io.data import labels_of
+from i2x.io.location import is_remote
 from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import FINETUNE, FINETUNE_DIR, load_summary, write_json
@@ -135,6 +136,9 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
     cfg = config or FinetuneConfig(**options)
     validate(cfg)
     start_time = time.perf_counter()
+    if is_remote(out_dir) or (cfg.dest is not None and is_remote(cfg.dest)):
+        raise UserError(f"i2x finetune {out_dir}: fine-tuning writes model snapshots to a local directory; copy the "
+                        "analysis directory from object storage first (e.g. aws s3 sync) and run it there")
     out = Path(out_dir)
     plan = Plan(_parse_strategies(STUDY_STRATEGIES if cfg.study else cfg.strategies),
                 _seed_list(cfg.seeds if cfg.seeds is not None else STUDY_SEEDS if cfg.study else DEFAULT_SEEDS),

@@ -57,6 +57,7 @@ from i2x.stages.context import Context, open_context
 from i2x.attribution.tokens import Layout, from_map, to_map
 from i2x.attribution.receptive_field import cell_fields, field_footprint, shifted
 from i2x.errors import UserError
+from i2x.io.location import as_path
 from i2x.io.lock import locked
 from i2x.io.store import Store, chunk_ranges
 from i2x.io.workdir import RELIANCE, load_summary, save_summary, write_json
@@ -294,7 +295,7 @@ def reliance(out_dir: str | Path, config: RelianceConfig | None = None, progress
         summary = load_summary(out_dir)
         ctx = open_context(store, None, cfg.device, cfg.batch_size, trust_checkpoints, trust_analysis, model)
         result = _study(store, ctx, cfg, progress)
-        write_json(Path(out_dir) / RELIANCE, result, indent=2)
+        write_json(as_path(out_dir) / RELIANCE, result, indent=2)
         summary["reliance"] = _summary_entry(result)
         save_summary(out_dir, summary)
     return result

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from i2x.io.devices import resolve_device
+from i2x.io.location import is_remote
 from i2x.errors import UserError
 from i2x.settings import device_option, option, validate
 from i2x.io.workdir import refuse_symlink, write_bytes
@@ -147,6 +148,9 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset, out: str | Pa
     validate(cfg)
     if len(train_set) == 0:  # type: ignore[arg-type]
         raise UserError("the training split is empty")
+    if is_remote(out):
+        raise UserError(f"--out {out}: training writes its snapshots to a local directory; upload them afterwards "
+                        "(e.g. aws s3 sync) and give i2x run their URL")
     out = _snapshot_dir(Path(out), cfg.overwrite)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)

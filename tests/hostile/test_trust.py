@@ -16,7 +16,8 @@ import torch
 
 from i2x import api
 from i2x.cli import main
-from i2x.io.checkpoints import find_checkpoints, load_into
+from i2x.io.checkpoints import find_checkpoints
+from i2x.io.state_dicts import load_into
 from i2x.io.models import SmallCNN
 from i2x.io.store import Store
 from i2x.stages.analysis import AnalyzeConfig

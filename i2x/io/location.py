@@ -1,0 +1,211 @@
+"""Where files live: a local path, or a URL on object storage (``s3://``, ``gs://``, ...) reached through fsspec.
+
+:func:`as_path` turns what the user typed into a :class:`pathlib.Path` (a plain path, or a ``file://`` URL) or
+a :class:`RemotePath`, which offers the part of the ``pathlib`` interface i2x uses (``/``, ``name``,
+``is_file``, ``iterdir``, ``open``, ``read_text``, ``write_bytes``, ...), so the walker, the store and the
+analysis directory treat both alike.
+
+Credentials and endpoints come from where the storage's own client looks (for S3: ``AWS_ACCESS_KEY_ID``,
+``~/.aws/credentials``, ``AWS_ENDPOINT_URL``; fsspec's ``FSSPEC_S3_ENDPOINT_URL`` and config files); i2x never
+reads, passes or records them: a URL names a bucket and a key, nothing else.
+
+What object storage guarantees, and so what i2x relies on: one object is replaced whole by one PUT (a reader
+sees the old or the new object, never half of one; S3 has read-after-write consistency), there are no
+directories (a "folder" exists when some key starts with it), no symlinks and no rename (so a write is one PUT,
+not write-beside-then-rename), and no lock a crashed process releases (see :mod:`i2x.io.lock`).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import IO, Any, Iterator
+
+from i2x.errors import UserError
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def url_scheme(target: Any) -> str | None:
+    """The scheme of a URL (``s3``), or None for a local path (``file://`` URLs count as local)."""
+    if isinstance(target, RemotePath):
+        return target.protocol
+    match = _URL.match(str(target)) if isinstance(target, str) else None
+    if match is None or match.group(1).lower() == "file":
+        return None
+    return match.group(1).lower()
+
+
+def is_remote(target: Any) -> bool:
+    """True for a URL on another file system than the local one (``s3://bucket/run``)."""
+    return url_scheme(target) is not None
+
+
+def as_path(target: "str | Path | RemotePath") -> "Path | RemotePath":
+    """A local :class:`Path` for a path or ``file://`` URL, a :class:`RemotePath` for any other URL."""
+    if isinstance(target, (Path, RemotePath)):
+        return target
+    text = str(target)
+    if text.lower().startswith("file://"):
+        return Path(text[len("file://"):])
+    return RemotePath(text) if is_remote(text) else Path(text)
+
+
+class RemotePath:
+    """A file or "folder" (a key prefix) on an fsspec file system, with the pathlib methods i2x uses."""
+
+    def __init__(self, url: str, fs: Any = None, kind: str | None = None) -> None:
+        if fs is None:
+            try:
+                import fsspec
+
+                fs, path = fsspec.core.url_to_fs(url, use_listings_cache=False)  # other processes write too
+            except ImportError as exc:  # the scheme's client (s3fs, gcsfs) is an optional dependency
+                raise UserError(f"{url}: reading this URL needs the package {exc.name or 'for its scheme'}; "
+                                "install it (for s3://: pip install 'i2x[s3]')") from None
+            except ValueError as exc:
+                raise UserError(f"{url}: not a URL i2x can open ({exc})") from None
+        else:
+            path = url
+        self.fs = fs
+        self.path = path.rstrip("/")
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        self.protocol = protocol
+        self._kind = kind  # "file" or "directory" when a listing already said so (saves a request per entry)
+
+    # ---- names -------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"{self.protocol}://{self.path}"
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"RemotePath({self.url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RemotePath) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def __lt__(self, other: "RemotePath") -> bool:
+        return self.url < other.url
+
+    def __truediv__(self, name: str) -> "RemotePath":
+        return RemotePath(f"{self.path}/{str(name).strip('/')}", self.fs)
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.name).suffix
+
+    @property
+    def parent(self) -> "RemotePath":
+        return RemotePath(self.path.rsplit("/", 1)[0], self.fs) if "/" in self.path else self
+
+    def with_name(self, name: str) -> "RemotePath":
+        return self.parent / name
+
+    def resolve(self) -> "RemotePath":
+        return self
+
+    # ---- queries -----------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return bool(self.fs.exists(self.path))
+
+    def is_file(self) -> bool:
+        return self._kind == "file" if self._kind else bool(self.fs.isfile(self.path))
+
+    def is_dir(self) -> bool:
+        return self._kind == "directory" if self._kind else bool(self.fs.isdir(self.path))
+
+    def is_symlink(self) -> bool:
+        """Object storage has no symbolic links."""
+        return False
+
+    def iterdir(self) -> Iterator["RemotePath"]:
+        for entry in sorted(self.fs.ls(self.path, detail=True), key=lambda e: e["name"]):
+            if entry["name"].rstrip("/") != self.path:
+                yield RemotePath(entry["name"], self.fs, entry.get("type"))
+
+    def stat(self) -> SimpleNamespace:
+        """Size and modification time, as ``os.stat`` names them."""
+        info = self.fs.info(self.path)
+        modified = info.get("LastModified") or info.get("mtime") or info.get("updated") or 0
+        if isinstance(modified, datetime):
+            modified = modified.timestamp()
+        elif isinstance(modified, str):
+            modified = datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp()
+        return SimpleNamespace(st_size=int(info.get("size") or 0), st_mtime=float(modified))
+
+    # ---- reading and writing -----------------------------------------------------------------
+    def open(self, mode: str = "rb") -> IO[Any]:
+        return self.fs.open(self.path, mode)
+
+    def read_bytes(self) -> bytes:
+        return self.fs.cat_file(self.path)
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+    def write_bytes(self, data: bytes) -> int:
+        """One PUT: readers see the old object or the new one whole."""
+        self.fs.pipe_file(self.path, data)
+        return len(data)
+
+    def write_text(self, text: str, encoding: str = "utf-8") -> int:
+        return self.write_bytes(text.encode(encoding))
+
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        """Nothing to make: a prefix exists once a key under it does."""
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        if missing_ok and not self.fs.exists(self.path):
+            return
+        self.fs.rm_file(self.path)
+
+    def remove_tree(self) -> None:
+        """Delete every key under this prefix."""
+        if self.fs.exists(self.path):
+            self.fs.rm(self.path, recursive=True)
+
+    def fetch(self) -> "FetchedFile":
+        """The object read whole with one GET, then served from memory (the checks before loading a checkpoint
+        read its head, its tail and then all of it; each read would be a request)."""
+        return FetchedFile(self, self.read_bytes())
+
+    def upload(self, local: Path) -> None:
+        """Copy a local folder's files under this prefix (replacing what is there)."""
+        self.remove_tree()
+        for file in sorted(p for p in local.rglob("*") if p.is_file()):
+            (self / file.relative_to(local).as_posix()).write_bytes(file.read_bytes())
+
+
+class FetchedFile(RemotePath):
+    """A remote file already read into memory: its reads cost no request; it is named by its URL."""
+
+    def __init__(self, source: RemotePath, data: bytes) -> None:
+        super().__init__(source.path, source.fs, "file")
+        self.data = data
+
+    def open(self, mode: str = "rb") -> IO[Any]:
+        if mode != "rb":
+            raise ValueError(f"{self}: fetched for reading only")
+        return io.BytesIO(self.data)
+
+    def read_bytes(self) -> bytes:
+        return self.data
+
+    def stat(self) -> SimpleNamespace:
+        return SimpleNamespace(st_size=len(self.data), st_mtime=super().stat().st_mtime)
+
+    def fetch(self) -> "FetchedFile":
+        return self
