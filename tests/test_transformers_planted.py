@@ -86,9 +86,9 @@ def _run(tmp: Path, factory: str, seed: int) -> tuple[Path, dict]:
     return tmp / "an", json.loads((tmp / "an" / "reliance.json").read_text())
 
 
-# The reliance study's footprints come from ``cell_fields``, which must even token fields out over patches (the
-# shared change this branch's report describes); until it does, the marker is missed (a 24-pixel speckle of a
-# 36-pixel L is pasted) and this test is an expected failure.
+# The reliance study's footprints come from ``cell_fields``, which must apply ``patch_mean`` to token layouts; until
+# it does, the marker is often missed (a 24-pixel speckle of a 36-pixel L is pasted; 3 of 10 seeds found) and this
+# test is an expected failure.
 _FIELDS = _token_fields()
 PATCHED = bool(torch.allclose(_FIELDS, patch_mean(_FIELDS)))
 
