@@ -6,6 +6,10 @@ tokens) followed by h*w patch tokens in row-major order; Swin and some ConvNeXt 
 channels-last maps. :func:`detect` reads the layout from the output's shape and the input size;
 ``--tokens`` overrides it (``P`` = prefix count, ``PxHxW`` = prefix count and grid, ``bhwc``,
 ``bchw``). The prefix tokens are not part of the map: they carry no location.
+
+A token's input unit is its patch: the patch embedding reads every pixel of it through one learned
+kernel, so the pixel-level input gradient inside a patch traces that kernel's weights (the same
+speckle in every patch), not where the token looks. :func:`patch_mean` evens a field out over each patch.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from i2x.errors import UserError
 
@@ -129,3 +134,15 @@ def from_map(grid: torch.Tensor, output: torch.Tensor, layout: Layout) -> torch.
         return grid.permute(0, 2, 3, 1)
     tokens = grid.flatten(2).transpose(1, 2)
     return torch.cat([output[:, :layout.prefix].to(tokens.dtype), tokens], dim=1) if layout.prefix else tokens
+
+
+def patch_mean(fields: torch.Tensor) -> torch.Tensor:
+    """Input fields [h, w, H, W] of a token grid with each value replaced by its patch's mean, the patches being
+    the [H, W] input cut into the [h, w] grid (pixel y in patch row y * h // H; sizes that do not divide give
+    patches one pixel apart in size)."""
+    h, w, height, width = fields.shape
+    rows = F.one_hot(torch.arange(height) * h // height, h).to(fields.dtype)     # [H, h]
+    cols = F.one_hot(torch.arange(width) * w // width, w).to(fields.dtype)       # [W, w]
+    sums = rows.T @ fields @ cols                                                # [h, w, h, w] per-patch sums
+    means = sums / (rows.sum(0)[:, None] * cols.sum(0)[None, :])
+    return rows @ means @ cols.T
