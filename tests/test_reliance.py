@@ -24,7 +24,8 @@ from i2x import api
 from i2x.stages.context import RunConfig, build_context
 from i2x.io.data import ImageData
 from i2x.metrics.reliance import concentration, evidence_order, presence_stats, shortcut_checks
-from i2x.stages.reliance import CellReplacement, deletion_margins, margin, random_cells, transplant_logits, verdict
+from i2x.attribution.interventions import CellReplacement, deletion_margins, margin, random_cells, transplant_logits
+from i2x.stages.reliance_verdict import verdict
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.sections.reliance import reliance_section
 from i2x.io.store import Store
