@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from i2x import api
 from i2x.io import synthetic
@@ -29,12 +32,16 @@ EPOCHS = 4
 
 def planted_run(tmp: Path, factory: str, seed: int) -> tuple[Path, dict]:
     """Train on ``factory`` with marker seed ``seed``, run extract, analyze and reliance (no report); the analysis
-    directory and its reliance.json."""
+    directory and its reliance.json. A directory that already holds the analysis (``--workdir``) is reused:
+    only reliance runs again."""
     spec = f"{SPEC}:{factory}"
     with synthetic.planted_seed(seed):
-        api.train(data=spec, out=tmp / "ck", epochs=EPOCHS, seed=seed, progress=False)
-        api.extract(RunConfig(checkpoints=str(tmp / "ck"), data=spec), tmp / "an", progress=False)
-        api.analyze(tmp / "an", progress=False)
+        if not (tmp / "analysed").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            api.train(data=spec, out=tmp / "ck", epochs=EPOCHS, seed=seed, progress=False)
+            api.extract(RunConfig(checkpoints=str(tmp / "ck"), data=spec), tmp / "an", progress=False)
+            api.analyze(tmp / "an", progress=False)
+            (tmp / "analysed").touch()
         api.reliance(tmp / "an", progress=False, trust_analysis=True)  # the data spec is our own file
     return tmp / "an", json.loads((tmp / "an" / "reliance.json").read_text())
 
@@ -57,12 +64,25 @@ def outcome(out: Path, result: dict, factory: str, seed: int) -> dict:
             "top": top, "top_share": round(float(shares[top]), 2), "first": top in holders}
 
 
+@contextmanager
+def _place(workdir: Path | None, name: str) -> Iterator[Path]:
+    """The directory of one run: ``workdir/name`` (kept) or a temporary one."""
+    if workdir is not None:
+        yield workdir / name
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--kinds", default=",".join(synthetic.KINDS))
     parser.add_argument("--twins", choices=("with", "skip", "only"), default="with",
                         help="run the clean twins too (default), skip them, or run only them (to split the work)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep each run's checkpoints and analysis here and reuse them on the next call (only "
+                             "reliance runs again); default: a temporary directory per run")
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     rows = []
@@ -70,8 +90,8 @@ def main() -> None:
         hits = 0
         for seed in range(args.seeds):
             start = time.perf_counter()
-            with tempfile.TemporaryDirectory() as tmp:
-                out, result = planted_run(Path(tmp), f"marker_{kind}", seed)
+            with _place(args.workdir, f"marker_{kind}_{seed}") as tmp:
+                out, result = planted_run(tmp, f"marker_{kind}", seed)
                 info = outcome(out, result, f"marker_{kind}", seed)
             hit = info["found"] and info["first"]
             hits += hit
@@ -82,8 +102,8 @@ def main() -> None:
     for channels in sorted({k.split("_")[1] for k in kinds}) if args.twins != "skip" else []:
         alarms[channels] = 0
         for seed in range(args.seeds):
-            with tempfile.TemporaryDirectory() as tmp:
-                _, result = planted_run(Path(tmp), f"clean_{channels}", seed)
+            with _place(args.workdir, f"clean_{channels}_{seed}") as tmp:
+                _, result = planted_run(tmp, f"clean_{channels}", seed)
             alarms[channels] += result["shortcut_found"]
             print(f"clean {channels} seed {seed}: {result['verdict']}", flush=True)
     print(f"{'kind':<14}{'detection rate':>16}{'false-alarm rate (clean twin)':>32}")
