@@ -11,28 +11,30 @@ prototypes' cells), gets:
 * **Presence** (from the store, :mod:`i2x.metrics.reliance`): presence rate per class, purity
   P(class | present), lift over chance for its class c, and spatial concentration (1: the same
   cells in every image, 0: anywhere on the grid).
-* **Deletion** at the target layer: a forward hook (:class:`i2x.attribution.interventions.CellReplacement`) replaces the layer's
+* **Deletion** at the target layer: a forward hook
+  (:class:`i2x.attribution.interventions.CellReplacement`) replaces the layer's
   output at the unit's cells by the data set's mean activation; the effect is the drop of the
   true-class logit margin in class-c images against as many uniformly random cells of the same
   sample (``random_draws`` sets).
 * **Paste test** at the input: the unit's input footprint in class-c donor images is pasted into
-  held-out images of other classes at the same place. The footprint is the effective receptive
-  field of the unit's cells (:mod:`i2x.attribution.receptive_field`: the mean absolute input
-  gradient of each cell, thresholded at ``field_threshold`` of that cell's maximum, united over
-  the unit's cells), not the stride block. The baseline pastes random patches of the same area and shape
-  from the same donors (the footprint cyclically shifted to a random place). The effect is the
-  rate of recipients turned into class c, paired against the baseline: excess, z and effect size.
+  held-out images of other classes at the same place. The footprint is what the unit's cells respond
+  to in that donor (:class:`i2x.attribution.receptive_field.Footprints`): the core of their effective
+  receptive field (mean absolute input gradient, thresholded at ``field_threshold`` of each cell's
+  maximum), narrowed to the pixels whose saliency |gradient x (image - mean image)| reaches
+  ``saliency_threshold`` of its maximum there. The whole field would paste 120-250 of 784 pixels on a
+  7x7 grid, so much of the donor that random patches of its shape flip predictions too; the narrowed
+  footprint of a marker is the marker. The baseline pastes random patches of the same area and shape
+  from the same donors (the footprint cyclically shifted to a random place). The effect is the rate
+  of recipients turned into class c, paired against the baseline: excess, z and effect size.
 
-The verdict (:func:`i2x.stages.reliance_verdict.verdict`) rests on that causal evidence. A concept is a *shortcut* when it is
-class-tied (lift >= ``min_lift``) and fixed in place (concentration >= ``min_concentration``), its
-paste turns at least ``min_flip_excess`` more recipients into its class than random patches do with
-z >= ``z_threshold`` while random patches flip at most ``max_random_flip`` (else the footprint
-pastes so much of the donor that the test is inconclusive), and deleting it costs its class's
-margin more than random cells do (z >= ``z_threshold``). The default excess, 0.4, is what separates them on the
-data we measured: planted markers turn 55-80% more other-class images than random patches, the parts of centred
-digits (class-tied and fixed in place too) 19-30% more, and the real case that motivated the rule 51%. Concepts are ranked by that evidence: those that pass first, then by paste
-excess. Nothing is a product that one weak factor zeroes, and a shortcut split over prototypes is
-judged as one concept, so its pieces do not hide one another.
+The verdict (:func:`i2x.stages.reliance_verdict.verdict`) rests on that causal evidence. A concept is
+a *shortcut* when it is class-tied (lift >= ``min_lift``) and fixed in place (concentration >=
+``min_concentration``), its paste turns at least ``min_flip_excess`` more recipients into its class
+than random patches do with z >= ``z_threshold`` while random patches flip at most
+``max_random_flip`` (else the test is inconclusive), and deleting it costs its class's margin more
+than random cells do (z >= ``z_threshold``). Concepts are ranked by that evidence: those that pass
+first, then by paste excess. Nothing is a product that one weak factor zeroes, and a shortcut split
+over prototypes is judged as one concept, so its pieces do not hide one another.
 
 Results go to ``DIR/reliance.json`` (concepts and prototypes, per-sample deletions) and under
 ``reliance`` in ``DIR/summary.json`` (settings, verdict, the concept table).
@@ -49,10 +51,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from i2x.analysis.concepts import ConceptGrouping
+from i2x.analysis.concepts import ConceptGrouping, pieces
 from i2x.attribution import get_layer
 from i2x.attribution.interventions import CellReplacement, transplant_logits
-from i2x.attribution.receptive_field import cell_fields
+from i2x.attribution.receptive_field import Footprints, cell_fields
 from i2x.attribution.tokens import Layout
 from i2x.io.lock import locked
 from i2x.io.store import Store
@@ -86,6 +88,9 @@ class RelianceConfig:
                              high=1)
     min_concentration: float = option(0.4, "spatial concentration a concept needs to count as fixed in place",
                                       low=0, high=1)
+    min_agreement: float = option(0.25, "share of a concept's footprint pixels that other donors' footprints hold too "
+                                  "(the same pixels in every image) a concept needs to count as fixed in place", low=0,
+                                  high=1)
     min_jaccard: float = option(0.3, "co-presence (Jaccard over samples) that links two prototypes into a concept",
                                 low=0, high=1)
     link_concentration: float = option(0.3, "spatial concentration each prototype needs to join a concept", low=0,
@@ -95,6 +100,9 @@ class RelianceConfig:
     field_threshold: float = option(0.5, "share of its maximum at which a receptive field ends (footprint)", low=0,
                                     high=1, low_open=True)
     field_images: int = option(16, "images the receptive fields are averaged over", low=1)
+    saliency_threshold: float = option(0.2, "share of its maximum (within the receptive field) at which a unit's "
+                                       "saliency, |input gradient x (image - mean image)|, ends (footprint)", low=0,
+                                       high=1)
     seed: int = option(0, "seed of the sample and random draws")
     device: str = device_option()
 
@@ -123,7 +131,7 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> d
     """Presence, deletion and the paste test for every prototype and every concept, then the ranking and verdict."""
     start = time.perf_counter()
     assign, labels, rows_index = store.read("analysis/assign"), store.read("labels"), store.read("sample_index")
-    names, grid = store.class_names, store.grid
+    names = store.class_names
     k_count, m = int(assign.max()) + 1, len(names)
     stats = presence_stats(assign, labels, k_count, m)
     lifts = lift(stats["purity"], stats["prior"])
@@ -138,37 +146,10 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> d
     units = [(assign, k, int(top_class[k])) for k in range(k_count)]
     multi = [c for c, members in enumerate(grouping.members_) if len(members) > 1]
     units += [(concept_assign, c, int(c_lifts[c].argmax())) for c in multi]
-    holders = [np.flatnonzero((a == u).reshape(len(a), -1).any(axis=1)) for a, u, _ in units]
-    model, analysed = ctx.model, ctx.data.split(ctx.config.split)
-    rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    recipients, recipient_labels, held_name = recipient_pool(ctx, cfg, rng)
-    plans = [deletion_plan(a, labels, holders[i], u, c, grid, cfg, rng) for i, (a, u, c) in enumerate(units)]
-    layer = get_layer(model, store.attrs["layer"])
-    layout = Layout.from_dict(store.attrs.get("layer_layout"))
-    t0 = time.perf_counter()
-    field_rows = np.sort(rng.permutation(len(rows_index))[: cfg.field_images])
-    fields = cell_fields(model, layer, images_at(analysed, rows_index[field_rows], cfg.batch_size)[0].to(ctx.device),
-                         cfg.batch_size, layout)
-    t1 = time.perf_counter()
-    with CellReplacement(layer, mean_activation(store), layout) as replacement:
-        expand = replacement.can_expand(model, recipients.to(ctx.device), grid)
-        drops, clean = run_deletions(model, replacement, expand, analysed, rows_index, labels, plans, cfg, progress)
-    t2 = time.perf_counter()
-    clean_logits = transplant_logits(model, recipients, recipients,
-                                     torch.zeros(len(recipients), 1, *recipients.shape[-2:], dtype=torch.bool),
-                                     cfg.batch_size)[:, 0]
-    pastes = [paste_test(model, analysed, a, rows_index, holders[i][labels[holders[i]] == c], u, c, recipients,
-                          recipient_labels, clean_logits, fields, cfg, rng, gen)
-              for i, (a, u, c) in enumerate(tqdm(units, desc="paste", disable=not progress))]
-    timings = {"fields": round(t1 - t0, 3), "deletion": round(t2 - t1, 3), "paste": round(time.perf_counter() - t2, 3)}
-    results = []
-    for i, (a, u, c) in enumerate(units):
-        chosen, _, counts = plans[i]
-        deletion = deletion_summary(drops[i], clean[i], chosen, counts, labels, c, m) if chosen.size else None
-        results.append((deletion, pastes[i]))
+    trial = _Trial(store, ctx, cfg, labels, rows_index, progress)
+    results, holders = trial.run(units)
     protos = [unit_row(k, names, stats, lifts, int(top_class[k]), *results[k],
-                   gallery_rows(assign, labels, holders[k], k, int(top_class[k]), cfg.gallery), cfg)
+                       gallery_rows(assign, labels, holders[k], k, int(top_class[k]), cfg.gallery), cfg)
               for k in range(k_count)]
     for p, k in zip(protos, range(k_count)):
         p["concept"] = int(grouping.labels_[k])
@@ -180,21 +161,110 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> d
             cc = int(c_lifts[c].argmax())
             i = k_count + multi.index(c)
             row = unit_row(c, names, c_stats, c_lifts, cc, *results[i],
-                       gallery_rows(concept_assign, labels, holders[i], c, cc, cfg.gallery), cfg)
+                           gallery_rows(concept_assign, labels, holders[i], c, cc, cfg.gallery), cfg)
         row.update({"id": c, "members": members})
-        row["footprints"] = gallery_footprints(concept_assign, row["gallery"], c, fields, cfg.field_threshold)
+        row["footprints"] = trial.gallery_footprints(concept_assign, row["gallery"], c)
         concepts.append(row)
     ranking = rank(concepts)
+    joined = _join_pieces(concepts, ranking, concept_assign, c_stats["cells"], trial, names, cfg)
+    if joined is not None:
+        concepts.append(joined)
+        ranking = [joined["id"], *ranking] if all(joined["checks"].values()) else rank(concepts)
     prototype_ranking = rank(protos)
     text, found = verdict([concepts[i] for i in ranking], cfg.z_threshold, cfg.min_flip_excess)
     return {
         "config": asdict(cfg), "checkpoint": ctx.checkpoint("final").name, "layer": store.attrs["layer"],
-        "grid": list(grid), "k": k_count, "assign_digest": assign_digest(assign), "held_out_split": held_name,
-        "expanded_at_layer": expand, "footprint": FOOTPRINT, "fill": FILL, "rule": RULE, "concept_rule": CONCEPT_RULE,
-        "verdict": text, "shortcut_found": found, "suspect": ranking[0] if found else None,
-        "ranking": ranking, "concepts": concepts, "prototype_ranking": prototype_ranking, "prototypes": protos,
-        "timings": timings, "seconds": round(time.perf_counter() - start, 3),
+        "grid": list(store.grid), "k": k_count, "assign_digest": assign_digest(assign),
+        "held_out_split": trial.held_name, "expanded_at_layer": trial.expand, "footprint": FOOTPRINT, "fill": FILL,
+        "rule": RULE, "concept_rule": CONCEPT_RULE, "verdict": text, "shortcut_found": found,
+        "suspect": ranking[0] if found else None, "ranking": ranking, "concepts": concepts,
+        "prototype_ranking": prototype_ranking, "prototypes": protos, "timings": trial.timings,
+        "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _join_pieces(concepts: list[dict[str, Any]], ranking: list[int], concept_assign: np.ndarray,
+                 concept_cells: np.ndarray, trial: "_Trial", names: list[str],
+                 cfg: RelianceConfig) -> dict[str, Any] | None:
+    """A shortcut split over concepts: when the lead concept passes every test, it and the other passing concepts of
+    its class on adjacent cells (:func:`i2x.analysis.concepts.pieces`) are joined into one concept (the union of
+    their cells) and tested again as a whole. Returns its row (id after the last concept), or None when the lead
+    does not pass or has no such neighbour."""
+    lead = concepts[ranking[0]] if ranking else None
+    if lead is None or not all(lead["checks"].values()):
+        return None
+    passing = [r["id"] for r in concepts if all(r["checks"].values()) and r["class"] == lead["class"]]
+    joined = pieces(lead["id"], passing, concept_cells, hot_share=0.5)
+    if len(joined) < 2:
+        return None
+    new = len(concepts)
+    unit_assign = np.where(np.isin(concept_assign, joined), new, concept_assign)
+    stats = presence_stats(unit_assign, trial.labels, new + 1, len(names))
+    lifts = lift(stats["purity"], stats["prior"])
+    c = int(lead["class"])
+    results, holders = trial.run([(unit_assign, new, c)])
+    row = unit_row(new, names, stats, lifts, c, *results[0],
+                   gallery_rows(unit_assign, trial.labels, holders[0], new, c, cfg.gallery), cfg)
+    row.update({"id": new, "members": sorted(m for i in joined for m in concepts[i]["members"]), "pieces": joined})
+    row["footprints"] = trial.gallery_footprints(unit_assign, row["gallery"], new)
+    return row
+
+
+class _Trial:
+    """Everything the interventions share in one study: the model and its layer, the held-out recipients and their
+    clean logits, the receptive fields and the footprint maker; :meth:`run` tests a list of units."""
+
+    def __init__(self, store: Store, ctx: Context, cfg: RelianceConfig, labels: np.ndarray, rows_index: np.ndarray,
+                 progress: bool) -> None:
+        self.store, self.cfg, self.labels, self.rows_index, self.progress = store, cfg, labels, rows_index, progress
+        self.model, self.analysed, self.device = ctx.model, ctx.data.split(ctx.config.split), ctx.device
+        self.rng = np.random.default_rng(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.recipients, self.recipient_labels, self.held_name = recipient_pool(ctx, cfg, self.rng)
+        self.layer = get_layer(self.model, store.attrs["layer"])
+        self.layout = Layout.from_dict(store.attrs.get("layer_layout"))
+        t0 = time.perf_counter()
+        field_rows = np.sort(self.rng.permutation(len(rows_index))[: cfg.field_images])
+        images = images_at(self.analysed, rows_index[field_rows], cfg.batch_size)[0].to(ctx.device)
+        fields = cell_fields(self.model, self.layer, images, cfg.batch_size, self.layout)
+        self.timings = {"fields": round(time.perf_counter() - t0, 3), "deletion": 0.0, "paste": 0.0}
+        self.clean_logits = transplant_logits(
+            self.model, self.recipients, self.recipients,
+            torch.zeros(len(self.recipients), 1, *self.recipients.shape[-2:], dtype=torch.bool), cfg.batch_size)[:, 0]
+        self.footprints = Footprints(self.model, self.layer, fields, self.recipients.mean(dim=0), cfg.field_threshold,
+                                     cfg.saliency_threshold, cfg.batch_size, self.layout)
+        self.expand = False
+
+    def run(self, units: list[tuple[np.ndarray, int, int]]) -> tuple[list[tuple[Any, Any]], list[np.ndarray]]:
+        """Deletion and paste results of each unit (its assignment array, its id there, its class), and the samples
+        holding each."""
+        cfg, labels, grid = self.cfg, self.labels, self.store.grid
+        holders = [np.flatnonzero((a == u).reshape(len(a), -1).any(axis=1)) for a, u, _ in units]
+        plans = [deletion_plan(a, labels, holders[i], u, c, grid, cfg, self.rng) for i, (a, u, c) in enumerate(units)]
+        t0 = time.perf_counter()
+        with CellReplacement(self.layer, mean_activation(self.store), self.layout) as replacement:
+            self.expand = replacement.can_expand(self.model, self.recipients.to(self.device), grid)
+            drops, clean = run_deletions(self.model, replacement, self.expand, self.analysed, self.rows_index, labels,
+                                         plans, cfg, self.progress)
+        t1 = time.perf_counter()
+        pastes = [paste_test(self.model, self.analysed, a, self.rows_index, holders[i][labels[holders[i]] == c], u, c,
+                             self.recipients, self.recipient_labels, self.clean_logits, self.footprints, cfg, self.rng,
+                             self.gen)
+                  for i, (a, u, c) in enumerate(tqdm(units, desc="paste", disable=not self.progress))]
+        self.timings["deletion"] = round(self.timings["deletion"] + t1 - t0, 3)
+        self.timings["paste"] = round(self.timings["paste"] + time.perf_counter() - t1, 3)
+        results = []
+        for i, (_, _, c) in enumerate(units):
+            chosen, _, counts = plans[i]
+            deletion = deletion_summary(drops[i], clean[i], chosen, counts, labels, c, len(self.store.class_names)) \
+                if chosen.size else None
+            results.append((deletion, pastes[i]))
+        return results, holders
+
+    def gallery_footprints(self, unit_assign: np.ndarray, gallery: list[int], u: int) -> list[str]:
+        """The unit's footprints in its gallery images (packed, for the report)."""
+        return gallery_footprints(unit_assign, gallery, u, self.footprints, self.analysed, self.rows_index,
+                                  self.cfg.batch_size)
 
 
 def assign_digest(assign: np.ndarray) -> str:

@@ -13,18 +13,22 @@ if TYPE_CHECKING:
 
 
 RULE = ("shortcut = a concept that is class-tied (lift >= min_lift; lift = (P(c|k) - P(c)) / (1 - P(c))), fixed in "
-        "place (concentration >= min_concentration), whose footprint pasted into other classes' images turns at least "
+        "place (concentration >= min_concentration, and its donors' footprints on the same pixels: agreement >= "
+        "min_agreement), whose footprint pasted into other classes' images turns at least "
         "min_flip_excess more of them into c than random patches of the same shape from the same donors (paired z >= "
         "z_threshold; random patches flipping at most max_random_flip), and whose deletion at the layer lowers c's "
         "margin more than random cells (z >= z_threshold); "
-        "concepts ranked: those passing first, then by paste flip excess, then by the paste's margin excess")
+        "concepts ranked: those passing first, then by paste flip excess, then by the paste's margin excess; when the lead "
+        "passes, it and the passing concepts of its class on adjacent cells are joined and tested as one concept, "
+        "which leads when it passes")
 CONCEPT_RULE = ("prototypes linked when both are class-tied (lift >= min_lift) for the same class and rather fixed in "
                 "place (concentration >= link_concentration), co-present (Jaccard over samples >= min_jaccard) and on "
                 "adjacent cells (hot cells, >= half of the most frequent cell's count, within one cell); merged by "
                 "decreasing Jaccard while the union of hot cells stays within max_share of the grid")
-FOOTPRINT = ("effective receptive field: the mean absolute input gradient of each cell's summed activation (over "
-             "field_images images), thresholded at field_threshold of that cell's maximum, united over the unit's "
-             "cells; "
+FOOTPRINT = ("per donor image: the core of the effective receptive field of the unit's cells (mean absolute input "
+             "gradient of each cell's summed activation over field_images images, thresholded at field_threshold of "
+             "that cell's maximum, united over the cells), narrowed to the pixels where |gradient x (image - mean "
+             "image)| of the cells' summed activation reaches saliency_threshold of its maximum there; "
              "random patches: the same footprint cyclically shifted to a random place")
 FILL = "the mean activation per channel over every sample and cell of the stored final-checkpoint features"
 
@@ -52,7 +56,7 @@ def unit_row(k: int, names: list[str], stats: dict[str, np.ndarray], lifts: np.n
         "deletion": deletion, "transplant": transplant, "gallery": gallery,
         "checks": shortcut_checks(float(lifts[k, c]), float(stats["concentration"][k]), transplant, deletion,
                                   cfg.z_threshold, cfg.min_flip_excess, cfg.min_lift, cfg.min_concentration,
-                                  cfg.max_random_flip),
+                                  cfg.max_random_flip, cfg.min_agreement),
     }
 
 
@@ -98,7 +102,8 @@ def verdict(ordered: list[dict[str, Any]], z_threshold: float, min_flip_excess: 
     t, d = lead["transplant"] or {}, lead["deletion"] or {}
     if all(lead["checks"].values()):
         return (f"Shortcut found: {unit} for class {name}. It sits in the same place in every image (concentration "
-                f"{lead['concentration']:.2f}), {lead['purity']:.0%} of the images holding it are {name}; pasting it "
+                f"{lead['concentration']:.2f}; its footprints share {t.get('agreement', 0.0):.0%} of their pixels), "
+                f"{lead['purity']:.0%} of the images holding it are {name}; pasting it "
                 f"into other classes' images turns {t['flip_rate']:.0%} of them into {name} (random patches of the same "
                 f"shape: {t['random_flip_rate']:.0%}, z {t['flip_z']:.1f}), and deleting it lowers {name}'s margin by "
                 f"{d['excess']:.3g} more than random cells (z {d['z']:.1f})."), True
@@ -115,12 +120,17 @@ def verdict(ordered: list[dict[str, Any]], z_threshold: float, min_flip_excess: 
     if not checks["class_tied"]:
         why.append(f"it is not class-tied (lift {lead['lift']:.2f})")
     if not checks["fixed_in_place"]:
-        why.append(f"it moves with the image content (concentration {lead['concentration']:.2f})")
+        why.append(f"it moves with the image content (concentration {lead['concentration']:.2f}, its footprints share "
+                   f"{t.get('agreement', 0.0):.0%} of their pixels)")
     return (f"No shortcut found. The strongest evidence is for {unit} ({name}): " + "; ".join(why) + "."), False
 
 
 def unit_name(row: dict[str, Any]) -> str:
+    """How the verdict names a concept: its id, the concepts it joins (if any) and its prototypes."""
     members = row.get("members", [row["id"]])
+    if row.get("pieces"):
+        return (f"concept {row['id']} (concepts {', '.join(map(str, row['pieces']))} joined: prototypes "
+                f"{', '.join(map(str, members))})")
     if len(members) == 1:
         return f"concept {row['id']} (prototype {members[0]})"
     return f"concept {row['id']} (prototypes {', '.join(map(str, members))})"
