@@ -5,10 +5,10 @@
 For each kind (:mod:`i2x.io.synthetic`: an L or bar marker spanning 3 grid cells across cell
 borders, at a corner or in the centre, on grey or 3-channel textured two-class images) and seed:
 train the small CNN, check by input intervention that it uses the marker, run the pipeline, and
-count a detection when the verdict is "shortcut found" and the top concept is the marker: at least
-half of its footprint (what its paste test pastes and the report tints) lies on marker pixels in the
-marked images of its gallery. The older criterion, the top concept holding at least 20% of the
-marker's grid cells, is printed beside it. The clean twin of each channel count (same images, no marker) is trained and analysed per
+count a detection when the verdict is "shortcut found" and the top concept holds the marker (at
+least 20% of the marker's grid cells in the marked images). A stricter reading is printed beside it:
+at least half of the top concept's footprint (what its paste test pastes and the report tints) lies
+on marker pixels in the marked images of its gallery. The clean twin of each channel count (same images, no marker) is trained and analysed per
 seed; a false alarm is a "shortcut found" verdict on it. Prints the rates per kind.
 """
 
@@ -77,7 +77,7 @@ def outcome(out: Path, result: dict, factory: str, seed: int) -> dict:
     on_marker = float(np.mean(on)) if on else 0.0
     return {"uses_marker": effect, "found": result["shortcut_found"], "marker_concepts": holders,
             "top": top, "top_share": round(float(shares[top]), 2), "top_on_marker": round(on_marker, 2),
-            "first": on_marker >= ON_MARKER, "first_by_cells": top in holders}
+            "first": top in holders, "first_on_pixels": on_marker >= ON_MARKER}
 
 
 @contextmanager
@@ -103,7 +103,7 @@ def main() -> None:
     kinds = args.kinds.split(",")
     rows = []
     for kind in kinds if args.twins != "only" else []:
-        hits = by_cells = 0
+        hits = on_pixels = 0
         for seed in range(args.seeds):
             start = time.perf_counter()
             with _place(args.workdir, f"marker_{kind}_{seed}") as tmp:
@@ -111,10 +111,10 @@ def main() -> None:
                 info = outcome(out, result, f"marker_{kind}", seed)
             hit = info["found"] and info["first"]
             hits += hit
-            by_cells += info["found"] and info["first_by_cells"]
+            on_pixels += info["found"] and info["first_on_pixels"]
             print(f"{kind} seed {seed}: {'detected' if hit else 'missed'} {info} ({time.perf_counter() - start:.0f} s)",
                   flush=True)
-        rows.append((kind, hits, by_cells))
+        rows.append((kind, hits, on_pixels))
     alarms: dict[str, int] = {}
     for channels in sorted({k.split("_")[1] for k in kinds}) if args.twins != "skip" else []:
         alarms[channels] = 0
@@ -123,10 +123,10 @@ def main() -> None:
                 _, result = planted_run(tmp, f"clean_{channels}", seed)
             alarms[channels] += result["shortcut_found"]
             print(f"clean {channels} seed {seed}: {result['verdict']}", flush=True)
-    print(f"{'kind':<14}{'detection rate':>16}{'(top by marker cells)':>23}{'false-alarm rate (clean twin)':>32}")
-    for kind, hits, by_cells in rows:
+    print(f"{'kind':<14}{'detection rate':>16}{'(footprint on marker)':>23}{'false-alarm rate (clean twin)':>32}")
+    for kind, hits, on_pixels in rows:
         ch = kind.split("_")[1]
-        print(f"{kind:<14}{f'{hits}/{args.seeds}':>16}{f'{by_cells}/{args.seeds}':>23}"
+        print(f"{kind:<14}{f'{hits}/{args.seeds}':>16}{f'{on_pixels}/{args.seeds}':>23}"
               f"{f'{alarms[ch]}/{args.seeds}' if ch in alarms else '-':>32}")
     for ch, n in alarms.items():
         print(f"clean {ch}: false alarms {n}/{args.seeds}")
