@@ -8,8 +8,9 @@ train the small CNN, check by input intervention that it uses the marker, run th
 count a detection when the verdict is "shortcut found" and the top concept holds the marker (at
 least 20% of the marker's grid cells in the marked images). A stricter reading is printed beside it:
 at least half of the top concept's footprint (what its paste test pastes and the report tints) lies
-on marker pixels in the marked images of its gallery. The clean twin of each channel count (same images, no marker) is trained and analysed per
-seed; a false alarm is a "shortcut found" verdict on it. Prints the rates per kind.
+on marker pixels in the marked images of its gallery. The clean twin of each channel count (same
+images, no marker) is trained and analysed per seed; a false alarm is a "shortcut found" verdict on
+it. Prints the rates per kind.
 """
 
 from __future__ import annotations

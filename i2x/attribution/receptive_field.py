@@ -73,7 +73,8 @@ class Footprints:
                  field_threshold: float, threshold: float, batch_size: int = 512,
                  layout: Layout = Layout("bchw")) -> None:
         self.model, self.layer, self.fields, self.reference = model, layer, fields, reference
-        self.field_threshold, self.threshold, self.batch_size, self.layout = field_threshold, threshold, batch_size, layout
+        self.field_threshold, self.threshold = field_threshold, threshold
+        self.batch_size, self.layout = batch_size, layout
 
     def __call__(self, images: torch.Tensor, cell_masks: torch.Tensor) -> torch.Tensor:
         """Footprints [B, H, W] (bool, on the CPU) of cell masks [B, h, w] in images [B, C, H, W]."""

@@ -18,8 +18,8 @@ RULE = ("shortcut = a concept that is class-tied (lift >= min_lift; lift = (P(c|
         "min_flip_excess more of them into c than random patches of the same shape from the same donors (paired z >= "
         "z_threshold; random patches flipping at most max_random_flip), and whose deletion at the layer lowers c's "
         "margin more than random cells (z >= z_threshold); "
-        "concepts ranked: those passing first, then by paste flip excess, then by the paste's margin excess; when the lead "
-        "passes, it and the passing concepts of its class on adjacent cells are joined and tested as one concept, "
+        "concepts ranked: those passing first, then by paste flip excess, then by the paste's margin excess; when the "
+        "lead passes, it and the passing concepts of its class on adjacent cells are joined and tested as one concept, "
         "which leads when it passes")
 CONCEPT_RULE = ("prototypes linked when both are class-tied (lift >= min_lift) for the same class and rather fixed in "
                 "place (concentration >= link_concentration), co-present (Jaccard over samples >= min_jaccard) and on "
