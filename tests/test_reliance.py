@@ -24,7 +24,8 @@ from i2x import api
 from i2x.stages.context import RunConfig, build_context
 from i2x.io.data import ImageData
 from i2x.metrics.reliance import concentration, evidence_order, presence_stats, shortcut_checks
-from i2x.stages.reliance import CellReplacement, deletion_margins, margin, random_cells, transplant_logits, verdict
+from i2x.attribution.interventions import CellReplacement, deletion_margins, margin, random_cells, transplant_logits
+from i2x.stages.reliance_verdict import verdict
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.sections.reliance import reliance_section
 from i2x.io.store import Store
@@ -268,12 +269,20 @@ def test_results_are_consistent_and_in_summary(planted_run):
     assert json.loads((out / "reliance.json").read_text())["ranking"] == result["ranking"]
     concepts, protos = result["concepts"], result["prototypes"]
     assert sorted(result["ranking"]) == list(range(len(concepts)))
-    assert sorted(k for c in concepts for k in c["members"]) == list(range(len(protos)))   # a partition
-    for c in concepts:
+    base = [c for c in concepts if not c.get("pieces")]
+    assert sorted(k for c in base for k in c["members"]) == list(range(len(protos)))   # a partition
+    for c in base:
         assert all(protos[k]["concept"] == c["id"] for k in c["members"])
+    for c in concepts[len(base):]:     # a shortcut split over passing concepts, joined and tested as a whole
+        assert c["id"] == len(base) and len(c["pieces"]) > 1
+        assert c["members"] == sorted(k for i in c["pieces"] for k in concepts[i]["members"])
+        assert all(all(concepts[i]["checks"].values()) for i in c["pieces"])
+        if all(c["checks"].values()):
+            assert result["ranking"][0] == c["id"]
     # the ranking follows the evidence: passing concepts first, then paste flip excess (descending)
+    order = [c for c in result["ranking"] if not (concepts[c].get("pieces") and c == result["ranking"][0])]
     keys = [(not all(concepts[c]["checks"].values()), -(concepts[c]["transplant"] or {}).get("excess_flip", 0.0))
-            for c in result["ranking"]]
+            for c in order]
     assert keys == sorted(keys)
     assert result["shortcut_found"] == all(concepts[result["ranking"][0]]["checks"].values())
     labels = Store.open(out).read("labels")

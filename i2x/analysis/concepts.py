@@ -20,6 +20,33 @@ import numpy as np
 from scipy.ndimage import binary_dilation
 
 
+def hot_cells(cells: np.ndarray, hot_share: float = 0.5) -> np.ndarray:
+    """Bool [K, h, w]: the cells holding at least ``hot_share`` of each unit's most frequent cell's count (and > 0),
+    given occurrence counts ``cells`` [K, h, w]."""
+    k = len(cells)
+    peak = np.maximum(cells.reshape(k, -1).max(axis=1, initial=0), 1)[:, None, None]
+    return (cells >= hot_share * peak) & (cells > 0)
+
+
+def pieces(lead: int, candidates: list[int], cells: np.ndarray, reach: int = 1, hot_share: float = 0.5) -> list[int]:
+    """The pieces of one pattern: ``lead`` and every candidate unit reached from it through units whose hot cells
+    lie within ``reach`` cells of one another (a marker split over concepts, each of which passed on its own).
+    ``cells`` [K, h, w] are occurrence counts per unit; returns sorted ids, ``lead`` included."""
+    hot = hot_cells(cells, hot_share)
+    structure = np.ones((2 * reach + 1, 2 * reach + 1), dtype=bool)
+    found, region = {lead}, hot[lead].copy()
+    grown = True
+    while grown:
+        grown = False
+        near = binary_dilation(region, structure=structure)
+        for c in candidates:
+            if c not in found and (hot[c] & near).any():
+                found.add(c)
+                region |= hot[c]
+                grown = True
+    return sorted(found)
+
+
 class ConceptGrouping:
     """Group prototypes into concepts (see the module docstring for the rule).
 
@@ -47,8 +74,7 @@ class ConceptGrouping:
         both = present.T.astype(np.float64) @ present.astype(np.float64)
         union = counts[:, None] + counts[None, :] - both
         self.jaccard_ = np.divide(both, union, out=np.zeros_like(both), where=union > 0)
-        hot = cells >= self.hot_share * np.maximum(cells.reshape(k, -1).max(axis=1), 1)[:, None, None]
-        hot &= cells > 0
+        hot = hot_cells(cells, self.hot_share)
         structure = np.ones((2 * self.reach + 1, 2 * self.reach + 1), dtype=bool)
         grown = np.stack([binary_dilation(m, structure=structure) for m in hot]) if k else hot
         self.adjacent_ = (grown.reshape(k, -1).astype(np.int64) @ hot.reshape(k, -1).T.astype(np.int64)) > 0

@@ -6,6 +6,12 @@ gradient of the cell's activation (summed over channels) with respect to the inp
 input channels): ``fields[i, j]`` is an [H, W] map, zero outside the analytic receptive field.
 The footprint of a set of cells (:func:`field_footprint`) is the union of each cell's core: where
 its map reaches ``threshold`` times its own maximum. All cells of a batch of images are done in one backward pass.
+
+That core is the region the cells *can* see (120-250 of 784 pixels on a 7x7 grid of a 28x28 input), far
+more than what they respond to in a given image, so pasting it carries much of the donor and random
+patches of its shape flip predictions too. :class:`Footprints` narrows it per image to the pixels the
+cells' activation depends on there: where |gradient x (image - reference)| of the cells' summed activation
+reaches ``threshold`` of its maximum within the core (a marker's own pixels, not the texture around it).
 """
 from __future__ import annotations
 
@@ -55,6 +61,44 @@ def field_footprint(fields: torch.Tensor, cell_masks: torch.Tensor, threshold: f
     core = (maps > 0) & (maps >= threshold * maps.max(dim=1, keepdim=True).values)         # [hw, H*W]
     chosen = cell_masks.reshape(len(cell_masks), h * w).to(torch.float32)
     return (chosen @ core.to(torch.float32) > 0).view(len(cell_masks), *fields.shape[2:])
+
+
+class Footprints:
+    """Per-image input footprints of grid cells: the receptive-field core (:func:`field_footprint` of ``fields`` at
+    ``field_threshold``) narrowed to where the saliency |grad x (image - reference)| of the chosen cells' summed
+    activation (summed over input channels) reaches ``threshold`` times its maximum inside the core. ``reference``
+    [C, H, W] is what an image is compared with (the mean image of the data); one backward per batch."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module, fields: torch.Tensor, reference: torch.Tensor,
+                 field_threshold: float, threshold: float, batch_size: int = 512,
+                 layout: Layout = Layout("bchw")) -> None:
+        self.model, self.layer, self.fields, self.reference = model, layer, fields, reference
+        self.field_threshold, self.threshold = field_threshold, threshold
+        self.batch_size, self.layout = batch_size, layout
+
+    def __call__(self, images: torch.Tensor, cell_masks: torch.Tensor) -> torch.Tensor:
+        """Footprints [B, H, W] (bool, on the CPU) of cell masks [B, h, w] in images [B, C, H, W]."""
+        core = field_footprint(self.fields, cell_masks, self.field_threshold)
+        device = next(iter(self.model.parameters()), torch.empty(0)).device
+        grabbed: list[torch.Tensor] = []
+        handle = self.layer.register_forward_hook(lambda _m, _i, out: grabbed.append(out))
+        saliency = torch.zeros(core.shape)
+        try:
+            for lo in range(0, len(images), self.batch_size):
+                x = images[lo:lo + self.batch_size].to(device).requires_grad_(True)
+                grabbed.clear()
+                with torch.enable_grad():
+                    self.model(x)
+                    grid = to_map(grabbed[0], self.layout).sum(dim=1)                     # [b, h, w]
+                    chosen = (grid * cell_masks[lo:lo + len(x)].to(device, grid.dtype)).sum()
+                    (grad,) = torch.autograd.grad(chosen, x)
+                weighted = grad * (x.detach() - self.reference.to(device))
+                saliency[lo:lo + len(x)] = weighted.sum(dim=1).abs().float().cpu()
+        finally:
+            handle.remove()
+        saliency = torch.where(core, saliency, torch.zeros_like(saliency))
+        peak = saliency.flatten(1).max(dim=1).values.view(-1, 1, 1)
+        return core & (saliency > 0) & (saliency >= self.threshold * peak)
 
 
 def shifted(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

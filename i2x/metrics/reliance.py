@@ -64,16 +64,31 @@ def paired(effect: np.ndarray, random: np.ndarray) -> dict[str, float]:
             "effect_size": excess / max(sd, 1e-9) if diff.size > 1 else 0.0}
 
 
+def agreement(masks: np.ndarray) -> float:
+    """How much per-image footprints [N, H, W] (bool) sit on the same pixels, in [0, 1]: with F the share of images
+    whose footprint holds each pixel, sum(F^2) / sum(F), the chance that a footprint pixel of one image is in the
+    footprint of another drawn at random (itself included). 1: the same pixels in every image; a pattern that
+    wanders over an area A times its own size gives about 1/A."""
+    share = np.asarray(masks, dtype=np.float64).reshape(len(masks), -1).mean(axis=0) if len(masks) else np.zeros(1)
+    total = share.sum()
+    return float((share ** 2).sum() / total) if total > 0 else 0.0
+
+
 def shortcut_checks(lift_c: float, concentration_c: float, paste: dict[str, float] | None,
                     deletion: dict[str, float] | None, z_threshold: float, min_flip_excess: float, min_lift: float,
-                    min_concentration: float, max_random_flip: float = 1.0) -> dict[str, bool]:
+                    min_concentration: float, max_random_flip: float = 1.0,
+                    min_agreement: float = 0.0) -> dict[str, bool]:
     """The four tests a shortcut passes: class-tied (lift), fixed in place (concentration), its paste turns
     recipients into its class more than random patches (flip excess and its z) while random patches of that shape
     rarely do (at most ``max_random_flip``: otherwise the footprint pastes so much of the donor that the test cannot
     isolate a local pattern), and deleting it costs its class's margin more than random cells (z). ``paste`` holds
-    ``excess_flip``, ``flip_z`` and ``random_flip_rate``; ``deletion`` holds ``z``."""
+    ``excess_flip``, ``flip_z``, ``random_flip_rate`` and ``agreement`` (of its donors' footprints, :func:`agreement`:
+    fixed in place needs the same grid cells, concentration, and the same pixels, at least ``min_agreement``);
+    ``deletion`` holds ``z``."""
     paste, deletion = paste or {}, deletion or {}
-    return {"class_tied": bool(lift_c >= min_lift), "fixed_in_place": bool(concentration_c >= min_concentration),
+    return {"class_tied": bool(lift_c >= min_lift),
+            "fixed_in_place": bool(concentration_c >= min_concentration
+                                   and paste.get("agreement", 0.0 if min_agreement > 0 else 1.0) >= min_agreement),
             "paste": bool(paste.get("excess_flip", 0.0) >= min_flip_excess and paste.get("flip_z", 0.0) >= z_threshold
                           and paste.get("random_flip_rate", 1.0) <= max_random_flip),
             "deletion": bool(deletion.get("z", 0.0) >= z_threshold)}

@@ -44,11 +44,13 @@ class Curation:
 
 
 def concept_members(out_dir: str | Path, k: int) -> list[list[int]]:
-    """The prototypes of each concept from the reliance study (reliance.json), or one concept per prototype."""
+    """The prototypes of each concept from the reliance study (reliance.json), or one concept per prototype. A
+    concept joined from pieces comes last, so in :func:`concept_shares` its prototypes count its whole share."""
     path = as_path(out_dir) / RELIANCE
     if path.is_file():
         concepts = read_json(path, "i2x reliance").get("concepts")
-        if concepts and sum(len(c["members"]) for c in concepts) == k:
+        base = [c for c in concepts if not c.get("pieces")]       # a joined shortcut repeats its pieces' members
+        if base and sum(len(c["members"]) for c in base) == k:
             return [list(c["members"]) for c in concepts]
     return [[i] for i in range(k)]
 
