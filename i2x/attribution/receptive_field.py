@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from i2x.attribution.tokens import Layout, to_map
+from i2x.attribution.tokens import Layout, patch_mean, to_map
 
 
 def cell_fields(model: nn.Module, layer: nn.Module, images: torch.Tensor, batch_size: int = 512,
@@ -27,7 +27,8 @@ def cell_fields(model: nn.Module, layer: nn.Module, images: torch.Tensor, batch_
 
     Each image is repeated once per cell; copy (b, i, j) back-propagates only cell (i, j) of its own layer output,
     so one backward gives every cell's map (the model must treat batch rows independently, as in eval mode).
-    ``layout`` says how the layer holds its grid (transformer tokens, channels last)."""
+    ``layout`` says how the layer holds its grid (transformer tokens, channels last); a token's field is evened out
+    over each input patch (:func:`~i2x.attribution.tokens.patch_mean`), the unit its patch embedding reads."""
     device = next(iter(model.parameters()), torch.empty(0)).device
     grabbed: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: grabbed.append(out))
@@ -49,7 +50,8 @@ def cell_fields(model: nn.Module, layer: nn.Module, images: torch.Tensor, batch_
             total += grad.view(-1, h * w, *grad.shape[-2:]).sum(dim=0)
     finally:
         handle.remove()
-    return (total / len(images)).view(h, w, *images.shape[-2:])
+    fields = (total / len(images)).view(h, w, *images.shape[-2:])
+    return patch_mean(fields) if layout.kind == "tokens" else fields
 
 
 def field_footprint(fields: torch.Tensor, cell_masks: torch.Tensor, threshold: float) -> torch.Tensor:
