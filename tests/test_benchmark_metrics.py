@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from i2x.attribution.fusion import dual_evidence, peak_normalise
-from i2x.attribution.occlusion import cell_of_pixel, occlusion
+from i2x.attribution.occlusion import cell_of_pixel, class_probability, occlusion
 from i2x.metrics import leakage as lk
 from i2x.metrics.robustness import max_sensitivity, pearson, spearman, top_k_iou
 
@@ -26,14 +26,14 @@ def test_occlusion_is_the_probability_drop_per_cell_footprint():
     # 4x4 image, 2x2 grid: cell (i, j) covers a 2x2 block. Block sums 1+2+5+6=14, 3+4+7+8=22,
     # 9+10+13+14=46, 11+12+15+16=54; total 136. Hiding a block with colour 0 removes its sum.
     image = torch.arange(1.0, 17.0, dtype=torch.float64).view(1, 1, 4, 4) / 10
-    maps = occlusion(sum_model, image, torch.tensor([0]), (2, 2), batch_size=3)
+    maps = occlusion(class_probability(sum_model, torch.tensor([0])), image, (2, 2), batch_size=3)
     base = sigmoid(0.5 * 13.6)
     expected = [[base - sigmoid(0.5 * (13.6 - s / 10)) for s in row] for row in ((14, 22), (46, 54))]
     np.testing.assert_allclose(maps[0].numpy(), expected, rtol=1e-5)
     # Class 1 gains when evidence for class 0 is hidden: its drops are negative, so ReLU gives 0.
-    assert torch.all(occlusion(sum_model, image, torch.tensor([1]), (2, 2)) == 0)
+    assert torch.all(occlusion(class_probability(sum_model, torch.tensor([1])), image, (2, 2)) == 0)
     # A colour of 1 per channel: the block's pixels become 1 (sum 4 per block).
-    coloured = occlusion(sum_model, image, torch.tensor([0]), (2, 2), colour=[1.0])
+    coloured = occlusion(class_probability(sum_model, torch.tensor([0])), image, (2, 2), colour=[1.0])
     assert coloured[0, 1, 1].item() == pytest.approx(base - sigmoid(0.5 * (13.6 - 5.4 + 4)), rel=1e-5)
     # Footprints of a grid that does not divide the input: 5 pixels over 2 cells -> 0,0,0,1,1.
     assert cell_of_pixel((5, 5), (2, 2))[:, 0].tolist() == [0, 0, 0, 2, 2]
