@@ -8,9 +8,9 @@ channel), blur (Gaussian, kernel 3, sigma 0.7), horizontal flip (the map is flip
 
 Max-sensitivity follows captum's ``sensitivity_max`` normalisation: max over ``samples`` draws of
 d ~ U[-radius, radius] per input element of ||phi(x + d) - phi(x)||_2 / ||phi(x)||_2 (radius 0.02,
-10 samples). Quantus' MaxSensitivity divides by ||x|| instead (200 samples, radius 0.2): the two
-are not comparable; we follow captum because raw CAMs have arbitrary scales and ||x|| is the same
-for every method.
+10 samples). Quantus 0.6's MaxSensitivity normalises the same way (the map's norm, which makes
+raw CAMs of arbitrary scale comparable; tests/test_benchmark_quantus.py checks it draw for draw)
+but defaults to 200 samples of radius 0.2, so its numbers are not comparable with these defaults.
 """
 
 from __future__ import annotations
