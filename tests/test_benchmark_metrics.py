@@ -5,11 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from i2x.attribution.fusion import dual_evidence, peak_normalise
 from i2x.attribution.occlusion import cell_of_pixel, class_probability, occlusion
 from i2x.metrics import leakage as lk
 from i2x.metrics.robustness import max_sensitivity, pearson, spearman, top_k_iou
+from i2x.stages.benchmark_maps import scoring_model
 
 
 def sum_model(x: torch.Tensor) -> torch.Tensor:
@@ -104,3 +106,52 @@ def test_max_sensitivity_of_a_linear_explainer():
     got = got["linear"]
     bound = 0.1 * 4 / 4
     assert np.all(got <= bound) and np.all(got > 0.6 * bound)
+    # Given phi(x), the same draws give the same result without explaining x again.
+    again = max_sensitivity(lambda z: {"linear": 3 * z[:, 0]}, x, radius=0.1, samples=50,
+                            generator=torch.Generator().manual_seed(0), maps={"linear": 3 * x[:, 0]})
+    np.testing.assert_array_equal(again["linear"], got)
+
+
+class Branchy(nn.Module):
+    """Conv + batch norm with data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(4, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) if x.sum() > 0 else -self.body(x)
+
+
+class Reuse(nn.Module):
+    """The ReLU's input is used again after it: it must not be overwritten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.relu = nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.bn(self.conv(x))
+        return (self.relu(a) - a).mean(dim=(2, 3))
+
+
+def test_scoring_model_folds_batch_norms_and_keeps_the_logits():
+    torch.manual_seed(0)
+    model = Branchy().eval()
+    for m in model.modules():  # non-trivial running statistics, so folding changes the weights
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
+    x = torch.randn(4, 3, 8, 8)
+    assert scoring_model(model, x) is model  # untraceable: scored as it is
+    fused = scoring_model(model.body, x)
+    assert fused is not model.body and not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model.body(x), rtol=1e-4, atol=1e-5)
+    assert fused.get_submodule("2").inplace  # conv -> ReLU: the conv's output is used once
+    reuse = Reuse().eval()
+    fused = scoring_model(reuse, x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules()) and not fused.get_submodule("relu").inplace
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), reuse(x), rtol=1e-4, atol=1e-5)
+    assert scoring_model(model.body.train(), x) is model.body  # training mode: batch statistics, nothing to fold

@@ -70,10 +70,12 @@ def top_k_iou(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, share:
 
 def max_sensitivity(explain: Callable[[torch.Tensor], dict[str, torch.Tensor]], images: torch.Tensor,
                     radius: float = SENSITIVITY_RADIUS, samples: int = SENSITIVITY_SAMPLES,
-                    generator: torch.Generator | None = None) -> dict[str, np.ndarray]:
+                    generator: torch.Generator | None = None,
+                    maps: dict[str, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
     """captum-style max-sensitivity [B] per method: max over draws of ||phi(x + d) - phi(x)|| / ||phi(x)||,
-    d ~ U[-r, r]. ``explain`` returns every method's maps at once, so each draw costs one call."""
-    base = {m: _rows(v) for m, v in explain(images).items()}
+    d ~ U[-r, r]. ``explain`` returns every method's maps at once, so each draw costs one call;
+    ``maps`` are phi(x) when the caller has them already."""
+    base = {m: _rows(v) for m, v in (explain(images) if maps is None else maps).items()}
     worst = {m: np.zeros(v.shape[0]) for m, v in base.items()}
     for _ in range(samples):
         d = (torch.rand(images.shape, generator=generator) * 2 - 1).to(images) * radius

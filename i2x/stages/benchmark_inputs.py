@@ -61,7 +61,8 @@ class BenchmarkConfig(ModelAccess):
     sensitivity_radius: float = option(0.02, "max-sensitivity radius, uniform noise in normalised input units",
                                        low=0)
     seed: int = option(0, "seed of the sample, random orders and noise")
-    batch_size: int = option(512, "images per forward batch", low=1)
+    batch_size: int = option(128, "images per forward batch (on a CPU larger batches are slower: they outgrow "
+                                  "the cache)", low=1)
     device: str = device_option()
     progress: bool = option(True, "show progress", cli=False)
 

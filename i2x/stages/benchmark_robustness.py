@@ -35,7 +35,7 @@ def robustness_scores(explainer: Explainer, x: torch.Tensor, target: ClassTarget
             warnings.simplefilter("ignore", RuntimeWarning)  # a sample whose every map is constant: NaN
             scores[m]["robust_spearman"] = mean_std(np.nanmean(np.stack(per_transform[m]), axis=0))
     sensitivity = max_sensitivity(lambda z: explainer.maps(z, target), x, radius, samples,
-                                  torch.Generator().manual_seed(seed))
+                                  torch.Generator().manual_seed(seed), maps)
     for m in maps:
         scores[m]["max_sensitivity"] = mean_std(sensitivity[m])
     return scores

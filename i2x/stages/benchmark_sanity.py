@@ -26,9 +26,10 @@ def randomisation(model: nn.Module, explainer: Explainer, images: torch.Tensor, 
     model = copy.deepcopy(model).eval()
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))][::-1]
     steps = []
-    random_explainer = Explainer(model, explainer.layer, explainer.grid, explainer.methods, explainer.batch_size)
     for i, (name, module) in enumerate(layers):
         torch.manual_seed(seed + i)
         module.reset_parameters()
-        steps.append({"layer": name, "spearman": similarity(random_explainer.maps(images, target), original)})
+        randomised = Explainer(model, explainer.layer, explainer.grid, explainer.methods, explainer.batch_size,
+                               images[:2])
+        steps.append({"layer": name, "spearman": similarity(randomised.maps(images, target), original)})
     return steps
