@@ -7,11 +7,13 @@ import pytest
 import torch
 from torch import nn
 
+from i2x.attribution import INTERVENTIONS, METHODS, Attributor, get_methods
 from i2x.attribution.fusion import dual_evidence, peak_normalise
 from i2x.attribution.occlusion import cell_of_pixel, class_probability, occlusion
 from i2x.metrics import leakage as lk
 from i2x.metrics.robustness import max_sensitivity, pearson, spearman, top_k_iou
 from i2x.stages.benchmark_maps import scoring_model
+from i2x.stages.context import RunConfig
 
 
 def sum_model(x: torch.Tensor) -> torch.Tensor:
@@ -39,6 +41,25 @@ def test_occlusion_is_the_probability_drop_per_cell_footprint():
     assert coloured[0, 1, 1].item() == pytest.approx(base - sigmoid(0.5 * (13.6 - 5.4 + 4)), rel=1e-5)
     # Footprints of a grid that does not divide the input: 5 pixels over 2 cells -> 0,0,0,1,1.
     assert cell_of_pixel((5, 5), (2, 2))[:, 0].tolist() == [0, 0, 0, 2, 2]
+
+
+def test_occlusion_and_dea_as_stored_methods_through_the_attributor():
+    # --methods gradcam,occlusion,dea: one attribute() call gives the same maps as the functions, and
+    # neither intervention method is a default.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    x, y = torch.randn(3, 3, 8, 8), torch.tensor([0, 2, 1])
+    with Attributor(model, "3", get_methods(["occlusion", "dea", "gradcam"])) as attributor:
+        cams = attributor.attribute(x, y).cams
+    assert list(cams) == ["occlusion", "dea", "gradcam"]
+    expected = occlusion(class_probability(model, y), x, (4, 4))
+    torch.testing.assert_close(cams["occlusion"], expected)
+    assert cams["occlusion"].max() > 0
+    torch.testing.assert_close(cams["dea"], dual_evidence(cams["gradcam"], expected))
+    with Attributor(model, "3", get_methods(["dea"])) as attributor:  # alone: computes both of its inputs
+        torch.testing.assert_close(attributor.attribute(x, y).cams["dea"], cams["dea"])
+    assert "occlusion" in INTERVENTIONS and "occlusion" not in METHODS and "dea" not in RunConfig("ck").methods
 
 
 def test_dual_evidence_limits():

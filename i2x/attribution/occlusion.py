@@ -5,7 +5,8 @@ floor(x w / W) = j (its footprint). The map is ReLU(s(x) - s(x with the footprin
 the region-level intervention evidence: positive where hiding the cell lowers the target's score s.
 For a classifier s is the softmax probability of the target class (:func:`class_probability`); any
 score of an image and its sample's target fits (e.g. a segmentation region's mean class score).
-All B h w occluded images are scored in batches of ``batch_size``.
+All B h w occluded images are scored in batches of ``batch_size``. :class:`Occlusion` makes it a
+stored method (``i2x extract --methods gradcam,occlusion``), its batches as large as the extraction's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+
+from i2x.attribution.base import InterventionMethod, register
 
 #: s(images [N, C, H, W], rows [N]) -> scores [N]: image n scored for the target of sample rows[n].
 Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -60,3 +63,16 @@ def occlusion(score: Score, images: torch.Tensor, grid: tuple[int, int], colour:
             x = torch.where(hidden, value.view(1, -1, 1, 1), images[sample])
             drops.append(base[sample] - score(x, sample))
     return torch.cat(drops).view(b, h, w).clamp(min=0).float().cpu()
+
+
+@register
+class Occlusion(InterventionMethod):
+    """Occlusion at the target layer's grid, mean-colour fill, the drop of the explained class's probability."""
+
+    name = "occlusion"
+    summary = "drop of the class probability when a cell's input footprint is set to the mean colour"
+
+    def explain(self, model: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor, activations: torch.Tensor,
+                grads: torch.Tensor, cams: dict[str, torch.Tensor]) -> torch.Tensor:
+        grid = (int(activations.shape[-2]), int(activations.shape[-1]))
+        return occlusion(class_probability(model, classes), x, grid, batch_size=len(x)).to(activations.device)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from i2x.attribution import METHODS
+from i2x.attribution import INTERVENTIONS, METHODS
 from i2x.errors import UserError
 from i2x.io.store import Store
 from i2x.io.workdir import checkpoint_index, usable_checkpoints
@@ -20,8 +20,8 @@ from i2x.metrics import leakage as lk
 from i2x.settings import device_option, option
 from i2x.stages.context import ModelAccess
 
-#: Methods the benchmark adds to the registered CAM methods.
-EXTRA_METHODS = ("occlusion", "dea")
+#: Methods the benchmark adds to the stored CAM methods: the intervention methods (occlusion, dea).
+EXTRA_METHODS = tuple(INTERVENTIONS)
 
 
 def _names(value: Any) -> tuple[str, ...]:

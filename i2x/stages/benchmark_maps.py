@@ -62,7 +62,8 @@ def _relu_in_place(graph: fx.GraphModule) -> None:
 
 def scoring_model(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """An eval-mode copy of ``model`` for no-grad scoring, its batch norms folded into the preceding
-    convolutions and its ReLUs in place; ``model`` itself when it cannot be traced or the copy's logits differ on ``example``."""
+    convolutions and its ReLUs in place; ``model`` itself when it cannot be traced or the copy's logits
+    differ on ``example``."""
     if model.training or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return model
     try:
