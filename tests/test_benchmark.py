@@ -127,7 +127,7 @@ def test_occlusion_and_dea_extracted_into_the_store(run):
     expected = occlusion(class_probability(ctx.model, labels), images, store.grid)
     stored = np.asarray(store.cam("occlusion")[2, :12])
     np.testing.assert_allclose(stored, expected.numpy(), atol=1e-5)
-    assert stored.max() > 0.01
+    assert stored.max() > 1e-3  # well above the tolerance: the comparison is not 0 = 0
     np.testing.assert_allclose(np.asarray(store.cam("dea")[2, :12]),
                                dual_evidence(torch.from_numpy(np.asarray(store.cam("gradcam")[2, :12])),
                                              expected).numpy(), atol=1e-4)
