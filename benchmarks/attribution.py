@@ -35,8 +35,9 @@ def runtime_table(result: dict) -> None:
     for m, v in per.items():
         print(f"{m:>10}  {v:8.3f}  {v / base:8.2f}" if base else f"{m:>10}  {v:8.3f}")
     n = result["n_samples"] * len(result["checkpoints"])
-    print(f"benchmark: {result['seconds']:.1f} s for {len(result['checkpoints'])} checkpoints x {result['n_samples']} "
-          f"samples = {1000 * result['seconds'] / n:.1f} ms per image and checkpoint")
+    print(f"benchmark: {result['seconds']:.1f} s wall, {result['cpu_seconds']:.1f} s CPU (all threads) for "
+          f"{len(result['checkpoints'])} checkpoints x {result['n_samples']} samples = "
+          f"{1000 * result['seconds'] / n:.1f} ms per image and checkpoint")
 
 
 def planted(seeds: int, samples: int) -> None:

@@ -17,6 +17,8 @@ import vl_convert as vlc
 
 from i2x import api
 from i2x.attribution import Attributor, get_methods
+from i2x.attribution.fusion import dual_evidence
+from i2x.attribution.occlusion import class_probability, occlusion
 from i2x.cli import main
 from i2x.errors import UserError
 from i2x.io.store import Store
@@ -109,6 +111,28 @@ def test_json_structure_and_leakage_matches_a_direct_computation(run, result):
     # The first checkpoint is identical to itself.
     first = result["results"]["epoch_1.pt"]
     assert first["gradcam"]["similarity_to_first"]["mean"] == pytest.approx(1.0)
+
+
+def test_occlusion_and_dea_extracted_into_the_store(run):
+    # i2x extract --methods gradcam,occlusion,dea stores them like CAMs; the benchmark then takes each once.
+    out = run / "an_interventions"
+    api.extract(RunConfig(checkpoints=str(run / "ck"), data=f"npz:{run / 'd.npz'}", input_size=32, limit=12,
+                          methods=("gradcam", "occlusion", "dea")), out=out, progress=False)
+    store = Store.open(out)
+    assert store.methods == ["gradcam", "occlusion", "dea"]
+    ctx = open_context(store, 2, "cpu", 64, False)
+    rows = np.arange(12)
+    images = torch.stack([ctx.dataset[int(i)][0] for i in store.read("sample_index")[rows]])
+    labels = torch.as_tensor(store.read("labels")[rows])
+    expected = occlusion(class_probability(ctx.model, labels), images, store.grid)
+    stored = np.asarray(store.cam("occlusion")[2, :12])
+    np.testing.assert_allclose(stored, expected.numpy(), atol=1e-5)
+    assert stored.max() > 1e-3  # well above the tolerance: the comparison is not 0 = 0
+    np.testing.assert_allclose(np.asarray(store.cam("dea")[2, :12]),
+                               dual_evidence(torch.from_numpy(np.asarray(store.cam("gradcam")[2, :12])),
+                                             expected).numpy(), atol=1e-4)
+    result = api.benchmark(out, **{**SMALL, "samples": 8, "detail_samples": 4, "checkpoints": ("final",)})
+    assert result["methods"] == ["gradcam", "occlusion", "dea"]
 
 
 def test_checkpoint_selection_and_user_errors(run):

@@ -5,11 +5,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from i2x.attribution import INTERVENTIONS, METHODS, Attributor, get_methods
 from i2x.attribution.fusion import dual_evidence, peak_normalise
-from i2x.attribution.occlusion import cell_of_pixel, occlusion
+from i2x.attribution.occlusion import cell_of_pixel, class_probability, occlusion
 from i2x.metrics import leakage as lk
 from i2x.metrics.robustness import max_sensitivity, pearson, spearman, top_k_iou
+from i2x.stages.benchmark_maps import scoring_model
+from i2x.stages.context import RunConfig
 
 
 def sum_model(x: torch.Tensor) -> torch.Tensor:
@@ -26,17 +30,36 @@ def test_occlusion_is_the_probability_drop_per_cell_footprint():
     # 4x4 image, 2x2 grid: cell (i, j) covers a 2x2 block. Block sums 1+2+5+6=14, 3+4+7+8=22,
     # 9+10+13+14=46, 11+12+15+16=54; total 136. Hiding a block with colour 0 removes its sum.
     image = torch.arange(1.0, 17.0, dtype=torch.float64).view(1, 1, 4, 4) / 10
-    maps = occlusion(sum_model, image, torch.tensor([0]), (2, 2), batch_size=3)
+    maps = occlusion(class_probability(sum_model, torch.tensor([0])), image, (2, 2), batch_size=3)
     base = sigmoid(0.5 * 13.6)
     expected = [[base - sigmoid(0.5 * (13.6 - s / 10)) for s in row] for row in ((14, 22), (46, 54))]
     np.testing.assert_allclose(maps[0].numpy(), expected, rtol=1e-5)
     # Class 1 gains when evidence for class 0 is hidden: its drops are negative, so ReLU gives 0.
-    assert torch.all(occlusion(sum_model, image, torch.tensor([1]), (2, 2)) == 0)
+    assert torch.all(occlusion(class_probability(sum_model, torch.tensor([1])), image, (2, 2)) == 0)
     # A colour of 1 per channel: the block's pixels become 1 (sum 4 per block).
-    coloured = occlusion(sum_model, image, torch.tensor([0]), (2, 2), colour=[1.0])
+    coloured = occlusion(class_probability(sum_model, torch.tensor([0])), image, (2, 2), colour=[1.0])
     assert coloured[0, 1, 1].item() == pytest.approx(base - sigmoid(0.5 * (13.6 - 5.4 + 4)), rel=1e-5)
     # Footprints of a grid that does not divide the input: 5 pixels over 2 cells -> 0,0,0,1,1.
     assert cell_of_pixel((5, 5), (2, 2))[:, 0].tolist() == [0, 0, 0, 2, 2]
+
+
+def test_occlusion_and_dea_as_stored_methods_through_the_attributor():
+    # --methods gradcam,occlusion,dea: one attribute() call gives the same maps as the functions, and
+    # neither intervention method is a default.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    x, y = torch.randn(3, 3, 8, 8), torch.tensor([0, 2, 1])
+    with Attributor(model, "3", get_methods(["occlusion", "dea", "gradcam"])) as attributor:
+        cams = attributor.attribute(x, y).cams
+    assert list(cams) == ["occlusion", "dea", "gradcam"]
+    expected = occlusion(class_probability(model, y), x, (4, 4))
+    torch.testing.assert_close(cams["occlusion"], expected)
+    assert cams["occlusion"].max() > 0
+    torch.testing.assert_close(cams["dea"], dual_evidence(cams["gradcam"], expected))
+    with Attributor(model, "3", get_methods(["dea"])) as attributor:  # alone: computes both of its inputs
+        torch.testing.assert_close(attributor.attribute(x, y).cams["dea"], cams["dea"])
+    assert "occlusion" in INTERVENTIONS and "occlusion" not in METHODS and "dea" not in RunConfig("ck").methods
 
 
 def test_dual_evidence_limits():
@@ -104,3 +127,52 @@ def test_max_sensitivity_of_a_linear_explainer():
     got = got["linear"]
     bound = 0.1 * 4 / 4
     assert np.all(got <= bound) and np.all(got > 0.6 * bound)
+    # Given phi(x), the same draws give the same result without explaining x again.
+    again = max_sensitivity(lambda z: {"linear": 3 * z[:, 0]}, x, radius=0.1, samples=50,
+                            generator=torch.Generator().manual_seed(0), maps={"linear": 3 * x[:, 0]})
+    np.testing.assert_array_equal(again["linear"], got)
+
+
+class Branchy(nn.Module):
+    """Conv + batch norm with data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(4, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) if x.sum() > 0 else -self.body(x)
+
+
+class Reuse(nn.Module):
+    """The ReLU's input is used again after it: it must not be overwritten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.relu = nn.Conv2d(3, 2, 3), nn.BatchNorm2d(2), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.bn(self.conv(x))
+        return (self.relu(a) - a).mean(dim=(2, 3))
+
+
+def test_scoring_model_folds_batch_norms_and_keeps_the_logits():
+    torch.manual_seed(0)
+    model = Branchy().eval()
+    for m in model.modules():  # non-trivial running statistics, so folding changes the weights
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
+    x = torch.randn(4, 3, 8, 8)
+    assert scoring_model(model, x) is model  # untraceable: scored as it is
+    fused = scoring_model(model.body, x)
+    assert fused is not model.body and not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model.body(x), rtol=1e-4, atol=1e-5)
+    assert fused.get_submodule("2").inplace  # conv -> ReLU: the conv's output is used once
+    reuse = Reuse().eval()
+    fused = scoring_model(reuse, x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules()) and not fused.get_submodule("relu").inplace
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), reuse(x), rtol=1e-4, atol=1e-5)
+    assert scoring_model(model.body.train(), x) is model.body  # training mode: batch statistics, nothing to fold

@@ -5,13 +5,17 @@ imported below; it then appears in ``--methods``, the store and the report with 
 """
 
 from i2x.attribution.attributor import Attributor, BatchResult
-from i2x.attribution.base import METHODS, CamMethod, get_methods, register, unregister
+from i2x.attribution.base import INTERVENTIONS, METHODS, CamMethod, InterventionMethod, get_methods, register, \
+    unregister
 from i2x.attribution.display import display_maps
 from i2x.attribution.gradcam import GradCAM
 from i2x.attribution.gradcampp import GradCAMPlusPlus
 from i2x.attribution.layercam import LayerCAM
+from i2x.attribution.occlusion import Occlusion
+from i2x.attribution.fusion import DualEvidence
 from i2x.attribution.layers import find_target_layer, get_layer, prefer_channels_last
 
-__all__ = ["Attributor", "BatchResult", "CamMethod", "GradCAM", "GradCAMPlusPlus", "LayerCAM", "METHODS",
+__all__ = ["Attributor", "BatchResult", "CamMethod", "DualEvidence", "GradCAM", "GradCAMPlusPlus", "INTERVENTIONS",
+           "InterventionMethod", "LayerCAM", "METHODS", "Occlusion",
            "display_maps", "find_target_layer", "get_layer", "get_methods", "prefer_channels_last", "register",
            "unregister"]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from i2x.attribution.base import CamMethod
+from i2x.attribution.base import CamMethod, InterventionMethod
 from i2x.attribution.layers import get_layer
 from i2x.attribution.tokens import Layout, detect, from_map, to_map
 from i2x.errors import UserError
@@ -122,11 +122,16 @@ class Attributor:
         acts = activation.detach().float()
         grads = grads.float()
         logits = logits.detach()
+        cams = {name: method(acts, grads) for name, method in self.methods.items()
+                if not isinstance(method, InterventionMethod)}
+        for name, method in self.methods.items():  # after the gradient maps, which they may use
+            if isinstance(method, InterventionMethod):
+                cams[name] = method.explain(self.model, x, classes, acts, grads, cams)
         return BatchResult(
             logits=logits,
             probs=F.softmax(logits.float(), dim=1),
             targets=classes,
-            cams={name: method(acts, grads) for name, method in self.methods.items()},
+            cams={name: cams[name] for name in self.methods},
             features=acts.permute(0, 2, 3, 1).to(torch.float16, memory_format=torch.contiguous_format)
             if want_features else None,
         )

@@ -38,8 +38,21 @@ class CamMethod:
         return cam.clamp_(min=0)
 
 
+class InterventionMethod(CamMethod):
+    """A map from interventions on the input (occlusion and the like): it needs the model and the batch,
+    not only the layer's activations and gradients, and costs many forwards, so ``--methods`` must name it."""
+
+    def explain(self, model: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor, activations: torch.Tensor,
+                grads: torch.Tensor, cams: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Map [B, h, w] at the layer's grid for the batch ``x`` and the explained ``classes``; ``cams`` holds the
+        gradient methods' maps of the same batch."""
+        raise NotImplementedError
+
+
 #: Every known CAM method by name, in registration order (the default ``--methods`` is all of them).
 METHODS: dict[str, CamMethod] = {}
+#: Intervention methods by name: stored like CAMs when ``--methods`` names them, never a default.
+INTERVENTIONS: dict[str, InterventionMethod] = {}
 
 M = TypeVar("M", bound=type[CamMethod])
 
@@ -48,21 +61,26 @@ def register(cls: M) -> M:
     """Class decorator: make a :class:`CamMethod` subclass available under ``cls.name``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} needs a non-empty `name` to be registered")
-    METHODS[cls.name] = cls()
+    if issubclass(cls, InterventionMethod):
+        INTERVENTIONS[cls.name] = cls()
+    else:
+        METHODS[cls.name] = cls()
     return cls
 
 
 def unregister(name: str) -> None:
     """Forget a registered method (for plug-ins and tests that add one temporarily)."""
     METHODS.pop(name, None)
+    INTERVENTIONS.pop(name, None)
 
 
 def get_methods(names: list[str] | tuple[str, ...]) -> dict[str, CamMethod]:
     """Look up CAM methods by name, keeping the given order; an unknown name is a UserError."""
-    unknown = [n for n in names if n not in METHODS]
+    known: dict[str, CamMethod] = {**METHODS, **INTERVENTIONS}
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise UserError(
             f"--methods: unknown CAM method(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
-            f"choose from {', '.join(METHODS)}"
+            f"choose from {', '.join(known)}"
         )
-    return {n: METHODS[n] for n in names}
+    return {n: known[n] for n in names}

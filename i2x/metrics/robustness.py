@@ -8,9 +8,9 @@ channel), blur (Gaussian, kernel 3, sigma 0.7), horizontal flip (the map is flip
 
 Max-sensitivity follows captum's ``sensitivity_max`` normalisation: max over ``samples`` draws of
 d ~ U[-radius, radius] per input element of ||phi(x + d) - phi(x)||_2 / ||phi(x)||_2 (radius 0.02,
-10 samples). Quantus' MaxSensitivity divides by ||x|| instead (200 samples, radius 0.2): the two
-are not comparable; we follow captum because raw CAMs have arbitrary scales and ||x|| is the same
-for every method.
+10 samples). Quantus 0.6's MaxSensitivity normalises the same way (the map's norm, which makes
+raw CAMs of arbitrary scale comparable; tests/test_benchmark_quantus.py checks it draw for draw)
+but defaults to 200 samples of radius 0.2, so its numbers are not comparable with these defaults.
 """
 
 from __future__ import annotations
@@ -70,10 +70,12 @@ def top_k_iou(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, share:
 
 def max_sensitivity(explain: Callable[[torch.Tensor], dict[str, torch.Tensor]], images: torch.Tensor,
                     radius: float = SENSITIVITY_RADIUS, samples: int = SENSITIVITY_SAMPLES,
-                    generator: torch.Generator | None = None) -> dict[str, np.ndarray]:
+                    generator: torch.Generator | None = None,
+                    maps: dict[str, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
     """captum-style max-sensitivity [B] per method: max over draws of ||phi(x + d) - phi(x)|| / ||phi(x)||,
-    d ~ U[-r, r]. ``explain`` returns every method's maps at once, so each draw costs one call."""
-    base = {m: _rows(v) for m, v in explain(images).items()}
+    d ~ U[-r, r]. ``explain`` returns every method's maps at once, so each draw costs one call;
+    ``maps`` are phi(x) when the caller has them already."""
+    base = {m: _rows(v) for m, v in (explain(images) if maps is None else maps).items()}
     worst = {m: np.zeros(v.shape[0]) for m, v in base.items()}
     for _ in range(samples):
         d = (torch.rand(images.shape, generator=generator) * 2 - 1).to(images) * radius

@@ -51,7 +51,8 @@ class RunConfig:
     split: str = option("train", "data split to analyse")
     layer: str | None = option(None, "target layer by dotted name (e.g. layer4, features.7); default: the last "
                                "module whose output is a 4-D map with at least 3x3 cells", metavar="NAME")
-    methods: tuple[str, ...] = option(help="CAM methods, from the registered ones", parse=name_list, metavar="A,B",
+    methods: tuple[str, ...] = option(help="CAM methods, from the registered ones; occlusion and dea only when "
+                                      "named (a forward per grid cell)", parse=name_list, metavar="A,B",
                                       default_factory=lambda: tuple(METHODS))
     target: str = option("true", "class each CAM explains: the true label (comparable across checkpoints) or the "
                          "predicted class", choices=("true", "predicted"))

@@ -98,7 +98,8 @@ def benchmark_section(r: ReportInputs) -> Section | None:
                          f"baseline MoRF {_pm(b['random'][last]['pixel']['morf'] | {'std': b['random'][last]['pixel']['morf']['std_draws']})} (± over draws)"),
         ("Perturbations", "; ".join(f"{k}: {v}" for k, v in b["transforms"].items())),
         ("DEA", "O + a (G - O) / 2 with G, O the peak-normalised GradCAM and occlusion maps and a = 1 - |G - O|"),
-        ("Run time", f"{b['seconds']:.1f} s ({b['ms_per_image']:.1f} ms per image and checkpoint)"),
+        ("Run time", f"{b['seconds']:.1f} s ({b['ms_per_image']:.1f} ms per image and checkpoint)"
+                     + (f", {b['cpu_seconds']:.1f} s of CPU time" if "cpu_seconds" in b else "")),
     ], "facts")
     parts = [facts, f"<h3>At {last}</h3>", body]
     parts.append(r.charts.add("benchmark-tradeoff", _scatter(b), export="benchmark_tradeoff.png",

@@ -1,0 +1,122 @@
+"""Inputs of the attribution benchmark: its settings, the checkpoints and methods it covers and the
+regions of interest (ROI) that leakage is measured against."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from i2x.attribution import INTERVENTIONS, METHODS
+from i2x.errors import UserError
+from i2x.io.store import Store
+from i2x.io.workdir import checkpoint_index, usable_checkpoints
+from i2x.metrics import leakage as lk
+from i2x.settings import device_option, option
+from i2x.stages.context import ModelAccess
+
+#: Methods the benchmark adds to the stored CAM methods: the intervention methods (occlusion, dea).
+EXTRA_METHODS = tuple(INTERVENTIONS)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """``"a,b"`` or a sequence as a tuple of names."""
+    return tuple(v for v in (value.split(",") if isinstance(value, str) else value) if v)
+
+
+@dataclass
+class BenchmarkConfig(ModelAccess):
+    """Settings of ``i2x benchmark``."""
+
+    checkpoints: tuple[str, ...] = option(("first", "mid", "final"), "checkpoints to benchmark: first, mid, final or "
+                                          "names, comma-separated", parse=_names, metavar="A,B")
+    every: int | None = option(None, "benchmark every N-th usable checkpoint (and the final one) instead", low=1,
+                               metavar="N")
+    methods: tuple[str, ...] | None = option(None, "methods: CAM methods, occlusion, dea (default: the stored CAM "
+                                             "methods plus occlusion and dea)", parse=_names, metavar="A,B")
+    samples: int = option(256, "samples drawn at random from the store (maps, runtime, leakage, checkpoint "
+                               "similarity)", low=1)
+    detail_samples: int = option(32, "of those, samples for ROAD faithfulness, robustness and randomisation", low=1)
+    percentiles: tuple[float, ...] = option((10, 30, 50, 70, 90),
+                                            "ROAD percentiles p: remove the fraction 1 - p/100 of the map",
+                                            parse=lambda s: tuple(float(v) for v in s.split(",")), low=0, high=100,
+                                            low_open=True, metavar="P,Q")
+    fractions: tuple[float, ...] = option((0.2, 0.5), "report the MoRF confidence drop at these removed fractions",
+                                          parse=lambda s: tuple(float(v) for v in s.split(",")), low=0, high=1,
+                                          metavar="F,G")
+    noise: float = option(0.01, "std of ROAD's imputation noise", low=0)
+    random_draws: int = option(3, "random removal orders for the faithfulness baseline", low=1)
+    roi: str | None = option(None, "region of interest for leakage: FILE.npz:KEY (masks [N, H, W] by data set "
+                                   "index) or FILE.csv (index,x0,y0,x1,y1 boxes in input pixels, x1/y1 exclusive)",
+                             metavar="SPEC")
+    pointing_tolerance: float = option(lk.POINTING_TOLERANCE, "pointing-game tolerance in input pixels", low=0)
+    top_share: float = option(0.2, "share of cells in the top-k IoU of the robustness test", low=0, high=1,
+                              low_open=True)
+    sensitivity_samples: int = option(10, "draws of max-sensitivity (captum's default)", low=1)
+    sensitivity_radius: float = option(0.02, "max-sensitivity radius, uniform noise in normalised input units",
+                                       low=0)
+    seed: int = option(0, "seed of the sample, random orders and noise")
+    batch_size: int = option(128, "images per forward batch (on a CPU larger batches are slower: they outgrow "
+                                  "the cache)", low=1)
+    device: str = device_option()
+    progress: bool = option(True, "show progress", cli=False)
+
+
+def select_checkpoints(store: Store, names: tuple[str, ...], every: int | None) -> list[int]:
+    """Store indices of the checkpoints to benchmark, in training order, without repeats."""
+    usable = usable_checkpoints(store)
+    if every is not None:
+        chosen = list(usable[::every]) + [usable[-1]]
+    else:
+        chosen = [int(usable[len(usable) // 2]) if n == "mid" else checkpoint_index(store, n) for n in names]
+    if not chosen:
+        raise UserError("--checkpoints: name at least one checkpoint (first, mid, final or a name)")
+    return sorted({int(t) for t in chosen})
+
+
+def load_roi(spec: str, index: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Boolean ROI masks [len(index), H, W] for the data set indices ``index`` from an npz key or a CSV of boxes."""
+    h, w = size
+    if ".npz:" in spec:
+        path, key = spec.rsplit(":", 1)
+        if not Path(path).is_file():
+            raise UserError(f"--roi {spec}: no file {path}")
+        with np.load(path) as z:
+            if key not in z:
+                raise UserError(f"--roi {spec}: {path} has no key {key!r}; keys: {', '.join(z.files)}")
+            masks = np.asarray(z[key])
+        if masks.ndim != 3 or len(masks) <= int(index.max()):
+            raise UserError(f"--roi {spec}: need masks [N, H, W] covering data set index {int(index.max())}, "
+                            f"got shape {masks.shape}")
+        chosen = torch.from_numpy(masks[index].astype(np.float32))[:, None]
+        return F.interpolate(chosen, size=size, mode="nearest")[:, 0].numpy() > 0.5
+    if spec.endswith(".csv"):
+        if not Path(spec).is_file():
+            raise UserError(f"--roi {spec}: no such file")
+        out = np.zeros((len(index), h, w), dtype=bool)
+        where = {int(i): k for k, i in enumerate(index)}
+        with open(spec, newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    i, x0, y0, x1, y1 = (int(float(row[k])) for k in ("index", "x0", "y0", "x1", "y1"))
+                except (KeyError, ValueError):
+                    raise UserError(f"--roi {spec}: each row needs numeric index,x0,y0,x1,y1") from None
+                if i in where:
+                    out[where[i], max(y0, 0):y1, max(x0, 0):x1] = True
+        return out
+    raise UserError(f"--roi {spec}: give FILE.npz:KEY or FILE.csv")
+
+
+def resolve_methods(cfg: BenchmarkConfig, store: Store) -> list[str]:
+    """The methods to benchmark: the chosen ones, or the stored CAM methods plus occlusion and DEA."""
+    methods = list(cfg.methods) if cfg.methods else [m for m in store.methods if m in METHODS] + list(EXTRA_METHODS)
+    unknown = [m for m in methods if m not in METHODS and m not in EXTRA_METHODS]
+    if unknown or not methods:
+        raise UserError(f"--methods {','.join(unknown) or '(none)'}: choose among "
+                        f"{', '.join([*METHODS, *EXTRA_METHODS])}")
+    return methods
