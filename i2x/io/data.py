@@ -29,6 +29,9 @@ class indices 0..M-1 (``1.7`` or a string is refused, never truncated); every cl
 10-class set is refused, naming the sample); the normalised images hold no NaN/Inf (``--std 0``
 is refused).
 
+Segmentation sets (``segfolder:PATH``, an npz with mask keys, ``i2x/io/shapes.py:shapes_data``) yield a
+class mask per image instead of a label; :mod:`i2x.io.masks` describes them.
+
 ``digits`` is scikit-learn's ``load_digits`` (1,797 real 8x8 images), split 80/20 stratified with a
 fixed seed, upsampled bilinearly to 32x32 so a small CNN's target layer has an 8x8 grid.
 """
@@ -46,6 +49,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from i2x.errors import UserError
 from i2x.io.datasets import MIN_PER_CLASS, SPLITS, DataOptions, ImageData, tensor_data
 from i2x.io.loaders import digits, imagefolder, npz, torchvision_set
+from i2x.io.masks import segfolder
 from i2x.io.specs import SpecRegistry, import_file
 
 __all__ = ["DATA_SPECS", "MIN_PER_CLASS", "SPLITS", "DataOptions", "ImageData", "iter_batches", "labels_of",
@@ -76,7 +80,9 @@ DATA_SPECS = SpecRegistry("--data", "data")
 DATA_SPECS.register("digits", "scikit-learn's 1,797 handwritten digits, ships with the install")(
     lambda _spec, opts: digits(opts))
 DATA_SPECS.register("imagefolder:PATH", "PATH/train/<class>/*.png and PATH/test/<class>/...")(imagefolder)
-DATA_SPECS.register("npz:PATH", "MedMNIST or Keras keys")(npz)
+DATA_SPECS.register("npz:PATH", "MedMNIST or Keras keys; with mask keys a segmentation set")(npz)
+DATA_SPECS.register("segfolder:PATH", "segmentation: PATH/train/images/*.png, masks of the same name in "
+                    "PATH/train/masks/, names in PATH/classes.txt")(segfolder)
 for _kind in ("mnist", "fashionmnist", "cifar10"):
     DATA_SPECS.register(f"{_kind}:ROOT", "torchvision's files, already under ROOT")(
         lambda root, opts, kind=_kind: torchvision_set(kind, root, opts))

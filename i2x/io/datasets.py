@@ -33,6 +33,8 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     extra: dict[str, Any] = field(default_factory=dict)
+    #: "classification" (a label per image) or "segmentation" (a class mask [H, W] per image; class 0 the background).
+    task: str = "classification"
 
     def split(self, name: str) -> Dataset:
         """The named split (``train`` or ``test``)."""
@@ -59,6 +61,7 @@ class ImageData:
             "input_size": list(self.input_size),
             "mean": list(self.mean),
             "std": list(self.std),
+            "task": self.task,
             "sizes": {k: len(v) for k, v in self.splits.items()},  # type: ignore[arg-type]
         }
 

@@ -18,6 +18,7 @@ import torch
 
 from i2x.errors import UserError
 from i2x.io.datasets import DataOptions, ImageData, check_classes, check_stats, tensor_data
+from i2x.io.masks import npz_masks
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ def npz(path: str, opts: DataOptions) -> ImageData:
     if not p.is_file():
         raise UserError(f"--data npz:{path}: file not found")
     try:
+        if zipfile.is_zipfile(p):
+            with np.load(p, allow_pickle=False) as archive:
+                segmented = npz_masks(f"npz:{path}", archive, p, opts)
+            if segmented is not None:
+                return segmented
         arrays, names = _read_npz(p, path)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         # what np.load raises on a file that is no npz, a cut-short one, or object arrays (pickles: never loaded)
