@@ -31,6 +31,23 @@ def pixel_logits(output: Any) -> torch.Tensor:
     return output
 
 
+def check_pixel_logits(model: nn.Module, dataset: Any, spec: str) -> None:
+    """Refuse, before training, a model that gives no per-pixel logits of the image's size for segmentation data."""
+    x = dataset[0][0].unsqueeze(0)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        try:
+            logits = pixel_logits(model(x))
+        except UserError:
+            raise UserError(f"--model {spec}: segmentation needs per-pixel logits [B, M, H, W] (a tensor or a dict "
+                            "with 'out'); use --model small-segnet or torchvision:fcn_resnet50") from None
+    model.train(was_training)
+    if tuple(logits.shape[-2:]) != tuple(x.shape[-2:]):
+        raise UserError(f"--model {spec}: its logits are {tuple(logits.shape[-2:])} per image but the masks are "
+                        f"{tuple(x.shape[-2:])}; upsample the logits to the input size in the model's forward")
+
+
 class SmallSegNet(nn.Module):
     """A tiny fully convolutional net: an 8x8 grid at ``features`` for 32x32 inputs, logits upsampled to the input.
 

@@ -25,6 +25,7 @@ from i2x.attribution import METHODS, prefer_channels_last
 from i2x.attribution.tokens import parse as parse_tokens
 from i2x.io.checkpoints import ORDERS, Checkpoint, Listing, is_finite, list_checkpoints, load_into, select
 from i2x.io.data import DATA_SPECS, DataOptions, ImageData, labels_of, load_data
+from i2x.io.masks import region_rows
 from i2x.io.workdir import usable_checkpoints
 from i2x.io.devices import resolve_device
 from i2x.errors import UserError
@@ -177,6 +178,8 @@ def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
         raise UserError(f"checkpoint directory {config.checkpoints} does not exist or is not a directory")
     opts = DataOptions(config.input_size, config.channels, config.mean, config.std)
     data = load_data(config.data, opts)
+    if data.task == "segmentation":
+        data = region_rows(data)  # a row per image and foreground class (i2x.stages.segmentation)
     name_classes(config, data)
     dataset = data.split(config.split)
     index = np.arange(len(dataset))  # type: ignore[arg-type]
