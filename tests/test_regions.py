@@ -98,8 +98,7 @@ def test_region_occlusion_credits_only_cells_that_touch_the_region() -> None:
     """Hiding a cell (2x2 pixels on a 4x4 grid) outside the region leaves the region's score unchanged."""
     x, region = _image(), _box(0, 4, 0, 4)
     model = RegionModel(Known())
-    with model.over(region):
-        occ = region_occlusion(model, x, torch.tensor([1]), (4, 4))[0]
+    occ = region_occlusion(model, x, torch.tensor([1]), region, (4, 4))[0]
     assert occ[2:, :].abs().max() == 0 and occ[:, 2:].abs().max() == 0  # cells outside rows/cols 0-3
     assert occ[1, 1] > 0 and occ[0, 1] > 0  # hiding block pixels (x_0 = 2 -> 0) lowers S_1
     assert occ[0, 0] == 0  # three -1 pixels and one block pixel: hiding raises S_1, no credit

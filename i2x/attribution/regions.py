@@ -95,23 +95,27 @@ class RegionModel(nn.Module):
         return region_scores(logits, regions)
 
 
-def region_occlusion(model: RegionModel, images: torch.Tensor, targets: torch.Tensor, grid: tuple[int, int],
-                     colour: Sequence[float] | None = None) -> torch.Tensor:
+def region_occlusion(model: RegionModel, images: torch.Tensor, targets: torch.Tensor, regions: torch.Tensor,
+                     grid: tuple[int, int], colour: Sequence[float] | None = None) -> torch.Tensor:
     """Occlusion maps ``[B, h, w]`` (CPU float32) of region scores: ReLU of the drop of ``softmax(S)_c`` when a cell's
-    input footprint is filled with ``colour`` (default 0, the mean of normalised inputs); call inside ``model.over``."""
-    b, c, hh, ww = images.shape
+    input footprint is filled with ``colour`` (default 0, the mean of normalised inputs), each row's region fixed.
+    Rows that share an image (several classes of one image) share its occluded forwards."""
+    unique, inverse = torch.unique(images.flatten(1), dim=0, return_inverse=True)
+    unique = unique.view(-1, *images.shape[1:])
+    c, hh, ww = images.shape[1:]
     footprint = cell_of_pixel((hh, ww), grid).to(images.device)
     value = torch.zeros(c, dtype=images.dtype, device=images.device) if colour is None else \
         torch.as_tensor(colour, dtype=images.dtype, device=images.device)
     target = targets.to(images.device).long()[:, None]
-    drops = []
+
+    def probs(x: torch.Tensor) -> torch.Tensor:
+        return region_scores(model.pixel_logits(x)[inverse], regions).softmax(1).gather(1, target)[:, 0]
+
     with torch.no_grad():
-        base = model(images).softmax(1).gather(1, target)[:, 0]
-        for cell in range(grid[0] * grid[1]):
-            hidden = (footprint == cell)[None, None]
-            p = model(torch.where(hidden, value.view(1, -1, 1, 1), images)).softmax(1).gather(1, target)[:, 0]
-            drops.append(base - p)
-    return torch.stack(drops, 1).view(b, *grid).clamp(min=0).float().cpu()
+        base = probs(unique)
+        drops = [base - probs(torch.where((footprint == cell)[None, None], value.view(1, -1, 1, 1), unique))
+                 for cell in range(grid[0] * grid[1])]
+    return torch.stack(drops, 1).view(len(images), *grid).clamp(min=0).float().cpu()
 
 
 def segmentation_layer(model: nn.Module, example: torch.Tensor, num_classes: int) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -49,18 +50,6 @@ from i2x.stages.extraction import ExtractResult, _finite_or_nan
 
 log = logging.getLogger(__name__)
 TASK = "segmentation"
-
-
-def is_segmentation(store: Store) -> bool:
-    """Whether the store holds a segmentation run (rows are image-class pairs)."""
-    return store.attrs.get("task") == TASK
-
-
-def refuse_segmentation(store: Store, command: str) -> None:
-    """The prototype stages explain classifiers: a plain UserError for a segmentation store."""
-    if is_segmentation(store):
-        raise UserError(f"{command}: {store.path} holds a segmentation run; the prototype analysis is for "
-                        "classifiers (use i2x benchmark on segmentation runs)")
 
 
 def region_rows_of(ctx: Context) -> tuple[RegionRows, np.ndarray]:
@@ -102,7 +91,7 @@ def extract_regions(ctx: Context, out: str | Path, overwrite: bool, progress: bo
         stack.enter_context(locked(out))
         store = Store.create_or_resume(
             out, config=config.fingerprint(), checkpoints=[{**c.describe(), "sha256": c.sha256()} for c in ctx.checkpoints],
-            class_names=ctx.data.class_names, labels=ctx.labels, sample_index=ctx.index, grid=(int(h), int(w)),
+            class_names=ctx.data.class_names, labels=ctx.labels, sample_index=ctx.sample_index, grid=(int(h), int(w)),
             channels=int(d), methods=list(config.methods), chunk_n=config.batch_size, overwrite=overwrite)
         store.note({"trust_checkpoints": config.trust_checkpoints, "code": code_record(config), "task": TASK,
                     "row_images": rows.samples[positions].tolist(), "input_size": list(ctx.data.input_size)})
@@ -158,8 +147,7 @@ class RegionExplainer:
             maps[name], seconds[name] = torch.cat(parts), time.perf_counter() - begin
         if "occlusion" in self.methods or "dea" in self.methods:
             begin = time.perf_counter()
-            with self.wrapper.over(regions):
-                maps["occlusion"] = region_occlusion(self.wrapper, images, classes, self.grid)
+            maps["occlusion"] = region_occlusion(self.wrapper, images, classes, regions, self.grid)
             seconds["occlusion"] = time.perf_counter() - begin
         if "dea" in self.methods:
             begin = time.perf_counter()
@@ -291,7 +279,8 @@ def benchmark_regions(store: Store, cfg: BenchmarkConfig, out_dir: str | Path) -
                 scores[m][f"{tname}_spearman"] = mean_std(rho)
                 scores[m][f"{tname}_iou"] = mean_std(top_k_iou(a, b, cfg.top_share))
         for m in methods:
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a row whose every map is constant: NaN
                 scores[m]["robust_spearman"] = mean_std(np.nanmean(np.stack(per_transform[m]), axis=0))
             scores[m]["runtime_ms"] = {"mean": result["runtime_ms"][name][m], "std": None, "n": int(rows.size)}
         result["results"][name] = scores

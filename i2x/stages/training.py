@@ -97,7 +97,6 @@ def evaluate(model: nn.Module, dataset: Dataset, device: torch.device, batch_siz
         total += y.numel()
         preds.append(pred.cpu())
     model.train(was_training)
-    n = len(dataset)  # type: ignore[arg-type]
     return correct / max(total, 1), loss_sum / max(total, 1), \
         torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
