@@ -76,7 +76,7 @@ def test_region_maps_concentrate_in_the_region_over_three_seeds(tmp_path: Path) 
     against the uniform map's (1 - |R| / HW)."""
     for seed in (0, 1, 2):
         with planted_seed(seed):
-            api.train(data=FULL, model="small-segnet", out=tmp_path / f"c{seed}", epochs=5, lr=0.01, batch_size=32,
+            api.train(data=FULL, model="small-segnet", out=tmp_path / f"c{seed}", epochs=5, lr=0.01, batch_size=16,
                       task="segmentation", seed=seed, progress=False)
             api.extract(checkpoints=str(tmp_path / f"c{seed}"), data=FULL, model="small-segnet", split="test",
                         methods=("gradcam", "layercam"), last=1, out=tmp_path / f"a{seed}", progress=False)
@@ -90,7 +90,7 @@ def test_region_maps_concentrate_in_the_region_over_three_seeds(tmp_path: Path) 
         with torch.no_grad():
             kept = ((net(x).argmax(1) == classes) & regions).sum() / regions.sum()
             erased = ((net(impute(x, regions)).argmax(1) == classes) & regions).sum() / regions.sum()
-        assert kept > 0.5 and erased < 0.1, (seed, kept, erased)
+        assert kept > 0.5 and erased < 0.05, (seed, kept, erased)
         roi = regions.numpy()
         uniform = leakage(np.ones(roi.shape), roi)
         for method in ("layercam", "gradcam"):

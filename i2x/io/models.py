@@ -68,7 +68,7 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Modu
         available = available + tvm.list_models(module=tvm.segmentation)
         close = difflib.get_close_matches(name.lower(), available, n=6, cutoff=0.4)
         raise UserError(
-            f"--model torchvision:{name}: torchvision has no classification or segmentation model of that name"
+            f"--model torchvision:{name}: torchvision has no classification model of that name"
             + (f"; similar: {', '.join(close)}" if close else "")
         )
     kwargs: dict = {"weights": None, "num_classes": num_classes}
@@ -216,14 +216,14 @@ def _factory_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
 MODEL_SPECS = SpecRegistry("--model", "model")
 MODEL_SPECS.register("small-cnn", "the built-in demo CNN")(
     lambda _spec, num_classes, in_channels: SmallCNN(num_classes=num_classes, in_channels=in_channels))
-MODEL_SPECS.register("small-segnet", "the built-in demo segmentation net (per-pixel logits)")(
-    lambda _spec, num_classes, in_channels: SmallSegNet(num_classes=num_classes, in_channels=in_channels))
 MODEL_SPECS.register("torchvision:NAME", "a torchvision classification or segmentation model (fcn_resnet50, "
                      "deeplabv3_resnet50, lraspp_mobilenet_v3_large) with weights=None (never downloads)")(_torchvision_model)
 MODEL_SPECS.register("timm:NAME", "a timm model with pretrained=False; timm:NAME?key=value sets model arguments")(
     _timm_model)
 MODEL_SPECS.register("hf:PATH", "a Hugging Face image classifier built from PATH/config.json (never downloads)")(
     _hf_model)
+MODEL_SPECS.register("small-segnet", "the built-in demo segmentation net (per-pixel logits)")(
+    lambda _spec, num_classes, in_channels: SmallSegNet(num_classes=num_classes, in_channels=in_channels))
 MODEL_SPECS.register("package.module:factory or path/to/file.py:factory", "a callable returning an nn.Module",
                      matches=lambda spec: ":" in spec)(_factory_model)
 

@@ -69,8 +69,11 @@ def _batch(rows: RegionRows, positions: np.ndarray, device: torch.device) -> tup
 
 
 # ---- extraction ---------------------------------------------------------------------------------
-def extract_regions(ctx: Context, out: str | Path, overwrite: bool, progress: bool, start: float) -> ExtractResult:
+def extract_regions(ctx: Context, out: str | Path, overwrite: bool, progress: bool, start: float,
+                    world: int = 1) -> ExtractResult:
     """Extract a segmentation run (module docstring) into ``out/store.zarr``, resuming done checkpoints."""
+    if world > 1:
+        raise UserError("segmentation runs are extracted in one process; run i2x extract without torchrun")
     rows, positions = region_rows_of(ctx)
     if not len(positions):
         raise UserError(f"--split {ctx.config.split}: no image of the split holds a foreground class")
