@@ -52,7 +52,8 @@ class RunConfig:
     methods: tuple[str, ...] = option(help="CAM methods, from the registered ones", parse=name_list, metavar="A,B",
                                       default_factory=lambda: tuple(METHODS))
     target: str = option("true", "class each CAM explains: the true label (comparable across checkpoints) or the "
-                         "predicted class", choices=("true", "predicted"))
+                         "predicted class (segmentation data: the class's ground-truth or predicted region)",
+                         choices=("true", "predicted"))
     batch_size: int = option(256, "samples per batch", low=1, metavar="B")
     device: str = device_option()
     input_size: int | None = option(None, "resize images to PX x PX (default per data set)", low=1, metavar="PX")
