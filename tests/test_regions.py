@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -109,3 +110,16 @@ def test_segmentation_layer_is_the_last_feature_map_not_the_logits() -> None:
 
     assert segmentation_layer(SmallSegNet(4, 3), torch.randn(1, 3, 32, 32), 4) == "features"
     assert segmentation_layer(Known(), _image(), 3) == "layer"
+
+
+def test_deletion_removes_the_top_of_the_region_only() -> None:
+    """Half of a 4-pixel region = its 2 most salient pixels; the more salient pixels outside it stay."""
+    from i2x.stages.region_benchmark import deletion_masks
+
+    saliency = torch.arange(16.0).view(1, 4, 4)  # pixel 15 (outside the region) is the most salient
+    region = torch.zeros(1, 4, 4, dtype=torch.bool)
+    region[0, :2, :2] = True  # pixels 0, 1, 4, 5
+    masks = deletion_masks(saliency, region, np.array([0.5, 1.0]))
+    assert masks.shape == (2, 1, 4, 4)
+    assert torch.nonzero(masks[0, 0].flatten()).flatten().tolist() == [4, 5]
+    assert torch.equal(masks[1, 0], region[0])

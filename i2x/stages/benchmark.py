@@ -278,8 +278,8 @@ def benchmark(out_dir: str | Path, config: BenchmarkConfig | None = None, **opti
     start = time.perf_counter()
     with locked(out_dir):  # no other i2x process rewrites the store while the benchmark reads it
         store = Store.open(out_dir)
-        if store.attrs.get("task") == "segmentation":  # region targets: i2x.stages.segmentation
-            from i2x.stages.segmentation import benchmark_regions
+        if store.attrs.get("task") == "segmentation":  # region targets: i2x.stages.region_benchmark
+            from i2x.stages.region_benchmark import benchmark_regions
 
             validate(cfg)
             return benchmark_regions(store, cfg, out_dir)
