@@ -4,6 +4,7 @@ multi-seed leakage claim and the torchvision segmentation specs (slow)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -24,6 +25,15 @@ from i2x.metrics.road import impute
 
 SMALL = "i2x/io/shapes.py:shapes_small_data"
 FULL = "i2x/io/shapes.py:shapes_data"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny segmentation nets run far faster on one thread, above all on a busy machine (benchmarks/README.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
