@@ -106,7 +106,7 @@ def tensor_data(
             )
         if y.size and y.min() < 0:
             raise UserError(f"--data {spec}: the {split} split has label {y.min()}; labels must be indices 0..M-1")
-        _check_finite(t, spec, split)
+        check_finite(t, spec, split)
         prepared[split] = (t, torch.as_tensor(y.reshape(-1), dtype=torch.long))
     if len(prepared["train"][0]) == 0:
         raise UserError(f"--data {spec}: the train split has no images")
@@ -123,7 +123,7 @@ def tensor_data(
                         "give --input-size PX to resize them all to PX x PX")
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for split, (x, y) in prepared.items():
-        x = _adapt_channels(x, channels, spec)
+        x = adapt_channels(x, channels, spec)
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         out[split] = (x, y)
@@ -136,7 +136,7 @@ def tensor_data(
     splits = {}
     for k, (x, y) in out.items():
         normalised = (x - m) / s
-        _check_finite(normalised, spec, k, " after normalisation")
+        check_finite(normalised, spec, k, " after normalisation")
         splits[k] = TensorDataset(normalised, y)
     return ImageData(spec, splits, class_names, channels, size, mean, std)
 
@@ -191,7 +191,7 @@ def check_classes(spec: str, labels: dict[str, np.ndarray], class_names: list[st
     return names
 
 
-def _check_finite(x: torch.Tensor, spec: str, split: str, when: str = "") -> None:
+def check_finite(x: torch.Tensor, spec: str, split: str, when: str = "") -> None:
     """NaN/Inf pixels (in the file, or made by the normalisation) would turn every output into NaN: refuse them."""
     if not len(x):
         return
@@ -202,7 +202,7 @@ def _check_finite(x: torch.Tensor, spec: str, split: str, when: str = "") -> Non
         raise UserError(f"--data {spec}: the {split} split's sample {i} holds NaN or Inf{when}; {fix}")
 
 
-def _adapt_channels(x: torch.Tensor, channels: int, spec: str) -> torch.Tensor:
+def adapt_channels(x: torch.Tensor, channels: int, spec: str) -> torch.Tensor:
     if x.shape[1] == channels:
         return x
     if x.shape[1] == 1:

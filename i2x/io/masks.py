@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from i2x.errors import UserError
-from i2x.io.datasets import DataOptions, ImageData, _adapt_channels, _check_finite, check_stats
+from i2x.io.datasets import DataOptions, ImageData, adapt_channels, check_finite, check_stats
 
 SEGMENTATION = "segmentation"
 CLASS_FILE = "classes.txt"
@@ -60,7 +60,7 @@ def mask_data(spec: str, arrays: dict[str, tuple[np.ndarray, np.ndarray]], class
                             "give one mask of the image's size per image")
         scale = 255.0 if x.dtype == np.uint8 or (x.size and x.max() > 1.5) else 1.0
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / scale).permute(0, 3, 1, 2)
-        _check_finite(t, spec, split)
+        check_finite(t, spec, split)
         prepared[split] = (t, torch.from_numpy(m.astype(np.int64)))
     if "train" not in prepared or not len(prepared["train"][0]):
         raise UserError(f"--data {spec}: the train split has no images")
@@ -79,7 +79,7 @@ def mask_data(spec: str, arrays: dict[str, tuple[np.ndarray, np.ndarray]], class
     size = (side, side) if side else tuple(prepared["train"][0].shape[-2:])
     out = {}
     for split, (x, m) in prepared.items():
-        x = _adapt_channels(x, channels, spec)
+        x = adapt_channels(x, channels, spec)
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             m = F.interpolate(m[:, None].float(), size=size, mode="nearest")[:, 0].long()
@@ -92,7 +92,7 @@ def mask_data(spec: str, arrays: dict[str, tuple[np.ndarray, np.ndarray]], class
     splits: dict[str, Dataset] = {}
     for split, (x, m) in out.items():
         normalised = (x - mu) / sd
-        _check_finite(normalised, spec, split, " after normalisation")
+        check_finite(normalised, spec, split, " after normalisation")
         splits[split] = TensorDataset(normalised, m)
     return ImageData(spec, splits, names, channels, size, mean, std, task=SEGMENTATION)  # type: ignore[arg-type]
 
