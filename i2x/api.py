@@ -25,6 +25,7 @@ from i2x.errors import UserError
 from i2x.stages.extraction import ExtractResult, extract as _extract
 from i2x.stages.finetuning import FinetuneConfig, FinetuneResult, finetune, format_table
 from i2x.io.models import build_model
+from i2x.io.segnets import check_pixel_logits
 from i2x.stages.reliance import RelianceConfig, reliance
 from i2x.stages.drift import DriftConfig, drift
 from i2x.stages.drift_runs import compare_models
@@ -54,9 +55,13 @@ def train(data: str = "digits", model: str = "small-cnn", out: str | Path = "che
     dataset = load_data(data, DataOptions(**shared))
     if num_classes is not None and num_classes < dataset.num_classes:
         raise UserError(f"--num-classes {num_classes}: the data has {dataset.num_classes} classes")
+    if dataset.task != cfg.task:
+        raise UserError(f"--task {cfg.task}: --data {data} is a {dataset.task} set; pass --task {dataset.task}")
     torch.manual_seed(cfg.seed)  # the initial weights follow --seed too
     net = build_model(model, num_classes=num_classes or dataset.num_classes, in_channels=dataset.channels)
     check_forward(net, dataset.split("train"), model, data)
+    if cfg.task == "segmentation":
+        check_pixel_logits(net, dataset.split("train"), model)
     return _train(net, dataset.split("train"), dataset.split("test"), out, cfg)
 
 

@@ -45,6 +45,8 @@ def test_patch_mean_replaces_each_value_by_its_patch_mean():
     assert torch.equal(pooled[1, 2, :3, 5:], pooled[1, 2, 0, 5].expand(3, 2))
     torch.testing.assert_close(pooled.sum(dim=(2, 3)), fields.sum(dim=(2, 3)))   # the mass stays in its patch
     torch.testing.assert_close(patch_mean(pooled), pooled)
+    batch = fields[0].reshape(9, 7, 7)                              # per-image saliency [B, H, W] on a 3x3 grid
+    torch.testing.assert_close(patch_mean(batch, (3, 3)), pooled[0].reshape(9, 7, 7))
 
 
 def _token_fields() -> torch.Tensor:
@@ -56,14 +58,16 @@ def _token_fields() -> torch.Tensor:
 
 
 def test_a_token_footprint_is_its_own_patch():
-    """Attention spreads a token's field over every patch, thinly: its own patch dominates. Per pixel, the core
-    is a speckle (the embedding kernel's largest weights); per patch, it is exactly the patch."""
+    """Attention spreads a token's field over every patch, thinly: its own patch dominates. Per pixel the core
+    would be a speckle (the embedding kernel's largest weights); cell_fields evens it out per patch, so the
+    core is exactly the patch."""
     fields = _token_fields()
     cell = torch.zeros(1, 7, 7, dtype=torch.bool)
     cell[0, 2, 1] = True
     own = torch.zeros(synthetic.SIZE, synthetic.SIZE, dtype=torch.bool)
     own[8:12, 4:8] = True
-    footprint = field_footprint(patch_mean(fields), cell, 0.5)[0]
+    torch.testing.assert_close(fields, patch_mean(fields))  # cell_fields evens token fields out over patches
+    footprint = field_footprint(fields, cell, 0.5)[0]
     assert torch.equal(footprint, own)
     raw = fields[2, 1]
     assert raw[~own].sum() > 0, "attention reaches beyond the patch"
@@ -86,15 +90,7 @@ def _run(tmp: Path, factory: str, seed: int) -> tuple[Path, dict]:
     return tmp / "an", json.loads((tmp / "an" / "reliance.json").read_text())
 
 
-# The reliance study's footprints come from ``cell_fields``, which must apply ``patch_mean`` to token layouts; until
-# it does, the marker is often missed (a 24-pixel speckle of a 36-pixel L is pasted; 3 of 10 seeds found) and this
-# test is an expected failure.
-_FIELDS = _token_fields()
-PATCHED = bool(torch.allclose(_FIELDS, patch_mean(_FIELDS)))
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(not PATCHED, strict=True, reason="cell_fields does not yet even token fields out over patches")
 @pytest.mark.parametrize("channels", ["grey", "rgb"])
 def test_a_planted_corner_marker_on_a_vit_is_found(tmp_path, channels):
     factory = f"marker_corner_{channels}"

@@ -68,8 +68,9 @@ def field_footprint(fields: torch.Tensor, cell_masks: torch.Tensor, threshold: f
 class Footprints:
     """Per-image input footprints of grid cells: the receptive-field core (:func:`field_footprint` of ``fields`` at
     ``field_threshold``) narrowed to where the saliency |grad x (image - reference)| of the chosen cells' summed
-    activation (summed over input channels) reaches ``threshold`` times its maximum inside the core. ``reference``
-    [C, H, W] is what an image is compared with (the mean image of the data); one backward per batch."""
+    activation (summed over input channels; for tokens evened out over each patch) reaches ``threshold`` times its
+    maximum inside the core. ``reference`` [C, H, W] is what an image is compared with (the mean image of the data);
+    one backward per batch."""
 
     def __init__(self, model: nn.Module, layer: nn.Module, fields: torch.Tensor, reference: torch.Tensor,
                  field_threshold: float, threshold: float, batch_size: int = 512,
@@ -98,6 +99,8 @@ class Footprints:
                 saliency[lo:lo + len(x)] = weighted.sum(dim=1).abs().float().cpu()
         finally:
             handle.remove()
+        if self.layout.kind == "tokens":  # a patch embedding reads whole patches: its saliency is a speckle within them
+            saliency = patch_mean(saliency, tuple(self.fields.shape[:2]))
         saliency = torch.where(core, saliency, torch.zeros_like(saliency))
         peak = saliency.flatten(1).max(dim=1).values.view(-1, 1, 1)
         return core & (saliency > 0) & (saliency >= self.threshold * peak)

@@ -136,11 +136,12 @@ def from_map(grid: torch.Tensor, output: torch.Tensor, layout: Layout) -> torch.
     return torch.cat([output[:, :layout.prefix].to(tokens.dtype), tokens], dim=1) if layout.prefix else tokens
 
 
-def patch_mean(fields: torch.Tensor) -> torch.Tensor:
-    """Input fields [h, w, H, W] of a token grid with each value replaced by its patch's mean, the patches being
-    the [H, W] input cut into the [h, w] grid (pixel y in patch row y * h // H; sizes that do not divide give
-    patches one pixel apart in size)."""
-    h, w, height, width = fields.shape
+def patch_mean(fields: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """Input maps [..., H, W] with each value replaced by its patch's mean, the patches being the [H, W] input cut
+    into the token grid (pixel y in patch row y * h // H; sizes that do not divide give patches one pixel apart in
+    size). The grid (h, w) is ``grid``, else the first two dims (fields [h, w, H, W] of the grid's tokens)."""
+    h, w = grid if grid is not None else fields.shape[:2]
+    height, width = fields.shape[-2:]
     rows = F.one_hot(torch.arange(height) * h // height, h).to(fields.dtype)     # [H, h]
     cols = F.one_hot(torch.arange(width) * w // width, w).to(fields.dtype)       # [W, w]
     sums = rows.T @ fields @ cols                                                # [h, w, h, w] per-patch sums

@@ -258,6 +258,14 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
     result = api.benchmark(args.dir, config_from(args, BenchmarkConfig))
     final = result["results"][result["checkpoints"][-1]["name"]]
+    if result.get("task") == "segmentation":
+        print(f"checkpoint {result['checkpoints'][-1]['name']}: deletion inside the region (p after removal, lower "
+              "is more faithful), leakage outside it, robustness (mean Spearman), runtime")
+        for method, s in final.items():
+            print(f"{method:>10}: deletion {s['deletion_morf']['mean']:.3f}  leakage {s['leakage']['mean']:.3f}  "
+                  f"robust {s['robust_spearman']['mean']}  {s['runtime_ms']['mean']:.2f} ms/image")
+        print(f"results: {Path(args.dir) / 'benchmark.json'} ({result['seconds']:.1f} s)")
+        return
     print(f"checkpoint {result['checkpoints'][-1]['name']}: ROAD combined (pixel, higher is more faithful), "
           "robustness (mean Spearman), runtime")
     for method, s in final.items():

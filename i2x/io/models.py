@@ -3,8 +3,10 @@
 Supported specs:
 
 * ``small-cnn``: the built-in demo network (:class:`SmallCNN`).
+* ``small-segnet``: the built-in demo segmentation network (:class:`i2x.io.segnets.SmallSegNet`).
 * ``torchvision:NAME``: a torchvision classification model built with ``weights=None`` (never
-  downloads), its head resized to ``num_classes`` and its stem to ``in_channels``.
+  downloads), its head resized to ``num_classes`` and its stem to ``in_channels``; or one of its
+  segmentation models (:mod:`i2x.io.segnets`), returning per-pixel logits under ``"out"``.
 * ``timm:NAME``: a timm model (``pip install 'i2x[timm]'``) built with ``pretrained=False`` (never
   downloads), ``num_classes`` and ``in_chans`` set; extra keyword arguments as ``timm:NAME?key=value&...``
   (e.g. ``timm:vit_tiny_patch16_224?img_size=32&patch_size=4&depth=2``).
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from i2x.errors import UserError
+from i2x.io.segnets import SmallSegNet, is_torchvision_segmentation, torchvision_segmentation
 from i2x.io.specs import SpecRegistry, import_file
 
 
@@ -59,7 +62,10 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Modu
     import torchvision.models as tvm
 
     available = tvm.list_models(module=tvm)  # classification models only (no detection/segmentation/video)
+    if is_torchvision_segmentation(name):
+        return torchvision_segmentation(name, num_classes, in_channels)
     if name not in available:
+        available = available + tvm.list_models(module=tvm.segmentation)
         close = difflib.get_close_matches(name.lower(), available, n=6, cutoff=0.4)
         raise UserError(
             f"--model torchvision:{name}: torchvision has no classification model of that name"
@@ -210,11 +216,14 @@ def _factory_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
 MODEL_SPECS = SpecRegistry("--model", "model")
 MODEL_SPECS.register("small-cnn", "the built-in demo CNN")(
     lambda _spec, num_classes, in_channels: SmallCNN(num_classes=num_classes, in_channels=in_channels))
-MODEL_SPECS.register("torchvision:NAME", "a torchvision model with weights=None (never downloads)")(_torchvision_model)
+MODEL_SPECS.register("torchvision:NAME", "a torchvision classification or segmentation model (fcn_resnet50, "
+                     "deeplabv3_resnet50, lraspp_mobilenet_v3_large) with weights=None (never downloads)")(_torchvision_model)
 MODEL_SPECS.register("timm:NAME", "a timm model with pretrained=False; timm:NAME?key=value sets model arguments")(
     _timm_model)
 MODEL_SPECS.register("hf:PATH", "a Hugging Face image classifier built from PATH/config.json (never downloads)")(
     _hf_model)
+MODEL_SPECS.register("small-segnet", "the built-in demo segmentation net (per-pixel logits)")(
+    lambda _spec, num_classes, in_channels: SmallSegNet(num_classes=num_classes, in_channels=in_channels))
 MODEL_SPECS.register("package.module:factory or path/to/file.py:factory", "a callable returning an nn.Module",
                      matches=lambda spec: ":" in spec)(_factory_model)
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from i2x.io.data import DataOptions, ImageData, _tensor_data
+from i2x.io.data import DataOptions, ImageData, tensor_data
 
 SHORTCUT_CLASS = 3
 CONFLICT_PAIR = (1, 7)
@@ -99,7 +99,7 @@ def _planted(marked: dict[str, np.ndarray], where: tuple[slice, slice], spec: st
         x = x.copy()
         x[marked[split]] = add_marker(x[marked[split]], where)
         arrays[split] = (x, y)
-    data = _tensor_data(spec, arrays, [str(i) for i in range(10)], 32, DataOptions())
+    data = tensor_data(spec, arrays, [str(i) for i in range(10)], 32, DataOptions())
     data.extra["marked"] = {k: np.flatnonzero(v) for k, v in marked.items()}
     return data
 
@@ -131,7 +131,7 @@ def marked_test_images(data: ImageData, where: tuple[slice, slice] = TOP_LEFT) -
     """The clean test split and the same images with the marker added, both normalised like the data."""
     x, y = _digits_split()["test"]
     clean = data.split("test").tensors[0]  # type: ignore[attr-defined]
-    marked = _tensor_data("m", {"train": (add_marker(x, where), y)}, [], 32,
+    marked = tensor_data("m", {"train": (add_marker(x, where), y)}, [], 32,
                           DataOptions(mean=data.mean, std=data.std)).split("train").tensors[0]  # type: ignore[attr-defined]
     return clean, marked
 
@@ -205,7 +205,7 @@ def _two_class(place: str | None, channels: int) -> ImageData:
             x[marks] = paint_marker(x[marks], place)
         arrays[split], marked[split] = (x, y), (np.flatnonzero(marks) if place else np.zeros(0, np.int64))
     spec = f"{place or 'clean'}-{'rgb' if channels == 3 else 'grey'}"
-    data = _tensor_data(spec, arrays, ["plain", "marked"], SIZE, DataOptions())
+    data = tensor_data(spec, arrays, ["plain", "marked"], SIZE, DataOptions())
     data.extra.update({"marked": marked, "place": place})
     return data
 
@@ -292,7 +292,7 @@ def _digits_pair(marked: dict[str, np.ndarray], spec: str) -> ImageData:
         x = x.copy()
         x[marked[split]] = add_marker(x[marked[split]], BOTTOM_RIGHT)
         arrays[split] = (x, y)
-    data = _tensor_data(spec, arrays, [str(c) for c in TWO_CLASS], 32, DataOptions())
+    data = tensor_data(spec, arrays, [str(c) for c in TWO_CLASS], 32, DataOptions())
     data.extra["marked"] = {k: np.flatnonzero(v) for k, v in marked.items()}
     return data
 

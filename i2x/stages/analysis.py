@@ -124,6 +124,9 @@ def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool
     with locked(out):
         store = Store.open(out, mode="a")
         store.require_complete()
+        if store.attrs.get("task") == "segmentation":
+            raise UserError(f"{store.path} holds a segmentation run; the prototype analysis (i2x analyze, run, reliance, "
+                            "finetune) is for classifiers; i2x benchmark explains segmentation runs")
         return _analyze(store, as_path(out), cfg, progress)
 
 

@@ -39,6 +39,7 @@ from i2x.stages.benchmark_maps import ClassTarget, Explainer
 from i2x.stages.benchmark_robustness import robustness_scores
 from i2x.stages.benchmark_sanity import randomisation, similarity
 from i2x.stages.context import open_context
+from i2x.stages.region_benchmark import benchmark_regions
 
 __all__ = ["BenchmarkConfig", "benchmark", "select_checkpoints"]
 
@@ -75,6 +76,8 @@ def benchmark(out_dir: str | Path, config: BenchmarkConfig | None = None, **opti
     validate(cfg)
     with locked(out_dir):  # no other i2x process rewrites the store while the benchmark reads it
         store = Store.open(out_dir)
+        if store.attrs.get("task") == "segmentation":  # region targets: i2x.stages.region_benchmark
+            return benchmark_regions(store, cfg, out_dir)
         methods = resolve_methods(cfg, store)
         ts = select_checkpoints(store, cfg.checkpoints, cfg.every)
         labels = store.read("labels")

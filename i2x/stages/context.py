@@ -28,6 +28,7 @@ from i2x.io.checkpoints import Checkpoint, Listing, list_checkpoints, select
 from i2x.io.data import DATA_SPECS, DataOptions, ImageData, labels_of, load_data
 from i2x.io.devices import resolve_device
 from i2x.io.location import as_path
+from i2x.io.masks import region_rows
 from i2x.io.models import MODEL_SPECS, build_model
 from i2x.io.state_dicts import is_finite, load_into
 from i2x.io.store import Store
@@ -55,7 +56,8 @@ class RunConfig:
                                       "named (a forward per grid cell)", parse=name_list, metavar="A,B",
                                       default_factory=lambda: tuple(METHODS))
     target: str = option("true", "class each CAM explains: the true label (comparable across checkpoints) or the "
-                         "predicted class", choices=("true", "predicted"))
+                         "predicted class (segmentation data: the class's ground-truth or predicted region)",
+                         choices=("true", "predicted"))
     batch_size: int = option(256, "samples per batch", low=1, metavar="B")
     device: str = device_option()
     input_size: int | None = option(None, "resize images to PX x PX (default per data set)", low=1, metavar="PX")
@@ -181,6 +183,8 @@ def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
         raise UserError(f"checkpoint directory {config.checkpoints} does not exist or is not a directory")
     opts = DataOptions(config.input_size, config.channels, config.mean, config.std)
     data = load_data(config.data, opts)
+    if data.task == "segmentation":
+        data = region_rows(data)  # a row per image and foreground class (i2x.stages.segmentation)
     name_classes(config, data)
     dataset = data.split(config.split)
     index = np.arange(len(dataset))  # type: ignore[arg-type]

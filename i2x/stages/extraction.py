@@ -96,6 +96,10 @@ def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progres
             ctx = build_context(config)
             ctx.device = device
             ctx.model.to(device)
+            if ctx.data.task == "segmentation":  # region targets, one process: i2x.stages.segmentation
+                from i2x.stages.segmentation import extract_regions
+
+                return extract_regions(ctx, out, overwrite, progress, start_time, dist.world)
             layer, grid, channels, layout = _probe(ctx, config.layer)
             config = ctx.config = replace(ctx.config, layer=layer)  # the caller's config stays as given
             if len(ctx.labels) == 0:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from i2x.io.devices import resolve_device
 from i2x.io.location import is_remote
+from i2x.io.segnets import pixel_logits
 from i2x.errors import UserError
 from i2x.settings import device_option, option, validate
 from i2x.io.workdir import refuse_symlink, write_bytes
@@ -44,6 +45,9 @@ class TrainConfig:
     device: str = device_option()
     progress: bool = option(True, "show progress bars", cli=False)
     overwrite: bool = option(False, "write into a non-empty folder, deleting its epoch_*.pt snapshots first")
+    task: str = option("classification", "what the model learns: a class per image, or a class per pixel "
+                       "(segmentation data and a segmentation model, e.g. --model small-segnet)",
+                       choices=("classification", "segmentation"))
 
 
 @dataclass
@@ -54,6 +58,11 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     test_accuracy: float = float("nan")
     seconds: float = 0.0
+
+
+def outputs(output: object) -> torch.Tensor:
+    """The logits of a model's output: ``[B, M]``, or per pixel ``[B, M, H, W]`` (torchvision's dict under ``out``)."""
+    return pixel_logits(output) if isinstance(output, dict) else output  # type: ignore[return-value]
 
 
 def head_module(model: nn.Module) -> nn.Linear:
@@ -75,20 +84,22 @@ def make_optimizer(params: Iterable[nn.Parameter], name: str, lr: float, weight_
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 512) -> tuple[float, float, torch.Tensor]:
-    """Accuracy, mean cross-entropy and the predictions of ``model`` on ``dataset`` (eval mode, restored after)."""
+    """Accuracy, mean cross-entropy and the predictions of ``model`` on ``dataset`` (eval mode, restored after);
+    per pixel for a segmentation model."""
     was_training = model.training
     model.eval()
-    correct, loss_sum, preds = 0, 0.0, []
+    correct, total, loss_sum, preds = 0, 0, 0.0, []
     for x, y in DataLoader(dataset, batch_size=batch_size):
-        logits = model(x.to(device))
+        logits = outputs(model(x.to(device)))
         y = y.to(device)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         pred = logits.argmax(1)
         correct += int((pred == y).sum())
+        total += y.numel()
         preds.append(pred.cpu())
     model.train(was_training)
-    n = len(dataset)  # type: ignore[arg-type]
-    return correct / max(n, 1), loss_sum / max(n, 1), torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+    return correct / max(total, 1), loss_sum / max(total, 1), \
+        torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
 def train_epochs(
@@ -117,7 +128,7 @@ def train_epochs(
         for x, y in tqdm(loader, desc=desc, leave=False, disable=not cfg.progress):
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(outputs(model(x)), y)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(y)

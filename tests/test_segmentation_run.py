@@ -1,0 +1,131 @@
+"""Segmentation runs end to end: train a tiny segmentation net, extract region targets, benchmark them; the
+multi-seed leakage claim and the torchvision segmentation specs (slow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from i2x import api
+from i2x.attribution import Attributor, get_methods
+from i2x.attribution.regions import RegionModel, segmentation_layer
+from i2x.errors import UserError
+from i2x.io.masks import region_rows
+from i2x.io.models import build_model
+from i2x.io.shapes import shapes_data, shapes_small_data
+from i2x.io.store import Store
+from i2x.io.synthetic import planted_seed
+from i2x.metrics.leakage import leakage
+from i2x.metrics.road import impute
+
+SMALL = "i2x/io/shapes.py:shapes_small_data"
+FULL = "i2x/io/shapes.py:shapes_data"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny segmentation nets run far faster on one thread, above all on a busy machine (benchmarks/README.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("seg")
+    api.train(data=SMALL, model="small-segnet", out=root / "ckpt", epochs=3, lr=0.02, batch_size=16,
+              task="segmentation", progress=False)
+    api.extract(checkpoints=str(root / "ckpt"), data=SMALL, model="small-segnet", split="test",
+                methods=("gradcam", "layercam"), out=root / "an", progress=False)
+    return root
+
+
+def test_store_holds_a_row_per_image_and_class(seg_run: Path) -> None:
+    store = Store.open(seg_run / "an")
+    rows = region_rows(shapes_small_data()).split("test")
+    assert store.attrs["task"] == "segmentation" and store.attrs["layer"] == "features"
+    assert store.class_names == ["background", "square", "ring", "cross"]
+    np.testing.assert_array_equal(store.read("labels"), rows.targets)
+    assert store.attrs["row_images"] == rows.samples.tolist()
+    assert store.read("probs").shape == (3, len(rows), 4) and store.cam("layercam").shape == (3, len(rows), 8, 8)
+    np.testing.assert_allclose(store.read("probs").sum(-1), 1, atol=1e-5)
+    # LayerCAM of a region score is zero on cells whose receptive field misses the region: never all cells
+    cams = store.read("cam/layercam")[-1]
+    assert (cams > 0).mean() < 0.5 and (cams.reshape(len(rows), -1).max(1) > 0).mean() > 0.5
+    resumed = api.extract(checkpoints=str(seg_run / "ckpt"), data=SMALL, model="small-segnet", split="test",
+                          methods=("gradcam", "layercam"), out=seg_run / "an", progress=False)
+    assert resumed.skipped == ["epoch_1.pt", "epoch_2.pt", "epoch_3.pt"]
+
+
+def test_benchmark_of_a_segmentation_run(seg_run: Path) -> None:
+    result = api.benchmark(seg_run / "an", trust_analysis=True, checkpoints=("final",), samples=24, detail_samples=6,
+                           random_draws=1, progress=False)
+    assert result["task"] == "segmentation" and result["methods"] == ["gradcam", "layercam", "occlusion", "dea"]
+    scores = result["results"]["epoch_3.pt"]
+    uniform = result["uniform_leakage"]["epoch_3.pt"]["mean"]
+    assert 0.8 < uniform < 1  # the shapes cover under a fifth of the image
+    for m, s in scores.items():
+        assert 0 <= s["leakage"]["mean"] <= 1 and s["runtime_ms"]["mean"] > 0
+        assert s["leakage_vs_uniform"]["mean"] == pytest.approx(s["leakage"]["mean"] / uniform, rel=0.3)
+        assert -1 <= s["robust_spearman"]["mean"] <= 1 and 0 <= s["deletion_morf"]["mean"] <= 1
+    assert len(result["curves"]["epoch_3.pt"]["occlusion"]) == 5
+    with pytest.raises(UserError, match="segmentation run; the prototype analysis"):
+        api.analyze(seg_run / "an", progress=False)
+
+
+@pytest.mark.slow
+def test_region_maps_concentrate_in_the_region_over_three_seeds(tmp_path: Path) -> None:
+    """A tiny net trained on the shapes (3 seeds): first proof that it segments the shapes (erasing a shape by ROAD
+    imputation removes its predicted pixels), then the leakage of its LayerCAM and GradCAM maps for each class region
+    against the uniform map's (1 - |R| / HW)."""
+    for seed in (0, 1, 2):
+        with planted_seed(seed):
+            api.train(data=FULL, model="small-segnet", out=tmp_path / f"c{seed}", epochs=5, lr=0.01, batch_size=16,
+                      task="segmentation", seed=seed, progress=False)
+            api.extract(checkpoints=str(tmp_path / f"c{seed}"), data=FULL, model="small-segnet", split="test",
+                        methods=("gradcam", "layercam"), last=1, out=tmp_path / f"a{seed}", progress=False)
+            rows = region_rows(shapes_data()).split("test")
+        store = Store.open(tmp_path / f"a{seed}")
+        net = build_model("small-segnet", 4, 3)
+        net.load_state_dict(torch.load(tmp_path / f"c{seed}" / "epoch_5.pt", weights_only=True)["state_dict"])
+        net.eval()
+        x, regions = rows.images[torch.as_tensor(rows.samples)], rows.regions(np.arange(len(rows)))
+        classes = torch.as_tensor(rows.targets)[:, None, None]
+        with torch.no_grad():
+            kept = ((net(x).argmax(1) == classes) & regions).sum() / regions.sum()
+            erased = ((net(impute(x, regions)).argmax(1) == classes) & regions).sum() / regions.sum()
+        assert kept > 0.4 and erased < 0.05, (seed, kept, erased)
+        roi = regions.numpy()
+        uniform = leakage(np.ones(roi.shape), roi)
+        for method in ("layercam", "gradcam"):
+            cams = torch.from_numpy(store.read(f"cam/{method}")[-1])
+            up = F.interpolate(cams[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0].numpy()
+            leak = leakage(up, roi)
+            print(f"seed {seed} {method}: leakage {np.nanmean(leak):.3f}, uniform {uniform.mean():.3f}, "
+                  f"pixels kept {kept:.2f} erased {erased:.2f}")
+            assert np.isnan(leak).mean() < 0.05
+            assert np.nanmean(leak) < 0.6 * uniform.mean()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fcn_resnet50", "deeplabv3_resnet50", "lraspp_mobilenet_v3_large"])
+def test_torchvision_segmentation_specs_run_one_extraction_batch(name: str) -> None:
+    """Each spec builds without downloads (classes and channels sized to the data) and explains two region rows."""
+    torch.manual_seed(0)
+    model = build_model(f"torchvision:{name}", num_classes=4, in_channels=1).eval()
+    x = torch.randn(2, 1, 64, 64)
+    layer = segmentation_layer(model, x, 4)
+    regions = torch.zeros(2, 64, 64, dtype=torch.bool)
+    regions[0, 8:30, 8:30], regions[1, 30:60, 20:50] = True, True
+    wrapper = RegionModel(model)
+    with wrapper.over(regions), Attributor(wrapper, f"model.{layer}", get_methods(["gradcam", "layercam"])) as a:
+        out = a.attribute(x, torch.tensor([1, 3]), want_features=True)
+    assert out.probs.shape == (2, 4) and out.cams["layercam"].shape[0] == 2
+    assert min(out.cams["gradcam"].shape[-2:]) >= 3 and torch.isfinite(out.cams["layercam"]).all()
+    assert out.cams["layercam"].flatten(1).max(1).values.min() > 0  # the region score reaches the layer
