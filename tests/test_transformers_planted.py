@@ -45,8 +45,8 @@ def test_patch_mean_replaces_each_value_by_its_patch_mean():
     assert torch.equal(pooled[1, 2, :3, 5:], pooled[1, 2, 0, 5].expand(3, 2))
     torch.testing.assert_close(pooled.sum(dim=(2, 3)), fields.sum(dim=(2, 3)))   # the mass stays in its patch
     torch.testing.assert_close(patch_mean(pooled), pooled)
-    batch = fields[0].reshape(9, 7, 7)                              # per-image saliency [B, H, W] on a 3x3 grid
-    torch.testing.assert_close(patch_mean(batch, (3, 3)), pooled[0].reshape(9, 7, 7))
+    batch = fields.reshape(9, 7, 7)                                 # per-image saliency [B, H, W] on a 3x3 grid
+    torch.testing.assert_close(patch_mean(batch, (3, 3)), pooled.reshape(9, 7, 7))
 
 
 def _token_fields() -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The ``i2x`` command line: options generated from the stages' config dataclasses
-(:mod:`i2x.cli.options`), one small function per command calling :mod:`i2x.api`
-(:mod:`i2x.cli.commands`).
+(:mod:`i2x.cli.options`), an add/cmd pair per command calling :mod:`i2x.api` (:mod:`i2x.cli.pipeline`,
+:mod:`i2x.cli.studies`), listed in :mod:`i2x.cli.commands`.
 
 User errors (:class:`i2x.errors.UserError`) print one line and exit with status 2; no traceback.
 """

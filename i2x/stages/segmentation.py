@@ -29,7 +29,8 @@ from i2x.io.lock import locked
 from i2x.io.masks import RegionRows
 from i2x.io.store import Store
 from i2x.io.workdir import claim
-from i2x.stages.context import Context, code_record
+from i2x.stages.context import Context
+from i2x.stages.provenance import code_record
 from i2x.stages.extraction import ExtractResult, _finite_or_nan
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import pytest
 from i2x import api
 from i2x.attribution import CamMethod, register, unregister
 from i2x.cli import build_parser, main
-from i2x.cli.commands import run_config
+from i2x.cli.common import run_config
 from i2x.cli.options import config_from
 from i2x.errors import UserError
 from i2x.stages.analysis import AnalyzeConfig
