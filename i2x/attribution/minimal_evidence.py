@@ -2,8 +2,11 @@
 frozen classifier's decision and its internal activations; many images optimised at once.
 
 For images ``x`` with decision ``y = argmax f(x)`` a mask generator (:mod:`i2x.attribution.mask_generators`)
-gives masks ``m``; the evidence is ``e = m * x + (1 - m) * b`` with ``b`` the baseline (black pixels,
-the paper's ``m * x``). Per image the loss is (terms in :mod:`i2x.metrics.evidence`)::
+gives masks ``m``; the evidence is ``e = m * x + (1 - m) * b`` with ``b`` the fill of removed pixels
+(:func:`fill_of`): by default each image's own background (black on digits, grey on textured images,
+where a black fill alone turns marked images into the other class and no mask keeps their decision);
+the paper's ``m * x`` on the network's input is ``fill="mean"``.
+Per image the loss is (terms in :mod:`i2x.metrics.evidence`)::
 
     matching   * (sum_l a_l d(phi_l(x), phi_l(e)) + KL(f(x) || f(e)) + CE(f(e), y))
   + minimality * (area(m) + 0.2 * binarisation(m) + total_variation(m))
@@ -28,17 +31,20 @@ tuned on the digits demo so that every mask keeps the decision at a mean area ne
 
 Every step runs the whole batch (evidence and random infill images together) through one forward
 and one backward pass; the model's weights are frozen and it runs in eval mode (so no image's mask
-sees another image), and the same seed gives the same masks for the same batch.
+sees another image) with its batch norms folded into the preceding convolutions (one memory-bound op
+less per layer and pass), and the same seed gives the same masks for the same batch.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from i2x.attribution.layers import get_layer
 from i2x.attribution.mask_generators import GENERATORS, make_generator
@@ -46,6 +52,7 @@ from i2x.metrics.evidence import (activation_matching, area, binarisation, compo
                                   straight_through, total_variation)
 
 FALLBACK_THRESHOLDS = (0.3, 0.1)
+FILLS = ("border", "mean", "black")
 #: Weight of the binarisation prior inside the minimality group (area and total variation weigh 1): at 1 its
 #: pull toward 1 cancels the area's pull toward 0 on a mask near 1, and masks barely shrink.
 BINARISATION_WEIGHT = 0.2
@@ -65,6 +72,24 @@ class EvidenceMasks:
     robust: torch.Tensor     # float [B]: share of random infills that keep the decision
 
 
+def fill_of(kind: str, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The fill of the pixels a mask removes, in normalised units, broadcastable to ``images`` ``[B, C, H, W]``.
+
+    ``border``: per image and channel the median of the image's outermost pixels, i.e. its own background
+    (black on digits, the texture's grey on textured images), so the evidence is the kept part on the
+    background the model knows; ``mean``: the data mean (0 after normalisation: the paper's ``m * x`` on
+    the network's input); ``black``: pixel value 0 (``m * x`` in pixel units). ``mean``/``std``: ``[1, C, 1, 1]``.
+    """
+    if kind == "border":
+        ring = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]], dim=-1)
+        return ring.median(dim=-1).values[..., None, None]
+    if kind == "mean":
+        return torch.zeros_like(mean)
+    if kind == "black":
+        return -mean / std
+    raise ValueError(f"fill {kind!r}: choose one of {', '.join(FILLS)}")
+
+
 class _Activations:
     """Forward hooks that keep the outputs of the named layers during one forward."""
 
@@ -80,6 +105,50 @@ class _Activations:
     def close(self) -> None:
         for h in self.handles:
             h.remove()
+
+
+def _fold_batchnorm(model: nn.Module, hooked: set[nn.Module]) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Fold every eval-mode BatchNorm2d that directly follows a Conv2d in a Sequential into that convolution.
+
+    The frozen model computes the same function (up to float rounding) with one op less per layer in
+    the forward and the backward pass, which on CPU is a fifth of a step's time on the small CNN. The
+    batch norm's place holds an Identity, so a hook on it still sees its output; a convolution whose
+    own output is hooked is left alone. Returns ``(parent, name, original)`` to put back.
+    """
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    for parent in model.modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        children = list(parent._modules.items())
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+            if (isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and conv not in hooked
+                    and bn.running_mean is not None and bn.running_var is not None and not bn.training):
+                swapped += [(parent, conv_name, conv), (parent, bn_name, bn)]
+                parent._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
+                parent._modules[bn_name] = nn.Identity()
+    return swapped
+
+
+@contextmanager
+def _frozen(model: nn.Module, layers: Sequence[str]) -> Iterator[_Activations]:
+    """The model in eval mode with frozen weights, batch norms folded and hooks on ``layers``; restored on exit."""
+    grads = [p.requires_grad for p in model.parameters()]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    swapped = _fold_batchnorm(model, {get_layer(model, name) for name in layers})
+    hooks = _Activations(model, layers)
+    try:
+        yield hooks
+    finally:
+        hooks.close()
+        for parent, name, module in reversed(swapped):
+            parent._modules[name] = module
+        for p, g in zip(model.parameters(), grads):
+            p.requires_grad_(g)
+        for m, training in modes.items():
+            m.training = training
 
 
 class MinimalEvidence:
@@ -113,19 +182,8 @@ class MinimalEvidence:
         uniform pixel noise in [0, ``noise``] becomes ``(r - noise_mean) / noise_std`` (the data's
         normalisation, ``[1, C, 1, 1]``). ``targets`` default to the model's decisions on the images.
         """
-        grads = [p.requires_grad for p in model.parameters()]
-        was_training = model.training
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        hooks = _Activations(model, self.layers)
-        try:
+        with _frozen(model, self.layers) as hooks:
             return self._explain(model, hooks, images, baseline, noise_mean, noise_std, targets)
-        finally:
-            hooks.close()
-            for p, g in zip(model.parameters(), grads):
-                p.requires_grad_(g)
-            model.train(was_training)
 
     def _forward(self, model: nn.Module, hooks: _Activations, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         hooks.outputs.clear()
