@@ -72,11 +72,11 @@ def main() -> None:
     images = torch.stack([ctx.dataset[i][0] for i in range(args.n)])
     optimiser = MinimalEvidence([store.attrs["layer"]], iterations=args.iterations)
     with Clock() as batched:
-        masks = optimiser.explain(ctx.model, images, fill_of("border", images, mean, std), mean, std)
+        masks = optimiser.explain(ctx.model, images, fill_of("border", images, mean, std), std)
     with Clock() as single:
         for i in range(args.single):
             one = images[i:i + 1]
-            optimiser.explain(ctx.model, one, fill_of("border", one, mean, std), mean, std)
+            optimiser.explain(ctx.model, one, fill_of("border", one, mean, std), std)
     with Clock() as stage:
         evidence(out, samples=",".join(str(i) for i in range(args.n)), max_samples=args.n, checkpoints="final",
                  iterations=args.iterations, device="cpu", progress=False)

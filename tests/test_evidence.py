@@ -146,15 +146,15 @@ def test_masks_keep_the_decision_on_the_spot_the_model_reads_and_are_seeded():
     zero = torch.zeros(1, 1, 1, 1)
     one = torch.ones(1, 1, 1, 1)
     opt = MinimalEvidence(["feat"], resolution=8, iterations=40, seed=3)
-    a = opt.explain(model, x, zero, zero, one)
+    a = opt.explain(model, x, zero, one)
     assert a.target.tolist() == [1, 1, 1, 1] and a.kept.all()
     spot = torch.zeros(16, 16, dtype=torch.bool)
     spot[2:6, 2:6] = True
     on_spot = (a.masks & spot).flatten(1).sum(1).float() / a.masks.flatten(1).sum(1)
     assert (a.area < 0.5).all() and (on_spot > 0.5).all()  # the mask drops most of the image, keeps the spot
-    b = opt.explain(model, x, zero, zero, one)
+    b = opt.explain(model, x, zero, one)
     assert torch.equal(a.soft, b.soft) and torch.equal(a.masks, b.masks)
-    c = MinimalEvidence(["feat"], resolution=8, iterations=40, seed=4).explain(model, x, zero, zero, one)
+    c = MinimalEvidence(["feat"], resolution=8, iterations=40, seed=4).explain(model, x, zero, one)
     assert not torch.equal(a.soft, c.soft)  # the seed drives the noise
     assert all(p.requires_grad is False for p in model.parameters())
 
@@ -242,7 +242,7 @@ def test_user_errors_name_the_option(tiny_run):
 def test_unet_generator_shrinks_masks_and_is_seeded():
     model, x = Spot(), _spot_images(3)
     zero, one = torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
-    r = MinimalEvidence(["feat"], generator="unet", iterations=40, seed=0).explain(model, x, zero, zero, one)
+    r = MinimalEvidence(["feat"], generator="unet", iterations=40, seed=0).explain(model, x, zero, one)
     assert (r.soft.flatten(1).mean(1) < 0.6).all()  # from 0.73 everywhere
-    again = MinimalEvidence(["feat"], generator="unet", iterations=40, seed=0).explain(model, x, zero, zero, one)
+    again = MinimalEvidence(["feat"], generator="unet", iterations=40, seed=0).explain(model, x, zero, one)
     assert torch.equal(r.soft, again.soft)

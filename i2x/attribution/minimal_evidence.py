@@ -24,9 +24,10 @@ tuned on the digits demo so that every mask keeps the decision at a mean area ne
 * binarisation weighs 0.2 inside the minimality group (at 1 it cancels the area's pull on a mask
   near 1 and masks barely shrink);
 * layers: the store's target layer (post-ReLU map, relative squared error), weight 1;
-* noise r: uniform pixel noise in [0, 0.25] per pixel and channel (normalised like the data), drawn
-  fresh every step from a generator seeded with ``seed``; at [0, 1] the robustness term alone held
-  masks above half the image on digits;
+* noise r: the fill plus uniform pixel noise of width 0.25 centred on it, per pixel and channel, drawn
+  fresh every step from a generator seeded with ``seed``; with noise in [0, 1] the robustness term
+  alone held digit masks above half the image, and noise on one side of the background (darker or brighter)
+  biases decisions that rest on brightness: on grey textured images it pulled masks off a planted marker;
 * mask resolution (pixel generator): 8 x 8 logits per image, upsampled bilinearly.
 
 Every step runs the whole batch (evidence and random infill images together) through one forward
@@ -174,27 +175,28 @@ class MinimalEvidence:
         self.noise = noise
         self.seed = seed
 
-    def explain(self, model: nn.Module, images: torch.Tensor, baseline: torch.Tensor, noise_mean: torch.Tensor,
-                noise_std: torch.Tensor, targets: torch.Tensor | None = None) -> EvidenceMasks:
+    def explain(self, model: nn.Module, images: torch.Tensor, fill: torch.Tensor, std: torch.Tensor,
+                targets: torch.Tensor | None = None) -> EvidenceMasks:
         """Masks for ``images`` ``[B, C, H, W]`` (normalised, on the model's device).
 
-        ``baseline`` is the fill of removed pixels in normalised units (broadcast to the images);
-        uniform pixel noise in [0, ``noise``] becomes ``(r - noise_mean) / noise_std`` (the data's
-        normalisation, ``[1, C, 1, 1]``). ``targets`` default to the model's decisions on the images.
+        ``fill`` is the fill of removed pixels in normalised units (:func:`fill_of`, broadcast to the images);
+        the random infill is the fill plus uniform pixel noise in [-``noise``/2, ``noise``/2], i.e.
+        ``fill + u / std`` with ``std`` the data's normalisation ``[1, C, 1, 1]``. ``targets`` default to
+        the model's decisions on the images.
         """
         with _frozen(model, self.layers) as hooks:
-            return self._explain(model, hooks, images, baseline, noise_mean, noise_std, targets)
+            return self._explain(model, hooks, images, fill, std, targets)
 
     def _forward(self, model: nn.Module, hooks: _Activations, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         hooks.outputs.clear()
         logits = model(x)
         return logits.float(), [hooks.outputs[name].float() for name in self.layers]
 
-    def _explain(self, model: nn.Module, hooks: _Activations, images: torch.Tensor, baseline: torch.Tensor,
-                 noise_mean: torch.Tensor, noise_std: torch.Tensor, targets: torch.Tensor | None) -> EvidenceMasks:
+    def _explain(self, model: nn.Module, hooks: _Activations, images: torch.Tensor, fill: torch.Tensor,
+                 std: torch.Tensor, targets: torch.Tensor | None) -> EvidenceMasks:
         b = images.shape[0]
         device = images.device
-        with torch.no_grad():
+        with torch.no_grad():  # not inference_mode: the references are saved for the backward passes
             ref_logits, ref_acts = self._forward(model, hooks, images)
         target = ref_logits.argmax(dim=1) if targets is None else targets.to(device)
         gen = make_generator(self.generator, images, self.resolution, self.seed).to(device)
@@ -205,8 +207,8 @@ class MinimalEvidence:
         for step in range(self.iterations):
             soft = gen()
             mask = straight_through(soft, self.threshold) if step >= binary_from else soft
-            r = (self.noise * torch.rand(images.shape, generator=noise, device=device) - noise_mean) / noise_std
-            batch = torch.cat([compose(images, mask, baseline), compose(images, mask, r)])
+            r = fill + self.noise * (torch.rand(images.shape, generator=noise, device=device) - 0.5) / std
+            batch = torch.cat([compose(images, mask, fill), compose(images, mask, r)])
             logits, acts = self._forward(model, hooks, batch)
             ev_logits, rob_logits = logits[:b], logits[b:]
             matching = kl_divergence(ref_logits, ev_logits) + decision_loss(ev_logits, target)
@@ -217,23 +219,23 @@ class MinimalEvidence:
             optimiser.zero_grad(set_to_none=True)
             loss.sum().backward()
             optimiser.step()
-        with torch.no_grad():
+        with torch.inference_mode():  # scoring only: no autograd bookkeeping
             soft = gen()
-            return self._score(model, hooks, images, soft, target, baseline, noise, noise_mean, noise_std, ref_logits)
+            return self._score(model, hooks, images, soft, target, fill, noise, std, ref_logits)
 
     def _score(self, model: nn.Module, hooks: _Activations, images: torch.Tensor, soft: torch.Tensor,
-               target: torch.Tensor, baseline: torch.Tensor, noise: torch.Generator, noise_mean: torch.Tensor,
-               noise_std: torch.Tensor, ref_logits: torch.Tensor, draws: int = 8) -> EvidenceMasks:
+               target: torch.Tensor, fill: torch.Tensor, noise: torch.Generator, std: torch.Tensor,
+               ref_logits: torch.Tensor, draws: int = 8) -> EvidenceMasks:
         """Binarise (highest threshold that keeps the decision), then area, kept, KL and robustness per mask."""
         b = images.shape[0]
         thresholds = (self.threshold, *[t for t in FALLBACK_THRESHOLDS if t < self.threshold])
         masks = torch.stack([(soft > t).to(images.dtype) for t in thresholds])  # [T, B, 1, H, W]
-        logits, _ = self._forward(model, hooks, compose(images.unsqueeze(0), masks, baseline).flatten(0, 1))
+        logits, _ = self._forward(model, hooks, compose(images.unsqueeze(0), masks, fill).flatten(0, 1))
         keeps = (logits.argmax(dim=1) == target.repeat(len(thresholds))).view(len(thresholds), b)
         first = torch.where(keeps.any(dim=0), keeps.float().argmax(dim=0), torch.zeros_like(target))
         chosen = masks[first, torch.arange(b, device=images.device)]  # [B, 1, H, W]
         ev_logits = logits.view(len(thresholds), b, -1)[first, torch.arange(b, device=images.device)]
-        r = (self.noise * torch.rand((draws, *images.shape), generator=noise, device=images.device) - noise_mean) / noise_std
+        r = fill + self.noise * (torch.rand((draws, *images.shape), generator=noise, device=images.device) - 0.5) / std
         rob_logits, _ = self._forward(model, hooks, compose(images.unsqueeze(0), chosen.unsqueeze(0), r).flatten(0, 1))
         robust = (rob_logits.argmax(dim=1).view(draws, b) == target).float().mean(dim=0)
         threshold = torch.tensor(thresholds, device=images.device)[first]

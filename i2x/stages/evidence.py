@@ -62,7 +62,8 @@ class EvidenceConfig(ModelAccess):
                                                  parse=_floats, metavar="M,N,R", low=0)
     fill: str = option("border", "fill of the removed pixels: border (each image's own background, the median of "
                        "its outermost pixels), mean (the data mean) or black", choices=FILLS)
-    noise: float = option(0.25, "robustness infill: uniform pixel noise in [0, NOISE]", low=0)
+    noise: float = option(0.25, "robustness infill: the fill plus uniform pixel noise of width NOISE centred on it",
+                          low=0)
     layers: tuple[str, ...] | None = option(None, "layers whose activations are matched (default: the store's "
                                             "target layer)", parse=split_names, metavar="A,B")
     roi: str | None = option(None, ".npy file of boolean regions of interest [n, H, W] by store row: adds each "
@@ -111,7 +112,7 @@ def evidence(out_dir: str | Path, config: EvidenceConfig | None = None, progress
             for lo in range(0, rows.size, cfg.batch_size):
                 part = rows[lo:lo + cfg.batch_size]
                 images = torch.stack([ctx.dataset[int(i)][0] for i in part]).to(ctx.device)
-                parts.append(optimiser.explain(ctx.model, images, fill_of(cfg.fill, images, mean, std), mean, std))
+                parts.append(optimiser.explain(ctx.model, images, fill_of(cfg.fill, images, mean, std), std))
             result = EvidenceMasks(*(torch.cat([getattr(p, f) for p in parts]) for f in EvidenceMasks.__dataclass_fields__))
             results.append(result)
             images = torch.stack([ctx.dataset[int(i)][0] for i in rows]).to(ctx.device)
