@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from i2x import api
-from i2x.attribution.minimal_evidence import MinimalEvidence, fill_of
+from i2x.attribution.minimal_evidence import MinimalEvidence
+from i2x.metrics.evidence import fill_of
 from i2x.io.store import Store
 from i2x.io.workdir import checkpoint_index
 from i2x.stages.context import open_context

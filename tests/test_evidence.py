@@ -14,13 +14,13 @@ from torch import nn
 
 from fixtures_pipeline import tiny_run  # noqa: F401  (pytest fixture)
 from i2x.attribution.mask_generators import PixelMask, UNetMask
-from i2x.attribution.minimal_evidence import MinimalEvidence, _fold_batchnorm, _frozen, fill_of
+from i2x.attribution.minimal_evidence import MinimalEvidence, _fold_batchnorm, _frozen
 from i2x.cli import main
 from i2x.errors import UserError
 from i2x.io.store import Store
 from i2x.reporting import build_report
-from i2x.metrics.evidence import (activation_matching, area, binarisation, compose, decision_loss, iou_at_equal_area,
-                                  kl_divergence, leakage, straight_through, total_variation)
+from i2x.metrics.evidence import (activation_matching, area, binarisation, compose, decision_loss, fill_of,
+                                  iou_at_equal_area, kl_divergence, leakage, straight_through, total_variation)
 from i2x.stages.evidence import EvidenceConfig, evidence
 
 

@@ -20,9 +20,10 @@ import torch
 from scipy.ndimage import binary_dilation
 
 from i2x import api
-from i2x.attribution.minimal_evidence import EvidenceMasks, MinimalEvidence, fill_of
+from i2x.attribution.minimal_evidence import EvidenceMasks, MinimalEvidence
 from i2x.io import synthetic
 from i2x.io.synthetic import MARKED_CLASS, marker_effect, marker_pixels, paint_marker, planted_seed
+from i2x.metrics.evidence import fill_of
 from i2x.stages.context import RunConfig, build_context
 
 EPOCHS = 4

@@ -3,7 +3,7 @@ frozen classifier's decision and its internal activations; many images optimised
 
 For images ``x`` with decision ``y = argmax f(x)`` a mask generator (:mod:`i2x.attribution.mask_generators`)
 gives masks ``m``; the evidence is ``e = m * x + (1 - m) * b`` with ``b`` the fill of removed pixels
-(:func:`fill_of`): by default each image's own background (black on digits, grey on textured images,
+(:func:`i2x.metrics.evidence.fill_of`): by default each image's own background (black on digits, grey on textured images,
 where a black fill alone turns marked images into the other class and no mask keeps their decision);
 the paper's ``m * x`` on the network's input is ``fill="mean"``.
 Per image the loss is (terms in :mod:`i2x.metrics.evidence`)::
@@ -53,7 +53,6 @@ from i2x.metrics.evidence import (activation_matching, area, binarisation, compo
                                   straight_through, total_variation)
 
 FALLBACK_THRESHOLDS = (0.3, 0.1)
-FILLS = ("border", "mean", "black")
 #: Weight of the binarisation prior inside the minimality group (area and total variation weigh 1): at 1 its
 #: pull toward 1 cancels the area's pull toward 0 on a mask near 1, and masks barely shrink.
 BINARISATION_WEIGHT = 0.2
@@ -71,24 +70,6 @@ class EvidenceMasks:
     kept: torch.Tensor       # bool [B]: f(e) keeps the decision
     kl: torch.Tensor         # float [B]: KL(f(x) || f(e)) in nats
     robust: torch.Tensor     # float [B]: share of random infills that keep the decision
-
-
-def fill_of(kind: str, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """The fill of the pixels a mask removes, in normalised units, broadcastable to ``images`` ``[B, C, H, W]``.
-
-    ``border``: per image and channel the median of the image's outermost pixels, i.e. its own background
-    (black on digits, the texture's grey on textured images), so the evidence is the kept part on the
-    background the model knows; ``mean``: the data mean (0 after normalisation: the paper's ``m * x`` on
-    the network's input); ``black``: pixel value 0 (``m * x`` in pixel units). ``mean``/``std``: ``[1, C, 1, 1]``.
-    """
-    if kind == "border":
-        ring = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]], dim=-1)
-        return ring.median(dim=-1).values[..., None, None]
-    if kind == "mean":
-        return torch.zeros_like(mean)
-    if kind == "black":
-        return -mean / std
-    raise ValueError(f"fill {kind!r}: choose one of {', '.join(FILLS)}")
 
 
 class _Activations:
@@ -179,7 +160,7 @@ class MinimalEvidence:
                 targets: torch.Tensor | None = None) -> EvidenceMasks:
         """Masks for ``images`` ``[B, C, H, W]`` (normalised, on the model's device).
 
-        ``fill`` is the fill of removed pixels in normalised units (:func:`fill_of`, broadcast to the images);
+        ``fill`` is the fill of removed pixels in normalised units (:func:`i2x.metrics.evidence.fill_of`, broadcast to the images);
         the random infill is the fill plus uniform pixel noise in [-``noise``/2, ``noise``/2], i.e.
         ``fill + u / std`` with ``std`` the data's normalisation ``[1, C, 1, 1]``. ``targets`` default to
         the model's decisions on the images.

@@ -23,12 +23,12 @@ from tqdm.auto import tqdm
 
 from i2x.attribution import display_maps
 from i2x.attribution.mask_generators import GENERATORS
-from i2x.attribution.minimal_evidence import FILLS, EvidenceMasks, MinimalEvidence, fill_of
+from i2x.attribution.minimal_evidence import EvidenceMasks, MinimalEvidence
 from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import EVIDENCE, clean_json, describe_checkpoint, write_json
-from i2x.metrics.evidence import iou_at_equal_area, leakage
+from i2x.metrics.evidence import FILLS, fill_of, iou_at_equal_area, leakage
 from i2x.metrics.stats import mean_std
 from i2x.settings import device_option, option, validate
 from i2x.stages.context import ModelAccess, open_context
