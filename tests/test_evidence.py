@@ -9,17 +9,18 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fixtures_pipeline import tiny_run  # noqa: F401  (pytest fixture)
 from i2x.attribution.mask_generators import PixelMask, UNetMask
-from i2x.attribution.minimal_evidence import MinimalEvidence
+from i2x.attribution.minimal_evidence import MinimalEvidence, _fold_batchnorm, _frozen
 from i2x.cli import main
 from i2x.errors import UserError
 from i2x.io.store import Store
 from i2x.reporting import build_report
-from i2x.metrics.evidence import (activation_matching, area, binarisation, compose, decision_loss, iou_at_equal_area,
-                                  kl_divergence, leakage, straight_through, total_variation)
+from i2x.metrics.evidence import (activation_matching, area, binarisation, compose, decision_loss, fill_of,
+                                  iou_at_equal_area, kl_divergence, leakage, straight_through, total_variation)
 from i2x.stages.evidence import EvidenceConfig, evidence
 
 
@@ -145,17 +146,55 @@ def test_masks_keep_the_decision_on_the_spot_the_model_reads_and_are_seeded():
     zero = torch.zeros(1, 1, 1, 1)
     one = torch.ones(1, 1, 1, 1)
     opt = MinimalEvidence(["feat"], resolution=8, iterations=40, seed=3)
-    a = opt.explain(model, x, zero, zero, one)
+    a = opt.explain(model, x, zero, one)
     assert a.target.tolist() == [1, 1, 1, 1] and a.kept.all()
     spot = torch.zeros(16, 16, dtype=torch.bool)
     spot[2:6, 2:6] = True
     on_spot = (a.masks & spot).flatten(1).sum(1).float() / a.masks.flatten(1).sum(1)
     assert (a.area < 0.5).all() and (on_spot > 0.5).all()  # the mask drops most of the image, keeps the spot
-    b = opt.explain(model, x, zero, zero, one)
+    b = opt.explain(model, x, zero, one)
     assert torch.equal(a.soft, b.soft) and torch.equal(a.masks, b.masks)
-    c = MinimalEvidence(["feat"], resolution=8, iterations=40, seed=4).explain(model, x, zero, zero, one)
+    c = MinimalEvidence(["feat"], resolution=8, iterations=40, seed=4).explain(model, x, zero, one)
     assert not torch.equal(a.soft, c.soft)  # the seed drives the noise
     assert all(p.requires_grad is False for p in model.parameters())
+
+
+def test_fill_is_each_images_border_median_or_the_mean_or_black():
+    x = torch.full((2, 2, 5, 5), 3.0)
+    x[0, 0, 1:4, 1:4] = 9.0  # the inside does not count
+    x[1, 1] = -1.0
+    x[1, 1, 0, 0] = 7.0  # one odd border pixel does not move the median
+    mean, std = torch.tensor([0.5, 0.25]).view(1, 2, 1, 1), torch.tensor([0.5, 0.25]).view(1, 2, 1, 1)
+    assert fill_of("border", x, mean, std).flatten().tolist() == [3.0, 3.0, 3.0, -1.0]
+    assert fill_of("mean", x, mean, std).flatten().tolist() == [0.0, 0.0]
+    assert fill_of("black", x, mean, std).flatten().tolist() == [-1.0, -1.0]  # pixel value 0 after normalisation
+
+
+def _conv_bn() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 1),
+                          nn.BatchNorm2d(3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(3, 2, 6, 6))
+    for bn in (model[1], model[4]):
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+    return model.eval()
+
+
+def test_batchnorm_folding_keeps_logits_and_hooks_and_is_undone():
+    model, x = _conv_bn(), torch.randn(5, 2, 6, 6)
+    with torch.no_grad():
+        reference, bn_out = model(x), model[:2](x)
+        originals = list(model)
+        swapped = _fold_batchnorm(model, {model[3]})  # the second conv's own output is hooked: left alone
+        assert isinstance(model[1], nn.Identity) and isinstance(model[4], nn.BatchNorm2d) and len(swapped) == 2
+        torch.testing.assert_close(model(x), reference, rtol=1e-5, atol=1e-5)
+    model.train()
+    with _frozen(model, ["1"]) as hooks, torch.no_grad():
+        model(x)
+        torch.testing.assert_close(hooks.outputs["1"], F.relu(bn_out), rtol=1e-5, atol=1e-5)  # the hook on the BN
+    for parent, name, module in reversed(swapped):
+        parent._modules[name] = module
+    assert list(model) == originals and model.training and all(p.requires_grad for p in model.parameters())
 
 
 # ---- the stage -----------------------------------------------------------------------------------
@@ -203,7 +242,7 @@ def test_user_errors_name_the_option(tiny_run):
 def test_unet_generator_shrinks_masks_and_is_seeded():
     model, x = Spot(), _spot_images(3)
     zero, one = torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
-    r = MinimalEvidence(["feat"], generator="unet", iterations=40, seed=0).explain(model, x, zero, zero, one)
+    r = MinimalEvidence(["feat"], generator="unet", iterations=40, seed=0).explain(model, x, zero, one)
     assert (r.soft.flatten(1).mean(1) < 0.6).all()  # from 0.73 everywhere
-    again = MinimalEvidence(["feat"], generator="unet", iterations=40, seed=0).explain(model, x, zero, zero, one)
+    again = MinimalEvidence(["feat"], generator="unet", iterations=40, seed=0).explain(model, x, zero, one)
     assert torch.equal(r.soft, again.soft)

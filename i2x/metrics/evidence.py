@@ -1,8 +1,7 @@
 """Loss terms and scores of minimal evidence masks (Med-CAM, arXiv 2604.13695), per sample.
 
 A mask ``m`` in [0, 1] (``[B, 1, H, W]``) keeps part of an image: the evidence is
-``e = m * x + (1 - m) * b`` with ``b`` the baseline image (the paper's ``m * x`` in pixel units is
-``b`` = black). Every loss term returns one value per sample (``[B]``) so a batch of masks is
+``e = m * x + (1 - m) * b`` with ``b`` the fill (:func:`fill_of`). Every loss term returns one value per sample (``[B]``) so a batch of masks is
 optimised by summing them; the area-type terms are means over pixels (the paper's L1 norms divided
 by H*W), so their weights do not depend on the image size.
 """
@@ -11,6 +10,26 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+FILLS = ("border", "mean", "black")
+
+
+def fill_of(kind: str, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The fill of the pixels a mask removes, in normalised units, broadcastable to ``images`` ``[B, C, H, W]``.
+
+    ``border``: per image and channel the median of the image's outermost pixels, i.e. its own background
+    (black on digits, the texture's grey on textured images), so the evidence is the kept part on the
+    background the model knows; ``mean``: the data mean (0 after normalisation: the paper's ``m * x`` on
+    the network's input); ``black``: pixel value 0 (``m * x`` in pixel units). ``mean``/``std``: ``[1, C, 1, 1]``.
+    """
+    if kind == "border":
+        ring = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]], dim=-1)
+        return ring.median(dim=-1).values[..., None, None]
+    if kind == "mean":
+        return torch.zeros_like(mean)
+    if kind == "black":
+        return -mean / std
+    raise ValueError(f"fill {kind!r}: choose one of {', '.join(FILLS)}")
 
 
 def compose(x: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:

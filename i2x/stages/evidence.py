@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from i2x.analysis.cartography import cartography
 from i2x.attribution import display_maps
 from i2x.attribution.mask_generators import GENERATORS
 from i2x.attribution.minimal_evidence import EvidenceMasks, MinimalEvidence
@@ -29,21 +28,17 @@ from i2x.errors import UserError
 from i2x.io.location import as_path
 from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import EVIDENCE, checkpoint_index, clean_json, describe_checkpoint, usable_checkpoints, write_json
-from i2x.metrics.evidence import iou_at_equal_area, leakage
-from i2x.metrics.faithfulness import select_buckets
+from i2x.io.workdir import EVIDENCE, clean_json, describe_checkpoint, write_json
+from i2x.metrics.evidence import FILLS, fill_of, iou_at_equal_area, leakage
 from i2x.metrics.stats import mean_std
 from i2x.settings import device_option, option, validate
 from i2x.stages.context import ModelAccess, open_context
+from i2x.stages.evidence_selection import read_roi, select_checkpoints, select_samples, split_names
 from i2x.stages.faithfulness import cams_for_targets
 
 
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(","))
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 @dataclass
@@ -66,107 +61,17 @@ class EvidenceConfig(ModelAccess):
     threshold: float = option(0.5, "binarisation threshold of the masks", low=0, high=1, low_open=True)
     weights: tuple[float, float, float] = option((10.0, 100.0, 10.0), "loss weights matching,minimality,robustness",
                                                  parse=_floats, metavar="M,N,R", low=0)
-    noise: float = option(0.25, "robustness infill: uniform pixel noise in [0, NOISE]", low=0)
+    fill: str = option("border", "fill of the removed pixels: border (each image's own background, the median of "
+                       "its outermost pixels), mean (the data mean) or black", choices=FILLS)
+    noise: float = option(0.25, "robustness infill: the fill plus uniform pixel noise of width NOISE centred on it",
+                          low=0)
     layers: tuple[str, ...] | None = option(None, "layers whose activations are matched (default: the store's "
-                                            "target layer)", parse=_names, metavar="A,B")
+                                            "target layer)", parse=split_names, metavar="A,B")
     roi: str | None = option(None, ".npy file of boolean regions of interest [n, H, W] by store row: adds each "
                              "mask's leakage outside its region", metavar="FILE")
     batch_size: int = option(256, "masks optimised together", low=1)
     seed: int = option(0, "seed of the noise and the U-Net weights")
     device: str = device_option()
-
-
-# ---- which samples and checkpoints ---------------------------------------------------------------
-def select_samples(store: Store, spec: str, max_samples: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """Store rows to explain and why each was chosen (see ``EvidenceConfig.samples``), at most ``max_samples``."""
-    labels = store.read("labels")
-    usable = usable_checkpoints(store)
-    probs = np.asarray(store.array("probs").get_orthogonal_selection((usable, slice(None))))
-    final = probs[-1]
-    p_true = final[np.arange(labels.size), labels]
-    names = store.class_names
-    kind, _, arg = spec.partition(":")
-    if spec == "default":
-        carto = cartography(probs, labels)
-        picks: list[tuple[int, str]] = []
-        for c in range(len(names)):
-            of_class = np.flatnonzero(labels == c)
-            if of_class.size:
-                picks.append((int(of_class[np.argmax(carto["confidence"][of_class])]), "most confident"))
-                picks.append((int(of_class[np.argmax(carto["variability"][of_class])]), "most variable"))
-        wrong = final.argmax(axis=1) != labels
-        picks += [(int(i), "misclassified" if wrong[i] else "least confident at the end")
-                  for i in np.argsort(p_true, kind="stable")[:6]]
-        seen: dict[int, str] = {}
-        for row, why in picks:
-            seen.setdefault(row, why)
-        rows, whys = np.array(list(seen), dtype=np.int64), list(seen.values())
-    elif spec == "misclassified":
-        wrong = np.flatnonzero(final.argmax(axis=1) != labels)
-        rows = wrong[np.argsort(p_true[wrong], kind="stable")]
-        whys = ["misclassified"] * rows.size
-    elif kind == "class" and arg:
-        c = names.index(arg) if arg in names else int(arg) if arg.isdigit() and int(arg) < len(names) else None
-        if c is None:
-            raise UserError(f"--samples {spec}: no class {arg!r}; choose one of {', '.join(names)}")
-        rows = np.flatnonzero(labels == c)
-        whys = [f"class {names[c]}"] * rows.size
-    elif kind == "prototype" and arg.isdigit():
-        if not store.has("analysis/share"):
-            raise UserError(f"--samples {spec}: no prototypes yet; run `i2x analyze` first")
-        share = store.read("analysis/share")
-        k = int(arg)
-        if k >= share.shape[1]:
-            raise UserError(f"--samples {spec}: the analysis has prototypes 0..{share.shape[1] - 1}")
-        rows = np.argsort(-share[:, k], kind="stable")
-        rows = rows[share[rows, k] > 0]
-        whys = [f"prototype {k} covers {share[r, k]:.0%}" for r in rows]
-    elif kind == "bucket" and arg in ("tp", "fp", "random"):
-        rows = select_buckets(final, labels, max_samples, None, seed)[arg]
-        whys = [f"bucket {arg}"] * rows.size
-    elif all(v.strip().isdigit() for v in spec.split(",")):
-        rows = np.array([int(v) for v in spec.split(",")], dtype=np.int64)
-        if rows.max() >= labels.size:
-            raise UserError(f"--samples {spec}: the store has rows 0..{labels.size - 1}")
-        whys = ["chosen"] * rows.size
-    else:
-        raise UserError(f"--samples {spec!r}: give default, misclassified, class:NAME, prototype:K, "
-                        "bucket:tp|fp|random or store rows like 3,17,42")
-    if rows.size == 0:
-        raise UserError(f"--samples {spec}: no sample matches; choose another --samples")
-    return rows[:max_samples], whys[:max_samples]
-
-
-def select_checkpoints(store: Store, spec: str) -> list[int]:
-    """Store indices of the checkpoints named in ``spec`` (first, middle, final, all, or names), in training order."""
-    usable = usable_checkpoints(store)
-    chosen: set[int] = set()
-    for name in _names(spec):
-        if name == "all":
-            chosen.update(int(t) for t in usable)
-        elif name == "middle":
-            chosen.add(int(usable[len(usable) // 2]))
-        else:
-            try:
-                chosen.add(checkpoint_index(store, name))
-            except UserError as exc:
-                raise UserError(f"--checkpoints {spec}: {exc}") from None
-    if not chosen:
-        raise UserError("--checkpoints: name at least one checkpoint (first, middle, final, all or a name)")
-    return sorted(chosen)
-
-
-def _roi(path: str | None, n: int, size: tuple[int, int]) -> np.ndarray | None:
-    """The ROI masks ``[n, H, W]`` (bool) from a .npy file, checked against the store and the input size."""
-    if path is None:
-        return None
-    try:
-        roi = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"--roi {path}: cannot read it as a .npy array ({exc})") from None
-    if roi.shape != (n, *size):
-        raise UserError(f"--roi {path}: shape {roi.shape}, expected {(n, *size)} (one H x W region per store row)")
-    return roi.astype(bool)
 
 
 # ---- the stage ---------------------------------------------------------------------------------
@@ -201,14 +106,14 @@ def evidence(out_dir: str | Path, config: EvidenceConfig | None = None, progress
             ctx = open_context(store, t, cfg.device, cfg.batch_size, cfg.trust_checkpoints, cfg.trust_analysis,
                                cfg.model)
             size = tuple(int(s) for s in ctx.data.input_size)
-            roi = _roi(cfg.roi, labels.size, size) if cfg.roi and roi is None else roi
+            roi = read_roi(cfg.roi, labels.size, size) if cfg.roi and roi is None else roi
             mean = torch.tensor(ctx.data.mean, dtype=torch.float32, device=ctx.device).view(1, -1, 1, 1)
             std = torch.tensor(ctx.data.std, dtype=torch.float32, device=ctx.device).view(1, -1, 1, 1)
             parts = []
             for lo in range(0, rows.size, cfg.batch_size):
                 part = rows[lo:lo + cfg.batch_size]
                 images = torch.stack([ctx.dataset[int(i)][0] for i in part]).to(ctx.device)
-                parts.append(optimiser.explain(ctx.model, images, -mean / std, mean, std))
+                parts.append(optimiser.explain(ctx.model, images, fill_of(cfg.fill, images, mean, std), std))
             result = EvidenceMasks(*(torch.cat([getattr(p, f) for p in parts]) for f in EvidenceMasks.__dataclass_fields__))
             results.append(result)
             images = torch.stack([ctx.dataset[int(i)][0] for i in rows]).to(ctx.device)

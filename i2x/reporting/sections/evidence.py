@@ -1,7 +1,7 @@
 """Report section of the minimal evidence study (``i2x evidence``), skipped when it has not run.
 
 Per sample at the last explained checkpoint: the image, the stored CAM, the minimal mask and the
-evidence (the image where the mask keeps it, black elsewhere); then the mean evidence area per
+evidence (the image where the mask keeps it, the study's fill elsewhere); then the mean evidence area per
 class over the explained checkpoints (does the model need less of the image as it learns).
 """
 
@@ -44,6 +44,17 @@ def area_chart(frame: pd.DataFrame) -> alt.Chart:
     ).properties(width=420, height=220)
 
 
+def _fill(images: np.ndarray, kind: str) -> np.ndarray:
+    """The fill of removed pixels for display images ``[n, C, H, W]`` in [0, 1], ``[n, C, 1, 1]``: per image the
+    median of its outermost pixels (``border``), black, or (``mean``) the shown images' mean colour."""
+    if kind == "border":
+        ring = np.concatenate([images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]], -1)
+        return np.sort(ring, axis=-1)[..., (ring.shape[-1] - 1) // 2][..., None, None]  # the lower median, as torch's
+    if kind == "mean":
+        return np.broadcast_to(images.mean(axis=(0, 2, 3), keepdims=True), (images.shape[0], images.shape[1], 1, 1))
+    return np.zeros((*images.shape[:2], 1, 1), dtype=images.dtype)
+
+
 def _pictures(r: ReportInputs, e: dict) -> str:
     """Table rows: image | CAM | mask | evidence, per sample, at the last explained checkpoint."""
     u = len(e["checkpoints"]) - 1
@@ -56,7 +67,8 @@ def _pictures(r: ReportInputs, e: dict) -> str:
     shown = to_rgb(resize(images, PICTURE))
     cams = overlays(images, cam[None], size=PICTURE)[0]
     mask_pics = to_rgb(resize(masks[:, None], PICTURE))
-    evidence_pics = to_rgb(resize(images * masks[:, None], PICTURE))
+    m = masks[:, None]
+    evidence_pics = to_rgb(resize(images * m + (1 - m) * _fill(images, e["settings"].get("fill", "black")), PICTURE))
     area, kept = r.read("evidence/area")[u], r.read("evidence/kept")[u].astype(bool)
     target, names = r.read("evidence/target")[u], r.names
     body = []
@@ -80,15 +92,16 @@ def evidence_section(r: ReportInputs) -> Section | None:
     if e is None or not r.store.has("evidence/masks"):
         return None
     st = e["settings"]
-    intro = ("The smallest part of each image that, shown alone on black, keeps the model's decision and its "
-             "activations at the target layer (Med-CAM minimal evidence), next to the CAM of the same checkpoint.")
+    intro = ("The smallest part of each image that, shown alone on the image's own background, keeps the model's "
+             "decision and its activations at the target layer (Med-CAM minimal evidence), next to the CAM of the "
+             "same checkpoint.")
     rows = [(c["checkpoint"]["name"], c["n"], f"{c['kept']:.0%}", f"{c['area']['mean']:.3f}",
              f"{c['robust']['mean']:.2f}", ", ".join(f"{m} {v['mean']:.2f}" for m, v in c["iou"].items() if v))
             for c in e["per_checkpoint"]]
     parts = [f'<p class="muted">{esc(st["generator"])} generator, {esc(st["iterations"])} Adam steps (lr '
              f'{esc(st["lr"])}), threshold {esc(st["threshold"])}, weights matching:minimality:robustness '
-             f'{esc(":".join(f"{w:g}" for w in st["weights"]))}, noise [0, {esc(st["noise"])}], seed '
-             f'{esc(st["seed"])}; samples: {esc(st["samples"])}.</p>',
+             f'{esc(":".join(f"{w:g}" for w in st["weights"]))}, fill {esc(st.get("fill", "black"))}, noise width '
+             f'{esc(st["noise"])}, seed {esc(st["seed"])}; samples: {esc(st["samples"])}.</p>',
              table(["checkpoint", "masks", "decision kept", "mean area", "robust to noise infill",
                     "IoU with CAM at equal area"], rows)]
     if len(e["per_checkpoint"]) > 1:
