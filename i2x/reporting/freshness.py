@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from i2x.io.location import RemotePath, as_path
 from i2x.io.workdir import REPORT, SUMMARY, write_text
 from i2x.reporting.page import esc
 
@@ -29,12 +30,12 @@ _BLOCK = re.compile(r'<script id="i2x-inputs" type="application/json">(.*?)</scr
 _BANNER = re.compile(r'<div class="stale-banner"[^>]*>.*?</div>\n?', re.S)
 
 
-def fingerprint(path: Path) -> str | None:
+def fingerprint(path: Path | RemotePath) -> str | None:
     """sha256 of a file's content, or None when it does not exist."""
     if not path.is_file():
         return None
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -48,7 +49,7 @@ def summary_part(key: str) -> str:
 class _Digests:
     """Fingerprints of files and summary entries of one analysis directory, each computed once."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path | RemotePath) -> None:
         self.out = out_dir
         self.seen: dict[str, str | None] = {}
         self._summary: dict[str, Any] | None = None
@@ -70,7 +71,7 @@ class _Digests:
         return hashlib.sha256(json.dumps(self._summary[key], sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def record(out_dir: Path, reads: dict[str, list[str]]) -> dict[str, dict[str, str | None]]:
+def record(out_dir: Path | RemotePath, reads: dict[str, list[str]]) -> dict[str, dict[str, str | None]]:
     """Per section id, the fingerprint of each file (or :func:`summary_part`) it read, relative to ``out_dir``."""
     digest = _Digests(out_dir)
     return {section: {name: digest(name) for name in names} for section, names in reads.items()}
@@ -79,7 +80,7 @@ def record(out_dir: Path, reads: dict[str, list[str]]) -> dict[str, dict[str, st
 def stale_sections(out_dir: str | Path) -> dict[str, list[str]]:
     """Sections of ``out_dir/report.html`` whose inputs changed since it was built: section id -> changed files
     (empty when the page is current, was built before this record existed, or is absent)."""
-    out = Path(out_dir)
+    out = as_path(out_dir)
     page = out / REPORT
     if not page.is_file():
         return {}
@@ -101,7 +102,7 @@ def stale_sections(out_dir: str | Path) -> dict[str, list[str]]:
 def mark_out_of_date(out_dir: str | Path) -> dict[str, list[str]]:
     """Rewrite ``out_dir/report.html`` so that a banner names the command that rebuilds it and every section whose
     inputs changed says so; returns the stale sections (the page is left as it is when there are none)."""
-    out = Path(out_dir)
+    out = as_path(out_dir)
     stale = stale_sections(out)
     if not stale:
         return stale
