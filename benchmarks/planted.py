@@ -82,7 +82,7 @@ def outcome(out: Path, result: dict, factory: str, seed: int) -> dict:
 
 
 @contextmanager
-def _place(workdir: Path | None, name: str) -> Iterator[Path]:
+def run_place(workdir: Path | None, name: str) -> Iterator[Path]:
     """The directory of one run: ``workdir/name`` (kept) or a temporary one."""
     if workdir is not None:
         yield workdir / name
@@ -107,7 +107,7 @@ def main() -> None:
         hits = on_pixels = 0
         for seed in range(args.seeds):
             start = time.perf_counter()
-            with _place(args.workdir, f"marker_{kind}_{seed}") as tmp:
+            with run_place(args.workdir, f"marker_{kind}_{seed}") as tmp:
                 out, result = planted_run(tmp, f"marker_{kind}", seed)
                 info = outcome(out, result, f"marker_{kind}", seed)
             hit = info["found"] and info["first"]
@@ -120,7 +120,7 @@ def main() -> None:
     for channels in sorted({k.split("_")[1] for k in kinds}) if args.twins != "skip" else []:
         alarms[channels] = 0
         for seed in range(args.seeds):
-            with _place(args.workdir, f"clean_{channels}_{seed}") as tmp:
+            with run_place(args.workdir, f"clean_{channels}_{seed}") as tmp:
                 _, result = planted_run(tmp, f"clean_{channels}", seed)
             alarms[channels] += result["shortcut_found"]
             print(f"clean {channels} seed {seed}: {result['verdict']}", flush=True)

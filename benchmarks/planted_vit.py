@@ -15,12 +15,10 @@ reuses it (only reliance runs again), to compare reliance versions on the same m
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -28,8 +26,13 @@ from torchvision.models import VisionTransformer
 
 from i2x import api
 from i2x.io import synthetic
-from i2x.io.store import Store
-from i2x.stages.context import RunConfig, build_context
+from i2x.stages.context import RunConfig
+
+# The CNN benchmark's reading of a run, shared (loaded by path: tests/ has a module named planted too).
+_spec = importlib.util.spec_from_file_location("planted_benchmark", Path(__file__).with_name("planted.py"))
+_planted = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_planted)  # type: ignore[union-attr]
+outcome, run_place = _planted.outcome, _planted.run_place
 
 DATA = str(Path(synthetic.__file__).resolve())
 MODEL = f"{Path(__file__).resolve()}:tiny_vit"
@@ -71,35 +74,6 @@ def planted_run(place: Path, factory: str, seed: int, model: str = MODEL) -> tup
     return place / "an", json.loads((place / "an" / "reliance.json").read_text()), seconds
 
 
-def outcome(out: Path, result: dict, factory: str, seed: int) -> dict:
-    """Whether the model uses the marker (input intervention), the verdict, and whether a concept holding the
-    marker (:data:`i2x.io.synthetic.MARKER_HOLD` of its cells in the marked images) ranks first."""
-    place = factory.split("_")[1]
-    with synthetic.planted_seed(seed):
-        ctx = build_context(RunConfig.from_dict(Store.open(out).config))
-        ctx.load(ctx.checkpoint("final"))
-        effect = synthetic.marker_effect(ctx.model, ctx.data, place)
-        marked = ctx.data.extra["marked"]["train"]
-    store = Store.open(out)
-    shares = synthetic.marker_shares(store.read("analysis/assign"), store.read("sample_index"),
-                                     [c["members"] for c in result["concepts"]], marked,
-                                     synthetic.marker_cells(place, store.grid))
-    holders = [int(c) for c in (-shares).argsort() if shares[c] >= synthetic.MARKER_HOLD]
-    top = result["ranking"][0]
-    return {"uses_marker": effect, "found": result["shortcut_found"], "marker_concepts": holders, "top": top,
-            "first": top in holders}
-
-
-@contextmanager
-def _place(workdir: Path | None, name: str) -> Iterator[Path]:
-    """The directory of one run: ``workdir/name`` (kept) or a temporary one."""
-    if workdir is not None:
-        yield workdir / name
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        yield Path(tmp)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
@@ -114,7 +88,7 @@ def main() -> None:
     for kind in kinds if args.twins != "only" else []:
         hits = 0
         for seed in range(args.seeds):
-            with _place(args.workdir, f"marker_{kind}_{seed}") as tmp:
+            with run_place(args.workdir, f"marker_{kind}_{seed}") as tmp:
                 out, result, seconds = planted_run(tmp, f"marker_{kind}", seed)
                 info = outcome(out, result, f"marker_{kind}", seed)
             hit = info["found"] and info["first"]
@@ -131,7 +105,7 @@ def main() -> None:
     for channels in sorted({k.split("_")[1] for k in kinds}) if args.twins != "skip" else []:
         alarms[channels] = 0
         for seed in range(args.seeds):
-            with _place(args.workdir, f"clean_{channels}_{seed}") as tmp:
+            with run_place(args.workdir, f"clean_{channels}_{seed}") as tmp:
                 _, result, seconds = planted_run(tmp, f"clean_{channels}", seed)
             alarms[channels] += result["shortcut_found"]
             print(f"clean {channels} seed {seed}: {result['verdict']} "

@@ -1,6 +1,6 @@
 """The structured-explanation report: ``build_report(DIR)`` writes ``DIR/report.html`` and ``DIR/report/*.png``.
 
-Sections are small builders listed in :data:`SECTIONS` (see :mod:`i2x.report.sections` for how to add one).
+Sections are small builders listed in :data:`SECTIONS` (see :mod:`i2x.reporting.sections` for how to add one).
 """
 
 from i2x.reporting.build import build_report

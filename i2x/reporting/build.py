@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def build_report(out_dir: str | Path, progress: bool = True, pngs: bool = True, trust_analysis: bool = False) -> Path:
     """Write the structured-explanation report of ``out_dir`` (store + summary.json) and return its path.
 
-    Sections are the builders of :data:`i2x.report.sections.SECTIONS`; one that returns None is
+    Sections are the builders of :data:`i2x.reporting.sections.SECTIONS`; one that returns None is
     skipped, one whose input cannot be read (a study JSON cut short or edited) is shown as unavailable
     with the reason. With ``pngs`` the main charts are also exported as PNG files to ``out_dir/report/``.
     The page records the files each section read, so a later change marks it out of date

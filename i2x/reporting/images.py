@@ -1,7 +1,7 @@
 """Pictures for the report: PNG data URIs of prototype patches and CAM overlays, built with numpy and PIL.
 
 CAM overlays follow pytorch-grad-cam's look (jet colour map, 50/50 blend with the image); the
-maps are normalised for display only (:func:`i2x.cams.display_maps`), so each frame is captioned
+maps are normalised for display only (:func:`i2x.attribution.display_maps`), so each frame is captioned
 with its raw peak elsewhere.
 """
 

@@ -71,7 +71,7 @@ class Patch:
 
 @dataclass
 class ReportInputs:
-    """The analysis directory as the section builders see it (see :mod:`i2x.report.sections`)."""
+    """The analysis directory as the section builders see it (see :mod:`i2x.reporting.sections`)."""
 
     out_dir: Path | RemotePath
     store: Store

@@ -118,7 +118,7 @@ class DriftReader:
         return _pair_metrics(ma[keep], mb[keep], self.top, self.scale, self.diagonal)
 
     def summary(self, metrics: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, Any]:
-        """Per class and overall stats (:func:`i2x.drift.summarize`) plus box-plot quantiles."""
+        """Per class and overall stats (:func:`i2x.metrics.drift.summarize`) plus box-plot quantiles."""
         names = self.store.class_names
         labels = self.labels[keep]
         out = summarize(metrics, labels, names)

@@ -10,7 +10,7 @@ Under ``torchrun`` each rank takes every world-th chunk of samples and writes it
 store (chunk-aligned, so no two ranks write one zarr chunk); rank 0 creates the store and marks a
 checkpoint done once every rank has written its share. The result equals a single-process run bit
 for bit: every batch holds the same samples either way. A rank that fails makes every rank stop
-with an error (:meth:`i2x.distributed.Dist.together`) instead of waiting forever.
+with an error (:meth:`i2x.io.distributed.Dist.together`) instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -191,7 +192,8 @@ def _extract_checkpoint(ctx: Context, store: Store, attributor: Attributor, t: i
     return finite
 
 
-def _chunk_batches(ctx: Context, start: int, stop: int):
+def _chunk_batches(ctx: Context, start: int,
+                   stop: int) -> Iterator[tuple[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]]:
     """Yield ``((i0, i1), (x, y))`` batches covering one chunk of samples."""
     bs = ctx.config.batch_size
     i = start
