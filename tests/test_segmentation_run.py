@@ -3,6 +3,7 @@ multi-seed leakage claim and the torchvision segmentation specs (slow)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -77,6 +78,26 @@ def test_benchmark_of_a_segmentation_run(seg_run: Path) -> None:
     assert len(result["curves"]["epoch_3.pt"]["occlusion"]) == 5
     with pytest.raises(UserError, match="segmentation run; the prototype analysis"):
         api.analyze(seg_run / "an", progress=False)
+
+
+def test_report_of_a_segmentation_run(seg_run: Path, tmp_path: Path) -> None:
+    """The page of a segmentation run: its facts, and the region benchmark's numbers once the benchmark ran."""
+    out = tmp_path / "an"
+    shutil.copytree(seg_run / "an", out)
+    (out / "benchmark.json").unlink(missing_ok=True)  # the module's benchmark test may have run first
+    before = api.report(out, pngs=False).read_text()
+    assert "Segmentation run" in before and "Not run yet: OMP_NUM_THREADS=1 i2x benchmark an" in before
+    assert "square, ring, cross" in before
+    result = api.benchmark(out, trust_analysis=True, checkpoints=("first", "final"), samples=16, detail_samples=4,
+                           random_draws=1, methods=("gradcam", "layercam"), progress=False)
+    page = api.report(out, pngs=False).read_text()
+    final = result["results"]["epoch_3.pt"]
+    for m in ("gradcam", "layercam"):
+        leak = final[m]["leakage"]
+        assert f"{leak['mean']:.3f} ± {leak['std']:.3f}" in page
+    assert f"{result['uniform_leakage']['epoch_3.pt']['mean']:.3f}" in page and "Not run yet" not in page
+    assert '"smetric"' in page  # the over-training chart's metric picker
+    assert str(tmp_path) not in page
 
 
 @pytest.mark.slow

@@ -14,12 +14,14 @@ from tqdm.auto import tqdm
 from i2x.errors import UserError
 from i2x.io.location import RemotePath, as_path
 from i2x.io.lock import locked
+from i2x.io.store import Store
 from i2x.io.workdir import REPORT, REPORT_ASSETS, refuse_symlink, replace_dir, write_text
 from i2x.version import __version__
 from i2x.reporting.freshness import ANALYSIS_RUN, record, summary_part
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Section, render_page, scrub_paths, shown_path
 from i2x.reporting.sections import SECTIONS, SectionBuilder
+from i2x.reporting.segmentation import build_segmentation_report
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,9 @@ def build_report(out_dir: str | Path, progress: bool = True, pngs: bool = True, 
     for name in (REPORT, REPORT_ASSETS):
         refuse_symlink(out / name)
     with locked(out):
+        store = Store.open(out)
+        if store.attrs.get("task") == "segmentation":  # no prototype analysis: its own two sections
+            return build_segmentation_report(store, out)
         r = ReportInputs.open(out, trust_analysis=trust_analysis)
         sections, reads = [], {}
         for builder in tqdm(SECTIONS, desc="report", disable=not progress):

@@ -1,0 +1,116 @@
+"""The report of a segmentation run: what was extracted (region targets) and the attribution benchmark of its
+region maps (``benchmark.json`` of :mod:`i2x.stages.region_benchmark`). The prototype sections need the analysis,
+which is for classifiers, so this page has its own two sections."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import pandas as pd
+
+from i2x.io.location import RemotePath
+from i2x.io.store import Store
+from i2x.io.workdir import BENCHMARK, REPORT, read_json, write_text
+from i2x.reporting.charts import ChartSet
+from i2x.reporting.freshness import record
+from i2x.reporting.page import Section, render_page, shown_path, table
+from i2x.version import __version__
+
+#: Region-benchmark metric key -> (label, which way is better), the table's columns in order.
+METRICS = {
+    "leakage": ("leakage outside the region", "lower"),
+    "leakage_vs_uniform": ("leakage / uniform map's", "lower"),
+    "relevance_mass": ("relevance mass in the region", "higher"),
+    "relevance_rank": ("relevance rank accuracy", "higher"),
+    "pointing_game": ("pointing game", "higher"),
+    "deletion_morf": ("deletion in the region, MoRF", "lower"),
+    "robust_spearman": ("robustness (mean Spearman)", "higher"),
+    "runtime_ms": ("ms per row", "lower"),
+}
+
+
+def _pm(s: dict[str, Any] | None) -> str:
+    if not isinstance(s, dict) or s.get("mean") is None:
+        return "–"
+    return f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s.get("std") is not None else "")
+
+
+def _run_section(store: Store, out: Path | RemotePath) -> Section:
+    """What the store holds: model, data, region target, layer, rows and checkpoints."""
+    config = store.config
+    facts = table(["", ""], [
+        ("Model", shown_path(config.get("model"), out)),
+        ("Data", f"{shown_path(config.get('data'), out)}, {config.get('split')} split"),
+        ("Classes", ", ".join(store.class_names)),
+        ("Rows", f"{len(store.read('labels'))} (one per image and class present in its mask)"),
+        ("Region target", "the predicted region of the class" if config.get("target") == "predicted"
+         else "the ground-truth region of the class (fixed across checkpoints)"),
+        ("Layer", f"{store.attrs['layer']}, grid {' x '.join(map(str, store.grid))}"),
+        ("Checkpoints", ", ".join(c["name"] for c in store.checkpoints)),
+        ("Methods stored", ", ".join(store.methods)),
+    ], "facts")
+    return Section("run", "Segmentation run",
+                   "Each map explains the score of one class over one region: the class's per-pixel logit averaged "
+                   "over the region.", facts)
+
+
+def _over_training(b: dict[str, Any]) -> alt.Chart:
+    rows = [{"checkpoint": c["name"], "step": c["step"] if c["step"] is not None else c["index"], "method": m,
+             "metric": METRICS[key][0], "mean": s[key]["mean"]}
+            for c in b["checkpoints"] for m, s in b["results"][c["name"]].items() for key in METRICS
+            if isinstance(s.get(key), dict) and s[key].get("mean") is not None]
+    labels = [label for label, _ in METRICS.values() if any(r["metric"] == label for r in rows)]
+    metric = alt.param(name="smetric", value=labels[0], bind=alt.binding_select(options=labels, name="metric "))
+    return alt.Chart(pd.DataFrame(rows)).mark_line(point=True).encode(
+        x=alt.X("step:Q", title="training step"), y=alt.Y("mean:Q", title="mean over rows"),
+        color=alt.Color("method:N"), tooltip=["checkpoint:N", "method:N", alt.Tooltip("mean:Q", format=".3f")],
+    ).add_params(metric).transform_filter("datum.metric == smetric").properties(
+        width=520, height=230, title="Each metric over the checkpoints")
+
+
+def _benchmark_section(b: dict[str, Any] | None, charts: ChartSet, shown_dir: str) -> Section:
+    """The region benchmark at the last benchmarked checkpoint and over training, or the command that runs it."""
+    intro = ("Whether each map keeps its credit inside the region it explains (leakage, against the uniform map's), "
+             "whether removing what it highlights inside the region lowers the region's score faster than random "
+             "orders (deletion), how little it moves under small input changes, and its cost.")
+    if b is None:
+        return Section("benchmark", "Attribution benchmark on regions", intro, "",
+                       [f"Not run yet: OMP_NUM_THREADS=1 i2x benchmark {shown_dir} --trust-analysis"])
+    last = b["checkpoints"][-1]["name"]
+    final = b["results"][last]
+    body = table(["method"] + [label for label, _ in METRICS.values()],
+                 [[m] + [_pm(s.get(k)) for k in METRICS] for m, s in final.items()])
+    facts = table(["", ""], [
+        ("Checkpoints", ", ".join(c["name"] for c in b["checkpoints"])),
+        ("Rows", f"{b['n_samples']} for maps, leakage and runtime; {b['n_detail']} of them for deletion and "
+                 "robustness"),
+        ("Uniform map", f"leakage {_pm(b['uniform_leakage'][last])} at {last}: the share of the image outside the "
+                        "region, what a map that says nothing leaks"),
+        ("Deletion baseline", f"random orders inside the region: MoRF {_pm(b['random'][last]['morf'])}"),
+        ("Run time", f"{b['seconds']:.1f} s"),
+    ], "facts")
+    parts = [facts, f"<h3>At {last}</h3>", body,
+             charts.add("segmentation-benchmark-training", _over_training(b), export="segmentation_benchmark.png",
+                        caption="Pick a metric in the dropdown.")]
+    return Section("benchmark", "Attribution benchmark on regions", intro, "".join(parts), list(b.get("notes", [])))
+
+
+def build_segmentation_report(store: Store, out: Path | RemotePath) -> Path | RemotePath:
+    """Write ``out/report.html`` for a segmentation store (the caller holds the lock); returns its path."""
+    start = time.perf_counter()
+    path = out / BENCHMARK
+    b = read_json(path, "i2x benchmark") if path.exists() else None
+    charts = ChartSet()
+    sections = [_run_section(store, out), _benchmark_section(b, charts, out.resolve().name)]
+    config = store.config
+    title = f"{shown_path(config.get('model'), out)} on {shown_path(config.get('data'), out)}"
+    subtitle = (f"Region maps of a segmentation model over {len(store.checkpoints)} checkpoints; the prototype "
+                "analysis is for classifiers.")
+    footer = (f"i2x {__version__} · store {shown_path(store.path, out)} · built in {time.perf_counter() - start:.1f} s"
+              " · self-contained: opens offline, loads nothing from the network.")
+    reads = {"run": [], "benchmark": [BENCHMARK]}
+    return write_text(out / REPORT, render_page(title, subtitle, sections, charts.specs, [], footer,
+                                                inputs=record(out, reads)))
