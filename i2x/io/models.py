@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from i2x.errors import UserError
-from i2x.io.segnets import SmallSegNet, is_torchvision_segmentation, torchvision_segmentation
+from i2x.io.segnets import SmallSegNet, conv_pool_stem, is_torchvision_segmentation, torchvision_segmentation
 from i2x.io.specs import SpecRegistry, import_file
 
 
@@ -44,10 +44,7 @@ class SmallCNN(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(),
-            nn.MaxPool2d(2),
+            *conv_pool_stem(in_channels, w),
             nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(),
             nn.Conv2d(4 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(),
         )

@@ -48,6 +48,13 @@ def check_pixel_logits(model: nn.Module, dataset: Any, spec: str) -> None:
                         f"{tuple(x.shape[-2:])}; upsample the logits to the input size in the model's forward")
 
 
+def conv_pool_stem(in_channels: int, w: int) -> list[nn.Module]:
+    """The two conv-BN-ReLU-pool stages the built-in small nets (this one and ``small-cnn``) start with: a quarter
+    of the input's resolution at ``2 * w`` channels."""
+    return [nn.Conv2d(in_channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2)]
+
+
 class SmallSegNet(nn.Module):
     """A tiny fully convolutional net: an 8x8 grid at ``features`` for 32x32 inputs, logits upsampled to the input.
 
@@ -58,10 +65,7 @@ class SmallSegNet(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(),
-            nn.MaxPool2d(2),
+            *conv_pool_stem(in_channels, w),
             nn.Conv2d(2 * w, 2 * w, 3, padding=2, dilation=2), nn.BatchNorm2d(2 * w), nn.ReLU(),
         )
         self.classifier = nn.Conv2d(2 * w, num_classes, 1)
