@@ -8,6 +8,8 @@ the target machine):
   samples (model rebuild, masks, CAM IoU, store writes);
 * single: the same optimiser on one image at a time, for the first ``--single`` images (seconds per
   mask are the same per image, so a subset is enough);
+* both for each of ``--precisions`` (default: ``auto``, bfloat16 passes where the CPU has native bf16,
+  and ``float32``);
 * default: ``i2x evidence`` with its defaults (first, middle and final checkpoint; the report's
   gallery and error samples) on the analysis built here, or on ``--demo DIR`` (an ``i2x demo`` analysis).
 
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 from i2x import api
+from i2x.attribution.frozen import autocast_dtype
 from i2x.attribution.minimal_evidence import MinimalEvidence
 from i2x.metrics.evidence import fill_of
 from i2x.io.store import Store
@@ -55,6 +58,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="training epochs of the model explained (default 3)")
     ap.add_argument("--iterations", type=int, default=EvidenceConfig.iterations, help="optimisation steps")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--precisions", default="auto,float32",
+                    help="optimiser precisions timed, batched and one at a time (default auto,float32)")
     ap.add_argument("--demo", help="time the default run on this analysis directory instead of the one built here")
     ap.add_argument("--workdir", help="keep the checkpoints and store here (default: a temporary directory)")
     args = ap.parse_args()
@@ -71,16 +76,22 @@ def main() -> None:
     mean = torch.tensor(ctx.data.mean).view(1, -1, 1, 1)
     std = torch.tensor(ctx.data.std).view(1, -1, 1, 1)
     images = torch.stack([ctx.dataset[i][0] for i in range(args.n)])
-    optimiser = MinimalEvidence([store.attrs["layer"]], iterations=args.iterations)
-    warm = MinimalEvidence([store.attrs["layer"]], iterations=2)  # first-call costs (allocations, kernels) untimed
-    for part in (images, images[:1]):
-        warm.explain(ctx.model, part, fill_of("border", part, mean, std), std)
-    with Clock() as batched:
-        masks = optimiser.explain(ctx.model, images, fill_of("border", images, mean, std), std)
-    with Clock() as single:
-        for i in range(args.single):
-            one = images[i:i + 1]
-            optimiser.explain(ctx.model, one, fill_of("border", one, mean, std), std)
+    timed: dict[str, tuple[Clock, Clock]] = {}
+    for precision in args.precisions.split(","):
+        optimiser = MinimalEvidence([store.attrs["layer"]], iterations=args.iterations, precision=precision)
+        warm = MinimalEvidence([store.attrs["layer"]], iterations=2, precision=precision)  # first-call costs untimed
+        for part in (images, images[:1]):
+            warm.explain(ctx.model, part, fill_of("border", part, mean, std), std)
+        with Clock() as batched:
+            masks = optimiser.explain(ctx.model, images, fill_of("border", images, mean, std), std)
+        with Clock() as single:
+            for i in range(args.single):
+                one = images[i:i + 1]
+                optimiser.explain(ctx.model, one, fill_of("border", one, mean, std), std)
+        resolved = str(autocast_dtype(precision, torch.device("cpu")) or torch.float32)[6:]
+        timed[f"{precision} ({resolved})"] = batched, single
+        print(f"precision {precision} ({resolved}): batched masks keep the decision for "
+              f"{masks.kept.float().mean():.1%} at mean area {masks.area.mean():.3f}")
     with Clock() as stage:
         evidence(out, samples=",".join(str(i) for i in range(args.n)), max_samples=args.n, checkpoints="final",
                  iterations=args.iterations, device="cpu", progress=False)
@@ -91,16 +102,18 @@ def main() -> None:
     print(f"torch threads {args.threads}, {args.iterations} iterations, 28x28 digits, final checkpoint; "
           f"load average (1, 5, 15 min) before {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}, "
           f"after {load_after[0]:.1f} {load_after[1]:.1f} {load_after[2]:.1f}")
-    print(f"{'run':<36}{'masks':>7}{'wall s':>9}{'wall s/mask':>13}{'cpu s/mask':>12}")
-    rows = [("optimiser, one batch", args.n, batched), ("optimiser, one image at a time", args.single, single),
-            ("i2x evidence stage, one batch", args.n, stage)]
+    print(f"{'run':<48}{'masks':>7}{'wall s':>9}{'wall s/mask':>13}{'cpu s/mask':>12}")
+    rows = [(f"optimiser {name}, {how}", n, clock) for name, (batched, single) in timed.items()
+            for how, n, clock in (("one batch", args.n, batched), ("one image at a time", args.single, single))]
+    rows.append(("i2x evidence stage, one batch", args.n, stage))
     for name, n, clock in rows:
-        print(f"{name:<36}{n:>7}{clock.wall:>9.1f}{clock.wall / n:>13.3f}{clock.cpu / n:>12.3f}")
-    per_single = single.wall / args.single
-    print(f"speed-up of batching (wall): optimiser {per_single / (batched.wall / args.n):.1f}x, "
-          f"stage {per_single / (stage.wall / args.n):.1f}x; (cpu) optimiser "
-          f"{single.cpu / args.single / (batched.cpu / args.n):.1f}x")
-    print(f"batched masks: decision kept {masks.kept.float().mean():.1%}, mean area {masks.area.mean():.3f}")
+        print(f"{name:<48}{n:>7}{clock.wall:>9.1f}{clock.wall / n:>13.3f}{clock.cpu / n:>12.3f}")
+    for name, (batched, single) in timed.items():
+        print(f"speed-up of batching, {name}: wall {single.wall / args.single / (batched.wall / args.n):.1f}x, "
+              f"cpu {single.cpu / args.single / (batched.cpu / args.n):.1f}x")
+    first_single = next(iter(timed.values()))[1]
+    print(f"speed-up of the stage (wall) over the first optimiser's one image at a time: "
+          f"{first_single.wall / args.single / (stage.wall / args.n):.1f}x")
     n_default = sum(c["n"] for c in result["per_checkpoint"])
     kept = ", ".join(f"{c['kept']:.0%}" for c in result["per_checkpoint"])
     areas = ", ".join(f"{c['area']['mean']:.3f}" for c in result["per_checkpoint"])

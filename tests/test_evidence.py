@@ -14,7 +14,8 @@ from torch import nn
 
 from fixtures_pipeline import tiny_run  # noqa: F401  (pytest fixture)
 from i2x.attribution.mask_generators import PixelMask, UNetMask
-from i2x.attribution.minimal_evidence import MinimalEvidence, _fold_batchnorm, _frozen
+from i2x.attribution.frozen import autocast_dtype, fold_batchnorm, frozen, pool_before_relu
+from i2x.attribution.minimal_evidence import MinimalEvidence
 from i2x.cli import main
 from i2x.errors import UserError
 from i2x.io.store import Store
@@ -185,16 +186,60 @@ def test_batchnorm_folding_keeps_logits_and_hooks_and_is_undone():
     with torch.no_grad():
         reference, bn_out = model(x), model[:2](x)
         originals = list(model)
-        swapped = _fold_batchnorm(model, {model[3]})  # the second conv's own output is hooked: left alone
+        swapped = fold_batchnorm(model, {model[3]})  # the second conv's own output is hooked: left alone
         assert isinstance(model[1], nn.Identity) and isinstance(model[4], nn.BatchNorm2d) and len(swapped) == 2
         torch.testing.assert_close(model(x), reference, rtol=1e-5, atol=1e-5)
     model.train()
-    with _frozen(model, ["1"]) as hooks, torch.no_grad():
+    with frozen(model, ["1"]) as hooks, torch.no_grad():
         model(x)
         torch.testing.assert_close(hooks.outputs["1"], F.relu(bn_out), rtol=1e-5, atol=1e-5)  # the hook on the BN
     for parent, name, module in reversed(swapped):
         parent._modules[name] = module
     assert list(model) == originals and model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_relu_moves_after_max_pools_with_equal_values_and_gradients_and_is_undone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 2, 3, padding=1),
+                          nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1), nn.Flatten(), nn.LazyLinear(2)).eval()
+    x = torch.randn(4, 1, 8, 8)
+    model(x)
+    originals = list(model)
+
+    def value_and_grad() -> tuple[torch.Tensor, torch.Tensor]:
+        xi = x.clone().requires_grad_(True)
+        out = model(xi)
+        out.pow(2).sum().backward()
+        return out.detach(), xi.grad
+
+    reference, ref_grad = value_and_grad()
+    swapped = pool_before_relu(model, {model[4]})  # the second ReLU is hooked: left in place
+    assert isinstance(model[1], nn.MaxPool2d) and isinstance(model[2], nn.ReLU) and len(swapped) == 2
+    assert isinstance(model[4], nn.ReLU) and isinstance(model[5], nn.MaxPool2d)
+    out, grad = value_and_grad()
+    assert torch.equal(out, reference) and torch.allclose(grad, ref_grad, atol=1e-6)
+    for parent, name, module in reversed(swapped):
+        parent._modules[name] = module
+    assert list(model) == originals
+    with frozen(model, ["7"]):  # nothing hooked inside: both pairs swap, both are put back
+        assert [type(m) for m in model[1:6]] == [nn.MaxPool2d, nn.ReLU, nn.Conv2d, nn.MaxPool2d, nn.ReLU]
+    assert list(model) == originals
+
+
+def test_precision_auto_follows_the_cpus_bf16_support_and_masks_are_scored_in_float32(monkeypatch):
+    cpu = torch.device("cpu")
+    assert autocast_dtype("float32", cpu) is None and autocast_dtype("bfloat16", cpu) is torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": False})
+    assert autocast_dtype("auto", cpu) is None
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": False, "amx_bf16": True})
+    assert autocast_dtype("auto", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        MinimalEvidence(["feat"], precision="half")
+    model, x = Spot(), _spot_images(4)
+    zero, one = torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
+    for precision in ("float32", "bfloat16"):
+        masks = MinimalEvidence(["feat"], iterations=40, seed=3, precision=precision).explain(model, x, zero, one)
+        assert masks.kept.all() and (masks.area < 0.5).all() and masks.kl.dtype == torch.float32
 
 
 # ---- the stage -----------------------------------------------------------------------------------

@@ -32,22 +32,24 @@ tuned on the digits demo so that every mask keeps the decision at a mean area ne
 
 Every step runs the whole batch (evidence and random infill images together) through one forward
 and one backward pass; the model's weights are frozen and it runs in eval mode (so no image's mask
-sees another image) with its batch norms folded into the preceding convolutions (one memory-bound op
-less per layer and pass), and the same seed gives the same masks for the same batch.
+sees another image), rewritten to compute the same function with less memory traffic
+(:mod:`i2x.attribution.frozen`: batch norms folded into convolutions, ReLUs moved after max pools).
+With ``precision="auto"`` the optimisation passes run under bfloat16 autocast where the device
+computes it natively (CUDA with bf16; CPUs with AVX512-BF16 or AMX): about 1.5x faster per step on
+the small CNN; the losses, the masks and all scoring (binarisation, kept, KL, robustness) stay
+float32. The same seed gives the same masks for the same batch on the same machine.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from i2x.attribution.layers import get_layer
+from i2x.attribution.frozen import PRECISIONS, Activations, autocast_dtype, frozen
 from i2x.attribution.mask_generators import GENERATORS, make_generator
 from i2x.metrics.evidence import (activation_matching, area, binarisation, compose, decision_loss, kl_divergence,
                                   straight_through, total_variation)
@@ -72,76 +74,17 @@ class EvidenceMasks:
     robust: torch.Tensor     # float [B]: share of random infills that keep the decision
 
 
-class _Activations:
-    """Forward hooks that keep the outputs of the named layers during one forward."""
-
-    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
-        self.outputs: dict[str, torch.Tensor] = {}
-        self.handles = [get_layer(model, name).register_forward_hook(self._hook(name)) for name in layers]
-
-    def _hook(self, name: str):
-        def keep(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            self.outputs[name] = F.relu(output) if output.dim() == 4 else output
-        return keep
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-def _fold_batchnorm(model: nn.Module, hooked: set[nn.Module]) -> list[tuple[nn.Module, str, nn.Module]]:
-    """Fold every eval-mode BatchNorm2d that directly follows a Conv2d in a Sequential into that convolution.
-
-    The frozen model computes the same function (up to float rounding) with one op less per layer in
-    the forward and the backward pass, which on CPU is a fifth of a step's time on the small CNN. The
-    batch norm's place holds an Identity, so a hook on it still sees its output; a convolution whose
-    own output is hooked is left alone. Returns ``(parent, name, original)`` to put back.
-    """
-    swapped: list[tuple[nn.Module, str, nn.Module]] = []
-    for parent in model.modules():
-        if not isinstance(parent, nn.Sequential):
-            continue
-        children = list(parent._modules.items())
-        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
-            if (isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and conv not in hooked
-                    and bn.running_mean is not None and bn.running_var is not None and not bn.training):
-                swapped += [(parent, conv_name, conv), (parent, bn_name, bn)]
-                parent._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
-                parent._modules[bn_name] = nn.Identity()
-    return swapped
-
-
-@contextmanager
-def _frozen(model: nn.Module, layers: Sequence[str]) -> Iterator[_Activations]:
-    """The model in eval mode with frozen weights, batch norms folded and hooks on ``layers``; restored on exit."""
-    grads = [p.requires_grad for p in model.parameters()]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    swapped = _fold_batchnorm(model, {get_layer(model, name) for name in layers})
-    hooks = _Activations(model, layers)
-    try:
-        yield hooks
-    finally:
-        hooks.close()
-        for parent, name, module in reversed(swapped):
-            parent._modules[name] = module
-        for p, g in zip(model.parameters(), grads):
-            p.requires_grad_(g)
-        for m, training in modes.items():
-            m.training = training
-
-
 class MinimalEvidence:
     """Optimise minimal evidence masks for batches of images under a frozen classifier (settings above)."""
 
     def __init__(self, layers: Sequence[str], layer_weights: Sequence[float] | None = None, generator: str = "pixel",
                  resolution: int = 8, iterations: int = 100, lr: float | None = None, threshold: float = 0.5,
                  weights: tuple[float, float, float] = (10.0, 100.0, 10.0), binary_share: float = 0.4,
-                 noise: float = 0.25, seed: int = 0) -> None:
+                 noise: float = 0.25, seed: int = 0, precision: str = "auto") -> None:
         if generator not in GENERATORS:
             raise ValueError(f"generator {generator!r}: choose one of {', '.join(GENERATORS)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         self.layers = list(layers)
         self.layer_weights = list(layer_weights) if layer_weights is not None else [1.0] * len(self.layers)
         if len(self.layer_weights) != len(self.layers):
@@ -155,6 +98,7 @@ class MinimalEvidence:
         self.binary_share = binary_share
         self.noise = noise
         self.seed = seed
+        self.precision = precision
 
     def explain(self, model: nn.Module, images: torch.Tensor, fill: torch.Tensor, std: torch.Tensor,
                 targets: torch.Tensor | None = None) -> EvidenceMasks:
@@ -165,15 +109,15 @@ class MinimalEvidence:
         ``fill + u / std`` with ``std`` the data's normalisation ``[1, C, 1, 1]``. ``targets`` default to
         the model's decisions on the images.
         """
-        with _frozen(model, self.layers) as hooks:
+        with frozen(model, self.layers) as hooks:
             return self._explain(model, hooks, images, fill, std, targets)
 
-    def _forward(self, model: nn.Module, hooks: _Activations, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _forward(self, model: nn.Module, hooks: Activations, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         hooks.outputs.clear()
         logits = model(x)
         return logits.float(), [hooks.outputs[name].float() for name in self.layers]
 
-    def _explain(self, model: nn.Module, hooks: _Activations, images: torch.Tensor, fill: torch.Tensor,
+    def _explain(self, model: nn.Module, hooks: Activations, images: torch.Tensor, fill: torch.Tensor,
                  std: torch.Tensor, targets: torch.Tensor | None) -> EvidenceMasks:
         b = images.shape[0]
         device = images.device
@@ -184,13 +128,16 @@ class MinimalEvidence:
         optimiser = torch.optim.Adam(gen.parameters(), lr=self.lr)
         noise = torch.Generator(device=device).manual_seed(self.seed)
         w_match, w_min, w_rob = self.weights
+        dtype = autocast_dtype(self.precision, device)
+        passes = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
         binary_from = int(round(self.iterations * (1 - self.binary_share)))
         for step in range(self.iterations):
             soft = gen()
             mask = straight_through(soft, self.threshold) if step >= binary_from else soft
             r = fill + self.noise * (torch.rand(images.shape, generator=noise, device=device) - 0.5) / std
             batch = torch.cat([compose(images, mask, fill), compose(images, mask, r)])
-            logits, acts = self._forward(model, hooks, batch)
+            with passes:
+                logits, acts = self._forward(model, hooks, batch)
             ev_logits, rob_logits = logits[:b], logits[b:]
             matching = kl_divergence(ref_logits, ev_logits) + decision_loss(ev_logits, target)
             for a, ref, act in zip(self.layer_weights, ref_acts, acts):
@@ -204,7 +151,7 @@ class MinimalEvidence:
             soft = gen()
             return self._score(model, hooks, images, soft, target, fill, noise, std, ref_logits)
 
-    def _score(self, model: nn.Module, hooks: _Activations, images: torch.Tensor, soft: torch.Tensor,
+    def _score(self, model: nn.Module, hooks: Activations, images: torch.Tensor, soft: torch.Tensor,
                target: torch.Tensor, fill: torch.Tensor, noise: torch.Generator, std: torch.Tensor,
                ref_logits: torch.Tensor, draws: int = 8) -> EvidenceMasks:
         """Binarise (highest threshold that keeps the decision), then area, kept, KL and robustness per mask."""

@@ -22,9 +22,11 @@ import torch
 from tqdm.auto import tqdm
 
 from i2x.attribution import display_maps
+from i2x.attribution.frozen import PRECISIONS, autocast_dtype
 from i2x.attribution.mask_generators import GENERATORS
 from i2x.attribution.minimal_evidence import EvidenceMasks, MinimalEvidence
 from i2x.errors import UserError
+from i2x.io.devices import resolve_device
 from i2x.io.location import as_path
 from i2x.io.lock import locked
 from i2x.io.store import Store
@@ -70,6 +72,9 @@ class EvidenceConfig(ModelAccess):
     roi: str | None = option(None, ".npy file of boolean regions of interest [n, H, W] by store row: adds each "
                              "mask's leakage outside its region", metavar="FILE")
     batch_size: int = option(256, "masks optimised together", low=1)
+    precision: str = option("auto", "arithmetic of the optimisation passes: auto (bfloat16 where the device computes "
+                            "it natively: CUDA with bf16, CPUs with AVX512-BF16 or AMX; else float32), float32 or "
+                            "bfloat16; masks are always scored in float32", choices=PRECISIONS)
     seed: int = option(0, "seed of the noise and the U-Net weights")
     device: str = device_option()
 
@@ -97,7 +102,8 @@ def evidence(out_dir: str | Path, config: EvidenceConfig | None = None, progress
         layers = list(cfg.layers or [store.attrs["layer"]])
         optimiser = MinimalEvidence(layers, generator=cfg.generator, resolution=cfg.resolution,
                                     iterations=cfg.iterations, lr=cfg.lr, threshold=cfg.threshold,
-                                    weights=tuple(cfg.weights), noise=cfg.noise, seed=cfg.seed)
+                                    weights=tuple(cfg.weights), noise=cfg.noise, seed=cfg.seed,
+                                    precision=cfg.precision)
         results: list[EvidenceMasks] = []
         ious: dict[str, list[np.ndarray]] = {m: [] for m in methods}
         leaks: list[np.ndarray] = []
@@ -163,7 +169,8 @@ def _summary(store: Store, cfg: EvidenceConfig, optimiser: MinimalEvidence, ts: 
         })
     settings = {**asdict(cfg), "lr": optimiser.lr, "layers": optimiser.layers,
                 "layer_weights": optimiser.layer_weights, "optimizer": "adam",
-                "binary_share": optimiser.binary_share}
+                "binary_share": optimiser.binary_share,
+                "precision_used": str(autocast_dtype(cfg.precision, resolve_device(cfg.device)) or torch.float32)[6:]}
     return {
         "settings": settings, "class_names": names, "methods": methods,
         "checkpoints": [describe_checkpoint(store, t) for t in ts],
