@@ -86,6 +86,10 @@ def compare_models(out_dirs: Sequence[str | Path], config: DriftConfig | None = 
     dirs = [Path(d) for d in out_dirs]
     names = _run_names(dirs, names)
     stores = [Store.open(d) for d in dirs]
+    regions = [str(d) for d, s in zip(out_dirs, stores) if s.attrs.get("task") == "segmentation"]
+    if regions:
+        raise UserError(f"{', '.join(regions)}: a segmentation run; the drift across runs compares classifiers' "
+                        "true positives, so run i2x drift on each segmentation run alone")
     common = [m for m in stores[0].methods if all(m in s.methods for s in stores)]
     chosen = common if cfg.methods is None else list(cfg.methods)
     missing = [f"{m} in {n}" for n, s in zip(names, stores) for m in chosen if m not in s.methods]
