@@ -25,6 +25,7 @@ from i2x.io.store import Store
 from i2x.io.synthetic import planted_seed
 from i2x.metrics.leakage import leakage
 from i2x.metrics.road import impute
+from i2x.reporting.freshness import stale_sections
 
 SMALL = "i2x/io/shapes.py:shapes_small_data"
 FULL = "i2x/io/shapes.py:shapes_data"
@@ -87,8 +88,10 @@ def test_report_of_a_segmentation_run(seg_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "an"
     shutil.copytree(seg_run / "an", out)
     (out / "benchmark.json").unlink(missing_ok=True)  # the module's benchmark test may have run first
+    (out / "drift.json").unlink(missing_ok=True)
     before = api.report(out, pngs=False).read_text()
     assert "Segmentation run" in before and "Not run yet: OMP_NUM_THREADS=1 i2x benchmark an" in before
+    assert "Drift of the region maps" in before and "Not run yet: i2x drift an" in before
     assert "square, ring, cross" in before
     result = api.benchmark(out, trust_analysis=True, checkpoints=("first", "final"), samples=16, detail_samples=4,
                            random_draws=1, methods=("gradcam", "layercam"), progress=False)
@@ -97,7 +100,8 @@ def test_report_of_a_segmentation_run(seg_run: Path, tmp_path: Path) -> None:
     for m in ("gradcam", "layercam"):
         leak = final[m]["leakage"]
         assert f"{leak['mean']:.3f} ± {leak['std']:.3f}" in page
-    assert f"{result['uniform_leakage']['epoch_3.pt']['mean']:.3f}" in page and "Not run yet" not in page
+    assert f"{result['uniform_leakage']['epoch_3.pt']['mean']:.3f}" in page
+    assert "Not run yet: OMP" not in page and "Not run yet: i2x drift an" in page
     assert '"smetric"' in page  # the over-training chart's metric picker
     assert str(tmp_path) not in page
 
@@ -178,6 +182,30 @@ def test_planted_drift_on_a_segmentation_store(seg_run: Path, tmp_path: Path) ->
     assert got["n_empty"] == len(first) - counted + int((edge & (first.reshape(len(first), -1).max(1) > 0)).sum())
     assert got["overall"]["shift_px"]["mean"] == pytest.approx(4.0) and got["overall"]["shift_px"]["std"] < 1e-9
     assert got["overall"]["shift_frac"]["mean"] == pytest.approx(4 / np.hypot(32, 32))
+
+
+def test_report_shows_the_drift_of_a_segmentation_run(seg_run: Path, tmp_path: Path) -> None:
+    """The page's drift section holds drift.json's numbers, says which rows count and which maps are empty, and is
+    marked out of date when the drift is rerun."""
+    out = tmp_path / "an"
+    shutil.copytree(seg_run / "an", out)
+    (out / "benchmark.json").unlink(missing_ok=True)
+    d = api.drift(out, progress=False)
+    page = api.report(out, pngs=False).read_text()
+    assert "Not run yet: i2x drift" not in page and "Not run yet: OMP_NUM_THREADS=1 i2x benchmark an" in page
+    assert f"{d['n_counted']} of {d['n_samples']} counted; {d['n_correct_both']} of them" in page
+    empty = ", ".join(f"{m}: {s['n_empty']} rows" for m, s in d["methods"].items())
+    assert empty + " with an all-zero map at either checkpoint, left out" in page
+    layercam = d["methods"]["layercam"]["overall"]
+    for key in ("iou", "spearman", "shift_px", "concentration_change"):
+        assert f"{layercam[key]['mean']:.3f} ± {layercam[key]['std']:.3f}" in page
+    assert "epoch_1.pt, step 8 → epoch_3.pt, step 24" in page and "mean over rows with a map at both" in page
+    for m, s in d["methods"].items():  # a method without a pair of non-empty maps says so
+        assert (f"{m}: every row&#x27;s map is all zero at epoch_1.pt or epoch_3.pt" in page) == (s["overall"]["iou"]["n"] == 0)
+    assert '"chart-drift-consecutive"' in page and '"chart-drift-classes"' in page
+    assert str(tmp_path) not in page and str(seg_run) not in page
+    api.drift(out, from_="epoch_2.pt", progress=False)
+    assert stale_sections(out) == {"drift": ["drift.json"]}
 
 
 @pytest.mark.slow
