@@ -201,7 +201,8 @@ def test_report_shows_the_drift_of_a_segmentation_run(seg_run: Path, tmp_path: P
         assert f"{layercam[key]['mean']:.3f} ± {layercam[key]['std']:.3f}" in page
     assert "epoch_1.pt, step 8 → epoch_3.pt, step 24" in page and "mean over rows with a map at both" in page
     for m, s in d["methods"].items():  # a method without a pair of non-empty maps says so
-        assert (f"{m}: every row&#x27;s map is all zero at epoch_1.pt or epoch_3.pt" in page) == (s["overall"]["iou"]["n"] == 0)
+        note = f"{m}: every row&#x27;s map is all zero at epoch_1.pt or epoch_3.pt"
+        assert (note in page) == (s["overall"]["iou"]["n"] == 0)
     assert '"chart-drift-consecutive"' in page and '"chart-drift-classes"' in page
     assert str(tmp_path) not in page and str(seg_run) not in page
     api.drift(out, from_="epoch_2.pt", progress=False)

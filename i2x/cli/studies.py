@@ -126,7 +126,8 @@ def cmd_drift(args: argparse.Namespace) -> None:
     regions = result.get("task") == "segmentation"
     if regions:
         print(f"segmentation run: all {result['n_counted']} rows counted (a row's map explains its class over its "
-              f"region at every checkpoint); {result['n_correct_both']} with their class the region's top class at both checkpoints")
+              f"region at every checkpoint); {result['n_correct_both']} with their class the region's top class at "
+              "both checkpoints")
     for method, r in result["methods"].items():
         overall = r["overall"]
         if not overall["iou"]["n"]:
