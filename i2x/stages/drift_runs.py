@@ -76,7 +76,8 @@ def compare_models(out_dirs: Sequence[str | Path], config: DriftConfig | None = 
     rankings and the reversed pairs, with percentile intervals from ``bootstrap`` resamples of the shared
     samples (one paired resample for all runs and methods): a reversal whose score difference under either
     method has an interval containing 0 is ``within_noise``. A run without true positives is left out of
-    the rankings with the reason. Pass a :class:`DriftConfig` or its fields.
+    the rankings with the reason. Segmentation runs are refused (their rows are not true positives; run
+    :func:`i2x.stages.drift.drift` on each). Pass a :class:`DriftConfig` or its fields.
     """
     cfg = config or DriftConfig(**options)
     validate(cfg)
