@@ -12,6 +12,7 @@ from i2x.metrics.drift import (
     concentration,
     concentration_change,
     drift_metrics,
+    empty_either,
     iou_top,
     kendall_tau_b,
     rank_reversals,
@@ -19,6 +20,7 @@ from i2x.metrics.drift import (
     summarize,
     top_count,
     top_mask,
+    without_empty,
 )
 from i2x.errors import UserError
 from i2x.metrics.bootstrap import bootstrap_means, percentile_interval
@@ -53,6 +55,22 @@ def test_identical_maps_do_not_drift():
     np.testing.assert_allclose(m["shift_px"], 0.0, atol=1e-12)
     np.testing.assert_allclose(m["spearman"], 1.0)
     np.testing.assert_allclose(m["concentration_change"], 0.0, atol=1e-12)
+
+
+def test_empty_maps_count_for_no_metric():
+    # Two all-zero maps would get IoU 1 from the row-major tie rule; without_empty leaves such pairs out.
+    a, b = random_maps(4), random_maps(4, seed=1)
+    a[1], b[2] = 0.0, 0.0
+    raw = drift_metrics(a, b)
+    assert raw["iou"][1] > 0  # the tie rule's artefact
+    np.testing.assert_array_equal(empty_either(a, b), [False, True, True, False])
+    kept = without_empty(raw, a, b)
+    for name, values in kept.items():
+        assert np.isnan(values[[1, 2]]).all()
+        np.testing.assert_array_equal(values[[0, 3]], raw[name][[0, 3]])
+    zero = np.zeros((1, 4, 4))
+    tied = drift_metrics(zero, zero)
+    assert tied["iou"][0] == 1.0 and np.isnan(without_empty(tied, zero, zero)["iou"][0])
 
 
 @pytest.mark.parametrize("dr, dc", [(0, 3), (2, 0), (3, 4)])

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.stats import spearmanr
 
 from i2x import api
 from i2x.attribution import Attributor, get_methods
 from i2x.attribution.regions import RegionModel, segmentation_layer
+from i2x.cli import main
 from i2x.errors import UserError
 from i2x.io.masks import region_rows
 from i2x.io.models import build_model
@@ -23,6 +25,7 @@ from i2x.io.store import Store
 from i2x.io.synthetic import planted_seed
 from i2x.metrics.leakage import leakage
 from i2x.metrics.road import impute
+from i2x.reporting.freshness import stale_sections
 
 SMALL = "i2x/io/shapes.py:shapes_small_data"
 FULL = "i2x/io/shapes.py:shapes_data"
@@ -85,8 +88,10 @@ def test_report_of_a_segmentation_run(seg_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "an"
     shutil.copytree(seg_run / "an", out)
     (out / "benchmark.json").unlink(missing_ok=True)  # the module's benchmark test may have run first
+    (out / "drift.json").unlink(missing_ok=True)
     before = api.report(out, pngs=False).read_text()
     assert "Segmentation run" in before and "Not run yet: OMP_NUM_THREADS=1 i2x benchmark an" in before
+    assert "Drift of the region maps" in before and "Not run yet: i2x drift an" in before
     assert "square, ring, cross" in before
     result = api.benchmark(out, trust_analysis=True, checkpoints=("first", "final"), samples=16, detail_samples=4,
                            random_draws=1, methods=("gradcam", "layercam"), progress=False)
@@ -95,9 +100,113 @@ def test_report_of_a_segmentation_run(seg_run: Path, tmp_path: Path) -> None:
     for m in ("gradcam", "layercam"):
         leak = final[m]["leakage"]
         assert f"{leak['mean']:.3f} ± {leak['std']:.3f}" in page
-    assert f"{result['uniform_leakage']['epoch_3.pt']['mean']:.3f}" in page and "Not run yet" not in page
+    assert f"{result['uniform_leakage']['epoch_3.pt']['mean']:.3f}" in page
+    assert "Not run yet: OMP" not in page and "Not run yet: i2x drift an" in page
     assert '"smetric"' in page  # the over-training chart's metric picker
     assert str(tmp_path) not in page
+
+
+def _top_cells(m: np.ndarray, k: int) -> set[int]:
+    """The k highest cells of one map by hand: flat indices, ties to the earlier cell."""
+    flat = m.ravel().tolist()
+    return set(sorted(range(len(flat)), key=lambda i: (-flat[i], i))[:k])
+
+
+def test_drift_of_a_segmentation_run_counts_every_row(seg_run: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Every row counts (the region target is fixed); a pair with an empty map counts for no metric; the numbers are
+    those of a computation from scratch on the stored maps (IoU by sets, Spearman by scipy, centroids by hand)."""
+    out = tmp_path / "an"
+    shutil.copytree(seg_run / "an", out)
+    result = api.drift(out, progress=False)
+    store = Store.open(out)
+    probs, labels = store.read("probs"), store.read("labels")
+    n = len(labels)
+    assert result["task"] == "segmentation" and result["rows"] == "all"
+    assert result["n_samples"] == result["n_counted"] == n == 62
+    assert result["n_correct_both"] == int(((probs[0].argmax(1) == labels) & (probs[2].argmax(1) == labels)).sum())
+    assert [s["n"] for s in result["consecutive"]["steps"]] == [n, n]
+    for method in ("gradcam", "layercam"):
+        a, b = store.read(f"cam/{method}")[0].astype(np.float64), store.read(f"cam/{method}")[2].astype(np.float64)
+        full = (a.reshape(n, -1).max(1) > 0) & (b.reshape(n, -1).max(1) > 0)
+        got = result["methods"][method]
+        assert got["n_empty"] == n - full.sum() and got["overall"]["iou"]["n"] == full.sum()
+        if not full.any():
+            assert got["overall"]["iou"]["mean"] is None
+            continue
+        iou = [len(_top_cells(x, 13) & _top_cells(y, 13)) / len(_top_cells(x, 13) | _top_cells(y, 13))
+               for x, y in zip(a[full], b[full])]  # top 20% of 64 cells: 13
+        rho = [spearmanr(x.ravel(), y.ravel())[0] for x, y in zip(a[full], b[full])]
+        grid = np.arange(8.0)
+
+        def centre(m: np.ndarray) -> np.ndarray:
+            return np.array([(m.sum(1) * grid).sum(), (m.sum(0) * grid).sum()]) / m.sum()
+        shift = [4 * np.linalg.norm(centre(y) - centre(x)) for x, y in zip(a[full], b[full])]  # 32 px / 8 cells
+        overall = got["overall"]
+        assert overall["iou"]["mean"] == pytest.approx(np.mean(iou))
+        assert got["quantiles"]["overall"]["iou"][0] == pytest.approx(min(iou))
+        assert overall["spearman"]["mean"] == pytest.approx(np.nanmean(rho))
+        assert overall["shift_px"]["mean"] == pytest.approx(np.mean(shift))
+        per_class = {store.class_names[c]: np.mean(np.asarray(iou)[labels[full] == c]) for c in np.unique(labels[full])}
+        assert {k: v["iou"]["mean"] for k, v in got["per_class"].items() if v["iou"]["n"]} == pytest.approx(per_class)
+        assert all(v["iou"]["mean"] is None for k, v in got["per_class"].items() if k not in per_class)
+    assert result["methods"]["layercam"]["overall"]["iou"]["n"] > 20  # the measured run: 44 of 62
+    assert main(["drift", str(out), "--method", "layercam"]) == 0
+    printed = capsys.readouterr().out
+    empty = result["methods"]["layercam"]["n_empty"]
+    assert f"all {n} rows counted" in printed and f"({empty} rows with an empty map left out)" in printed
+    with pytest.raises(UserError, match="a segmentation run; the drift across runs"):
+        api.compare_drift([out, seg_run / "an"], names=["a", "b"], out=tmp_path / "cmp.json")
+
+
+def test_planted_drift_on_a_segmentation_store(seg_run: Path, tmp_path: Path) -> None:
+    """Planted maps: a checkpoint whose maps equal the first one's does not drift (IoU 1, no shift, Spearman 1); maps
+    moved one cell to the right (zero-filled; rows whose mass would leave the grid emptied) shift by 4 input px."""
+    out = tmp_path / "an"
+    shutil.copytree(seg_run / "an", out)
+    store = Store.open(out, mode="a")
+    maps = store.read("cam/layercam")
+    first = maps[0]
+    edge = first[:, :, -1].max(1) > 0
+    moved = np.zeros_like(first)
+    moved[:, :, 1:] = first[:, :, :-1]
+    moved[edge] = 0
+    maps[1], maps[2] = moved, first
+    store.cam("layercam")[...] = maps
+    same = api.drift(out, methods=("layercam",), consecutive=False, progress=False)["methods"]["layercam"]["overall"]
+    counted = int((first.reshape(len(first), -1).max(1) > 0).sum())
+    assert same["iou"] == {"mean": 1.0, "median": 1.0, "std": 0.0, "n": counted} and counted > 20
+    assert same["shift_px"]["mean"] == pytest.approx(0, abs=1e-9) and same["spearman"]["mean"] == pytest.approx(1)
+    shifted = api.drift(out, to="epoch_2.pt", methods=("layercam",), consecutive=False, progress=False)
+    got = shifted["methods"]["layercam"]
+    assert got["n_empty"] == len(first) - counted + int((edge & (first.reshape(len(first), -1).max(1) > 0)).sum())
+    assert got["overall"]["shift_px"]["mean"] == pytest.approx(4.0) and got["overall"]["shift_px"]["std"] < 1e-9
+    assert got["overall"]["shift_frac"]["mean"] == pytest.approx(4 / np.hypot(32, 32))
+
+
+def test_report_shows_the_drift_of_a_segmentation_run(seg_run: Path, tmp_path: Path) -> None:
+    """The page's drift section holds drift.json's numbers, says which rows count and which maps are empty, and is
+    marked out of date when the drift is rerun."""
+    out = tmp_path / "an"
+    shutil.copytree(seg_run / "an", out)
+    (out / "benchmark.json").unlink(missing_ok=True)
+    d = api.drift(out, progress=False)
+    page = api.report(out, pngs=False).read_text()
+    assert "Not run yet: i2x drift" not in page and "Not run yet: OMP_NUM_THREADS=1 i2x benchmark an" in page
+    assert f"{d['n_counted']} of {d['n_samples']} counted; {d['n_correct_both']} of them" in page
+    empty = ", ".join(f"{m}: {s['n_empty']} rows" for m, s in d["methods"].items())
+    assert empty + " with an all-zero map at either checkpoint, left out" in page
+    layercam = d["methods"]["layercam"]["overall"]
+    for key in ("iou", "spearman", "shift_px", "concentration_change"):
+        assert f"{layercam[key]['mean']:.3f} ± {layercam[key]['std']:.3f}" in page
+    assert "epoch_1.pt, step 8 → epoch_3.pt, step 24" in page and "mean over rows with a map at both" in page
+    for m, s in d["methods"].items():  # a method without a pair of non-empty maps says so
+        note = f"{m}: every row&#x27;s map is all zero at epoch_1.pt or epoch_3.pt"
+        assert (note in page) == (s["overall"]["iou"]["n"] == 0)
+    assert '"chart-drift-consecutive"' in page and '"chart-drift-classes"' in page
+    assert str(tmp_path) not in page and str(seg_run) not in page
+    api.drift(out, from_="epoch_2.pt", progress=False)
+    assert stale_sections(out) == {"drift": ["drift.json"]}
 
 
 @pytest.mark.slow

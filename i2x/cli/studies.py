@@ -123,13 +123,21 @@ def cmd_drift(args: argparse.Namespace) -> None:
     if args.names or args.out:
         raise UserError("--names and --out compare several runs: give two or more analysis directories")
     result = api.drift(args.dirs[0], cfg)
+    regions = result.get("task") == "segmentation"
+    if regions:
+        print(f"segmentation run: all {result['n_counted']} rows counted (a row's map explains its class over its "
+              f"region at every checkpoint); {result['n_correct_both']} with their class the region's top class at "
+              "both checkpoints")
     for method, r in result["methods"].items():
         overall = r["overall"]
         if not overall["iou"]["n"]:
-            print(f"{method:>10}: n=0  not defined (no sample is classified correctly at both checkpoints)")
+            why = "every row's map is all zero at one of the checkpoints" if regions \
+                else "no sample is classified correctly at both checkpoints"
+            print(f"{method:>10}: n=0  not defined ({why})")
             continue
+        empty = f" ({r['n_empty']} rows with an empty map left out)" if r.get("n_empty") else ""
         print(f"{method:>10}: n={overall['iou']['n']}  IoU {_number(overall['iou']['mean'])}  shift "
-              f"{_number(overall['shift_px']['mean'], 2)} px  Spearman {_number(overall['spearman']['mean'])}")
+              f"{_number(overall['shift_px']['mean'], 2)} px  Spearman {_number(overall['spearman']['mean'])}{empty}")
     for rev in result["stability"]["reversals"]:
         print(f"class stability ranking, {rev['methods'][0]} vs {rev['methods'][1]}: Kendall tau "
               f"{format_tau(rev)}, {len(rev['reversed_pairs'])} reversed pair(s)")

@@ -12,7 +12,8 @@ two stacks ``a`` (before) and ``b`` (after) of shape [n, h, w], raw or display m
 
 Conventions: the top region holds exactly ceil(top * h * w) cells, ties broken in row-major order.
 A map with zero mass has no centroid or concentration (NaN); a constant map has no rank
-correlation (NaN). ``summarize`` ignores NaNs and reports how many values it used.
+correlation (NaN); ``without_empty`` makes every metric NaN on pairs where a map is empty.
+``summarize`` ignores NaNs and reports how many values it used.
 """
 
 from __future__ import annotations
@@ -127,6 +128,19 @@ def drift_metrics(a: np.ndarray, b: np.ndarray, top: float = 0.2) -> dict[str, n
         "concentration_b": conc_b,
         "concentration_change": conc_b - conc_a,
     }
+
+
+def empty_either(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[n] True where map a or map b has no positive mass (all zero, or NaN): its top region and ranks are ties."""
+    a, b = _pair(a, b)
+    return ~((a.sum(axis=(1, 2)) > 0) & (b.sum(axis=(1, 2)) > 0))
+
+
+def without_empty(metrics: Mapping[str, np.ndarray], a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    """``metrics`` of the pairs a -> b with NaN where either map is empty (:func:`empty_either`): the IoU of an empty
+    map's top region (row-major ties) or its rank correlation would be an artefact of the tie rule, not a drift."""
+    empty = empty_either(a, b)
+    return {name: np.where(empty, np.nan, np.asarray(values, dtype=np.float64)) for name, values in metrics.items()}
 
 
 def _stats(values: np.ndarray) -> dict[str, float | int | None]:

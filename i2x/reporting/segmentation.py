@@ -1,6 +1,7 @@
-"""The report of a segmentation run: what was extracted (region targets) and the attribution benchmark of its
-region maps (``benchmark.json`` of :mod:`i2x.stages.region_benchmark`). The prototype sections need the analysis,
-which is for classifiers, so this page has its own two sections."""
+"""The report of a segmentation run: what was extracted (region targets), the attribution benchmark of its
+region maps (``benchmark.json`` of :mod:`i2x.stages.region_benchmark`) and their drift over training (``drift.json``
+of :mod:`i2x.stages.drift`, drawn with the classification page's pieces). The prototype sections need the analysis,
+which is for classifiers, so this page has its own three sections."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import pandas as pd
 
 from i2x.io.location import RemotePath
 from i2x.io.store import Store
-from i2x.io.workdir import BENCHMARK, REPORT, read_json, write_text
+from i2x.io.workdir import BENCHMARK, DRIFT, REPORT, read_json, write_text
 from i2x.reporting.charts import ChartSet
 from i2x.reporting.freshness import record
 from i2x.reporting.page import Section, render_page, shown_path, table
+from i2x.reporting.sections.drift import drift_body, drift_facts
 from i2x.version import __version__
 
 #: Region-benchmark metric key -> (label, which way is better), the table's columns in order.
@@ -98,19 +100,50 @@ def _benchmark_section(b: dict[str, Any] | None, charts: ChartSet, shown_dir: st
     return Section("benchmark", "Attribution benchmark on regions", intro, "".join(parts), list(b.get("notes", [])))
 
 
+def _drift_section(d: dict[str, Any] | None, charts: ChartSet, shown_dir: str, predicted: bool) -> Section:
+    """The drift of the region maps between two checkpoints and over consecutive ones, or the command that runs it."""
+    intro = ("How much the region maps moved over training: overlap of the top regions, centroid shift, rank "
+             "correlation and concentration change, per class and method. Every row counts, since a row's map explains "
+             "its class over its region at every checkpoint, even before the net names the region's class; a pair "
+             "where either map is all zero (no evidence at one checkpoint) counts for no metric.")
+    if d is None:
+        return Section("drift", "Drift of the region maps", intro, "", [f"Not run yet: i2x drift {shown_dir}"])
+    counted = d.get("n_counted", d["n_correct_both"])
+    empty = {m: s.get("n_empty", 0) for m, s in d["methods"].items()}
+    facts = drift_facts(d, ("Rows", f"{counted} of {d['n_samples']} counted; {d['n_correct_both']} of them with "
+                                    "their class the region's top class at both checkpoints"))
+    facts.insert(2, ("Empty maps", ", ".join(f"{m}: {n} rows" for m, n in empty.items())
+                     + " with an all-zero map at either checkpoint, left out"))
+    body = drift_body(d, charts, facts, "rows with a map at both",
+                      "Each point compares a checkpoint with the one before, on the rows whose maps are not all zero "
+                      "at either.")
+    notes = [f"{m}: every row's map is all zero at {d['from']['name']} or {d['to']['name']}, so its drift between them "
+             "is not defined." for m, s in d["methods"].items() if not s["overall"]["iou"]["n"]]
+    if predicted:
+        notes.append("The regions are the ones each checkpoint predicts, so the drift includes the change of the "
+                     "region itself.")
+    if d.get("rows") != "all":
+        notes.append(f"This drift.json counts only rows classified right at both checkpoints; rerun i2x drift "
+                     f"{shown_dir} to count every row.")
+    return Section("drift", "Drift of the region maps", intro, body, notes)
+
+
 def build_segmentation_report(store: Store, out: Path | RemotePath) -> Path | RemotePath:
     """Write ``out/report.html`` for a segmentation store (the caller holds the lock); returns its path."""
     start = time.perf_counter()
     path = out / BENCHMARK
     b = read_json(path, "i2x benchmark") if path.exists() else None
+    d = read_json(out / DRIFT, "i2x drift") if (out / DRIFT).exists() else None
     charts = ChartSet()
-    sections = [_run_section(store, out), _benchmark_section(b, charts, out.resolve().name)]
+    shown_dir = out.resolve().name
+    sections = [_run_section(store, out), _benchmark_section(b, charts, shown_dir),
+                _drift_section(d, charts, shown_dir, store.config.get("target") == "predicted")]
     config = store.config
     title = f"{shown_path(config.get('model'), out)} on {shown_path(config.get('data'), out)}"
     subtitle = (f"Region maps of a segmentation model over {len(store.checkpoints)} checkpoints; the prototype "
                 "analysis is for classifiers.")
     footer = (f"i2x {__version__} · store {shown_path(store.path, out)} · built in {time.perf_counter() - start:.1f} s"
               " · self-contained: opens offline, loads nothing from the network.")
-    reads = {"run": [], "benchmark": [BENCHMARK]}
+    reads = {"run": [], "benchmark": [BENCHMARK], "drift": [DRIFT]}
     return write_text(out / REPORT, render_page(title, subtitle, sections, charts.specs, [], footer,
                                                 inputs=record(out, reads)))

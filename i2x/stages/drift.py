@@ -4,8 +4,10 @@ training phases, per method and class; writes ``DIR/drift.json``.
 Per sample: IoU of the top regions, centroid displacement, Spearman correlation and concentration
 change between two checkpoints, on the samples both classify correctly; per class and overall, for
 every stored method, over consecutive checkpoints, and the stability ranking of classes under each
-method with the pairs whose order reverses between methods. Several runs side by side:
-:mod:`i2x.stages.drift_runs`. The numeric core is :mod:`i2x.metrics.drift`.
+method with the pairs whose order reverses between methods. On a segmentation store (rows are an image
+and a class, :mod:`i2x.stages.segmentation`) every row counts, and a pair with an empty map counts for no
+metric (:data:`SEGMENTATION_ROWS`). Several runs side by side: :mod:`i2x.stages.drift_runs`. The numeric
+core is :mod:`i2x.metrics.drift`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import DRIFT, checkpoint_index, clean_json, describe_checkpoint, stored_methods, \
     usable_checkpoints, write_json
-from i2x.metrics.drift import centroid, drift_metrics, rank_reversals, summarize
+from i2x.metrics.drift import centroid, drift_metrics, empty_either, rank_reversals, summarize, without_empty
 from i2x.settings import name_list, option, validate
 from i2x.stages.context import open_data
 
@@ -35,6 +37,12 @@ DRIFT_METRICS = ("iou", "shift_px", "shift_frac", "spearman", "concentration_a",
                  "concentration_change")
 #: Stability scores for ranking classes or models: metric -> sign (+1: higher is more stable).
 STABILITY = {"iou": 1.0, "spearman": 1.0, "shift_frac": -1.0}
+#: Which rows of a segmentation store the drift counts, as drift.json records it. A row's map explains class c's
+#: logit averaged over c's ground-truth region by default, the same quantity at every checkpoint (as the true label
+#: does for a classifier), while "classified right" (c the region's top class) is rare before the net stops calling
+#: small regions background. So every row counts; a pair where either map is all zero (no evidence at one
+#: checkpoint) is left out of every metric, since its top region and ranks would be ties.
+SEGMENTATION_ROWS = "all"
 
 
 @dataclass
@@ -99,6 +107,7 @@ class DriftReader:
     def __init__(self, store: Store, top: float, trust_analysis: bool = False) -> None:
         self.store = store
         self.top = top
+        self.regions = store.attrs.get("task") == "segmentation"
         self.labels = store.read("labels")
         self.grid = store.grid
         self.input_size = _input_size(store, trust_analysis)
@@ -106,7 +115,12 @@ class DriftReader:
         self.diagonal = math.hypot(*self.input_size)
 
     def correct(self, t: int) -> np.ndarray:
+        """Rows whose top class at checkpoint t is their label (on a segmentation store: the region's top class)."""
         return np.asarray(self.store.array("probs")[t]).argmax(axis=1) == self.labels
+
+    def counted(self, t: int) -> np.ndarray:
+        """Rows the drift counts at checkpoint t: the correct ones, every row on a segmentation store."""
+        return np.ones(self.labels.shape, dtype=bool) if self.regions else self.correct(t)
 
     def cam(self, method: str, t: int) -> np.ndarray:
         return np.asarray(self.store.cam(method)[t], dtype=np.float64)
@@ -115,7 +129,8 @@ class DriftReader:
                 maps: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Per-sample metrics [n_keep] of checkpoints a -> b under ``method`` on the samples in ``keep``."""
         ma, mb = maps if maps is not None else (self.cam(method, a), self.cam(method, b))
-        return _pair_metrics(ma[keep], mb[keep], self.top, self.scale, self.diagonal)
+        metrics = _pair_metrics(ma[keep], mb[keep], self.top, self.scale, self.diagonal)
+        return without_empty(metrics, ma[keep], mb[keep]) if self.regions else metrics
 
     def summary(self, metrics: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, Any]:
         """Per class and overall stats (:func:`i2x.metrics.drift.summarize`) plus box-plot quantiles."""
@@ -200,7 +215,9 @@ def drift(out_dir: str | Path, config: DriftConfig | None = None, progress: bool
 
     Pass a :class:`DriftConfig` or its fields (``phase_split="auto"``). ``phase_split`` (a training step,
     or ``"auto"`` for the end of the frozen-backbone phase) replaces ``from_`` by the last checkpoint of
-    the first phase. Only samples both checkpoints classify correctly count. ``consecutive`` adds the
+    the first phase. Only samples both checkpoints classify correctly count; on a segmentation store every
+    row counts and a pair with an empty map is left out (:data:`SEGMENTATION_ROWS`; the JSON adds ``task``,
+    ``rows``, ``n_counted`` and per method ``n_empty``). ``consecutive`` adds the
     drift over every pair of consecutive usable checkpoints. Classes are ranked by ``stability`` (mean of
     a metric, :data:`STABILITY`) under each method; a Kendall tau that is not defined (one class with
     true positives, all tied) is None with the reason in ``undefined``. Returns the JSON written.
@@ -213,15 +230,21 @@ def drift(out_dir: str | Path, config: DriftConfig | None = None, progress: bool
         methods = stored_methods(store, cfg.methods)
         a, b = checkpoint_pair(store, cfg.from_, cfg.to, cfg.phase_split)
         reader = DriftReader(store, cfg.top, cfg.trust_analysis)
-        keep = reader.correct(a) & reader.correct(b)
+        keep = reader.counted(a) & reader.counted(b)
         result: dict[str, Any] = {
             "from": describe_checkpoint(store, a), "to": describe_checkpoint(store, b), "phase_split": cfg.phase_split,
             "top": cfg.top, "grid": list(reader.grid), "input_size": list(reader.input_size),
             "pixels_per_cell": list(reader.scale), "class_names": store.class_names,
-            "n_samples": int(keep.size), "n_correct_both": int(keep.sum()), "methods": {},
+            "n_samples": int(keep.size), "n_correct_both": int((reader.correct(a) & reader.correct(b)).sum()),
+            "methods": {},
         }
+        if reader.regions:
+            result.update(task="segmentation", rows=SEGMENTATION_ROWS, n_counted=int(keep.sum()))
         for m in methods:
-            result["methods"][m] = reader.summary(reader.metrics(m, a, b, keep), keep)
+            maps = (reader.cam(m, a), reader.cam(m, b))
+            result["methods"][m] = reader.summary(reader.metrics(m, a, b, keep, maps), keep)
+            if reader.regions:
+                result["methods"][m]["n_empty"] = int(empty_either(maps[0][keep], maps[1][keep]).sum())
         per_class = {m: _stability(result["methods"][m]["per_class"], cfg.stability) for m in methods}
         result["stability"] = ranking(per_class, cfg.stability, noun="classes")
         if cfg.consecutive:
@@ -238,9 +261,9 @@ def _consecutive(reader: DriftReader, methods: list[str], progress: bool) -> dic
              for a, b in zip(usable[:-1], usable[1:])]
     series: dict[str, dict[str, list]] = {m: {k: [] for k in DRIFT_METRICS} for m in methods}
     previous = {m: reader.cam(m, int(usable[0])) for m in methods}
-    prev_correct = reader.correct(int(usable[0]))
+    prev_correct = reader.counted(int(usable[0]))
     for step, (a, b) in zip(tqdm(steps, desc="drift", disable=not progress), zip(usable[:-1], usable[1:])):
-        correct = reader.correct(int(b))
+        correct = reader.counted(int(b))
         keep = prev_correct & correct
         step["n"] = int(keep.sum())
         for m in methods:

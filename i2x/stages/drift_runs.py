@@ -76,7 +76,8 @@ def compare_models(out_dirs: Sequence[str | Path], config: DriftConfig | None = 
     rankings and the reversed pairs, with percentile intervals from ``bootstrap`` resamples of the shared
     samples (one paired resample for all runs and methods): a reversal whose score difference under either
     method has an interval containing 0 is ``within_noise``. A run without true positives is left out of
-    the rankings with the reason. Pass a :class:`DriftConfig` or its fields.
+    the rankings with the reason. Segmentation runs are refused (their rows are not true positives; run
+    :func:`i2x.stages.drift.drift` on each). Pass a :class:`DriftConfig` or its fields.
     """
     cfg = config or DriftConfig(**options)
     validate(cfg)
@@ -86,6 +87,10 @@ def compare_models(out_dirs: Sequence[str | Path], config: DriftConfig | None = 
     dirs = [Path(d) for d in out_dirs]
     names = _run_names(dirs, names)
     stores = [Store.open(d) for d in dirs]
+    regions = [str(d) for d, s in zip(out_dirs, stores) if s.attrs.get("task") == "segmentation"]
+    if regions:
+        raise UserError(f"{', '.join(regions)}: a segmentation run; the drift across runs compares classifiers' "
+                        "true positives, so run i2x drift on each segmentation run alone")
     common = [m for m in stores[0].methods if all(m in s.methods for s in stores)]
     chosen = common if cfg.methods is None else list(cfg.methods)
     missing = [f"{m} in {n}" for n, s in zip(names, stores) for m in chosen if m not in s.methods]

@@ -1,7 +1,8 @@
 """Report section of the semantic-drift study (``drift.json``), None when the study was not run.
 
 Drift over consecutive checkpoints, the per-class distributions between the two compared checkpoints and the
-class-stability rankings with the pairs that reverse between methods.
+class-stability rankings with the pairs that reverse between methods. :func:`drift_body` is shared with the page of
+a segmentation run (:mod:`i2x.reporting.segmentation`), which counts its rows differently.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import altair as alt
 import pandas as pd
 
 from i2x.io.workdir import DRIFT
+from i2x.reporting.charts import ChartSet
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, chip, esc, table
 from i2x.reporting.sections.common import checkpoint_name, mean_pm
@@ -40,13 +42,14 @@ def _consecutive_frame(d: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def consecutive_chart(frame: pd.DataFrame) -> alt.Chart:
-    """Mean drift between consecutive checkpoints over training, one line per method; a dropdown picks the metric."""
+def consecutive_chart(frame: pd.DataFrame, counted: str = "samples correct at both") -> alt.Chart:
+    """Mean drift between consecutive checkpoints over training, one line per method; a dropdown picks the metric.
+    ``counted`` names what each mean is over."""
     labels = list(DRIFT_LABELS.values())
     metric = alt.param(name="metric", value=labels[0], bind=alt.binding_select(options=labels, name="metric "))
     return alt.Chart(frame).mark_line(point=True).encode(
         x=alt.X("train_step:Q", title="training step (later checkpoint of the pair)"),
-        y=alt.Y("mean:Q", title="mean over samples correct at both"),
+        y=alt.Y("mean:Q", title=f"mean over {counted}"),
         color=alt.Color("method:N", title="method"),
         tooltip=["between:N", "method:N", "metric:N", alt.Tooltip("mean:Q", format=".3f"),
                  alt.Tooltip("std:Q", format=".3f"), "n:Q"],
@@ -109,36 +112,49 @@ def _reversal_table(stability: dict[str, Any]) -> str:
     return ranking + reversals
 
 
+def drift_facts(d: dict[str, Any], counted: tuple[str, str]) -> list[tuple[str, str]]:
+    """The facts table's rows: the checkpoints compared, what counts (``counted``: label and text), the top region
+    and the unit of the shift."""
+    h, w = d["grid"]
+    return [
+        ("Compared", f"{checkpoint_name(d['from'])} → {checkpoint_name(d['to'])}"
+                     + (f" (phase split at {d['phase_split']})" if d.get("phase_split") is not None else "")),
+        counted,
+        ("Top region", f"the top {d['top']:.0%} of the {h} x {w} cells"),
+        ("Shift unit", f"pixels of the {d['input_size'][0]} x {d['input_size'][1]} input "
+                       f"({d['pixels_per_cell'][0]:.3g} px per cell)"),
+    ]
+
+
+def drift_body(d: dict[str, Any], charts: ChartSet, facts: list[tuple[str, str]], counted: str,
+               caption: str) -> str:
+    """The section's body: ``facts``, the overall table, the consecutive chart (its axis: the mean over ``counted``;
+    ``caption`` under it), the per-class boxes and the class-stability rankings by method."""
+    parts = [table(["", ""], facts, "facts"), "<h3>Overall</h3>", _overall_table(d)]
+    if d.get("consecutive") and d["consecutive"]["steps"]:
+        parts.append(charts.add("drift-consecutive", consecutive_chart(_consecutive_frame(d), counted),
+                                export="drift_consecutive.png", caption=caption))
+    boxes = _box_frame(d)
+    if not boxes.empty:
+        parts.append(charts.add("drift-classes", class_box_chart(boxes, d["class_names"]), export="drift_classes.png",
+                                caption="Whiskers: min to max; boxes: quartiles; tick: median."))
+    parts.append("<h3>Which classes are stable, by method</h3>" + _reversal_table(d["stability"]))
+    return "".join(parts)
+
+
 def drift_section(r: ReportInputs) -> Section | None:
     """Semantic-drift study of ``drift.json``; None when the study was not run."""
     d = r.optional_json(DRIFT)
     if d is None:
         return None
-    h, w = d["grid"]
-    facts = table(["", ""], [
-        ("Compared", f"{checkpoint_name(d['from'])} → {checkpoint_name(d['to'])}"
-                     + (f" (phase split at {d['phase_split']})" if d.get("phase_split") is not None else "")),
-        ("Samples", f"{d['n_correct_both']} of {d['n_samples']} classified correctly by both checkpoints"),
-        ("Top region", f"the top {d['top']:.0%} of the {h} x {w} cells"),
-        ("Shift unit", f"pixels of the {d['input_size'][0]} x {d['input_size'][1]} input "
-                       f"({d['pixels_per_cell'][0]:.3g} px per cell)"),
-    ], "facts")
-    parts = [facts, "<h3>Overall</h3>", _overall_table(d)]
+    counted = ("Samples", f"{d['n_correct_both']} of {d['n_samples']} classified correctly by both checkpoints")
+    body = drift_body(d, r.charts, drift_facts(d, counted), "samples correct at both",
+                      "Each point compares a checkpoint with the one before, on the samples both classify correctly.")
     notes = []
-    if d.get("consecutive") and d["consecutive"]["steps"]:
-        parts.append(r.charts.add("drift-consecutive", consecutive_chart(_consecutive_frame(d)),
-                                  export="drift_consecutive.png",
-                                  caption="Each point compares a checkpoint with the one before, on the samples both "
-                                          "classify correctly."))
-    boxes = _box_frame(d)
-    if not boxes.empty:
-        parts.append(r.charts.add("drift-classes", class_box_chart(boxes, d["class_names"]), export="drift_classes.png",
-                                  caption="Whiskers: min to max; boxes: quartiles; tick: median."))
     if d["n_correct_both"] == 0:
         notes.append("No sample is classified correctly by both checkpoints, so there is nothing to compare.")
-    parts.append("<h3>Which classes are stable, by method</h3>" + _reversal_table(d["stability"]))
     return Section("drift", "Semantic drift of the maps",
                    "How much the maps moved between two points of training (or two training phases): overlap of the "
                    "top regions, centroid shift, rank correlation and concentration change, per class and per method, "
-                   "and whether the methods agree on which classes are stable.", "".join(parts), notes)
+                   "and whether the methods agree on which classes are stable.", body, notes)
 
