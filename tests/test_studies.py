@@ -290,6 +290,26 @@ def test_drift_with_no_common_correct_sample_reports_none(run, store, tmp_path):
     assert result["methods"]["gradcam"]["per_class"] == {} and result["consecutive"]["steps"][0]["n"] == 0
 
 
+def test_drift_leaves_pairs_with_an_empty_map_out_of_every_metric(run, store, tmp_path):
+    # In the copy three samples both checkpoints classify correctly have an all-zero GradCAM at the first one:
+    # their top region and ranks would be ties, so they count for no metric and n_empty says so.
+    shutil.copytree(run / "store.zarr", tmp_path / "copy" / "store.zarr")
+    copy = Store.open(tmp_path / "copy", mode="a")
+    probs, labels = store.read("probs"), store.read("labels")
+    keep = (probs[1].argmax(1) == labels) & (probs[2].argmax(1) == labels)
+    emptied = np.flatnonzero(keep)[:3]
+    cams = copy.cam("gradcam")
+    first = np.asarray(cams[1])
+    first[emptied] = 0.0
+    cams[1] = first
+    result = drift(tmp_path / "copy", from_="epoch_2.pt", methods="gradcam", consecutive=False, progress=False)
+    got = result["methods"]["gradcam"]
+    a, b = np.asarray(cams[1])[keep], np.asarray(cams[2])[keep]
+    full = (a.sum(axis=(1, 2)) > 0) & (b.sum(axis=(1, 2)) > 0)
+    assert got["n_empty"] == (~full).sum() >= 3 and got["overall"]["iou"]["n"] == full.sum()
+    assert got["overall"]["iou"]["mean"] == pytest.approx(np.nanmean(drift_metrics(a[full], b[full])["iou"]))
+
+
 def test_phase_split_compares_the_end_of_the_frozen_phase(run, store):
     steps = [c["step"] for c in store.checkpoints]
     auto = drift(run, phase_split="auto", consecutive=False, progress=False)

@@ -131,7 +131,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
     for method, r in result["methods"].items():
         overall = r["overall"]
         if not overall["iou"]["n"]:
-            why = "every row's map is all zero at one of the checkpoints" if regions \
+            why = "every counted row's map is all zero at one of the checkpoints" if r.get("n_empty") \
                 else "no sample is classified correctly at both checkpoints"
             print(f"{method:>10}: n=0  not defined ({why})")
             continue

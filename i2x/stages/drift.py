@@ -4,9 +4,9 @@ training phases, per method and class; writes ``DIR/drift.json``.
 Per sample: IoU of the top regions, centroid displacement, Spearman correlation and concentration
 change between two checkpoints, on the samples both classify correctly; per class and overall, for
 every stored method, over consecutive checkpoints, and the stability ranking of classes under each
-method with the pairs whose order reverses between methods. On a segmentation store (rows are an image
-and a class, :mod:`i2x.stages.segmentation`) every row counts, and a pair with an empty map counts for no
-metric (:data:`SEGMENTATION_ROWS`). Several runs side by side: :mod:`i2x.stages.drift_runs`. The numeric
+method with the pairs whose order reverses between methods. A pair in which either map is empty (no
+positive mass) counts for no metric: its top region and ranks would be ties. On a segmentation store
+(rows are an image and a class, :mod:`i2x.stages.segmentation`) every row counts (:data:`SEGMENTATION_ROWS`). Several runs side by side: :mod:`i2x.stages.drift_runs`. The numeric
 core is :mod:`i2x.metrics.drift`.
 """
 
@@ -130,7 +130,7 @@ class DriftReader:
         """Per-sample metrics [n_keep] of checkpoints a -> b under ``method`` on the samples in ``keep``."""
         ma, mb = maps if maps is not None else (self.cam(method, a), self.cam(method, b))
         metrics = _pair_metrics(ma[keep], mb[keep], self.top, self.scale, self.diagonal)
-        return without_empty(metrics, ma[keep], mb[keep]) if self.regions else metrics
+        return without_empty(metrics, ma[keep], mb[keep])
 
     def summary(self, metrics: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, Any]:
         """Per class and overall stats (:func:`i2x.metrics.drift.summarize`) plus box-plot quantiles."""
@@ -215,9 +215,9 @@ def drift(out_dir: str | Path, config: DriftConfig | None = None, progress: bool
 
     Pass a :class:`DriftConfig` or its fields (``phase_split="auto"``). ``phase_split`` (a training step,
     or ``"auto"`` for the end of the frozen-backbone phase) replaces ``from_`` by the last checkpoint of
-    the first phase. Only samples both checkpoints classify correctly count; on a segmentation store every
-    row counts and a pair with an empty map is left out (:data:`SEGMENTATION_ROWS`; the JSON adds ``task``,
-    ``rows``, ``n_counted`` and per method ``n_empty``). ``consecutive`` adds the
+    the first phase. Only samples both checkpoints classify correctly count (on a segmentation store every
+    row, :data:`SEGMENTATION_ROWS`; the JSON adds ``task``, ``rows`` and ``n_counted``), and a pair with an
+    empty map is left out of the metrics (per method ``n_empty`` counts them). ``consecutive`` adds the
     drift over every pair of consecutive usable checkpoints. Classes are ranked by ``stability`` (mean of
     a metric, :data:`STABILITY`) under each method; a Kendall tau that is not defined (one class with
     true positives, all tied) is None with the reason in ``undefined``. Returns the JSON written.
@@ -243,8 +243,7 @@ def drift(out_dir: str | Path, config: DriftConfig | None = None, progress: bool
         for m in methods:
             maps = (reader.cam(m, a), reader.cam(m, b))
             result["methods"][m] = reader.summary(reader.metrics(m, a, b, keep, maps), keep)
-            if reader.regions:
-                result["methods"][m]["n_empty"] = int(empty_either(maps[0][keep], maps[1][keep]).sum())
+            result["methods"][m]["n_empty"] = int(empty_either(maps[0][keep], maps[1][keep]).sum())
         per_class = {m: _stability(result["methods"][m]["per_class"], cfg.stability) for m in methods}
         result["stability"] = ranking(per_class, cfg.stability, noun="classes")
         if cfg.consecutive:
