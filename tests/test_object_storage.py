@@ -24,7 +24,8 @@ from i2x.io.workdir import load_summary, read_json, write_json
 from i2x.reporting.page import shown_path
 from i2x.stages.analysis import AnalyzeConfig
 
-from fixtures_s3 import KEY_ID, SECRET, keys as _keys, make_bucket as _bucket, s3, upload as _upload  # noqa: F401
+from fixtures_s3 import (KEY_ID, SECRET, keys as _keys, make_bucket as _bucket, s3, s3_requests,  # noqa: F401
+                         upload as _upload)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ARGS = ["--limit", "60", "--batch-size", "16", "--methods", "gradcam,layercam", "--k", "6", "--min-flips", "1"]
@@ -77,6 +78,20 @@ def test_json_files_and_the_lock_on_s3(s3, tmp_path):
     with pytest.raises(UserError, match=r"held by pid 1 on elsewhere.*delete the lock object"):
         with locked(out):
             pass
+
+
+@pytest.mark.slow
+def test_a_run_on_s3_gets_each_checkpoint_once(s3, s3_requests, ckpts, tmp_path):
+    """A whole `i2x run` (listing, sha256, extraction, then the stages that reopen the model) reads each checkpoint
+    object from the server with one GET of its bytes, counted by the server itself."""
+    bucket = _bucket(s3, "once")
+    _upload(s3, bucket, ckpts, "ckpts")
+    sizes = {f"{bucket}/ckpts/{p.name}": p.stat().st_size for p in ckpts.iterdir()}
+    s3_requests.clear()
+    assert main(["run", f"s3://{bucket}/ckpts", "--out", str(tmp_path / "an"), *RUN_ARGS]) == 0
+    gets, sent = s3_requests.gets(f"{bucket}/ckpts/"), s3_requests.bytes_sent(f"{bucket}/ckpts/")
+    assert dict(gets) == {key: 1 for key in sizes}, (dict(gets), dict(sent), sizes)
+    assert dict(sent) == sizes, (dict(gets), dict(sent), sizes)
 
 
 @pytest.mark.slow
