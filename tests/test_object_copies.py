@@ -3,6 +3,7 @@ system: another protocol than s3://, taking the same path (s3:// itself: tests/t
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import uuid
@@ -15,8 +16,10 @@ from fsspec.implementations.memory import MemoryFileSystem
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from i2x.errors import UserError
 from i2x.io import object_copies
 from i2x.io.checkpoints import list_checkpoints
+from i2x.io.location import as_path
 from i2x.io.state_dicts import load_state_dict
 
 
@@ -94,7 +97,7 @@ def test_a_replaced_file_is_fetched_again_and_nothing_stale_is_served(memory_run
 
 def test_copies_stay_within_the_budget_and_are_deleted(memory_run, opens, monkeypatch):
     root, files = memory_run
-    monkeypatch.setattr(object_copies, "BUDGET", max(len(d) for d in files.values()))  # room for one copy
+    monkeypatch.setenv("I2X_COPIES_GB", str(max(len(d) for d in files.values()) / 2**30))  # room for one copy
     listing = list_checkpoints(f"memory://{root}")
     held = object_copies.held()
     assert list(held) == [f"memory://{root}/epoch_2.pt"]  # the last one fetched (entries are read in name order)
@@ -114,3 +117,24 @@ def test_local_checkpoints_are_read_in_place(tmp_path, opens):
     assert ckpt.path == tmp_path / "epoch_1.pt" and ckpt.sha256() == hashlib.sha256(data).hexdigest()
     load_state_dict(ckpt, nn.Linear(4, 3))
     assert object_copies.held() == {} and not opens
+
+
+def test_a_budget_that_is_not_a_size_is_refused_naming_the_variable(memory_run, monkeypatch):
+    root, _ = memory_run
+    monkeypatch.setenv("I2X_COPIES_GB", "lots")
+    with pytest.raises(UserError, match="I2X_COPIES_GB='lots': give the disk"):
+        list_checkpoints(f"memory://{root}")
+
+
+def test_a_full_disk_says_where_the_copy_went_and_leaves_no_part_file(memory_run, monkeypatch):
+    root, _ = memory_run
+
+    def full(self, rpath, lpath, **kwargs):
+        with open(lpath, "wb") as fh:
+            fh.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(MemoryFileSystem, "get_file", full)
+    with pytest.raises(UserError, match=r"epoch_1.pt: no space left to copy it into .*point TMPDIR at a larger disk"):
+        object_copies.fetch(as_path(f"memory://{root}/epoch_1.pt"))
+    assert object_copies.held() == {} and not list(object_copies._COPIES.folder.iterdir())

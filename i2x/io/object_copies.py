@@ -4,17 +4,19 @@
 Each copy is one GET through fsspec (``get_file``, streamed to a temporary folder, never held in memory) and is
 named by the object's identity as the storage reports it (size, ETag, generation, modification time: whichever
 the file system gives). Every :func:`fetch` asks the storage for that identity again (one metadata request, no
-body): an object replaced since it was copied is fetched again, never served stale. The copies take at most
-:data:`BUDGET` bytes of local disk (the least recently used are deleted beyond it, the one just fetched always
-kept) and the folder is removed when the process exits. Local files are never copied: the callers read them in
-place.
+body): an object replaced since it was copied is fetched again, never served stale. The copies live in a folder
+under the temporary directory (``TMPDIR``), removed when the process exits, and take at most ``I2X_COPIES_GB``
+gigabytes (default 8; the least recently used are deleted beyond it, the one just fetched always kept). Local files
+are never copied: the callers read them in place.
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
 import hashlib
 import io
+import os
 import shutil
 import tempfile
 import threading
@@ -24,11 +26,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import IO, Any
 
+from i2x.errors import UserError
 from i2x.io.location import RemotePath, modified_time
 
-#: Bytes of local disk the copies may take; beyond it the least recently used are deleted (and fetched again if
-#: read again). The file just fetched is kept whatever its size.
-BUDGET = 8 << 30
+#: Gigabytes of local disk the copies may take (default 8); beyond it the least recently used are deleted (and
+#: fetched again if read again). The file just fetched is kept whatever its size.
+BUDGET_ENV, DEFAULT_BUDGET_GB = "I2X_COPIES_GB", 8.0
 #: What names an object's version in fsspec's ``info`` (S3: ETag, LastModified; GCS: generation, updated;
 #: local and memory file systems: mtime, created), next to its size.
 IDENTITY_KEYS = ("ETag", "etag", "generation", "VersionId", "md5Hash", "LastModified", "mtime", "updated", "created")
@@ -93,6 +96,12 @@ class _Copies:
         try:
             path.fs.get_file(path.path, str(partial))
             partial.replace(local)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise UserError(f"{path}: no space left to copy it into {self.folder}; free space there or point "
+                                f"TMPDIR at a larger disk (a checkpoint on object storage is read from a local copy)"
+                                ) from None
+            raise
         finally:
             partial.unlink(missing_ok=True)
         return _Copy(identity, local, local.stat().st_size, mtime)
@@ -103,7 +112,8 @@ class _Copies:
             copy.local.unlink(missing_ok=True)  # an open handle or a memory map of it stays valid (POSIX)
 
     def _trim(self) -> None:
-        while len(self.entries) > 1 and sum(c.size for c in self.entries.values()) > BUDGET:
+        limit = budget()
+        while len(self.entries) > 1 and sum(c.size for c in self.entries.values()) > limit:
             self._drop(next(iter(self.entries)))
 
     def clear(self) -> None:
@@ -126,6 +136,19 @@ def fetch(path: RemotePath) -> FetchedFile:
 def readable(path: Path | RemotePath) -> Path | FetchedFile:
     """A local file as it is; a remote one as its local copy."""
     return path if isinstance(path, Path) else fetch(path)
+
+
+def budget() -> float:
+    """The bytes of disk the copies may take, from ``I2X_COPIES_GB``."""
+    text = os.environ.get(BUDGET_ENV, str(DEFAULT_BUDGET_GB))
+    try:
+        gigabytes = float(text)
+    except ValueError:
+        gigabytes = -1.0
+    if not gigabytes >= 0:
+        raise UserError(f"{BUDGET_ENV}={text!r}: give the disk the copies of remote checkpoints may take as a "
+                        "number of gigabytes (0 keeps only the one in use)")
+    return gigabytes * (1 << 30)
 
 
 def held() -> dict[str, Path]:
