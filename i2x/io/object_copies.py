@@ -81,10 +81,10 @@ class _Copies:
             copy = self.entries.get(path.url)
             if copy is None or copy.identity != identity or not copy.local.is_file():
                 self._drop(path.url)
+                self._make_room(identity[0])
                 copy = self._download(path, identity, modified_time(info))
                 self.entries[path.url] = copy
             self.entries.move_to_end(path.url)
-            self._trim()
             return FetchedFile(path, copy.local, copy.mtime)
 
     def _download(self, path: RemotePath, identity: tuple[Any, ...], mtime: float) -> _Copy:
@@ -111,9 +111,10 @@ class _Copies:
         if copy is not None:
             copy.local.unlink(missing_ok=True)  # an open handle or a memory map of it stays valid (POSIX)
 
-    def _trim(self) -> None:
+    def _make_room(self, incoming: int) -> None:
+        """Delete the least recently used copies until ``incoming`` more bytes fit in the budget (or none is left)."""
         limit = budget()
-        while len(self.entries) > 1 and sum(c.size for c in self.entries.values()) > limit:
+        while self.entries and sum(c.size for c in self.entries.values()) + incoming > limit:
             self._drop(next(iter(self.entries)))
 
     def clear(self) -> None:
