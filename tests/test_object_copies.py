@@ -52,16 +52,22 @@ def memory_run():
 
 @pytest.fixture
 def opens(monkeypatch) -> Counter:
-    """Opens of memory:// files for reading, by path (fsspec's reads, cat and get_file all open the file)."""
+    """Reads of memory:// files, by path: each open for reading (streamed reads and get_file open the file) and
+    each cat_file (which the memory file system answers without opening it)."""
     counted: Counter = Counter()
-    original = MemoryFileSystem._open
+    original_open, original_cat = MemoryFileSystem._open, MemoryFileSystem.cat_file
 
-    def counting(self, path, mode="rb", **kwargs):
+    def counting_open(self, path, mode="rb", **kwargs):
         if "r" in mode:
             counted[self._strip_protocol(path)] += 1
-        return original(self, path, mode, **kwargs)
+        return original_open(self, path, mode, **kwargs)
 
-    monkeypatch.setattr(MemoryFileSystem, "_open", counting)
+    def counting_cat(self, path, start=None, end=None, **kwargs):
+        counted[self._strip_protocol(path)] += 1
+        return original_cat(self, path, start, end, **kwargs)
+
+    monkeypatch.setattr(MemoryFileSystem, "_open", counting_open)
+    monkeypatch.setattr(MemoryFileSystem, "cat_file", counting_cat)
     return counted
 
 
