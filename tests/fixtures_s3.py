@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections import Counter
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import pytest
 
@@ -16,6 +19,45 @@ s3fs = pytest.importorskip("s3fs")
 KEY_ID, SECRET = "AKIAFAKEI2XTESTKEY01", "fake/i2x+secret+never+stored+0123456789"
 
 
+class RequestLog:
+    """What the server answered, recorded as a WSGI middleware around moto's app: per request the method, the
+    key's path (``bucket/key``) and the body bytes sent, so a test counts the GETs and bytes of an object."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app, self.entries, self._lock = app, [], threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        sent = 0
+        try:
+            for chunk in self.app(environ, start_response):
+                sent += len(chunk)
+                yield chunk
+        finally:
+            with self._lock:
+                self.entries.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "").lstrip("/"), sent))
+
+    def clear(self) -> None:
+        with self._lock:
+            self.entries.clear()
+
+    def gets(self, prefix: str = "") -> Counter:
+        """GET requests per key under ``prefix`` (``bucket/prefix``)."""
+        with self._lock:
+            return Counter(path for method, path, _ in self.entries if method == "GET" and path.startswith(prefix))
+
+    def bytes_sent(self, prefix: str = "") -> Counter:
+        """Body bytes the server sent per key under ``prefix``."""
+        total: Counter = Counter()
+        with self._lock:
+            for method, path, sent in self.entries:
+                if path.startswith(prefix):
+                    total[path] += sent
+        return total
+
+
+_LOG: list[RequestLog] = []  # the running server's log (one server per test module)
+
+
 @pytest.fixture(scope="module")
 def s3():
     """moto's S3 server on 127.0.0.1 (a free port), the environment pointing the S3 client at it."""
@@ -24,6 +66,9 @@ def s3():
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    log = RequestLog(server._server.app)  # every request passes through the log before moto answers it
+    server._server.app = log
+    _LOG[:] = [log]
     s3fs.S3FileSystem.clear_instance_cache()  # fsspec reuses clients, which would still talk to an earlier server
     host, port = server.get_host_and_port()
     os.environ.update(AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1",
@@ -39,6 +84,13 @@ def s3():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture
+def s3_requests(s3) -> RequestLog:
+    """The S3 server's request log, emptied for this test."""
+    _LOG[0].clear()
+    return _LOG[0]
 
 
 def make_bucket(s3, name: str) -> str:

@@ -3,6 +3,8 @@ started and stopped by this module, with fake credentials and a bucket each test
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import subprocess
@@ -12,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from i2x import api
 from i2x.cli import main
 from i2x.errors import UserError
+from i2x.io.checkpoint_formats import read_payload
 from i2x.io.checkpoints import list_checkpoints
 from i2x.io.location import RemotePath, as_path
 from i2x.io.lock import LOCK_NAME, locked
@@ -24,7 +28,8 @@ from i2x.io.workdir import load_summary, read_json, write_json
 from i2x.reporting.page import shown_path
 from i2x.stages.analysis import AnalyzeConfig
 
-from fixtures_s3 import KEY_ID, SECRET, keys as _keys, make_bucket as _bucket, s3, upload as _upload  # noqa: F401
+from fixtures_s3 import (KEY_ID, SECRET, keys as _keys, make_bucket as _bucket, s3, s3_requests,  # noqa: F401
+                         upload as _upload)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ARGS = ["--limit", "60", "--batch-size", "16", "--methods", "gradcam,layercam", "--k", "6", "--min-flips", "1"]
@@ -77,6 +82,55 @@ def test_json_files_and_the_lock_on_s3(s3, tmp_path):
     with pytest.raises(UserError, match=r"held by pid 1 on elsewhere.*delete the lock object"):
         with locked(out):
             pass
+
+
+@pytest.mark.slow
+def test_a_run_on_s3_gets_each_checkpoint_once(s3, s3_requests, ckpts, tmp_path):
+    """A whole `i2x run` (listing, sha256, extraction, then the stages that reopen the model) reads each checkpoint
+    object from the server with one GET of its bytes, counted by the server itself."""
+    bucket = _bucket(s3, "once")
+    _upload(s3, bucket, ckpts, "ckpts")
+    sizes = {f"{bucket}/ckpts/{p.name}": p.stat().st_size for p in ckpts.iterdir()}
+    s3_requests.clear()
+    assert main(["run", f"s3://{bucket}/ckpts", "--out", str(tmp_path / "an"), *RUN_ARGS]) == 0
+    gets, sent = s3_requests.gets(f"{bucket}/ckpts/"), s3_requests.bytes_sent(f"{bucket}/ckpts/")
+    assert dict(gets) == {key: 1 for key in sizes}, (dict(gets), dict(sent), sizes)
+    assert dict(sent) == sizes, (dict(gets), dict(sent), sizes)
+
+    # the last checkpoint replaced by other weights of the same size: the next run fetches it again, only it
+    replaced = _replace_weights(s3, bucket, "ckpts/epoch_3.pt", ckpts / "epoch_3.pt")
+    s3_requests.clear()
+    api.extract(checkpoints=f"s3://{bucket}/ckpts", out=tmp_path / "an", overwrite=True, limit=60, batch_size=16,
+                methods=("gradcam",), progress=False)
+    assert dict(s3_requests.gets(f"{bucket}/ckpts/")) == {f"{bucket}/ckpts/epoch_3.pt": 1}
+    assert Store.open(tmp_path / "an").checkpoints[-1]["sha256"] == hashlib.sha256(replaced).hexdigest()
+
+
+def _replace_weights(s3, bucket: str, key: str, original: Path) -> bytes:
+    """Put other weights (each float tensor + 1) at ``key``: a file of the same size and step, another content."""
+    payload = torch.load(original, weights_only=True)
+    payload["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    assert len(buffer.getvalue()) == original.stat().st_size  # only the ETag tells the versions apart
+    s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+    return buffer.getvalue()
+
+
+def test_a_checkpoint_replaced_on_s3_is_fetched_again_not_served_stale(s3, s3_requests, ckpts):
+    bucket = _bucket(s3, "replaced")
+    _upload(s3, bucket, ckpts, "run")
+    first = list_checkpoints(f"s3://{bucket}/run").checkpoints
+    assert [c.sha256() for c in first] == [hashlib.sha256((ckpts / c.name).read_bytes()).hexdigest() for c in first]
+    replaced = _replace_weights(s3, bucket, "run/epoch_3.pt", ckpts / "epoch_3.pt")
+    s3_requests.clear()
+    second = list_checkpoints(f"s3://{bucket}/run").checkpoints
+    assert second[-1].digest != first[-1].digest and second[0].digest == first[0].digest
+    assert second[-1].sha256() == hashlib.sha256(replaced).hexdigest()
+    new = torch.load(io.BytesIO(replaced), weights_only=True)["state_dict"]
+    loaded = read_payload(second[-1].path, trust=False)["state_dict"]
+    assert all(torch.equal(loaded[k], new[k]) for k in new)
+    assert dict(s3_requests.gets(f"{bucket}/run/")) == {f"{bucket}/run/epoch_3.pt": 1}
 
 
 @pytest.mark.slow

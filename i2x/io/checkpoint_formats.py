@@ -10,7 +10,6 @@ trusting it. Safetensors files load with safetensors.
 
 from __future__ import annotations
 
-import io
 import pickle
 import re
 import struct
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from i2x.errors import UserError
+from i2x.io.object_copies import FetchedFile, readable
 
 #: The weight files of a Hugging Face checkpoint folder (``checkpoint-500/model.safetensors``).
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -57,18 +57,16 @@ def refuse_placeholders(path: Path) -> None:
 
 def read_payload(path: Path, trust: bool, mmap: bool = False) -> Any:
     """Load a weight file's payload safely; user-facing errors name the file and the fix."""
-    if not isinstance(path, Path):
-        path = path.fetch()  # on object storage: one GET, then every check reads memory
+    path = readable(path)  # on object storage: the local copy (fetched once per process), named by its URL
     refuse_placeholders(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
-        from safetensors.torch import load, load_file
+        from safetensors.torch import load_file
 
         try:
-            return load_file(str(path), device="cpu") if isinstance(path, Path) else load(path.read_bytes())
+            return load_file(str(source(path)), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise unreadable_safetensors(path, exc) from exc
-    mmap = mmap and isinstance(path, Path)
     if check_torch_format(path, trust) == "pickle":
         return _trusted_load(path, plain=True)
     try:
@@ -147,10 +145,10 @@ def check_torch_format(path: Path, trust: bool = False) -> str:
     )
 
 
-def source(path: Path) -> Path | io.BytesIO:
-    """What torch.load reads: a local file by its path (memory-mappable), a remote one (:class:`RemotePath`) fetched
-    whole into memory, one file at a time, so a directory on object storage is never copied."""
-    return path if isinstance(path, Path) else io.BytesIO(path.read_bytes())
+def source(path: Path | FetchedFile) -> Path:
+    """The local file torch.load and safetensors read (memory-mappable): a local checkpoint in place, a remote one's
+    copy (:mod:`i2x.io.object_copies`)."""
+    return path if isinstance(path, Path) else path.local
 
 
 def _is_tar(fh: Any) -> bool:

@@ -13,16 +13,18 @@ import torch
 
 from i2x.io.checkpoint_formats import (HF_WEIGHT_FILES, read_payload, refuse_placeholders,
                                        unreadable_safetensors)
+from i2x.io.checkpoint_formats import source as local_file
+from i2x.io.object_copies import readable
 from i2x.io.state_dicts import unwrap
 from i2x.errors import UserError
 
 STEP_KEYS = ("global_step", "step", "epoch")
-HEADER_LIMIT = 100 << 20  # safetensors refuses headers above 100 MB too
 
 
 def inspect(path: Path, trust: bool) -> tuple[int | None, str, dict[str, Any], str | None]:
     """The step stored inside a snapshot (global_step > step > epoch), light metadata and the weights' quick
-    digest (safetensors: the full one)."""
+    digest (safetensors: the full one). A file on object storage is read from its local copy, fetched once."""
+    path = readable(path)
     if path.suffix == ".safetensors":
         step, source, meta, digest = *_safetensors_step(path), {}, _safetensors_digest(path)
     else:
@@ -46,27 +48,14 @@ def _safetensors_step(path: Path) -> tuple[int | None, str]:
 
     refuse_placeholders(path)
     try:
-        if isinstance(path, Path):
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
-        else:
-            meta = _remote_safetensors_metadata(path)
+        with safe_open(str(local_file(path)), framework="pt") as fh:
+            meta = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise unreadable_safetensors(path, exc) from exc
     for key in STEP_KEYS:
         if str(meta.get(key, "")).lstrip("-").isdigit():
             return int(meta[key]), key
     return None, "unknown"
-
-
-def _remote_safetensors_metadata(path: Any) -> dict[str, str]:
-    """The metadata of a safetensors file on object storage, from its header alone (two ranged reads)."""
-    with path.open("rb") as fh:
-        size = int.from_bytes(fh.read(8), "little")
-        if not 2 <= size <= HEADER_LIMIT:
-            raise ValueError(f"header size {size} out of range")
-        header = json.loads(fh.read(size))
-    return header.get("__metadata__") or {} if isinstance(header, dict) else {}
 
 
 def _payload_step(payload: Any) -> tuple[int | None, str, dict[str, Any]]:
@@ -136,10 +125,9 @@ def full_digest(path: Path, trust: bool) -> str | None:
 def _safetensors_digest(path: Path) -> str | None:
     from safetensors import SafetensorError, safe_open
 
-    if not isinstance(path, Path):  # on object storage: the file was fetched whole anyway
-        return weights_digest(read_payload(path, trust=False))
+    path = readable(path)
     try:
-        with safe_open(str(path), framework="pt") as fh:
+        with safe_open(str(local_file(path)), framework="pt") as fh:
             return weights_digest(_LazyTensors(fh))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise unreadable_safetensors(path, exc) from exc

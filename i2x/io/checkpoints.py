@@ -9,8 +9,8 @@ Found in a directory (not recursively):
 Everything else is ignored (and listed at debug level), including the Trainer's non-weight files
 (``training_args.bin``, ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state.pth``).
 A symlink that leads out of the directory is refused. The directory may be a URL (``s3://bucket/run/``,
-:mod:`i2x.io.location`): it is listed there and each snapshot is read into memory when it is loaded, one at a
-time, so the directory is never copied.
+:mod:`i2x.io.location`): it is listed there and each snapshot is fetched whole once per process into a local copy
+(:mod:`i2x.io.object_copies`) that its step, weights digest, sha256 and load all read.
 
 The rest lives beside this module: reading one file safely (:mod:`i2x.io.checkpoint_formats`), the step
 and weights digest inside it (:mod:`i2x.io.checkpoint_inspection`), training order and duplicates
@@ -20,7 +20,6 @@ and the state_dict matched to a model (:mod:`i2x.io.state_dicts`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from i2x.errors import UserError
 from i2x.io.checkpoint_formats import HF_WEIGHT_FILES
 from i2x.io.checkpoint_inspection import inspect
 from i2x.io.location import RemotePath, as_path
+from i2x.io.object_copies import file_sha256
 from i2x.io.checkpoint_order import ORDERS, order_checkpoints, resolve_duplicates
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,9 @@ class Checkpoint:
     digest: str | None = field(default=None, repr=False)  # of the weights: quick, full once a duplicate is suspected
 
     def sha256(self) -> str:
-        """The SHA-256 of the weight file, streamed (recorded so a store knows what it was built from)."""
-        digest = hashlib.sha256()
-        with self.path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        """The SHA-256 of the weight file, streamed (recorded so a store knows what it was built from); a remote
+        file's from its local copy (:mod:`i2x.io.object_copies`)."""
+        return file_sha256(self.path)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly record of this snapshot."""

@@ -17,7 +17,6 @@ not write-beside-then-rename), and no lock a crashed process releases (see :mod:
 
 from __future__ import annotations
 
-import io
 import re
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +51,17 @@ def as_path(target: "str | Path | RemotePath") -> "Path | RemotePath":
     if text.lower().startswith("file://"):
         return Path(text[len("file://"):])
     return RemotePath(text) if is_remote(text) else Path(text)
+
+
+def modified_time(info: dict[str, Any]) -> float:
+    """When an object was last written, in seconds since the epoch, from fsspec's ``info`` (each file system
+    names it its own way); 0 when it gives none."""
+    modified = info.get("LastModified") or info.get("mtime") or info.get("updated") or info.get("created") or 0
+    if isinstance(modified, datetime):
+        return modified.timestamp()
+    if isinstance(modified, str):
+        return datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp()
+    return float(modified)
 
 
 class RemotePath:
@@ -139,12 +149,7 @@ class RemotePath:
     def stat(self) -> SimpleNamespace:
         """Size and modification time, as ``os.stat`` names them."""
         info = self.fs.info(self.path)
-        modified = info.get("LastModified") or info.get("mtime") or info.get("updated") or 0
-        if isinstance(modified, datetime):
-            modified = modified.timestamp()
-        elif isinstance(modified, str):
-            modified = datetime.fromisoformat(modified.replace("Z", "+00:00")).timestamp()
-        return SimpleNamespace(st_size=int(info.get("size") or 0), st_mtime=float(modified))
+        return SimpleNamespace(st_size=int(info.get("size") or 0), st_mtime=modified_time(info))
 
     # ---- reading and writing -----------------------------------------------------------------
     def open(self, mode: str = "rb") -> IO[Any]:
@@ -177,35 +182,9 @@ class RemotePath:
         if self.fs.exists(self.path):
             self.fs.rm(self.path, recursive=True)
 
-    def fetch(self) -> "FetchedFile":
-        """The object read whole with one GET, then served from memory (the checks before loading a checkpoint
-        read its head, its tail and then all of it; each read would be a request)."""
-        return FetchedFile(self, self.read_bytes())
-
     def upload(self, local: Path) -> None:
         """Copy a local folder's files under this prefix (replacing what is there)."""
         self.remove_tree()
         for file in sorted(p for p in local.rglob("*") if p.is_file()):
             (self / file.relative_to(local).as_posix()).write_bytes(file.read_bytes())
 
-
-class FetchedFile(RemotePath):
-    """A remote file already read into memory: its reads cost no request; it is named by its URL."""
-
-    def __init__(self, source: RemotePath, data: bytes) -> None:
-        super().__init__(source.path, source.fs, "file")
-        self.data = data
-
-    def open(self, mode: str = "rb") -> IO[Any]:
-        if mode != "rb":
-            raise ValueError(f"{self}: fetched for reading only")
-        return io.BytesIO(self.data)
-
-    def read_bytes(self) -> bytes:
-        return self.data
-
-    def stat(self) -> SimpleNamespace:
-        return SimpleNamespace(st_size=len(self.data), st_mtime=super().stat().st_mtime)
-
-    def fetch(self) -> "FetchedFile":
-        return self
