@@ -232,6 +232,28 @@ def test_faithfulness_user_errors(run, kw, match):
         faithfulness(run, progress=False, **kw)
 
 
+def test_a_study_reads_only_the_stores_checkpoint_by_name(run, store):
+    # A snapshot saved after extraction (here an unreadable one) is neither listed nor read, and "final" stays
+    # the store's final checkpoint; a snapshot that is gone is named.
+    ck = run.parent / "ck"
+    late = ck / "epoch_9.pt"
+    late.write_bytes(b"not a checkpoint")
+    try:
+        ctx = open_context(store, None, "cpu", 64)
+        assert [c.name for c in ctx.checkpoints] == ["epoch_1.pt", "epoch_2.pt", "epoch_3.pt"]
+        assert ctx.checkpoint("final").name == "epoch_3.pt" and ctx.checkpoints[-1].step == store.checkpoints[-1]["step"]
+        probs = torch.softmax(ctx.model(torch.stack([ctx.dataset[i][0] for i in range(8)])), 1).detach().numpy()
+        np.testing.assert_allclose(probs, store.read("probs")[FINAL][:8], atol=1e-4)
+    finally:
+        late.unlink()
+    (ck / "epoch_1.pt").rename(ck / "moved.bak")
+    try:
+        with pytest.raises(UserError, match=r"checkpoint epoch_1.pt is gone .* rerun `i2x run`"):
+            open_context(store, 0, "cpu", 64)
+    finally:
+        (ck / "moved.bak").rename(ck / "epoch_1.pt")
+
+
 # ---- drift -----------------------------------------------------------------------------------------
 def test_drift_between_one_checkpoint_and_itself_is_refused(run):
     # Identical maps give IoU 1 and no shift (tests/test_drift.py); comparing a checkpoint with itself says

@@ -135,6 +135,25 @@ def list_checkpoints(directory: str | Path, trust: bool = False, order: str = "s
     return listing
 
 
+def recorded_checkpoints(directory: str | Path, records: Iterable[dict[str, Any]]) -> list[Checkpoint]:
+    """The snapshots a store recorded (``name``, ``step``), found in ``directory`` by name without reading any.
+
+    A study that loads one checkpoint of an extracted run neither lists nor inspects the others (on object
+    storage each would be a download), and "final" stays the store's final checkpoint even if later snapshots
+    were saved since. A snapshot no longer there keeps its expected path; loading it says it is gone.
+    """
+    root = as_path(directory)
+    found: list[Checkpoint] = []
+    for record in records:
+        entry = root / record["name"]
+        weights = _weight_file(entry)
+        if weights is not None:
+            _refuse_escaping_link(root, entry, weights)
+        found.append(Checkpoint(name=record["name"], path=weights or entry, step=record.get("step"),
+                                step_source=record.get("step_source", "unknown")))
+    return found
+
+
 def _refuse_escaping_link(root: Path, entry: Path, weights: Path) -> None:
     """A symlink (the entry or the weight file in it) leading outside ``root`` is refused: it would analyse
     a file that is not part of this training run as one of its steps."""

@@ -24,7 +24,7 @@ from i2x.attribution import METHODS, prefer_channels_last
 from i2x.attribution.tokens import parse as parse_tokens
 from i2x.errors import UserError
 from i2x.io.checkpoint_order import ORDERS
-from i2x.io.checkpoints import Checkpoint, Listing, list_checkpoints, select
+from i2x.io.checkpoints import Checkpoint, Listing, list_checkpoints, recorded_checkpoints, select
 from i2x.io.data import DATA_SPECS, DataOptions, ImageData, labels_of, load_data
 from i2x.io.devices import resolve_device
 from i2x.io.location import as_path
@@ -247,17 +247,22 @@ def check_forward(model: nn.Module, dataset: Dataset, model_spec: str, data_spec
 def open_context(store: Store, t: int | None = None, device: str = "auto", batch_size: int = 256,
                  trust_checkpoints: bool = False, trust_analysis: bool = False, model: str | None = None) -> Context:
     """Rebuild data and model from the store's config and load checkpoint t (default: the last usable one),
-    after checking the code it names, that the data gives the stored labels and the file the stored sha256."""
+    after checking the code it names, that the data gives the stored labels and the file the stored sha256.
+    ``checkpoints`` are the store's, found by name (:func:`i2x.io.checkpoints.recorded_checkpoints`)."""
     config = RunConfig.from_dict({**store.config, "device": device, "batch_size": batch_size,
                                   "trust_checkpoints": checkpoint_trust(store, trust_checkpoints, trust_analysis)})
     check_code(store, config, trust_analysis, model)
-    ctx = build_context(config)
+    ctx = build_context(config, with_checkpoints=False)
+    ctx.checkpoints = recorded_checkpoints(config.checkpoints, store.checkpoints)
     labels = store.read("labels")
     if len(ctx.labels) != len(labels) or not np.array_equal(ctx.labels, labels):
         raise UserError(f"{store.path}: the data set {config.data!r} no longer gives the stored labels; "
                         "point the config at the same data or rerun `i2x run`")
     record = store.checkpoints[int(usable_checkpoints(store)[-1]) if t is None else t]
     ckpt = ctx.checkpoint(record["name"])
+    if not ckpt.path.exists():
+        raise UserError(f"{ckpt.path}: checkpoint {ckpt.name} is gone (the analysis reads its checkpoints from "
+                        f"{config.checkpoints}); put it back there or rerun `i2x run`")
     if record.get("sha256") and ckpt.sha256() != record["sha256"]:
         raise UserError(f"{ckpt.path}: the file changed since extraction (sha256 differs); rerun `i2x run --overwrite`")
     ctx.load(ckpt)
