@@ -241,7 +241,8 @@ def test_a_study_reads_only_the_stores_checkpoint_by_name(run, store):
     try:
         ctx = open_context(store, None, "cpu", 64)
         assert [c.name for c in ctx.checkpoints] == ["epoch_1.pt", "epoch_2.pt", "epoch_3.pt"]
-        assert ctx.checkpoint("final").name == "epoch_3.pt" and ctx.checkpoints[-1].step == store.checkpoints[-1]["step"]
+        assert ctx.checkpoint("final").name == "epoch_3.pt"
+        assert ctx.checkpoints[-1].step == store.checkpoints[-1]["step"]
         probs = torch.softmax(ctx.model(torch.stack([ctx.dataset[i][0] for i in range(8)])), 1).detach().numpy()
         np.testing.assert_allclose(probs, store.read("probs")[FINAL][:8], atol=1e-4)
     finally:

@@ -68,7 +68,8 @@ def _pairs(model: nn.Module, hooked: set[nn.Module]) -> Iterator[tuple[nn.Sequen
 def fold_batchnorm(model: nn.Module, hooked: set[nn.Module]) -> list[Swap]:
     """Fold every eval-mode BatchNorm2d that directly follows a Conv2d into that convolution.
 
-    The BN's place holds an Identity. Returns ``(parent, name, original)`` to put back, in order.
+    The BN's place holds an Identity (a hook on it still sees its output). Returns ``(parent, name, original)``
+    to put back, in order.
     """
     swapped: list[Swap] = []
     for parent, conv_name, conv, bn_name, bn in _pairs(model, hooked):
