@@ -26,6 +26,7 @@ from i2x.io.store import Store
 from i2x.metrics.reliance import agreement, paired
 from i2x.stages.context import RunConfig, build_context
 from i2x.stages.curation import concept_exclusion, concept_shares
+from i2x.stages.reliance_verdict import split_piece
 
 SPEC = str(Path(synthetic.__file__).resolve())
 EPOCHS = 4
@@ -157,6 +158,18 @@ def test_pieces_chain_through_adjacent_hot_cells():
     assert pieces(0, [1, 2, 3], cells) == [0, 1, 2]     # 2 joins through 1 (diagonal neighbours count)
     assert pieces(0, [2, 3], cells) == [0]              # without 1, 2 is two cells away
     assert pieces(3, [0, 1, 2], cells) == [3]
+
+
+def test_split_piece_needs_every_test_but_the_paste_excess():
+    checks = {"class_tied": True, "fixed_in_place": True, "paste": False, "deletion": True}
+    paste = {"excess_flip": 0.35, "flip_z": 8.2, "random_flip_rate": 0.01}     # below the 0.4 bar, yet significant
+    row = {"checks": checks, "transplant": paste}
+    assert split_piece(row, z_threshold=3.0, max_random_flip=0.25)
+    assert not split_piece({**row, "transplant": {**paste, "flip_z": 2.9}}, 3.0, 0.25)           # no real effect
+    assert not split_piece({**row, "transplant": {**paste, "random_flip_rate": 0.3}}, 3.0, 0.25)  # inconclusive
+    assert not split_piece({**row, "transplant": None}, 3.0, 0.25)
+    for test in ("class_tied", "fixed_in_place", "deletion"):
+        assert not split_piece({**row, "checks": {**checks, test: False}}, 3.0, 0.25)
 
 
 def test_agreement_of_footprints_by_hand():

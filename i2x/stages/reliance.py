@@ -37,9 +37,12 @@ it costs its class's margin more than random cells do (z >= ``z_threshold``). Pi
 tells a tag from real class evidence that wanders: a planted marker's footprints agree on 0.36-0.9 of
 their pixels, the soft class blob of the clean planted twins on 0.08-0.16, though pasting either
 flips most recipients. Concepts are ranked by that evidence: those that pass first, then by paste
-excess. A shortcut split over concepts is joined: when the lead passes, it and the passing concepts
-of its class on adjacent cells (:func:`i2x.analysis.concepts.pieces`) are tested again as one concept,
-which leads when it passes. Nothing is a product that one weak factor zeroes.
+excess. A shortcut split over concepts is joined: when the lead passes, it and the concepts of its
+class on adjacent cells (:func:`i2x.analysis.concepts.pieces`) that pass every test, save that their
+paste may move fewer than ``min_flip_excess`` more recipients than random patches (a piece of a split
+marker carries part of its effect; the paste must still beat random patches with z >= ``z_threshold``),
+are tested again as one concept, which leads when it passes every test itself. Nothing is a product
+that one weak factor zeroes.
 
 Results go to ``DIR/reliance.json`` (concepts and prototypes, per-sample deletions) and under
 ``reliance`` in ``DIR/summary.json`` (settings, verdict, the concept table).
@@ -70,8 +73,8 @@ from i2x.settings import device_option, option, validate
 from i2x.stages.context import Context, open_context
 from i2x.stages.reliance_deletion import deletion_plan, deletion_summary, images_at, mean_activation, run_deletions
 from i2x.stages.reliance_paste import gallery_footprints, paste_test, recipient_pool
-from i2x.stages.reliance_verdict import (CONCEPT_RULE, FILL, FOOTPRINT, RULE, gallery_rows, rank, summary_entry,
-                                         unit_row, verdict)
+from i2x.stages.reliance_verdict import (CONCEPT_RULE, FILL, FOOTPRINT, RULE, gallery_rows, rank, split_piece,
+                                         summary_entry, unit_row, verdict)
 
 
 @dataclass
@@ -192,15 +195,17 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> d
 def _join_pieces(concepts: list[dict[str, Any]], ranking: list[int], concept_assign: np.ndarray,
                  concept_cells: np.ndarray, trial: "_Trial", names: list[str],
                  cfg: RelianceConfig) -> dict[str, Any] | None:
-    """A shortcut split over concepts: when the lead concept passes every test, it and the other passing concepts of
-    its class on adjacent cells (:func:`i2x.analysis.concepts.pieces`) are joined into one concept (the union of
-    their cells) and tested again as a whole. Returns its row (id after the last concept), or None when the lead
-    does not pass or has no such neighbour."""
+    """A shortcut split over concepts: when the lead concept passes every test, it and the concepts of its class on
+    adjacent cells that could be pieces of it (:func:`i2x.stages.reliance_verdict.split_piece`: every test passed,
+    the paste's effect perhaps below ``min_flip_excess``) are joined into one concept (the union of their cells,
+    :func:`i2x.analysis.concepts.pieces`) and tested again as a whole. Returns its row (id after the last concept),
+    or None when the lead does not pass or has no such neighbour."""
     lead = concepts[ranking[0]] if ranking else None
     if lead is None or not all(lead["checks"].values()):
         return None
-    passing = [r["id"] for r in concepts if all(r["checks"].values()) and r["class"] == lead["class"]]
-    joined = pieces(lead["id"], passing, concept_cells, hot_share=0.5)
+    joinable = [r["id"] for r in concepts
+                if r["class"] == lead["class"] and split_piece(r, cfg.z_threshold, cfg.max_random_flip)]
+    joined = pieces(lead["id"], joinable, concept_cells, hot_share=0.5)
     if len(joined) < 2:
         return None
     new = len(concepts)

@@ -19,8 +19,9 @@ RULE = ("shortcut = a concept that is class-tied (lift >= min_lift; lift = (P(c|
         "z_threshold; random patches flipping at most max_random_flip), and whose deletion at the layer lowers c's "
         "margin more than random cells (z >= z_threshold); "
         "concepts ranked: those passing first, then by paste flip excess, then by the paste's margin excess; when the "
-        "lead passes, it and the passing concepts of its class on adjacent cells are joined and tested as one concept, "
-        "which leads when it passes")
+        "lead passes, it and the concepts of its class on adjacent cells that pass every test (their paste may turn "
+        "fewer than min_flip_excess more recipients than random patches, with z >= z_threshold still: a piece of a "
+        "split marker carries part of its effect) are joined and tested as one concept, which leads when it passes")
 CONCEPT_RULE = ("prototypes linked when both are class-tied (lift >= min_lift) for the same class and rather fixed in "
                 "place (concentration >= link_concentration), co-present (Jaccard over samples >= min_jaccard) and on "
                 "adjacent cells (hot cells, >= half of the most frequent cell's count, within one cell); merged by "
@@ -90,6 +91,17 @@ def rank(rows: list[dict[str, Any]]) -> list[int]:
     logit = np.array([(r["transplant"] or {}).get("logit_excess", 0.0) for r in rows])
     return [int(i) for i in evidence_order(passes, flip, logit)]
 
+
+
+def split_piece(row: dict[str, Any], z_threshold: float, max_random_flip: float) -> bool:
+    """Whether a concept may be joined to a passing lead as a piece of one split shortcut: class-tied, fixed in place,
+    its deletion costs its class, and its paste turns recipients into its class more often than random patches (z >=
+    ``z_threshold``, random patches flipping at most ``max_random_flip``), though perhaps by less than
+    ``min_flip_excess``: a piece of a split marker carries only part of its effect, and the joined whole is tested
+    again against every bar."""
+    checks, paste = row["checks"], row["transplant"] or {}
+    return bool(checks["class_tied"] and checks["fixed_in_place"] and checks["deletion"]
+                and paste.get("flip_z", 0.0) >= z_threshold and paste.get("random_flip_rate", 1.0) <= max_random_flip)
 
 
 def verdict(ordered: list[dict[str, Any]], z_threshold: float, min_flip_excess: float) -> tuple[str, bool]:
