@@ -92,7 +92,6 @@ def rank(rows: list[dict[str, Any]]) -> list[int]:
     return [int(i) for i in evidence_order(passes, flip, logit)]
 
 
-
 def split_piece(row: dict[str, Any], z_threshold: float, max_random_flip: float) -> bool:
     """Whether a concept may be joined to a passing lead as a piece of one split shortcut: class-tied, fixed in place,
     its deletion costs its class, and its paste turns recipients into its class more often than random patches (z >=
