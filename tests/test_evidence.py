@@ -270,6 +270,9 @@ def test_stage_writes_arrays_json_and_the_cli_runs(tiny_run, tmp_path):
     section = section[:section.index("</section>")]
     assert section.count('<td class="who">') == 3 and section.count("<img") == 12  # image, CAM, mask, evidence
     assert 'id="chart-evidence-area"' in section
+    used = "bfloat16" if autocast_dtype("auto", torch.device("cpu")) else "float32"
+    assert written["settings"]["precision"] == "auto" and written["settings"]["precision_used"] == used
+    assert f"{used} passes" in section
     assert main(["evidence", str(out), "--samples", "misclassified", "--max-samples", "2", "--checkpoints", "final",
                  "--iterations", "2", "--device", "cpu"]) == 0
     assert Store.open(out).read("evidence/masks").shape[:2] == (1, 2)

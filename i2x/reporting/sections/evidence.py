@@ -101,7 +101,9 @@ def evidence_section(r: ReportInputs) -> Section | None:
     parts = [f'<p class="muted">{esc(st["generator"])} generator, {esc(st["iterations"])} Adam steps (lr '
              f'{esc(st["lr"])}), threshold {esc(st["threshold"])}, weights matching:minimality:robustness '
              f'{esc(":".join(f"{w:g}" for w in st["weights"]))}, fill {esc(st.get("fill", "black"))}, noise width '
-             f'{esc(st["noise"])}, seed {esc(st["seed"])}; samples: {esc(st["samples"])}.</p>',
+             f'{esc(st["noise"])}, seed {esc(st["seed"])}'
+             + (f', {esc(st["precision_used"])} passes' if "precision_used" in st else "")
+             + f'; samples: {esc(st["samples"])}.</p>',
              table(["checkpoint", "masks", "decision kept", "mean area", "robust to noise infill",
                     "IoU with CAM at equal area"], rows)]
     if len(e["per_checkpoint"]) > 1:
