@@ -6,8 +6,9 @@ change between two checkpoints, on the samples both classify correctly; per clas
 every stored method, over consecutive checkpoints, and the stability ranking of classes under each
 method with the pairs whose order reverses between methods. A pair in which either map is empty (no
 positive mass) counts for no metric: its top region and ranks would be ties. On a segmentation store
-(rows are an image and a class, :mod:`i2x.stages.segmentation`) every row counts (:data:`SEGMENTATION_ROWS`). Several runs side by side: :mod:`i2x.stages.drift_runs`. The numeric
-core is :mod:`i2x.metrics.drift`.
+(rows are an image and a class, :mod:`i2x.stages.segmentation`) every row counts
+(:data:`SEGMENTATION_ROWS`). Several runs side by side: :mod:`i2x.stages.drift_runs`. The numeric core
+is :mod:`i2x.metrics.drift`.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ STABILITY = {"iou": 1.0, "spearman": 1.0, "shift_frac": -1.0}
 #: Which rows of a segmentation store the drift counts, as drift.json records it. A row's map explains class c's
 #: logit averaged over c's ground-truth region by default, the same quantity at every checkpoint (as the true label
 #: does for a classifier), while "classified right" (c the region's top class) is rare before the net stops calling
-#: small regions background. So every row counts; a pair where either map is all zero (no evidence at one
-#: checkpoint) is left out of every metric, since its top region and ranks would be ties.
+#: small regions background. So every row counts (a pair where either map is all zero is left out of every
+#: metric, as on every store).
 SEGMENTATION_ROWS = "all"
 
 
