@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -18,11 +20,14 @@ from i2x.attribution.frozen import autocast_dtype, fold_batchnorm, frozen, pool_
 from i2x.attribution.minimal_evidence import MinimalEvidence
 from i2x.cli import main
 from i2x.errors import UserError
+from i2x.io.devices import memory_size
 from i2x.io.store import Store
 from i2x.reporting import build_report
 from i2x.metrics.evidence import (activation_matching, area, binarisation, compose, decision_loss, fill_of,
                                   iou_at_equal_area, kl_divergence, leakage, straight_through, total_variation)
-from i2x.stages.evidence import EvidenceConfig, evidence
+from i2x.stages import evidence as evidence_stage
+from i2x.stages.context import open_context
+from i2x.stages.evidence import AUTO_BATCH_MAX, EvidenceConfig, auto_batch_size, evidence
 
 
 # ---- loss terms ----------------------------------------------------------------------------------
@@ -242,10 +247,30 @@ def test_precision_auto_follows_the_cpus_bf16_support_and_masks_are_scored_in_fl
         assert masks.kept.all() and (masks.area < 0.5).all() and masks.kl.dtype == torch.float32
 
 
+def test_memory_per_mask_counts_every_leaf_output_three_times():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3))
+    per_image = (2 * 16 + 2 * 16 + 32 + 3) * 4  # conv, ReLU, flatten, linear outputs of a 4x4 image, float32 bytes
+    assert MinimalEvidence(["0"]).memory_per_mask(model, torch.randn(1, 1, 4, 4)) == 3 * per_image
+    assert model.training  # frozen only while counting
+
+
+def test_auto_batch_size_fits_a_quarter_of_the_memory_and_is_capped(monkeypatch):
+    model, image = Spot(), _spot_images(1)
+    optimiser = MinimalEvidence(["feat"])
+    per_mask = optimiser.memory_per_mask(model, image)
+    assert per_mask == 3 * 16 * 16 * 4  # the output of its one leaf module, the ReLU: 16x16 float32
+    monkeypatch.setattr(evidence_stage, "memory_size", lambda _device: 4 * 7 * per_mask + 5)
+    assert auto_batch_size(optimiser, model, image) == 7
+    monkeypatch.setattr(evidence_stage, "memory_size", lambda _device: 10)
+    assert auto_batch_size(optimiser, model, image) == 1
+    monkeypatch.setattr(evidence_stage, "memory_size", lambda _device: None)
+    assert auto_batch_size(optimiser, model, image) == AUTO_BATCH_MAX
+    cpu = memory_size(torch.device("cpu"))
+    assert cpu is not None and 0 < cpu <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 # ---- the stage -----------------------------------------------------------------------------------
 def test_stage_writes_arrays_json_and_the_cli_runs(tiny_run, tmp_path):
-    import shutil
-
     out = tmp_path / "an"
     shutil.copytree(tiny_run, out)
     roi = np.zeros((200, 32, 32), dtype=bool)
@@ -276,6 +301,23 @@ def test_stage_writes_arrays_json_and_the_cli_runs(tiny_run, tmp_path):
     assert main(["evidence", str(out), "--samples", "misclassified", "--max-samples", "2", "--checkpoints", "final",
                  "--iterations", "2", "--device", "cpu"]) == 0
     assert Store.open(out).read("evidence/masks").shape[:2] == (1, 2)
+
+
+def test_without_a_batch_size_the_stage_batches_what_fits_and_reruns_the_same(tiny_run, tmp_path, monkeypatch):
+    out = tmp_path / "an"
+    shutil.copytree(tiny_run, out)
+    kw = dict(samples="3,5,7", checkpoints="final", iterations=5, device="cpu", progress=False)
+    assert evidence(out, **kw)["settings"]["batch_size_used"] == 3  # plenty of memory: all three together
+    store = Store.open(out)
+    ctx = open_context(store, None, "cpu", 8)
+    per_mask = MinimalEvidence([store.attrs["layer"]]).memory_per_mask(ctx.model, ctx.dataset[3][0][None])
+    monkeypatch.setattr(evidence_stage, "memory_size", lambda _device: 4 * 2 * per_mask)  # room for two masks
+    auto = evidence(out, **kw)
+    masks = Store.open(out).read("evidence/masks")
+    assert auto["settings"]["batch_size"] is None and auto["settings"]["batch_size_used"] == 2
+    pinned = evidence(out, batch_size=2, **kw)
+    assert pinned["per_sample"] == auto["per_sample"]
+    np.testing.assert_array_equal(Store.open(out).read("evidence/masks"), masks)
 
 
 def test_user_errors_name_the_option(tiny_run):

@@ -26,7 +26,7 @@ from i2x.attribution.frozen import PRECISIONS, autocast_dtype
 from i2x.attribution.mask_generators import GENERATORS
 from i2x.attribution.minimal_evidence import EvidenceMasks, MinimalEvidence
 from i2x.errors import UserError
-from i2x.io.devices import resolve_device
+from i2x.io.devices import memory_size, resolve_device
 from i2x.io.location import as_path
 from i2x.io.lock import locked
 from i2x.io.store import Store
@@ -41,6 +41,10 @@ from i2x.stages.faithfulness import cams_for_targets
 
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(","))
+
+
+#: The most masks optimised together when ``--batch-size`` is not given (more saves little time on a CPU).
+AUTO_BATCH_MAX = 256
 
 
 @dataclass
@@ -71,7 +75,9 @@ class EvidenceConfig(ModelAccess):
                                             "target layer)", parse=split_names, metavar="A,B")
     roi: str | None = option(None, ".npy file of boolean regions of interest [n, H, W] by store row: adds each "
                              "mask's leakage outside its region", metavar="FILE")
-    batch_size: int = option(256, "masks optimised together", low=1)
+    batch_size: int | None = option(None, "masks optimised together (default: as many as fit in a quarter of the "
+                                    "machine's memory, half of a GPU's, by the model's activations on one image; "
+                                    f"at most {AUTO_BATCH_MAX})", low=1)
     precision: str = option("auto", "arithmetic of the optimisation passes: auto (bfloat16 where the device computes "
                             "it natively: CUDA with bf16, CPUs with AVX512-BF16 or AMX; else float32), float32 or "
                             "bfloat16; masks are always scored in float32", choices=PRECISIONS)
@@ -80,6 +86,18 @@ class EvidenceConfig(ModelAccess):
 
 
 # ---- the stage ---------------------------------------------------------------------------------
+def auto_batch_size(optimiser: MinimalEvidence, model: torch.nn.Module, image: torch.Tensor) -> int:
+    """Masks per batch when ``--batch-size`` is not given: as many as fit, by
+    :meth:`~i2x.attribution.minimal_evidence.MinimalEvidence.memory_per_mask`, in a quarter of the machine's
+    memory (half of a GPU's), between 1 and :data:`AUTO_BATCH_MAX`. Taken from the memory the device has, not
+    what is free, so a rerun on the same machine batches (and so draws its noise) the same way."""
+    size = memory_size(image.device)
+    if size is None:
+        return AUTO_BATCH_MAX
+    budget = size // (2 if image.device.type == "cuda" else 4)
+    return int(max(1, min(AUTO_BATCH_MAX, budget // max(1, optimiser.memory_per_mask(model, image)))))
+
+
 def _stats(values: np.ndarray) -> dict[str, float] | None:
     values = values[np.isfinite(values)]
     return mean_std(values) if values.size else None
@@ -108,22 +126,24 @@ def evidence(out_dir: str | Path, config: EvidenceConfig | None = None, progress
         ious: dict[str, list[np.ndarray]] = {m: [] for m in methods}
         leaks: list[np.ndarray] = []
         roi = None
+        batch = cfg.batch_size
         for t in tqdm(ts, desc="evidence", disable=not progress):
-            ctx = open_context(store, t, cfg.device, cfg.batch_size, cfg.trust_checkpoints, cfg.trust_analysis,
+            ctx = open_context(store, t, cfg.device, batch or AUTO_BATCH_MAX, cfg.trust_checkpoints, cfg.trust_analysis,
                                cfg.model)
+            batch = batch or auto_batch_size(optimiser, ctx.model, ctx.dataset[int(rows[0])][0][None].to(ctx.device))
             size = tuple(int(s) for s in ctx.data.input_size)
             roi = read_roi(cfg.roi, labels.size, size) if cfg.roi and roi is None else roi
             mean = torch.tensor(ctx.data.mean, dtype=torch.float32, device=ctx.device).view(1, -1, 1, 1)
             std = torch.tensor(ctx.data.std, dtype=torch.float32, device=ctx.device).view(1, -1, 1, 1)
             parts = []
-            for lo in range(0, rows.size, cfg.batch_size):
-                part = rows[lo:lo + cfg.batch_size]
+            for lo in range(0, rows.size, batch):
+                part = rows[lo:lo + batch]
                 images = torch.stack([ctx.dataset[int(i)][0] for i in part]).to(ctx.device)
                 parts.append(optimiser.explain(ctx.model, images, fill_of(cfg.fill, images, mean, std), std))
             result = EvidenceMasks(*(torch.cat([getattr(p, f) for p in parts]) for f in EvidenceMasks.__dataclass_fields__))
             results.append(result)
             images = torch.stack([ctx.dataset[int(i)][0] for i in rows]).to(ctx.device)
-            raw = cams_for_targets(store, ctx, t, rows, images, result.target.numpy(), methods, cfg.batch_size)
+            raw = cams_for_targets(store, ctx, t, rows, images, result.target.numpy(), methods, batch)
             for m in methods:
                 ious[m].append(iou_at_equal_area(result.masks, display_maps(raw[m], size)).numpy())
             leaks.append(leakage(result.masks, torch.from_numpy(roi[rows])).numpy() if roi is not None
@@ -143,6 +163,7 @@ def evidence(out_dir: str | Path, config: EvidenceConfig | None = None, progress
             chunks = (1, *data.shape[1:]) if data.ndim > 2 else None
             store.write(name, data, chunks)
         summary = _summary(store, cfg, optimiser, ts, rows, whys, arrays, labels, names, methods)
+        summary["settings"]["batch_size_used"] = min(batch, int(rows.size))
         summary["seconds"] = round(time.perf_counter() - start, 3)
         write_json(as_path(out_dir) / EVIDENCE, summary)
     return clean_json(summary)
