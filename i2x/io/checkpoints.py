@@ -140,7 +140,8 @@ def recorded_checkpoints(directory: str | Path, records: Iterable[dict[str, Any]
 
     A study that loads one checkpoint of an extracted run neither lists nor inspects the others (on object
     storage each would be a download), and "final" stays the store's final checkpoint even if later snapshots
-    were saved since. A snapshot no longer there keeps its expected path; loading it says it is gone.
+    were saved since. A snapshot no longer there (or a folder without its weight file) keeps its entry as the
+    path, which is no file.
     """
     root = as_path(directory)
     found: list[Checkpoint] = []

@@ -260,7 +260,7 @@ def open_context(store: Store, t: int | None = None, device: str = "auto", batch
                         "point the config at the same data or rerun `i2x run`")
     record = store.checkpoints[int(usable_checkpoints(store)[-1]) if t is None else t]
     ckpt = ctx.checkpoint(record["name"])
-    if not ckpt.path.exists():
+    if not ckpt.path.is_file():
         raise UserError(f"{ckpt.path}: checkpoint {ckpt.name} is gone (the analysis reads its checkpoints from "
                         f"{config.checkpoints}); put it back there or rerun `i2x run`")
     if record.get("sha256") and ckpt.sha256() != record["sha256"]:
