@@ -33,8 +33,8 @@ class Activations:
 
     def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
         self.outputs: dict[str, torch.Tensor] = {}
-        self.handles = [get_layer(model, name).register_forward_hook(self._hook(name, get_layer(model, name)))
-                        for name in layers]
+        modules = {name: get_layer(model, name) for name in layers}
+        self.handles = [module.register_forward_hook(self._hook(name, module)) for name, module in modules.items()]
 
     def _hook(self, name: str, module: nn.Module):
         rectified = _ends_in_relu(module)  # a second ReLU would only cost a pass over the map and its backward
