@@ -23,8 +23,9 @@ import torch
 
 from i2x import api
 from i2x.io.store import Store
-from i2x.stages.context import RunConfig, open_context
-from i2x.io.synthetic import BOX, box_images
+from i2x.stages.context import open_context
+from i2x.stages.config import RunConfig
+from i2x.planted.synthetic import BOX, box_images
 
 
 def runtime_table(result: dict) -> None:

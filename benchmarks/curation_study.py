@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from i2x import api
-from i2x.stages.analysis import AnalyzeConfig
+from i2x.stages.analyze.config import AnalyzeConfig
 
 
 def confused_uncertain_pair(summary: dict) -> tuple[tuple[int, int], bool]:

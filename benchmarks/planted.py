@@ -2,7 +2,7 @@
 
     python benchmarks/planted.py --seeds 5 --kinds corner_grey,centre_grey,corner_rgb,centre_rgb
 
-For each kind (:mod:`i2x.io.synthetic`: an L or bar marker spanning 3 grid cells across cell
+For each kind (:mod:`i2x.planted.synthetic`: an L or bar marker spanning 3 grid cells across cell
 borders, at a corner or in the centre, on grey or 3-channel textured two-class images) and seed:
 train the small CNN, check by input intervention that it uses the marker, run the pipeline, and
 count a detection when the verdict is "shortcut found" and the top concept holds the marker (at
@@ -29,8 +29,9 @@ import numpy as np
 from i2x import api
 from i2x.io import synthetic
 from i2x.io.store import Store
-from i2x.stages.context import RunConfig, build_context
-from i2x.stages.reliance_paste import unpack_footprint
+from i2x.stages.context import build_context
+from i2x.stages.config import RunConfig
+from i2x.stages.reliance.paste import unpack_footprint
 
 SPEC = str(Path(synthetic.__file__).resolve())
 EPOCHS = 4

@@ -2,7 +2,7 @@
 
     python benchmarks/planted_vit.py --seeds 5 --kinds corner_grey,corner_rgb
 
-The ViT counterpart of ``benchmarks/planted.py``, with the same bar. For each kind (:mod:`i2x.io.synthetic`'s
+The ViT counterpart of ``benchmarks/planted.py``, with the same bar. For each kind (:mod:`i2x.planted.synthetic`'s
 two-class textured 28x28 sets: an L marker spanning 5 cells of the 7x7 token grid across cell borders) and
 seed: train :func:`tiny_vit` (torchvision ``VisionTransformer``, patch 4, 2 blocks, width 32; this file is its
 model spec), check by input intervention that it uses the marker (the marked-class rate on the other class's
@@ -26,7 +26,7 @@ from torchvision.models import VisionTransformer
 
 from i2x import api
 from i2x.io import synthetic
-from i2x.stages.context import RunConfig
+from i2x.stages.config import RunConfig
 
 # The CNN benchmark's reading of a run, shared (loaded by path: tests/ has a module named planted too).
 _spec = importlib.util.spec_from_file_location("planted_benchmark", Path(__file__).with_name("planted.py"))

@@ -2,7 +2,7 @@
 
     python benchmarks/segmentation.py --seeds 3
 
-Per seed (:func:`i2x.io.synthetic.planted_seed` draws another shapes set): train ``small-segnet`` with
+Per seed (:func:`i2x.planted.synthetic.planted_seed` draws another shapes set): train ``small-segnet`` with
 ``i2x train --task segmentation``, check by input intervention that it segments the shapes (the share of a
 class region's pixels predicted as the class, on the image and with the region erased by ROAD imputation),
 extract every checkpoint on the test split, and run ``i2x benchmark`` with its defaults (first, mid and
@@ -25,7 +25,7 @@ from i2x import api
 from i2x.io import shapes
 from i2x.io.masks import region_rows
 from i2x.io.models import build_model
-from i2x.io.synthetic import planted_seed
+from i2x.planted.synthetic import planted_seed
 from i2x.metrics.road import impute
 
 SPEC = f"{Path(shapes.__file__).resolve()}:shapes_data"

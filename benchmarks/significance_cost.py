@@ -27,7 +27,8 @@ BASELINE_REF = "bc51880"  # the commit this work started from: analysis without 
 
 TIMED = """
 import json, sys, time
-from i2x.stages.analysis import AnalyzeConfig, analyze
+from i2x.stages.analyze import analyze
+from i2x.stages.analyze.config import AnalyzeConfig
 cfg = AnalyzeConfig(**json.loads(sys.argv[2]))
 start = time.perf_counter()
 result = analyze(sys.argv[1], cfg, progress=False)
@@ -41,7 +42,7 @@ def build_store(work: Path) -> Path:
     if (out / "store.zarr").exists():
         return out
     from i2x import api
-    from i2x.stages.context import RunConfig
+    from i2x.stages.config import RunConfig
 
     if not any((work / "ck").glob("epoch_*.pt")):
         api.train(out=work / "ck", epochs=10, progress=False)

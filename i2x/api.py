@@ -17,18 +17,22 @@ import torch
 from i2x.io.distributed import LaunchConfig, torchrun_command
 from i2x.io.location import RemotePath, as_path
 from i2x.io.workdir import SUMMARY, load_summary
-from i2x.stages.analysis import AnalyzeConfig, AnalyzeResult, analyze as _analyze
-from i2x.stages.context import RunConfig, check_forward
+from i2x.stages.analyze import AnalyzeResult, analyze as _analyze
+from i2x.stages.analyze.config import AnalyzeConfig
+from i2x.stages.context import check_forward
+from i2x.stages.config import RunConfig
 from i2x.io.data import DataOptions, load_data
 from i2x.settings import option, validate, validate_values
 from i2x.errors import UserError
-from i2x.stages.extraction import ExtractResult, extract as _extract
-from i2x.stages.finetuning import FinetuneConfig, FinetuneResult, finetune, format_table
+from i2x.stages.extract import ExtractResult, extract as _extract
+from i2x.stages.finetune import FinetuneResult, finetune, format_table
+from i2x.stages.finetune.config import FinetuneConfig
 from i2x.io.models import build_model
 from i2x.io.segnets import check_pixel_logits
-from i2x.stages.reliance import RelianceConfig, reliance
+from i2x.stages.reliance import reliance
+from i2x.stages.reliance.config import RelianceConfig
 from i2x.stages.drift import DriftConfig, drift
-from i2x.stages.drift_runs import compare_models
+from i2x.stages.drift.runs import compare_models
 from i2x.stages.faithfulness import FaithfulnessConfig, faithfulness
 from i2x.stages.evidence import EvidenceConfig, evidence
 from i2x.stages.benchmark import BenchmarkConfig, benchmark as _benchmark
@@ -150,7 +154,7 @@ def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analy
 
 def compare_drift(out_dirs: list[str | Path], config: DriftConfig | None = None, names: list[str] | None = None,
                   out: str | Path | None = None, page: bool = True, **options: Any) -> dict[str, Any]:
-    """Several runs' drift side by side (:func:`i2x.stages.drift_runs.compare_models`); the CLI's ``i2x drift A B ...``.
+    """Several runs' drift side by side (:func:`i2x.stages.drift.runs.compare_models`); the CLI's ``i2x drift A B ...``.
 
     Writes the JSON to ``out`` (default ``compare-drift.json`` in the current directory) and, with ``page``,
     a self-contained HTML page next to it (same name, ``.html``); their paths are in ``result["paths"]``.

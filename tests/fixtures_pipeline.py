@@ -16,7 +16,7 @@ from sklearn.datasets import load_digits
 
 from i2x import api
 from i2x.io.workdir import load_summary
-from i2x.stages.analysis import AnalyzeConfig
+from i2x.stages.analyze.config import AnalyzeConfig
 from i2x.reporting import build_report
 
 HOSTILE_NAMES = ["<script>alert(1)</script>", '"><img src=x onerror=alert(2)>', "cat & \"dog\" </script>",

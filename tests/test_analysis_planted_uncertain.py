@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from i2x.io.models import build_model
-from i2x.stages.analysis import AnalyzeConfig, analyze
-from i2x.stages.context import RunConfig
-from i2x.stages.extraction import extract
+from i2x.stages.analyze import analyze
+from i2x.stages.analyze.config import AnalyzeConfig
+from i2x.stages.config import RunConfig
+from i2x.stages.extract import extract
 from i2x.stages.training import TrainConfig, train
 
 from planted import two_class_data

@@ -24,7 +24,7 @@ ROOT = Path(i2x.__file__).parent
 LAYERS = {
     "errors": 0, "version": 0, "settings": 0,  # the base: may import each other
     "io": 1,
-    "metrics": 2,
+    "metrics": 2, "planted": 2,
     "attribution": 3, "analysis": 3,
     "stages": 4,
     "reporting": 5,
@@ -97,6 +97,72 @@ def test_the_import_direction_check_catches_an_upward_import(tmp_path):
             test_imports_only_go_down()
     finally:
         fake.unlink()
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the i2x modules it imports, at any depth of the file (type-only and function-level imports too)."""
+    modules = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    return {name: {m for _, m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of two or more modules (Tarjan), each a circle of imports."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circles():
+    """No module reaches itself through imports, counting imports made only for type hints or inside functions: a
+    stage's settings live in its family's config module, which imports none of its siblings."""
+    circles = _circles(_import_graph())
+    assert not circles, "import circles:\n" + "\n".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_circle_check_catches_a_type_only_circle():
+    fake = ROOT / "stages" / "reliance" / "_probe_circle.py"
+    fake.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from i2x.stages.reliance import reliance\n")
+    init = ROOT / "stages" / "reliance" / "__init__.py"
+    original = init.read_text()
+    init.write_text(original + "from i2x.stages.reliance import _probe_circle  # noqa: F401\n")
+    try:
+        with pytest.raises(AssertionError, match="_probe_circle"):
+            test_no_import_circles()
+    finally:
+        init.write_text(original)
+        fake.unlink()
+
+
+def test_no_folder_is_crowded():
+    """A family of modules gets its own subpackage: no folder of the package holds more than 16 modules."""
+    crowded = {str(d.relative_to(ROOT.parent)): n for d in ROOT.rglob("*") if d.is_dir() and d.name != "__pycache__"
+               for n in [len([p for p in d.glob("*.py") if p.name != "__init__.py"])] if n > 16}
+    assert not crowded, f"folders with more than 16 modules: {crowded}"
 
 
 # ---- a new CAM method is one small class plus one registration ------------------------------------------

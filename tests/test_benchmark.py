@@ -27,9 +27,10 @@ from i2x.metrics import leakage as lk
 from i2x.reporting.charts import ChartSet
 from i2x.reporting.page import vega_version
 from i2x.reporting.sections.benchmark import benchmark_section
-from i2x.stages.benchmark import select_checkpoints
-from i2x.stages.context import RunConfig, open_context
-from i2x.io.synthetic import BOX, box_images
+from i2x.stages.benchmark.inputs import select_checkpoints
+from i2x.stages.context import open_context
+from i2x.stages.config import RunConfig
+from i2x.planted.synthetic import BOX, box_images
 
 pytestmark = pytest.mark.slow  # end to end: trains, extracts and benchmarks a small run
 

@@ -12,8 +12,8 @@ from i2x.attribution.fusion import dual_evidence, peak_normalise
 from i2x.attribution.occlusion import cell_of_pixel, class_probability, occlusion
 from i2x.metrics import leakage as lk
 from i2x.metrics.robustness import max_sensitivity, pearson, spearman, top_k_iou
-from i2x.stages.benchmark_maps import scoring_model
-from i2x.stages.context import RunConfig
+from i2x.stages.benchmark.maps import scoring_model
+from i2x.stages.config import RunConfig
 
 
 def sum_model(x: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from i2x.io.checkpoints import Checkpoint, find_checkpoints, list_checkpoints, select
-from i2x.io.state_dicts import is_finite, load_into, load_state_dict
+from i2x.io.checkpoints.state_dicts import is_finite, load_into, load_state_dict
 from i2x.errors import UserError
 from i2x.io.models import SmallCNN
 

@@ -11,7 +11,7 @@ from i2x import api
 from i2x.cli.options import add_options, config_from
 from i2x.errors import UserError
 from i2x.io.store import Store
-from i2x.stages.context import RunConfig
+from i2x.stages.config import RunConfig
 from fixtures_pipeline import HOSTILE_NAMES, tiny_run  # noqa: F401  (pytest fixture)
 
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine, the last")

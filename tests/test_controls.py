@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from i2x.stages.controls import cartography_exclusion, per_class_counts, random_exclusion
+from i2x.stages.finetune.controls import cartography_exclusion, per_class_counts, random_exclusion
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from i2x.metrics.evidence import (activation_matching, area, binarisation, compo
                                   iou_at_equal_area, kl_divergence, leakage, straight_through, total_variation)
 from i2x.stages import evidence as evidence_stage
 from i2x.stages.context import open_context
-from i2x.stages.evidence import AUTO_BATCH_MAX, EvidenceConfig, auto_batch_size, evidence
+from i2x.stages.evidence.study import AUTO_BATCH_MAX, EvidenceConfig, auto_batch_size, evidence
 
 
 # ---- loss terms ----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Minimal evidence on planted shortcuts as hard as the real case: the masks of marked images the model calls the
 marked class sit on the marker; the masks of their clean twins do not.
 
-The data are the two-class textured sets of :mod:`i2x.io.synthetic` (a 2-px L in the top-left corner or a bar in
+The data are the two-class textured sets of :mod:`i2x.planted.synthetic` (a 2-px L in the top-left corner or a bar in
 the middle, each across 3 cells of the 7x7 grid and its cell borders, on 90% of class 1's and 10% of class 0's
 images; grey and RGB), two seeds each, pooled. Each case first proves by input intervention that the model uses the marker
 (painting it on class-0 test images makes class-1 predictions far more common), then explains exactly the images it
@@ -22,9 +22,10 @@ from scipy.ndimage import binary_dilation
 from i2x import api
 from i2x.attribution.minimal_evidence import EvidenceMasks, MinimalEvidence
 from i2x.io import synthetic
-from i2x.io.synthetic import MARKED_CLASS, marker_effect, marker_pixels, paint_marker, planted_seed
+from i2x.planted.synthetic import MARKED_CLASS, marker_effect, marker_pixels, paint_marker, planted_seed
 from i2x.metrics.evidence import fill_of
-from i2x.stages.context import RunConfig, build_context
+from i2x.stages.context import build_context
+from i2x.stages.config import RunConfig
 
 EPOCHS = 4
 CASES = 32

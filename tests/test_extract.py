@@ -17,8 +17,9 @@ import zarr
 from i2x import api
 from i2x.attribution import Attributor, get_methods
 from i2x.io.checkpoints import find_checkpoints
-from i2x.io.state_dicts import load_into
-from i2x.stages.context import RunConfig, build_context
+from i2x.io.checkpoints.state_dicts import load_into
+from i2x.stages.context import build_context
+from i2x.stages.config import RunConfig
 from i2x.errors import UserError
 from i2x.io.lock import locked
 from i2x.io.store import Store

@@ -15,11 +15,12 @@ from sklearn.datasets import load_digits
 
 from i2x import api
 from i2x.io.workdir import load_summary
-from i2x.stages.analysis import AnalyzeConfig
-from i2x.stages.context import RunConfig, build_context
+from i2x.stages.analyze.config import AnalyzeConfig
+from i2x.stages.context import build_context
+from i2x.stages.config import RunConfig
 from i2x.errors import UserError
-from i2x.stages.curation import read_exclude_file
-from i2x.stages.finetuning import finetune, format_table
+from i2x.stages.finetune.curation import read_exclude_file
+from i2x.stages.finetune import finetune, format_table
 from i2x.io.store import Store
 from i2x.stages.training import evaluate
 
@@ -264,7 +265,7 @@ def test_study_rows_controls_and_paired_statistics(analysis, tmp_path):
 
 def test_verdict_needs_the_interval_and_the_test():
     from i2x.metrics.paired import paired_difference
-    from i2x.stages.finetune_results import FinetuneResult, verdict
+    from i2x.stages.finetune.results import FinetuneResult, verdict
 
     def result(diffs):
         d = {"accuracy": paired_difference([0.0] * len(diffs)), "confusions": {"2<->7": paired_difference(diffs)}}

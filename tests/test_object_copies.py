@@ -20,7 +20,7 @@ from i2x.errors import UserError
 from i2x.io import object_copies
 from i2x.io.checkpoints import list_checkpoints
 from i2x.io.location import as_path
-from i2x.io.state_dicts import load_state_dict
+from i2x.io.checkpoints.state_dicts import load_state_dict
 
 
 def _linear(seed: int) -> nn.Linear:

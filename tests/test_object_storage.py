@@ -19,14 +19,14 @@ import torch
 from i2x import api
 from i2x.cli import main
 from i2x.errors import UserError
-from i2x.io.checkpoint_formats import read_payload
+from i2x.io.checkpoints.formats import read_payload
 from i2x.io.checkpoints import list_checkpoints
 from i2x.io.location import RemotePath, as_path
 from i2x.io.lock import LOCK_NAME, locked
 from i2x.io.store import Store
 from i2x.io.workdir import load_summary, read_json, write_json
 from i2x.reporting.page import shown_path
-from i2x.stages.analysis import AnalyzeConfig
+from i2x.stages.analyze.config import AnalyzeConfig
 
 from fixtures_s3 import (KEY_ID, SECRET, keys as _keys, make_bucket as _bucket, s3, s3_requests,  # noqa: F401
                          upload as _upload)

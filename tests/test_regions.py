@@ -114,7 +114,7 @@ def test_segmentation_layer_is_the_last_feature_map_not_the_logits() -> None:
 
 def test_deletion_removes_the_top_of_the_region_only() -> None:
     """Half of a 4-pixel region = its 2 most salient pixels; the more salient pixels outside it stay."""
-    from i2x.stages.region_benchmark import deletion_masks
+    from i2x.stages.benchmark.regions import deletion_masks
 
     saliency = torch.arange(16.0).view(1, 4, 4)  # pixel 15 (outside the region) is the most salient
     region = torch.zeros(1, 4, 4, dtype=torch.bool)

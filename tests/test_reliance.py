@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from i2x import api
-from i2x.stages.context import RunConfig, build_context
+from i2x.stages.context import build_context
+from i2x.stages.config import RunConfig
 from i2x.io.data import ImageData
 from i2x.metrics.reliance import concentration, evidence_order, presence_stats, shortcut_checks
 from i2x.attribution.interventions import CellReplacement, deletion_margins, margin, random_cells, transplant_logits
-from i2x.stages.reliance_verdict import split_piece, verdict
+from i2x.stages.reliance.verdict import split_piece, verdict
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.sections.reliance import reliance_section
 from i2x.io.store import Store
@@ -227,7 +228,7 @@ def _check_relies_on_marker(effect: dict[str, float]) -> None:
 
 @pytest.fixture(scope="module")
 def planted_run(tmp_path_factory) -> tuple[Path, dict]:
-    """The two-class grey set with an L marker across 3 cells of the corner (i2x.io.synthetic), seed 0."""
+    """The two-class grey set with an L marker across 3 cells of the corner (i2x.planted.synthetic), seed 0."""
     return _planted_run(tmp_path_factory.mktemp("reliance"), seed=0, spec=TWO_CLASS, epochs=TWO_CLASS_EPOCHS)
 
 

@@ -12,7 +12,7 @@ import torch
 from i2x.errors import UserError
 from i2x.io.data import load_data
 from i2x.io.masks import RegionRows, region_rows
-from i2x.io.shapes import CLASSES, make_shapes, shape_mask
+from i2x.planted.shapes import CLASSES, make_shapes, shape_mask
 
 
 def _arrays(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,9 +81,9 @@ def test_segfolder_reads_images_masks_and_class_names(tmp_path: Path) -> None:
 def test_train_task_must_match_the_data(tmp_path: Path) -> None:
     from i2x import api
 
-    with pytest.raises(UserError, match="--task classification: --data i2x/io/shapes.py:shapes_small_data is a "
+    with pytest.raises(UserError, match="--task classification: --data planted:shapes-small is a "
                                         "segmentation set"):
-        api.train(data="i2x/io/shapes.py:shapes_small_data", model="small-segnet", out=tmp_path / "a", epochs=1)
+        api.train(data="planted:shapes-small", model="small-segnet", out=tmp_path / "a", epochs=1)
     with pytest.raises(UserError, match="--model small-cnn: segmentation needs per-pixel logits"):
-        api.train(data="i2x/io/shapes.py:shapes_small_data", model="small-cnn", out=tmp_path / "b", epochs=1,
+        api.train(data="planted:shapes-small", model="small-cnn", out=tmp_path / "b", epochs=1,
                   task="segmentation")

@@ -20,15 +20,15 @@ from i2x.cli import main
 from i2x.errors import UserError
 from i2x.io.masks import region_rows
 from i2x.io.models import build_model
-from i2x.io.shapes import shapes_data, shapes_small_data
+from i2x.planted.shapes import shapes_data, shapes_small_data
 from i2x.io.store import Store
-from i2x.io.synthetic import planted_seed
+from i2x.planted.synthetic import planted_seed
 from i2x.metrics.leakage import leakage
 from i2x.metrics.road import impute
 from i2x.reporting.freshness import stale_sections
 
-SMALL = "i2x/io/shapes.py:shapes_small_data"
-FULL = "i2x/io/shapes.py:shapes_data"
+SMALL = "planted:shapes-small"
+FULL = "planted:shapes"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,6 +1,6 @@
 """Shortcut verdict: concept grouping and receptive-field footprints checked by hand, then planted shortcuts.
 
-The planted runs (slow) use :mod:`i2x.io.synthetic`'s two-class textured sets: an L (corner) or a
+The planted runs (slow) use :mod:`i2x.planted.synthetic`'s two-class textured sets: an L (corner) or a
 bar (centre) marker 2 pixels thick and 10-12 long, spanning 3 cells of the 7x7 grid across cell
 borders, on grey and 3-channel images. Each run first proves by input intervention that the
 trained model uses the marker, then asks for the verdict "shortcut found" with a concept holding the
@@ -24,9 +24,10 @@ from i2x.attribution.receptive_field import Footprints, cell_fields, field_footp
 from i2x.io import synthetic
 from i2x.io.store import Store
 from i2x.metrics.reliance import agreement, paired
-from i2x.stages.context import RunConfig, build_context
-from i2x.stages.curation import concept_exclusion, concept_shares
-from i2x.stages.reliance_verdict import split_piece
+from i2x.stages.context import build_context
+from i2x.stages.config import RunConfig
+from i2x.stages.finetune.curation import concept_exclusion, concept_shares
+from i2x.stages.reliance.verdict import split_piece
 
 SPEC = str(Path(synthetic.__file__).resolve())
 EPOCHS = 4

@@ -22,9 +22,10 @@ from sklearn.datasets import load_digits
 
 from i2x import api
 from i2x.cli import main
-from i2x.stages.analysis import AnalyzeConfig
+from i2x.stages.analyze.config import AnalyzeConfig
 from i2x.attribution import display_maps
-from i2x.stages.context import RunConfig, build_context
+from i2x.stages.context import build_context
+from i2x.stages.config import RunConfig
 from i2x.metrics.drift import centroid_shift, drift_metrics, rank_reversals, summarize
 from i2x.errors import UserError
 from i2x.metrics.faithfulness import auc, drop_at, perturbation_curves, pixel_order, random_order, select_buckets
@@ -36,7 +37,7 @@ from i2x.io.store import Store
 from i2x.io.workdir import DRIFT as DRIFT_NAME, FAITHFULNESS as FAITHFULNESS_NAME
 from i2x.stages.context import open_context
 from i2x.stages.drift import drift
-from i2x.stages.drift_runs import compare_models
+from i2x.stages.drift.runs import compare_models
 from i2x.stages.faithfulness import cams_for_targets, faithfulness
 
 NAMES = ["<script>alert(1)</script>", "a & b", "2", "3", "4", "5", "6", "7", "8", "9"]

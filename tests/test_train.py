@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 
 from i2x import api
 from i2x.io.checkpoints import find_checkpoints
-from i2x.io.state_dicts import load_into
+from i2x.io.checkpoints.state_dicts import load_into
 from i2x.io.data import load_data
 from i2x.errors import UserError
 from i2x.io.models import SmallCNN

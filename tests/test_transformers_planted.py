@@ -4,7 +4,7 @@ The fast tests check the token footprint: a token's input field, evened out over
 (:func:`i2x.attribution.tokens.patch_mean`), is its own patch. Without that, the field's core inside a
 patch is the patch embedding's largest kernel weights (3-5 of 16 pixels), and pasting the marker's
 footprint carries a speckle of the marker, not the marker. The slow tests train
-``benchmarks/planted_vit.py``'s tiny ViT on :mod:`i2x.io.synthetic`'s textured two-class sets (an L
+``benchmarks/planted_vit.py``'s tiny ViT on :mod:`i2x.planted.synthetic`'s textured two-class sets (an L
 marker over 5 cells of the 7x7 token grid, on 90% of class 1 and 10% of class 0), prove that it uses
 the marker, run ``i2x run`` and read the verdict; the clean twin must get none. Detection over seeds
 is measured by the benchmark.
@@ -25,7 +25,8 @@ from i2x.attribution.receptive_field import cell_fields, field_footprint
 from i2x.attribution.tokens import Layout, patch_mean
 from i2x.io import synthetic
 from i2x.io.store import Store
-from i2x.stages.context import RunConfig, build_context
+from i2x.stages.context import build_context
+from i2x.stages.config import RunConfig
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "planted_vit.py"
 _spec = importlib.util.spec_from_file_location("planted_vit", BENCHMARK)

@@ -7,7 +7,7 @@ import argparse
 from typing import Any, Callable
 
 from i2x.cli.options import add_options, config_from
-from i2x.stages.context import RunConfig
+from i2x.stages.config import RunConfig
 
 Subparsers = Any  # argparse's private _SubParsersAction
 

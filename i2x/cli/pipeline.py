@@ -11,8 +11,8 @@ from i2x.cli.common import (DATA, MODEL, Subparsers, add_run_options, add_trust_
                             run_config)
 from i2x.cli.options import add_options, config_from
 from i2x.io.distributed import LaunchConfig
-from i2x.stages.analysis import AnalyzeConfig
-from i2x.stages.context import RunConfig
+from i2x.stages.analyze.config import AnalyzeConfig
+from i2x.stages.config import RunConfig
 from i2x.stages.training import TrainConfig
 
 

@@ -15,8 +15,8 @@ from i2x.stages.benchmark import BenchmarkConfig
 from i2x.stages.drift import DriftConfig
 from i2x.stages.evidence import EvidenceConfig
 from i2x.stages.faithfulness import FaithfulnessConfig
-from i2x.stages.finetuning import FinetuneConfig
-from i2x.stages.reliance import RelianceConfig
+from i2x.stages.finetune.config import FinetuneConfig
+from i2x.stages.reliance.config import RelianceConfig
 
 
 def add_finetune(sub: Subparsers) -> None:

@@ -29,7 +29,7 @@ class indices 0..M-1 (``1.7`` or a string is refused, never truncated); every cl
 10-class set is refused, naming the sample); the normalised images hold no NaN/Inf (``--std 0``
 is refused).
 
-Segmentation sets (``segfolder:PATH``, an npz with mask keys, ``i2x/io/shapes.py:shapes_data``) yield a
+Segmentation sets (``segfolder:PATH``, an npz with mask keys, ``planted:shapes``) yield a
 class mask per image instead of a label; :mod:`i2x.io.masks` describes them.
 
 ``digits`` is scikit-learn's ``load_digits`` (1,797 real 8x8 images), split 80/20 stratified with a
@@ -38,6 +38,7 @@ fixed seed, upsampled bilinearly to 32x32 so a small CNN's target layer has an 8
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Iterable
@@ -52,13 +53,24 @@ from i2x.io.loaders import digits, imagefolder, npz, torchvision_set
 from i2x.io.masks import segfolder
 from i2x.io.specs import SpecRegistry, import_file
 
+log = logging.getLogger(__name__)
+
 __all__ = ["DATA_SPECS", "MIN_PER_CLASS", "SPLITS", "DataOptions", "ImageData", "iter_batches", "labels_of",
            "load_data", "tensor_data"]
+
+
+#: Where the planted sets lived before they became ``planted:NAME`` specs (``i2x/io/synthetic.py:shortcut_data``).
+_MOVED = {"i2x/io/synthetic.py": "synthetic.py", "i2x/io/shapes.py": "shapes.py"}
 
 
 def _factory(target: str, opts: DataOptions) -> ImageData:
     file_part, _, attr = target.rpartition(":")
     path = Path(file_part)
+    if file_part in _MOVED and not path.is_file():  # the old spelling still opens, with the new one named
+        name = attr.removesuffix("_data").replace("_", "-")
+        log.warning("--data %s is deprecated: the planted sets moved out of i2x/io; write --data planted:%s",
+                    target, name)
+        return load_data(f"planted:{name}", opts)
     module = import_file(path, "--data", target, "i2x_user_data_")
     factory = getattr(module, attr, None)
     if not callable(factory):
@@ -76,7 +88,7 @@ def _factory(target: str, opts: DataOptions) -> ImageData:
 
 
 #: The kinds of ``--data`` spec; a new kind is one loader ``(argument, opts) -> ImageData`` and one entry here.
-DATA_SPECS = SpecRegistry("--data", "data")
+DATA_SPECS = SpecRegistry("--data", "data", plugins="i2x.data_specs")
 DATA_SPECS.register("digits", "scikit-learn's 1,797 handwritten digits, ships with the install")(
     lambda _spec, opts: digits(opts))
 DATA_SPECS.register("imagefolder:PATH", "PATH/train/<class>/*.png and PATH/test/<class>/...")(imagefolder)

@@ -7,7 +7,7 @@ the mask holding class indices 0..M-1 with class 0 the background. It comes from
   (same name, any image suffix; one 8-bit class index per pixel), class names from ``PATH/classes.txt``;
 * ``npz:PATH`` holding mask keys: ``x_train``/``mask_train``/``x_test``/``mask_test`` (or ``train_images``/
   ``train_masks``/...), class names from a ``class_names`` array or a ``classes.txt`` beside the file;
-* a factory (``i2x/io/shapes.py:shapes_data``).
+* a factory (``planted:shapes``).
 
 A class name file holds one name per line in index order (the background first). Masks are resized with
 nearest-neighbour interpolation; a mask value beyond the class names, or a mask whose size differs from its

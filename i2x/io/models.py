@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from i2x.errors import UserError
-from i2x.io.segnets import SmallSegNet, conv_pool_stem, is_torchvision_segmentation, torchvision_segmentation
+from i2x.io.segnets import SmallSegNet, is_torchvision_segmentation, torchvision_segmentation
 from i2x.io.specs import SpecRegistry, import_file
+from i2x.io.stems import adapt_stem, conv_pool_stem
 
 
 class SmallCNN(nn.Module):
@@ -74,22 +75,8 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Modu
         kwargs["init_weights"] = True
     model = tvm.get_model(name, **kwargs)
     if in_channels != 3:
-        _adapt_stem(model, in_channels, name)
+        adapt_stem(model, in_channels, name)
     return model
-
-
-def _adapt_stem(model: nn.Module, in_channels: int, name: str) -> None:
-    """Replace the first Conv2d (which expects 3 channels) by one taking ``in_channels``."""
-    for parent in model.modules():
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
-                new = nn.Conv2d(
-                    in_channels, child.out_channels, child.kernel_size, child.stride,
-                    child.padding, child.dilation, child.groups, child.bias is not None,
-                )
-                setattr(parent, child_name, new)
-                return
-    raise UserError(f"--in-channels {in_channels}: could not find the 3-channel stem conv of torchvision:{name}")
 
 
 def _timm_value(text: str) -> object:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from i2x.errors import UserError
+from i2x.io.stems import adapt_stem, conv_pool_stem
 
 
 def pixel_logits(output: Any) -> torch.Tensor:
@@ -48,13 +49,6 @@ def check_pixel_logits(model: nn.Module, dataset: Any, spec: str) -> None:
                         f"{tuple(x.shape[-2:])}; upsample the logits to the input size in the model's forward")
 
 
-def conv_pool_stem(in_channels: int, w: int) -> list[nn.Module]:
-    """The two conv-BN-ReLU-pool stages the built-in small nets (this one and ``small-cnn``) start with: a quarter
-    of the input's resolution at ``2 * w`` channels."""
-    return [nn.Conv2d(in_channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2)]
-
-
 class SmallSegNet(nn.Module):
     """A tiny fully convolutional net: an 8x8 grid at ``features`` for 32x32 inputs, logits upsampled to the input.
 
@@ -79,14 +73,12 @@ def torchvision_segmentation(name: str, num_classes: int, in_channels: int) -> n
     """``torchvision.models.segmentation.NAME`` without any weights, sized to the classes and channels."""
     import torchvision.models as tvm
 
-    from i2x.io.models import _adapt_stem
-
     kwargs: dict[str, Any] = {"weights": None, "weights_backbone": None, "num_classes": num_classes}
     if name.startswith(("fcn", "deeplab")):
         kwargs["aux_loss"] = False
     model = tvm.get_model(name, **kwargs)
     if in_channels != 3:
-        _adapt_stem(model, in_channels, name)
+        adapt_stem(model, in_channels, name)
     return model
 
 

@@ -2,12 +2,15 @@
 function plus one registration, and the help and error texts list what is registered.
 
 A spec is ``NAME`` (an exact name such as ``digits``) or ``PREFIX:ARGUMENT`` (``npz:data.npz``). A
-registration may instead claim specs by a predicate (``file.py:factory``) and is tried in order.
+registration may instead claim specs by a predicate (``file.py:factory``) and is tried in order. A package above
+this layer (or another distribution) adds kinds through an entry point of the registry's group (``i2x.data_specs``):
+the module it names registers its kinds when imported, before the first lookup or help text.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from importlib.metadata import entry_points
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -42,16 +45,27 @@ class SpecKind:
 class SpecRegistry:
     """The kinds of one spec option (``--data`` or ``--model``), in the order they are tried."""
 
-    def __init__(self, option: str, noun: str) -> None:
+    def __init__(self, option: str, noun: str, plugins: str | None = None) -> None:
         self.option = option
         self.noun = noun
-        self.kinds: list[SpecKind] = []
+        self.plugins = plugins  # entry-point group whose modules register more kinds
+        self._kinds: list[SpecKind] = []
+        self._discovered = plugins is None
+
+    @property
+    def kinds(self) -> list[SpecKind]:
+        """The registered kinds, those of the entry points included (imported once, on first use)."""
+        if not self._discovered:
+            self._discovered = True
+            for point in entry_points(group=self.plugins):
+                point.load()
+        return self._kinds
 
     def register(self, usage: str, summary: str,
                  matches: Callable[[str], bool] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: open specs written as ``usage`` with the decorated function."""
         def add(load: Callable[..., Any]) -> Callable[..., Any]:
-            self.kinds.append(SpecKind(usage, summary, load, matches))
+            self._kinds.append(SpecKind(usage, summary, load, matches))
             return load
         return add
 

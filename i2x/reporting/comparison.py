@@ -1,5 +1,5 @@
 """The comparison pages: two analysis directories side by side (``i2x compare A B``), and the cross-run drift page
-from the result of :func:`i2x.stages.drift_runs.compare_models`. Both are self-contained HTML files."""
+from the result of :func:`i2x.stages.drift.runs.compare_models`. Both are self-contained HTML files."""
 
 from __future__ import annotations
 

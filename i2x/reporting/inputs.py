@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from i2x.io.data import ImageData
-from i2x.stages.context import RunConfig, open_data
+from i2x.stages.context import open_data
+from i2x.stages.config import RunConfig
 from i2x.errors import UserError
 from i2x.io.location import RemotePath, as_path
 from i2x.io.store import Store

@@ -17,7 +17,7 @@ from i2x.errors import UserError
 from i2x.metrics.drift import drift_metrics
 from i2x.metrics.matching import cell_overlap, cosine, match
 from i2x.reporting.inputs import ReportInputs
-from i2x.stages.drift_runs import common_samples
+from i2x.stages.drift.runs import common_samples
 
 MATCH_RULES = ("overlap", "centroid")
 

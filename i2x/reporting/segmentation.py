@@ -1,5 +1,5 @@
 """The report of a segmentation run: what was extracted (region targets), the attribution benchmark of its
-region maps (``benchmark.json`` of :mod:`i2x.stages.region_benchmark`) and their drift over training (``drift.json``
+region maps (``benchmark.json`` of :mod:`i2x.stages.benchmark.regions`) and their drift over training (``drift.json``
 of :mod:`i2x.stages.drift`, drawn with the classification page's pieces). The prototype sections need the analysis,
 which is for classifiers, so this page has its own three sections."""
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from i2x.errors import UserError
 from i2x.io.store import Store
-
-if TYPE_CHECKING:
-    from i2x.stages.context import RunConfig
+from i2x.stages.config import RunConfig
 
 
 def _code_file(spec: str) -> Path | None:

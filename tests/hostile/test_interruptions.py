@@ -27,9 +27,9 @@ import pytest
 import torch
 
 from i2x import api
-from i2x.stages.analysis import AnalyzeConfig
+from i2x.stages.analyze.config import AnalyzeConfig
 from i2x.cli import main
-from i2x.stages.context import RunConfig
+from i2x.stages.config import RunConfig
 from i2x.errors import UserError
 from i2x.io.lock import LOCK_NAME
 from i2x.io.store import Store

@@ -19,12 +19,12 @@ from i2x.cli import build_parser, main
 from i2x.cli.common import run_config
 from i2x.cli.options import config_from
 from i2x.errors import UserError
-from i2x.stages.analysis import AnalyzeConfig
-from i2x.stages.context import RunConfig
+from i2x.stages.analyze.config import AnalyzeConfig
+from i2x.stages.config import RunConfig
 from i2x.stages.drift import DriftConfig
 from i2x.stages.faithfulness import FaithfulnessConfig
-from i2x.stages.finetuning import FinetuneConfig
-from i2x.stages.reliance import RelianceConfig
+from i2x.stages.finetune.config import FinetuneConfig
+from i2x.stages.reliance.config import RelianceConfig
 from i2x.stages.training import TrainConfig
 
 from .digits_snapshots import train_on_digits

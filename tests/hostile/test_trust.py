@@ -17,10 +17,10 @@ import torch
 from i2x import api
 from i2x.cli import main
 from i2x.io.checkpoints import find_checkpoints
-from i2x.io.state_dicts import load_into
+from i2x.io.checkpoints.state_dicts import load_into
 from i2x.io.models import SmallCNN
 from i2x.io.store import Store
-from i2x.stages.analysis import AnalyzeConfig
+from i2x.stages.analyze.config import AnalyzeConfig
 
 from .digits_snapshots import train_on_digits
 

@@ -21,7 +21,7 @@ from i2x.io.lock import LOCK_NAME, locked
 from i2x.io.store import Store
 from i2x.io.workdir import MARKER, RELIANCE, REPORT, SUMMARY, write_json
 from i2x.reporting import build_report
-from i2x.stages.analysis import AnalyzeConfig
+from i2x.stages.analyze.config import AnalyzeConfig
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

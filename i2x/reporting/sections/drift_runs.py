@@ -1,4 +1,4 @@
-"""The sections of the cross-run drift page (:func:`i2x.stages.drift_runs.compare_models`): the runs x methods table,
+"""The sections of the cross-run drift page (:func:`i2x.stages.drift.runs.compare_models`): the runs x methods table,
 a slope chart of the rankings, Kendall's tau and the reversals."""
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from i2x.reporting.images import HIGHLIGHT, jet, png_uri, resize, to_rgb
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, chip, esc, img, table
 from i2x.stages.reliance import assign_digest
-from i2x.stages.reliance_paste import unpack_footprint
+from i2x.stages.reliance.paste import unpack_footprint
 
 TITLE = "Reliance: what the model depends on"
 THUMB = 64

@@ -1,0 +1,146 @@
+"""The reliance study's results: one row per unit (prototype or concept) with its shortcut checks, the
+ranking by causal evidence, the verdict sentence, the concept table and the rules as stored."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from i2x.metrics.reliance import evidence_order, shortcut_checks
+from i2x.stages.reliance.config import RelianceConfig
+
+
+RULE = ("shortcut = a concept that is class-tied (lift >= min_lift; lift = (P(c|k) - P(c)) / (1 - P(c))), fixed in "
+        "place (concentration >= min_concentration, and its donors' footprints on the same pixels: agreement >= "
+        "min_agreement), whose footprint pasted into other classes' images turns at least "
+        "min_flip_excess more of them into c than random patches of the same shape from the same donors (paired z >= "
+        "z_threshold; random patches flipping at most max_random_flip), and whose deletion at the layer lowers c's "
+        "margin more than random cells (z >= z_threshold); "
+        "concepts ranked: those passing first, then by paste flip excess, then by the paste's margin excess; when the "
+        "lead passes, it and the concepts of its class on adjacent cells that pass every test (their paste may turn "
+        "fewer than min_flip_excess more recipients than random patches, with z >= z_threshold still: a piece of a "
+        "split marker carries part of its effect) are joined and tested as one concept, which leads when it passes")
+CONCEPT_RULE = ("prototypes linked when both are class-tied (lift >= min_lift) for the same class and rather fixed in "
+                "place (concentration >= link_concentration), co-present (Jaccard over samples >= min_jaccard) and on "
+                "adjacent cells (hot cells, >= half of the most frequent cell's count, within one cell); merged by "
+                "decreasing Jaccard while the union of hot cells stays within max_share of the grid")
+FOOTPRINT = ("per donor image: the core of the effective receptive field of the unit's cells (mean absolute input "
+             "gradient of each cell's summed activation over field_images images, thresholded at field_threshold of "
+             "that cell's maximum, united over the cells), narrowed to the pixels where |gradient x (image - mean "
+             "image)| of the cells' summed activation reaches saliency_threshold of its maximum there; "
+             "random patches: the same footprint cyclically shifted to a random place")
+FILL = "the mean activation per channel over every sample and cell of the stored final-checkpoint features"
+
+
+def gallery_rows(assign: np.ndarray, labels: np.ndarray, holders: np.ndarray, k: int, c: int, size: int) -> list[int]:
+    """Store rows to show for prototype k: samples of class c first, then by the share of cells k covers."""
+    share = (assign[holders] == k).reshape(holders.size, -1).mean(axis=1)
+    order = np.lexsort((-share, labels[holders] != c))
+    return [int(i) for i in holders[order[:size]]]
+
+
+def unit_row(k: int, names: list[str], stats: dict[str, np.ndarray], lifts: np.ndarray, c: int,
+             deletion: dict[str, Any] | None, transplant: dict[str, Any] | None, gallery: list[int],
+             cfg: RelianceConfig) -> dict[str, Any]:
+    """Everything reliance.json says about unit k (a prototype or a concept)."""
+    cells = stats["cells"][k]
+    return {
+        "id": k, "class": c, "class_name": names[c],
+        "samples": int(stats["present"][:, k].sum()),
+        "presence": [round(float(v), 4) for v in stats["rate"][k]],
+        "purity": float(stats["purity"][k, c]), "lift": float(lifts[k, c]),
+        "concentration": float(stats["concentration"][k]), "entropy": float(stats["entropy"][k]),
+        "cells_per_sample": float(stats["size"][k]),
+        "locations": (cells / max(int(cells.max()), 1)).round(4).tolist(),
+        "deletion": deletion, "transplant": transplant, "gallery": gallery,
+        "checks": shortcut_checks(float(lifts[k, c]), float(stats["concentration"][k]), transplant, deletion,
+                                  cfg.z_threshold, cfg.min_flip_excess, cfg.min_lift, cfg.min_concentration,
+                                  cfg.max_random_flip, cfg.min_agreement),
+    }
+
+
+CONCEPT_TABLE = ("id", "members", "class", "class_name", "purity", "lift", "concentration", "cells_per_sample",
+                 "samples", "checks")
+
+
+def concept_table(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The concepts in evidence order, compact: presence, the tests passed, deletion and paste (no per-sample data)."""
+    table = []
+    for position, c in enumerate(result["ranking"], start=1):
+        row = result["concepts"][c]
+        deletion = {key: v for key, v in (row["deletion"] or {}).items() if key != "per_sample"}
+        table.append({"rank": position, **{key: row[key] for key in CONCEPT_TABLE}, "deletion": deletion,
+                      "paste": row["transplant"]})
+    return table
+
+
+def summary_entry(result: dict[str, Any]) -> dict[str, Any]:
+    """The compact ``reliance`` entry of summary.json: settings, verdict and the concept table."""
+    entry = {key: result[key] for key in ("config", "checkpoint", "verdict", "shortcut_found", "suspect", "rule",
+                                          "concept_rule", "footprint", "fill", "held_out_split", "ranking",
+                                          "seconds")}
+    return {**entry, "concepts": concept_table(result)}
+
+
+def rank(rows: list[dict[str, Any]]) -> list[int]:
+    """Row indices ordered by causal evidence (:func:`i2x.metrics.reliance.evidence_order`)."""
+    passes = np.array([all(r["checks"].values()) for r in rows], dtype=bool)
+    flip = np.array([(r["transplant"] or {}).get("excess_flip", 0.0) for r in rows])
+    logit = np.array([(r["transplant"] or {}).get("logit_excess", 0.0) for r in rows])
+    return [int(i) for i in evidence_order(passes, flip, logit)]
+
+
+def split_piece(row: dict[str, Any], z_threshold: float, max_random_flip: float) -> bool:
+    """Whether a concept may be joined to a passing lead as a piece of one split shortcut: class-tied, fixed in place,
+    its deletion costs its class, and its paste turns recipients into its class more often than random patches (z >=
+    ``z_threshold``, random patches flipping at most ``max_random_flip``), though perhaps by less than
+    ``min_flip_excess``: a piece of a split marker carries only part of its effect, and the joined whole is tested
+    again against every bar."""
+    checks, paste = row["checks"], row["transplant"] or {}
+    return bool(checks["class_tied"] and checks["fixed_in_place"] and checks["deletion"]
+                and paste.get("flip_z", 0.0) >= z_threshold and paste.get("random_flip_rate", 1.0) <= max_random_flip)
+
+
+def verdict(ordered: list[dict[str, Any]], z_threshold: float, min_flip_excess: float) -> tuple[str, bool]:
+    """A plain sentence on whether a shortcut was found, and whether one was: the top concept of the evidence
+    ranking is a shortcut when it passes every test of :func:`i2x.metrics.reliance.shortcut_checks`."""
+    lead = ordered[0] if ordered else None
+    if lead is None:
+        return "No shortcut found: no concept to test.", False
+    name, unit = lead["class_name"], unit_name(lead)
+    t, d = lead["transplant"] or {}, lead["deletion"] or {}
+    if all(lead["checks"].values()):
+        return (f"Shortcut found: {unit} for class {name}. It sits in the same place in every image (concentration "
+                f"{lead['concentration']:.2f}; its footprints share {t.get('agreement', 0.0):.0%} of their pixels), "
+                f"{lead['purity']:.0%} of the images holding it are {name}; pasting it "
+                f"into other classes' images turns {t['flip_rate']:.0%} of them into {name} (random patches of the same "
+                f"shape: {t['random_flip_rate']:.0%}, z {t['flip_z']:.1f}), and deleting it lowers {name}'s margin by "
+                f"{d['excess']:.3g} more than random cells (z {d['z']:.1f})."), True
+    why = []
+    checks = lead["checks"]
+    if not checks["paste"]:
+        why.append(f"pasting it turns {t.get('flip_rate', 0.0):.0%} of other classes' images into {name}, against "
+                   f"{t.get('random_flip_rate', 0.0):.0%} for random patches of the same shape (a shortcut needs "
+                   f"{min_flip_excess:.0%} more with z >= {z_threshold:g}, and random patches that rarely flip; "
+                   f"z {t.get('flip_z', 0.0):.1f})")
+    if not checks["deletion"]:
+        why.append(f"deleting it is within {z_threshold:g} standard errors of deleting random cells "
+                   f"(z {d.get('z', 0.0):.1f})")
+    if not checks["class_tied"]:
+        why.append(f"it is not class-tied (lift {lead['lift']:.2f})")
+    if not checks["fixed_in_place"]:
+        why.append(f"it moves with the image content (concentration {lead['concentration']:.2f}, its footprints share "
+                   f"{t.get('agreement', 0.0):.0%} of their pixels)")
+    return (f"No shortcut found. The strongest evidence is for {unit} ({name}): " + "; ".join(why) + "."), False
+
+
+def unit_name(row: dict[str, Any]) -> str:
+    """How the verdict names a concept: its id, the concepts it joins (if any) and its prototypes."""
+    members = row.get("members", [row["id"]])
+    if row.get("pieces"):
+        return (f"concept {row['id']} (concepts {', '.join(map(str, row['pieces']))} joined: prototypes "
+                f"{', '.join(map(str, members))})")
+    if len(members) == 1:
+        return f"concept {row['id']} (prototype {members[0]})"
+    return f"concept {row['id']} (prototypes {', '.join(map(str, members))})"
+
