@@ -27,7 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from i2x import api
-from i2x.io import synthetic
+from i2x.planted import synthetic
 from i2x.io.store import Store
 from i2x.stages.context import build_context
 from i2x.stages.config import RunConfig

@@ -25,7 +25,7 @@ from torch import nn
 from torchvision.models import VisionTransformer
 
 from i2x import api
-from i2x.io import synthetic
+from i2x.planted import synthetic
 from i2x.stages.config import RunConfig
 
 # The CNN benchmark's reading of a run, shared (loaded by path: tests/ has a module named planted too).

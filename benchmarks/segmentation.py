@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from i2x import api
-from i2x.io import shapes
+from i2x.planted import shapes
 from i2x.io.masks import region_rows
 from i2x.io.models import build_model
 from i2x.planted.synthetic import planted_seed

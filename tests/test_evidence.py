@@ -25,7 +25,7 @@ from i2x.io.store import Store
 from i2x.reporting import build_report
 from i2x.metrics.evidence import (activation_matching, area, binarisation, compose, decision_loss, fill_of,
                                   iou_at_equal_area, kl_divergence, leakage, straight_through, total_variation)
-from i2x.stages import evidence as evidence_stage
+from i2x.stages.evidence import study as evidence_stage
 from i2x.stages.context import open_context
 from i2x.stages.evidence.study import AUTO_BATCH_MAX, EvidenceConfig, auto_batch_size, evidence
 

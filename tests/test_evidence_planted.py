@@ -21,7 +21,7 @@ from scipy.ndimage import binary_dilation
 
 from i2x import api
 from i2x.attribution.minimal_evidence import EvidenceMasks, MinimalEvidence
-from i2x.io import synthetic
+from i2x.planted import synthetic
 from i2x.planted.synthetic import MARKED_CLASS, marker_effect, marker_pixels, paint_marker, planted_seed
 from i2x.metrics.evidence import fill_of
 from i2x.stages.context import build_context

@@ -34,7 +34,7 @@ from i2x.io.store import Store
 import planted
 from planted import SHORTCUT_CLASS, TOP_LEFT, marked_test_images, marker_mask, planted_seed
 
-from i2x.io import synthetic
+from i2x.planted import synthetic
 
 SPEC = f"{Path(__file__).resolve()}:exclusive_shortcut_data"
 EPOCHS = 6

@@ -21,7 +21,7 @@ from torch import nn
 from i2x import api
 from i2x.analysis.concepts import ConceptGrouping, pieces
 from i2x.attribution.receptive_field import Footprints, cell_fields, field_footprint, shifted
-from i2x.io import synthetic
+from i2x.planted import synthetic
 from i2x.io.store import Store
 from i2x.metrics.reliance import agreement, paired
 from i2x.stages.context import build_context

@@ -23,7 +23,7 @@ from i2x import api
 from i2x.attribution import get_layer
 from i2x.attribution.receptive_field import cell_fields, field_footprint
 from i2x.attribution.tokens import Layout, patch_mean
-from i2x.io import synthetic
+from i2x.planted import synthetic
 from i2x.io.store import Store
 from i2x.stages.context import build_context
 from i2x.stages.config import RunConfig
