@@ -56,7 +56,7 @@ def planted(seeds: int, samples: int) -> None:
             data = f"npz:{root / 'd.npz'}"
             api.train(data=data, out=root / "ck", epochs=3, lr=3e-3, batch_size=32, seed=seed, progress=False,
                       input_size=32)
-            api.extract(RunConfig(checkpoints=str(root / "ck"), data=data, input_size=32, limit=samples),
+            api.extract(config=RunConfig(checkpoints=str(root / "ck"), data=data, input_size=32, limit=samples),
                         out=root / "an", progress=False)
             store = Store.open(root / "an")
             ctx = open_context(store, len(store.checkpoints) - 1, "cpu", 256, False)

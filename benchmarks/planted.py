@@ -48,7 +48,7 @@ def planted_run(tmp: Path, factory: str, seed: int) -> tuple[Path, dict]:
         if not (tmp / "analysed").exists():
             shutil.rmtree(tmp, ignore_errors=True)
             api.train(data=spec, out=tmp / "ck", epochs=EPOCHS, seed=seed, progress=False)
-            api.extract(RunConfig(checkpoints=str(tmp / "ck"), data=spec), tmp / "an", progress=False)
+            api.extract(config=RunConfig(checkpoints=str(tmp / "ck"), data=spec), out=tmp / "an", progress=False)
             api.analyze(tmp / "an", progress=False)
             (tmp / "analysed").touch()
         api.reliance(tmp / "an", progress=False, trust_analysis=True)  # the data spec is our own file

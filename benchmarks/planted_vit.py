@@ -62,7 +62,7 @@ def planted_run(place: Path, factory: str, seed: int, model: str = MODEL) -> tup
                 api.train(data=spec, model=model, out=place / "ck", epochs=EPOCHS, seed=seed, progress=False)
                 seconds["train"] = time.perf_counter() - start
                 start = time.perf_counter()
-                api.extract(RunConfig(checkpoints=str(place / "ck"), data=spec, model=model), place / "an",
+                api.extract(config=RunConfig(checkpoints=str(place / "ck"), data=spec, model=model), out=place / "an",
                             progress=False)
                 api.analyze(place / "an", progress=False)
                 seconds["extract+analyze"] = time.perf_counter() - start

@@ -46,7 +46,7 @@ def build_store(work: Path) -> Path:
 
     if not any((work / "ck").glob("epoch_*.pt")):
         api.train(out=work / "ck", epochs=10, progress=False)
-    api.extract(RunConfig(checkpoints=str(work / "ck"), methods=("gradcam",)), out, overwrite=True, progress=False)
+    api.extract(config=RunConfig(checkpoints=str(work / "ck"), methods=("gradcam",)), out=out, overwrite=True, progress=False)
     return out
 
 

@@ -17,14 +17,19 @@ from typing import Any
 
 from i2x.version import __version__
 
+#: The API (:mod:`i2x.api`): one function per command and the settings they take; the one list of public names,
+#: checked against ``i2x.api`` by tests/test_package.py.
+API = (
+    "AnalyzeConfig", "BenchmarkConfig", "DemoConfig", "DriftConfig", "EvidenceConfig", "FaithfulnessConfig",
+    "FinetuneConfig", "FinetuneResult", "RelianceConfig", "RunConfig", "RunResult", "TrainConfig", "UserError",
+    "analyze", "benchmark", "compare", "compare_drift", "compare_models", "demo", "doctor", "drift", "evidence",
+    "extract", "faithfulness", "finetune", "format_table", "launch", "load_summary", "mark_report", "reliance",
+    "report", "run", "train",
+)
+
 #: Public name -> the module that defines it.
 _PUBLIC = {
-    **{name: "i2x.api" for name in (
-        "AnalyzeConfig", "DemoConfig", "DriftConfig", "EvidenceConfig", "FaithfulnessConfig", "FinetuneConfig", "RelianceConfig",
-        "RunConfig", "RunResult", "TrainConfig", "analyze", "compare_drift", "compare_models", "demo", "doctor",
-        "drift", "evidence", "extract", "faithfulness", "finetune", "format_table", "launch", "load_summary", "reliance",
-        "report", "run",
-        "train", "UserError")},
+    **{name: "i2x.api" for name in API},
     **{name: "i2x.analysis" for name in (
         "ConfidenceGroups", "Prototypes", "RidgeMapping", "Structure", "cartography", "intensity")},
     **{name: "i2x.attribution" for name in ("Attributor", "GradCAM", "GradCAMPlusPlus", "LayerCAM")},

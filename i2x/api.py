@@ -17,17 +17,20 @@ import torch
 from i2x.io.distributed import LaunchConfig, torchrun_command
 from i2x.io.location import RemotePath, as_path
 from i2x.io.workdir import SUMMARY, load_summary
-from i2x.stages.analyze import AnalyzeResult, analyze as _analyze
+import i2x.stages.analyze
+import i2x.stages.benchmark
+import i2x.stages.extract
+import i2x.stages.training
+from i2x.stages.analyze import AnalyzeResult
 from i2x.stages.analyze.config import AnalyzeConfig
-from i2x.stages.context import check_forward
+from i2x.stages.context import fresh_model
 from i2x.stages.config import RunConfig
 from i2x.io.data import DataOptions, load_data
 from i2x.settings import option, validate, validate_values
 from i2x.errors import UserError
-from i2x.stages.extract import ExtractResult, extract as _extract
+from i2x.stages.extract import ExtractResult
 from i2x.stages.finetune import FinetuneResult, finetune, format_table
 from i2x.stages.finetune.config import FinetuneConfig
-from i2x.io.models import build_model
 from i2x.io.segnets import check_pixel_logits
 from i2x.stages.reliance import reliance
 from i2x.stages.reliance.config import RelianceConfig
@@ -35,8 +38,8 @@ from i2x.stages.drift import DriftConfig, drift
 from i2x.stages.drift.runs import compare_models
 from i2x.stages.faithfulness import FaithfulnessConfig, faithfulness
 from i2x.stages.evidence import EvidenceConfig, evidence
-from i2x.stages.benchmark import BenchmarkConfig, benchmark as _benchmark
-from i2x.stages.training import TrainConfig, TrainResult, train as _train
+from i2x.stages.benchmark import BenchmarkConfig
+from i2x.stages.training import TrainConfig, TrainResult
 
 #: Keyword arguments of :func:`train` that describe the data and model, not the training (RunConfig fields).
 SHARED_OPTIONS = ("input_size", "channels", "mean", "std", "num_classes")
@@ -57,25 +60,22 @@ def train(data: str = "digits", model: str = "small-cnn", out: str | Path = "che
     validate_values(RunConfig, **shared)
     num_classes = shared.pop("num_classes", None)
     dataset = load_data(data, DataOptions(**shared))
-    if num_classes is not None and num_classes < dataset.num_classes:
-        raise UserError(f"--num-classes {num_classes}: the data has {dataset.num_classes} classes")
     if dataset.task != cfg.task:
         raise UserError(f"--task {cfg.task}: --data {data} is a {dataset.task} set; pass --task {dataset.task}")
     torch.manual_seed(cfg.seed)  # the initial weights follow --seed too
-    net = build_model(model, num_classes=num_classes or dataset.num_classes, in_channels=dataset.channels)
-    check_forward(net, dataset.split("train"), model, data)
+    net = fresh_model(model, data, dataset, num_classes, dataset.split("train"))
     if cfg.task == "segmentation":
         check_pixel_logits(net, dataset.split("train"), model)
-    return _train(net, dataset.split("train"), dataset.split("test"), out, cfg)
+    return i2x.stages.training.train(net, dataset.split("train"), dataset.split("test"), out, cfg)
 
 
-def extract(config: RunConfig | None = None, out: str | Path = "analyses/run", overwrite: bool = False,
+def extract(out: str | Path = "analyses/run", config: RunConfig | None = None, overwrite: bool = False,
             progress: bool = True, **options: Any) -> ExtractResult:
     """Extract probabilities, CAMs and features from every checkpoint into ``out/store.zarr``.
 
     Pass a :class:`RunConfig`, or its fields as keyword arguments (``checkpoints=``, ``model=``, ...).
     """
-    return _extract(config or RunConfig(**options), out, overwrite=overwrite, progress=progress)
+    return i2x.stages.extract.extract(config or RunConfig(**options), out, overwrite=overwrite, progress=progress)
 
 
 def report(out: str | Path, progress: bool = True, pngs: bool = True, trust_analysis: bool = False) -> Path:
@@ -109,7 +109,7 @@ def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool
 
     Pass an :class:`AnalyzeConfig`, or its fields as keyword arguments (``k=16``, ``method="layercam"``).
     """
-    return _analyze(out, config or AnalyzeConfig(**options), progress=progress)
+    return i2x.stages.analyze.analyze(out, config or AnalyzeConfig(**options), progress=progress)
 
 
 @dataclass
@@ -123,7 +123,7 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analyze_config: AnalyzeConfig | None = None,
+def run(out: str | Path = "analyses/run", config: RunConfig | None = None, analyze_config: AnalyzeConfig | None = None,
         overwrite: bool = False, progress: bool = True, with_reliance: bool = True, **options: Any) -> RunResult:
     """Extract + analyze + reliance + report in one call; the CLI's ``i2x run``.
 
@@ -136,7 +136,7 @@ def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analy
     validate(analyze_config)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    ex = extract(config, out, overwrite=overwrite, progress=progress)
+    ex = extract(out, config, overwrite=overwrite, progress=progress)
     timings["extract"] = time.perf_counter() - start
     start = time.perf_counter()
     an = analyze(out, analyze_config, progress=progress)
@@ -194,7 +194,7 @@ def demo(checkpoints: str | Path = "checkpoints/digits-demo", out: str | Path = 
         print(f"  test accuracy {result.test_accuracy:.4f} ({timings['train']:.1f} s)")
     else:
         print(f"using the existing snapshots in {ckpt_dir}/ (--force retrains)")
-    result = run(RunConfig(checkpoints=str(ckpt_dir)), out=out, overwrite=force)
+    result = run(out, RunConfig(checkpoints=str(ckpt_dir)), overwrite=force)
     timings.update(result.timings)
     print(" ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     print(f"summary: {result.summary_path}")
@@ -206,7 +206,7 @@ def demo(checkpoints: str | Path = "checkpoints/digits-demo", out: str | Path = 
 def benchmark(out: str | Path, config: BenchmarkConfig | None = None, **options: Any) -> dict[str, Any]:
     """Benchmark every attribution method at chosen checkpoints (ROAD faithfulness, leakage, robustness,
     sanity, runtime); writes ``out/benchmark.json``. Pass a :class:`BenchmarkConfig` or its fields."""
-    return _benchmark(out, config or BenchmarkConfig(**options))
+    return i2x.stages.benchmark.benchmark(out, config or BenchmarkConfig(**options))
 
 
 def launch(argv: list[str], config: LaunchConfig | None = None, **options: Any) -> str:
@@ -238,9 +238,3 @@ def doctor() -> dict[str, str]:
     info["cuda"] = (f"available, {torch.cuda.device_count()} device(s): {torch.cuda.get_device_name(0)}"
                     if torch.cuda.is_available() else "not available (CPU only)")
     return info
-
-
-__all__ = ["train", "extract", "analyze", "report", "run", "finetune", "format_table", "FinetuneResult",
-           "faithfulness", "benchmark", "BenchmarkConfig", "drift", "compare_models", "compare_drift", "evidence", "EvidenceConfig", "reliance", "demo", "doctor", "load_summary", "RunConfig",
-           "AnalyzeConfig", "TrainConfig", "RelianceConfig", "FinetuneConfig", "FaithfulnessConfig", "DriftConfig",
-           "DemoConfig", "RunResult", "UserError"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from i2x.errors import UserError
 
@@ -137,9 +137,11 @@ def whole_list(text: str) -> tuple[int, ...]:
         raise ValueError("give comma-separated whole numbers, e.g. 8,16") from None
 
 
-def name_list(text: str) -> tuple[str, ...]:
-    """Comma-separated names (blanks dropped, so ``,`` gives no name and is refused by :func:`validate`)."""
-    return tuple(v.strip() for v in text.split(",") if v.strip())
+def name_list(text: str | Sequence[str]) -> tuple[str, ...]:
+    """Comma-separated names, or a sequence of them from the API (blanks dropped, so ``,`` gives no name and is
+    refused by :func:`validate`)."""
+    values = text.split(",") if isinstance(text, str) else text
+    return tuple(v.strip() for v in values if v.strip())
 
 
 def whole_or_auto(text: str) -> int | str:
@@ -157,6 +159,17 @@ def check_device(name: str) -> None:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N``: the devices i2x runs on."""
     if not isinstance(name, str) or not _DEVICE.fullmatch(name):
         raise ValueError("choose auto, cpu, cuda or cuda:N")
+
+
+def trust_checkpoints_option() -> Any:
+    """The ``--trust-checkpoints`` field, one help text wherever it appears."""
+    return option(False, "allow checkpoints that need arbitrary pickled code to load (only for files you trust)")
+
+
+def trust_analysis_option() -> Any:
+    """The ``--trust-analysis`` field, one help text wherever it appears (an analysis folder is untrusted input)."""
+    return option(False, "import the model and data code this analysis folder names, and honour its recorded "
+                         "--trust-checkpoints (only for folders you made or trust)")
 
 
 def device_option(help: str = "auto (CUDA if available), cpu, cuda or cuda:N") -> Any:

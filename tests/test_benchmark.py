@@ -27,7 +27,7 @@ from i2x.metrics import leakage as lk
 from i2x.reporting.charts import ChartSet
 from i2x.reporting.page import vega_version
 from i2x.reporting.sections.benchmark import benchmark_section
-from i2x.stages.benchmark.inputs import select_checkpoints
+from i2x.io.workdir import select_checkpoints
 from i2x.stages.context import open_context
 from i2x.stages.config import RunConfig
 from i2x.planted.synthetic import BOX, box_images
@@ -52,7 +52,7 @@ def run(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     try:
         api.train(data=data, out=root / "ck", epochs=3, lr=3e-3, batch_size=32, progress=False, input_size=32)
-        api.extract(RunConfig(checkpoints=str(root / "ck"), data=data, input_size=32, limit=64), out=root / "an",
+        api.extract(config=RunConfig(checkpoints=str(root / "ck"), data=data, input_size=32, limit=64), out=root / "an",
                     progress=False)
     finally:
         torch.set_num_threads(threads)
@@ -117,7 +117,7 @@ def test_json_structure_and_leakage_matches_a_direct_computation(run, result):
 def test_occlusion_and_dea_extracted_into_the_store(run):
     # i2x extract --methods gradcam,occlusion,dea stores them like CAMs; the benchmark then takes each once.
     out = run / "an_interventions"
-    api.extract(RunConfig(checkpoints=str(run / "ck"), data=f"npz:{run / 'd.npz'}", input_size=32, limit=12,
+    api.extract(config=RunConfig(checkpoints=str(run / "ck"), data=f"npz:{run / 'd.npz'}", input_size=32, limit=12,
                           methods=("gradcam", "occlusion", "dea")), out=out, progress=False)
     store = Store.open(out)
     assert store.methods == ["gradcam", "occlusion", "dea"]
@@ -138,7 +138,7 @@ def test_occlusion_and_dea_extracted_into_the_store(run):
 
 def test_checkpoint_selection_and_user_errors(run):
     store = Store.open(run / "an")
-    assert select_checkpoints(store, ("first", "mid", "final"), None) == [0, 1, 2]
+    assert select_checkpoints(store, ("first", "middle", "final"), None) == [0, 1, 2]
     assert select_checkpoints(store, ("final", "first"), None) == [0, 2]
     assert select_checkpoints(store, (), 2) == [0, 2]
     with pytest.raises(UserError, match="--methods"):

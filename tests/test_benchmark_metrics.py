@@ -11,7 +11,8 @@ from i2x.attribution import INTERVENTIONS, METHODS, Attributor, get_methods
 from i2x.attribution.fusion import dual_evidence, peak_normalise
 from i2x.attribution.occlusion import cell_of_pixel, class_probability, occlusion
 from i2x.metrics import leakage as lk
-from i2x.metrics.robustness import max_sensitivity, pearson, spearman, top_k_iou
+from i2x.metrics.drift import iou_top, spearman
+from i2x.metrics.robustness import max_sensitivity, pearson
 from i2x.stages.benchmark.maps import scoring_model
 from i2x.stages.config import RunConfig
 
@@ -114,7 +115,7 @@ def test_robustness_similarities_by_hand():
     assert spearman(a, a ** 3)[0] == pytest.approx(1.0)  # monotone: ranks agree
     assert np.isnan(pearson(a, np.ones_like(a))[0])
     # Top half (2 of 4 cells): {3, 2} vs {3, 1} -> IoU 1/3.
-    assert top_k_iou(a, np.array([[[1.0, 3.0], [0.0, 4.0]]]), share=0.5)[0] == pytest.approx(1 / 3)
+    assert iou_top(a, np.array([[[1.0, 3.0], [0.0, 4.0]]]), top=0.5)[0] == pytest.approx(1 / 3)
 
 
 def test_max_sensitivity_of_a_linear_explainer():

@@ -21,7 +21,7 @@ def _extract(tiny_run, out, **kw):
     root = tiny_run.parent
     config = RunConfig(checkpoints=str(root / "ck"), data=f"npz:{root / 'd.npz'}", input_size=32, limit=20,
                        first=1, methods=("gradcam",), batch_size=20, **kw)
-    api.extract(config, out=out, progress=False)
+    api.extract(config=config, out=out, progress=False)
     return Store.open(out)
 
 

@@ -41,7 +41,7 @@ def _config(ckpt_dir: Path, **kw) -> RunConfig:
 @pytest.fixture(scope="module")
 def extracted(ckpt_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("an")
-    api.extract(_config(ckpt_dir), out=out, progress=False)
+    api.extract(config=_config(ckpt_dir), out=out, progress=False)
     return out
 
 
@@ -81,12 +81,12 @@ def test_store_holds_what_the_model_computes(ckpt_dir, extracted):
 
 def test_rerun_skips_done_and_resumes_undone(ckpt_dir, extracted, tmp_path):
     before = _arrays(extracted)
-    again = api.extract(_config(ckpt_dir), out=extracted, progress=False)
+    again = api.extract(config=_config(ckpt_dir), out=extracted, progress=False)
     assert again.skipped == ["epoch_1.pt", "epoch_2.pt", "epoch_3.pt"] and again.checkpoints == []
     store = Store.open(extracted, mode="a")
     store.array("done")[1] = 0
     store.cam("gradcam")[1] = 0.0  # as if the crash happened while checkpoint 1 was written
-    resumed = api.extract(_config(ckpt_dir), out=extracted, progress=False)
+    resumed = api.extract(config=_config(ckpt_dir), out=extracted, progress=False)
     assert resumed.checkpoints == ["epoch_2.pt"]
     after = _arrays(extracted)
     for name in before:
@@ -95,17 +95,17 @@ def test_rerun_skips_done_and_resumes_undone(ckpt_dir, extracted, tmp_path):
 
 def test_other_config_into_same_store_is_refused_unless_overwrite(ckpt_dir, extracted, tmp_path):
     with pytest.raises(UserError, match="different config.*--overwrite"):
-        api.extract(_config(ckpt_dir, methods=("gradcam",)), out=extracted, progress=False)
+        api.extract(config=_config(ckpt_dir, methods=("gradcam",)), out=extracted, progress=False)
     out = tmp_path / "copy"
-    api.extract(_config(ckpt_dir, limit=40), out=out, progress=False)
-    api.extract(_config(ckpt_dir, limit=50, methods=("layercam",)), out=out, overwrite=True, progress=False)
+    api.extract(config=_config(ckpt_dir, limit=40), out=out, progress=False)
+    api.extract(config=_config(ckpt_dir, limit=50, methods=("layercam",)), out=out, overwrite=True, progress=False)
     store = Store.open(out)
     assert store.methods == ["layercam"] and store.read("labels").shape == (50,)
 
 
 def test_batch_size_does_not_change_the_store(ckpt_dir, extracted, tmp_path):
     out = tmp_path / "b"
-    api.extract(_config(ckpt_dir, batch_size=7), out=out, progress=False)
+    api.extract(config=_config(ckpt_dir, batch_size=7), out=out, progress=False)
     a, b = _arrays(extracted), _arrays(out)
     for name in a:
         np.testing.assert_allclose(a[name].astype(np.float64), b[name].astype(np.float64), rtol=1e-4, atol=2e-3,
@@ -132,7 +132,7 @@ def test_a_second_writer_is_refused(tmp_path):
 
 def test_analysis_refuses_an_unfinished_store(ckpt_dir, tmp_path):
     out = tmp_path / "u"
-    api.extract(_config(ckpt_dir, limit=20), out=out, progress=False)
+    api.extract(config=_config(ckpt_dir, limit=20), out=out, progress=False)
     Store.open(out, mode="a").array("done")[2] = 0
     with pytest.raises(UserError, match="unfinished"):
         api.analyze(out, progress=False)

@@ -216,7 +216,7 @@ def _run(tmp: Path, factory: str, seed: int) -> tuple[Path, dict]:
     try:
         with synthetic.planted_seed(seed):
             api.train(data=spec, out=tmp / "ck", epochs=EPOCHS, seed=seed, progress=False)
-            api.extract(RunConfig(checkpoints=str(tmp / "ck"), data=spec), tmp / "an", progress=False)
+            api.extract(config=RunConfig(checkpoints=str(tmp / "ck"), data=spec), out=tmp / "an", progress=False)
             api.analyze(tmp / "an", progress=False)
             api.reliance(tmp / "an", progress=False, trust_analysis=True)
     finally:

@@ -178,7 +178,7 @@ def test_hf_trainer_checkpoint_folders_run_with_their_own_config(tmp_path):
     assert [(c["name"], c["step"]) for c in store.checkpoints] == [("checkpoint-6", 6), ("checkpoint-12", 12)]
     assert min(store.grid) >= 4 and store.attrs["layer"] == "vit.layers.0"
     with pytest.raises(UserError, match=r"--model hf:\S+/checkpoint-(6|12) builds the model"):  # the wrong spec says which
-        api.extract(api.RunConfig(checkpoints=str(out), model="small-cnn", limit=16), tmp_path / "wrong", progress=False)
+        api.extract(config=api.RunConfig(checkpoints=str(out), model="small-cnn", limit=16), out=tmp_path / "wrong", progress=False)
     assert np.isfinite(store.cam("gradcam")[-1]).all()
 
 

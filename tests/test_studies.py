@@ -352,7 +352,7 @@ def test_phase_split_compares_the_end_of_the_frozen_phase(run, store):
 def test_compare_models_ranks_directories(run, store, tmp_path):
     # A second "model": the same run extracted on its first two checkpoints only.
     other = tmp_path / "two"
-    api.extract(RunConfig.from_dict({**store.config, "first": 2}), out=other, progress=False)
+    api.extract(config=RunConfig.from_dict({**store.config, "first": 2}), out=other, progress=False)
     result = compare_models([run, other], methods=["gradcampp", "layercam"], out=tmp_path / "compare.json",
                             bootstrap=50)
     assert json.loads((tmp_path / "compare.json").read_text()) == result

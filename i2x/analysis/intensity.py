@@ -15,6 +15,10 @@ import numpy as np
 
 from i2x.analysis._chunks import chunk_len, sample_slices
 
+#: Share of a sample's locations at which a prototype counts as covering it: curation (D10) excludes the sample
+#: then (``i2x finetune --min-share``), and the analysis counts the samples a curation would exclude by it.
+MIN_SHARE = 0.1
+
 
 def _location_counts(assign: np.ndarray, k: int) -> np.ndarray:
     """Number of locations of each sample assigned to each prototype: [c, h, w] -> [c, k] int64."""
@@ -58,7 +62,7 @@ def intensity(cams: Any, assign: Any, k: int, chunk: int | None = None,
 def presence_share(assign: Any, k: int, chunk: int | None = None) -> np.ndarray:
     """Fraction of each sample's locations assigned to each prototype: assign [n, h, w] -> [n, k] float32.
 
-    Rows sum to 1; curation (D10) excludes a sample when an uncertain prototype's share reaches `min_share`.
+    Rows sum to 1; curation (D10) excludes a sample when an uncertain prototype's share reaches :data:`MIN_SHARE`.
     """
     n = assign.shape[0]
     share = np.empty((n, k), dtype=np.float32)

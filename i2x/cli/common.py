@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from i2x.cli.options import add_options, config_from
 from i2x.stages.config import RunConfig
+from i2x.stages.context import ModelAccess
 
 Subparsers = Any  # argparse's private _SubParsersAction
 
@@ -26,17 +27,10 @@ def command(sub: Subparsers, name: str, func: Callable[[argparse.Namespace], Non
 
 
 def add_trust_options(p: argparse.ArgumentParser, checkpoints: bool = True) -> None:
-    """Trust options of the commands whose API takes them as arguments (an analysis folder is untrusted input)."""
-    g = p.add_argument_group("trust")
-    if checkpoints:
-        g.add_argument("--trust-checkpoints", action="store_true",
-                       help="allow checkpoints that need arbitrary pickled code to load (only for files you trust)")
-        g.add_argument("--model", metavar="SPEC",
-                       help="confirm the analysis's package.module:factory or file.py:factory model spec (the same "
-                            "one) so it may be imported; its file must still match the sha256 recorded at extraction")
-    g.add_argument("--trust-analysis", action="store_true",
-                   help="import the model/data code the analysis names, and honour its --trust-checkpoints "
-                        "(only for analysis folders you made or trust)")
+    """Trust options of the commands whose API takes them as arguments (an analysis folder is untrusted input):
+    :class:`~i2x.stages.context.ModelAccess`'s fields, so the help reads the same everywhere."""
+    add_options(p, ModelAccess, "trust", only=("trust_checkpoints", "model", "trust_analysis") if checkpoints
+                else ("trust_analysis",))
 
 
 def analysis_dir(p: argparse.ArgumentParser, after: str) -> None:

@@ -59,7 +59,7 @@ def add_extract(sub: Subparsers) -> None:
 def cmd_extract(args: argparse.Namespace) -> None:
     from i2x import api
 
-    result = api.extract(run_config(args), out=args.out, overwrite=args.overwrite)
+    result = api.extract(config=run_config(args), out=args.out, overwrite=args.overwrite)
     print(f"layer {result.layer} (grid {result.grid[0]}x{result.grid[1]}), {result.samples} samples, "
           f"{len(result.checkpoints)} checkpoints extracted, {len(result.skipped)} already done, "
           f"{result.seconds:.1f} s")
@@ -153,7 +153,7 @@ def add_run(sub: Subparsers) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from i2x import api
 
-    result = api.run(run_config(args), out=args.out, analyze_config=config_from(args, AnalyzeConfig),
+    result = api.run(config=run_config(args), out=args.out, analyze_config=config_from(args, AnalyzeConfig),
                      overwrite=args.overwrite, with_reliance=not args.no_reliance)
     print_findings(result.summary)
     for stage, seconds in result.timings.items():

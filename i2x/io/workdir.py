@@ -39,6 +39,7 @@ from i2x.errors import UserError
 from i2x.io.location import RemotePath, as_path
 from i2x.io.lock import LOCK_NAME
 from i2x.io.store import Store
+from i2x.settings import name_list
 from i2x.version import __version__
 
 SUMMARY = "summary.json"
@@ -191,20 +192,48 @@ def usable_checkpoints(store: Store) -> np.ndarray:
     return np.flatnonzero(ok)
 
 
+#: The words every command takes for checkpoints beside their names (``mid`` is read as ``middle``).
+CHECKPOINT_WORDS = ("first", "middle", "final", "all")
+
+
 def checkpoint_index(store: Store, name: str) -> int:
-    """Store index t of the checkpoint called ``name``; ``first`` / ``final`` are the first / last usable one."""
+    """Store index t of the checkpoint called ``name``; ``first`` / ``middle`` / ``final`` are the first / middle /
+    last usable one."""
     usable = usable_checkpoints(store)
     if name == "first":
         return int(usable[0])
+    if name in ("middle", "mid"):
+        return int(usable[len(usable) // 2])
     if name == "final":
         return int(usable[-1])
     names = [c["name"] for c in store.checkpoints]
     if name not in names:
-        raise UserError(f"checkpoint {name!r} is not in the store; choose first, final or one of {', '.join(names)}")
+        raise UserError(f"checkpoint {name!r} is not in the store; choose first, middle, final or one of "
+                        f"{', '.join(names)}")
     t = names.index(name)
     if t not in usable:
         raise UserError(f"checkpoint {name}: it is not extracted or its weights hold NaN/Inf; choose another")
     return t
+
+
+def select_checkpoints(store: Store, names: Sequence[str] | str, every: int | None = None) -> list[int]:
+    """Store indices of the checkpoints named (first, middle, final, all, or names; comma-separated text or a
+    sequence), or of every ``every``-th usable one and the final, in training order without repeats."""
+    usable = usable_checkpoints(store)
+    if every is not None:
+        return sorted({int(t) for t in [*usable[::every], usable[-1]]})
+    chosen: set[int] = set()
+    for name in name_list(names):
+        if name == "all":
+            chosen.update(int(t) for t in usable)
+            continue
+        try:
+            chosen.add(checkpoint_index(store, name))
+        except UserError as exc:
+            raise UserError(f"--checkpoints {','.join(name_list(names))}: {exc}") from None
+    if not chosen:
+        raise UserError(f"--checkpoints: name at least one checkpoint ({', '.join(CHECKPOINT_WORDS)} or a name)")
+    return sorted(chosen)
 
 
 def describe_checkpoint(store: Store, t: int) -> dict[str, Any]:

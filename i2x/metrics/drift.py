@@ -30,8 +30,9 @@ from i2x.metrics.bootstrap import percentile_interval
 
 
 def _stack(maps: np.ndarray, name: str = "maps") -> np.ndarray:
-    """``maps`` as a float64 array [n, h, w] (accepts numpy arrays and CPU tensors)."""
-    maps = np.asarray(maps, dtype=np.float64)
+    """``maps`` as a float64 array [n, h, w] (accepts numpy arrays and tensors, which are detached and copied to the
+    host)."""
+    maps = np.asarray(maps.detach().cpu() if hasattr(maps, "detach") else maps, dtype=np.float64)
     if maps.ndim != 3:
         raise ValueError(f"{name} must be a stack of maps [n, h, w], got shape {maps.shape}")
     return maps

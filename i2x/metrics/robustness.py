@@ -1,7 +1,8 @@
 """Robustness of attribution maps to input perturbations: similarity of the map of x and of T(x).
 
-Per sample, between two maps a, b [B, h, w]: Pearson and Spearman correlation (average ranks for
-ties; NaN for a constant map) and top-k IoU (the top ``share`` of cells, ties in row-major order).
+Per sample, between two maps a, b [B, h, w]: Pearson correlation (NaN for a constant map) here; Spearman correlation
+and top-k IoU are the drift metrics' (:func:`i2x.metrics.drift.spearman`, :func:`i2x.metrics.drift.iou_top`: average
+ranks for ties, the top ``share`` of cells with ties in row-major order).
 The perturbations act on normalised inputs, strengths in data-set standard deviations:
 Gaussian noise (std 0.1), brightness (+0.2), contrast (x -> m + 0.8 (x - m), m the image's mean per
 channel), blur (Gaussian, kernel 3, sigma 0.7), horizontal flip (the map is flipped back).
@@ -15,13 +16,11 @@ but defaults to 200 samples of radius 0.2, so its numbers are not comparable wit
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from scipy.stats import rankdata
 
 #: name -> (perturbation of a normalised batch, description); "flip" maps are flipped back by the caller.
 TRANSFORMS: dict[str, tuple[Callable[[torch.Tensor, torch.Generator], torch.Tensor], str]] = {
@@ -32,7 +31,6 @@ TRANSFORMS: dict[str, tuple[Callable[[torch.Tensor, torch.Generator], torch.Tens
     "blur": (lambda x, g: TF.gaussian_blur(x, [3, 3], [0.7, 0.7]), "Gaussian blur, kernel 3, sigma 0.7"),
     "flip": (lambda x, g: x.flip(-1), "horizontal flip (map flipped back)"),
 }
-TOP_SHARE = 0.2
 SENSITIVITY_RADIUS = 0.02
 SENSITIVITY_SAMPLES = 10
 
@@ -49,23 +47,6 @@ def pearson(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.nd
     den = np.sqrt((x * x).sum(1) * (y * y).sum(1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, (x * y).sum(1) / np.where(den > 0, den, 1), np.nan)
-
-
-def spearman(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Per-sample Spearman correlation [B] (Pearson of average ranks)."""
-    return pearson(rankdata(_rows(a), axis=1), rankdata(_rows(b), axis=1))
-
-
-def top_k_iou(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor, share: float = TOP_SHARE) -> np.ndarray:
-    """Per-sample IoU [B] of the top ``share`` of cells of two maps (k = ceil(share * cells))."""
-    x, y = _rows(a), _rows(b)
-    k = max(1, math.ceil(share * x.shape[1]))
-    out = np.empty(x.shape[0])
-    for i in range(x.shape[0]):
-        top_x = set(np.argsort(-x[i], kind="stable")[:k].tolist())
-        top_y = set(np.argsort(-y[i], kind="stable")[:k].tolist())
-        out[i] = len(top_x & top_y) / len(top_x | top_y)
-    return out
 
 
 def max_sensitivity(explain: Callable[[torch.Tensor], dict[str, torch.Tensor]], images: torch.Tensor,

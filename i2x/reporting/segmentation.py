@@ -18,26 +18,14 @@ from i2x.io.workdir import BENCHMARK, DRIFT, REPORT, read_json, write_text
 from i2x.reporting.charts import ChartSet
 from i2x.reporting.freshness import record
 from i2x.reporting.page import Section, render_page, shown_path, table
+from i2x.reporting.sections.common import mean_pm
+from i2x.reporting.sections.benchmark import METRIC_LABELS
 from i2x.reporting.sections.drift import drift_body, drift_facts
 from i2x.version import __version__
 
-#: Region-benchmark metric key -> (label, which way is better), the table's columns in order.
-METRICS = {
-    "leakage": ("leakage outside the region", "lower"),
-    "leakage_vs_uniform": ("leakage / uniform map's", "lower"),
-    "relevance_mass": ("relevance mass in the region", "higher"),
-    "relevance_rank": ("relevance rank accuracy", "higher"),
-    "pointing_game": ("pointing game", "higher"),
-    "deletion_morf": ("deletion in the region, MoRF", "lower"),
-    "robust_spearman": ("robustness (mean Spearman)", "higher"),
-    "runtime_ms": ("ms per row", "lower"),
-}
-
-
-def _pm(s: dict[str, Any] | None) -> str:
-    if not isinstance(s, dict) or s.get("mean") is None:
-        return "–"
-    return f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s.get("std") is not None else "")
+#: The region benchmark's table columns, in order (labels from the benchmark section's one table; ROI is the region).
+METRICS = {k: METRIC_LABELS[k] for k in ("leakage", "leakage_vs_uniform", "relevance_mass", "relevance_rank",
+                                          "pointing_game", "deletion_morf", "robust_spearman", "runtime_ms")}
 
 
 def _run_section(store: Store, out: Path | RemotePath) -> Section:
@@ -84,14 +72,14 @@ def _benchmark_section(b: dict[str, Any] | None, charts: ChartSet, shown_dir: st
     last = b["checkpoints"][-1]["name"]
     final = b["results"][last]
     body = table(["method"] + [label for label, _ in METRICS.values()],
-                 [[m] + [_pm(s.get(k)) for k in METRICS] for m, s in final.items()])
+                 [[m] + [mean_pm(s.get(k)) for k in METRICS] for m, s in final.items()])
     facts = table(["", ""], [
         ("Checkpoints", ", ".join(c["name"] for c in b["checkpoints"])),
         ("Rows", f"{b['n_samples']} for maps, leakage and runtime; {b['n_detail']} of them for deletion and "
                  "robustness"),
-        ("Uniform map", f"leakage {_pm(b['uniform_leakage'][last])} at {last}: the share of the image outside the "
+        ("Uniform map", f"leakage {mean_pm(b['uniform_leakage'][last])} at {last}: the share of the image outside the "
                         "region, what a map that says nothing leaks"),
-        ("Deletion baseline", f"random orders inside the region: MoRF {_pm(b['random'][last]['morf'])}"),
+        ("Deletion baseline", f"random orders inside the region: MoRF {mean_pm(b['random'][last]['morf'])}"),
         ("Run time", f"{b['seconds']:.1f} s"),
     ], "facts")
     parts = [facts, f"<h3>At {last}</h3>", body,

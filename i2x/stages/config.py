@@ -13,7 +13,13 @@ from i2x.io.checkpoints.order import ORDERS
 from i2x.io.data import DATA_SPECS
 from i2x.io.location import as_path
 from i2x.io.models import MODEL_SPECS
-from i2x.settings import device_option, name_list, number_list, option
+from i2x.settings import (
+    device_option,
+    name_list,
+    number_list,
+    option,
+    trust_checkpoints_option,
+)
 
 #: The fewest samples an analysis accepts: HDBSCAN's smallest confidence group (min_cluster_size 10).
 MIN_SAMPLES = 10
@@ -52,8 +58,7 @@ class RunConfig:
     last: int | None = option(None, "use only the last N checkpoints", low=1, metavar="N")
     names: tuple[str, ...] | None = option(None, "use exactly these checkpoints (names as listed in the directory)",
                                            flag="--checkpoints", parse=name_list, metavar="A,B,...")
-    trust_checkpoints: bool = option(False, "allow checkpoints that need arbitrary pickled code to load (only for "
-                                     "files you trust)")
+    trust_checkpoints: bool = trust_checkpoints_option()
     order: str = option("step", "checkpoint order: step (the step stored inside, else the numbers in the names, "
                         "epoch_2 before epoch_10), name, or mtime (file modification time)", choices=ORDERS)
     keep_duplicates: bool = option(False, "analyse checkpoints with identical weights (last.ckpt beside the final "

@@ -20,18 +20,24 @@ from torch.utils.data import Dataset, Subset
 
 from i2x.attribution import prefer_channels_last
 from i2x.errors import UserError
-from i2x.io.checkpoints import Checkpoint, Listing, list_checkpoints, recorded_checkpoints, select
+from i2x.io.checkpoints import (
+    Checkpoint,
+    Listing,
+    list_checkpoints,
+    recorded_checkpoints,
+    select,
+)
+from i2x.io.checkpoints.state_dicts import is_finite, load_into
 from i2x.io.data import DataOptions, ImageData, labels_of, load_data
 from i2x.io.devices import resolve_device
 from i2x.io.location import as_path
 from i2x.io.masks import region_rows
 from i2x.io.models import build_model
-from i2x.io.checkpoints.state_dicts import is_finite, load_into
 from i2x.io.store import Store
 from i2x.io.workdir import usable_checkpoints
-from i2x.settings import option
-from i2x.stages.provenance import check_code, checkpoint_trust
+from i2x.settings import option, trust_analysis_option, trust_checkpoints_option
 from i2x.stages.config import RunConfig
+from i2x.stages.provenance import check_code, checkpoint_trust
 
 
 def name_classes(config: RunConfig, data: ImageData) -> None:
@@ -100,11 +106,7 @@ def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
     if len(index) == 0:
         raise UserError(f"--split {config.split}: this split of --data {config.data} has no samples")
     labels = labels_of(data.split(config.split))[index]
-    num_classes = config.num_classes or data.num_classes
-    if num_classes < data.num_classes:
-        raise UserError(f"--num-classes {num_classes}: the data has {data.num_classes} classes")
-    model = build_model(config.model, num_classes=num_classes, in_channels=data.channels)
-    check_forward(model, dataset, config.model, config.data)
+    model = fresh_model(config.model, config.data, data, config.num_classes, dataset)
     device = resolve_device(config.device)
     model.to(device)
     prefer_channels_last(model, dataset[0][0].unsqueeze(0).to(device))
@@ -122,13 +124,23 @@ class ModelAccess:
     """Trust settings of a command that rebuilds the model from an analysis directory (see :func:`open_context`);
     the configs of those commands inherit them."""
 
-    trust_checkpoints: bool = option(False, "allow checkpoints that need arbitrary pickled code to load (only for "
-                                     "files you trust)")
-    trust_analysis: bool = option(False, "let this analysis folder's recorded model and data specs import their "
-                                  "Python files, and honour its recorded --trust-checkpoints (only for folders you "
-                                  "trust)")
-    model: str | None = option(None, "the model spec again (must match the recorded one) to allow its Python file",
-                               metavar="SPEC")
+    trust_checkpoints: bool = trust_checkpoints_option()
+    model: str | None = option(None, "confirm the analysis's package.module:factory or file.py:factory model spec (the "
+                               "same one) so it may be imported; its file must still match the sha256 recorded at "
+                               "extraction", metavar="SPEC")
+    trust_analysis: bool = trust_analysis_option()
+
+
+def fresh_model(model_spec: str, data_spec: str, data: ImageData, num_classes: int | None,
+                probe: Dataset) -> nn.Module:
+    """The model ``model_spec`` names with fresh weights, sized to ``data`` (``num_classes`` may add classes the data
+    lacks, never drop some) and tried on one image of ``probe``: the one place a model is built for data."""
+    num_classes = num_classes or data.num_classes
+    if num_classes < data.num_classes:
+        raise UserError(f"--num-classes {num_classes}: the data has {data.num_classes} classes")
+    model = build_model(model_spec, num_classes=num_classes, in_channels=data.channels)
+    check_forward(model, probe, model_spec, data_spec)
+    return model
 
 
 def check_forward(model: nn.Module, dataset: Dataset, model_spec: str, data_spec: str) -> None:

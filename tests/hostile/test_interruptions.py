@@ -121,13 +121,13 @@ def assert_same(got: dict[str, object], want: dict[str, object], context: str) -
 def test_sigkill_at_random_points_of_extraction_then_rerun_equals_an_uninterrupted_run(trained, tmp_path):
     config = run_config(trained)
     reference = tmp_path / "reference"
-    seconds = finish(lambda: api.extract(config, out=reference, progress=False))
+    seconds = finish(lambda: api.extract(config=config, out=reference, progress=False))
     want = extraction(reference)
     rng = np.random.default_rng(0)
     interrupted = 0
     for trial in range(10):
         out = tmp_path / f"run{trial}"
-        extract = lambda: api.extract(config, out=out, progress=False)  # noqa: E731
+        extract = lambda: api.extract(config=config, out=out, progress=False)  # noqa: E731
         killed = kill_after(extract, rng.uniform(0.05, 1.0) * seconds)  # the first run dies somewhere
         interrupted += killed
         seconds *= 1.0 if killed else 0.8  # runs got faster than the reference: aim earlier
@@ -141,7 +141,7 @@ def test_sigkill_at_random_points_of_extraction_then_rerun_equals_an_uninterrupt
 @pytest.mark.slow
 def test_sigkill_at_random_points_of_analysis_then_rerun_equals_an_uninterrupted_run(trained, tmp_path):
     out = tmp_path / "an"
-    finish(lambda: api.extract(run_config(trained), out=out, progress=False))
+    finish(lambda: api.extract(config=run_config(trained), out=out, progress=False))
     analyze = lambda: api.analyze(out, ANALYSIS, progress=False)  # noqa: E731
     seconds = finish(analyze)
     want = analysis(out)
@@ -167,7 +167,7 @@ def test_a_killed_analysis_leaves_no_summary_to_read_and_a_rerun_restores_it(tra
     """Deterministic version of the loop above: the child is stopped for good in the middle of the ridge
     fits (prototypes and intensity rewritten, groups and β not yet), then killed."""
     out = tmp_path / "an"
-    finish(lambda: api.extract(run_config(trained, limit=60), out=out, progress=False))
+    finish(lambda: api.extract(config=run_config(trained, limit=60), out=out, progress=False))
     analyze = lambda: api.analyze(out, ANALYSIS, progress=False)  # noqa: E731
     finish(analyze)
     want = analysis(out)
@@ -241,10 +241,10 @@ def test_a_second_process_on_the_same_directory_is_refused(trained, tmp_path, ca
 def test_a_killed_holder_does_not_leave_the_directory_locked(trained, tmp_path):
     config = run_config(trained)
     out = tmp_path / "an"
-    child = start(lambda: api.extract(config, out=out, progress=False))
+    child = start(lambda: api.extract(config=config, out=out, progress=False))
     wait_for_lock(out, child.pid, child.is_alive)
     os.kill(child.pid, signal.SIGKILL)
     child.join(CHILD_TIMEOUT)
 
-    finish(lambda: api.extract(config, out=out, progress=False))  # takes the lock and resumes
+    finish(lambda: api.extract(config=config, out=out, progress=False))  # takes the lock and resumes
     assert Store.open(out).done().all()

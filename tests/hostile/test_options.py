@@ -92,7 +92,7 @@ def test_a_bad_option_is_one_line_naming_it_and_nothing_is_written(tmp_path, cap
 @pytest.mark.parametrize("call, message", [
     (lambda d: api.train(out=d / "ck", save_every=0, progress=False), "--save-every 0"),
     (lambda d: api.train(out=d / "ck", lr=float("inf"), progress=False), "--lr inf: give a finite number"),
-    (lambda d: api.extract(RunConfig(checkpoints=str(d), batch_size=0), out=d / "out"), "--batch-size 0"),
+    (lambda d: api.extract(config=RunConfig(checkpoints=str(d), batch_size=0), out=d / "out"), "--batch-size 0"),
     (lambda d: api.analyze(d, shared_presence=90), "--shared-presence 90: must be at most 1"),
     (lambda d: api.faithfulness(d, steps=0), "--steps 0"),
     (lambda d: api.drift(d, methods=()), "--method: give at least one value"),
@@ -161,7 +161,7 @@ def analysed(tmp_path_factory) -> tuple[Path, Path, RunConfig]:
     config = RunConfig(checkpoints=str(ckpts), data=f"npz:{npz}", input_size=32, limit=40, batch_size=20,
                        methods=("gradcam", "layercam"))
     given = dataclasses.replace(config)
-    api.extract(config, out=root / "an", progress=False)
+    api.extract(config=config, out=root / "an", progress=False)
     assert config == given and config.layer is None  # extract() left the caller's config as it was
     api.analyze(root / "an", k=4, progress=False)
     return ckpts, root / "an", config
@@ -170,7 +170,7 @@ def analysed(tmp_path_factory) -> tuple[Path, Path, RunConfig]:
 def test_extract_does_not_change_the_callers_config(analysed, tmp_path):
     _, an, config = analysed
     before = dataclasses.asdict(config)
-    result = api.extract(config, out=tmp_path / "again", progress=False)
+    result = api.extract(config=config, out=tmp_path / "again", progress=False)
     assert result.layer and dataclasses.asdict(config) == before and config.layer is None
 
 
@@ -196,7 +196,7 @@ def test_an_error_raised_under_a_progress_bar_starts_its_own_line(analysed, tmp_
     one = tmp_path / "one"
     one.mkdir()
     shutil.copy(ckpts / "epoch_3.pt", one)
-    api.extract(dataclasses.replace(config, checkpoints=str(one)), out=tmp_path / "an", progress=False)
+    api.extract(config=dataclasses.replace(config, checkpoints=str(one)), out=tmp_path / "an", progress=False)
     capsys.readouterr()
     assert main(["analyze", str(tmp_path / "an"), "--k", "4"]) == 2
     err = capsys.readouterr().err

@@ -14,9 +14,10 @@ import pandas as pd
 from i2x.io.workdir import BENCHMARK
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Section, table
+from i2x.reporting.sections.common import mean_pm
 
-#: Metric key -> (label, which way is better); the table's columns, in order.
-METRICS = {
+#: Metric key -> (label, which way is better) of every benchmark, classification and region alike.
+METRIC_LABELS = {
     "road_morf_pixel": ("ROAD MoRF, pixels (lower better)", "lower"),
     "road_lerf_pixel": ("ROAD LeRF, pixels (higher better)", "higher"),
     "road_combined_pixel": ("ROAD combined, pixels", "higher"),
@@ -24,9 +25,12 @@ METRICS = {
     "road_drop_0.2_pixel": ("drop at 20% removed", "higher"),
     "road_drop_0.5_pixel": ("drop at 50% removed", "higher"),
     "leakage": ("leakage outside ROI", "lower"),
+    "leakage_vs_uniform": ("leakage / uniform map's", "lower"),
+    "relevance_mass": ("relevance mass in the ROI", "higher"),
     "relevance_rank": ("relevance rank accuracy", "higher"),
     "pointing_game": ("pointing game", "higher"),
     "energy_pointing_game": ("energy pointing game", "higher"),
+    "deletion_morf": ("deletion in the ROI, MoRF", "lower"),
     "robust_spearman": ("robustness (mean Spearman)", "higher"),
     "flip_iou": ("flip top-k IoU", "higher"),
     "max_sensitivity": ("max-sensitivity (captum)", "lower"),
@@ -34,12 +38,8 @@ METRICS = {
     "randomised_similarity": ("Spearman after full randomisation (lower passes)", "lower"),
     "runtime_ms": ("ms per image", "lower"),
 }
-
-
-def _pm(s: dict[str, Any] | None) -> str:
-    if not s or s.get("mean") is None:
-        return "–"
-    return f"{s['mean']:.3f}" + (f" ± {s['std']:.3f}" if s.get("std") is not None else "")
+#: The classification benchmark's table columns, in order.
+METRICS = {k: v for k, v in METRIC_LABELS.items() if k not in ("leakage_vs_uniform", "relevance_mass", "deletion_morf")}
 
 
 def _long(b: dict[str, Any]) -> pd.DataFrame:
@@ -87,7 +87,7 @@ def benchmark_section(r: ReportInputs) -> Section | None:
     final = b["results"][last]
     keys = [k for k in METRICS if any(isinstance(s.get(k), dict) for s in final.values())]
     body = table(["method"] + [METRICS[k][0] for k in keys],
-                 [[m] + [_pm(s.get(k)) for k in keys] for m, s in final.items()])
+                 [[m] + [mean_pm(s.get(k)) for k in keys] for m, s in final.items()])
     facts = table(["", ""], [
         ("Checkpoints", ", ".join(c["name"] for c in b["checkpoints"])),
         ("Samples", f"{b['n_samples']} for maps, runtime, leakage and checkpoint similarity; {b['n_detail']} of them "
@@ -95,7 +95,7 @@ def benchmark_section(r: ReportInputs) -> Section | None:
         ("Faithfulness", "ROAD noisy linear imputation (neighbours 1/6 orthogonal, 1/12 diagonal, noise "
                          f"{b['settings']['noise']}), removing {', '.join(f'{f:.0%}' for f in b['removed_fractions'])} "
                          "of the map; combined = (LeRF - MoRF) / 2 (pytorch-grad-cam's ROADCombined); random "
-                         f"baseline MoRF {_pm(b['random'][last]['pixel']['morf'] | {'std': b['random'][last]['pixel']['morf']['std_draws']})} (± over draws)"),
+                         f"baseline MoRF {mean_pm(b['random'][last]['pixel']['morf'], spread='std_draws')} (± over draws)"),
         ("Perturbations", "; ".join(f"{k}: {v}" for k, v in b["transforms"].items())),
         ("DEA", "O + a (G - O) / 2 with G, O the peak-normalised GradCAM and occlusion maps and a = 1 - |G - O|"),
         ("Run time", f"{b['seconds']:.1f} s ({b['ms_per_image']:.1f} ms per image and checkpoint)"

@@ -10,9 +10,10 @@ import pandas as pd
 from i2x.reporting.charts import ChartSet, rank_slopes
 from i2x.reporting.page import Raw, Section, chip, esc, table
 from i2x.reporting.drift_text import format_tau, reversal_label
+from i2x.reporting.sections.drift import DRIFT_LABELS
 
-STABILITY_LABELS = {"iou": "IoU of the top regions", "spearman": "Spearman correlation",
-                    "shift_frac": "centroid shift (share of the diagonal)"}
+#: The stability metrics runs are ranked by, labelled as in the one-run charts.
+STABILITY_LABELS = {k: DRIFT_LABELS[k] for k in ("iou", "spearman", "shift_frac")}
 
 
 def _slope_frame(d: dict[str, Any]) -> pd.DataFrame:

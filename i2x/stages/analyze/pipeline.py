@@ -30,9 +30,15 @@ from i2x.io.lock import locked
 from i2x.io.store import Store
 from i2x.io.workdir import save_summary
 from i2x.settings import validate
-from i2x.stages.analyze.steps import AtCheckpoints, write_accuracy, write_intensity, write_mapping, write_prototypes
-from i2x.stages.analyze.summary import build_summary, significance_summary
-from i2x.stages.analyze.config import AnalyzeConfig, MAX_MIN_SAMPLES
+from i2x.stages.analyze.config import MAX_MIN_SAMPLES, AnalyzeConfig
+from i2x.stages.analyze.steps import (
+    AtCheckpoints,
+    write_accuracy,
+    write_intensity,
+    write_mapping,
+    write_prototypes,
+)
+from i2x.stages.analyze.summary import build_summary, curation_excludes, significance_summary
 
 
 @dataclass
@@ -109,9 +115,8 @@ def _analyze(store: Store, out: Path | RemotePath, cfg: AnalyzeConfig, progress:
                        labels, share, k_scores, finite)
     top_pairs = {(a, b) for a, b, _ in structure.top_confused_pairs_}
     summary.update(significance_summary(significance, cfg, summary["uncertain"], top_pairs, store.class_names))
-    for u in summary["uncertain"]:
-        covered = np.isin(labels, u["classes"]) & (share[:, u["prototype"]] >= 0.1)
-        u.setdefault("curation_excludes", int(covered.sum()))
+    for u in summary["uncertain"]:  # entries added for significance only
+        u.setdefault("curation_excludes", curation_excludes(u, labels, share))
     summary["timings"] = steps.timings
     store.set_analysis_attrs({"config": asdict(cfg), "k": protos.k_, "method": cfg.method, "steps": step_pairs})
     path = save_summary(out, summary)  # written last and atomically: readers never see half of it

@@ -7,7 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from i2x.analysis import ConfidenceGroups, Prototypes, RidgeMapping, Structure, cartography_summary
+from i2x.analysis import (
+    ConfidenceGroups,
+    Prototypes,
+    RidgeMapping,
+    Structure,
+    cartography_summary,
+)
+from i2x.analysis.intensity import MIN_SHARE
 from i2x.analysis.significance import FlipSignificance
 from i2x.io.store import Store
 from i2x.stages.analyze.config import AnalyzeConfig
@@ -45,9 +52,8 @@ def build_summary(store: Store, cfg: AnalyzeConfig, protos: Prototypes, structur
     uncertain = []
     for u in structure.uncertain_:
         a, b = u["classes"]
-        pair_classes = np.isin(labels, [a, b])
-        excluded = int((pair_classes & (share[:, u["prototype"]] >= 0.1)).sum())
-        uncertain.append({**u, "class_names": [names[a], names[b]], "curation_excludes": excluded})
+        uncertain.append({**u, "class_names": [names[a], names[b]],
+                          "curation_excludes": curation_excludes(u, labels, share)})
     attrs = store.attrs
     final = int(np.flatnonzero(finite)[-1])
     return {
@@ -91,7 +97,7 @@ def build_summary(store: Store, cfg: AnalyzeConfig, protos: Prototypes, structur
         "cartography": cartography_summary(carto),
         "thresholds": {**structure.thresholds_, "significance_level": cfg.significance_level,
                        "null_runs": cfg.null_runs, "fdr": cfg.fdr, "min_cluster_size": groups.min_cluster_size_,
-                       "curation_min_share": 0.1},
+                       "curation_min_share": MIN_SHARE},
         "warnings": list(protos.warnings_),
     }
 
@@ -99,6 +105,12 @@ def build_summary(store: Store, cfg: AnalyzeConfig, protos: Prototypes, structur
 def _number(x: float, digits: int = 6) -> float | None:
     """A float for strict JSON: rounded, None where it is not finite (a z over a zero standard error)."""
     return round(float(x), digits) if np.isfinite(x) else None
+
+
+def curation_excludes(entry: dict[str, Any], labels: np.ndarray, share: np.ndarray) -> int:
+    """Samples a curation on this uncertain entry would leave out: of its two classes, covered by its prototype for
+    at least :data:`~i2x.analysis.intensity.MIN_SHARE` of their locations."""
+    return int((np.isin(labels, entry["classes"]) & (share[:, entry["prototype"]] >= MIN_SHARE)).sum())
 
 
 def significance_summary(sig: FlipSignificance, cfg: AnalyzeConfig, uncertain: list[dict[str, Any]],

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -15,30 +14,24 @@ import torch.nn.functional as F
 from i2x.attribution import INTERVENTIONS, METHODS
 from i2x.errors import UserError
 from i2x.io.store import Store
-from i2x.io.workdir import checkpoint_index, usable_checkpoints
 from i2x.metrics import leakage as lk
-from i2x.settings import device_option, option
+from i2x.settings import device_option, name_list, option
 from i2x.stages.context import ModelAccess
 
 #: Methods the benchmark adds to the stored CAM methods: the intervention methods (occlusion, dea).
 EXTRA_METHODS = tuple(INTERVENTIONS)
 
 
-def _names(value: Any) -> tuple[str, ...]:
-    """``"a,b"`` or a sequence as a tuple of names."""
-    return tuple(v for v in (value.split(",") if isinstance(value, str) else value) if v)
-
-
 @dataclass
 class BenchmarkConfig(ModelAccess):
     """Settings of ``i2x benchmark``."""
 
-    checkpoints: tuple[str, ...] = option(("first", "mid", "final"), "checkpoints to benchmark: first, mid, final or "
-                                          "names, comma-separated", parse=_names, metavar="A,B")
+    checkpoints: tuple[str, ...] = option(("first", "middle", "final"), "checkpoints to benchmark: first, middle, final, "
+                                          "all or names, comma-separated", parse=name_list, metavar="A,B")
     every: int | None = option(None, "benchmark every N-th usable checkpoint (and the final one) instead", low=1,
                                metavar="N")
     methods: tuple[str, ...] | None = option(None, "methods: CAM methods, occlusion, dea (default: the stored CAM "
-                                             "methods plus occlusion and dea)", parse=_names, metavar="A,B")
+                                             "methods plus occlusion and dea)", parse=name_list, metavar="A,B")
     samples: int = option(256, "samples drawn at random from the store (maps, runtime, leakage, checkpoint "
                                "similarity)", low=1)
     detail_samples: int = option(32, "of those, samples for ROAD faithfulness, robustness and randomisation", low=1)
@@ -65,18 +58,6 @@ class BenchmarkConfig(ModelAccess):
                                   "the cache)", low=1)
     device: str = device_option()
     progress: bool = option(True, "show progress", cli=False)
-
-
-def select_checkpoints(store: Store, names: tuple[str, ...], every: int | None) -> list[int]:
-    """Store indices of the checkpoints to benchmark, in training order, without repeats."""
-    usable = usable_checkpoints(store)
-    if every is not None:
-        chosen = list(usable[::every]) + [usable[-1]]
-    else:
-        chosen = [int(usable[len(usable) // 2]) if n == "mid" else checkpoint_index(store, n) for n in names]
-    if not chosen:
-        raise UserError("--checkpoints: name at least one checkpoint (first, mid, final or a name)")
-    return sorted({int(t) for t in chosen})
 
 
 def load_roi(spec: str, index: np.ndarray, size: tuple[int, int]) -> np.ndarray:

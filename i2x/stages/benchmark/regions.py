@@ -24,13 +24,20 @@ from i2x.attribution.fusion import dual_evidence
 from i2x.attribution.regions import RegionModel, predicted_regions, region_occlusion
 from i2x.io.location import as_path
 from i2x.io.store import Store
-from i2x.io.workdir import BENCHMARK, clean_json, describe_checkpoint, write_json
+from i2x.io.workdir import (
+    BENCHMARK,
+    clean_json,
+    describe_checkpoint,
+    select_checkpoints,
+    write_json,
+)
 from i2x.metrics import leakage as lk
+from i2x.metrics.drift import iou_top, spearman
 from i2x.metrics.faithfulness import value_at
 from i2x.metrics.road import impute
-from i2x.metrics.robustness import TRANSFORMS, spearman, top_k_iou
+from i2x.metrics.robustness import TRANSFORMS
 from i2x.metrics.stats import nan_mean_std as mean_std
-from i2x.stages.benchmark.inputs import BenchmarkConfig, resolve_methods, select_checkpoints
+from i2x.stages.benchmark.inputs import BenchmarkConfig, resolve_methods
 from i2x.stages.context import open_context
 from i2x.stages.extract.regions import TASK, batch_of, region_rows_of
 
@@ -185,7 +192,7 @@ def benchmark_regions(store: Store, cfg: BenchmarkConfig, out_dir: str | Path) -
                 rho = spearman(a, b)
                 per_transform[m].append(rho)
                 scores[m][f"{tname}_spearman"] = mean_std(rho)
-                scores[m][f"{tname}_iou"] = mean_std(top_k_iou(a, b, cfg.top_share))
+                scores[m][f"{tname}_iou"] = mean_std(iou_top(a, b, cfg.top_share))
         for m in methods:
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # a row whose every map is constant: NaN

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from i2x.metrics.robustness import TRANSFORMS, max_sensitivity, pearson, spearman, top_k_iou
+from i2x.metrics.drift import iou_top, spearman
+from i2x.metrics.robustness import TRANSFORMS, max_sensitivity, pearson
 from i2x.metrics.stats import nan_mean_std as mean_std
 from i2x.stages.benchmark.maps import ClassTarget, Explainer
 
@@ -29,7 +30,7 @@ def robustness_scores(explainer: Explainer, x: torch.Tensor, target: ClassTarget
             per_transform[m].append(rho)
             scores[m][f"{tname}_pearson"] = mean_std(pearson(a, b))
             scores[m][f"{tname}_spearman"] = mean_std(rho)
-            scores[m][f"{tname}_iou"] = mean_std(top_k_iou(a, b, top_share))
+            scores[m][f"{tname}_iou"] = mean_std(iou_top(a, b, top_share))
     for m in maps:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a sample whose every map is constant: NaN

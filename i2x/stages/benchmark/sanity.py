@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from i2x.metrics.robustness import spearman
+from i2x.metrics.drift import spearman
 from i2x.metrics.stats import nan_mean_std as mean_std
 from i2x.stages.benchmark.maps import ClassTarget, Explainer
 

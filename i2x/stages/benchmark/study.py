@@ -28,20 +28,26 @@ import torch.nn.functional as F
 from i2x.io.location import as_path
 from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import BENCHMARK, clean_json, describe_checkpoint, write_json
+from i2x.io.workdir import (
+    BENCHMARK,
+    clean_json,
+    describe_checkpoint,
+    select_checkpoints,
+    write_json,
+)
 from i2x.metrics import leakage as lk
 from i2x.metrics.robustness import TRANSFORMS
 from i2x.metrics.stats import nan_mean_std as mean_std
 from i2x.settings import validate
 from i2x.stages.benchmark.faithfulness import LEVELS, RoadBenchmark
-from i2x.stages.benchmark.inputs import BenchmarkConfig, load_roi, resolve_methods, select_checkpoints
+from i2x.stages.benchmark.inputs import BenchmarkConfig, load_roi, resolve_methods
 from i2x.stages.benchmark.maps import ClassTarget, Explainer
+from i2x.stages.benchmark.regions import benchmark_regions
 from i2x.stages.benchmark.robustness import robustness_scores
 from i2x.stages.benchmark.sanity import randomisation, similarity
 from i2x.stages.context import open_context
-from i2x.stages.benchmark.regions import benchmark_regions
 
-__all__ = ["BenchmarkConfig", "benchmark", "select_checkpoints"]
+__all__ = ["BenchmarkConfig", "benchmark"]
 
 
 def leakage_scores(maps: dict[str, torch.Tensor], roi: np.ndarray, tolerance: float) -> dict[str, dict[str, Any]]:

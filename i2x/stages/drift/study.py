@@ -27,10 +27,24 @@ from i2x.errors import UserError
 from i2x.io.location import as_path
 from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import DRIFT, checkpoint_index, clean_json, describe_checkpoint, stored_methods, \
-    usable_checkpoints, write_json
-from i2x.metrics.drift import centroid, drift_metrics, empty_either, rank_reversals, summarize, without_empty
-from i2x.settings import name_list, option, validate
+from i2x.io.workdir import (
+    DRIFT,
+    checkpoint_index,
+    clean_json,
+    describe_checkpoint,
+    stored_methods,
+    usable_checkpoints,
+    write_json,
+)
+from i2x.metrics.drift import (
+    centroid,
+    drift_metrics,
+    empty_either,
+    rank_reversals,
+    summarize,
+    without_empty,
+)
+from i2x.settings import name_list, option, trust_analysis_option, validate
 from i2x.stages.context import open_data
 
 #: Drift metrics written per sample class; shift_px is in pixels of the input image.
@@ -71,8 +85,7 @@ class DriftConfig:
                                high=0.999)
     seed: int = option(0, "across runs: seed of the bootstrap resamples (default 0)")
     consecutive: bool = option(True, "one run: also the drift over every pair of consecutive checkpoints", cli=False)
-    trust_analysis: bool = option(False, "a store made before the input size was recorded may import its data spec's "
-                                  "Python file to learn it (only for folders you trust)")
+    trust_analysis: bool = trust_analysis_option()  # an old store may import its data spec to learn the input size
 
 
 def _input_size(store: Store, trust_analysis: bool = False) -> tuple[int, int]:

@@ -7,13 +7,8 @@ import numpy as np
 from i2x.analysis.cartography import cartography
 from i2x.errors import UserError
 from i2x.io.store import Store
-from i2x.io.workdir import checkpoint_index, usable_checkpoints
+from i2x.io.workdir import usable_checkpoints
 from i2x.metrics.faithfulness import select_buckets
-
-
-def split_names(text: str) -> tuple[str, ...]:
-    """``"a, b,"`` -> ``("a", "b")``."""
-    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 def select_samples(store: Store, spec: str, max_samples: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
@@ -74,25 +69,6 @@ def select_samples(store: Store, spec: str, max_samples: int, seed: int = 0) -> 
     if rows.size == 0:
         raise UserError(f"--samples {spec}: no sample matches; choose another --samples")
     return rows[:max_samples], whys[:max_samples]
-
-
-def select_checkpoints(store: Store, spec: str) -> list[int]:
-    """Store indices of the checkpoints named in ``spec`` (first, middle, final, all, or names), in training order."""
-    usable = usable_checkpoints(store)
-    chosen: set[int] = set()
-    for name in split_names(spec):
-        if name == "all":
-            chosen.update(int(t) for t in usable)
-        elif name == "middle":
-            chosen.add(int(usable[len(usable) // 2]))
-        else:
-            try:
-                chosen.add(checkpoint_index(store, name))
-            except UserError as exc:
-                raise UserError(f"--checkpoints {spec}: {exc}") from None
-    if not chosen:
-        raise UserError("--checkpoints: name at least one checkpoint (first, middle, final, all or a name)")
-    return sorted(chosen)
 
 
 def read_roi(path: str | None, n: int, size: tuple[int, int]) -> np.ndarray | None:

@@ -30,12 +30,12 @@ from i2x.io.devices import memory_size, resolve_device
 from i2x.io.location import as_path
 from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import EVIDENCE, clean_json, describe_checkpoint, write_json
+from i2x.io.workdir import EVIDENCE, clean_json, describe_checkpoint, select_checkpoints, write_json
 from i2x.metrics.evidence import FILLS, fill_of, iou_at_equal_area, leakage
 from i2x.metrics.stats import mean_std
-from i2x.settings import device_option, option, validate
+from i2x.settings import device_option, name_list, option, validate
 from i2x.stages.context import ModelAccess, open_context
-from i2x.stages.evidence.selection import read_roi, select_checkpoints, select_samples, split_names
+from i2x.stages.evidence.selection import read_roi, select_samples
 from i2x.stages.faithfulness import cams_for_targets
 
 
@@ -56,8 +56,8 @@ class EvidenceConfig(ModelAccess):
                           "misclassified, class:NAME, prototype:K, bucket:tp|fp|random, or store rows like 3,17,42",
                           metavar="SPEC")
     max_samples: int = option(64, "explain at most this many samples", low=1)
-    checkpoints: str = option("first,middle,final", "checkpoints: comma-separated names or first, middle, final, "
-                              "all", metavar="A,B")
+    checkpoints: tuple[str, ...] = option(("first", "middle", "final"), "checkpoints: first, middle, final, all or "
+                                          "names, comma-separated", parse=name_list, metavar="A,B")
     generator: str = option("pixel", "mask generator: pixel (coarse per-pixel logits, fast) or unet (the paper's "
                             "per-image small U-Net)", choices=GENERATORS)
     resolution: int = option(8, "pixel generator: mask logits per side, upsampled to the image", low=1)
@@ -72,7 +72,7 @@ class EvidenceConfig(ModelAccess):
     noise: float = option(0.25, "robustness infill: the fill plus uniform pixel noise of width NOISE centred on it",
                           low=0)
     layers: tuple[str, ...] | None = option(None, "layers whose activations are matched (default: the store's "
-                                            "target layer)", parse=split_names, metavar="A,B")
+                                            "target layer)", parse=name_list, metavar="A,B")
     roi: str | None = option(None, ".npy file of boolean regions of interest [n, H, W] by store row: adds each "
                              "mask's leakage outside its region", metavar="FILE")
     batch_size: int | None = option(None, "masks optimised together (default: as many as fit in a quarter of the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from i2x.analysis.intensity import MIN_SHARE
 from i2x.settings import device_option, name_list, option, whole, whole_list
 from i2x.stages.context import ModelAccess
 from i2x.stages.finetune.controls import CONTROLS
@@ -61,7 +62,7 @@ class FinetuneConfig(ModelAccess):
                                      metavar="E1,E2")
     lr: float | None = option(None, "learning rate (default 1e-3 for sgd, 1e-4 for adam)", low=0, low_open=True)
     optimizer: str = option("sgd", "optimizer (sgd with momentum 0.9)", choices=tuple(DEFAULT_LR))
-    min_share: float = option(0.1, "exclude a sample when the uncertain prototype covers at least this share of "
+    min_share: float = option(MIN_SHARE, "exclude a sample when the uncertain prototype covers at least this share of "
                               "its cells", low=0, low_open=True, high=1)
     pairs: str | list[tuple[int | str, int | str]] = option(
         "top", "which uncertain pairs to curate: top (those among the most confused pairs, else the highest-scoring "
