@@ -31,7 +31,7 @@ from i2x.planted import synthetic
 from i2x.io.store import Store
 from i2x.stages.context import build_context
 from i2x.stages.config import RunConfig
-from i2x.stages.reliance.paste import unpack_footprint
+from i2x.io.workdir import unpack_mask
 
 SPEC = str(Path(synthetic.__file__).resolve())
 EPOCHS = 4
@@ -75,7 +75,7 @@ def outcome(out: Path, result: dict, factory: str, seed: int) -> dict:
     row = result["concepts"][top]
     pixels = synthetic.marker_pixels(place)
     on = [(fp & pixels).sum() / max(fp.sum(), 1) for g, bits in zip(row["gallery"], row["footprints"])
-          if index[g] in set(marked.tolist()) for fp in [unpack_footprint(bits, pixels.shape)]]
+          if index[g] in set(marked.tolist()) for fp in [unpack_mask(bits, pixels.shape)]]
     on_marker = float(np.mean(on)) if on else 0.0
     return {"uses_marker": effect, "found": result["shortcut_found"], "marker_concepts": holders,
             "top": top, "top_share": round(float(shares[top]), 2), "top_on_marker": round(on_marker, 2),

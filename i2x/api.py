@@ -14,32 +14,33 @@ from typing import Any
 
 import torch
 
-from i2x.io.distributed import LaunchConfig, torchrun_command
-from i2x.io.location import RemotePath, as_path
-from i2x.io.workdir import SUMMARY, load_summary
 import i2x.stages.analyze
 import i2x.stages.benchmark
 import i2x.stages.extract
 import i2x.stages.training
-from i2x.stages.analyze import AnalyzeResult
-from i2x.stages.analyze.config import AnalyzeConfig
-from i2x.stages.context import fresh_model
-from i2x.stages.config import RunConfig
-from i2x.io.data import DataOptions, load_data
-from i2x.settings import option, validate, validate_values
 from i2x.errors import UserError
-from i2x.stages.extract import ExtractResult
-from i2x.stages.finetune import FinetuneResult, finetune, format_table
-from i2x.stages.finetune.config import FinetuneConfig
+from i2x.io.data import DataOptions, load_data
+from i2x.io.distributed import LaunchConfig, torchrun_command
+from i2x.io.location import RemotePath, as_path
 from i2x.io.segnets import check_pixel_logits
-from i2x.stages.reliance import reliance
-from i2x.stages.reliance.config import RelianceConfig
-from i2x.stages.drift import DriftConfig, drift
-from i2x.stages.drift.runs import compare_models
-from i2x.stages.faithfulness import FaithfulnessConfig, faithfulness
-from i2x.stages.evidence import EvidenceConfig, evidence
+from i2x.io.workdir import SUMMARY, load_summary
+from i2x.settings import option, validate, validate_values
+from i2x.stages.analyze import AnalyzeConfig, AnalyzeResult
 from i2x.stages.benchmark import BenchmarkConfig
+from i2x.stages.config import RunConfig
+from i2x.stages.context import fresh_model
+from i2x.stages.drift.runs import compare_models
+from i2x.stages.extract import ExtractResult
+from i2x.stages.film import prepare_film
 from i2x.stages.training import TrainConfig, TrainResult
+
+# The studies whose stage function is the API function itself, re-exported unchanged (listed in i2x.API).
+from i2x.stages.drift import DriftConfig, drift  # noqa: F401
+from i2x.stages.evidence import EvidenceConfig, evidence  # noqa: F401
+from i2x.stages.faithfulness import FaithfulnessConfig, faithfulness  # noqa: F401
+from i2x.stages.finetune import FinetuneConfig, FinetuneResult, finetune, format_table  # noqa: F401
+from i2x.stages.reliance import RelianceConfig, reliance  # noqa: F401
+from i2x.io.datasets import SEGMENTATION
 
 #: Keyword arguments of :func:`train` that describe the data and model, not the training (RunConfig fields).
 SHARED_OPTIONS = ("input_size", "channels", "mean", "std", "num_classes")
@@ -64,7 +65,7 @@ def train(data: str = "digits", model: str = "small-cnn", out: str | Path = "che
         raise UserError(f"--task {cfg.task}: --data {data} is a {dataset.task} set; pass --task {dataset.task}")
     torch.manual_seed(cfg.seed)  # the initial weights follow --seed too
     net = fresh_model(model, data, dataset, num_classes, dataset.split("train"))
-    if cfg.task == "segmentation":
+    if cfg.task == SEGMENTATION:
         check_pixel_logits(net, dataset.split("train"), model)
     return i2x.stages.training.train(net, dataset.split("train"), dataset.split("test"), out, cfg)
 
@@ -83,6 +84,7 @@ def report(out: str | Path, progress: bool = True, pngs: bool = True, trust_anal
     ``trust_analysis`` lets the pictures come from a data spec that imports a Python file."""
     from i2x.reporting import build_report
 
+    prepare_film(out, trust_analysis=trust_analysis)  # the one model run the page needs, done before it is built
     return build_report(out, progress=progress, pngs=pngs, trust_analysis=trust_analysis)
 
 

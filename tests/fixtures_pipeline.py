@@ -17,7 +17,6 @@ from sklearn.datasets import load_digits
 from i2x import api
 from i2x.io.workdir import load_summary
 from i2x.stages.analyze.config import AnalyzeConfig
-from i2x.reporting import build_report
 
 HOSTILE_NAMES = ["<script>alert(1)</script>", '"><img src=x onerror=alert(2)>', "cat & \"dog\" </script>",
                  "3", "4", "5", "6", "7", "8", "9"]
@@ -59,4 +58,4 @@ def tiny_run(tmp_path_factory) -> Path:
 def tiny_report(tiny_run) -> Path:
     """``report.html`` of the tiny run (built once per session)."""
     path = tiny_run / "report.html"
-    return path if path.is_file() else build_report(tiny_run, progress=False)
+    return path if path.is_file() else api.report(tiny_run, progress=False)

@@ -22,9 +22,7 @@ from i2x import api
 from i2x.analysis.concepts import ConceptGrouping, pieces
 from i2x.attribution.receptive_field import Footprints, cell_fields, field_footprint, shifted
 from i2x.planted import synthetic
-from i2x.io.store import Store
 from i2x.metrics.reliance import agreement, paired
-from i2x.stages.context import build_context
 from i2x.stages.config import RunConfig
 from i2x.stages.finetune.curation import concept_exclusion, concept_shares
 from i2x.stages.reliance.verdict import split_piece

@@ -17,6 +17,7 @@ from i2x.stages.evidence import EvidenceConfig
 from i2x.stages.faithfulness import FaithfulnessConfig
 from i2x.stages.finetune.config import FinetuneConfig
 from i2x.stages.reliance.config import RelianceConfig
+from i2x.io.datasets import SEGMENTATION
 
 
 def add_finetune(sub: Subparsers) -> None:
@@ -75,7 +76,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
     result = api.benchmark(args.dir, config_from(args, BenchmarkConfig))
     final = result["results"][result["checkpoints"][-1]["name"]]
-    if result.get("task") == "segmentation":
+    if result.get("task") == SEGMENTATION:
         print(f"checkpoint {result['checkpoints'][-1]['name']}: deletion inside the region (p after removal, lower "
               "is more faithful), leakage outside it, robustness (mean Spearman), runtime")
         for method, s in final.items():
@@ -123,7 +124,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
     if args.names or args.out:
         raise UserError("--names and --out compare several runs: give two or more analysis directories")
     result = api.drift(args.dirs[0], cfg)
-    regions = result.get("task") == "segmentation"
+    regions = result.get("task") == SEGMENTATION
     if regions:
         print(f"segmentation run: all {result['n_counted']} rows counted (a row's map explains its class over its "
               f"region at every checkpoint); {result['n_correct_both']} with their class the region's top class at "

@@ -18,6 +18,8 @@ from torch.utils.data import Dataset, TensorDataset
 from i2x.errors import UserError
 
 SPLITS = ("train", "test")
+#: What a model learns from a data set: a class per image, or a class per pixel (a mask [H, W] per image).
+CLASSIFICATION, SEGMENTATION = TASKS = ("classification", "segmentation")
 MIN_PER_CLASS = 2  # training samples every class needs (one gives no class-internal variation to learn or map)
 
 
@@ -33,8 +35,13 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     extra: dict[str, Any] = field(default_factory=dict)
-    #: "classification" (a label per image) or "segmentation" (a class mask [H, W] per image; class 0 the background).
-    task: str = "classification"
+    #: One of :data:`TASKS`: a label per image, or a class mask [H, W] per image (class 0 the background).
+    task: str = CLASSIFICATION
+
+    @property
+    def segmentation(self) -> bool:
+        """Whether the images come with class masks (a segmentation set) rather than labels."""
+        return self.task == SEGMENTATION
 
     def split(self, name: str) -> Dataset:
         """The named split (``train`` or ``test``)."""

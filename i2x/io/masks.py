@@ -26,9 +26,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from i2x.errors import UserError
-from i2x.io.datasets import DataOptions, ImageData, adapt_channels, check_finite, check_stats
+from i2x.io.datasets import SEGMENTATION, DataOptions, ImageData, adapt_channels, check_finite, check_stats
 
-SEGMENTATION = "segmentation"
 CLASS_FILE = "classes.txt"
 
 

@@ -42,11 +42,13 @@ import zarr
 
 from i2x.version import __version__
 from i2x.errors import UserError
+from i2x.io.datasets import CLASSIFICATION, SEGMENTATION
 from i2x.io.location import RemotePath, as_path
 
 STORE_NAME = "store.zarr"
 
-#: name -> dimension names. ``cam/<method>`` arrays share the ``cam/*`` entry (``evidence/iou/<method>`` likewise).
+#: name -> dimension names. ``cam/<method>`` arrays share the ``cam/*`` entry (``evidence/iou/<method>`` and
+#: ``film/answer/<method>`` likewise).
 ARRAYS: dict[str, tuple[str, ...]] = {
     "labels": ("n",),
     "sample_index": ("n",),
@@ -76,6 +78,9 @@ ARRAYS: dict[str, tuple[str, ...]] = {
     "analysis/variability": ("n",),
     "analysis/correctness": ("n",),
     "analysis/forgetting": ("n",),
+    "film/rows": ("r",),
+    "film/columns": ("c",),
+    "film/answer/*": ("c", "a", "h", "w"),
     "evidence/checkpoints": ("u",),
     "evidence/rows": ("e",),
     "evidence/masks": ("u", "e", "y", "x"),
@@ -91,7 +96,7 @@ ARRAYS: dict[str, tuple[str, ...]] = {
 }
 
 #: Array families whose members share one layout entry: ``cam/gradcam`` -> ``cam/*``.
-_FAMILIES = ("cam/", "evidence/iou/")
+_FAMILIES = ("cam/", "evidence/iou/", "film/answer/")
 
 
 def dims_of(name: str) -> tuple[str, ...]:
@@ -210,6 +215,17 @@ class Store:
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(self.root.attrs)
+
+    @property
+    def task(self) -> str:
+        """What the extracted model learns (:data:`i2x.io.datasets.TASKS`); stores older than the field hold
+        classifiers."""
+        return str(self.root.attrs.get("task", CLASSIFICATION))
+
+    @property
+    def segmentation(self) -> bool:
+        """Whether the store holds a segmentation run (rows are image and class pairs, region targets)."""
+        return self.task == SEGMENTATION
 
     @property
     def class_names(self) -> list[str]:

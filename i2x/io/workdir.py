@@ -26,10 +26,13 @@ the report's chart folder is uploaded file by file after it was written locally.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,7 +40,7 @@ import numpy as np
 
 from i2x.errors import UserError
 from i2x.io.location import RemotePath, as_path
-from i2x.io.lock import LOCK_NAME
+from i2x.io.lock import LOCK_NAME, locked
 from i2x.io.store import Store
 from i2x.settings import name_list
 from i2x.version import __version__
@@ -127,6 +130,23 @@ def replace_dir(staged: Path, final: Path | RemotePath) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+# ---- encodings inside the JSON files -----------------------------------------------------------
+def pack_mask(mask: np.ndarray) -> str:
+    """A boolean [H, W] mask as hex of its packed bits (how reliance.json stores footprints)."""
+    return np.packbits(np.asarray(mask, dtype=bool).ravel()).tobytes().hex()
+
+
+def unpack_mask(hex_bits: str, size: tuple[int, int]) -> np.ndarray:
+    """The [H, W] bool mask :func:`pack_mask` stored."""
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(hex_bits), dtype=np.uint8))
+    return bits[: size[0] * size[1]].reshape(size).astype(bool)
+
+
+def assign_digest(assign: np.ndarray) -> str:
+    """A short fingerprint of the prototype assignments, recorded by a study so the report can tell it is stale."""
+    return hashlib.sha256(np.ascontiguousarray(assign, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
 # ---- is this an i2x analysis directory? ---------------------------------------------------------
 def is_analysis(out: str | Path | RemotePath) -> bool:
     """True if ``out`` holds the i2x marker, or (made before the marker existed) an i2x store."""
@@ -173,14 +193,58 @@ def read_json(path: str | Path | RemotePath, command: str) -> dict[str, Any]:
         raise UserError(f"{path}: not valid JSON ({exc}); rerun `{command}`") from None
 
 
-def load_summary(out: str | Path | RemotePath) -> dict[str, Any]:
+def load_summary(out: str | Path | RemotePath | AnalysisDir) -> dict[str, Any]:
     """Read ``DIR/summary.json`` (a UserError if the analysis has not run)."""
-    return read_json(as_path(out) / SUMMARY, f"i2x analyze {out}")
+    return read_json(_path(out) / SUMMARY, f"i2x analyze {out}")
 
 
-def save_summary(out: str | Path | RemotePath, summary: dict[str, Any]) -> Path | RemotePath:
+def save_summary(out: str | Path | RemotePath | AnalysisDir, summary: dict[str, Any]) -> Path | RemotePath:
     """Write ``DIR/summary.json`` atomically."""
-    return write_json(as_path(out) / SUMMARY, summary, indent=2)
+    return write_json(_path(out) / SUMMARY, summary, indent=2)
+
+
+def _path(out: str | Path | RemotePath | AnalysisDir) -> Path | RemotePath:
+    return out.path if isinstance(out, AnalysisDir) else as_path(out)
+
+
+# ---- the directory as one object ----------------------------------------------------------------
+@dataclass(frozen=True)
+class AnalysisDir:
+    """An analysis directory opened once (by the API) and handed to the stages: where it is, its store, its JSON
+    files and its lock, so no stage re-derives them from a bare string."""
+
+    path: Path | RemotePath
+
+    @classmethod
+    def at(cls, out: str | Path | RemotePath | AnalysisDir) -> AnalysisDir:
+        """``out`` as an :class:`AnalysisDir` (a path or URL is resolved once; an AnalysisDir is returned as is)."""
+        return out if isinstance(out, AnalysisDir) else cls(as_path(out))
+
+    def __truediv__(self, name: str) -> Path | RemotePath:
+        return self.path / name
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def store(self, mode: str = "r") -> Store:
+        """The analysis's Zarr store (a UserError if extraction has not run)."""
+        return Store.open(self.path, mode=mode)
+
+    def locked(self, enabled: bool = True) -> AbstractContextManager[None]:
+        """Hold the directory's lock (:func:`i2x.io.lock.locked`) while writing."""
+        return locked(self.path, enabled)
+
+    def read(self, name: str, command: str) -> dict[str, Any]:
+        """The JSON file ``name``; ``command`` writes it (named in the error when it is missing)."""
+        return read_json(self.path / name, command)
+
+    def write(self, name: str, data: Any, indent: int = 1) -> Path | RemotePath:
+        """Write the JSON file ``name`` strictly and atomically (:func:`write_json`)."""
+        return write_json(self.path / name, data, indent=indent)
+
+    def summary(self) -> dict[str, Any]:
+        """``summary.json`` (a UserError if the analysis has not run)."""
+        return load_summary(self.path)
 
 
 # ---- checkpoints of the store ------------------------------------------------------------------

@@ -18,3 +18,10 @@ def nan_mean_std(values: np.ndarray) -> dict[str, float | int | None]:
     if not finite.size:
         return {"mean": None, "std": None, "n": 0}
     return {"mean": float(finite.mean()), "std": float(finite.std()), "n": int(finite.size)}
+
+
+def evenly_spaced(n: int, at_most: int) -> np.ndarray:
+    """Up to ``at_most`` evenly spaced indices of ``range(n)``, always with the first and the last."""
+    if n <= at_most:
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, at_most)).astype(int))

@@ -43,7 +43,7 @@ def build_report(out_dir: str | Path, progress: bool = True, pngs: bool = True, 
         refuse_symlink(out / name)
     with locked(out):
         store = Store.open(out)
-        if store.attrs.get("task") == "segmentation":  # no prototype analysis: its own two sections
+        if store.segmentation:  # no prototype analysis: its own two sections
             return build_segmentation_report(store, out)
         r = ReportInputs.open(out, trust_analysis=trust_analysis)
         sections, reads = [], {}

@@ -13,13 +13,7 @@ from i2x.io.checkpoints.order import ORDERS
 from i2x.io.data import DATA_SPECS
 from i2x.io.location import as_path
 from i2x.io.models import MODEL_SPECS
-from i2x.settings import (
-    device_option,
-    name_list,
-    number_list,
-    option,
-    trust_checkpoints_option,
-)
+from i2x.settings import device_option, name_list, number_list, option, trust_checkpoints_option
 
 #: The fewest samples an analysis accepts: HDBSCAN's smallest confidence group (min_cluster_size 10).
 MIN_SAMPLES = 10

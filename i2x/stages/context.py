@@ -20,13 +20,7 @@ from torch.utils.data import Dataset, Subset
 
 from i2x.attribution import prefer_channels_last
 from i2x.errors import UserError
-from i2x.io.checkpoints import (
-    Checkpoint,
-    Listing,
-    list_checkpoints,
-    recorded_checkpoints,
-    select,
-)
+from i2x.io.checkpoints import Checkpoint, Listing, list_checkpoints, recorded_checkpoints, select
 from i2x.io.checkpoints.state_dicts import is_finite, load_into
 from i2x.io.data import DataOptions, ImageData, labels_of, load_data
 from i2x.io.devices import resolve_device
@@ -95,7 +89,7 @@ def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
         raise UserError(f"checkpoint directory {config.checkpoints} does not exist or is not a directory")
     opts = DataOptions(config.input_size, config.channels, config.mean, config.std)
     data = load_data(config.data, opts)
-    if data.task == "segmentation":
+    if data.segmentation:
         data = region_rows(data)  # a row per image and foreground class (i2x.stages.extract.regions)
     name_classes(config, data)
     dataset = data.split(config.split)

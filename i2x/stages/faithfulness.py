@@ -25,10 +25,8 @@ from tqdm.auto import tqdm
 
 from i2x.attribution import Attributor, display_maps, get_methods, tokens
 from i2x.errors import UserError
-from i2x.io.location import as_path
-from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import FAITHFULNESS, checkpoint_index, clean_json, describe_checkpoint, stored_methods, write_json
+from i2x.io.workdir import FAITHFULNESS, AnalysisDir, checkpoint_index, clean_json, describe_checkpoint, stored_methods
 from i2x.metrics.faithfulness import FILLS, MODES, auc, constant_colour, drop_at, fraction_grid, \
     perturbation_curves, pixel_order, random_order, select_buckets
 from i2x.metrics.stats import mean_std
@@ -179,7 +177,7 @@ class FaithfulnessConfig(ModelAccess):
     device: str = device_option()
 
 
-def faithfulness(out_dir: str | Path, config: FaithfulnessConfig | None = None, progress: bool = True,
+def faithfulness(out_dir: str | Path | AnalysisDir, config: FaithfulnessConfig | None = None, progress: bool = True,
                  **options: Any) -> dict[str, Any]:
     """Deletion/insertion study of one checkpoint's stored CAMs per sample bucket; writes ``DIR/faithfulness.json``.
 
@@ -193,8 +191,9 @@ def faithfulness(out_dir: str | Path, config: FaithfulnessConfig | None = None, 
     start = time.perf_counter()
     cfg = config or FaithfulnessConfig(**options)
     validate(cfg)
-    with locked(out_dir):  # no other i2x process rewrites the store while the study reads it
-        store = Store.open(out_dir)
+    out = AnalysisDir.at(out_dir)
+    with out.locked():  # no other i2x process rewrites the store while the study reads it
+        store = out.store()
         t = checkpoint_index(store, cfg.checkpoint)
         methods = stored_methods(store, cfg.methods)
         chosen, predicted = _buckets(store, t, cfg)
@@ -214,7 +213,7 @@ def faithfulness(out_dir: str | Path, config: FaithfulnessConfig | None = None, 
             bar.update(0 if rows.size else len(methods) + 1)
         bar.close()
         result["seconds"] = round(time.perf_counter() - start, 3)
-        write_json(as_path(out_dir) / FAITHFULNESS, result)
+        out.write(FAITHFULNESS, result)
     return clean_json(result)
 
 

@@ -27,6 +27,7 @@ from i2x.io.segnets import pixel_logits
 from i2x.errors import UserError
 from i2x.settings import device_option, option, validate
 from i2x.io.workdir import refuse_symlink, write_bytes
+from i2x.io.datasets import CLASSIFICATION, TASKS
 
 
 @dataclass
@@ -45,9 +46,9 @@ class TrainConfig:
     device: str = device_option()
     progress: bool = option(True, "show progress bars", cli=False)
     overwrite: bool = option(False, "write into a non-empty folder, deleting its epoch_*.pt snapshots first")
-    task: str = option("classification", "what the model learns: a class per image, or a class per pixel "
+    task: str = option(CLASSIFICATION, "what the model learns: a class per image, or a class per pixel "
                        "(segmentation data and a segmentation model, e.g. --model small-segnet)",
-                       choices=("classification", "segmentation"))
+                       choices=TASKS)
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import numpy as np
 
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, class_ref, img, proto_ref
@@ -27,7 +26,6 @@ THRESHOLD_HELP = {
     "curation_min_share": "curation: a sample is excluded if the prototype covers this share of its locations",
 }
 
-MAX_FILM_COLUMNS = 12
 MAX_UNCERTAIN_CARDS = 8
 MAX_CARTOGRAPHY_POINTS = 5000
 MAX_HEATMAP_CELLS = 60_000  # β rows (step x prototype x class) embedded for the slider
@@ -62,13 +60,6 @@ def _groups_fact(s: dict) -> str:
         text += (f"; fitted on a seeded sample of {fit:,} of the {n:,} samples (min_cluster_size "
                  f"{g['fit_min_cluster_size']} there), the others labelled by hdbscan.approximate_predict")
     return text
-
-
-def _even(n: int, at_most: int) -> np.ndarray:
-    """Up to ``at_most`` evenly spaced indices of ``range(n)``, always with the first and the last."""
-    if n <= at_most:
-        return np.arange(n)
-    return np.unique(np.round(np.linspace(0, n - 1, at_most)).astype(int))
 
 
 def mean_pm(stats: dict[str, Any] | None, mean: str = "mean", spread: str = "std") -> str:

@@ -10,13 +10,14 @@ import pandas as pd
 from i2x.reporting import charts
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Section
-from i2x.reporting.sections.common import MAX_CARTOGRAPHY_POINTS, MAX_HEATMAP_CELLS, _even
+from i2x.metrics.stats import evenly_spaced
+from i2x.reporting.sections.common import MAX_CARTOGRAPHY_POINTS, MAX_HEATMAP_CELLS
 
 
 def dynamics(r: ReportInputs) -> Section:
     names, s = r.names, r.summary
     beta = r.read("analysis/beta")
-    shown = _even(beta.shape[0], max(2, MAX_HEATMAP_CELLS // (beta.shape[1] * beta.shape[2])))
+    shown = evenly_spaced(beta.shape[0], max(2, MAX_HEATMAP_CELLS // (beta.shape[1] * beta.shape[2])))
     labels_step = [r.step_label(int(i)) for i in shown]
     initial = charts.strongest_step(beta[shown])
     caption = (f"Move the slider to walk through training; it opens on the step with the largest |β| "

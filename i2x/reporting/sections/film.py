@@ -1,19 +1,16 @@
 """The CAM film strips: maps of chosen samples over the checkpoints, for every stored CAM method (a switch picks one),
 scaled per frame or per strip (a second switch), and for a misclassified sample also the maps of the class the
-model answered, computed on demand with the model."""
+model answered. The samples and those maps come from the store (:mod:`i2x.stages.film`, run by ``i2x report``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from i2x.errors import UserError
 from i2x.reporting.images import jet, map_tiles, png_uri, resize, to_rgb
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Section, class_ref, esc, img, scrub_paths
-from i2x.reporting.sections.common import MAX_FILM_COLUMNS, _even
 
 SCALES = {"frame": "each frame to its own peak", "strip": "one scale per strip (weak maps look weak)"}
 
@@ -33,29 +30,6 @@ def _frames(tiles: dict[str, dict[str, np.ndarray]], i: int, j: int, alt_text: s
                    for m, per_scale in tiles.items() for scale, t in per_scale.items())
 
 
-def _predicted_maps(r: ReportInputs, rows: np.ndarray, targets: np.ndarray, cols: np.ndarray,
-                    usable: np.ndarray, methods: list[str]) -> tuple[dict[str, np.ndarray] | None, str | None]:
-    """Raw maps ``[T, B, h, w]`` per method explaining class ``targets`` of store rows ``rows`` at checkpoints ``cols``
-    (NaN where a checkpoint diverged), recomputed with the model; or (None, why) when it cannot be rebuilt."""
-    from i2x.stages.context import open_context
-    from i2x.stages.faithfulness import cams_for_targets
-
-    h, w = r.store.grid
-    out = {m: np.full((cols.size, rows.size, h, w), np.nan, dtype=np.float32) for m in methods}
-    try:
-        ctx = open_context(r.store, device="cpu", batch_size=64, trust_analysis=r.trust_analysis)
-        x = torch.stack([ctx.dataset[int(i)][0] for i in rows])
-        for i, t in enumerate(cols):
-            if usable[i]:
-                ctx.load(ctx.checkpoint(r.checkpoints[t]["name"]))
-                ctx.model.eval()
-                for m, maps in cams_for_targets(r.store, ctx, int(t), rows, x, targets, methods).items():
-                    out[m][i] = maps.numpy()
-    except (UserError, OSError, RuntimeError) as exc:
-        return None, scrub_paths(str(exc), r.out_dir)
-    return out, None
-
-
 def film_strips(r: ReportInputs) -> Section:
     """The strips of the samples :func:`_film_rows` picks, over evenly spaced checkpoints, with their switches."""
     explains = "the true class" if r.store.config.get("target", "true") == "true" else "the predicted class"
@@ -66,9 +40,12 @@ def film_strips(r: ReportInputs) -> Section:
              "one scale; captions give the prediction, p(the strip's class) and the raw peak, which is what I2X tracks.")
     if r.images_unavailable:
         return Section("films", "CAM film strips", intro, "", [f"Input images unavailable: {r.images_unavailable}"])
-    rows, why = _film_rows(r)
+    film = r.store.attrs.get("film")
+    if film is None or not r.store.has("film/rows"):
+        return Section("films", "CAM film strips", intro, "",
+                       [f"Not prepared: `i2x report {r.shown_dir}` picks the samples and computes their maps."])
+    rows, why, cols = r.read("film/rows"), film["why"], r.read("film/columns")
     methods = [r.method] + [m for m in r.store.methods if m != r.method]
-    cols = _even(len(r.checkpoints), MAX_FILM_COLUMNS)
     order = np.argsort(rows)
     back = np.argsort(order)
     cams = {m: r.store.cam(m).get_orthogonal_selection((cols, rows[order]))[:, back] for m in methods}
@@ -77,13 +54,13 @@ def film_strips(r: ReportInputs) -> Section:
     labels, index = r.read("labels")[rows], r.read("sample_index")[rows]
     usable = r.read("finite")[cols].astype(bool)
     pred = np.nan_to_num(probs).argmax(axis=2)
-    final = np.nan_to_num(np.asarray(r.store.array("probs")[r.final])[rows]).argmax(axis=1)
-    wrong = np.flatnonzero(final != labels) if explains == "the true class" else np.zeros(0, dtype=int)
+    final = np.zeros(rows.size, dtype=np.int64)
+    wrong = np.asarray(film["answered"], dtype=np.int64)
+    final[wrong] = film["answer_class"]
     notes = []
-    answered, why_not = (_predicted_maps(r, rows[wrong], final[wrong], cols, usable, methods) if wrong.size
-                         else (None, None))
-    if why_not:
-        notes.append(f"Maps for the class the model answered are unavailable: {why_not}")
+    answered = {m: r.read(f"film/answer/{m}") for m in methods} if wrong.size and not film["unavailable"] else None
+    if film["unavailable"]:
+        notes.append(f"Maps for the class the model answered are unavailable: {scrub_paths(film['unavailable'], r.out_dir)}")
     strips = [(j, cams, labels[j], None) for j in range(rows.size)]
     if answered:
         extra = {int(j): n for n, j in enumerate(wrong)}
@@ -146,27 +123,3 @@ def _strip_row(r: ReportInputs, f: _Facts, j: int, maps: dict[str, np.ndarray], 
                '<span class="muted">same sample, maps of the class it predicts at the end</span>')
     picture = f'<td><div class="frame film-in-{j}" role="img" aria-label="input image"></div></td>'
     return f'<tr><td class="who">{who}</td>' + picture + "".join(cells) + "</tr>"
-
-
-def _film_rows(r: ReportInputs, per_class: int = 2, confused: int = 6) -> tuple[np.ndarray, list[str]]:
-    """Store rows for the film strips with why each was picked: per class the most confident and the most variable
-    sample, then the samples with the lowest final p(true class)."""
-    labels = r.read("labels")
-    conf_, var_ = r.read("analysis/confidence"), r.read("analysis/variability")
-    m = len(r.names)
-    classes = np.arange(min(m, 20))
-    picks: list[tuple[int, int, str]] = []  # (sort key, row, why)
-    for rank, (key, why) in enumerate(((-conf_, "most confident"), (-var_, "most variable"))[:per_class]):
-        order = np.lexsort((key, labels))
-        pos = np.searchsorted(labels[order], classes)
-        has = (pos < order.size) & (labels[order][np.minimum(pos, order.size - 1)] == classes)
-        picks += [(int(c) * per_class + rank, int(order[p]), why) for c, p in zip(classes[has], pos[has])]
-    final = np.asarray(r.store.array("probs")[r.final])
-    p_final = final[np.arange(labels.size), labels]
-    wrong = final.argmax(axis=1) != labels
-    for i in np.argsort(p_final, kind="stable")[:confused]:
-        picks.append((m * per_class, int(i), "misclassified" if wrong[i] else "least confident at the end"))
-    seen: dict[int, str] = {}
-    for _key, i, why in sorted(picks, key=lambda p: p[0]):
-        seen.setdefault(i, why)
-    return np.array(list(seen), dtype=np.int64), list(seen.values())

@@ -11,12 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from i2x.io.workdir import RELIANCE
+from i2x.io.workdir import RELIANCE, assign_digest, unpack_mask
 from i2x.reporting.images import HIGHLIGHT, jet, png_uri, resize, to_rgb
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, chip, esc, img, table
-from i2x.stages.reliance import assign_digest
-from i2x.stages.reliance.paste import unpack_footprint
 
 TITLE = "Reliance: what the model depends on"
 THUMB = 64
@@ -67,7 +65,7 @@ def _pictures(r: ReportInputs, p: dict[str, Any]) -> str:
         return ""
     rows = np.asarray(p["gallery"], dtype=np.int64)
     images = r.images(rows)
-    masks = np.stack([unpack_footprint(f, images.shape[-2:]) for f in p["footprints"]])
+    masks = np.stack([unpack_mask(f, images.shape[-2:]) for f in p["footprints"]])
     shots = tinted(images, masks)
     labels, index = r.read("labels")[rows], r.read("sample_index")[rows]
     return '<div class="patches">' + "".join(

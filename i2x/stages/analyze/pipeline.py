@@ -25,19 +25,12 @@ from i2x.analysis import ConfidenceGroups, RidgeMapping, Structure, cartography
 from i2x.analysis.groups import default_min_cluster_size
 from i2x.analysis.significance import FlipSignificance
 from i2x.errors import UserError
-from i2x.io.location import RemotePath, as_path
-from i2x.io.lock import locked
+from i2x.io.location import RemotePath
 from i2x.io.store import Store
-from i2x.io.workdir import save_summary
+from i2x.io.workdir import AnalysisDir, save_summary
 from i2x.settings import validate
 from i2x.stages.analyze.config import MAX_MIN_SAMPLES, AnalyzeConfig
-from i2x.stages.analyze.steps import (
-    AtCheckpoints,
-    write_accuracy,
-    write_intensity,
-    write_mapping,
-    write_prototypes,
-)
+from i2x.stages.analyze.steps import AtCheckpoints, write_accuracy, write_intensity, write_mapping, write_prototypes
 from i2x.stages.analyze.summary import build_summary, curation_excludes, significance_summary
 
 
@@ -65,17 +58,18 @@ class _Progress:
         self.bar.update()
 
 
-def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool = True) -> AnalyzeResult:
+def analyze(out_dir: str | Path | AnalysisDir, config: AnalyzeConfig | None = None, progress: bool = True) -> AnalyzeResult:
     """Analyse the store in ``out`` and write ``analysis/`` arrays and ``summary.json``."""
     cfg = config or AnalyzeConfig()
     validate(cfg)
-    with locked(out):
-        store = Store.open(out, mode="a")
+    out = AnalysisDir.at(out_dir)
+    with out.locked():
+        store = out.store(mode="a")
         store.require_complete()
-        if store.attrs.get("task") == "segmentation":
+        if store.segmentation:
             raise UserError(f"{store.path} holds a segmentation run; the prototype analysis (i2x analyze, run, reliance, "
                             "finetune) is for classifiers; i2x benchmark explains segmentation runs")
-        return _analyze(store, as_path(out), cfg, progress)
+        return _analyze(store, out.path, cfg, progress)
 
 
 def _analyze(store: Store, out: Path | RemotePath, cfg: AnalyzeConfig, progress: bool) -> AnalyzeResult:

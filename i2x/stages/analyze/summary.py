@@ -7,13 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from i2x.analysis import (
-    ConfidenceGroups,
-    Prototypes,
-    RidgeMapping,
-    Structure,
-    cartography_summary,
-)
+from i2x.analysis import ConfidenceGroups, Prototypes, RidgeMapping, Structure, cartography_summary
 from i2x.analysis.intensity import MIN_SHARE
 from i2x.analysis.significance import FlipSignificance
 from i2x.io.store import Store

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,15 +21,8 @@ import torch.nn.functional as F
 from i2x.attribution import METHODS, Attributor, get_methods
 from i2x.attribution.fusion import dual_evidence
 from i2x.attribution.regions import RegionModel, predicted_regions, region_occlusion
-from i2x.io.location import as_path
 from i2x.io.store import Store
-from i2x.io.workdir import (
-    BENCHMARK,
-    clean_json,
-    describe_checkpoint,
-    select_checkpoints,
-    write_json,
-)
+from i2x.io.workdir import BENCHMARK, AnalysisDir, clean_json, describe_checkpoint, select_checkpoints
 from i2x.metrics import leakage as lk
 from i2x.metrics.drift import iou_top, spearman
 from i2x.metrics.faithfulness import value_at
@@ -39,7 +31,8 @@ from i2x.metrics.robustness import TRANSFORMS
 from i2x.metrics.stats import nan_mean_std as mean_std
 from i2x.stages.benchmark.inputs import BenchmarkConfig, resolve_methods
 from i2x.stages.context import open_context
-from i2x.stages.extract.regions import TASK, batch_of, region_rows_of
+from i2x.stages.extract.regions import batch_of, region_rows_of
+from i2x.io.datasets import SEGMENTATION
 
 
 class RegionExplainer:
@@ -119,7 +112,7 @@ def _regions(wrapper: RegionModel, x: torch.Tensor, classes: torch.Tensor, truth
         return predicted_regions(wrapper.pixel_logits(x), classes, truth).cpu()
 
 
-def benchmark_regions(store: Store, cfg: BenchmarkConfig, out_dir: str | Path) -> dict[str, Any]:
+def benchmark_regions(store: Store, cfg: BenchmarkConfig, out: AnalysisDir) -> dict[str, Any]:
     """The attribution benchmark of a segmentation store (module docstring); writes ``DIR/benchmark.json``."""
     start = time.perf_counter()
     methods = resolve_methods(cfg, store)
@@ -132,7 +125,7 @@ def benchmark_regions(store: Store, cfg: BenchmarkConfig, out_dir: str | Path) -
     predicted = store.config.get("target", "true") == "predicted"
     grid, layer = store.grid, store.attrs["layer"]
     result: dict[str, Any] = {
-        "task": TASK, "settings": {**asdict(cfg), "methods": methods}, "methods": methods, "n_samples": int(rows.size),
+        "task": SEGMENTATION, "settings": {**asdict(cfg), "methods": methods}, "methods": methods, "n_samples": int(rows.size),
         "n_detail": int(detail.size), "rows": rows, "removed_fractions": removed, "grid": list(grid),
         "class_names": store.class_names, "transforms": {k: v[1] for k, v in TRANSFORMS.items()},
         "region": "predicted" if predicted else "true", "checkpoints": [], "results": {}, "random": {},
@@ -203,5 +196,5 @@ def benchmark_regions(store: Store, cfg: BenchmarkConfig, out_dir: str | Path) -
                        for n, per in result["results"].items() for m, s in per.items() if not s["beats_random"]]
     result["seconds"] = round(time.perf_counter() - start, 3)
     result["ms_per_image"] = 1000 * result["seconds"] / (rows.size * len(ts))
-    write_json(as_path(out_dir) / BENCHMARK, result)
+    out.write(BENCHMARK, result)
     return clean_json(result)

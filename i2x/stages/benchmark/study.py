@@ -25,16 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from i2x.io.location import as_path
-from i2x.io.lock import locked
-from i2x.io.store import Store
-from i2x.io.workdir import (
-    BENCHMARK,
-    clean_json,
-    describe_checkpoint,
-    select_checkpoints,
-    write_json,
-)
+from i2x.io.workdir import BENCHMARK, clean_json, describe_checkpoint, select_checkpoints
 from i2x.metrics import leakage as lk
 from i2x.metrics.robustness import TRANSFORMS
 from i2x.metrics.stats import nan_mean_std as mean_std
@@ -46,6 +37,7 @@ from i2x.stages.benchmark.regions import benchmark_regions
 from i2x.stages.benchmark.robustness import robustness_scores
 from i2x.stages.benchmark.sanity import randomisation, similarity
 from i2x.stages.context import open_context
+from i2x.io.workdir import AnalysisDir
 
 __all__ = ["BenchmarkConfig", "benchmark"]
 
@@ -75,15 +67,16 @@ def _notes(result: dict[str, Any]) -> list[str]:
     return notes
 
 
-def benchmark(out_dir: str | Path, config: BenchmarkConfig | None = None, **options: Any) -> dict[str, Any]:
+def benchmark(out_dir: str | Path | AnalysisDir, config: BenchmarkConfig | None = None, **options: Any) -> dict[str, Any]:
     """Benchmark every method at the chosen checkpoints; writes ``DIR/benchmark.json`` and returns it."""
     cfg = config or BenchmarkConfig(**options)
     start, cpu_start = time.perf_counter(), time.process_time()
     validate(cfg)
-    with locked(out_dir):  # no other i2x process rewrites the store while the benchmark reads it
-        store = Store.open(out_dir)
-        if store.attrs.get("task") == "segmentation":  # region targets: i2x.stages.benchmark.regions
-            return benchmark_regions(store, cfg, out_dir)
+    out = AnalysisDir.at(out_dir)
+    with out.locked():  # no other i2x process rewrites the store while the benchmark reads it
+        store = out.store()
+        if store.segmentation:  # region targets: i2x.stages.benchmark.regions
+            return benchmark_regions(store, cfg, out)
         methods = resolve_methods(cfg, store)
         ts = select_checkpoints(store, cfg.checkpoints, cfg.every)
         labels = store.read("labels")
@@ -142,5 +135,5 @@ def benchmark(out_dir: str | Path, config: BenchmarkConfig | None = None, **opti
         result["seconds"] = round(time.perf_counter() - start, 3)
         result["cpu_seconds"] = round(time.process_time() - cpu_start, 3)  # all threads: wall time on a shared machine
         result["ms_per_image"] = 1000 * result["seconds"] / (rows.size * len(ts))
-        write_json(as_path(out_dir) / BENCHMARK, result)
+        out.write(BENCHMARK, result)
         return clean_json(result)

@@ -87,7 +87,7 @@ def compare_models(out_dirs: Sequence[str | Path], config: DriftConfig | None = 
     dirs = [Path(d) for d in out_dirs]
     names = _run_names(dirs, names)
     stores = [Store.open(d) for d in dirs]
-    regions = [str(d) for d, s in zip(out_dirs, stores) if s.attrs.get("task") == "segmentation"]
+    regions = [str(d) for d, s in zip(out_dirs, stores) if s.segmentation]
     if regions:
         raise UserError(f"{', '.join(regions)}: a segmentation run; the drift across runs compares classifiers' "
                         "true positives, so run i2x drift on each segmentation run alone")

@@ -24,28 +24,12 @@ from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from i2x.errors import UserError
-from i2x.io.location import as_path
-from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import (
-    DRIFT,
-    checkpoint_index,
-    clean_json,
-    describe_checkpoint,
-    stored_methods,
-    usable_checkpoints,
-    write_json,
-)
-from i2x.metrics.drift import (
-    centroid,
-    drift_metrics,
-    empty_either,
-    rank_reversals,
-    summarize,
-    without_empty,
-)
+from i2x.io.workdir import DRIFT, checkpoint_index, clean_json, describe_checkpoint, stored_methods, usable_checkpoints
+from i2x.metrics.drift import centroid, drift_metrics, empty_either, rank_reversals, summarize, without_empty
 from i2x.settings import name_list, option, trust_analysis_option, validate
 from i2x.stages.context import open_data
+from i2x.io.workdir import AnalysisDir
 
 #: Drift metrics written per sample class; shift_px is in pixels of the input image.
 DRIFT_METRICS = ("iou", "shift_px", "shift_frac", "spearman", "concentration_a", "concentration_b",
@@ -121,7 +105,7 @@ class DriftReader:
     def __init__(self, store: Store, top: float, trust_analysis: bool = False) -> None:
         self.store = store
         self.top = top
-        self.regions = store.attrs.get("task") == "segmentation"
+        self.regions = store.segmentation
         self.labels = store.read("labels")
         self.grid = store.grid
         self.input_size = _input_size(store, trust_analysis)
@@ -223,7 +207,7 @@ def ranking(stability: dict[str, dict[str, float]], metric: str, noun: str,
     }
 
 
-def drift(out_dir: str | Path, config: DriftConfig | None = None, progress: bool = True,
+def drift(out_dir: str | Path | AnalysisDir, config: DriftConfig | None = None, progress: bool = True,
           **options: Any) -> dict[str, Any]:
     """Semantic drift of the stored CAMs from checkpoint ``from_`` to ``to``; writes ``DIR/drift.json``.
 
@@ -239,8 +223,9 @@ def drift(out_dir: str | Path, config: DriftConfig | None = None, progress: bool
     cfg = config or DriftConfig(**options)
     validate(cfg)
     start = time.perf_counter()
-    with locked(out_dir):  # no other i2x process rewrites the store while the study reads it
-        store = Store.open(out_dir)
+    out = AnalysisDir.at(out_dir)
+    with out.locked():  # no other i2x process rewrites the store while the study reads it
+        store = out.store()
         methods = stored_methods(store, cfg.methods)
         a, b = checkpoint_pair(store, cfg.from_, cfg.to, cfg.phase_split)
         reader = DriftReader(store, cfg.top, cfg.trust_analysis)
@@ -253,7 +238,7 @@ def drift(out_dir: str | Path, config: DriftConfig | None = None, progress: bool
             "methods": {},
         }
         if reader.regions:
-            result.update(task="segmentation", rows=SEGMENTATION_ROWS, n_counted=int(keep.sum()))
+            result.update(task=store.task, rows=SEGMENTATION_ROWS, n_counted=int(keep.sum()))
         for m in methods:
             maps = (reader.cam(m, a), reader.cam(m, b))
             result["methods"][m] = reader.summary(reader.metrics(m, a, b, keep, maps), keep)
@@ -263,7 +248,7 @@ def drift(out_dir: str | Path, config: DriftConfig | None = None, progress: bool
         if cfg.consecutive:
             result["consecutive"] = _consecutive(reader, methods, progress)
         result["seconds"] = round(time.perf_counter() - start, 3)
-        write_json(as_path(out_dir) / DRIFT, result)
+        out.write(DRIFT, result)
     return clean_json(result)
 
 

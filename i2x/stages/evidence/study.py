@@ -27,10 +27,8 @@ from i2x.attribution.mask_generators import GENERATORS
 from i2x.attribution.minimal_evidence import EvidenceMasks, MinimalEvidence
 from i2x.errors import UserError
 from i2x.io.devices import memory_size, resolve_device
-from i2x.io.location import as_path
-from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import EVIDENCE, clean_json, describe_checkpoint, select_checkpoints, write_json
+from i2x.io.workdir import EVIDENCE, AnalysisDir, clean_json, describe_checkpoint, select_checkpoints
 from i2x.metrics.evidence import FILLS, fill_of, iou_at_equal_area, leakage
 from i2x.metrics.stats import mean_std
 from i2x.settings import device_option, name_list, option, validate
@@ -103,7 +101,7 @@ def _stats(values: np.ndarray) -> dict[str, float] | None:
     return mean_std(values) if values.size else None
 
 
-def evidence(out_dir: str | Path, config: EvidenceConfig | None = None, progress: bool = True,
+def evidence(out_dir: str | Path | AnalysisDir, config: EvidenceConfig | None = None, progress: bool = True,
              **options: Any) -> dict[str, Any]:
     """Minimal evidence masks of the chosen samples at the chosen checkpoints; writes ``evidence/`` in the store
     and ``DIR/evidence.json`` and returns that JSON. Pass an :class:`EvidenceConfig` or its fields."""
@@ -112,8 +110,9 @@ def evidence(out_dir: str | Path, config: EvidenceConfig | None = None, progress
     validate(cfg)
     if len(cfg.weights) != 3:
         raise UserError(f"--weights {','.join(map(str, cfg.weights))}: give three weights, matching,minimality,robustness")
-    with locked(out_dir):  # no other i2x process rewrites the store while the masks are written
-        store = Store.open(out_dir, mode="a")
+    out = AnalysisDir.at(out_dir)
+    with out.locked():  # no other i2x process rewrites the store while the masks are written
+        store = out.store(mode="a")
         rows, whys = select_samples(store, cfg.samples, cfg.max_samples, cfg.seed)
         ts = select_checkpoints(store, cfg.checkpoints)
         labels, names, methods = store.read("labels"), store.class_names, store.methods
@@ -165,7 +164,7 @@ def evidence(out_dir: str | Path, config: EvidenceConfig | None = None, progress
         summary = _summary(store, cfg, optimiser, ts, rows, whys, arrays, labels, names, methods)
         summary["settings"]["batch_size_used"] = min(batch, int(rows.size))
         summary["seconds"] = round(time.perf_counter() - start, 3)
-        write_json(as_path(out_dir) / EVIDENCE, summary)
+        out.write(EVIDENCE, summary)
     return clean_json(summary)
 
 

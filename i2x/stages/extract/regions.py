@@ -32,9 +32,9 @@ from i2x.io.workdir import claim
 from i2x.stages.context import Context
 from i2x.stages.provenance import code_record
 from i2x.stages.extract.result import ExtractResult, finite_or_nan
+from i2x.io.datasets import SEGMENTATION
 
 log = logging.getLogger(__name__)
-TASK = "segmentation"
 
 
 def region_rows_of(ctx: Context) -> tuple[RegionRows, np.ndarray]:
@@ -81,7 +81,7 @@ def extract_regions(ctx: Context, out: str | Path, overwrite: bool, progress: bo
             out, config=config.fingerprint(), checkpoints=[{**c.describe(), "sha256": c.sha256()} for c in ctx.checkpoints],
             class_names=ctx.data.class_names, labels=ctx.labels, sample_index=ctx.sample_index, grid=(int(h), int(w)),
             channels=int(d), methods=list(config.methods), chunk_n=config.batch_size, overwrite=overwrite)
-        store.note({"trust_checkpoints": config.trust_checkpoints, "code": code_record(config), "task": TASK,
+        store.note({"trust_checkpoints": config.trust_checkpoints, "code": code_record(config), "task": SEGMENTATION,
                     "row_images": rows.samples[positions].tolist(), "input_size": list(ctx.data.input_size)})
         result = ExtractResult(store.path, layer, (int(h), int(w)), samples=len(positions))
         methods = get_methods(list(config.methods))

@@ -84,7 +84,7 @@ def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progres
             ctx = build_context(config)
             ctx.device = device
             ctx.model.to(device)
-            if ctx.data.task == "segmentation":  # region targets, one process: i2x.stages.extract.regions
+            if ctx.data.segmentation:  # region targets, one process: i2x.stages.extract.regions
 
                 return extract_regions(ctx, out, overwrite, progress, start_time, dist.world)
             layer, grid, channels, layout = _probe(ctx, config.layer)

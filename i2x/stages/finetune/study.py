@@ -49,7 +49,7 @@ from i2x.io.data import labels_of
 from i2x.io.location import is_remote
 from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import FINETUNE, FINETUNE_DIR, load_summary, write_json
+from i2x.io.workdir import FINETUNE, FINETUNE_DIR, AnalysisDir, load_summary, write_json
 from i2x.settings import validate
 from i2x.stages.context import Context, open_context, open_data
 from i2x.stages.finetune.controls import CONTROLS, control_exclusions
@@ -61,7 +61,7 @@ from i2x.stages.training import subset
 from i2x.stages.finetune.config import DEFAULT_LR, DEFAULT_SEEDS, FinetuneConfig, Plan, SET_NAMES, STUDY_SEEDS, STUDY_STRATEGIES
 
 
-def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress: bool = True,
+def finetune(out_dir: str | Path | AnalysisDir, config: FinetuneConfig | None = None, progress: bool = True,
              **options: Any) -> FinetuneResult:
     """Fine-tune the final checkpoint of the analysis in ``out_dir`` with each strategy and seed; print the table.
 
@@ -81,7 +81,7 @@ def finetune(out_dir: str | Path, config: FinetuneConfig | None = None, progress
     if is_remote(out_dir) or (cfg.dest is not None and is_remote(cfg.dest)):
         raise UserError(f"i2x finetune {out_dir}: fine-tuning writes model snapshots to a local directory; copy the "
                         "analysis directory from object storage first (e.g. aws s3 sync) and run it there")
-    out = Path(out_dir)
+    out = Path(str(out_dir))
     plan = Plan(_parse_strategies(STUDY_STRATEGIES if cfg.study else cfg.strategies),
                 _seed_list(cfg.seeds if cfg.seeds is not None else STUDY_SEEDS if cfg.study else DEFAULT_SEEDS),
                 _check_epochs(cfg.epochs), _check_lr(cfg.optimizer, cfg.lr))

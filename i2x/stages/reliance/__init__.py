@@ -5,6 +5,6 @@ footprints, `verdict` unit rows, ranking, verdict and concept table.
 The modules import each other, never this package."""
 
 from i2x.stages.reliance.config import RelianceConfig
-from i2x.stages.reliance.study import assign_digest, reliance
+from i2x.stages.reliance.study import reliance
 
-__all__ = ["RelianceConfig", "assign_digest", "reliance"]
+__all__ = ["RelianceConfig", "reliance"]

@@ -1,5 +1,6 @@
 """The paste test of the reliance study: a unit's input footprint from class-c donors pasted into held-out
 images of other classes, against random patches of the same shape from the same donors."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -11,10 +12,11 @@ from torch.utils.data import Dataset
 
 from i2x.attribution.interventions import margin, transplant_logits
 from i2x.attribution.receptive_field import Footprints, shifted
+from i2x.io.workdir import pack_mask
 from i2x.metrics.reliance import agreement, paired
 from i2x.stages.context import Context
-from i2x.stages.reliance.deletion import choose, images_at
 from i2x.stages.reliance.config import RelianceConfig
+from i2x.stages.reliance.deletion import choose, images_at
 
 
 def recipient_pool(ctx: Context, cfg: RelianceConfig,
@@ -69,11 +71,4 @@ def gallery_footprints(unit_assign: np.ndarray, gallery: list[int], u: int, foot
     rows = np.asarray(gallery)
     images, _ = images_at(analysed, rows_index[rows], batch_size)
     masks = footprints(images, torch.from_numpy(unit_assign[rows] == u)).numpy()
-    return [np.packbits(mask.ravel()).tobytes().hex() for mask in masks]
-
-
-def unpack_footprint(hex_bits: str, size: tuple[int, int]) -> np.ndarray:
-    """The [H, W] bool footprint stored by the study (inverse of its packing)."""
-    bits = np.unpackbits(np.frombuffer(bytes.fromhex(hex_bits), dtype=np.uint8))
-    return bits[: size[0] * size[1]].reshape(size).astype(bool)
-
+    return [pack_mask(mask) for mask in masks]

@@ -49,7 +49,6 @@ Results go to ``DIR/reliance.json`` (concepts and prototypes, per-sample deletio
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -64,10 +63,8 @@ from i2x.attribution import get_layer
 from i2x.attribution.interventions import CellReplacement, transplant_logits
 from i2x.attribution.receptive_field import Footprints, cell_fields
 from i2x.attribution.tokens import Layout
-from i2x.io.location import as_path
-from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import RELIANCE, load_summary, save_summary, write_json
+from i2x.io.workdir import RELIANCE, AnalysisDir, assign_digest, save_summary
 from i2x.metrics.reliance import lift, presence_stats
 from i2x.settings import validate
 from i2x.stages.context import Context, open_context
@@ -78,7 +75,7 @@ from i2x.stages.reliance.verdict import (CONCEPT_RULE, FILL, FOOTPRINT, RULE, ga
 from i2x.stages.reliance.config import RelianceConfig
 
 
-def reliance(out_dir: str | Path, config: RelianceConfig | None = None, progress: bool = True,
+def reliance(out_dir: str | Path | AnalysisDir, config: RelianceConfig | None = None, progress: bool = True,
              trust_checkpoints: bool = False, trust_analysis: bool = False, model: str | None = None,
              **options: Any) -> dict[str, Any]:
     """Run the reliance study on the analysis in ``out_dir``: writes ``reliance.json`` and merges a ``reliance``
@@ -86,14 +83,15 @@ def reliance(out_dir: str | Path, config: RelianceConfig | None = None, progress
     ``trust_checkpoints``, ``trust_analysis`` and ``model`` are as in :func:`i2x.stages.context.open_context`."""
     cfg = config or RelianceConfig(**options)
     validate(cfg)
-    with locked(out_dir):
-        store = Store.open(out_dir, mode="r")
-        summary = load_summary(out_dir)
+    out = AnalysisDir.at(out_dir)
+    with out.locked():
+        store = out.store()
+        summary = out.summary()
         ctx = open_context(store, None, cfg.device, cfg.batch_size, trust_checkpoints, trust_analysis, model)
         result = _study(store, ctx, cfg, progress)
-        write_json(as_path(out_dir) / RELIANCE, result, indent=2)
+        out.write(RELIANCE, result, indent=2)
         summary["reliance"] = summary_entry(result)
-        save_summary(out_dir, summary)
+        save_summary(out, summary)
     return result
 
 
@@ -237,9 +235,3 @@ class _Trial:
         """The unit's footprints in its gallery images (packed, for the report)."""
         return gallery_footprints(unit_assign, gallery, u, self.footprints, self.analysed, self.rows_index,
                                   self.cfg.batch_size)
-
-
-def assign_digest(assign: np.ndarray) -> str:
-    """A short fingerprint of the prototype assignments, so a report can tell reliance.json is stale."""
-    return hashlib.sha256(np.ascontiguousarray(assign, dtype=np.int64).tobytes()).hexdigest()[:16]
-
