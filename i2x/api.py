@@ -21,9 +21,9 @@ import i2x.stages.training
 from i2x.errors import UserError
 from i2x.io.data import DataOptions, load_data
 from i2x.io.distributed import LaunchConfig, torchrun_command
-from i2x.io.location import RemotePath, as_path
+from i2x.io.location import RemotePath
 from i2x.io.segnets import check_pixel_logits
-from i2x.io.workdir import SUMMARY, load_summary
+from i2x.io.workdir import SUMMARY, AnalysisDir
 from i2x.settings import option, validate, validate_values
 from i2x.stages.analyze import AnalyzeConfig, AnalyzeResult
 from i2x.stages.benchmark import BenchmarkConfig
@@ -35,6 +35,7 @@ from i2x.stages.film import prepare_film
 from i2x.stages.training import TrainConfig, TrainResult
 
 # The studies whose stage function is the API function itself, re-exported unchanged (listed in i2x.API).
+from i2x.io.workdir import load_summary  # noqa: F401
 from i2x.stages.drift import DriftConfig, drift  # noqa: F401
 from i2x.stages.evidence import EvidenceConfig, evidence  # noqa: F401
 from i2x.stages.faithfulness import FaithfulnessConfig, faithfulness  # noqa: F401
@@ -136,6 +137,7 @@ def run(out: str | Path = "analyses/run", config: RunConfig | None = None, analy
     analyze_config = analyze_config or AnalyzeConfig()
     validate(config)
     validate(analyze_config)
+    out = AnalysisDir.at(out)  # opened once, handed to every stage
     timings: dict[str, float] = {}
     start = time.perf_counter()
     ex = extract(out, config, overwrite=overwrite, progress=progress)
@@ -147,11 +149,11 @@ def run(out: str | Path = "analyses/run", config: RunConfig | None = None, analy
         start = time.perf_counter()
         reliance(out, progress=progress, trust_checkpoints=config.trust_checkpoints, trust_analysis=True)
         timings["reliance"] = time.perf_counter() - start
-        an.summary = load_summary(out)
+        an.summary = out.summary()
     start = time.perf_counter()
     report_path = report(out, progress=progress, trust_analysis=True)
     timings["report"] = time.perf_counter() - start
-    return RunResult(ex.store_path, an.summary, an.summary_path or as_path(out) / SUMMARY, report_path, timings)
+    return RunResult(ex.store_path, an.summary, an.summary_path or out / SUMMARY, report_path, timings)
 
 
 def compare_drift(out_dirs: list[str | Path], config: DriftConfig | None = None, names: list[str] | None = None,
