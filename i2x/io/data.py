@@ -84,7 +84,8 @@ def _factory(target: str, opts: DataOptions) -> ImageData:
         return ImageData(target, {"train": train, "test": test}, list(names), int(x0.shape[0]),
                          (int(x0.shape[1]), int(x0.shape[2])), tuple(opts.mean or (0.0,) * x0.shape[0]),
                          tuple(opts.std or (1.0,) * x0.shape[0]))
-    raise UserError(f"--data {target}: the factory must return an i2x.data.ImageData or (train, test, class_names)")
+    raise UserError(f"--data {target}: the factory must return an i2x.io.datasets.ImageData or "
+                    "(train, test, class_names)")
 
 
 #: The kinds of ``--data`` spec; a new kind is one loader ``(argument, opts) -> ImageData`` and one entry here.

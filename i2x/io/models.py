@@ -31,7 +31,7 @@ from torch import nn
 from i2x.errors import UserError
 from i2x.io.segnets import SmallSegNet, is_torchvision_segmentation, torchvision_segmentation
 from i2x.io.specs import SpecRegistry, import_file
-from i2x.io.stems import adapt_stem, conv_pool_stem
+from i2x.io.stems import conv_pool_stem, torchvision_model
 
 
 class SmallCNN(nn.Module):
@@ -73,10 +73,7 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Modu
     if name.startswith("inception") or name.startswith("googlenet"):
         kwargs["aux_logits"] = False
         kwargs["init_weights"] = True
-    model = tvm.get_model(name, **kwargs)
-    if in_channels != 3:
-        adapt_stem(model, in_channels, name)
-    return model
+    return torchvision_model(name, in_channels, **kwargs)
 
 
 def _timm_value(text: str) -> object:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from i2x.errors import UserError
-from i2x.io.stems import adapt_stem, conv_pool_stem
+from i2x.io.stems import conv_pool_stem, torchvision_model
 
 
 def pixel_logits(output: Any) -> torch.Tensor:
@@ -71,15 +71,10 @@ class SmallSegNet(nn.Module):
 
 def torchvision_segmentation(name: str, num_classes: int, in_channels: int) -> nn.Module:
     """``torchvision.models.segmentation.NAME`` without any weights, sized to the classes and channels."""
-    import torchvision.models as tvm
-
     kwargs: dict[str, Any] = {"weights": None, "weights_backbone": None, "num_classes": num_classes}
     if name.startswith(("fcn", "deeplab")):
         kwargs["aux_loss"] = False
-    model = tvm.get_model(name, **kwargs)
-    if in_channels != 3:
-        adapt_stem(model, in_channels, name)
-    return model
+    return torchvision_model(name, in_channels, **kwargs)
 
 
 def is_torchvision_segmentation(name: str) -> bool:

@@ -1,6 +1,9 @@
-"""The first layers classification and segmentation models share: the small nets' conv-pool stem and a torchvision stem adapted to the input's channels."""
+"""The first layers classification and segmentation models share: the small nets' conv-pool stem, and torchvision's
+models built with their stem adapted to the input's channels."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from torch import nn
 
@@ -26,3 +29,13 @@ def conv_pool_stem(in_channels: int, w: int) -> list[nn.Module]:
     of the input's resolution at ``2 * w`` channels."""
     return [nn.Conv2d(in_channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2)]
+
+
+def torchvision_model(name: str, in_channels: int, **kwargs: Any) -> nn.Module:
+    """``torchvision.models.get_model(name, **kwargs)`` with its first convolution taking ``in_channels``."""
+    import torchvision.models as tvm
+
+    model = tvm.get_model(name, **kwargs)
+    if in_channels != 3:
+        adapt_stem(model, in_channels, name)
+    return model

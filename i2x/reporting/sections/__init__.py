@@ -4,7 +4,7 @@
 that reads its file with ``r.optional_json("faithfulness.json")``, returns None when that is
 absent (the section is then skipped, or, wrapped in :func:`or_not_run`, said to be not run with the command that fills
 it), adds charts with ``r.charts.add(name, chart)`` and escapes
-every string with :func:`~i2x.report.page.esc` (or builds cells with :func:`~i2x.report.page.table`);
+every string with :func:`~i2x.reporting.page.esc` (or builds cells with :func:`~i2x.reporting.page.table`);
 then append it to :data:`SECTIONS`.
 """
 
