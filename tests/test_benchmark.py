@@ -28,6 +28,8 @@ from i2x.reporting.charts import ChartSet
 from i2x.reporting.page import vega_version
 from i2x.reporting.sections.benchmark import benchmark_section
 from i2x.io.workdir import select_checkpoints
+from i2x.stages.benchmark import BenchmarkConfig
+from i2x.stages.evidence import EvidenceConfig
 from i2x.stages.context import open_context
 from i2x.stages.config import RunConfig
 from i2x.planted.synthetic import BOX, box_images
@@ -141,6 +143,13 @@ def test_checkpoint_selection_and_user_errors(run):
     assert select_checkpoints(store, ("first", "middle", "final"), None) == [0, 1, 2]
     assert select_checkpoints(store, ("final", "first"), None) == [0, 2]
     assert select_checkpoints(store, (), 2) == [0, 2]
+    # One vocabulary for every command: first, middle (or mid), final, all and names, as text or a sequence.
+    assert select_checkpoints(store, "first,mid,final") == select_checkpoints(store, ("first", "middle", "final"))
+    assert select_checkpoints(store, "all") == [0, 1, 2]
+    assert select_checkpoints(store, [store.checkpoints[1]["name"], "final"]) == [1, 2]
+    with pytest.raises(UserError, match="choose first, middle, final"):
+        select_checkpoints(store, "latest")
+    assert BenchmarkConfig().checkpoints == EvidenceConfig().checkpoints == ("first", "middle", "final")
     with pytest.raises(UserError, match="--methods"):
         api.benchmark(run / "an", methods=("gradcam", "nope"), **SMALL)
     with pytest.raises(UserError, match="--roi"):

@@ -270,3 +270,24 @@ def test_iter_batches_slices_in_order(digits_data, tmp_path):
     folder = load_data(f"imagefolder:{tmp_path}", DataOptions(input_size=4)).split("train")
     (x, y), = list(iter_batches(folder, 1, 4, 8))
     assert y.tolist() == [0, 1, 1] and torch.equal(x[2], folder[3][0])
+
+
+def test_planted_sets_open_by_name_and_the_old_spelling_still_opens(caplog):
+    """``--data planted:NAME`` opens i2x.planted's factory (found through the i2x.data_specs entry point); the old
+    ``i2x/io/synthetic.py:FACTORY`` spelling opens the same set and says how to write it now."""
+    from i2x.io.data import DATA_SPECS
+    from i2x.planted import PLANTED, planted_name, synthetic
+
+    assert "planted:NAME" in DATA_SPECS.usage() and "marker-corner-grey" in DATA_SPECS.help()
+    named = load_data("planted:shortcut")
+    direct = synthetic.shortcut_data()
+    for split in ("train", "test"):
+        torch.testing.assert_close(named.split(split).tensors[0], direct.split(split).tensors[0])
+    with caplog.at_level("WARNING"):
+        old = load_data("i2x/io/synthetic.py:shortcut_data")
+    assert "write --data planted:shortcut" in caplog.text
+    torch.testing.assert_close(old.split("train").tensors[0], direct.split("train").tensors[0])
+    for name, factory in PLANTED.items():  # the rule the old spelling is translated by
+        assert planted_name(factory.__name__) == name == factory.__name__.removesuffix("_data").replace("_", "-")
+    with pytest.raises(UserError, match="no such planted set; choose one of shortcut"):
+        load_data("planted:nothing")
