@@ -27,6 +27,7 @@ from scipy.stats import kendalltau, rankdata
 
 from i2x.errors import UserError
 from i2x.metrics.bootstrap import percentile_interval
+from i2x.metrics.stats import nan_mean_std
 
 
 def _stack(maps: np.ndarray, name: str = "maps") -> np.ndarray:
@@ -144,19 +145,6 @@ def without_empty(metrics: Mapping[str, np.ndarray], a: np.ndarray, b: np.ndarra
     return {name: np.where(empty, np.nan, np.asarray(values, dtype=np.float64)) for name, values in metrics.items()}
 
 
-def _stats(values: np.ndarray) -> dict[str, float | int | None]:
-    """Mean, median and population std of the non-NaN values (None when there are none), and their count."""
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return {"mean": None, "median": None, "std": None, "n": 0}
-    return {
-        "mean": float(values.mean()),
-        "median": float(np.median(values)),
-        "std": float(values.std()),
-        "n": int(values.size),
-    }
-
-
 def summarize(
     metrics: Mapping[str, np.ndarray],
     labels: np.ndarray,
@@ -172,9 +160,9 @@ def summarize(
     for label in np.unique(labels):
         name = str(class_names[label]) if class_names is not None else str(label)
         chosen = labels == label
-        per_class[name] = {metric: _stats(values[chosen]) for metric, values in metrics.items()}
+        per_class[name] = {metric: nan_mean_std(values[chosen], median=True) for metric, values in metrics.items()}
     return {
-        "overall": {metric: _stats(values) for metric, values in metrics.items()},
+        "overall": {metric: nan_mean_std(values, median=True) for metric, values in metrics.items()},
         "per_class": per_class,
     }
 

@@ -11,13 +11,15 @@ def mean_std(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(values.mean()), "std": float(values.std())}
 
 
-def nan_mean_std(values: np.ndarray) -> dict[str, float | int | None]:
-    """Mean, population std and count of the finite values of a 1-D array (None when there are none)."""
+def nan_mean_std(values: np.ndarray, median: bool = False) -> dict[str, float | int | None]:
+    """Mean, population std and count of the finite values of a 1-D array (None when there are none), and with
+    ``median`` their median."""
     values = np.asarray(values, dtype=np.float64)
     finite = values[np.isfinite(values)]
     if not finite.size:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": float(finite.mean()), "std": float(finite.std()), "n": int(finite.size)}
+        return {"mean": None, "std": None, "n": 0} | ({"median": None} if median else {})
+    return ({"mean": float(finite.mean()), "std": float(finite.std()), "n": int(finite.size)}
+            | ({"median": float(np.median(finite))} if median else {}))
 
 
 def evenly_spaced(n: int, at_most: int) -> np.ndarray:
