@@ -121,6 +121,7 @@ class RunResult:
     summary_path: Path | RemotePath
     report_path: Path | RemotePath | None
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # the extraction's lines on preprocessing and sample
 
 
 def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analyze_config: AnalyzeConfig | None = None,
@@ -149,7 +150,8 @@ def run(config: RunConfig | None = None, out: str | Path = "analyses/run", analy
     start = time.perf_counter()
     report_path = report(out, progress=progress, trust_analysis=True)
     timings["report"] = time.perf_counter() - start
-    return RunResult(ex.store_path, an.summary, an.summary_path or as_path(out) / SUMMARY, report_path, timings)
+    return RunResult(ex.store_path, an.summary, an.summary_path or as_path(out) / SUMMARY, report_path, timings,
+                     ex.notes)
 
 
 def compare_drift(out_dirs: list[str | Path], config: DriftConfig | None = None, names: list[str] | None = None,

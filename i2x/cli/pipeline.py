@@ -60,6 +60,8 @@ def cmd_extract(args: argparse.Namespace) -> None:
     from i2x import api
 
     result = api.extract(run_config(args), out=args.out, overwrite=args.overwrite)
+    for note in result.notes:
+        print(note)
     print(f"layer {result.layer} (grid {result.grid[0]}x{result.grid[1]}), {result.samples} samples, "
           f"{len(result.checkpoints)} checkpoints extracted, {len(result.skipped)} already done, "
           f"{result.seconds:.1f} s")
