@@ -12,6 +12,7 @@ from i2x.cli.common import (DATA, MODEL, Subparsers, add_run_options, add_trust_
 from i2x.cli.options import add_options, config_from
 from i2x.io.distributed import LaunchConfig
 from i2x.stages.analyze.config import AnalyzeConfig
+from i2x.stages.analyze.uncertainty import summary_sentence
 from i2x.stages.config import RunConfig
 from i2x.stages.training import TrainConfig
 
@@ -97,13 +98,9 @@ def print_findings(summary: dict) -> None:
         print(f"confidence groups: HDBSCAN fitted on {groups['fit_samples']:,} of {summary['n_samples']:,} samples "
               "per step, the others labelled by approximate_predict (--max-group-samples 0 fits on all)")
     names = summary["classes"]
+    print(f"uncertain: {summary_sentence(summary)}")
     if not summary["uncertain"]:
         print("no uncertain prototype found (try --min-flips 1, --noise-quantile 0.5, or more checkpoints)")
-    elif summary.get("uncertainty"):
-        c = summary["uncertainty"]
-        e, es = c["expected_flagged"], c["expected_significant"]
-        print(f"uncertain: {c['flagged']} flagged (chance: {e['mean']} ± {e['sd']}), "
-              f"{c['significant']} significant (chance: {es['mean']} ± {es['sd']})")
     for u in summary["uncertain"][:5]:
         a, b = u["classes"]
         verdict = "" if "significant" not in u else (f", q {u['q']:.3g}" if u["significant"] else ", not significant")

@@ -9,6 +9,7 @@ import numpy as np
 
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, chip, class_ref, esc, proto_ref, table
+from i2x.stages.analyze.uncertainty import summary_sentence
 from i2x.stages.context import sample_line, sample_warning
 from i2x.stages.normalisation import preprocessing_line
 
@@ -28,16 +29,10 @@ def _shortcut(r: ReportInputs) -> Raw:
 
 
 def _uncertain(r: ReportInputs) -> Raw:
-    found, c = r.summary["uncertain"], r.summary.get("uncertainty")
-    k = len(r.summary["prototypes"])
+    found = r.summary["uncertain"]
+    head = summary_sentence(r.summary)
     if not found:
-        return Raw('<span class="muted">none</span>: no prototype flipped between two classes.')
-    head = f"{len(found)} of {k} prototypes flagged"
-    if c:
-        e = c["expected_flagged"]
-        chance = (f"; chance alone flags {e['mean']:.3g}" if c["null_runs"] and e["mean"] is not None
-                  else "; the null model was not run")
-        head = f"{c['flagged']} of {k} prototypes flagged, {c['significant']} significant{chance}"
+        return Raw(f'<span class="muted">none</span>: no prototype flipped between two classes ({esc(head)}).')
     items = []
     for u in found[:MAX_VERDICT_PAIRS]:
         a, b = u["classes"]
