@@ -120,7 +120,8 @@ def evidence_section(r: ReportInputs) -> Section | None:
         parts.append(r.charts.add("evidence-area", area_chart(_area_frame(e)), export="evidence_area.png",
                                   caption="Mean share of the image the minimal evidence needs, per class, at each "
                                           "explained checkpoint."))
-    notes = [f"{c['checkpoint']['name']}: {masks_line(c)}." for c in e["per_checkpoint"] if c.get("empty") or c.get("full")]
+    notes = [f"{c['checkpoint']['name']}: {masks_line(c)}." for c in e["per_checkpoint"]
+             if c.get("empty") or c.get("full")]
     if r.images_unavailable:
         notes.append(f"Input images unavailable: {r.images_unavailable}")
     else:
