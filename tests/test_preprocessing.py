@@ -119,6 +119,7 @@ def test_limit_draws_both_classes_in_their_shares(runs, tmp_path, capsys):
     share = labels.mean()
     assert abs(labels[index].mean() - share) <= 0.01
     np.testing.assert_array_equal(index, stratified_sample(labels, 100))  # seeded
+    assert set(index) <= set(stratified_sample(labels, 150))  # a larger sample keeps the smaller one's samples
     out = tmp_path / "a"
     assert main(["extract", str(runs["own"]), "--out", str(out), "--data", runs["data"], "--last", "1", "--methods",
                  "gradcam", "--limit", "100"]) == 0

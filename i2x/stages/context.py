@@ -58,14 +58,15 @@ def name_classes(config: RunConfig, data: ImageData) -> None:
 
 def stratified_sample(labels: np.ndarray, n: int, seed: int = SAMPLE_SEED) -> np.ndarray:
     """``n`` row indices drawn without replacement, seeded, each class in its share of ``labels`` (largest
-    remainders round), in data-set order; a data set sorted by class still gives every class."""
+    remainders round), in data-set order; a data set sorted by class still gives every class. Each class's rows are
+    taken from one seeded order of that class, so a larger ``n`` keeps (nearly always) the samples of a smaller one."""
     classes, counts = np.unique(labels, return_counts=True)
     quota = counts * n / counts.sum()
     take = np.floor(quota).astype(int)
     extra = np.argsort(-(quota - take), kind="stable")[: n - take.sum()]
     take[extra] += 1
     rng = np.random.default_rng(seed)
-    rows = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False) for c, k in zip(classes, take)]
+    rows = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
     return np.sort(np.concatenate(rows))
 
 
