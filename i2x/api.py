@@ -124,6 +124,7 @@ class RunResult:
     summary_path: Path | RemotePath
     report_path: Path | RemotePath | None
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # the extraction's lines on preprocessing and sample
 
 
 def run(out: str | Path = "analyses/run", config: RunConfig | None = None, analyze_config: AnalyzeConfig | None = None,
@@ -153,7 +154,8 @@ def run(out: str | Path = "analyses/run", config: RunConfig | None = None, analy
     start = time.perf_counter()
     report_path = report(out, progress=progress, trust_analysis=True)
     timings["report"] = time.perf_counter() - start
-    return RunResult(ex.store_path, an.summary, an.summary_path or out / SUMMARY, report_path, timings)
+    return RunResult(ex.store_path, an.summary, an.summary_path or out / SUMMARY, report_path, timings,
+                     ex.notes)
 
 
 def compare_drift(out_dirs: list[str | Path], config: DriftConfig | None = None, names: list[str] | None = None,

@@ -7,6 +7,7 @@ the 8x8 grid) class 1 is brighter in the red channel, class 0 in the blue one. T
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -111,9 +112,21 @@ def test_json_structure_and_leakage_matches_a_direct_computation(run, result):
         assert s["relevance_mass"]["mean"] == pytest.approx(1 - s["leakage"]["mean"], abs=1e-9)
     steps = result["randomisation"]["steps"]
     assert [s["layer"] for s in steps] == ["head.2", "features.11", "features.8", "features.4", "features.0"]
-    # The first checkpoint is identical to itself.
-    first = result["results"]["epoch_1.pt"]
-    assert first["gradcam"]["similarity_to_first"]["mean"] == pytest.approx(1.0)
+    # The first checkpoint is not compared with itself.
+    assert all("similarity_to_first" not in s for s in result["results"]["epoch_1.pt"].values())
+
+
+def test_a_single_checkpoint_is_not_compared_with_itself(run, tmp_path):
+    """Only final benchmarked: no "Spearman to first checkpoint 1.000", a note says why."""
+    out = tmp_path / "an"
+    shutil.copytree(run / "an", out)
+    result = api.benchmark(out, checkpoints=("final",), methods=("gradcam",), **{**SMALL, "samples": 12,
+                                                                                    "detail_samples": 4})
+    assert all("similarity_to_first" not in s for s in result["results"]["epoch_3.pt"].values())
+    assert any("not measured, only epoch_3.pt was benchmarked" in n for n in result["notes"])
+    section = benchmark_section(SimpleNamespace(optional_json={BENCHMARK: result}.get, charts=ChartSet()))
+    assert "Spearman to first checkpoint" not in section.body
+    assert any("compared with itself" in n for n in section.notes)
 
 
 def test_occlusion_and_dea_extracted_into_the_store(run):

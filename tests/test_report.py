@@ -274,7 +274,7 @@ def test_verdict_comes_first_and_links_to_its_evidence(tiny_report):
     assert f'href="#prototype-{u["prototype"]}"' in verdict
     assert f'href="#class-{u["classes"][0]}"' in verdict
     c = summary["uncertainty"]
-    assert f"{c['flagged']} of {summary['k']} prototypes flagged, {c['significant']} significant" in verdict
+    assert html.escape(c["sentence"]) in verdict and f"{c['flagged']} of {summary['k']} prototypes flagged (" in verdict
     # the settings table moved below the accuracy and confusion charts
     overview = text[text.index('<section id="overview"'):]
     assert overview.index("chart-confusion") < overview.index("<h3>Settings</h3>")
@@ -285,8 +285,9 @@ def test_verdict_without_reliance_or_significance_says_what_is_missing(tiny_run)
     r.summary = {k: v for k, v in r.summary.items() if k not in ("reliance", "uncertainty")}
     body = verdict_section(r).body
     assert f"<code>i2x reliance {tiny_run.name}</code>" in body and "not run" in body
-    n = len(r.summary["uncertain"])
-    assert f"{n} of {r.summary['k']} prototypes flagged (" in body and "chance alone" not in body
+    n = sum(not u.get("below_noise_floor") for u in r.summary["uncertain"])
+    assert f"{n} of {r.summary['k']} prototypes flagged (significance not tested)" in body
+    assert "chance alone" not in body
     r.summary["uncertain"] = []
     assert "no prototype flipped" in verdict_section(r).body
 

@@ -28,7 +28,8 @@ Null model: each step's ΔŶ rows are permuted across samples (independently per
 times, which breaks any link between prototype changes and confidence changes while keeping both
 distributions; X, and so A G A, stay. Each run goes through the same rule (its own floor, flips,
 statistics) at the observed λ. Expected counts are the mean ± sd over runs of the prototypes the
-floor rule flags and of those the intervals flag. p of a flagged prototype = (1 + #null statistics >= its statistic) /
+floor rule flags and of the *significant* ones, by the very rule the observed ones pass (intervals and q <= fdr,
+each run's p against the other runs' statistics), so the two counts compare like with like. p of a flagged prototype = (1 + #null statistics >= its statistic) /
 (1 + runs·K), pooled over every run's prototypes (z has no scale, and runs alone would give p no finer
 than 1/(runs + 1)); q = Benjamini-Hochberg over all K prototypes. A prototype is *significant* when
 the intervals flag it and q <= ``fdr``. The null runs also count what the structure's floor rule flags.
@@ -150,14 +151,16 @@ class FlipSignificance:
         self.null_statistics_ = np.full((runs, k), -np.inf)
         self.null_flagged_ = np.zeros(runs, dtype=np.int64)
         self.null_significant_ = np.zeros(runs, dtype=np.int64)
+        null_found = np.zeros((runs, k), dtype=bool)
         for r in range(runs):
             self.null_flagged_[r] = len(self._floor_rule(null_beta[r])[0])
-            self.null_statistics_[r], null_found = self._interval_rule(null_beta[r], null_cov[r])
-            self.null_significant_[r] = len(null_found)
-        pooled = np.sort(self.null_statistics_.ravel())
-        beyond = pooled.size - np.searchsorted(pooled, self.statistic_, side="left")  # null statistics >= observed
-        self.p_ = np.where(np.isfinite(self.statistic_), (1.0 + beyond) / (1.0 + pooled.size), 1.0)
+            self.null_statistics_[r], found_r = self._interval_rule(null_beta[r], null_cov[r])
+            null_found[r, [u["prototype"] for u in found_r]] = True
+        self.p_ = self._p_values(self.statistic_, self.null_statistics_)
         self.q_ = benjamini_hochberg(self.p_)
+        for r in range(runs):  # the same rule on each null run, its p from the other runs: significant by chance
+            q = benjamini_hochberg(self._p_values(self.null_statistics_[r], np.delete(self.null_statistics_, r, 0)))
+            self.null_significant_[r] = int(np.sum(null_found[r] & (q <= self.fdr)))
         self.expected_ = {key: (float(np.mean(v)) if runs else float("nan"), float(np.std(v, ddof=1)) if runs > 1
                                 else float("nan")) for key, v in (("flagged", self.null_flagged_),
                                                                    ("significant", self.null_significant_))}
@@ -178,6 +181,13 @@ class FlipSignificance:
                     for s0, c0, s1, c1 in u["ends"]],
             }
         return self
+
+    @staticmethod
+    def _p_values(statistic: np.ndarray, null: np.ndarray) -> np.ndarray:
+        """p of each statistic against the pooled null statistics: (1 + #null >= it) / (1 + #null); 1 where -inf."""
+        pooled = np.sort(null.ravel())
+        beyond = pooled.size - np.searchsorted(pooled, statistic, side="left")
+        return np.where(np.isfinite(statistic), (1.0 + beyond) / (1.0 + pooled.size), 1.0)
 
     def _view(self, beta: np.ndarray) -> np.ndarray:
         return two_class_view(beta) if beta.shape[2] == 2 else beta

@@ -11,7 +11,9 @@ from i2x.cli.common import (DATA, MODEL, Subparsers, add_run_options, add_trust_
                             run_config)
 from i2x.cli.options import add_options, config_from
 from i2x.io.distributed import LaunchConfig
+from i2x.io.location import command_path
 from i2x.stages.analyze.config import AnalyzeConfig
+from i2x.stages.analyze.uncertainty import summary_sentence
 from i2x.stages.config import RunConfig
 from i2x.stages.training import TrainConfig
 
@@ -60,6 +62,8 @@ def cmd_extract(args: argparse.Namespace) -> None:
     from i2x import api
 
     result = api.extract(config=run_config(args), out=args.out, overwrite=args.overwrite)
+    for note in result.notes:
+        print(note)
     print(f"layer {result.layer} (grid {result.grid[0]}x{result.grid[1]}), {result.samples} samples, "
           f"{len(result.checkpoints)} checkpoints extracted, {len(result.skipped)} already done, "
           f"{result.seconds:.1f} s")
@@ -95,13 +99,9 @@ def print_findings(summary: dict) -> None:
         print(f"confidence groups: HDBSCAN fitted on {groups['fit_samples']:,} of {summary['n_samples']:,} samples "
               "per step, the others labelled by approximate_predict (--max-group-samples 0 fits on all)")
     names = summary["classes"]
+    print(f"uncertain: {summary_sentence(summary)}")
     if not summary["uncertain"]:
         print("no uncertain prototype found (try --min-flips 1, --noise-quantile 0.5, or more checkpoints)")
-    elif summary.get("uncertainty"):
-        c = summary["uncertainty"]
-        e, es = c["expected_flagged"], c["expected_significant"]
-        print(f"uncertain: {c['flagged']} flagged (chance: {e['mean']} ± {e['sd']}), "
-              f"{c['significant']} significant (chance: {es['mean']} ± {es['sd']})")
     for u in summary["uncertain"][:5]:
         a, b = u["classes"]
         verdict = "" if "significant" not in u else (f", q {u['q']:.3g}" if u["significant"] else ", not significant")
@@ -155,10 +155,33 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     result = api.run(config=run_config(args), out=args.out, analyze_config=config_from(args, AnalyzeConfig),
                      overwrite=args.overwrite, with_reliance=not args.no_reliance)
+    for note in result.notes:
+        print(note)
     print_findings(result.summary)
     for stage, seconds in result.timings.items():
         print(f"  {stage:>10}: {seconds:.1f} s")
     print(f"report: {result.report_path}" if result.report_path else f"summary: {result.summary_path}")
+    from i2x.io.store import Store
+
+    for line in verdict_lines(result.summary, Store.open(args.out).checkpoints, args.out):
+        print(line)
+
+
+def verdict_lines(summary: dict, checkpoints: list[dict], out: str) -> list[str]:
+    """What the report's verdict card says, as the run's last lines: the shortcut, the uncertain prototypes against
+    chance, the accuracy on the analysed split and, where the trainer recorded it, on the test split."""
+    entry = summary.get("reliance")
+    shortcut = (f"{'shortcut suspected' if entry.get('shortcut_found') else 'no shortcut stands out'}: {entry['verdict']}"
+                if entry else f"not run: i2x reliance {command_path(out)}")
+    acc = [(c["name"], a) for c, a in zip(checkpoints, summary["accuracy"]) if a is not None]
+    name, final = acc[-1] if acc else ("", None)
+    analysed = (f"{summary['split']} split {final:.1%} at {name} ({summary['n_samples']} samples analysed)"
+                if final is not None else "no usable checkpoint")
+    recorded = next((c.get("metrics", {}).get("test_accuracy") for c in checkpoints if c["name"] == name), None)
+    other = ("" if summary["split"] == "test" else f"; test split {recorded:.1%} (the trainer's record)"
+             if isinstance(recorded, (int, float)) else "; test split not measured (analyse it with --split test)")
+    return ["verdict:", f"  shortcut: {shortcut}", f"  uncertain: {summary_sentence(summary)}",
+            f"  accuracy: {analysed}{other}"]
 
 
 def add_launch(sub: Subparsers) -> None:

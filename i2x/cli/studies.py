@@ -14,6 +14,7 @@ from i2x.settings import name_list
 from i2x.stages.benchmark import BenchmarkConfig
 from i2x.stages.drift import DriftConfig
 from i2x.stages.evidence import EvidenceConfig
+from i2x.stages.evidence.study import masks_line
 from i2x.stages.faithfulness import FaithfulnessConfig
 from i2x.stages.finetune.config import FinetuneConfig
 from i2x.stages.reliance.config import RelianceConfig
@@ -181,6 +182,5 @@ def cmd_evidence(args: argparse.Namespace) -> None:
 
     result = api.evidence(args.dir, config_from(args, EvidenceConfig))
     for c in result["per_checkpoint"]:
-        print(f"{c['checkpoint']['name']:>12}: {c['n']} masks, decision kept {c['kept']:.0%}, mean area "
-              f"{c['area']['mean']:.3f}, robust {c['robust']['mean']:.2f}")
+        print(f"{c['checkpoint']['name']:>12}: {masks_line(c)}, robust {c['robust']['mean']:.2f}")
     print(f"results: {as_path(args.dir) / 'evidence.json'}")

@@ -17,7 +17,9 @@ not write-beside-then-rename), and no lock a crashed process releases (see :mod:
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -188,3 +190,14 @@ class RemotePath:
         for file in sorted(p for p in local.rglob("*") if p.is_file()):
             (self / file.relative_to(local).as_posix()).write_bytes(file.read_bytes())
 
+
+def command_path(out_dir: Any) -> str:
+    """The analysis directory as a command on the page names it, shell-quoted: as given when relative (so the command
+    pastes into the shell it was run from), relative to the working directory when inside it, else its name."""
+    text = str(out_dir)
+    if "://" not in text and os.path.isabs(text):
+        try:
+            text = str(Path(text).resolve().relative_to(Path.cwd().resolve()))
+        except ValueError:
+            text = Path(text).name
+    return shlex.quote(text)

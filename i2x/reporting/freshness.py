@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from i2x.io.location import RemotePath, as_path
+from i2x.io.location import RemotePath, as_path, command_path
 from i2x.io.workdir import REPORT, SUMMARY, write_text
 from i2x.reporting.page import esc
 
@@ -108,7 +108,7 @@ def mark_out_of_date(out_dir: str | Path) -> dict[str, list[str]]:
         return stale
     page = out / REPORT
     text = _BANNER.sub("", page.read_text(encoding="utf-8"))
-    command = f"i2x report {out.resolve().name}"
+    command = f"i2x report {command_path(out)}"
     titles = []
     for section, files in stale.items():
         heading = re.compile(r'<section id="' + re.escape(esc(section)) + r'"( class="stale")?><h2>(.*?)</h2>', re.S)

@@ -19,7 +19,7 @@ from i2x.io.data import ImageData
 from i2x.stages.context import open_data
 from i2x.stages.config import RunConfig
 from i2x.errors import UserError
-from i2x.io.location import RemotePath, as_path
+from i2x.io.location import RemotePath, as_path, command_path
 from i2x.io.store import Store
 from i2x.io.workdir import load_summary, read_json
 from i2x.reporting.charts import ChartSet
@@ -99,8 +99,8 @@ class ReportInputs:
 
     @property
     def shown_dir(self) -> str:
-        """The analysis directory as commands on the page name it (its name: no absolute path of the machine)."""
-        return self.out_dir.resolve().name
+        """The analysis directory as commands on the page name it (:func:`i2x.reporting.page.command_path`)."""
+        return command_path(self.out_dir)
 
     @property
     def checkpoints(self) -> list[dict[str, Any]]:

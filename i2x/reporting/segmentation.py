@@ -12,7 +12,7 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
-from i2x.io.location import RemotePath
+from i2x.io.location import RemotePath, command_path
 from i2x.io.store import Store
 from i2x.io.workdir import BENCHMARK, DRIFT, REPORT, read_json, write_text
 from i2x.reporting.charts import ChartSet
@@ -123,7 +123,7 @@ def build_segmentation_report(store: Store, out: Path | RemotePath) -> Path | Re
     b = read_json(path, "i2x benchmark") if path.exists() else None
     d = read_json(out / DRIFT, "i2x drift") if (out / DRIFT).exists() else None
     charts = ChartSet()
-    shown_dir = out.resolve().name
+    shown_dir = command_path(out)
     sections = [_run_section(store, out), _benchmark_section(b, charts, shown_dir),
                 _drift_section(d, charts, shown_dir, store.config.get("target") == "predicted")]
     config = store.config

@@ -45,8 +45,9 @@ class RunConfig:
     std: tuple[float, ...] | None = option(None, "normalisation std per channel", parse=number_list, metavar="S[,S,S]",
                                            low=0, low_open=True)
     num_classes: int | None = option(None, "output classes (default: the data's class count)", low=1, metavar="M")
-    limit: int | None = option(None, f"analyse only the first N samples of the split (at least {MIN_SAMPLES}: "
-                               "HDBSCAN's smallest confidence group)", low=MIN_SAMPLES, metavar="N")
+    limit: int | None = option(None, f"analyse a seeded sample of N samples of the split, each class in its share "
+                               f"(at least {MIN_SAMPLES}: HDBSCAN's smallest confidence group)", low=MIN_SAMPLES,
+                               metavar="N")
     every: int | None = option(None, "use every N-th checkpoint (the final one is always kept)", low=1, metavar="N")
     first: int | None = option(None, "use only the first N checkpoints", low=1, metavar="N")
     last: int | None = option(None, "use only the last N checkpoints", low=1, metavar="N")
@@ -61,6 +62,9 @@ class RunConfig:
                                                  "names, else their indices)", parse=name_list, metavar="A,B,...")
     class_names_file: str | None = option(None, "name the classes from a text file, one name per line in label "
                                           "order (for names with commas)", metavar="FILE")
+    skip_normalisation_check: bool = option(False, "analyse even when the first batch norm's running statistics say "
+                                            "the model was trained with another normalisation (recorded and shown "
+                                            "in the report)")
     tokens: str | None = option(None, "how the layer's output holds its grid: auto (conv maps, transformer tokens "
                                 "with their prefix tokens and channels-last maps are detected), P prefix tokens, "
                                 "P and the grid (1x8x8), bchw or bhwc", metavar="auto|P|PxHxW|bhwc",

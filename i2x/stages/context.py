@@ -11,7 +11,8 @@ only when this command was given it (or ``--trust-analysis`` and the extraction 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +34,11 @@ from i2x.settings import option, trust_analysis_option, trust_checkpoints_option
 from i2x.stages.config import RunConfig
 from i2x.stages.provenance import check_code, checkpoint_trust
 
+#: The seed of ``--limit``'s stratified sample.
+SAMPLE_SEED = 0
+#: Fewer analysed samples of a class than this are named: HDBSCAN's smallest group (and MIN_SAMPLES) is 10.
+MIN_PER_CLASS_SAMPLE = 10
+
 
 def name_classes(config: RunConfig, data: ImageData) -> None:
     """Give ``data`` the classes' names from ``--class-names`` (or its file, once :meth:`RunConfig.resolved` read it),
@@ -50,6 +56,46 @@ def name_classes(config: RunConfig, data: ImageData) -> None:
     data.class_names = list(names)
 
 
+def stratified_sample(labels: np.ndarray, n: int, seed: int = SAMPLE_SEED) -> np.ndarray:
+    """``n`` row indices drawn without replacement, seeded, each class in its share of ``labels`` (largest
+    remainders round), in data-set order; a data set sorted by class still gives every class. Each class's rows are
+    taken from one seeded order of that class, so a larger ``n`` keeps (nearly always) the samples of a smaller one."""
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / counts.sum()
+    take = np.floor(quota).astype(int)
+    extra = np.argsort(-(quota - take), kind="stable")[: n - take.sum()]
+    take[extra] += 1
+    rng = np.random.default_rng(seed)
+    rows = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(rows))
+
+
+def sample_record(labels: np.ndarray, of: int, num_classes: int, limit: int | None) -> dict[str, Any]:
+    """How the analysed samples were chosen and what they hold per class (the store's ``sample`` note)."""
+    per_class = np.bincount(labels, minlength=num_classes).tolist()
+    return {"n": int(labels.size), "of": int(of), "how": "stratified" if limit is not None and labels.size < of
+            else "all", "seed": SAMPLE_SEED, "per_class": per_class}
+
+
+def sample_warning(record: dict[str, Any], names: list[str]) -> str | None:
+    """A line naming the classes the sample lacks or holds fewer than MIN_PER_CLASS_SAMPLE of, else None."""
+    counts = record["per_class"]
+    missing = [names[c] for c, k in enumerate(counts) if k == 0]
+    thin = [f"{names[c]} ({k})" for c, k in enumerate(counts) if 0 < k < MIN_PER_CLASS_SAMPLE]
+    parts = ([f"no sample of {', '.join(missing)}"] if missing else []) + (
+        [f"fewer than {MIN_PER_CLASS_SAMPLE} samples of {', '.join(thin)}"] if thin else [])
+    if not parts:
+        return None
+    return f"sample: {'; '.join(parts)}: results for those classes are missing or rest on too few samples"
+
+
+def sample_line(record: dict[str, Any]) -> str:
+    """``100 of 4,708, stratified`` (or ``all 624``)."""
+    if record["how"] == "stratified":
+        return f"{record['n']:,} of {record['of']:,}, stratified (seed {record['seed']})"
+    return f"all {record['n']:,}"
+
+
 @dataclass
 class Context:
     """Data, split, model and ordered checkpoints of one run."""
@@ -63,6 +109,7 @@ class Context:
     device: torch.device
     checkpoints: list[Checkpoint] = field(default_factory=list)
     listing: Listing | None = None
+    sample_total: int = 0  # samples in the split, of which ``sample_index`` holds the analysed ones
 
     def load(self, checkpoint: Checkpoint) -> bool:
         """Load ``checkpoint`` into the model in place; returns False if its weights hold NaN/Inf."""
@@ -92,14 +139,19 @@ def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
     if data.segmentation:
         data = region_rows(data)  # a row per image and foreground class (i2x.stages.extract.regions)
     name_classes(config, data)
+    if not data.segmentation:  # the store records the numbers used, never "the default"
+        square = data.input_size[0] == data.input_size[1]
+        config = replace(config, mean=tuple(data.mean), std=tuple(data.std), channels=data.channels,
+                         input_size=data.input_size[0] if square else config.input_size)
     dataset = data.split(config.split)
-    index = np.arange(len(dataset))  # type: ignore[arg-type]
-    if config.limit is not None:
-        index = index[: config.limit]
-        dataset = Subset(dataset, index.tolist()) if len(index) < len(data.split(config.split)) else dataset  # type: ignore[arg-type]
+    all_labels = labels_of(dataset)
+    index = np.arange(len(all_labels))
+    if config.limit is not None and config.limit < len(index):
+        index = stratified_sample(all_labels, config.limit)
+        dataset = Subset(dataset, index.tolist())  # type: ignore[arg-type]
     if len(index) == 0:
         raise UserError(f"--split {config.split}: this split of --data {config.data} has no samples")
-    labels = labels_of(data.split(config.split))[index]
+    labels = all_labels[index]
     model = fresh_model(config.model, config.data, data, config.num_classes, dataset)
     device = resolve_device(config.device)
     model.to(device)
@@ -110,7 +162,7 @@ def build_context(config: RunConfig, with_checkpoints: bool = True) -> Context:
         listing = list_checkpoints(config.checkpoints, trust=config.trust_checkpoints, order=config.order,
                                    keep_duplicates=config.keep_duplicates)
         ckpts = select(listing.checkpoints, every=config.every, first=config.first, last=config.last, names=config.names)
-    return Context(config, data, dataset, index, labels, model, device, ckpts, listing)
+    return Context(config, data, dataset, index, labels, model, device, ckpts, listing, len(all_labels))
 
 
 @dataclass

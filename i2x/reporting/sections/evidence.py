@@ -15,6 +15,7 @@ from i2x.io.workdir import EVIDENCE
 from i2x.reporting.images import overlays, png_uri, resize, to_rgb
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Section, esc, img, table
+from i2x.stages.evidence.study import masks_line
 
 MAX_EVIDENCE_ROWS = 24
 PICTURE = 64
@@ -30,6 +31,15 @@ def _area_frame(e: dict) -> pd.DataFrame:
         rows += [{"train_step": step, "checkpoint": c["checkpoint"]["name"], "class": name,
                   "area": round(v["area"], 4), "kept": v["kept"], "n": v["n"]} for name, v in c["per_class"].items()]
     return pd.DataFrame(rows)
+
+
+def _area(c: dict) -> str:
+    """The mean area of the masks that are neither empty nor full (named in the notes), else a dash."""
+    area = c.get("area_informative", c["area"])
+    if not area:
+        return "–"
+    degenerate = c.get("empty", 0) + c.get("full", 0)
+    return f"{area['mean']:.3f}" + (f" ({degenerate} empty or full left out)" if degenerate else "")
 
 
 def area_chart(frame: pd.DataFrame) -> alt.Chart:
@@ -95,7 +105,7 @@ def evidence_section(r: ReportInputs) -> Section | None:
     intro = ("The smallest part of each image that, shown alone on the image's own background, keeps the model's "
              "decision and its activations at the target layer (Med-CAM minimal evidence), next to the CAM of the "
              "same checkpoint.")
-    rows = [(c["checkpoint"]["name"], c["n"], f"{c['kept']:.0%}", f"{c['area']['mean']:.3f}",
+    rows = [(c["checkpoint"]["name"], c["n"], f"{c['kept']:.0%}", _area(c),
              f"{c['robust']['mean']:.2f}", ", ".join(f"{m} {v['mean']:.2f}" for m, v in c["iou"].items() if v))
             for c in e["per_checkpoint"]]
     parts = [f'<p class="muted">{esc(st["generator"])} generator, {esc(st["iterations"])} Adam steps (lr '
@@ -110,7 +120,8 @@ def evidence_section(r: ReportInputs) -> Section | None:
         parts.append(r.charts.add("evidence-area", area_chart(_area_frame(e)), export="evidence_area.png",
                                   caption="Mean share of the image the minimal evidence needs, per class, at each "
                                           "explained checkpoint."))
-    notes = []
+    notes = [f"{c['checkpoint']['name']}: {masks_line(c)}." for c in e["per_checkpoint"]
+             if c.get("empty") or c.get("full")]
     if r.images_unavailable:
         notes.append(f"Input images unavailable: {r.images_unavailable}")
     else:

@@ -14,6 +14,7 @@ from i2x.reporting.images import overlays, png_uri, resize, to_rgb
 from i2x.reporting.page import Raw, Section, chip, esc, img, shown_path, table
 from i2x.reporting.pairing import Run, RunPair, agreement
 from i2x.reporting.sections.prototypes import card_filter, prototype_card
+from i2x.stages.analyze.uncertainty import summary_sentence
 
 MAX_DISAGREEMENTS = 8
 
@@ -48,10 +49,10 @@ def _shortcut(pair: RunPair, run: Run) -> Raw:
 def _uncertain(run: Run, shown: int = 6) -> Raw:
     found = run.r.summary["uncertain"]
     if not found:
-        return Raw('<span class="muted">none</span>')
+        return Raw(f'<span class="muted">none</span> ({esc(summary_sentence(run.r.summary))})')
     names = run.r.names
     more = f' <span class="muted">and {len(found) - shown} more</span>' if len(found) > shown else ""
-    return Raw(f"{len(found)} flagged: " + " ".join(
+    return Raw(f"{esc(summary_sentence(run.r.summary))}: " + " ".join(
         f"{ref(run, u['prototype'], 'uncertain')} {esc(names[u['classes'][0]])} ↔ {esc(names[u['classes'][1]])}"
         for u in found[:shown]) + more)
 

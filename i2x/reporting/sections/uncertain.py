@@ -11,6 +11,7 @@ from i2x.reporting import charts
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, chip, class_ref, esc, table
 from i2x.reporting.sections.common import MAX_UNCERTAIN_CARDS, _patch_imgs
+from i2x.stages.analyze.uncertainty import summary_sentence
 
 
 def uncertain(r: ReportInputs) -> Section:
@@ -24,7 +25,7 @@ def uncertain(r: ReportInputs) -> Section:
         intro += (" With two classes the two confidences move in opposite directions (their changes sum to zero), so "
                   f"each prototype has one coefficient: the margin β({names[1]}) − β({names[0]}); it favours "
                   f"{names[1]} when positive, and a flip is a reversal of its sign.")
-    head = _significance_head(c, len(r.summary["prototypes"])) if c else ""
+    head = _significance_head(c, summary_sentence(s)) if c else ""
     if not found:
         body = head + (f"<p><b>No uncertain prototype was found.</b> No prototype's strongest class flipped between the same "
                 f"two classes at least {esc(th['min_flips'])} times with β above the noise floor "
@@ -70,19 +71,13 @@ def uncertain(r: ReportInputs) -> Section:
     return Section("uncertain", "Uncertain prototypes", intro, head + "".join(cards), notes)
 
 
-def _significance_head(c: dict[str, Any], k: int) -> str:
-    """Flagged versus expected by chance, and the rule that makes a flip significant."""
-    e, es = c["expected_flagged"], c["expected_significant"]
-    if c["null_runs"]:
-        chance = (f"chance alone flags {e['mean']:.3g} ± {e['sd'] if e['sd'] is not None else 0:.2g} "
-                  f"and {es['mean']:.3g} ± {es['sd'] if es['sd'] is not None else 0:.2g} significant "
-                  f"(mean ± sd over {c['null_runs']} runs of the null model: the same analysis with each step's "
-                  "confidence changes shuffled across samples)")
-    else:
-        chance = "the null model was not run (--null-runs 0), so no count expected by chance is known"
-    return (f"<p><b>{c['flagged']} of {k} prototypes flagged by the flip rule (noise floor), {c['significant']} "
-            "significant</b>; "
-            f"{esc(chance)}.</p><p class=\"muted\">A step counts when the {c['level']:.0%} interval of the leading "
+def _significance_head(c: dict[str, Any], sentence: str) -> str:
+    """Flagged and significant versus chance (:mod:`i2x.stages.analyze.uncertainty`), and the rules behind them."""
+    chance = (f"Chance: mean ± sd over {c['null_runs']} runs of the null model (the same analysis with each step's "
+              "confidence changes shuffled across samples), each run counted by the same two rules."
+              if c["null_runs"] else "")
+    return (f"<p><b>{esc(sentence)}</b>. Flagged: the flip rule over the noise floor. {esc(chance)}</p>"
+            f"<p class=\"muted\">A step counts when the {c['level']:.0%} interval of the leading "
             f"class's β minus the runner-up's (ridge standard errors at the step's penalty) lies above 0; a significant "
             f"flip is a change of the leading class between counted steps, so at both of its ends the interval "
             f"excludes the other class's β. A prototype is significant with at least --min-flips significant flips "

@@ -9,6 +9,9 @@ import numpy as np
 
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, chip, class_ref, esc, proto_ref, table
+from i2x.stages.analyze.uncertainty import summary_sentence
+from i2x.stages.context import sample_line, sample_warning
+from i2x.stages.normalisation import preprocessing_line
 
 MAX_VERDICT_PAIRS = 5
 
@@ -26,16 +29,10 @@ def _shortcut(r: ReportInputs) -> Raw:
 
 
 def _uncertain(r: ReportInputs) -> Raw:
-    found, c = r.summary["uncertain"], r.summary.get("uncertainty")
-    k = len(r.summary["prototypes"])
+    found = r.summary["uncertain"]
+    head = summary_sentence(r.summary)
     if not found:
-        return Raw('<span class="muted">none</span>: no prototype flipped between two classes.')
-    head = f"{len(found)} of {k} prototypes flagged"
-    if c:
-        e = c["expected_flagged"]
-        chance = (f"; chance alone flags {e['mean']:.3g}" if c["null_runs"] and e["mean"] is not None
-                  else "; the null model was not run")
-        head = f"{c['flagged']} of {k} prototypes flagged, {c['significant']} significant{chance}"
+        return Raw(f'<span class="muted">none</span>: no prototype flipped between two classes ({esc(head)}).')
     items = []
     for u in found[:MAX_VERDICT_PAIRS]:
         a, b = u["classes"]
@@ -55,6 +52,23 @@ def _accuracy(s: dict[str, Any], names: list[str]) -> str:
     return f"{a0:.1%} at {n0} → {a1:.1%} at {n1} ({s['split']} split, {s['n_samples']} samples)"
 
 
+def _inputs(r: ReportInputs) -> Raw:
+    """The preprocessing used and whether the model confirms it, and how the samples were chosen."""
+    attrs = r.store.attrs
+    pre, sample = attrs.get("preprocessing"), attrs.get("sample")
+    if pre is None:
+        told = '<span class="muted">preprocessing not recorded (extracted before i2x recorded it)</span>'
+    else:
+        check = pre["check"]
+        kind = {"fits": "shared", "unchecked": "", "doubtful": "warn", "skipped": "warn"}[check["status"]]
+        told = (f"{esc(preprocessing_line(pre))} {chip(check['status'], kind)}<br>{esc(check['line'])}"
+                + "".join(f"<br>{esc(note)}" for note in check["notes"]))
+    if sample is not None:
+        warning = sample_warning(sample, r.names)
+        told += f"<br>samples: {esc(sample_line(sample))}" + (f" {chip('thin', 'warn')} {esc(warning)}" if warning else "")
+    return Raw(told)
+
+
 def verdict_section(r: ReportInputs) -> Section:
     """The verdict card: the answers first, each linked to the section that shows the evidence."""
     s = r.summary
@@ -65,6 +79,7 @@ def verdict_section(r: ReportInputs) -> Section:
         ("Uncertain pairs", _uncertain(r)),
         ("Accuracy", _accuracy(s, [c["name"] for c in r.checkpoints])),
         ("Errors at the end", f"{wrong} of {int(conf.sum())} samples misclassified"),
+        ("Inputs", _inputs(r)),
     ]
     return Section("verdict", "Verdict", "What the analysis found, before the details: does the model lean on a "
                    "shortcut, which prototypes have not settled between two classes, and how well it did.",

@@ -12,6 +12,7 @@ from i2x.analysis.intensity import MIN_SHARE
 from i2x.analysis.significance import FlipSignificance
 from i2x.io.store import Store
 from i2x.stages.analyze.config import AnalyzeConfig
+from i2x.stages.analyze.uncertainty import uncertainty_counts, uncertainty_sentence
 
 
 def build_summary(store: Store, cfg: AnalyzeConfig, protos: Prototypes, structure: Structure, mapping: RidgeMapping,
@@ -135,16 +136,18 @@ def significance_summary(sig: FlipSignificance, cfg: AnalyzeConfig, uncertain: l
                               "score": e["score"], "flip_steps": e["flip_steps"],
                               "in_top_confused": (a, b) in top_pairs, **evidence(k), "below_noise_floor": True,
                               "class_names": [names[a], names[b]]})
-    return {"uncertainty": {
+    c = {
         "view": sig.view_,
         "level": cfg.significance_level,
         "z": round(sig.z_, 4),
         "fdr": cfg.fdr,
         "null_runs": cfg.null_runs,
-        "flagged": len(sig.flagged_),
-        "significant": sum(e["significant"] for e in sig.evidence_.values()),
         "expected_flagged": {"mean": _number(flag_mean, 3), "sd": _number(flag_sd, 3)},
         "expected_significant": {"mean": _number(sig_mean, 3), "sd": _number(sig_sd, 3)},
         "null_flagged": sig.null_flagged_.tolist(),
         "null_significant": sig.null_significant_.tolist(),
-    }}
+    }
+    counts = uncertainty_counts(uncertain, c, int(sig.beta_.shape[1]))  # the counts every place shows
+    c.update(flagged=counts.flagged, significant=counts.significant, significant_flagged=counts.significant_flagged,
+             significant_below_floor=counts.significant_below_floor, sentence=uncertainty_sentence(counts))
+    return {"uncertainty": c}

@@ -57,6 +57,9 @@ def leakage_scores(maps: dict[str, torch.Tensor], roi: np.ndarray, tolerance: fl
 def _notes(result: dict[str, Any]) -> list[str]:
     """Plain-language findings: where the random order removes evidence faster than a map."""
     notes = []
+    if len(result["checkpoints"]) == 1:
+        notes.append(f"Spearman to the first checkpoint: not measured, only {result['checkpoints'][0]['name']} was "
+                     "benchmarked (a checkpoint compared with itself scores 1.000); name two with --checkpoints.")
     for name, per_method in result["results"].items():
         for m, s in per_method.items():
             for level in LEVELS:
@@ -119,10 +122,11 @@ def benchmark(out_dir: str | Path | AnalysisDir, config: BenchmarkConfig | None 
                 for m, s in part.items():
                     scores[m].update(s)
 
-            if first_maps is None:
+            if first_maps is None:  # the first checkpoint is not compared with itself (1.000 by construction)
                 first_maps = maps
-            for m, s in similarity(maps, first_maps).items():
-                scores[m]["similarity_to_first"] = s
+            else:
+                for m, s in similarity(maps, first_maps).items():
+                    scores[m]["similarity_to_first"] = s
             if t == ts[-1]:
                 result["randomisation"] = {"checkpoint": name, "steps": randomisation(
                     ctx.model, explainer, x, y, detail_maps, cfg.seed)}

@@ -43,6 +43,8 @@ def _floats(text: str) -> tuple[float, ...]:
 
 #: The most masks optimised together when ``--batch-size`` is not given (more saves little time on a CPU).
 AUTO_BATCH_MAX = 256
+#: A mask of at most this area keeps no pixel, one of at least FULL_AREA every pixel (the binarised masks' share).
+EMPTY_AREA, FULL_AREA = 1e-6, 1 - 1e-6
 
 
 @dataclass
@@ -168,6 +170,27 @@ def evidence(out_dir: str | Path | AnalysisDir, config: EvidenceConfig | None = 
     return clean_json(summary)
 
 
+def degenerate_masks(area: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(empty, full) per mask: an area of at most EMPTY_AREA (the fill alone keeps the decision) or at least
+    FULL_AREA (no smaller evidence keeps it); neither says where the evidence is, so means leave them out."""
+    return area <= EMPTY_AREA, area >= FULL_AREA
+
+
+def masks_line(c: dict[str, Any]) -> str:
+    """One checkpoint's masks in words, the degenerate ones named and left out of the mean area (CLI and page)."""
+    n, empty, full = c["n"], c.get("empty", 0), c.get("full", 0)
+    parts = [f"{n} masks, decision kept {c['kept']:.0%}"]
+    if empty:
+        parts.append(f"{empty} of {n} empty (the fill alone keeps the decision: the model gives that class without "
+                     "the image's content, itself a finding)")
+    if full:
+        parts.append(f"{full} of {n} full (only the whole image keeps the decision)")
+    rest = c.get("area_informative", c["area"])
+    parts.append(f"mean area {rest['mean']:.3f}" + (f" over the other {n - empty - full}" if empty or full else "")
+                 if rest else "no mask between empty and full: no mean area")
+    return ", ".join(parts)
+
+
 def _summary(store: Store, cfg: EvidenceConfig, optimiser: MinimalEvidence, ts: list[int], rows: np.ndarray,
              whys: list[str], arrays: dict[str, np.ndarray], labels: np.ndarray, names: list[str],
              methods: list[str]) -> dict[str, Any]:
@@ -179,10 +202,13 @@ def _summary(store: Store, cfg: EvidenceConfig, optimiser: MinimalEvidence, ts: 
     for u, t in enumerate(ts):
         per_class = {names[c]: {"n": int((y == c).sum()), "area": float(area[u, y == c].mean()),
                                 "kept": float(kept[u, y == c].mean())} for c in np.unique(y)}
+        empty, full = degenerate_masks(area[u])
         per_checkpoint.append({
             "checkpoint": describe_checkpoint(store, t), "n": int(rows.size),
             "kept": float(kept[u].mean()), "kept_at_threshold": float(at_threshold[u].mean()),
+            "empty": int(empty.sum()), "full": int(full.sum()),
             "area": _stats(area[u]), "area_kept": _stats(area[u, kept[u]]),
+            "area_informative": _stats(area[u, ~(empty | full)]),
             "kl": _stats(arrays["evidence/kl"][u]), "robust": _stats(arrays["evidence/robust"][u]),
             "iou": {m: _stats(arrays[f"evidence/iou/{m}"][u]) for m in methods},
             "leakage": _stats(arrays["evidence/leakage"][u]), "per_class": per_class,

@@ -22,6 +22,7 @@ class ExtractResult:
     seconds: float = 0.0
     samples: int = 0
     order: str = ""
+    notes: list[str] = field(default_factory=list)  # the preprocessing, its check and the sample, a line each
 
 
 def finite_or_nan(t: torch.Tensor, finite: bool) -> np.ndarray:

@@ -36,7 +36,9 @@ from i2x.io.store import Store, chunk_ranges
 from i2x.io.workdir import claim
 from i2x.settings import validate
 from i2x.stages.config import RunConfig
-from i2x.stages.context import Context, build_context
+from i2x.io.location import as_path
+from i2x.stages.context import Context, build_context, sample_line, sample_record, sample_warning
+from i2x.stages.normalisation import check_normalisation, preprocessing_line, preprocessing_record
 from i2x.stages.extract.regions import extract_regions
 from i2x.stages.extract.result import ExtractResult, finite_or_nan
 from i2x.stages.provenance import code_record
@@ -70,6 +72,32 @@ def _probe(ctx: Context, layer: str | None) -> tuple[str, tuple[int, int], int, 
     return name, (int(h), int(w)), int(d), layout
 
 
+def _check_preprocessing(ctx: Context) -> dict:
+    """Check the preprocessing against the final checkpoint's first batch norm (:mod:`i2x.stages.normalisation`)
+    and return the store's record of it; a mismatch another normalisation fits is a UserError."""
+    ctx.load(ctx.checkpoints[-1])
+    folders = [p for p in {as_path(ctx.config.checkpoints), ctx.checkpoints[-1].path.parent} if isinstance(p, Path)]
+    if ctx.config.model.startswith("hf:"):
+        folders.append(Path(ctx.config.model[3:]))
+    check = check_normalisation(ctx.model, ctx.dataset, ctx.data, ctx.device, [p for p in folders if p.is_dir()],
+                                skip=ctx.config.skip_normalisation_check, batch=ctx.config.batch_size)
+    return preprocessing_record(ctx.data, check)
+
+
+def extraction_notes(store: Store) -> list[str]:
+    """The lines every extraction prints about its inputs: the preprocessing and its check, the sample."""
+    attrs = store.attrs
+    notes = []
+    if "preprocessing" in attrs:
+        record = attrs["preprocessing"]
+        notes += [f"preprocessing: {preprocessing_line(record)}", record["check"]["line"], *record["check"]["notes"]]
+    if "sample" in attrs:
+        notes.append(f"samples: {sample_line(attrs['sample'])}")
+        warning = sample_warning(attrs["sample"], store.class_names)
+        notes += [warning] if warning else []
+    return notes
+
+
 def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progress: bool = True) -> ExtractResult:
     """Run the extraction that ``config`` describes into ``out/store.zarr`` (resuming if possible)."""
     start_time = time.perf_counter()
@@ -87,6 +115,7 @@ def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progres
             if ctx.data.segmentation:  # region targets, one process: i2x.stages.extract.regions
 
                 return extract_regions(ctx, out, overwrite, progress, start_time, dist.world)
+            preprocessing = _check_preprocessing(ctx) if ctx.checkpoints else None
             layer, grid, channels, layout = _probe(ctx, config.layer)
             config = ctx.config = replace(ctx.config, layer=layer)  # the caller's config stays as given
             if len(ctx.labels) == 0:
@@ -98,13 +127,16 @@ def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progres
                 claim(out, config.fingerprint(), overwrite)
                 stack.enter_context(locked(out))
                 store = _create_store(ctx, config, out, grid, channels, list(methods), overwrite)
+                sample = sample_record(ctx.labels, ctx.sample_total, ctx.data.num_classes, config.limit)
                 store.note({"trust_checkpoints": config.trust_checkpoints, "code": code_record(config),
+                            "sample": sample, **({"preprocessing": preprocessing} if preprocessing else {}),
                             "input_size": list(ctx.data.input_size), "layer_layout": layout.to_dict(),
                             **({"checkpoint_order": ctx.listing.describe()} if ctx.listing is not None else {})})
         with dist.together("opening the store"):
             store = store or Store.open(out, mode="a")
         result = ExtractResult(store.path, layer, grid, samples=len(ctx.labels),
-                               order=ctx.listing.summary() if ctx.listing is not None else "")
+                               order=ctx.listing.summary() if ctx.listing is not None else "",
+                               notes=extraction_notes(store))
         _extract_all(ctx, store, layer, methods, dist, result, progress)
     result.seconds = time.perf_counter() - start_time
     return result

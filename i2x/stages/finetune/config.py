@@ -13,7 +13,8 @@ from i2x.stages.finetune.controls import CONTROLS
 SET_NAMES = ("full", "curated") + CONTROLS
 
 
-DEFAULT_STRATEGIES = ("full-full", "curated-curated", "curated-full")
+#: random -> full runs by default: a curated set that leaves out most of one class may win by rebalancing alone.
+DEFAULT_STRATEGIES = ("full-full", "curated-curated", "curated-full", "random-full")
 
 
 #: ``--study``: the paper's five rows (a single set name trains stage 1 only) and the two control rows.

@@ -41,6 +41,7 @@ class Curation:
     pairs: dict[Pair, list[int]]
     per_class: dict[str, int]
     n_train: int
+    class_sizes: dict[str, int] | None = None  # training samples per class, for the share each loses
 
 
 def concept_members(out_dir: str | Path, k: int) -> list[list[int]]:
@@ -184,7 +185,9 @@ def choose_exclusions(store: Store, summary: dict[str, Any], names: list[str], t
         source = "rule"
     counts = np.bincount(train_labels[ids], minlength=len(names))
     per_class = {names[c]: int(counts[c]) for c in np.flatnonzero(counts)}
-    return Curation(ids=ids, source=source, pairs=chosen, per_class=per_class, n_train=n_train)
+    sizes = np.bincount(train_labels, minlength=len(names))
+    return Curation(ids=ids, source=source, pairs=chosen, per_class=per_class, n_train=n_train,
+                    class_sizes={names[c]: int(sizes[c]) for c in range(len(names))})
 
 
 def _usable_uncertain(summary: dict[str, Any], all_uncertain: bool) -> list[dict[str, Any]]:
@@ -241,8 +244,16 @@ def pair_label(pair: Pair, names: list[str]) -> str:
 
 
 def print_curation(curation: Curation, names: list[str], min_share: float) -> None:
-    counts = ", ".join(f"class {c}: {n}" for c, n in curation.per_class.items())
+    """What the curated set leaves out, per class with the share of the class, and a note when most of one goes."""
+    sizes = curation.class_sizes or {}
+    counts = ", ".join(f"class {c}: {n}" + (f" of {sizes[c]} ({n / sizes[c]:.0%})" if sizes.get(c) else "")
+                       for c, n in curation.per_class.items())
     print(f"curated set: excluding {curation.ids.size} of {curation.n_train} training samples ({counts})")
+    most = [f"{c} ({n / sizes[c]:.0%})" for c, n in curation.per_class.items()
+            if sizes.get(c) and n > LARGE_EXCLUSION * sizes[c]]
+    if most:
+        print(f"note: the curated set removes most of class {', '.join(most)}: a gain may be the classes' new balance, "
+              "not the prototype; compare with random -> full, which leaves out as many samples per class at random")
     if curation.source == "rule":
         for pair, protos in curation.pairs.items():
             if protos:

@@ -17,6 +17,8 @@ from i2x.stages.finetune.curation import Pair, pair_label
 VERDICT_LEVEL = 0.05
 #: rows that ``curated-full`` is also compared with, seed by seed, when they ran
 CURATED_RIVALS = ("random-full", "cartography-full")
+#: What a statistic over a single seed shows instead of a spread or an interval.
+ONE_SEED = "1 seed: no interval"
 BASELINE = "full-full"
 
 
@@ -53,7 +55,7 @@ class FinetuneResult:
 
 def _stats(values: Sequence[float]) -> dict[str, Any]:
     v = np.asarray(values, dtype=float)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "values": v.tolist()}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else None, "values": v.tolist()}
 
 
 def per_strategy(runs: list[dict[str, Any]], strategies: list[str], pairs: list[Pair],
@@ -139,6 +141,10 @@ def verdict(result: FinetuneResult) -> list[str]:
             lo, hi = c["ci"]
             if c["mean"] is None or lo is None:
                 continue
+            if c["n"] < 2:
+                parts.append(f"cannot be judged against {_row_name(base)} ({c['mean']:+.2f} confusions; "
+                             f"{ONE_SEED})")
+                continue
             significant = c["wilcoxon_p"] is not None and c["wilcoxon_p"] < VERDICT_LEVEL
             word = "beat" if hi < 0 and significant else "did worse than" if lo > 0 and significant \
                 else "did not clearly beat"
@@ -158,6 +164,8 @@ def _diff(stat: dict[str, Any], scale: float) -> str:
     lo, hi = stat["ci"]
     if stat["mean"] is None or lo is None:
         return "n/a"
+    if stat["n"] < 2:
+        return f"{scale * stat['mean']:+.2f} ({ONE_SEED})"
     return f"{scale * stat['mean']:+.2f} [{scale * lo:+.2f}, {scale * hi:+.2f}] p={_p(stat['wilcoxon_p'])}"
 
 
@@ -166,4 +174,6 @@ def _p(p: float | None) -> str:
 
 
 def _pm(stat: dict[str, Any], scale: float) -> str:
+    if stat["std"] is None:
+        return f"{scale * stat['mean']:.2f} ({ONE_SEED})"
     return f"{scale * stat['mean']:.2f} ± {scale * stat['std']:.2f}"

@@ -151,7 +151,7 @@ def _settings(out: Path, cfg: FinetuneConfig, plan: Plan, curation: Curation, ct
         "torch": torch.__version__,
         "train_size": curation.n_train,
         "test_size": test_size,
-        "std": "sample standard deviation over seeds (ddof=1; 0 for one seed)",
+        "std": "sample standard deviation over seeds (ddof=1; null for one seed: no interval)",
     }
 
 
