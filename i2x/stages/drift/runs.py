@@ -62,7 +62,8 @@ def check_same_data(stores: list[Store], names: list[str], rows: list[np.ndarray
     note to show (the check could not be made, or ``allow`` let different data through)."""
     prints = [_fingerprint(s, trust_analysis) for s in stores]
     missing = [f"{n} ({why})" for n, (fp, why) in zip(names, prints) if fp is None]
-    where = "; ".join(f"{n}: --data {s.config.get('data')} --split {s.config.get('split')}" for n, s in zip(names, stores))
+    where = "; ".join(f"{n}: --data {s.config.get('data')} --split {s.config.get('split')}"
+                      for n, s in zip(names, stores))
     if not missing:
         first = prints[0][0][rows[0]]  # type: ignore[index]
         same = np.logical_and.reduce([same_images(first, fp[r]) for (fp, _), r in zip(prints[1:], rows[1:])])
