@@ -63,7 +63,8 @@ def train(data: str = "digits", model: str = "small-cnn", out: str | Path = "che
         raise UserError(f"--task {cfg.task}: --data {data} is a {dataset.task} set; pass --task {dataset.task}")
     torch.manual_seed(cfg.seed)  # the initial weights follow --seed too
     net = build_model(model, num_classes=num_classes or dataset.num_classes, in_channels=dataset.channels)
-    check_forward(net, dataset.split("train"), model, data)
+    check_forward(net, dataset.split("train"), model, data,
+                  (num_classes or dataset.num_classes) if cfg.task == "classification" else None)
     if cfg.task == "segmentation":
         check_pixel_logits(net, dataset.split("train"), model)
     return _train(net, dataset.split("train"), dataset.split("test"), out, cfg)
