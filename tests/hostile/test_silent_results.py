@@ -16,10 +16,16 @@ from fixtures_pipeline import tiny_run  # noqa: F401  (pytest fixture)
 from i2x import api
 from i2x.cli import main
 from i2x.errors import UserError
-from i2x.io.samples.roi import read_roi
 from i2x.io.store import Store
 
 INDEX = np.arange(6)
+
+
+def read_roi(spec: str, index: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The one ROI reader (imported here so the command tests below run, and fail, on code without it)."""
+    from i2x.io.samples.roi import read_roi as reader
+
+    return reader(spec, index, size)
 
 
 def one_line(err: str) -> str:
@@ -148,7 +154,8 @@ def test_a_factory_that_misbehaves_is_one_line_and_nothing_is_written(tmp_path, 
     code, message = FACTORIES[name]
     (tmp_path / f"{name}.py").write_text(code)
     out = tmp_path / "ck"
-    rc = main(["train", "--model", f"{tmp_path / name}.py:make", "--data", "digits", "--epochs", "1", "--out", str(out)])
+    rc = main(["train", "--model", f"{tmp_path / name}.py:make", "--data", "digits", "--epochs", "1",
+               "--out", str(out)])
     assert rc == 2, "a factory that exits 0 used to end i2x train with 0 and nothing written"
     assert message in one_line(capsys.readouterr().err)
     assert not list(out.glob("*.pt"))
