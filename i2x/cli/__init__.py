@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from typing import Sequence
 
@@ -72,12 +73,27 @@ def _mark_report(args: argparse.Namespace) -> None:
         print(f"report.html is out of date ({', '.join(stale)}); rebuild it with: i2x report {dirs[0]}")
 
 
+_NEGATIVE_LIST = re.compile(r"^-\.?\d[^,]*(,[^,]*)+$")  # -1,2,3 or -.5,1
+
+
+def _negative_lists(argv: list[str]) -> list[str]:
+    """``--weights -1,2,3`` as ``--weights=-1,2,3``: argparse takes a value that starts with '-' and is not one
+    number for an option, and said "expected one argument" instead of the option's range error."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE_LIST.match(arg):
+            out[-1] += "=" + arg
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``i2x`` console script."""
     parser = build_parser()
     args = None
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_negative_lists(list(sys.argv[1:] if argv is None else argv)))
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(message)s")
         if not getattr(args, "func", None):

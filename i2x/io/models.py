@@ -23,14 +23,15 @@ import difflib
 import importlib
 import inspect
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from i2x.errors import UserError
+from i2x.io.devices import memory_size
 from i2x.io.segnets import SmallSegNet, is_torchvision_segmentation, torchvision_segmentation
-from i2x.io.specs import SpecRegistry, import_file
+from i2x.io.specs import SpecRegistry, failure, import_file
 from i2x.io.stems import conv_pool_stem, torchvision_model
 
 
@@ -129,8 +130,9 @@ def _hf_model(target: str, num_classes: int, in_channels: int) -> nn.Module:
                         "or a folder written by save_pretrained")
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        _refuse_oversized(target, AutoModelForImageClassification, config)
         model = AutoModelForImageClassification.from_config(config)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"--model hf:{target}: transformers could not build a classifier from {folder / 'config.json'} "
                         f"({str(exc).splitlines()[0][:200]})") from exc
     labels = getattr(config, "num_labels", num_classes)
@@ -141,6 +143,18 @@ def _hf_model(target: str, num_classes: int, in_channels: int) -> nn.Module:
     model.register_forward_hook(_logits)
     model.i2x_convert_state = lambda state: _hf_renamed(model, state)
     return model
+
+
+def _refuse_oversized(target: str, auto: Any, config: Any) -> None:
+    """Refuse a config whose weights would not fit in half the machine's memory (``hidden_size: 200000``), sized
+    on the meta device before anything is allocated."""
+    with torch.device("meta"):
+        probe = auto.from_config(config)
+    size = sum(p.numel() * p.element_size() for p in probe.parameters())
+    limit = memory_size(torch.device("cpu"))
+    if limit is not None and size > limit // 2:
+        raise UserError(f"--model hf:{target}: its config.json describes {size / 2**30:.0f} GiB of weights, more than "
+                        f"half this machine's {limit / 2**30:.0f} GiB; check its sizes (hidden_size, layers)")
 
 
 def _hf_renamed(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -174,6 +188,8 @@ def _load_factory(target: str) -> Callable[..., nn.Module]:
             module = importlib.import_module(module_part)
         except ImportError as exc:
             raise UserError(f"--model {target}: cannot import {module_part} ({exc})") from exc
+        except (Exception, SystemExit) as exc:  # the module's own code failed on import
+            raise UserError(f"--model {target}: importing {module_part} failed: {failure(exc)}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise UserError(f"--model {target}: {module_part} has no callable named {attr!r}")
@@ -187,7 +203,13 @@ def _factory_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels))
               if accepts_any or k in params}
-    model = factory(**kwargs)
+    try:
+        model = factory(**kwargs)
+    except UserError:
+        raise
+    except (Exception, SystemExit) as exc:  # the user's code: a raise, a recursion, sys.exit
+        raise UserError(f"--model {spec}: the factory failed: {failure(exc)}; fix it or choose another --model") \
+            from None
     if not isinstance(model, nn.Module):
         raise UserError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch nn.Module")
     return model

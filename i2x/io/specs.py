@@ -95,5 +95,20 @@ def import_file(path: str | Path, option: str, spec: str, prefix: str) -> Module
     module_spec = importlib.util.spec_from_file_location(f"{prefix}{path.stem}", path)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except UserError:
+        raise
+    except (Exception, SystemExit) as exc:  # the user's code: a syntax error, a raise, a recursion, sys.exit
+        raise UserError(f"{option} {spec}: importing {path} failed: {failure(exc)}; fix the file") from None
     return module
+
+
+def failure(exc: BaseException) -> str:
+    """What a user's code did, in one line: its exception and the first line of its message."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError at line {exc.lineno}: {exc.msg}"
+    message = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}{': ' + message if message else ''}"

@@ -17,6 +17,7 @@ g     HDBSCAN group slot within a step (``group_ids`` gives the group label)
 u     checkpoint of the evidence study (``evidence/checkpoints`` maps it to t)
 e     sample of the evidence study (``evidence/rows`` maps it to n)
 y, x  input pixel row and column
+q     cell of a sample's fingerprint (:mod:`i2x.io.samples.fingerprint`: its pixels as a grey 8x8 thumbnail)
 ====  =====================================================================
 
 Extraction writes the root arrays; ``done[t]`` turns 1 only after every array of checkpoint t
@@ -52,6 +53,7 @@ STORE_NAME = "store.zarr"
 ARRAYS: dict[str, tuple[str, ...]] = {
     "labels": ("n",),
     "sample_index": ("n",),
+    "fingerprint": ("n", "q"),
     "probs": ("t", "n", "m"),
     "cam/*": ("t", "n", "h", "w"),
     "features": ("n", "h", "w", "d"),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from i2x.errors import UserError
+from i2x.io.store import Store
 from i2x.io.workdir import write_text
 from i2x.reporting.charts import ChartSet
 from i2x.reporting.inputs import ReportInputs
@@ -34,6 +35,8 @@ class CompareConfig:
                         choices=MATCH_RULES)
     top: float = option(0.2, "top share of cells for the IoU of the two runs' maps", low=0, high=1,
                         low_open=True)
+    allow_different_data: bool = option(False, "compare runs whose samples are not the same images (other --data or "
+                                        "--split), matching samples by their index anyway")
 
 
 def write_comparison(dir_a: str | Path, dir_b: str | Path, config: CompareConfig | None = None,
@@ -49,10 +52,14 @@ def write_comparison(dir_a: str | Path, dir_b: str | Path, config: CompareConfig
     names = list(cfg.names) if cfg.names else [Path(dir_a).resolve().name, Path(dir_b).resolve().name]
     if len(names) != 2:
         raise UserError(f"--names {','.join(names)}: give two names, A then B")
+    regions = [str(d) for d in (dir_a, dir_b) if Store.open(d).attrs.get("task") == "segmentation"]
+    if regions:
+        raise UserError(f"{', '.join(regions)}: a segmentation run; i2x compare sets two classifiers' prototypes side "
+                        "by side, which segmentation runs have none of: open each one's report (i2x report DIR)")
     charts = ChartSet()
     a, b = (Run(letter, name, ReportInputs.open(d, trust_analysis=trust_analysis))
             for letter, name, d in (("A", names[0], dir_a), ("B", names[1], dir_b)))
-    pair = pair_runs(a, b, cfg.match, cfg.top)
+    pair = pair_runs(a, b, cfg.match, cfg.top, cfg.allow_different_data, trust_analysis)
     sections = [side_by_side(pair, charts), suspects(pair), matched(pair), shared_samples(pair)]
     title = f"{names[0]} versus {names[1]}"
     subtitle = (f"A: {shown_path(a.r.summary['model'], a.r.out_dir)}, {len(a.r.checkpoints)} checkpoints; "

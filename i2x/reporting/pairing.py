@@ -17,7 +17,7 @@ from i2x.errors import UserError
 from i2x.metrics.drift import drift_metrics
 from i2x.metrics.matching import cell_overlap, cosine, match
 from i2x.reporting.inputs import ReportInputs
-from i2x.stages.drift.runs import common_samples
+from i2x.stages.drift.runs import DifferentData, common_samples
 
 MATCH_RULES = ("overlap", "centroid")
 
@@ -78,14 +78,20 @@ def _comparable_features(a: ReportInputs, b: ReportInputs) -> str | None:
     return None
 
 
-def pair_runs(a: Run, b: Run, rule: str = "overlap", top: float = 0.2) -> RunPair:
-    """Everything the comparison page shows about ``a`` and ``b`` (``rule``: overlap or centroid)."""
+def pair_runs(a: Run, b: Run, rule: str = "overlap", top: float = 0.2, allow_different_data: bool = False,
+              trust_analysis: bool = False) -> RunPair:
+    """Everything the comparison page shows about ``a`` and ``b`` (``rule``: overlap or centroid); runs whose
+    shared samples are other images are refused unless ``allow_different_data``."""
     if rule not in MATCH_RULES:
         raise UserError(f"--match {rule}: use one of {', '.join(MATCH_RULES)}")
     notes: list[str] = []
     try:
-        (rows_a, rows_b), info = common_samples([a.r.store, b.r.store], [a.name, b.name])
+        (rows_a, rows_b), info = common_samples([a.r.store, b.r.store], [a.name, b.name], allow_different_data,
+                                                trust_analysis)
         mismatch = int(info["n_label_mismatch"])
+        notes += [info["data_note"]] if info["data_note"] else []
+    except DifferentData:
+        raise
     except UserError:
         rows_a = rows_b = np.zeros(0, dtype=np.int64)
         mismatch = 0

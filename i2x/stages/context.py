@@ -185,19 +185,21 @@ def fresh_model(model_spec: str, data_spec: str, data: ImageData, num_classes: i
     if num_classes < data.num_classes:
         raise UserError(f"--num-classes {num_classes}: the data has {data.num_classes} classes")
     model = build_model(model_spec, num_classes=num_classes, in_channels=data.channels)
-    check_forward(model, probe, model_spec, data_spec)
+    check_forward(model, probe, model_spec, data_spec, None if data.segmentation else num_classes)
     return model
 
 
-def check_forward(model: nn.Module, dataset: Dataset, model_spec: str, data_spec: str) -> None:
+def check_forward(model: nn.Module, dataset: Dataset, model_spec: str, data_spec: str,
+                  num_classes: int | None = None) -> None:
     """Run the fresh model on one image, so a model that cannot take the data's image size or channel
-    count fails here with a message rather than deep inside extraction."""
+    count fails here with a message rather than deep inside extraction; with ``num_classes`` (a classifier) it
+    must return that many scores per image (a factory that ignores num_classes trained to accuracy 0)."""
     x = dataset[0][0].unsqueeze(0)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(x)
+            out = model(x)
     except RuntimeError as exc:
         cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(
@@ -206,6 +208,12 @@ def check_forward(model: nn.Module, dataset: Dataset, model_spec: str, data_spec
         ) from exc
     finally:
         model.train(was_training)
+    if num_classes is not None and isinstance(out, torch.Tensor) and tuple(out.shape) != (1, num_classes):
+        got = " x ".join(map(str, out.shape[1:])) or "a scalar"
+        what = "a map per class, as a segmentation model does" if out.ndim == 4 else f"outputs of shape {got}"
+        raise UserError(f"--model {model_spec} returns {what} per image, but --data {data_spec} is a classification "
+                        f"set of {num_classes} classes: the model must return {num_classes} class scores (a factory "
+                        "should build its last layer from num_classes)")
 
 
 def open_context(store: Store, t: int | None = None, device: str = "auto", batch_size: int = 256,

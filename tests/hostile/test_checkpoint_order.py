@@ -304,3 +304,38 @@ def test_compressed_and_foreign_archives_are_named_for_what_they_are(tmp_path):
         archive.writestr("run/epoch_2.pt", data)
     with pytest.raises(UserError, match=r"a zip archive, but not one torch.save wrote \(it holds run/epoch_2.pt\)"):
         find_checkpoints(folder)
+
+
+# ---- directories mixing formats ---------------------------------------------------------------------------
+def test_mixed_formats_are_ordered_by_the_numbers_and_copies_found_across_formats(tmp_path):
+    """epoch_1.pt, epoch_2.safetensors, an HF checkpoint-69/ folder and a .pth.tar copy of epoch 2: the HF
+    folder used to sort first (its word before 'epoch') and the copy went unseen (a .pt quick digest was
+    never compared with a safetensors one)."""
+    from safetensors.torch import save_file
+
+    states = [weights(s) for s in (1, 2, 3)]
+    torch.save({"state_dict": states[0], "epoch": 1}, tmp_path / "epoch_1.pt")
+    save_file(states[1], str(tmp_path / "epoch_2.safetensors"))
+    (tmp_path / "checkpoint-69").mkdir()
+    save_file(states[2], str(tmp_path / "checkpoint-69" / "model.safetensors"))
+    (tmp_path / "checkpoint-69" / "trainer_state.json").write_text(json.dumps({"global_step": 69}))
+    torch.save({"state_dict": states[1], "epoch": 2}, tmp_path / "model_best.pth.tar")
+
+    listing = list_checkpoints(tmp_path)
+
+    assert [c.name for c in listing.checkpoints] == ["epoch_1.pt", "epoch_2.safetensors", "checkpoint-69"]
+    assert listing.duplicates == [{"name": "model_best.pth.tar", "same_as": "epoch_2.safetensors", "kept": False}]
+
+
+def test_a_safetensors_copy_of_a_pt_file_is_a_duplicate(tmp_path):
+    from safetensors.torch import save_file
+
+    states = [weights(s) for s in (1, 2, 3)]
+    for i, state in enumerate(states, start=1):
+        torch.save({"state_dict": state, "epoch": i}, tmp_path / f"epoch_{i}.pt")
+    save_file(states[2], str(tmp_path / "last.safetensors"))
+
+    listing = list_checkpoints(tmp_path)
+
+    assert [c.name for c in listing.checkpoints] == ["epoch_1.pt", "epoch_2.pt", "epoch_3.pt"]
+    assert listing.duplicates == [{"name": "last.safetensors", "same_as": "epoch_3.pt", "kept": False}]

@@ -23,10 +23,11 @@ STEP_KEYS = ("global_step", "step", "epoch")
 
 def inspect(path: Path, trust: bool) -> tuple[int | None, str, dict[str, Any], str | None]:
     """The step stored inside a snapshot (global_step > step > epoch), light metadata and the weights' quick
-    digest (safetensors: the full one). A file on object storage is read from its local copy, fetched once."""
+    digest, the same for every format (a .pt copy of a .safetensors file has the same one). A file on object
+    storage is read from its local copy, fetched once."""
     path = readable(path)
     if path.suffix == ".safetensors":
-        step, source, meta, digest = *_safetensors_step(path), {}, _safetensors_digest(path)
+        step, source, meta, digest = *_safetensors_step(path), {}, _safetensors_digest(path, quick=True)
     else:
         payload = read_payload(path, trust, mmap=True)
         step, source, meta = _payload_step(payload)
@@ -122,13 +123,13 @@ def full_digest(path: Path, trust: bool) -> str | None:
     return _payload_digest(read_payload(path, trust, mmap=True), path)
 
 
-def _safetensors_digest(path: Path) -> str | None:
+def _safetensors_digest(path: Path, quick: bool = False) -> str | None:
     from safetensors import SafetensorError, safe_open
 
     path = readable(path)
     try:
         with safe_open(str(local_file(path)), framework="pt") as fh:
-            return weights_digest(_LazyTensors(fh))
+            return weights_digest(_LazyTensors(fh), quick)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise unreadable_safetensors(path, exc) from exc
 

@@ -2,7 +2,8 @@
 
 Order (``order="step"``, the default): by the step stored inside (``global_step``, then ``step``,
 then ``epoch``; HF folders: ``trainer_state.json``) when every snapshot has one of the same kind,
-else by the numbers in the names in natural order (``epoch_2`` before ``epoch_10``); a name without
+else by the numbers in the names (``epoch_2`` before ``epoch_10``, and before ``checkpoint-69/`` whatever the
+words around the numbers: a directory mixing formats mixes name patterns); a name without
 a number (``last.pt``) goes last (first if it says ``init``/``start``/``untrained``). Modification
 time orders only when asked (``order="mtime"``): copies and checkouts reset it.
 
@@ -61,7 +62,7 @@ def resolve_duplicates(found: list[Checkpoint], keep: bool, trust: bool) -> tupl
     for members in candidates.values():
         if len(members) > 1:
             for c in members:
-                c.digest = c.digest if c.path.suffix == ".safetensors" else full_digest(c.path, trust)
+                c.digest = full_digest(c.path, trust)
                 if c.digest is not None:
                     groups.setdefault(c.digest, []).append(c)
     dropped: set[int] = set()
@@ -104,7 +105,7 @@ def order_checkpoints(found: list[Checkpoint], order: str) -> tuple[list[Checkpo
     bare = [c for c in found if not natural_numbers(c.name)]
     early = sorted((c for c in bare if c.name.lower().startswith(FIRST_WORDS)), key=lambda c: natural_key(c.name))
     late = sorted((c for c in bare if not c.name.lower().startswith(FIRST_WORDS)), key=lambda c: natural_key(c.name))
-    ordered = early + sorted(numbered, key=lambda c: natural_key(c.name)) + late
+    ordered = early + sorted(numbered, key=lambda c: (natural_numbers(c.name), natural_key(c.name))) + late
     for c in ordered:
         numbers = natural_numbers(c.name)
         c.step, c.step_source = (numbers[-1], "name") if numbers else (None, "none")

@@ -145,6 +145,10 @@ def _estimators(cfg: AnalyzeConfig, n: int) -> tuple[ConfidenceGroups, RidgeMapp
     )
     mapping._check_settings()
     structure._check_settings()
+    if cfg.k != "auto" and int(cfg.k) > n:  # k=20000 on 200 samples ran for minutes with no progress
+        raise UserError(f"--k {cfg.k}: more prototypes than the {n} analysed samples (the mapping fits one "
+                        f"coefficient per prototype and class from the samples); choose --k at most {n}, or extract "
+                        "more samples (--limit)")
     return groups, mapping, structure
 
 

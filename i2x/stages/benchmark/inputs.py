@@ -3,16 +3,12 @@ regions of interest (ROI) that leakage is measured against."""
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 
 from i2x.attribution import INTERVENTIONS, METHODS
 from i2x.errors import UserError
+from i2x.io.samples.roi import FORMATS as ROI_FORMATS
 from i2x.io.store import Store
 from i2x.metrics import leakage as lk
 from i2x.settings import device_option, name_list, option
@@ -44,9 +40,7 @@ class BenchmarkConfig(ModelAccess):
                                           metavar="F,G")
     noise: float = option(0.01, "std of ROAD's imputation noise", low=0)
     random_draws: int = option(3, "random removal orders for the faithfulness baseline", low=1)
-    roi: str | None = option(None, "region of interest for leakage: FILE.npz:KEY (masks [N, H, W] by data set "
-                                   "index) or FILE.csv (index,x0,y0,x1,y1 boxes in input pixels, x1/y1 exclusive)",
-                             metavar="SPEC")
+    roi: str | None = option(None, f"region of interest for leakage: {ROI_FORMATS}", metavar="SPEC")
     pointing_tolerance: float = option(lk.POINTING_TOLERANCE, "pointing-game tolerance in input pixels", low=0)
     top_share: float = option(0.2, "share of cells in the top-k IoU of the robustness test", low=0, high=1,
                               low_open=True)
@@ -60,37 +54,6 @@ class BenchmarkConfig(ModelAccess):
     progress: bool = option(True, "show progress", cli=False)
 
 
-def load_roi(spec: str, index: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Boolean ROI masks [len(index), H, W] for the data set indices ``index`` from an npz key or a CSV of boxes."""
-    h, w = size
-    if ".npz:" in spec:
-        path, key = spec.rsplit(":", 1)
-        if not Path(path).is_file():
-            raise UserError(f"--roi {spec}: no file {path}")
-        with np.load(path) as z:
-            if key not in z:
-                raise UserError(f"--roi {spec}: {path} has no key {key!r}; keys: {', '.join(z.files)}")
-            masks = np.asarray(z[key])
-        if masks.ndim != 3 or len(masks) <= int(index.max()):
-            raise UserError(f"--roi {spec}: need masks [N, H, W] covering data set index {int(index.max())}, "
-                            f"got shape {masks.shape}")
-        chosen = torch.from_numpy(masks[index].astype(np.float32))[:, None]
-        return F.interpolate(chosen, size=size, mode="nearest")[:, 0].numpy() > 0.5
-    if spec.endswith(".csv"):
-        if not Path(spec).is_file():
-            raise UserError(f"--roi {spec}: no such file")
-        out = np.zeros((len(index), h, w), dtype=bool)
-        where = {int(i): k for k, i in enumerate(index)}
-        with open(spec, newline="") as f:
-            for row in csv.DictReader(f):
-                try:
-                    i, x0, y0, x1, y1 = (int(float(row[k])) for k in ("index", "x0", "y0", "x1", "y1"))
-                except (KeyError, ValueError):
-                    raise UserError(f"--roi {spec}: each row needs numeric index,x0,y0,x1,y1") from None
-                if i in where:
-                    out[where[i], max(y0, 0):y1, max(x0, 0):x1] = True
-        return out
-    raise UserError(f"--roi {spec}: give FILE.npz:KEY or FILE.csv")
 
 
 def resolve_methods(cfg: BenchmarkConfig, store: Store) -> list[str]:

@@ -25,19 +25,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from i2x.io.workdir import BENCHMARK, clean_json, describe_checkpoint, select_checkpoints
+from i2x.errors import UserError
+from i2x.io.samples.roi import read_roi
+from i2x.io.workdir import BENCHMARK, AnalysisDir, clean_json, describe_checkpoint, select_checkpoints
 from i2x.metrics import leakage as lk
 from i2x.metrics.robustness import TRANSFORMS
 from i2x.metrics.stats import nan_mean_std as mean_std
 from i2x.settings import validate
 from i2x.stages.benchmark.faithfulness import LEVELS, RoadBenchmark
-from i2x.stages.benchmark.inputs import BenchmarkConfig, load_roi, resolve_methods
+from i2x.stages.benchmark.inputs import BenchmarkConfig, resolve_methods
 from i2x.stages.benchmark.maps import ClassTarget, Explainer
 from i2x.stages.benchmark.regions import benchmark_regions
 from i2x.stages.benchmark.robustness import robustness_scores
 from i2x.stages.benchmark.sanity import randomisation, similarity
 from i2x.stages.context import open_context
-from i2x.io.workdir import AnalysisDir
 
 __all__ = ["BenchmarkConfig", "benchmark"]
 
@@ -79,6 +80,9 @@ def benchmark(out_dir: str | Path | AnalysisDir, config: BenchmarkConfig | None 
     with out.locked():  # no other i2x process rewrites the store while the benchmark reads it
         store = out.store()
         if store.segmentation:  # region targets: i2x.stages.benchmark.regions
+            if cfg.roi:
+                raise UserError(f"--roi {cfg.roi}: a segmentation run is benchmarked on its masks' regions (each row "
+                                "explains its class over its region); leave --roi out")
             return benchmark_regions(store, cfg, out)
         methods = resolve_methods(cfg, store)
         ts = select_checkpoints(store, cfg.checkpoints, cfg.every)
@@ -115,7 +119,7 @@ def benchmark(out_dir: str | Path | AnalysisDir, config: BenchmarkConfig | None 
                                          cfg.batch_size)
             road_scores, result["random"][name], result["curves"][name] = road(explainer.scorer, y, detail_maps)
             for part in (road_scores,
-                         leakage_scores(maps, load_roi(cfg.roi, store.read("sample_index")[rows], tuple(x.shape[-2:])),
+                         leakage_scores(maps, read_roi(cfg.roi, store.read("sample_index")[rows], tuple(x.shape[-2:])),
                                         cfg.pointing_tolerance) if cfg.roi else {},
                          robustness_scores(explainer, x, y, detail_maps, cfg.top_share, cfg.sensitivity_radius,
                                            cfg.sensitivity_samples, cfg.seed)):

@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from torch.utils.data import Subset
 
 from i2x.errors import UserError
+from i2x.io.samples.fingerprint import fingerprints, same_images
 from i2x.io.store import Store
 from i2x.io.workdir import clean_json, describe_checkpoint, write_json
 from i2x.metrics.bootstrap import bootstrap_means, percentile_interval
 from i2x.metrics.drift import summarize
 from i2x.settings import validate
+from i2x.stages.context import open_data
 from i2x.stages.drift.study import STABILITY, DriftConfig, DriftReader, checkpoint_pair, method_order, ranking
 
 
@@ -34,8 +37,58 @@ def _run_names(dirs: list[Path], names: Sequence[str] | None) -> list[str]:
     return found if len(set(found)) == len(found) else [str(d) for d in dirs]
 
 
-def common_samples(stores: list[Store], names: list[str]) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """Store rows of the samples every run holds with the same label (matched by ``sample_index``), per run."""
+class DifferentData(UserError):
+    """The runs hold different images under the same indices (other data sets or splits)."""
+
+
+def _fingerprint(store: Store, trust_analysis: bool) -> tuple[np.ndarray | None, str]:
+    """The store's sample fingerprints: recorded at extraction, else computed from its data; None and why not."""
+    if store.has("fingerprint"):
+        return store.read("fingerprint"), ""
+    try:
+        config, data = open_data(store, trust_analysis)
+        if data.task != "classification":
+            return None, "a segmentation run"
+        rows = Subset(data.split(config.split), store.read("sample_index").tolist())
+        return fingerprints(data, rows), ""
+    except (UserError, IndexError) as exc:
+        return None, f"its data cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+
+
+def check_same_data(stores: list[Store], names: list[str], rows: list[np.ndarray], allow: bool = False,
+                    trust_analysis: bool = False) -> str | None:
+    """Refuse (:class:`DifferentData`) runs whose shared samples (``rows`` per run) are not the same images, by
+    their fingerprints, or by their --data and --split where a store has none; None when they agree, else the
+    note to show (the check could not be made, or ``allow`` let different data through)."""
+    prints = [_fingerprint(s, trust_analysis) for s in stores]
+    missing = [f"{n} ({why})" for n, (fp, why) in zip(names, prints) if fp is None]
+    where = "; ".join(f"{n}: --data {s.config.get('data')} --split {s.config.get('split')}"
+                      for n, s in zip(names, stores))
+    if not missing:
+        first = prints[0][0][rows[0]]  # type: ignore[index]
+        same = np.logical_and.reduce([same_images(first, fp[r]) for (fp, _), r in zip(prints[1:], rows[1:])])
+        if same.all():
+            return None
+        problem = f"{int((~same).sum())} of the {same.size} samples they share by index show different images"
+    elif len({(s.config.get("data"), s.config.get("split")) for s in stores}) == 1:
+        note = (f"could not check that the runs hold the same images (no fingerprint for {', '.join(missing)}); "
+                "they name the same --data and --split")
+        print(f"note: {note}")
+        return note
+    else:
+        problem = f"they name different --data or --split, and {', '.join(missing)} has no fingerprint to compare"
+    if not allow:
+        raise DifferentData(f"the runs hold different data: {problem} ({where}); extract them from the same --data "
+                            "and --split, or pass --allow-different-data to match samples by their index anyway")
+    note = f"--allow-different-data: {problem} ({where}); samples are matched by their index only"
+    print(f"note: {note}")
+    return note
+
+
+def common_samples(stores: list[Store], names: list[str], allow_different_data: bool = False,
+                   trust_analysis: bool = False) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Store rows of the samples every run holds with the same label (matched by ``sample_index``), per run,
+    after checking that they are the same images (:func:`check_same_data`; its note in ``info["data_note"]``)."""
     index = [np.asarray(s.read("sample_index")) for s in stores]
     labels = [np.asarray(s.read("labels")) for s in stores]
     shared = functools.reduce(np.intersect1d, index)
@@ -50,7 +103,9 @@ def common_samples(stores: list[Store], names: list[str]) -> tuple[list[np.ndarr
     if not agree.any():
         raise UserError("the runs share no sample (same sample index and label): extract them from the same "
                         "--data and --split (and --limit)")
-    return [r[agree] for r in rows], info
+    shared_rows = [r[agree] for r in rows]
+    info["data_note"] = check_same_data(stores, names, shared_rows, allow_different_data, trust_analysis)
+    return shared_rows, info
 
 
 def _undefined_run(n_from: int, n_to: int, n_both: int, a: dict, b: dict) -> str | None:
@@ -98,7 +153,7 @@ def compare_models(out_dirs: Sequence[str | Path], config: DriftConfig | None = 
         raise UserError(f"--method: not stored in every run ({', '.join(missing) or 'no method in common'}); "
                         "choose methods all of them hold")
     chosen = method_order(chosen)
-    rows, samples = common_samples(stores, names)
+    rows, samples = common_samples(stores, names, cfg.allow_different_data, cfg.trust_analysis)
     samples["rule"] = cfg.samples
     readers = [DriftReader(s, cfg.top, cfg.trust_analysis) for s in stores]
     pairs = [checkpoint_pair(s, cfg.from_, cfg.to, cfg.phase_split) for s in stores]

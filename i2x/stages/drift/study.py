@@ -68,6 +68,8 @@ class DriftConfig:
     confidence: float = option(0.95, "across runs: level of the bootstrap intervals (default 0.95)", low=0.5,
                                high=0.999)
     seed: int = option(0, "across runs: seed of the bootstrap resamples (default 0)")
+    allow_different_data: bool = option(False, "across runs: compare runs whose samples are not the same images "
+                                        "(other --data or --split), matching samples by their index anyway")
     consecutive: bool = option(True, "one run: also the drift over every pair of consecutive checkpoints", cli=False)
     trust_analysis: bool = trust_analysis_option()  # an old store may import its data spec to learn the input size
 

@@ -1,4 +1,4 @@
-"""Which samples and checkpoints ``i2x evidence`` explains, and the ROI file it scores leakage against."""
+"""Which samples and checkpoints ``i2x evidence`` explains."""
 
 from __future__ import annotations
 
@@ -71,14 +71,3 @@ def select_samples(store: Store, spec: str, max_samples: int, seed: int = 0) -> 
     return rows[:max_samples], whys[:max_samples]
 
 
-def read_roi(path: str | None, n: int, size: tuple[int, int]) -> np.ndarray | None:
-    """The ROI masks ``[n, H, W]`` (bool) from a .npy file, checked against the store and the input size."""
-    if path is None:
-        return None
-    try:
-        roi = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"--roi {path}: cannot read it as a .npy array ({exc})") from None
-    if roi.shape != (n, *size):
-        raise UserError(f"--roi {path}: shape {roi.shape}, expected {(n, *size)} (one H x W region per store row)")
-    return roi.astype(bool)

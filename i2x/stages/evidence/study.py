@@ -33,7 +33,9 @@ from i2x.metrics.evidence import FILLS, fill_of, iou_at_equal_area, leakage
 from i2x.metrics.stats import mean_std
 from i2x.settings import device_option, name_list, option, validate
 from i2x.stages.context import ModelAccess, open_context
-from i2x.stages.evidence.selection import read_roi, select_samples
+from i2x.io.samples.roi import FORMATS as ROI_FORMATS
+from i2x.io.samples.roi import read_roi
+from i2x.stages.evidence.selection import select_samples
 from i2x.stages.faithfulness import cams_for_targets
 
 
@@ -73,8 +75,8 @@ class EvidenceConfig(ModelAccess):
                           low=0)
     layers: tuple[str, ...] | None = option(None, "layers whose activations are matched (default: the store's "
                                             "target layer)", parse=name_list, metavar="A,B")
-    roi: str | None = option(None, ".npy file of boolean regions of interest [n, H, W] by store row: adds each "
-                             "mask's leakage outside its region", metavar="FILE")
+    roi: str | None = option(None, f"regions of interest, to add each mask's leakage outside its region: {ROI_FORMATS}",
+                             metavar="SPEC")
     batch_size: int | None = option(None, "masks optimised together (default: as many as fit in a quarter of the "
                                     "machine's memory, half of a GPU's, by the model's activations on one image; "
                                     f"at most {AUTO_BATCH_MAX})", low=1)
@@ -112,6 +114,9 @@ def evidence(out_dir: str | Path | AnalysisDir, config: EvidenceConfig | None = 
     validate(cfg)
     if len(cfg.weights) != 3:
         raise UserError(f"--weights {','.join(map(str, cfg.weights))}: give three weights, matching,minimality,robustness")
+    if cfg.weights[0] <= 0 or cfg.weights[1] <= 0:
+        raise UserError(f"--weights {','.join(map(str, cfg.weights))}: the matching and minimality weights must be "
+                        "above 0 (without minimality every mask keeps the whole image, without matching none)")
     out = AnalysisDir.at(out_dir)
     with out.locked():  # no other i2x process rewrites the store while the masks are written
         store = out.store(mode="a")
@@ -133,7 +138,7 @@ def evidence(out_dir: str | Path | AnalysisDir, config: EvidenceConfig | None = 
                                cfg.model)
             batch = batch or auto_batch_size(optimiser, ctx.model, ctx.dataset[int(rows[0])][0][None].to(ctx.device))
             size = tuple(int(s) for s in ctx.data.input_size)
-            roi = read_roi(cfg.roi, labels.size, size) if cfg.roi and roi is None else roi
+            roi = read_roi(cfg.roi, store.read("sample_index"), size) if cfg.roi and roi is None else roi
             mean = torch.tensor(ctx.data.mean, dtype=torch.float32, device=ctx.device).view(1, -1, 1, 1)
             std = torch.tensor(ctx.data.std, dtype=torch.float32, device=ctx.device).view(1, -1, 1, 1)
             parts = []

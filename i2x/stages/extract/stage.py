@@ -32,6 +32,7 @@ from i2x.io.data import iter_batches
 from i2x.io.devices import resolve_device
 from i2x.io.distributed import Dist, local_device, session
 from i2x.io.lock import locked
+from i2x.io.samples.fingerprint import fingerprints
 from i2x.io.store import Store, chunk_ranges
 from i2x.io.workdir import claim
 from i2x.settings import validate
@@ -132,6 +133,8 @@ def extract(config: RunConfig, out: str | Path, overwrite: bool = False, progres
                             "sample": sample, **({"preprocessing": preprocessing} if preprocessing else {}),
                             "input_size": list(ctx.data.input_size), "layer_layout": layout.to_dict(),
                             **({"checkpoint_order": ctx.listing.describe()} if ctx.listing is not None else {})})
+                if not store.has("fingerprint"):  # what runs compared with this one must hold too
+                    store.write("fingerprint", fingerprints(ctx.data, ctx.dataset, config.batch_size))
         with dist.together("opening the store"):
             store = store or Store.open(out, mode="a")
         result = ExtractResult(store.path, layer, grid, samples=len(ctx.labels),

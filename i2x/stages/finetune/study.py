@@ -187,6 +187,9 @@ def _seed_list(seeds: int | Sequence[int]) -> list[int]:
 def _check_epochs(epochs: Sequence[int]) -> tuple[int, int]:
     if len(epochs) != 2 or any(int(e) != e or e < 0 for e in epochs):
         raise UserError(f"--epochs {epochs}: give two non-negative whole numbers (stage 1, stage 2), e.g. 1,1")
+    if not any(epochs):
+        raise UserError(f"--epochs {','.join(map(str, epochs))}: no epoch at all, so every strategy would be the "
+                        "start checkpoint unchanged; give at least one epoch (e.g. 1,1)")
     return int(epochs[0]), int(epochs[1])
 
 
