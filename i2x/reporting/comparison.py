@@ -52,7 +52,7 @@ def write_comparison(dir_a: str | Path, dir_b: str | Path, config: CompareConfig
     names = list(cfg.names) if cfg.names else [Path(dir_a).resolve().name, Path(dir_b).resolve().name]
     if len(names) != 2:
         raise UserError(f"--names {','.join(names)}: give two names, A then B")
-    regions = [str(d) for d in (dir_a, dir_b) if Store.open(d).attrs.get("task") == "segmentation"]
+    regions = [str(d) for d in (dir_a, dir_b) if Store.open(d).segmentation]
     if regions:
         raise UserError(f"{', '.join(regions)}: a segmentation run; i2x compare sets two classifiers' prototypes side "
                         "by side, which segmentation runs have none of: open each one's report (i2x report DIR)")
