@@ -16,7 +16,7 @@ import torch
 
 from i2x.io.distributed import LaunchConfig, torchrun_command
 from i2x.io.location import RemotePath, as_path
-from i2x.io.workdir import SUMMARY, load_summary
+from i2x.io.workdir import SUMMARY, load_summary, refuse_foreign_file
 from i2x.stages.analyze import AnalyzeResult, analyze as _analyze
 from i2x.stages.analyze.config import AnalyzeConfig
 from i2x.stages.context import check_forward
@@ -164,6 +164,8 @@ def compare_drift(out_dirs: list[str | Path], config: DriftConfig | None = None,
     out = Path(out or "compare-drift.json")
     if out.suffix == ".html":
         raise UserError(f"--out {out}: name the JSON file (e.g. {out.with_suffix('.json')}); the page goes next to it")
+    for path in (out, out.with_suffix(".html")) if page else (out,):
+        refuse_foreign_file(path)
     result = compare_models(out_dirs, config, names=names, out=out, **options)
     html = write_drift_comparison(result, out.with_suffix(".html"), out) if page else None
     result["paths"] = {"json": str(out), "html": str(html) if html else None}

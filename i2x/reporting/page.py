@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import altair as alt
 
+from i2x.io.workdir import GENERATOR
 from i2x.reporting.shell import CSS, SCRIPT
 
 #: Vega-Embed options: SVG (crisp, inspectable) and no action menu (its links point online).
@@ -183,6 +184,7 @@ def render_page(title: str, subtitle: str, sections: list[Section], specs: dict[
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="{esc(GENERATOR)}">
 <meta http-equiv="Content-Security-Policy" content="{content_security_policy(bundle, SCRIPT)}">
 <title>{esc(title)}</title>
 <style>{CSS}</style>

@@ -28,7 +28,7 @@ from i2x.errors import UserError
 from i2x.io.location import RemotePath, as_path
 from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import save_summary
+from i2x.io.workdir import refuse_links, save_summary
 from i2x.settings import validate
 from i2x.stages.analyze.steps import AtCheckpoints, write_accuracy, write_intensity, write_mapping, write_prototypes
 from i2x.stages.analyze.summary import build_summary, significance_summary
@@ -64,6 +64,7 @@ def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool
     cfg = config or AnalyzeConfig()
     validate(cfg)
     with locked(out):
+        refuse_links(out)  # clearing analysis/ through a link would delete another store's
         store = Store.open(out, mode="a")
         store.require_complete()
         if store.attrs.get("task") == "segmentation":

@@ -30,7 +30,7 @@ from i2x.io.devices import memory_size, resolve_device
 from i2x.io.location import as_path
 from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import EVIDENCE, clean_json, describe_checkpoint, write_json
+from i2x.io.workdir import EVIDENCE, clean_json, describe_checkpoint, refuse_links, write_json
 from i2x.metrics.evidence import FILLS, fill_of, iou_at_equal_area, leakage
 from i2x.metrics.stats import mean_std
 from i2x.settings import device_option, option, validate
@@ -113,6 +113,7 @@ def evidence(out_dir: str | Path, config: EvidenceConfig | None = None, progress
     if len(cfg.weights) != 3:
         raise UserError(f"--weights {','.join(map(str, cfg.weights))}: give three weights, matching,minimality,robustness")
     with locked(out_dir):  # no other i2x process rewrites the store while the masks are written
+        refuse_links(out_dir)
         store = Store.open(out_dir, mode="a")
         rows, whys = select_samples(store, cfg.samples, cfg.max_samples, cfg.seed)
         ts = select_checkpoints(store, cfg.checkpoints)
