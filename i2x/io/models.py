@@ -180,8 +180,8 @@ def _hf_renamed(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, t
     with tempfile.TemporaryDirectory(prefix="i2x-hf-") as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(Path(tmp) / "model.safetensors"), metadata={"format": "pt"})
         model.config.save_pretrained(tmp)
-        loaded, info = AutoModelForImageClassification.from_pretrained(tmp, local_files_only=True, output_loading_info=True,
-                                                                       trust_remote_code=False)
+        loaded, info = AutoModelForImageClassification.from_pretrained(
+            tmp, local_files_only=True, output_loading_info=True, trust_remote_code=False)
         if info.get("missing_keys") or info.get("unexpected_keys") or info.get("mismatched_keys"):
             return state
         return {k: v.detach().clone() for k, v in loaded.state_dict().items()}  # not mapped from the folder

@@ -40,7 +40,8 @@ def _plant(folder: Path, kind: str) -> Path:
 
 
 WHY = {"loop": "a symbolic link that loops", "dangling": "a symbolic link to .*gone.pt, which does not exist",
-       "device": "a symbolic link to /dev/zero, which is not a regular file", "pipe": r"not a regular file \(a device, pipe or socket\)"}
+       "device": "a symbolic link to /dev/zero, which is not a regular file",
+       "pipe": r"not a regular file \(a device, pipe or socket\)"}
 
 
 @pytest.mark.parametrize("kind", list(WHY))

@@ -9,7 +9,8 @@ Found in a directory (not recursively):
 Everything else is ignored (and listed at debug level), including the Trainer's non-weight files
 (``training_args.bin``, ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state.pth``).
 A symlink that leads out of the directory is refused, and so is a snapshot-named entry that cannot be read (a
-link that loops or dangles, a device, a pipe): the run would otherwise miss it without a word. The directory may be a URL (``s3://bucket/run/``,
+link that loops or dangles, a device, a pipe): the run would otherwise miss it without a word.
+The directory may be a URL (``s3://bucket/run/``,
 :mod:`i2x.io.location`): it is listed there and each snapshot is fetched whole once per process into a local copy
 (:mod:`i2x.io.object_copies`) that its step, weights digest, sha256 and load all read.
 
@@ -31,7 +32,7 @@ from typing import Any, Iterable
 from i2x.errors import UserError
 from i2x.io.checkpoints.formats import HF_WEIGHT_FILES
 from i2x.io.checkpoints.inspection import inspect
-from i2x.io.location import as_path
+from i2x.io.location import as_path, is_remote
 from i2x.io.checkpoints.order import ORDERS, order_checkpoints, resolve_duplicates
 from i2x.io.checkpoints.snapshot import Checkpoint
 
@@ -142,7 +143,7 @@ def _refuse_unreadable(entry: Path) -> None:
     """A snapshot-named entry that is no readable file or folder (a link that loops or dangles, a device such as
     /dev/zero, a pipe) is refused by name rather than skipped: the run would silently miss a step."""
     named = (_has_suffix(entry.name) and entry.name not in NOT_WEIGHTS) or entry.name.startswith("checkpoint-")
-    if not named or entry.is_file() or entry.is_dir():
+    if not named or is_remote(entry) or entry.is_file() or entry.is_dir():  # object storage has no links or devices
         return
     if entry.is_symlink():
         try:
