@@ -23,7 +23,7 @@ from i2x.io.data import DataOptions, load_data
 from i2x.io.distributed import LaunchConfig, torchrun_command
 from i2x.io.location import RemotePath
 from i2x.io.segnets import check_pixel_logits
-from i2x.io.workdir import SUMMARY, AnalysisDir
+from i2x.io.workdir import SUMMARY, AnalysisDir, refuse_foreign_file
 from i2x.settings import option, validate, validate_values
 from i2x.stages.analyze import AnalyzeConfig, AnalyzeResult
 from i2x.stages.benchmark import BenchmarkConfig
@@ -170,6 +170,8 @@ def compare_drift(out_dirs: list[str | Path], config: DriftConfig | None = None,
     out = Path(out or "compare-drift.json")
     if out.suffix == ".html":
         raise UserError(f"--out {out}: name the JSON file (e.g. {out.with_suffix('.json')}); the page goes next to it")
+    for path in (out, out.with_suffix(".html")) if page else (out,):
+        refuse_foreign_file(path)
     result = compare_models(out_dirs, config, names=names, out=out, **options)
     html = write_drift_comparison(result, out.with_suffix(".html"), out) if page else None
     result["paths"] = {"json": str(out), "html": str(html) if html else None}

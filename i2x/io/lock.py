@@ -35,7 +35,8 @@ def locked(out_dir: str | Path, enabled: bool = True) -> Iterator[None]:
     as ``report`` never sees a half-written analysis; it says another process is writing instead).
 
     The lock is an ``flock``: the kernel releases it when the process dies, so a crash never
-    leaves a stale lock behind.
+    leaves a stale lock behind. A directory the lock created is removed again when nothing but the lock was
+    written into it (a command that failed early leaves no empty folder behind).
     """
     if not enabled:
         yield
@@ -45,6 +46,7 @@ def locked(out_dir: str | Path, enabled: bool = True) -> Iterator[None]:
         with _remote_lock(out):
             yield
         return
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
     try:  # O_NOFOLLOW: a planted symlink must not make i2x truncate the file it points to
@@ -69,6 +71,9 @@ def locked(out_dir: str | Path, enabled: bool = True) -> Iterator[None]:
         os.write(fd, str(os.getpid()).encode())
         yield
     finally:
+        if created and os.listdir(out) == [LOCK_NAME]:  # still holding the lock: no one else is writing there
+            path.unlink()
+            out.rmdir()
         os.close(fd)
 
 

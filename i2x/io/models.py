@@ -12,7 +12,8 @@ Supported specs:
   (e.g. ``timm:vit_tiny_patch16_224?img_size=32&patch_size=4&depth=2``).
 * ``hf:PATH``: a Hugging Face image classifier (``pip install 'i2x[hf]'``) built from the ``config.json`` in
   ``PATH`` (a Trainer ``checkpoint-N/`` folder or the folder ``save_pretrained`` wrote) with
-  ``AutoModelForImageClassification.from_config`` (never downloads); its forward returns the logits.
+  ``AutoModelForImageClassification.from_config`` (never downloads, never runs code from the folder: a config
+  whose ``auto_map`` names custom code is refused); its forward returns the logits.
 * ``package.module:factory`` and ``path/to/file.py:factory``: a callable returning an nn.Module;
   it is called with ``num_classes=`` and ``in_channels=`` when it accepts them.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -128,10 +130,11 @@ def _hf_model(target: str, num_classes: int, in_channels: int) -> nn.Module:
     if not (folder / "config.json").is_file():
         raise UserError(f"--model hf:{target}: no config.json in {folder}; point it at a Trainer checkpoint-N/ folder "
                         "or a folder written by save_pretrained")
+    _refuse_custom_code(target, folder / "config.json")
     try:
-        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
         _refuse_oversized(target, AutoModelForImageClassification, config)
-        model = AutoModelForImageClassification.from_config(config)
+        model = AutoModelForImageClassification.from_config(config, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"--model hf:{target}: transformers could not build a classifier from {folder / 'config.json'} "
                         f"({str(exc).splitlines()[0][:200]})") from exc
@@ -149,12 +152,30 @@ def _refuse_oversized(target: str, auto: Any, config: Any) -> None:
     """Refuse a config whose weights would not fit in half the machine's memory (``hidden_size: 200000``), sized
     on the meta device before anything is allocated."""
     with torch.device("meta"):
-        probe = auto.from_config(config)
+        probe = auto.from_config(config, trust_remote_code=False)
     size = sum(p.numel() * p.element_size() for p in probe.parameters())
     limit = memory_size(torch.device("cpu"))
     if limit is not None and size > limit // 2:
         raise UserError(f"--model hf:{target}: its config.json describes {size / 2**30:.0f} GiB of weights, more than "
                         f"half this machine's {limit / 2**30:.0f} GiB; check its sizes (hidden_size, layers)")
+
+
+def _refuse_custom_code(target: str, config_file: Path) -> None:
+    """Refuse a config.json whose ``auto_map`` names Python code of its own: transformers would import it (after
+    asking on stdin), and i2x never runs code that sits in a model folder."""
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"--model hf:{target}: {config_file} is not readable JSON ({exc}); "
+                        "point it at a folder written by save_pretrained") from None
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if auto_map:
+        entry = (", ".join(f"{k} -> {v}" for k, v in auto_map.items()) if isinstance(auto_map, dict)
+                 else str(auto_map))
+        entry = " ".join(entry.split())  # one line, whatever the file holds
+        raise UserError(f"--model hf:{target}: {config_file} asks for custom code (auto_map: {entry}); i2x never runs "
+                        "code from a model folder: use a model type transformers ships, or build the model with "
+                        "--model file.py:factory")
 
 
 def _hf_renamed(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -170,7 +191,8 @@ def _hf_renamed(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, t
     with tempfile.TemporaryDirectory(prefix="i2x-hf-") as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(Path(tmp) / "model.safetensors"), metadata={"format": "pt"})
         model.config.save_pretrained(tmp)
-        loaded, info = AutoModelForImageClassification.from_pretrained(tmp, local_files_only=True, output_loading_info=True)
+        loaded, info = AutoModelForImageClassification.from_pretrained(
+            tmp, local_files_only=True, output_loading_info=True, trust_remote_code=False)
         if info.get("missing_keys") or info.get("unexpected_keys") or info.get("mismatched_keys"):
             return state
         return {k: v.detach().clone() for k, v in loaded.state_dict().items()}  # not mapped from the folder

@@ -19,6 +19,7 @@ One line per training library (the optional ones are imported only when their re
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,23 @@ def save_snapshot(model: nn.Module, path: str | Path, step: int) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
+    if path.exists() or path.is_symlink():
+        raise UserError(f"{path}: a snapshot of step {step} is already there; the recorder never replaces one. Record "
+                        "into a new directory, or delete the old snapshots first")
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()
              if isinstance(v, torch.Tensor)}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"step": str(int(step)), "format": "pt"})
     tmp.replace(path)
     return path
+
+
+def _step(step: Any) -> int:
+    """``step`` as a training step: an integer of 0 or more (a float or a negative step would file a snapshot
+    under another step's name, or sort it first)."""
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+        raise UserError(f"step {step!r}: a snapshot step is an integer of 0 or more (the optimiser step count)")
+    return int(step)
 
 
 class SnapshotRecorder:
@@ -88,6 +100,9 @@ class SnapshotRecorder:
     def __init__(self, directory: str | Path, schedule: Any = None, dense: int = DENSE, ratio: float = RATIO):
         _check(dense, ratio)
         self.directory = Path(directory)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise UserError(f"SnapshotRecorder({str(directory)!r}): is a file, not a directory; give the directory "
+                            "the snapshots go to")
         self.schedule = schedule or (lambda step: should_save(step, dense, ratio))
         self.saved: list[int] = []
 
@@ -95,16 +110,19 @@ class SnapshotRecorder:
         return self.directory / f"step_{int(step):06d}.safetensors"
 
     def save(self, model: nn.Module, step: int) -> Path | None:
-        """Save now (once per step: a second call for the same step does nothing)."""
+        """Save now (once per step: a second call for the same step does nothing); a snapshot of ``step`` left in
+        the directory by another run is refused, never replaced."""
+        step = _step(step)
         if step in self.saved:
             return None
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.saved.append(int(step))
-        return save_snapshot(model, self.path(step), step)
+        path = save_snapshot(model, self.path(step), step)
+        self.saved.append(step)
+        return path
 
     def maybe_save(self, model: nn.Module, step: int) -> Path | None:
         """Save if ``step`` is on the schedule; returns the file written, if any."""
-        return self.save(model, step) if self.schedule(int(step)) else None
+        return self.save(model, step) if self.schedule(_step(step)) else None
 
 
 def lightning_callback(directory: str | Path, **recorder: Any) -> Any:

@@ -12,12 +12,15 @@ Layout of ``DIR`` (an ``i2x run --out``)::
     benchmark.json       the attribution benchmark (i2x benchmark)
     finetune/            fine-tuning runs and finetune.json (i2x finetune)
     report.html          the report, and report/ with its PNG charts
-    .i2x-analysis.json   the marker: this directory is an i2x analysis (version, creation settings)
+    .i2x-analysis.json   the marker: i2x made this directory (version, creation settings)
     .i2x.lock            the lock every writer holds (:mod:`i2x.io.lock`)
 
 i2x writes only into directories it recognises by the marker (or empty ones), never through a
-symlink, and replaces files whole (write beside, then rename), so a crash or a full disk leaves the
-previous file rather than half of a new one.
+symlink (a store, or a folder in it, that is a link to another place is refused: :func:`refuse_links`),
+and replaces files whole (write beside, then rename), so a crash or a full disk leaves the previous
+file rather than half of a new one. Outside an analysis directory (``compare --out``, ``drift A B
+--out``, ``finetune --dest``) it replaces only files and folders it wrote (:func:`refuse_foreign_file`,
+:func:`refuse_foreign`).
 
 ``DIR`` may be a URL on object storage (``s3://bucket/analysis``, :mod:`i2x.io.location`): there each file is
 one PUT, which replaces the object whole (no rename is needed for a reader never to see half a file), and
@@ -26,6 +29,7 @@ the report's chart folder is uploaded file by file after it was written locally.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -56,6 +60,8 @@ FINETUNE = "finetune.json"
 REPORT = "report.html"
 REPORT_ASSETS = "report"
 MARKER = ".i2x-analysis.json"
+#: The mark in a page or JSON file i2x writes outside an analysis directory (:func:`written_by_i2x`).
+GENERATOR = f"i2x {__version__}"
 
 
 def clean_json(value: Any) -> Any:
@@ -92,10 +98,16 @@ def write_bytes(path: str | Path | RemotePath, data: bytes) -> Path | RemotePath
     if isinstance(path, RemotePath):
         path.write_bytes(data)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UserError(f"{path}: cannot write it ({exc.strerror}); make {path.parent} writable or write the "
+                            "results elsewhere (--out)") from None
+        raise
+    try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -160,26 +172,92 @@ def is_analysis(out: str | Path | RemotePath) -> bool:
         return False
 
 
-def claim(out: str | Path | RemotePath, settings: dict[str, Any], overwrite: bool = False) -> Path | RemotePath:
-    """Make ``out`` an i2x analysis directory, refusing (before writing anything) a folder that holds files
-    i2x did not write unless ``overwrite``; then record the marker with the version and ``settings``."""
+def refuse_foreign(out: str | Path | RemotePath, overwrite: bool = False, option: str = "--out") -> Path | RemotePath:
+    """``out``, after checking i2x may write there: a new or empty folder, or one i2x made (its marker), whose
+    store and sub-folders hold no symlink; a file, a folder holding files i2x did not write (unless ``overwrite``)
+    or a link inside is refused before anything is written."""
     out = as_path(out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a directory; choose another --out")
+        raise UserError(f"{option} {out}: is a file, not a directory; choose another {option}")
     if out.is_dir() and not is_analysis(out) and not overwrite:
         held = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
         if held:
-            raise UserError(f"--out {out}: the folder is not empty and is not an i2x analysis (it holds "
-                            f"{', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); choose an empty or new folder, "
-                            "or pass --overwrite to write into it anyway (replacing any store.zarr, summary.json, "
-                            "report.html there)")
+            what = "is not an i2x analysis" if option == "--out" else "was not made by i2x"
+            hint = (", or pass --overwrite to write into it anyway (replacing any store.zarr, summary.json, "
+                    "report.html there)") if option == "--out" else ""
+            raise UserError(f"{option} {out}: the folder is not empty and {what} (it holds "
+                            f"{', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); choose an empty or new "
+                            f"folder{hint}")
+    refuse_links(out)
+    return out
+
+
+def claim(out: str | Path | RemotePath, settings: dict[str, Any], overwrite: bool = False,
+          option: str = "--out") -> Path | RemotePath:
+    """Make ``out`` an i2x directory (an analysis, or a fine-tuning ``--dest``) after :func:`refuse_foreign`'s
+    checks; then record the marker with the version and ``settings``."""
+    out = refuse_foreign(out, overwrite, option)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"--out {out}: cannot create it ({exc.strerror}); choose a writable --out") from None
+        raise UserError(f"{option} {out}: cannot create it ({exc.strerror}); choose a writable {option}") from None
     if not (out / MARKER).is_file() or overwrite:
         write_json(out / MARKER, {"i2x_version": __version__, "settings": settings}, indent=2)
     return out
+
+
+def refuse_links(out: str | Path | RemotePath) -> None:
+    """Refuse to write into ``out`` when its store, its report charts or its fine-tuning folder is, or holds, a
+    symlink: writing (or clearing a group) through it would change another store or folder outside ``out``."""
+    out = as_path(out)
+    if isinstance(out, RemotePath):
+        return
+    for top in (Store.location(out), out / FINETUNE_DIR, out / REPORT_ASSETS):
+        link = _first_link(top)
+        if link is not None:
+            raise UserError(f"{link}: is a symlink (to {os.readlink(link)}); i2x does not write through links out of "
+                            f"the analysis directory {out}. Replace the link by a copy of what it points to, or "
+                            "choose another --out")
+
+
+def _first_link(folder: Path) -> Path | None:
+    """``folder`` if it is a symlink, else the first symlink found anywhere below it (None: no link)."""
+    if folder.is_symlink():
+        return folder
+    pending = [folder] if folder.is_dir() else []
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    return Path(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+    return None
+
+
+def refuse_foreign_file(path: str | Path, option: str = "--out") -> Path:
+    """``path``, after checking i2x may write it: missing, or a page or JSON file i2x wrote (:data:`GENERATOR`
+    near its start). A name given for i2x's output must never cost the user a file of their own."""
+    path = Path(path)
+    refuse_symlink(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a folder; name the file to write (e.g. {path / 'compare.json'})")
+    if path.exists() and not written_by_i2x(path):
+        raise UserError(f"{option} {path}: the file exists and i2x did not write it (or an older i2x did), so i2x "
+                        f"does not replace it; choose another {option}, or move the file away")
+    return path
+
+
+def written_by_i2x(path: Path) -> bool:
+    """True if ``path`` is a page or JSON file that carries i2x's generator mark near its start (pages from
+    before the mark: the report's brand)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return False
+    return any(mark in head for mark in (b'"generator": "i2x', b'<meta name="generator" content="i2x',
+                                         b'<div class="brand">i2x report</div>'))
 
 
 def read_json(path: str | Path | RemotePath, command: str) -> dict[str, Any]:
@@ -227,7 +305,10 @@ class AnalysisDir:
         return str(self.path)
 
     def store(self, mode: str = "r") -> Store:
-        """The analysis's Zarr store (a UserError if extraction has not run)."""
+        """The analysis's Zarr store (a UserError if extraction has not run); opened for writing only when neither
+        it nor the directory's other output folders is or holds a link out of the directory (:func:`refuse_links`)."""
+        if mode != "r":
+            refuse_links(self.path)
         return Store.open(self.path, mode=mode)
 
     def locked(self, enabled: bool = True) -> AbstractContextManager[None]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from i2x.errors import UserError
 from i2x.io.store import Store
-from i2x.io.workdir import write_text
+from i2x.io.workdir import refuse_foreign_file, write_text
 from i2x.reporting.charts import ChartSet
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import render_page, shown_path
@@ -49,6 +49,7 @@ def write_comparison(dir_a: str | Path, dir_b: str | Path, config: CompareConfig
     out = Path(cfg.out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--out {cfg.out}: name an .html file (e.g. {out.with_suffix('.html')})")
+    refuse_foreign_file(out)
     names = list(cfg.names) if cfg.names else [Path(dir_a).resolve().name, Path(dir_b).resolve().name]
     if len(names) != 2:
         raise UserError(f"--names {','.join(names)}: give two names, A then B")
@@ -81,8 +82,6 @@ def write_drift_comparison(result: dict[str, Any], path: str | Path, json_path: 
                 f"{result['samples']['n_common']} shared samples.")
     footer = f"i2x {__version__} · self-contained: opens offline, loads nothing from the network."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_page(f"Drift across runs: {names}", subtitle, sections, charts.specs,
-                                [(Path(json_path).name, "the comparison JSON")] if json_path else [], footer),
-                    encoding="utf-8")
+    write_text(path, render_page(f"Drift across runs: {names}", subtitle, sections, charts.specs,
+                                 [(Path(json_path).name, "the comparison JSON")] if json_path else [], footer))
     return path

@@ -17,9 +17,9 @@ from i2x.io.store import Store
 from i2x.io.workdir import BENCHMARK, DRIFT, REPORT, read_json, write_text
 from i2x.reporting.charts import ChartSet
 from i2x.reporting.freshness import record
-from i2x.reporting.page import Section, render_page, shown_path, table
-from i2x.reporting.sections.common import mean_pm
+from i2x.reporting.page import Section, esc, render_page, shown_path, table
 from i2x.reporting.sections.benchmark import METRIC_LABELS
+from i2x.reporting.sections.common import mean_pm
 from i2x.reporting.sections.drift import drift_body, drift_facts
 from i2x.version import __version__
 
@@ -82,7 +82,7 @@ def _benchmark_section(b: dict[str, Any] | None, charts: ChartSet, shown_dir: st
         ("Deletion baseline", f"random orders inside the region: MoRF {mean_pm(b['random'][last]['morf'])}"),
         ("Run time", f"{b['seconds']:.1f} s"),
     ], "facts")
-    parts = [facts, f"<h3>At {last}</h3>", body,
+    parts = [facts, f"<h3>At {esc(last)}</h3>", body,
              charts.add("segmentation-benchmark-training", _over_training(b), export="segmentation_benchmark.png",
                         caption="Pick a metric in the dropdown.")]
     return Section("benchmark", "Attribution benchmark on regions", intro, "".join(parts), list(b.get("notes", [])))

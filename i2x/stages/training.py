@@ -163,7 +163,18 @@ def train(model: nn.Module, train_set: Dataset, test_set: Dataset, out: str | Pa
     if is_remote(out):
         raise UserError(f"--out {out}: training writes its snapshots to a local directory; upload them afterwards "
                         "(e.g. aws s3 sync) and give i2x run their URL")
+    created = not Path(out).exists()
     out = _snapshot_dir(Path(out), cfg.overwrite)
+    try:
+        return _train(model, train_set, test_set, out, cfg)
+    except BaseException:
+        if created and not any(out.iterdir()):  # failed before its first snapshot: leave no empty folder behind
+            out.rmdir()
+        raise
+
+
+def _train(model: nn.Module, train_set: Dataset, test_set: Dataset, out: Path, cfg: TrainConfig) -> TrainResult:
+    """The training loop of :func:`train`, into the snapshot folder ``out``."""
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -8,7 +8,9 @@ Found in a directory (not recursively):
 
 Everything else is ignored (and listed at debug level), including the Trainer's non-weight files
 (``training_args.bin``, ``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``, ``rng_state.pth``).
-A symlink that leads out of the directory is refused. The directory may be a URL (``s3://bucket/run/``,
+A symlink that leads out of the directory is refused, and so is a snapshot-named entry that cannot be read (a
+link that loops or dangles, a device, a pipe): the run would otherwise miss it without a word.
+The directory may be a URL (``s3://bucket/run/``,
 :mod:`i2x.io.location`): it is listed there and each snapshot is fetched whole once per process into a local copy
 (:mod:`i2x.io.object_copies`) that its step, weights digest, sha256 and load all read.
 
@@ -20,7 +22,9 @@ and the state_dict matched to a model (:mod:`i2x.io.checkpoints.state_dicts`).
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,7 +32,7 @@ from typing import Any, Iterable
 from i2x.errors import UserError
 from i2x.io.checkpoints.formats import HF_WEIGHT_FILES
 from i2x.io.checkpoints.inspection import inspect
-from i2x.io.location import as_path
+from i2x.io.location import as_path, is_remote
 from i2x.io.checkpoints.order import ORDERS, order_checkpoints, resolve_duplicates
 from i2x.io.checkpoints.snapshot import Checkpoint
 
@@ -95,6 +99,7 @@ def list_checkpoints(directory: str | Path, trust: bool = False, order: str = "s
         raise UserError(f"checkpoint directory {root} does not exist or is not a directory")
     found: list[Checkpoint] = []
     for entry in sorted(root.iterdir()):
+        _refuse_unreadable(entry)
         weights = _weight_file(entry)
         if weights is None:
             log.debug("ignoring %s: not a checkpoint", entry)
@@ -132,6 +137,27 @@ def recorded_checkpoints(directory: str | Path, records: Iterable[dict[str, Any]
         found.append(Checkpoint(name=record["name"], path=weights or entry, step=record.get("step"),
                                 step_source=record.get("step_source", "unknown")))
     return found
+
+
+def _refuse_unreadable(entry: Path) -> None:
+    """A snapshot-named entry that is no readable file or folder (a link that loops or dangles, a device such as
+    /dev/zero, a pipe) is refused by name rather than skipped: the run would silently miss a step."""
+    named = (_has_suffix(entry.name) and entry.name not in NOT_WEIGHTS) or entry.name.startswith("checkpoint-")
+    if not named or is_remote(entry) or entry.is_file() or entry.is_dir():  # object storage has no links or devices
+        return
+    if entry.is_symlink():
+        try:
+            entry.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13
+            why = "a symbolic link that loops"
+        except OSError as exc:
+            why = ("a symbolic link that loops" if exc.errno == errno.ELOOP
+                   else f"a symbolic link to {os.readlink(entry)}, which does not exist")
+        else:
+            why = f"a symbolic link to {entry.resolve()}, which is not a regular file"
+    else:
+        why = "not a regular file (a device, pipe or socket)"
+    raise UserError(f"{entry}: {why}; remove it, or replace it by the snapshot it stands for")
 
 
 def _refuse_escaping_link(root: Path, entry: Path, weights: Path) -> None:

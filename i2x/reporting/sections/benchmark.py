@@ -13,7 +13,7 @@ import pandas as pd
 
 from i2x.io.workdir import BENCHMARK
 from i2x.reporting.inputs import ReportInputs
-from i2x.reporting.page import Section, table
+from i2x.reporting.page import Section, esc, table
 from i2x.reporting.sections.common import mean_pm
 
 #: Metric key -> (label, which way is better) of every benchmark, classification and region alike.
@@ -101,7 +101,7 @@ def benchmark_section(r: ReportInputs) -> Section | None:
         ("Run time", f"{b['seconds']:.1f} s ({b['ms_per_image']:.1f} ms per image and checkpoint)"
                      + (f", {b['cpu_seconds']:.1f} s of CPU time" if "cpu_seconds" in b else "")),
     ], "facts")
-    parts = [facts, f"<h3>At {last}</h3>", body]
+    parts = [facts, f"<h3>At {esc(last)}</h3>", body]
     parts.append(r.charts.add("benchmark-tradeoff", _scatter(b), export="benchmark_tradeoff.png",
                               caption="One point per method and checkpoint."))
     frame = _long(b)

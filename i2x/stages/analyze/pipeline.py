@@ -64,7 +64,7 @@ def analyze(out_dir: str | Path | AnalysisDir, config: AnalyzeConfig | None = No
     validate(cfg)
     out = AnalysisDir.at(out_dir)
     with out.locked():
-        store = out.store(mode="a")
+        store = out.store(mode="a")  # refuses a store that is or holds a link out of the directory
         store.require_complete()
         if store.segmentation:
             raise UserError(f"{store.path} holds a segmentation run; the prototype analysis (i2x analyze, run, reliance, "

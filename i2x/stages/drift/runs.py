@@ -16,7 +16,7 @@ from torch.utils.data import Subset
 from i2x.errors import UserError
 from i2x.io.samples.fingerprint import fingerprints, same_images
 from i2x.io.store import Store
-from i2x.io.workdir import clean_json, describe_checkpoint, write_json
+from i2x.io.workdir import GENERATOR, clean_json, describe_checkpoint, write_json
 from i2x.metrics.bootstrap import bootstrap_means, percentile_interval
 from i2x.metrics.drift import summarize
 from i2x.settings import validate
@@ -205,5 +205,5 @@ def compare_models(out_dirs: Sequence[str | Path], config: DriftConfig | None = 
         "seconds": round(time.perf_counter() - start, 3),
     }
     if out is not None:
-        write_json(Path(out), result)
+        write_json(Path(out), {"generator": GENERATOR, **result})
     return clean_json(result)

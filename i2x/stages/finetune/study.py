@@ -49,7 +49,8 @@ from i2x.io.data import labels_of
 from i2x.io.location import is_remote
 from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import FINETUNE, FINETUNE_DIR, AnalysisDir, load_summary, write_json
+from i2x.io.workdir import (FINETUNE, FINETUNE_DIR, AnalysisDir, claim, load_summary, refuse_foreign, refuse_links,
+                             write_json)
 from i2x.settings import validate
 from i2x.stages.context import Context, open_context, open_data
 from i2x.stages.finetune.controls import CONTROLS, control_exclusions
@@ -82,6 +83,11 @@ def finetune(out_dir: str | Path | AnalysisDir, config: FinetuneConfig | None = 
         raise UserError(f"i2x finetune {out_dir}: fine-tuning writes model snapshots to a local directory; copy the "
                         "analysis directory from object storage first (e.g. aws s3 sync) and run it there")
     out = Path(str(out_dir))
+    dest_dir = Path(cfg.dest) if cfg.dest is not None else out / FINETUNE_DIR
+    if cfg.dest is None:
+        refuse_links(out)
+    else:  # before any work: a file, or a folder i2x did not make, is refused
+        refuse_foreign(dest_dir, option="--dest")
     plan = Plan(_parse_strategies(STUDY_STRATEGIES if cfg.study else cfg.strategies),
                 _seed_list(cfg.seeds if cfg.seeds is not None else STUDY_SEEDS if cfg.study else DEFAULT_SEEDS),
                 _check_epochs(cfg.epochs), _check_lr(cfg.optimizer, cfg.lr))
@@ -101,8 +107,9 @@ def finetune(out_dir: str | Path | AnalysisDir, config: FinetuneConfig | None = 
     print_curation(curation, names, cfg.min_share)
     sets = _training_sets(train_set, curation, plan)
     settings = _settings(out, cfg, plan, curation, ctx, start_name, start_sha, len(test_set))
-    dest_dir = Path(cfg.dest) if cfg.dest is not None else out / FINETUNE_DIR
     with locked(out), locked(dest_dir, enabled=dest_dir.resolve() != out.resolve()):
+        if cfg.dest is not None:
+            claim(dest_dir, {"finetune_of": str(out.resolve())}, option="--dest")
         write_excluded(dest_dir / EXCLUDED_NAME, curation, names, cfg.min_share, controls)
         evaluate_on_test = partial(evaluate_run, test_set=test_set, labels=labels_of(test_set), device=ctx.device,
                                    pairs=report_pairs, names=names)
