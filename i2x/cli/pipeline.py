@@ -28,8 +28,12 @@ def add_demo(sub: Subparsers) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from i2x import api
 
+    from i2x.io.store import Store
+
     cfg = config_from(args, api.DemoConfig)
-    api.demo(checkpoints=cfg.checkpoints, out=cfg.out, epochs=cfg.epochs, force=cfg.force)
+    result = api.demo(checkpoints=cfg.checkpoints, out=cfg.out, epochs=cfg.epochs, force=cfg.force)
+    for line in verdict_lines(result.summary, Store.open(cfg.out).checkpoints, cfg.out):
+        print(line)
 
 
 def add_train(sub: Subparsers) -> None:
