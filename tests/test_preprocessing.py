@@ -136,3 +136,34 @@ def test_a_sample_short_of_a_class_says_so(runs, tmp_path, capsys):
                  "gradcam", "--limit", "12"]) == 0
     assert re.search(r"sample: fewer than 10 samples of 0 \(\d\), 1 \(\d\): results for those classes",
                      capsys.readouterr().out)
+
+
+def test_timm_and_hf_configs_are_tried_and_their_input_size_named(tmp_path):
+    """A preprocessor_config.json (HF) or a config.json's pretrained_cfg (timm) beside the checkpoints adds its
+    normalisation to those tried, and a recorded input size that differs from the analysis's is named."""
+    import json
+
+    from i2x.io.datasets import DataOptions, tensor_data
+    from i2x.stages.normalisation import candidates, recorded_configs
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.4], "image_std": [0.2], "size": {"height": 224, "width": 224}}))
+    (tmp_path / "timm").mkdir()
+    (tmp_path / "timm" / "config.json").write_text(json.dumps(
+        {"architecture": "resnet18", "pretrained_cfg": {"mean": [0.1], "std": [0.3], "input_size": [1, 16, 16]}}))
+    found = dict(recorded_configs([tmp_path / "hf", tmp_path / "timm"]))
+    assert found[str(tmp_path / "hf" / "preprocessor_config.json")] == {"mean": (0.4,), "std": (0.2,),
+                                                                        "input_size": (224, 224)}
+    assert found[str(tmp_path / "timm" / "config.json")] == {"mean": (0.1,), "std": (0.3,), "channels": 1,
+                                                             "input_size": (16, 16)}
+    rng = np.random.default_rng(0)
+    x, y = rng.random((8, 16, 16)).astype(np.float32), np.array([0, 1] * 4)
+    data = tensor_data("t", {"train": (x, y), "test": (x, y)}, ["a", "b"], None, DataOptions())
+    tried = {c.name: (c.mean, c.std) for c in candidates(data, list(found.items()))}
+    assert tried["the normalisation preprocessor_config.json records"] == ((0.4,), (0.2,))
+    assert tried["the normalisation config.json records"] == ((0.1,), (0.3,))
+    assert set(tried) >= {"the data's own normalisation", "0.5/0.5 normalisation", "no normalisation"}
+    own = tried["the data's own normalisation"]
+    assert own[0][0] == pytest.approx(float(x.mean()), abs=1e-5) and own[1][0] == pytest.approx(float(x.std(ddof=1)),
+                                                                                                   abs=1e-4)

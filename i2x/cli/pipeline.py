@@ -28,8 +28,12 @@ def add_demo(sub: Subparsers) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from i2x import api
 
+    from i2x.io.store import Store
+
     cfg = config_from(args, api.DemoConfig)
-    api.demo(checkpoints=cfg.checkpoints, out=cfg.out, epochs=cfg.epochs, force=cfg.force)
+    result = api.demo(checkpoints=cfg.checkpoints, out=cfg.out, epochs=cfg.epochs, force=cfg.force)
+    for line in verdict_lines(result.summary, Store.open(cfg.out).checkpoints, cfg.out):
+        print(line)
 
 
 def add_train(sub: Subparsers) -> None:
@@ -171,8 +175,8 @@ def verdict_lines(summary: dict, checkpoints: list[dict], out: str) -> list[str]
     """What the report's verdict card says, as the run's last lines: the shortcut, the uncertain prototypes against
     chance, the accuracy on the analysed split and, where the trainer recorded it, on the test split."""
     entry = summary.get("reliance")
-    shortcut = (f"{'shortcut suspected' if entry.get('shortcut_found') else 'no shortcut stands out'}: {entry['verdict']}"
-                if entry else f"not run: i2x reliance {command_path(out)}")
+    found = entry and ("shortcut suspected" if entry.get("shortcut_found") else "no shortcut stands out")
+    shortcut = f"{found}: {entry['verdict']}" if entry else f"not run: i2x reliance {command_path(out)}"
     acc = [(c["name"], a) for c, a in zip(checkpoints, summary["accuracy"]) if a is not None]
     name, final = acc[-1] if acc else ("", None)
     analysed = (f"{summary['split']} split {final:.1%} at {name} ({summary['n_samples']} samples analysed)"
