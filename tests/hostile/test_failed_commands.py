@@ -3,7 +3,6 @@ no folder holding only ``.i2x.lock`` after a command refused on a mistyped direc
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

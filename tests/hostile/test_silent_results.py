@@ -5,15 +5,11 @@ of outputs. Each is now a one-line error naming the option, or the right result.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fixtures_pipeline import tiny_run  # noqa: F401  (pytest fixture)
-from i2x import api
 from i2x.cli import main
 from i2x.errors import UserError
 from i2x.io.store import Store
