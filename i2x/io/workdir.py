@@ -208,10 +208,15 @@ def claim(out: str | Path | RemotePath, settings: dict[str, Any], overwrite: boo
 
 def refuse_links(out: str | Path | RemotePath) -> None:
     """Refuse to write into ``out`` when its store, its report charts or its fine-tuning folder is, or holds, a
-    symlink: writing (or clearing a group) through it would change another store or folder outside ``out``."""
+    symlink: writing (or clearing a group) through it would change another store or folder outside ``out``; and
+    when ``out`` or its store is read-only (refused now, rather than half-way through rewriting the store)."""
     out = as_path(out)
     if isinstance(out, RemotePath):
         return
+    for folder in (out, Store.location(out)):
+        if folder.is_dir() and not folder.is_symlink() and not os.access(folder, os.W_OK):
+            raise UserError(f"{folder}: is read-only; make it writable, or copy the analysis to a writable place "
+                            "and run i2x there")
     for top in (Store.location(out), out / FINETUNE_DIR, out / REPORT_ASSETS):
         link = _first_link(top)
         if link is not None:

@@ -131,3 +131,15 @@ def test_a_read_only_place_is_a_one_line_error_and_leaves_no_temporary_file(tmp_
     with pytest.raises(UserError, match=r"res\.json: cannot write it .*writable"):
         write_json(tmp_path / "res.json", {"a": 1})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_store_is_refused_before_anything_is_rewritten(two_runs, monkeypatch, capsys):
+    a, _ = two_runs
+    real_access = os.access
+    store = a / "store.zarr"
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == store and mode == os.W_OK
+                        else real_access(path, mode, **kw))  # as chmod -R a-w does for a user other than root
+    before = _files(a / "store.zarr")
+    assert main(["analyze", str(a), "--k", "8"]) == 2
+    assert f"{store}: is read-only" in _one_line_error(capsys)
+    assert _files(a / "store.zarr") == before
