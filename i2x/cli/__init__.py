@@ -90,9 +90,9 @@ def _negative_lists(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``i2x`` console script."""
-    parser = build_parser()
     args = None
     try:
+        parser = build_parser()  # imports the stages (torch): inside the try, so Ctrl-C here is no traceback
         args = parser.parse_args(_negative_lists(list(sys.argv[1:] if argv is None else argv)))
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(message)s")
@@ -106,11 +106,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"i2x: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        # zarr's event loop still holds the interrupted writes: asyncio would log each as "Task was destroyed but it
+        # is pending!" at exit; they are abandoned on purpose (the store marks a checkpoint done only when written)
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         _end_progress_bars()
         resumes = getattr(args, "command", None) in ("extract", "run", "demo", "finetune")  # they keep finished work
         print("i2x: interrupted; rerun the same command to " + ("resume" if resumes else "start this step over"),
               file=sys.stderr)
         return 130
+    except Exception as exc:  # a full disk or object storage failing: one line, as for a user error
+        from i2x.io.location import storage_failure
+
+        message = storage_failure(exc)
+        if message is None:
+            raise
+        _end_progress_bars()
+        print(f"i2x: error: {message}", file=sys.stderr)
+        return 2
     return 0
 
 

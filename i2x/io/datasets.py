@@ -107,9 +107,11 @@ def tensor_data(
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / scale).permute(0, 3, 1, 2)
         y = _class_indices(np.asarray(y), spec, split)
         if y.size != len(x):
+            several = y.ndim > 1 and len(y) == len(x)  # [N, M]: several labels (or a one-hot row) per image
             raise UserError(
                 f"--data {spec}: the {split} split has {len(x)} images but labels of shape {y.shape}; "
-                "i2x needs exactly one class index per image (multi-label data is not supported)"
+                + ("i2x needs exactly one class index per image (multi-label data is not supported)" if several else
+                   f"give one class index per image ({y.size} labels for {len(x)} images)")
             )
         if y.size and y.min() < 0:
             raise UserError(f"--data {spec}: the {split} split has label {y.min()}; labels must be indices 0..M-1")

@@ -201,3 +201,45 @@ def command_path(out_dir: Any) -> str:
         except ValueError:
             text = Path(text).name
     return shlex.quote(text)
+
+
+_STORAGE_CLIENTS = ("s3fs", "gcsfs", "adlfs", "fsspec", "botocore", "aiobotocore", "aiohttp")
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """One line for a failure of the storage itself (a full disk; object storage without credentials, out of reach,
+    refusing access or without the bucket), or None for any other exception. The object storage's client raises
+    these deep in its own code, as tracebacks."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return (f"no space left on the device{where}: free space or choose another --out, then rerun the command "
+                "(extract and run resume at the first checkpoint not finished)")
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_globals.get("__name__", ""))
+        tb = tb.tb_next
+    kind = type(exc).__name__
+    from_client = type(exc).__module__.split(".")[0] in _STORAGE_CLIENTS or \
+        any(name.split(".")[0] in _STORAGE_CLIENTS for name in frames)
+    if not from_client:
+        return None
+    message = (str(exc).strip().splitlines() or [kind])[0][:200]
+    if kind == "NoCredentialsError":
+        return ("object storage: no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+                "AWS_PROFILE, ~/.aws/credentials) for the account that holds the bucket")
+    if kind in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError"):
+        from urllib.parse import urlsplit
+
+        endpoint = urlsplit(str(getattr(exc, "kwargs", {}).get("endpoint_url", "")))
+        where = f" {endpoint.scheme}://{endpoint.netloc}" if endpoint.netloc else ""
+        return (f"object storage: cannot connect to the endpoint{where}; check AWS_ENDPOINT_URL (or the storage's "
+                "endpoint setting) and the network")
+    if isinstance(exc, FileNotFoundError) and "bucket" in message.lower():
+        return f"object storage: {message}; create the bucket or fix the URL"
+    if isinstance(exc, PermissionError) or kind == "ClientError":
+        return (f"object storage refused the request ({message}); check the credentials and the bucket's "
+                "permissions")
+    return None

@@ -68,6 +68,9 @@ def mask_data(spec: str, arrays: dict[str, tuple[np.ndarray, np.ndarray]], class
         beyond = torch.nonzero((m >= len(names)).flatten(1).any(1) | (m < 0).flatten(1).any(1))
         if len(beyond):
             i = int(beyond[0, 0])
+            if (m[i] < 0).any():  # said "holds class 1" (its largest value) for a mask holding -1
+                raise UserError(f"--data {spec}: the {split} split's mask {i} holds the value {int(m[i].min())}; mask "
+                                "values are class indices 0..M-1 (0 the background): fix that mask")
             raise UserError(f"--data {spec}: the {split} split's mask {i} holds class {int(m[i].max())}, beyond the "
                             f"{len(names)} class names; fix that mask or the class names")
     if len(torch.unique(prepared["train"][1])) < 2:

@@ -1,5 +1,6 @@
 """`i2x analyze --k 20000` on 200 samples warned, clamped k to the 12,800 locations and then ran for minutes at
-5-6 GB with no progress. A k above the number of analysed samples is now refused before anything is cleared."""
+5-6 GB with no progress. A k above the number of analysed samples (and above the default, 32, which small sets
+keep) is now refused before anything is cleared."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from i2x.errors import UserError
 FORMATS = ("FILE.npy or FILE.npz[:KEY] (masks [N, H, W] by data set index, a region where the value is above 0.5) "
            "or FILE.csv (index,x0,y0,x1,y1 boxes in input pixels, x1/y1 exclusive)")
 _NPY, _ZIP = b"\x93NUMPY", b"PK\x03\x04"
+CHUNK = 256  # masks resized at a time
 
 
 def read_roi(spec: str, index: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -32,8 +33,10 @@ def read_roi(spec: str, index: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         if len(masks) <= int(index.max(initial=0)):
             raise UserError(f"--roi {spec}: {len(masks)} masks, but the samples reach data set index "
                             f"{int(index.max())}; give one mask per data set sample (masks [N, H, W] by index)")
-        chosen = torch.from_numpy(masks[index].astype(np.float32))[:, None]
-        roi = F.interpolate(chosen, size=size, mode="nearest")[:, 0].numpy() > 0.5
+        roi = np.zeros((len(index), *size), dtype=bool)
+        for lo in range(0, len(index), CHUNK):  # chunk by chunk: float32 copies of every mask would not fit
+            part = torch.from_numpy(masks[index[lo:lo + CHUNK]].astype(np.float32))[:, None]
+            roi[lo:lo + CHUNK] = F.interpolate(part, size=size, mode="nearest")[:, 0].numpy() > 0.5
     if roi.size and not roi.any():
         raise UserError(f"--roi {spec}: no region (no value above 0.5) for any of the {len(index)} samples; leakage "
                         "would be undefined for all of them")

@@ -14,7 +14,7 @@ runs between two consecutive *usable* checkpoints, listed in ``summary.json`` un
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -145,11 +145,15 @@ def _estimators(cfg: AnalyzeConfig, n: int) -> tuple[ConfidenceGroups, RidgeMapp
     )
     mapping._check_settings()
     structure._check_settings()
-    if cfg.k != "auto" and int(cfg.k) > n:  # k=20000 on 200 samples ran for minutes with no progress
+    most = max(n, DEFAULT_K)  # the default stays allowed on small sets: k-means clamps it to the distinct vectors
+    if cfg.k != "auto" and int(cfg.k) > most:  # k=20000 on 200 samples ran for minutes with no progress
         raise UserError(f"--k {cfg.k}: more prototypes than the {n} analysed samples (the mapping fits one "
-                        f"coefficient per prototype and class from the samples); choose --k at most {n}, or extract "
-                        "more samples (--limit)")
+                        f"coefficient per prototype and class from the samples); choose --k at most {most}, or "
+                        "extract more samples (--limit)")
     return groups, mapping, structure
+
+
+DEFAULT_K = next(f.default for f in fields(AnalyzeConfig) if f.name == "k")
 
 
 def _min_samples(cfg: AnalyzeConfig, n: int) -> int:

@@ -91,6 +91,9 @@ def finetune(out_dir: str | Path | AnalysisDir, config: FinetuneConfig | None = 
     plan = Plan(_parse_strategies(STUDY_STRATEGIES if cfg.study else cfg.strategies),
                 _seed_list(cfg.seeds if cfg.seeds is not None else STUDY_SEEDS if cfg.study else DEFAULT_SEEDS),
                 _check_epochs(cfg.epochs), _check_lr(cfg.optimizer, cfg.lr))
+    if cfg.study and not any(plan.epochs):  # seven identical rows and a verdict on them
+        raise UserError(f"--epochs {','.join(map(str, plan.epochs))}: no epoch at all, so every row of the study "
+                        "would be the start checkpoint unchanged; give at least one epoch (e.g. 1,1)")
     with locked(out):  # nothing may rewrite the analysis while the curation reads it
         store, summary = Store.open(out), load_summary(out)
         names = store.class_names
@@ -194,9 +197,6 @@ def _seed_list(seeds: int | Sequence[int]) -> list[int]:
 def _check_epochs(epochs: Sequence[int]) -> tuple[int, int]:
     if len(epochs) != 2 or any(int(e) != e or e < 0 for e in epochs):
         raise UserError(f"--epochs {epochs}: give two non-negative whole numbers (stage 1, stage 2), e.g. 1,1")
-    if not any(epochs):
-        raise UserError(f"--epochs {','.join(map(str, epochs))}: no epoch at all, so every strategy would be the "
-                        "start checkpoint unchanged; give at least one epoch (e.g. 1,1)")
     return int(epochs[0]), int(epochs[1])
 
 
