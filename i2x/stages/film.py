@@ -13,7 +13,7 @@ import torch
 
 from i2x.errors import UserError
 from i2x.io.store import Store
-from i2x.io.workdir import AnalysisDir
+from i2x.io.workdir import SUMMARY, AnalysisDir
 from i2x.metrics.stats import evenly_spaced
 from i2x.stages.context import open_context
 from i2x.stages.faithfulness import cams_for_targets
@@ -53,12 +53,12 @@ def final_index(store: Store) -> int:
 
 def prepare_film(out_dir: str | Path | AnalysisDir, trust_analysis: bool = False) -> dict[str, Any] | None:
     """Pick the film rows and compute the answer maps of the misclassified ones into ``store.zarr/film/``; a rerun
-    with the same rows, checkpoints and methods does nothing. None when the analysis has not run (no rows to pick);
+    with the same rows, checkpoints and methods does nothing. None when the analysis has not finished (no rows to pick);
     when the model cannot be rebuilt the reason is recorded instead of the maps, for the page to show."""
     out = AnalysisDir.at(out_dir)
     with out.locked():
         store = out.store(mode="a")
-        if store.segmentation or not store.has("analysis/confidence"):
+        if store.segmentation or not (out / SUMMARY).is_file():  # summary.json is written last: the analysis is done
             return None
         rows, why = film_rows(store)
         cols = evenly_spaced(len(store.checkpoints), MAX_FILM_COLUMNS)

@@ -96,7 +96,8 @@ def test_benchmark_with_a_nan_roi_refuses_instead_of_leakage_over_no_sample(tiny
 
 
 def test_evidence_reads_an_npz_roi_by_the_same_rules(tiny_run, tmp_path, capsys):
-    np.savez(tmp_path / "roi.npz", masks=np.full((200, 32, 32), 0.2, dtype=np.float32))  # below 0.5: no region
+    reach = int(Store.open(tiny_run).read("sample_index").max()) + 1  # --limit's stratified sample spans the split
+    np.savez(tmp_path / "roi.npz", masks=np.full((reach, 32, 32), 0.2, dtype=np.float32))  # below 0.5: no region
     assert main(["evidence", str(tiny_run), "--roi", str(tmp_path / "roi.npz"), "--samples", "3",
                  "--checkpoints", "final", "--iterations", "2", "--device", "cpu"]) == 2
     assert "no region (no value above 0.5) for any of the 200 samples" in one_line(capsys.readouterr().err)
