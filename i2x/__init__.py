@@ -22,7 +22,7 @@ _PUBLIC = {
     **{name: "i2x.api" for name in (
         "AnalyzeConfig", "DemoConfig", "DriftConfig", "EvidenceConfig", "FaithfulnessConfig", "FinetuneConfig", "RelianceConfig",
         "RunConfig", "RunResult", "TrainConfig", "analyze", "compare_drift", "compare_models", "demo", "doctor",
-        "drift", "evidence", "extract", "faithfulness", "finetune", "format_table", "launch", "load_summary", "reliance",
+        "drift", "evidence", "extract", "faithfulness", "finetune", "format_table", "launch", "load_summary", "reliance", "revise",
         "report", "run",
         "train", "UserError")},
     **{name: "i2x.analysis" for name in (

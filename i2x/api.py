@@ -31,6 +31,7 @@ from i2x.io.models import build_model
 from i2x.io.segnets import check_pixel_logits
 from i2x.stages.reliance import reliance
 from i2x.stages.reliance.config import RelianceConfig
+from i2x.stages.revision import RevisionConfig, revise
 from i2x.stages.drift import DriftConfig, drift
 from i2x.stages.drift.runs import compare_models
 from i2x.stages.faithfulness import FaithfulnessConfig, faithfulness
@@ -241,6 +242,6 @@ def doctor() -> dict[str, str]:
 
 
 __all__ = ["train", "extract", "analyze", "report", "run", "finetune", "format_table", "FinetuneResult",
-           "faithfulness", "benchmark", "BenchmarkConfig", "drift", "compare_models", "compare_drift", "evidence", "EvidenceConfig", "reliance", "demo", "doctor", "load_summary", "RunConfig",
+           "faithfulness", "benchmark", "BenchmarkConfig", "drift", "compare_models", "compare_drift", "evidence", "EvidenceConfig", "reliance", "revise", "RevisionConfig", "demo", "doctor", "load_summary", "RunConfig",
            "AnalyzeConfig", "TrainConfig", "RelianceConfig", "FinetuneConfig", "FaithfulnessConfig", "DriftConfig",
            "DemoConfig", "RunResult", "UserError"]

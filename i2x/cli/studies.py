@@ -17,6 +17,7 @@ from i2x.stages.evidence import EvidenceConfig
 from i2x.stages.faithfulness import FaithfulnessConfig
 from i2x.stages.finetune.config import FinetuneConfig
 from i2x.stages.reliance.config import RelianceConfig
+from i2x.stages.revision import RevisionConfig
 
 
 def add_finetune(sub: Subparsers) -> None:
@@ -25,11 +26,17 @@ def add_finetune(sub: Subparsers) -> None:
                 "against full -> full")
     analysis_dir(p, "i2x run / analyze")
     add_options(p, FinetuneConfig)
+    add_options(p, RevisionConfig, "revision of a shortcut (--fix METHOD or --measure, with --concept ID)")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     from i2x import api
 
+    if args.fix or args.measure:
+        api.revise(args.dir, config_from(args, RevisionConfig))
+        dest = as_path(args.dest) if args.dest else as_path(args.dir) / "finetune"
+        print(f"results: {dest / 'finetune.json'} (under 'revision')")
+        return
     result = api.finetune(args.dir, config_from(args, FinetuneConfig))
     print(f"results: {result.dest / 'finetune.json'}")
 
