@@ -7,7 +7,8 @@ train the small CNN, check by painting the L onto the other class's test images 
 (reliance included), and revise the final checkpoint against reliance.json's lead concept with every fix and control
 (``i2x finetune DIR --concept ID --fix all``): the fixes use the concept's mask (no annotation); the measures use the
 true L (``--artefact-mask``). On the clean twin ``planted:corner-L-clean`` the same revision of its lead concept
-(augment and its controls) shows how much revising a concept that is no shortcut moves accuracy. Prints the table
+(augment and its controls; the L's mask where the concept's footprints share no pixel) shows how much revising a
+concept that is no shortcut moves accuracy. Prints the table
 (method x gap, clean and attacked accuracy, flip rate, CAM share, time per run) and the verdicts.
 """
 
@@ -40,11 +41,10 @@ def pipeline(work: Path, name: str) -> Path:
     return out
 
 
-def uses_artefact(out: Path) -> dict[str, float]:
-    """Painting the L onto the other class's test images: the share called the marked class before and after."""
+def uses_artefact(out: Path, name: str) -> dict[str, float]:
+    """Painting the L onto the other classes' test images: the share called the marked class before and after."""
     ctx = open_context(Store.open(out))
-    data = PLANTED["corner-L"]()
-    return marker_effect(ctx.model.cpu(), data, artefact.PLACE)
+    return marker_effect(ctx.model.cpu(), PLANTED[name](), artefact.PLACE)
 
 
 def main() -> None:
@@ -52,29 +52,34 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--fix-epochs", type=int, default=3)
     parser.add_argument("--fix", default="all", choices=("augment", "rrclarc", "rrr", "exclude", "all"))
+    parser.add_argument("--sets", default="corner-L,corner-L-clean",
+                        help="planted sets; one whose name ends in -clean is revised with augment and its controls")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the trained runs here (reused)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="i2x-revise-"))
     rows = {}
-    for name, fix in (("corner-L", args.fix), ("corner-L-clean", "augment")):
+    for name in args.sets.split(","):
+        clean = name.endswith("-clean")
+        fix = "augment" if clean else args.fix
         out = pipeline(work, name)
         reliance = json.loads((out / "reliance.json").read_text())
         lead = reliance["ranking"][0]
         print(f"\n== planted:{name}: {reliance['verdict'].split('.')[0]}; revising concept {lead}")
-        truth = None
-        if name == "corner-L":
-            print(f"painting the L on the other class's test images: {uses_artefact(out)}")
-            truth = work / "artefact_mask.npy"
-            np.save(truth, artefact.artefact_mask())
+        truth = work / "artefact_mask.npy"
+        np.save(truth, artefact.artefact_mask())
+        if not clean:
+            print(f"painting the L on the other classes' test images: {uses_artefact(out, name)}")
         start = time.perf_counter()
         rows[name] = api.revise(out, fix=fix, concept=lead, seeds=args.seeds, fix_epochs=args.fix_epochs,
-                                artefact_mask=str(truth) if truth else None, progress=False)
+                                artefact_mask=str(truth), progress=False)
         print(f"({time.perf_counter() - start:.0f} s in all)")
-    clean = rows["corner-L-clean"]
-    for method, st in clean["methods"].items():
-        print(f"clean twin, {method}: clean accuracy {100 * st['clean_accuracy']['mean']:+.1f}% "
-              f"(change {100 * (st['clean_accuracy']['mean'] - clean['before']['clean_accuracy']):+.1f} pts)")
+    for name, record in rows.items():
+        if name.endswith("-clean"):
+            for method, st in record["methods"].items():
+                change = st["clean_accuracy"]["mean"] - record["before"]["clean_accuracy"]
+                print(f"{name}, {method}: clean accuracy {100 * st['clean_accuracy']['mean']:.1f}% "
+                      f"(change {100 * change:+.1f} pts from the final checkpoint)")
     print(f"runs kept in {work}")
 
 

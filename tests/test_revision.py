@@ -106,3 +106,61 @@ def test_augmentation_pastes_onto_other_classes_and_the_control_elsewhere():
     control = _paste(x, y, art, True, torch.Generator().manual_seed(0))
     assert (control[y != 1][:, 0].flatten(1).sum(1) == mask.sum()).all()       # same shape and area ...
     assert not control[y != 1][:, 0][:, mask].eq(1).all()                     # ... elsewhere
+
+
+def test_finetune_help_lists_the_fixes(capsys):
+    from i2x.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    assert "{augment,rrclarc,rrr,exclude,all}" in capsys.readouterr().out
+
+
+def test_a_missing_reliance_study_is_a_user_error(tmp_path):
+    from i2x.stages.revision.concept import concept_mask
+
+    with pytest.raises(UserError, match="i2x reliance"):
+        concept_mask(tmp_path, None, (28, 28))
+
+
+# ---- end to end on the planted hard case ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hard_case(tmp_path_factory) -> tuple[Path, Path]:
+    """planted:corner-L: the small CNN (6 epochs), the pipeline with reliance, and the true L as a .npy."""
+    root = tmp_path_factory.mktemp("revise")
+    api.train(data="planted:corner-L", out=root / "ck", epochs=6, seed=0, progress=False)
+    api.run(checkpoints=str(root / "ck"), data="planted:corner-L", out=root / "an", progress=False)
+    np.save(root / "truth.npy", artefact.artefact_mask())
+    return root / "an", root / "truth.npy"
+
+
+@pytest.mark.slow
+def test_augmentation_removes_the_planted_shortcut_and_the_controls_do_not(hard_case):
+    from i2x.io.store import Store
+    from i2x.planted.synthetic import marker_effect
+    from i2x.stages.context import open_context
+    from i2x.stages.revision.concept import concept_mask, reliance_concept
+
+    out, truth = hard_case
+    effect = marker_effect(open_context(Store.open(out)).model, PLANTED["corner-L"](), artefact.PLACE)
+    assert effect["rate_marked"] - effect["rate_clean"] > 0.4, f"the model does not use the L: {effect}"
+    lead = reliance_concept(out, None)
+    mask = concept_mask(out, None, (28, 28))
+    assert (mask & artefact.artefact_mask()).sum() >= 0.5 * artefact.artefact_mask().sum(), "the mask misses the L"
+    record = api.revise(out, fix="augment", seeds=1, artefact_mask=str(truth), progress=False)
+    assert record["concept"] == lead["id"] and record["class_name"] == "marked"
+    before, m = record["before"], record["methods"]
+    assert before["gap"] > 0.4
+    assert m["augment"]["gap"]["mean"] <= 0.10
+    assert m["augment"]["clean_accuracy"]["mean"] >= before["clean_accuracy"] - 0.02
+    for control in ("random-patch", "none"):
+        assert m[control]["gap"]["mean"] > 0.4, f"{control} removed the shortcut too: {m[control]['gap']}"
+    saved = json.loads((out / "finetune" / "finetune.json").read_text())["revision"]
+    assert saved["before"] == pytest.approx(before) and len(saved["runs"]) == 4
+    assert (out / "finetune" / "revision" / "augment" / "seed0.pt").is_file()
+    again = api.revise(out, measure=True, artefact_mask=str(truth), progress=False)   # measure alone: no runs
+    assert again["runs"] == [] and again["before"] == pytest.approx(before)
+    saved = json.loads((out / "finetune" / "finetune.json").read_text())
+    assert saved["measure"]["before"] == pytest.approx(before) and len(saved["revision"]["runs"]) == 4
+    with pytest.raises(UserError, match="--fix METHOD"):
+        api.revise(out)

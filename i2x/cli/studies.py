@@ -35,7 +35,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if args.fix or args.measure:
         api.revise(args.dir, config_from(args, RevisionConfig))
         dest = as_path(args.dest) if args.dest else as_path(args.dir) / "finetune"
-        print(f"results: {dest / 'finetune.json'} (under 'revision')")
+        key = "measure" if args.measure else "revision"
+        print(f"results: {dest / 'finetune.json'} (under {key!r})")
         return
     result = api.finetune(args.dir, config_from(args, FinetuneConfig))
     print(f"results: {result.dest / 'finetune.json'}")

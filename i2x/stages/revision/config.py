@@ -28,13 +28,14 @@ class RevisionConfig(ModelAccess):
                              "(penalise the output's gradient along the concept's direction at the layer), rrr "
                              "(penalise input gradients on the artefact's mask), exclude (leave its samples out), or "
                              "all; random patches of the same shape, random exclusion of the same size and plain "
-                             "fine-tuning always run as controls", choices=FIX_CHOICES, metavar="METHOD")
+                             "fine-tuning always run as controls", choices=FIX_CHOICES)
     measure: bool = option(False, "only measure the final checkpoint against --concept's artefact (clean and "
                            "attacked accuracy, gap, flip rate, CAM share); no fine-tuning")
     concept: int | None = option(None, "the reliance concept to revise (default: reliance.json's lead)", low=0,
                                  metavar="ID")
     artefact_mask: str | None = option(None, "measure against this annotated artefact mask (.npy, boolean H x W) "
-                                       "instead of the concept's mask", metavar="FILE")
+                                       "instead of the concept's mask (the fixes use it only where the concept has "
+                                       "no mask)", metavar="FILE")
     seeds: int | tuple[int, ...] | None = option(None, f"runs per method, same seeds across methods (default "
                                                  f"{DEFAULT_SEEDS})", parse=whole, metavar="N")
     fix_epochs: int = option(3, "epochs of every revision and control run", low=1)

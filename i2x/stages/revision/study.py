@@ -4,7 +4,8 @@ test split (:mod:`i2x.stages.revision.measure`). Without annotations the artefac
 (:func:`i2x.stages.revision.concept.concept_mask`) and its carriers are the analysed training samples where the
 concept covers at least ``min_share`` of the cells (those of its class are the donors pasted from).
 
-Results go under ``revision`` in ``DEST/finetune.json`` (other keys of that file are kept) and each revised model
+Results go under ``revision`` in ``DEST/finetune.json`` (``measure`` for a measurement alone; other keys of that
+file are kept) and each revised model
 to ``DEST/revision/<method>/seed<k>.pt`` (``{"state_dict", "method", "seed"}``).
 """
 
@@ -39,7 +40,8 @@ from i2x.stages.revision.results import format_table, paired, summarise, verdict
 def revise(out_dir: str | Path, config: RevisionConfig | None = None, progress: bool = True,
            **options: Any) -> dict[str, Any]:
     """Revise the final checkpoint of ``out_dir`` against a concept's artefact (``fix``), or only measure it
-    (``measure``); prints the table and returns the record written under ``revision`` in finetune.json."""
+    (``measure``); prints the table and returns the record written under ``revision`` (``measure``) in
+    finetune.json."""
     cfg = config or RevisionConfig(**options)
     validate(cfg)
     if not cfg.fix and not cfg.measure:
@@ -66,8 +68,14 @@ def revise(out_dir: str | Path, config: RevisionConfig | None = None, progress: 
         layer = store.attrs["layer"]
     test_images, test_labels = images_at(test_set, np.arange(len(test_set)), cfg.batch_size)  # type: ignore[arg-type]
     size = tuple(test_images.shape[-2:])
-    mask = concept_mask(out, concept, size)  # type: ignore[arg-type]
-    measured = _annotated(cfg.artefact_mask, size) if cfg.artefact_mask else mask  # type: ignore[arg-type]
+    measured = _annotated(cfg.artefact_mask, size) if cfg.artefact_mask else None  # type: ignore[arg-type]
+    try:
+        mask, mask_source = concept_mask(out, concept, size), f"concept {concept}"  # type: ignore[arg-type]
+    except UserError:
+        if measured is None:
+            raise
+        mask, mask_source = measured, f"annotation {cfg.artefact_mask} (concept {concept} has no mask)"
+    measured = mask if measured is None else measured
     donor_ids = curation.ids[train_labels[curation.ids] == c]
     if donor_ids.size == 0:
         raise UserError(f"concept {concept}: no analysed training sample of its class carries it (share >= "
@@ -98,7 +106,7 @@ def revise(out_dir: str | Path, config: RevisionConfig | None = None, progress: 
         "concept": concept, "class": c, "class_name": store.class_names[c],
         "mask": {"source": "annotation " + str(cfg.artefact_mask) if cfg.artefact_mask else
                  f"concept {concept} (pixels held by >= 25% of its gallery footprints)", **mask_record(measured)},
-        "concept_mask": mask_record(mask),
+        "fix_mask": {"source": mask_source, **mask_record(mask)},
         "carriers": {"count": int(curation.ids.size), "donors": int(donor_ids.size), "min_share": cfg.min_share},
         "settings": {"fix": cfg.fix, "methods": methods, "seeds": seeds, "epochs": cfg.fix_epochs,
                      "optimizer": cfg.optimizer, "lr": cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer],
@@ -113,7 +121,7 @@ def revise(out_dir: str | Path, config: RevisionConfig | None = None, progress: 
                     "cam_share: share of the class's Grad-CAM mass (upsampled) on the mask in the pasted images",
         "seconds": round(time.perf_counter() - start_time, 3),
     }
-    _write(_dest(out, cfg), record)
+    _write(_dest(out, cfg), "revision" if methods else "measure", record)
     print(format_table(record))
     return record
 
@@ -165,9 +173,9 @@ def _save(path: Path, model: torch.nn.Module, method: str, seed: int) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-def _write(dest: Path, record: dict[str, Any]) -> None:
-    """``revision`` in ``dest/finetune.json``, the file's other keys (a curation study's) kept."""
+def _write(dest: Path, key: str, record: dict[str, Any]) -> None:
+    """``key`` in ``dest/finetune.json``, the file's other keys (a curation study's, a revision's) kept."""
     path = dest / FINETUNE
     with locked(dest):
         existing = read_json(path, "i2x finetune") if path.is_file() else {}
-        write_json(path, {**existing, "revision": record}, indent=2)
+        write_json(path, {**existing, key: record}, indent=2)
