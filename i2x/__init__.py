@@ -22,8 +22,8 @@ _PUBLIC = {
     **{name: "i2x.api" for name in (
         "AnalyzeConfig", "DemoConfig", "DriftConfig", "EvidenceConfig", "FaithfulnessConfig", "FinetuneConfig", "RelianceConfig",
         "RunConfig", "RunResult", "TrainConfig", "analyze", "compare_drift", "compare_models", "demo", "doctor",
-        "drift", "evidence", "extract", "faithfulness", "finetune", "format_table", "launch", "load_summary", "reliance", "revise",
-        "report", "run",
+        "drift", "evidence", "extract", "faithfulness", "finetune", "format_table", "launch", "load_summary", "reliance",
+        "report", "revise", "run",
         "train", "UserError")},
     **{name: "i2x.analysis" for name in (
         "ConfidenceGroups", "Prototypes", "RidgeMapping", "Structure", "cartography", "intensity")},

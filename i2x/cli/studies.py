@@ -17,7 +17,7 @@ from i2x.stages.evidence import EvidenceConfig
 from i2x.stages.faithfulness import FaithfulnessConfig
 from i2x.stages.finetune.config import FinetuneConfig
 from i2x.stages.reliance.config import RelianceConfig
-from i2x.stages.revision import RevisionConfig
+from i2x.stages.revision.config import RevisionConfig
 
 
 def add_finetune(sub: Subparsers) -> None:

@@ -25,9 +25,11 @@ def summarise(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[
         out[method] = {}
         for key in MEASURES + ("seconds",):
             v = np.asarray([r[key] for r in mine], dtype=float)
-            out[method][key] = {"mean": float(np.nanmean(v)) if np.isfinite(v).any() else None,
-                                "std": float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else 0.0,
-                                "ci": percentile_interval(bootstrap_means(v[None, :])[:, 0]) if v.size else [None, None],
+            finite = np.isfinite(v)
+            out[method][key] = {"mean": float(np.nanmean(v)) if finite.any() else None,
+                                "std": float(np.nanstd(v, ddof=1)) if finite.sum() > 1 else 0.0,
+                                "ci": percentile_interval(bootstrap_means(v[None, :])[:, 0]) if finite.any()
+                                else [None, None],
                                 "values": v.tolist()}
     return out
 
