@@ -114,7 +114,7 @@ def revise(out_dir: str | Path, config: RevisionConfig | None = None, progress: 
                      "batch_size": cfg.batch_size, "checkpoint": ctx.checkpoint("final").name, "layer": layer,
                      "device": str(device)},
         "before": before, "runs": runs, "methods": methods_stats, "paired": pairs,
-        "verdict": verdict(before, methods_stats, pairs) if methods else [],
+        "verdict": (verdict(before, methods_stats, pairs) if methods else []) + _caveat(row),
         "measures": "gap: share of other-class test images called the concept's class with the artefact pasted "
                     "minus without; flip_rate: of those not called it without, the share called it with; "
                     "attacked_accuracy: accuracy with the artefact pasted onto every other-class test image; "
@@ -147,6 +147,15 @@ def _run_all(model: torch.nn.Module, methods: list[str], seeds: list[int], train
                       f"{100 * runs[-1]['clean_accuracy']:.1f}%")
     model.load_state_dict(start)
     return runs
+
+
+def _caveat(row: dict[str, Any]) -> list[str]:
+    """A note when the concept failed one of the reliance study's shortcut tests: it may be real class evidence."""
+    failed = [name.replace("_", " ") for name, ok in (row.get("checks") or {}).items() if not ok]
+    if not failed:
+        return []
+    return [f"note: concept {row['id']} failed the reliance test(s) {', '.join(failed)}; it may be real class "
+            "evidence rather than an artefact, and revising it teaches the model to ignore that evidence."]
 
 
 def _annotated(path: str, size: tuple[int, int]) -> np.ndarray:
