@@ -162,5 +162,8 @@ def test_augmentation_removes_the_planted_shortcut_and_the_controls_do_not(hard_
     assert again["runs"] == [] and again["before"] == pytest.approx(before)
     saved = json.loads((out / "finetune" / "finetune.json").read_text())
     assert saved["measure"]["before"] == pytest.approx(before) and len(saved["revision"]["runs"]) == 4
+    revised = out / "finetune" / "revision" / "augment" / "seed0.pt"                # a revised model, measured alone
+    after = api.revise(out, measure=True, after=str(revised), artefact_mask=str(truth), progress=False)["before"]
+    assert after["gap"] == pytest.approx(record["runs"][0]["gap"]) and after["gap"] <= 0.10
     with pytest.raises(UserError, match="--fix METHOD"):
         api.revise(out)

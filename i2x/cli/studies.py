@@ -32,7 +32,7 @@ def add_finetune(sub: Subparsers) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     from i2x import api
 
-    if args.fix or args.measure:
+    if args.fix or args.measure or args.after or args.artefact_mask:  # the revision's own options
         api.revise(args.dir, config_from(args, RevisionConfig))
         dest = as_path(args.dest) if args.dest else as_path(args.dir) / "finetune"
         key = "measure" if args.measure else "revision"

@@ -31,6 +31,8 @@ class RevisionConfig(ModelAccess):
                              "fine-tuning always run as controls", choices=FIX_CHOICES)
     measure: bool = option(False, "only measure the final checkpoint against --concept's artefact (clean and "
                            "attacked accuracy, gap, flip rate, CAM share); no fine-tuning")
+    after: str | None = option(None, "with --measure: measure this revised model (DEST/revision/METHOD/seedK.pt) "
+                               "instead of the final checkpoint", metavar="FILE")
     concept: int | None = option(None, "the reliance concept to revise (default: reliance.json's lead)", low=0,
                                  metavar="ID")
     artefact_mask: str | None = option(None, "measure against this annotated artefact mask (.npy, boolean H x W) "

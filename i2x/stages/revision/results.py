@@ -76,8 +76,9 @@ def format_table(record: dict[str, Any]) -> str:
     """Method x gap, clean and attacked accuracy, flip rate, CAM share (mean ± std over seeds, in points) and time;
     then the paired gap reductions and the verdict."""
     header = ["method", "gap pts", "clean acc %", "attacked acc %", "flip %", "CAM on mask %", "s/run"]
-    b = record["before"]
-    rows = [["before (final checkpoint)"] + [f"{100 * b[k]:.1f}" for k in MEASURES] + [""]]
+    b, s = record["before"], record["settings"]
+    name = "before (final checkpoint)" if s["methods"] else f"measured: {s['checkpoint']}"
+    rows = [[name] + [_percent(b[k]) for k in MEASURES] + [""]]
     for method, st in record["methods"].items():
         rows.append([method] + [_pm(st[k]) for k in MEASURES] + [f"{st['seconds']['mean']:.1f}"])
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
@@ -89,11 +90,17 @@ def format_table(record: dict[str, Any]) -> str:
         if g["mean"] is not None and lo is not None:
             lines.append(f"{key}: gap reduction {100 * g['mean']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}], "
                          f"clean accuracy {100 * d['clean_accuracy']['mean']:+.1f} pts")
-    s = record["settings"]
-    lines.append(f"{len(s['seeds'])} seed(s) per method, {s['epochs']} epoch(s) each, {s['optimizer']} lr {s['lr']:g}; "
-                 f"mask: {record['mask']['source']} ({record['mask']['pixels']} px); ± is the sample std over seeds; "
-                 "[ ] a 95% bootstrap interval over seeds.")
+    mask = f"mask: {record['mask']['source']} ({record['mask']['pixels']} px)"
+    if s["methods"]:
+        lines.append(f"{len(s['seeds'])} seed(s) per method, {s['epochs']} epoch(s) each, {s['optimizer']} lr "
+                     f"{s['lr']:g}; {mask}; ± is the sample std over seeds; [ ] a 95% bootstrap interval over seeds.")
+    else:
+        lines.append(f"{mask}; {b['attacked_images']} other-class test images pasted.")
     return "\n".join(lines + record["verdict"])
+
+
+def _percent(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:.1f}"
 
 
 def _pm(stat: dict[str, Any]) -> str:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from i2x.errors import UserError
+from i2x.io.checkpoints.formats import read_payload
+from i2x.io.checkpoints.state_dicts import check_fits, unwrap
 from i2x.io.data import labels_of
 from i2x.io.location import is_remote
 from i2x.io.lock import locked
@@ -44,6 +46,8 @@ def revise(out_dir: str | Path, config: RevisionConfig | None = None, progress: 
     finetune.json."""
     cfg = config or RevisionConfig(**options)
     validate(cfg)
+    if cfg.after and not cfg.measure:
+        raise UserError(f"--after {cfg.after}: add --measure (a revised model is measured, not revised again)")
     if not cfg.fix and not cfg.measure:
         raise UserError("i2x finetune: give --fix METHOD to revise, or --measure to only measure")
     if is_remote(out_dir) or (cfg.dest is not None and is_remote(cfg.dest)):
@@ -82,6 +86,8 @@ def revise(out_dir: str | Path, config: RevisionConfig | None = None, progress: 
                         f"{cfg.min_share:g}); lower --min-share")
     donors, _ = images_at(train_set, donor_ids, cfg.batch_size)
     model, device = ctx.model, ctx.device
+    if cfg.after:
+        _load_revised(model, Path(cfg.after), cfg.trust_checkpoints)
     mask_t, measured_t = torch.from_numpy(mask), torch.from_numpy(measured)
 
     def evaluate() -> dict[str, Any]:
@@ -111,7 +117,8 @@ def revise(out_dir: str | Path, config: RevisionConfig | None = None, progress: 
         "settings": {"fix": cfg.fix, "methods": methods, "seeds": seeds, "epochs": cfg.fix_epochs,
                      "optimizer": cfg.optimizer, "lr": cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer],
                      "penalty": {k: cfg.penalty if cfg.penalty is not None else v for k, v in DEFAULT_PENALTY.items()},
-                     "batch_size": cfg.batch_size, "checkpoint": ctx.checkpoint("final").name, "layer": layer,
+                     "batch_size": cfg.batch_size, "checkpoint": cfg.after or ctx.checkpoint("final").name,
+                     "layer": layer,
                      "device": str(device)},
         "before": before, "runs": runs, "methods": methods_stats, "paired": pairs,
         "verdict": (verdict(before, methods_stats, pairs) if methods else []) + _caveat(row),
@@ -147,6 +154,15 @@ def _run_all(model: torch.nn.Module, methods: list[str], seeds: list[int], train
                       f"{100 * runs[-1]['clean_accuracy']:.1f}%")
     model.load_state_dict(start)
     return runs
+
+
+def _load_revised(model: torch.nn.Module, path: Path, trust: bool) -> None:
+    """Load a revised model's weights (a file this study saved, or any state_dict of the same model)."""
+    if not path.is_file():
+        raise UserError(f"--after {path}: file not found; revised models lie in DEST/revision/METHOD/seedK.pt")
+    state = unwrap(read_payload(path, trust), path)
+    check_fits(model, state, path)
+    model.load_state_dict(state)
 
 
 def _caveat(row: dict[str, Any]) -> list[str]:
