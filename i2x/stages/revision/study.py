@@ -33,7 +33,7 @@ from i2x.stages.finetune.controls import per_class_counts, random_exclusion
 from i2x.stages.finetune.curation import choose_exclusions
 from i2x.stages.reliance.deletion import images_at
 from i2x.stages.revision.concept import concept_mask, reliance_concept
-from i2x.stages.revision.config import DEFAULT_LR, DEFAULT_PENALTY, DEFAULT_SEEDS, RevisionConfig
+from i2x.stages.revision.config import DEFAULT_LR, DEFAULT_PENALTY, DEFAULT_SEEDS, MASK_AGREEMENT, RevisionConfig
 from i2x.stages.revision.measure import mask_record, measure
 from i2x.stages.revision.methods import CONTROLS, FIXES, Artefact, Schedule, concept_direction, train_fixed
 from i2x.stages.revision.results import format_table, paired, summarise, verdict
@@ -110,8 +110,9 @@ def revise(out_dir: str | Path, config: RevisionConfig | None = None, progress: 
     pairs = paired(runs, methods)
     record = {
         "concept": concept, "class": c, "class_name": store.class_names[c],
-        "mask": {"source": "annotation " + str(cfg.artefact_mask) if cfg.artefact_mask else
-                 f"concept {concept} (pixels held by >= 25% of its gallery footprints)", **mask_record(measured)},
+        "mask": {"source": f"annotation {cfg.artefact_mask}" if cfg.artefact_mask else
+                 f"concept {concept} (pixels held by >= {MASK_AGREEMENT:.0%} of its gallery footprints)",
+                 **mask_record(measured)},
         "fix_mask": {"source": mask_source, **mask_record(mask)},
         "carriers": {"count": int(curation.ids.size), "donors": int(donor_ids.size), "min_share": cfg.min_share},
         "settings": {"fix": cfg.fix, "methods": methods, "seeds": seeds, "epochs": cfg.fix_epochs,
