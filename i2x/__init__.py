@@ -24,7 +24,7 @@ API = (
     "FinetuneConfig", "FinetuneResult", "RelianceConfig", "RunConfig", "RunResult", "TrainConfig", "UserError",
     "analyze", "benchmark", "compare", "compare_drift", "compare_models", "demo", "doctor", "drift", "evidence",
     "extract", "faithfulness", "finetune", "format_table", "launch", "load_summary", "mark_report", "reliance",
-    "report", "run", "train",
+    "report", "revise", "run", "train", "RevisionConfig",
 )
 
 #: Public name -> the module that defines it.

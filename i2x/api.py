@@ -41,6 +41,7 @@ from i2x.stages.evidence import EvidenceConfig, evidence  # noqa: F401
 from i2x.stages.faithfulness import FaithfulnessConfig, faithfulness  # noqa: F401
 from i2x.stages.finetune import FinetuneConfig, FinetuneResult, finetune, format_table  # noqa: F401
 from i2x.stages.reliance import RelianceConfig, reliance  # noqa: F401
+from i2x.stages.revision import RevisionConfig, revise  # noqa: F401
 from i2x.io.datasets import SEGMENTATION
 
 #: Keyword arguments of :func:`train` that describe the data and model, not the training (RunConfig fields).

@@ -19,6 +19,7 @@ from i2x.stages.faithfulness import FaithfulnessConfig
 from i2x.stages.finetune.config import FinetuneConfig
 from i2x.stages.reliance.config import RelianceConfig
 from i2x.io.datasets import SEGMENTATION
+from i2x.stages.revision.config import RevisionConfig
 
 
 def add_finetune(sub: Subparsers) -> None:
@@ -27,11 +28,18 @@ def add_finetune(sub: Subparsers) -> None:
                 "against full -> full")
     analysis_dir(p, "i2x run / analyze")
     add_options(p, FinetuneConfig)
+    add_options(p, RevisionConfig, "revision of a shortcut (--fix METHOD or --measure, with --concept ID)")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     from i2x import api
 
+    if args.fix or args.measure or args.after or args.artefact_mask:  # the revision's own options
+        api.revise(args.dir, config_from(args, RevisionConfig))
+        dest = as_path(args.dest) if args.dest else as_path(args.dir) / "finetune"
+        key = "measure" if args.measure else "revision"
+        print(f"results: {dest / 'finetune.json'} (under {key!r})")
+        return
     result = api.finetune(args.dir, config_from(args, FinetuneConfig))
     print(f"results: {result.dest / 'finetune.json'}")
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 from i2x.errors import UserError
 from i2x.io.data import DATA_SPECS, DataOptions, ImageData
-from i2x.planted import shapes, synthetic
+from i2x.planted import artefact, shapes, synthetic
 
 #: ``planted:NAME`` -> the factory that builds it.
 PLANTED: dict[str, Callable[[], ImageData]] = {
@@ -27,6 +27,9 @@ PLANTED: dict[str, Callable[[], ImageData]] = {
     "clean-rgb": synthetic.clean_rgb,
     "shapes": shapes.shapes_data,
     "shapes-small": shapes.shapes_small_data,
+    "corner-L": artefact.corner_l,
+    "corner-L-3class": artefact.corner_l_3class,
+    "corner-L-clean": artefact.corner_l_clean,
 }
 
 
