@@ -11,7 +11,8 @@ from i2x.reporting.sections.common import _chips, _patch_imgs
 
 def prototype_card(r: ReportInputs, p: dict[str, Any], anchor: str, title: str, extra: str = "") -> str:
     """The card of prototype ``p`` (an entry of ``summary["prototypes"]``) with element id ``anchor``; ``extra``
-    (safe HTML) goes under the roles. Its ``data-roles`` and ``data-classes`` are what the card filter reads."""
+    (safe HTML) goes under the roles. Its ``data-roles``, ``data-classes`` and ``data-pairs`` (role:class, so "shared
+    for class 1" is not met by a card shared for 0 and uncertain for 1) are what the card filter reads."""
     names, k = r.names, p["id"]
     uncertain = {u["prototype"]: u for u in r.summary["uncertain"]}
     roles, kinds = "", []
@@ -36,7 +37,10 @@ def prototype_card(r: ReportInputs, p: dict[str, Any], anchor: str, title: str, 
     if p["specialized_for"]:
         supports.append("specialized for " + _chips(r, p["specialized_for"], "specialized"))
     classes = " ".join(str(c) for c in sorted(involved))
-    return (f'<div class="card" id="{esc(anchor)}" data-roles="{" ".join(kinds) or "none"}" data-classes="{classes}">'
+    pairs = " ".join([f"shared:{c}" for c in p["shared_for"]] + [f"specialized:{c}" for c in p["specialized_for"]]
+                     + ([f"uncertain:{c}" for c in uncertain[k]["classes"]] if k in uncertain else []))
+    return (f'<div class="card" id="{esc(anchor)}" data-roles="{" ".join(kinds) or "none"}" data-classes="{classes}" '
+            f'data-pairs="{pairs}">'
             f'<h4>{esc(title)}</h4><div>{roles}</div>{extra}'
             f'<div class="meta">{p["size"]} grid cells in {p["samples"]} samples</div>{_patch_imgs(r, k)}'
             f'<div class="meta">{"; ".join(supports) or "supports no class as shared or specialized"}</div>'
