@@ -113,7 +113,8 @@ def _answer(pair: RunPair, transfer: dict[str, Any] | None) -> str:
     members, name = transfer["members"], transfer["class_name"]
     partners = [(k, pair.partner("A", k)) for k in members]
     paired = [(k, found) for k, found in partners if found is not None]
-    exists = " ".join(f"{ref(a, k)}→{ref(b, j)} <span class=\"muted\">{sim:.2f}</span>" for k, (j, sim) in paired)
+    exists = " ".join(f"{ref(a, k)}→{ref(b, j)} <span class=\"muted\">{sim:.2f}</span>" for k, (j, sim) in paired[:6])
+    exists += f' <span class="muted">and {len(paired) - 6} more</span>' if len(paired) > 6 else ""
     mean_sim = float(np.mean([sim for _, (_, sim) in paired])) if paired else 0.0
     b_entry = b.r.summary.get("reliance") or {}
     b_suspect = next((c for c in b_entry.get("concepts") or [] if c.get("id") == b_entry.get("suspect")), None)

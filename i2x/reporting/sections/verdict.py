@@ -47,8 +47,7 @@ def _lead(r: ReportInputs, result: dict[str, Any], suspect: SuspectMask | None) 
                 f'classes it turns {t.get("flip_rate", 0.0):.0%} of them into {esc(name)}, random patches of the same '
                 f'shape {t.get("random_flip_rate", 0.0):.0%}. <a href="#reliance">details</a>')
     return (f'<p class="lead">{sentence}</p>{suspect_pictures(r, suspect)}'
-            f'<p class="muted">{esc(name)} images where it is strongest; red: the pixels its paste test moves '
-            f'({esc(where)}).</p>')
+            f'<p class="muted">{esc(name)} images where it is strongest; red: the pixels its paste test moves.</p>')
 
 
 def _next_steps(r: ReportInputs, result: dict[str, Any], suspect: SuspectMask) -> Raw:
@@ -73,8 +72,8 @@ def _evidence(r: ReportInputs, suspect: SuspectMask) -> Raw:
     gap = t.get("flip_rate", 0.0) - t.get("random_flip_rate", 0.0)
     return Raw(f"paste: {t.get('flip_rate', 0.0):.0%} of {t.get('recipients', 0)} held-out images of other classes "
                f"(those not already called {esc(name)}) become {esc(name)}, random patches of the same shape "
-               f"{t.get('random_flip_rate', 0.0):.0%} (z {t.get('flip_z', 0.0):.1f}); <b>shortcut gap: {gap:.0%}</b> "
-               f"of those images lose their right answer to the suspect beyond what any patch does")
+               f"{t.get('random_flip_rate', 0.0):.0%} (z {t.get('flip_z', 0.0):.1f}); <b>shortcut gap: {gap:.0%}</b>"
+               f", the share of those images the suspect alone turns into {esc(name)}, beyond what any patch does")
 
 
 def _uncertain(r: ReportInputs) -> Raw:
