@@ -102,3 +102,36 @@ def test_finetune_section_shows_intervals_the_shortcut_gap_and_revision_rows():
         del e["shortcut_gap"]
     assert "not measured" in finetune_section(_Study(result)).body  # type: ignore[arg-type]
     assert finetune_section(_Study(None)) is None  # type: ignore[arg-type]
+
+
+class _Run:
+    def __init__(self, letter, reliance):
+        self.letter, self.name = letter, letter
+        self.r = type("R", (), {"summary": {"reliance": reliance} if reliance else {}, "shown_dir": f"dir{letter}"})()
+
+
+class _Pair:
+    def __init__(self, b_reliance):
+        self.a, self.b = _Run("A", None), _Run("B", b_reliance)
+
+    def partner(self, letter, k):
+        return (k + 10, 0.9) if letter == "A" else None
+
+
+def test_compare_answer_weighs_b_s_response_with_b_s_own_verdict():
+    from i2x.reporting.sections.runs import _answer
+
+    transfer = {"status": "tested", "concept": 3, "members": [1, 2], "class": 1, "class_name": "marked",
+                "a": {"flip_rate": 0.7, "random_flip_rate": 0.01},
+                "b": {"recipients": 128, "split": "test", "flip_rate": 0.85, "random_flip_rate": 0.08, "flip_z": 21.0},
+                "responds": True, "rule": "r"}
+    same = _answer(_Pair({"shortcut_found": True, "suspect": 0, "concepts": [{"id": 0, "members": [11, 12]}]}),
+                   transfer)
+    assert "Yes: B&#x27;s answers move" in same and "B responds to it" in same and "holds 2 of these partners" in same
+    # a clean twin reacts to a bright marker pasted in, though it never learned one: not called a shortcut in B
+    clean = _answer(_Pair({"shortcut_found": False, "suspect": None, "concepts": []}), transfer)
+    assert "finds no shortcut holding them" in clean and "Yes:" not in clean
+    unknown = _answer(_Pair(None), transfer)
+    assert "needs B&#x27;s own reliance study (i2x reliance dirB)" in unknown
+    assert "No: B&#x27;s answers do not move" in _answer(_Pair(None), {**transfer, "responds": False})
+    assert "A has no shortcut to test" in _answer(_Pair(None), {"status": "A has no shortcut to test"})

@@ -307,7 +307,7 @@ def test_compare_page_answers_whether_b_uses_a_s_shortcut(driver, marker_pages):
     assert browser.wait_for(driver, "document.body && document.body.getAttribute('data-charts')") == "rendered"
     answer = driver.find_element(By.ID, "suspect-answer").text
     assert f"C{result['suspect']}" in answer and "marked" in answer
-    assert "B uses it" in answer                     # B is the same model: it uses its own shortcut
+    assert "B responds to it" in answer and "Yes: B's answers move with A's suspect pixels" in answer  # the same model
     assert "are paired with B's" in answer
     # each suspect prototype is listed once
     rows = driver.execute_script("return Array.from(document.querySelectorAll('#suspects h3 + table tbody tr'))"

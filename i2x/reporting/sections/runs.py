@@ -123,8 +123,20 @@ def _answer(pair: RunPair, transfer: dict[str, Any] | None) -> str:
                  f"B's own reliance study: {shortcut_chip(bool(b_entry.get('shortcut_found')))}"
                  + (f" its suspect C{b_suspect['id']} holds {len(shared)} of these partners" if b_suspect else ""))
     t_a, t_b = transfer["a"] or {}, transfer["b"]
-    verdict = chip("B uses it", "warn") if transfer["uses"] else chip("B does not use it", "ok")
+    responds = chip("B responds to it", "warn") if transfer["responds"] else chip("B does not respond to it", "ok")
+    if not transfer["responds"]:
+        answer = "No: B's answers do not move with A's suspect pixels."
+    elif b_entry.get("shortcut_found") and shared:
+        answer = "Yes: B's answers move with A's suspect pixels, and B's own reliance study finds the shortcut too."
+    elif b_entry:
+        answer = ("B's answers move with A's suspect pixels, but B's own reliance study finds no shortcut holding them: "
+                  "B may read those pixels as ordinary class evidence (a model that never saw a marker can react to "
+                  "one) rather than rely on them as a shortcut.")
+    else:
+        answer = ("B's answers move with A's suspect pixels; whether B relies on them as a shortcut, or reads them as "
+                  f"ordinary class evidence, needs B's own reliance study (i2x reliance {b.r.shown_dir}).")
     rows = [
+        ("answer", Raw(f"<b>{esc(answer)}</b>")),
         ("A's shortcut", Raw(f"{chip('C' + str(transfer['concept']), 'warn')} "
                              f"for class {esc(name)}: pasted into A's held-out images it turns "
                              f"{t_a.get('flip_rate', 0.0):.0%} into {esc(name)} (random patches "
@@ -132,7 +144,7 @@ def _answer(pair: RunPair, transfer: dict[str, Any] | None) -> str:
         ("exists in B?", Raw((f"{len(paired)} of its {len(members)} prototypes are paired with B's (mean similarity "
                               f"{mean_sim:.2f}): {exists}" if paired else "none of its prototypes is paired with B's")
                              + f"<br>{b_verdict}")),
-        ("does B use it?", Raw(f"{verdict} pasting A's suspect pixels into {t_b['recipients']} of B's held-out images "
+        ("does B use it?", Raw(f"{responds} pasting A's suspect pixels into {t_b['recipients']} of B's held-out images "
                                f"({esc(t_b['split'])} split) of other classes turns {t_b['flip_rate']:.0%} of those not "
                                f"already called {esc(name)} into {esc(name)}; random patches of the same shape "
                                f"{t_b['random_flip_rate']:.0%} (z {t_b['flip_z']:.1f})")),

@@ -23,7 +23,8 @@ def suspect_in_other_run(dir_a: str | Path, dir_b: str | Path, trust_checkpoints
                          trust_analysis: bool = False, model: str | None = None,
                          device: str = "auto") -> dict[str, Any]:
     """B's paste result for A's suspect: ``{"status": "tested", "concept", "class", "class_name", "a": A's own paste,
-    "b": B's paste (flip rates, z), "uses": bool}``, or ``{"status": why not}`` when A found no shortcut, the reliance
+    "b": B's paste (flip rates, z), "responds": whether B's answers move with those pixels as a shortcut's would}``
+    (a model that never saw the marker may react to it too: the page weighs it with B's own verdict), or ``{"status": why not}`` when A found no shortcut, the reliance
     study has not run on A, or the two runs' classes or image sizes differ."""
     path = as_path(dir_a) / RELIANCE
     if not path.exists():
@@ -63,11 +64,11 @@ def suspect_in_other_run(dir_a: str | Path, dir_b: str | Path, trust_checkpoints
                               torch.zeros(pick.size, 1, *recipients.shape[-2:], dtype=torch.bool), cfg.batch_size)[:, 0]
     b = {"recipients": int(pick.size), "donors": int(len(donors)), "split": split,
          **score_paste(ctx.model, recipients[pick], clean, donors[which], masks[which], c, cfg, gen)}
-    uses = bool(b["excess_flip"] >= cfg.min_flip_excess and b["flip_z"] >= cfg.z_threshold
+    responds = bool(b["excess_flip"] >= cfg.min_flip_excess and b["flip_z"] >= cfg.z_threshold
                 and b["random_flip_rate"] <= cfg.max_random_flip)
     return {"status": "tested", "concept": concept["id"], "members": concept["members"], "class": c,
-            "class_name": name, "a": concept["transplant"], "b": b, "uses": uses,
-            "rule": (f"B uses it when the paste turns at least {cfg.min_flip_excess:.0%} more of B's images into "
+            "class_name": name, "a": concept["transplant"], "b": b, "responds": responds,
+            "rule": (f"B responds to it when the paste turns at least {cfg.min_flip_excess:.0%} more of B's images into "
                      f"{name} than random patches of the same shape do, with z >= {cfg.z_threshold:g} and random "
                      f"patches flipping at most {cfg.max_random_flip:.0%} (A's reliance settings)")}
 
