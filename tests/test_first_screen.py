@@ -33,6 +33,18 @@ def test_mask_overlay_is_clear_outside_the_mask_and_drawn_on_it():
     assert (over[..., 3][drawn] == 255).any() and (over[..., 3][drawn] < 255).any()   # an outline and a fill
 
 
+def test_confusion_chart_labels_its_zero_cells():
+    from i2x.reporting.charts import confusion_heatmap
+
+    def text_test(m: int) -> str:
+        spec = confusion_heatmap(np.eye(m, dtype=int) * 5, [str(i) for i in range(m)], "t").to_dict()
+        return next(layer["encoding"]["text"]["condition"]["test"] for layer in spec["layer"]
+                    if "text" in layer["encoding"])
+
+    assert text_test(2) == "true"                  # "0" is drawn: no sample went that way is a finding
+    assert text_test(20) == "datum.count > 0"      # many classes: only the non-zero cells, or the chart is all zeros
+
+
 def test_error_pattern_calls_out_one_direction():
     names = ["NORMAL", "PNEUMONIA"]
     assert error_pattern(np.array([[100, 163], [0, 300]]), names) == \

@@ -7,6 +7,7 @@ from typing import Any
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Section, chip, class_ref, esc
 from i2x.reporting.sections.common import _chips, _patch_imgs
+from i2x.reporting.suspect import reliance_result
 
 
 def prototype_card(r: ReportInputs, p: dict[str, Any], anchor: str, title: str, extra: str = "") -> str:
@@ -59,8 +60,20 @@ def card_filter(names: list[str], target: str) -> str:
             '<span class="muted count"></span></div>')
 
 
+def _concept_line(c: int | None, in_shortcut: bool) -> str:
+    """Which concept of the reliance study the prototype belongs to (C-ids, so concept 6 and prototype 6 differ)."""
+    if c is None:
+        return ""
+    mark = " " + chip("shortcut found", "warn") if in_shortcut else ""
+    return f'<div class="meta">part of concept C{c} of the reliance study{mark}</div>'
+
+
 def prototypes(r: ReportInputs) -> Section:
-    cards = [prototype_card(r, p, f"prototype-{p['id']}", f"Prototype {p['id']}") for p in r.summary["prototypes"]]
+    result = reliance_result(r)
+    concept = {k: c["id"] for c in (result or {}).get("concepts", []) if not c.get("pieces") for k in c["members"]}
+    suspect = result["concepts"][result["suspect"]] if result and result.get("shortcut_found") else {}
+    cards = [prototype_card(r, p, f"prototype-{p['id']}", f"Prototype P{p['id']}", _concept_line(
+        concept.get(p["id"]), p["id"] in (suspect.get("members") or []))) for p in r.summary["prototypes"]]
     notes = [f"Input images unavailable, so no patches: {r.images_unavailable}"] if r.images_unavailable else []
     return Section("prototypes", "Prototypes",
                    "Each prototype is a cluster of the final model's features at single grid cells. The patches are "

@@ -69,7 +69,7 @@ def uncertain(r: ReportInputs) -> Section:
                                           f"(<code>i2x finetune {esc(r.shown_dir)} --concept {shortcut['id']}</code>)"))]
              if shortcut and k in (shortcut.get("members") or []) else []), "facts")
         faded = ' style="opacity:0.6"' if u.get("significant") is False else ""
-        cards.append(f'<div class="ucard" id="uncertain-{k}"{faded}><h3><a href="#prototype-{k}">Prototype {k}</a>: '
+        cards.append(f'<div class="ucard" id="uncertain-{k}"{faded}><h3><a href="#prototype-{k}">Prototype P{k}</a>: '
                      f'{class_ref(a, names[a], "uncertain")} ↔ {class_ref(b, names[b], "uncertain")}</h3>'
                      f'<div class="row"><div class="ufacts">{facts}{_patch_imgs(r, k)}</div>{chart}</div></div>')
     more = len(found) - len(shown)
