@@ -53,7 +53,8 @@ def finetune_section(r: ReportInputs) -> Section | None:
     start = result.get("start") or {}
     gap = "shortcut_gap" in start or any("shortcut_gap" in e for e in (result.get("strategies") or {}).values())
     head = (["strategy", "accuracy %", "Δ accuracy pp vs full → full [95% CI]"]
-            + [f"{label} confusions" for label in labels] + [f"Δ {label} vs full → full [95% CI]" for label in labels]
+            + [f"{label} confusions" for label in labels]
+            + [f"Δ {label} vs full → full [95% CI]" for label in labels]
             + (["shortcut gap %"] if gap else []))
     rows = [["final checkpoint (start)", _pm(start.get("accuracy"), 100), "–"]
             + [str((start.get("confusions") or {}).get(label, {}).get("total", "–")) for label in labels]

@@ -129,9 +129,9 @@ def _answer(pair: RunPair, transfer: dict[str, Any] | None) -> str:
     elif b_entry.get("shortcut_found") and shared:
         answer = "Yes: B's answers move with A's suspect pixels, and B's own reliance study finds the shortcut too."
     elif b_entry:
-        answer = ("B's answers move with A's suspect pixels, but B's own reliance study finds no shortcut holding them: "
-                  "B may read those pixels as ordinary class evidence (a model that never saw a marker can react to "
-                  "one) rather than rely on them as a shortcut.")
+        answer = ("B's answers move with A's suspect pixels, but B's own reliance study finds no shortcut holding "
+                  "them: B may read those pixels as ordinary class evidence (a model that never saw a marker can "
+                  "react to one) rather than rely on them as a shortcut.")
     else:
         answer = ("B's answers move with A's suspect pixels; whether B relies on them as a shortcut, or reads them as "
                   f"ordinary class evidence, needs B's own reliance study (i2x reliance {b.r.shown_dir}).")
@@ -144,10 +144,10 @@ def _answer(pair: RunPair, transfer: dict[str, Any] | None) -> str:
         ("exists in B?", Raw((f"{len(paired)} of its {len(members)} prototypes are paired with B's (mean similarity "
                               f"{mean_sim:.2f}): {exists}" if paired else "none of its prototypes is paired with B's")
                              + f"<br>{b_verdict}")),
-        ("does B use it?", Raw(f"{responds} pasting A's suspect pixels into {t_b['recipients']} of B's held-out images "
-                               f"({esc(t_b['split'])} split) of other classes turns {t_b['flip_rate']:.0%} of those not "
-                               f"already called {esc(name)} into {esc(name)}; random patches of the same shape "
-                               f"{t_b['random_flip_rate']:.0%} (z {t_b['flip_z']:.1f})")),
+        ("does B use it?", Raw(f"{responds} pasting A's suspect pixels into {t_b['recipients']} of B's held-out "
+                               f"images ({esc(t_b['split'])} split) of other classes turns {t_b['flip_rate']:.0%} of "
+                               f"those not already called {esc(name)} into {esc(name)}; random patches of the same "
+                               f"shape {t_b['random_flip_rate']:.0%} (z {t_b['flip_z']:.1f})")),
         ("rule", transfer["rule"]),
     ]
     return f'<div class="ucard" id="suspect-answer">{table(None, rows, "facts")}</div>'

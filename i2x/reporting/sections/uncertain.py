@@ -63,10 +63,7 @@ def uncertain(r: ReportInputs) -> Section:
             ("present in", f"{presence[a]:.0%} of class {names[a]} and {presence[b]:.0%} of class {names[b]} samples"),
             ("curation would exclude", f"{u['curation_excludes']} training samples of {names[a]} or {names[b]} "
                                        f"where it covers ≥ {th['curation_min_share']:.0%} of the locations"),
-        ] + ([("part of the shortcut", Raw(f"{chip('shortcut found', 'warn')} it belongs to concept C{shortcut['id']}, "
-                                          "the shortcut the reliance study found: curating it removes the shortcut's "
-                                          f"images, not a confusion of {esc(names[a])} and {esc(names[b])} "
-                                          f"(<code>i2x finetune {esc(r.shown_dir)} --concept {shortcut['id']}</code>)"))]
+        ] + ([("part of the shortcut", _in_shortcut(r, shortcut, names[a], names[b]))]
              if shortcut and k in (shortcut.get("members") or []) else []), "facts")
         faded = ' style="opacity:0.6"' if u.get("significant") is False else ""
         cards.append(f'<div class="ucard" id="uncertain-{k}"{faded}><h3><a href="#prototype-{k}">Prototype P{k}</a>: '
@@ -75,6 +72,14 @@ def uncertain(r: ReportInputs) -> Section:
     more = len(found) - len(shown)
     notes = [f"The {len(shown)} strongest are shown; {more} more are listed in summary.json."] if more else []
     return Section("uncertain", "Uncertain prototypes", intro, head + "".join(cards), notes)
+
+
+def _in_shortcut(r: ReportInputs, shortcut: dict[str, Any], a: str, b: str) -> Raw:
+    """An uncertain prototype that belongs to the shortcut concept: curating it removes the shortcut's images."""
+    command = f"i2x finetune {r.shown_dir} --concept {shortcut['id']}"
+    return Raw(f"{chip('shortcut found', 'warn')} it belongs to concept C{shortcut['id']}, the shortcut the reliance "
+               f"study found: curating it removes the shortcut's images, not a confusion of {esc(a)} and {esc(b)} "
+               f"(<code>{esc(command)}</code>)")
 
 
 def _significance_head(c: dict[str, Any], k: int) -> str:

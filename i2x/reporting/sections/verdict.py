@@ -42,8 +42,9 @@ def _lead(r: ReportInputs, result: dict[str, Any], suspect: SuspectMask | None) 
     c = suspect.concept
     name, t = r.names[c["class"]], c["transplant"] or {}
     where = where_in_words(suspect.mask)
+    concept = chip("C" + str(c["id"]), "warn")
     sentence = (f'{shortcut_chip(True)} <b>The model calls images {esc(name)} when they carry what sits at the '
-                f'{esc(where.split(",")[0])}</b> (concept {chip("C" + str(c["id"]), "warn")}): pasted into held-out images of other '
+                f'{esc(where.split(",")[0])}</b> (concept {concept}): pasted into held-out images of other '
                 f'classes it turns {t.get("flip_rate", 0.0):.0%} of them into {esc(name)}, random patches of the same '
                 f'shape {t.get("random_flip_rate", 0.0):.0%}. <a href="#reliance">details</a>')
     return (f'<p class="lead">{sentence}</p>{suspect_pictures(r, suspect)}'
@@ -98,7 +99,7 @@ def _uncertain(r: ReportInputs) -> Raw:
     return Raw(f'{esc(head)} (<a href="#uncertain">details</a>)<ul class="tight">{"".join(items)}{more}</ul>')
 
 
-def _accuracy(s: dict[str, Any], names: list[str], held: dict[str, Any] | None) -> Raw:
+def _accuracy(s: dict[str, Any], names: list[str], held: dict[str, Any] | None, shown_dir: str) -> Raw:
     """The analysed split from the first to the final checkpoint, and the held-out split at the final one."""
     acc = [(n, a) for n, a in zip(names, s["accuracy"]) if a is not None]
     if not acc:
@@ -106,7 +107,7 @@ def _accuracy(s: dict[str, Any], names: list[str], held: dict[str, Any] | None) 
     (n0, a0), (n1, a1) = acc[0], acc[-1]
     text = f"{s['split']} split (analysed): {a0:.1%} at {n0} → {a1:.1%} at {n1} ({s['n_samples']} samples)"
     other = (f"{held['split']} split (held out): {held['accuracy']:.1%} at {n1} ({held['samples']} samples)" if held
-             else "held-out split: not evaluated (the reliance study evaluates the final checkpoint on it)")
+             else f"held-out split: not evaluated (i2x reliance {shown_dir} evaluates the final checkpoint on it)")
     return Raw(f'<span class="split-acc">{esc(text)}</span><br><span class="split-acc">{esc(other)}</span>')
 
 
@@ -176,7 +177,7 @@ def verdict_section(r: ReportInputs) -> Section:
         rows.append(("Shortcut", _shortcut(r)))
     rows += [
         ("Uncertain pairs", _uncertain(r)),
-        ("Accuracy", _accuracy(s, [c["name"] for c in r.checkpoints], held)),
+        ("Accuracy", _accuracy(s, [c["name"] for c in r.checkpoints], held, r.shown_dir)),
         ("Errors at the end", _errors(r, held, suspect)),
         ("Classes", _class_names(r)),
     ]

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from i2x.attribution.interventions import transplant_logits
+from i2x.io.location import as_path
 from i2x.io.store import Store
 from i2x.io.workdir import RELIANCE, read_json
-from i2x.io.location import as_path
-from i2x.attribution.interventions import transplant_logits
 from i2x.stages.context import open_context, open_data
 from i2x.stages.reliance.config import RelianceConfig
 from i2x.stages.reliance.deletion import choose, images_at
@@ -24,8 +24,9 @@ def suspect_in_other_run(dir_a: str | Path, dir_b: str | Path, trust_checkpoints
                          device: str = "auto") -> dict[str, Any]:
     """B's paste result for A's suspect: ``{"status": "tested", "concept", "class", "class_name", "a": A's own paste,
     "b": B's paste (flip rates, z), "responds": whether B's answers move with those pixels as a shortcut's would}``
-    (a model that never saw the marker may react to it too: the page weighs it with B's own verdict), or ``{"status": why not}`` when A found no shortcut, the reliance
-    study has not run on A, or the two runs' classes or image sizes differ."""
+    (a model that never saw the marker may react to it too: the page weighs it with B's own verdict), or
+    ``{"status": why not}`` when A found no shortcut, the reliance study has not run on A, or the two runs' classes
+    or image sizes differ."""
     path = as_path(dir_a) / RELIANCE
     if not path.exists():
         return {"status": f"A's reliance study has not run (i2x reliance {as_path(dir_a).name})"}
@@ -62,14 +63,14 @@ def suspect_in_other_run(dir_a: str | Path, dir_b: str | Path, trust_checkpoints
     which = np.arange(pick.size) % len(donors)
     clean = transplant_logits(ctx.model, recipients[pick], recipients[pick],
                               torch.zeros(pick.size, 1, *recipients.shape[-2:], dtype=torch.bool), cfg.batch_size)[:, 0]
-    b = {"recipients": int(pick.size), "donors": int(len(donors)), "split": split,
+    b = {"recipients": int(pick.size), "donors": len(donors), "split": split,
          **score_paste(ctx.model, recipients[pick], clean, donors[which], masks[which], c, cfg, gen)}
     responds = bool(b["excess_flip"] >= cfg.min_flip_excess and b["flip_z"] >= cfg.z_threshold
                 and b["random_flip_rate"] <= cfg.max_random_flip)
     return {"status": "tested", "concept": concept["id"], "members": concept["members"], "class": c,
             "class_name": name, "a": concept["transplant"], "b": b, "responds": responds,
-            "rule": (f"B responds to it when the paste turns at least {cfg.min_flip_excess:.0%} more of B's images into "
-                     f"{name} than random patches of the same shape do, with z >= {cfg.z_threshold:g} and random "
+            "rule": (f"B responds to it when the paste turns at least {cfg.min_flip_excess:.0%} more of B's images "
+                     f"into {name} than random patches of the same shape do, with z >= {cfg.z_threshold:g} and random "
                      f"patches flipping at most {cfg.max_random_flip:.0%} (A's reliance settings)")}
 
 
