@@ -138,7 +138,7 @@ def _errors(r: ReportInputs, held: dict[str, Any] | None, suspect: SuspectMask |
         lines.append(f"{held['split']} split: {error_pattern(np.asarray(held['confusion']), r.names)}")
     if suspect is not None:
         c = suspect.concept
-        preds = r.read("probs")[r.final].argmax(axis=1)
+        preds = np.nan_to_num(np.asarray(r.store.array("probs")[r.final])).argmax(axis=1)  # the final slice only
         labels = r.read("labels")
         holds = np.isin(r.read("analysis/assign"), c.get("members") or [c["id"]]).reshape(len(labels), -1).any(1)
         wrong = preds != labels
