@@ -99,12 +99,21 @@ def mark_report(out: str | Path) -> dict[str, list[str]]:
 
 
 def compare(dir_a: str | Path, dir_b: str | Path, config: Any = None, trust_analysis: bool = False,
-            **options: Any) -> Path:
+            trust_checkpoints: bool = False, model: str | None = None, **options: Any) -> Path:
     """Two analysis directories side by side in one self-contained page (``i2x compare A B --out FILE``); pass a
-    :class:`i2x.reporting.comparison.CompareConfig` or its fields (``out=``, ``names=``, ``match=``, ``top=``)."""
+    :class:`i2x.reporting.comparison.CompareConfig` or its fields (``out=``, ``names=``, ``match=``, ``top=``).
+    A's shortcut suspect, if any, is pasted into B's held-out images and judged by B's final model
+    (:func:`i2x.stages.reliance.transfer.suspect_in_other_run`; ``model`` and the trust flags are for rebuilding B's
+    model, as in :func:`i2x.stages.context.open_context`), so the page can say whether B uses it."""
     from i2x.reporting.comparison import CompareConfig, write_comparison
+    from i2x.stages.reliance.transfer import suspect_in_other_run
 
-    return write_comparison(dir_a, dir_b, config or CompareConfig(**options), trust_analysis=trust_analysis)
+    cfg = config or CompareConfig(**options)
+    try:
+        transfer = suspect_in_other_run(dir_a, dir_b, trust_checkpoints, trust_analysis, model=model)
+    except UserError as exc:
+        transfer = {"status": f"B's model could not be rebuilt to test it: {exc}"}
+    return write_comparison(dir_a, dir_b, cfg, trust_analysis=trust_analysis, transfer=transfer)
 
 
 def analyze(out: str | Path, config: AnalyzeConfig | None = None, progress: bool = True,

@@ -27,6 +27,8 @@ def _renumbered(src: Path, dest: Path, perm: np.ndarray) -> Path:
     protos = [dict(summary["prototypes"][int(k)], id=int(perm[k])) for k in inverse]
     summary["prototypes"] = protos
     summary["uncertain"] = [dict(u, prototype=int(perm[u["prototype"]])) for u in summary["uncertain"]]
+    for c in (summary.get("reliance") or {}).get("concepts") or []:   # the reliance study's concepts, renumbered too
+        c["members"] = sorted(int(perm[k]) for k in c["members"])
     (dest / "summary.json").write_text(json.dumps(summary))
     return dest
 

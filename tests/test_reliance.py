@@ -169,10 +169,11 @@ def _concept(c: int, passes: bool, flip: float = 0.6, random_flip: float = 0.05)
 
 def test_verdict_names_the_top_concept_and_says_plainly_when_none():
     text, found = verdict([_concept(4, True), _concept(1, True)], z_threshold=3, min_flip_excess=0.1)
-    assert found and text.startswith("Shortcut found: concept 4 (prototypes 4, 14) for class 3")
+    assert found and text.startswith("Shortcut found: concept C4 (prototypes P4, P14) for class 3")
     assert "turns 60% of them into 3 (random patches of the same shape: 5%" in text
+    assert "as deleting 2 of the 2 concepts does: a weak test" in text and "z 10.0" not in text  # deletion z not quoted
     text, found = verdict([_concept(4, False, flip=0.08), _concept(1, False)], z_threshold=3, min_flip_excess=0.1)
-    assert not found and text.startswith("No shortcut found. The strongest evidence is for concept 4")
+    assert not found and text.startswith("No shortcut found. The strongest evidence is for concept C4")
     assert "against 5% for random patches" in text
 
 

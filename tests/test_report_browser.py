@@ -11,11 +11,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 import browser
-from fixtures_compare import pair  # noqa: F401  (pytest fixture)
+from fixtures_compare import _renumbered, pair  # noqa: F401  (pytest fixture)
 from fixtures_pipeline import HOSTILE_NAMES, tiny_report, tiny_run  # noqa: F401  (pytest fixtures)
+from i2x import api
+from i2x.planted import synthetic
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -27,6 +31,17 @@ BROKEN_IMAGES = """
 return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt);
 """
 HEATMAP = "document.querySelector('#chart-beta svg').outerHTML"
+#: the drawn mask of the verdict's first picture, as the page shows it: [width, height, flat alpha > 0]
+DRAWN_MASK = """
+const m = document.querySelector('#verdict .suspect-shot img.mask');
+const c = document.createElement('canvas');
+c.width = m.naturalWidth; c.height = m.naturalHeight;
+const g = c.getContext('2d'); g.drawImage(m, 0, 0);
+const d = g.getImageData(0, 0, c.width, c.height).data;
+const on = [];
+for (let i = 3; i < d.length; i += 4) { on.push(d[i] > 0 ? 1 : 0); }
+return [c.width, c.height, on];
+"""
 
 
 @pytest.fixture
@@ -139,6 +154,28 @@ def test_report_renders_offline_and_interactive(driver, tiny_report):
     assert count == f"{len(involved)} of {summary['k']} shown"
     set_control(driver, "#prototypes .card-filter select.cls", "")
 
+    # role and class together mean that role for that class: "shared + class c" shows only the cards shared for c,
+    # not a card shared for another class that is uncertain for c
+    for c in range(len(HOSTILE_NAMES)):
+        shared = {p["id"] for p in summary["prototypes"] if c in p["shared_for"]}
+        set_control(driver, "#prototypes .card-filter select.role", "shared")
+        set_control(driver, "#prototypes .card-filter select.cls", str(c))
+        assert set(driver.execute_script(cards)) == {f"prototype-{k}" for k in shared}
+    set_control(driver, "#prototypes .card-filter select.role", "")
+    set_control(driver, "#prototypes .card-filter select.cls", "")
+
+    # no shortcut is said calmly: its chip is not in the warning colour, and the verdict is not an amber note
+    verdict_chips = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#verdict .chip, #reliance-verdict .chip'))"
+        ".map(c => [c.textContent, c.className])")
+    shortcut_chips = [c for c in verdict_chips if "shortcut" in c[0]]
+    assert shortcut_chips and all(c == ["no shortcut", "chip ok"] for c in shortcut_chips), verdict_chips
+    assert driver.execute_script("return document.querySelectorAll('#reliance-verdict .note').length") == 0
+    # both splits: the analysed one and the held-out one, each with its error pattern
+    accuracy = driver.execute_script("return Array.from(document.querySelectorAll('#verdict .split-acc'))"
+                                     ".map(e => e.textContent)")
+    assert len(accuracy) == 2 and "split (analysed)" in accuracy[0] and "test split (held out)" in accuracy[1]
+
     # nothing injected ran or was created, and the console is clean
     assert driver.execute_script("return window.__dialogs") == []
     assert driver.execute_script("return document.querySelectorAll('img:not([src^=\"data:\"])').length") == 0
@@ -185,3 +222,108 @@ def test_compare_page_renders_offline_and_interactive(driver, pair):
     shot = browser.full_screenshot(driver, ARTIFACTS / "compare.png")
     assert shot.stat().st_size > 10_000
     print(f"\ncompare page {page.stat().st_size / 1e6:.2f} MB, rendered in {render_ms:.0f} ms")
+
+
+# ---- a planted marker run: the first screen a reviewer acts on ---------------------------------------------------
+@pytest.fixture(scope="module")
+def marker_pages(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """The planted marker run (two-class grey set, a bright L in the top-left corner of 90% of class "marked"; the
+    model uses it), its report, and its comparison page against itself with the prototypes renumbered (B = the same
+    model, so B uses A's shortcut): (report, comparison page, reliance.json)."""
+    root = tmp_path_factory.mktemp("marker")
+    spec = "planted:marker-corner-grey"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with synthetic.planted_seed(0):
+            api.train(data=spec, out=root / "ck", epochs=4, seed=0, progress=False)
+            api.run(checkpoints=str(root / "ck"), data=spec, out=root / "an", progress=False)  # reliance included
+            k = json.loads((root / "an" / "summary.json").read_text())["k"]
+            b = _renumbered(root / "an", root / "renumbered", np.random.default_rng(3).permutation(k))
+            page = api.compare(root / "an", b, out=str(root / "compare.html"), names=("marker", "renumbered"))
+    finally:
+        torch.set_num_threads(threads)
+    return root / "an" / "report.html", page, json.loads((root / "an" / "reliance.json").read_text())
+
+
+@pytest.mark.slow
+def test_marker_run_first_screen_shows_the_shortcut_where_for_which_class_and_what_next(driver, marker_pages):
+    from selenium.webdriver.common.by import By
+
+    report, _, result = marker_pages
+    assert result["shortcut_found"], result["verdict"]   # precondition: the study finds the planted marker
+    driver.get(report.as_uri())
+    assert browser.wait_for(driver, "document.body && document.body.getAttribute('data-charts')") == "rendered"
+    verdict = driver.find_element(By.ID, "verdict").text
+
+    # the picture: enlarged images of the suspect with its mask drawn over them, on the first screen
+    assert driver.execute_script("return document.querySelectorAll('#verdict .suspect-shot').length") >= 2
+    top = driver.execute_script("return document.querySelector('#verdict .suspect-shot img.mask')"
+                                ".getBoundingClientRect().bottom")
+    assert top < driver.execute_script("return window.innerHeight")
+    width, height, on = driver.execute_script(DRAWN_MASK)
+    drawn = np.asarray(on, dtype=bool).reshape(height, width)
+    scale = width // synthetic.SIZE
+    assert width >= 4 * synthetic.SIZE and drawn.any()   # enlarged
+    pixels = drawn.reshape(synthetic.SIZE, scale, synthetic.SIZE, scale).any(axis=(1, 3))   # back to input pixels
+    marker = synthetic.marker_pixels("corner")
+    near = np.zeros_like(marker)   # the marker and the pixel around it (a footprint's edge may blur by one)
+    ys, xs = np.nonzero(marker)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            near[np.clip(ys + dy, 0, synthetic.SIZE - 1), np.clip(xs + dx, 0, synthetic.SIZE - 1)] = True
+    on_marker = (pixels & near).sum() / pixels.sum()
+    assert on_marker > 0.5, f"only {on_marker:.0%} of the drawn mask lies on the marker"
+
+    # where in words, the class by name, the causal numbers, the next command
+    assert "top-left corner" in verdict
+    assert "class marked" in verdict and "1: marked" in verdict and "--class-names" not in verdict
+    assert "random patches of the same shape" in verdict and "shortcut gap" in verdict
+    command = driver.execute_script("return document.querySelector('#verdict code.next').textContent")
+    assert command == f"i2x finetune an --concept {result['suspect']}"
+    # chip and text agree: "shortcut found" in both, in the warning colour
+    chips = driver.execute_script("return Array.from(document.querySelectorAll('#verdict .chip.warn, "
+                                  "#reliance-verdict .chip.warn')).map(c => c.textContent)")
+    assert "shortcut found" in chips and not any("suspected" in c or c == "no shortcut" for c in chips)
+    assert result["verdict"].startswith("Shortcut found")
+    assert f"C{result['suspect']}" in verdict                         # concepts are C-ids, prototypes P-ids
+    # both splits, with the held-out split's numbers from reliance.json
+    held = result["held_out"]
+    assert held["split"] == "test" and held["samples"] == synthetic.SAMPLES["test"]
+    assert f"test split (held out): {held['accuracy']:.1%}" in verdict
+    assert "errors are images of other classes that hold" in verdict
+    assert driver.execute_script("return window.__dialogs") == []
+    assert browser.severe_logs(driver) == []
+    shot = browser.full_screenshot(driver, ARTIFACTS / "marker-report.png")
+    assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_compare_page_answers_whether_b_uses_a_s_shortcut(driver, marker_pages):
+    from selenium.webdriver.common.by import By
+
+    _, page, result = marker_pages
+    driver.get(page.as_uri())
+    assert browser.wait_for(driver, "document.body && document.body.getAttribute('data-charts')") == "rendered"
+    answer = driver.find_element(By.ID, "suspect-answer").text
+    assert f"C{result['suspect']}" in answer and "marked" in answer
+    assert "B responds to it" in answer and "Yes: B's answers move with A's suspect pixels" in answer  # the same model
+    assert "are paired with B's" in answer
+    # each suspect prototype is listed once
+    rows = driver.execute_script("return Array.from(document.querySelectorAll('#suspects h3 + table tbody tr'))"
+                                 ".map(r => r.cells[0].textContent)")
+    listed = [r for r in rows if "suspect" in r]
+    assert listed and len(listed) == len(set(listed))
+    # "paired with" sorts by the prototype's number, not its text
+    header = driver.find_element(By.XPATH, "(//section[@id='suspects']//table[contains(@class,'sortable')])[1]//th[3]")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", header)
+    header.click()
+    partners = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#suspects table.sortable')[0].tBodies[0].rows)"
+        ".map(r => r.cells[2].textContent)")
+    ids = [int(t.split("P", 1)[1].split()[0]) for t in partners if "·P" in t]
+    assert len(ids) > 1 and ids == sorted(ids)
+    assert driver.execute_script("return window.__dialogs") == []
+    assert browser.severe_logs(driver) == []
+    shot = browser.full_screenshot(driver, ARTIFACTS / "marker-compare.png")
+    assert shot.stat().st_size > 10_000

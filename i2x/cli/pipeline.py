@@ -135,14 +135,16 @@ def add_compare(sub: Subparsers) -> None:
     p.add_argument("dir_a", metavar="DIR_A", help="first analysis directory (A, after i2x run / analyze)")
     p.add_argument("dir_b", metavar="DIR_B", help="second analysis directory (B)")
     add_options(p, CompareConfig)
-    add_trust_options(p, checkpoints=False)
+    add_trust_options(p)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from i2x import api
     from i2x.reporting.comparison import CompareConfig
 
-    print(f"comparison: {api.compare(args.dir_a, args.dir_b, config_from(args, CompareConfig), args.trust_analysis)}")
+    page = api.compare(args.dir_a, args.dir_b, config_from(args, CompareConfig), args.trust_analysis,
+                       args.trust_checkpoints, args.model)
+    print(f"comparison: {page}")
 
 
 def add_run(sub: Subparsers) -> None:

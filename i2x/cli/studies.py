@@ -172,7 +172,8 @@ def cmd_reliance(args: argparse.Namespace) -> None:
     print(result["verdict"])
     for c in result["ranking"][:cfg.top]:
         p, t = result["concepts"][c], result["concepts"][c]["transplant"] or {}
-        print(f"  concept {c} (prototypes {', '.join(map(str, p['members']))}): class {p['class_name']}, paste flips "
+        protos = ", ".join(f"P{k}" for k in p["members"])
+        print(f"  concept C{c} (prototypes {protos}): class {p['class_name']}, paste flips "
               f"{t.get('flip_rate', 0):.0%} vs {t.get('random_flip_rate', 0):.0%} random, lift {p['lift']:.2f}, "
               f"concentration {p['concentration']:.2f}")
     print(f"results: {as_path(args.dir) / 'reliance.json'}")

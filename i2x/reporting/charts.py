@@ -86,8 +86,13 @@ def accuracy_of_runs(frame: pd.DataFrame, runs: Sequence[str]) -> alt.Chart:
     ).properties(width=520, height=200, title="Accuracy along training")
 
 
+#: a confusion chart of at most this many classes labels its zero cells too ("no sample" is a finding there)
+LABEL_ZEROS_UP_TO = 12
+
+
 def confusion_heatmap(matrix: np.ndarray, names: Sequence[str], title: str) -> alt.LayerChart:
-    """Counts of true (rows) by predicted (columns) class, log-coloured so small confusions stay visible."""
+    """Counts of true (rows) by predicted (columns) class, log-coloured so small confusions stay visible; every cell
+    labelled with its count (only the non-zero ones above :data:`LABEL_ZEROS_UP_TO` classes)."""
     m = len(names)
     true, pred = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
     df = pd.DataFrame({"true": np.asarray(names, dtype=object)[true.ravel()],
@@ -106,7 +111,7 @@ def confusion_heatmap(matrix: np.ndarray, names: Sequence[str], title: str) -> a
         legend=alt.Legend(title="samples (log scale)", values=[float(np.log1p(v)) for v in ticks],
                           labelExpr="format(round(exp(datum.value) - 1), ',')", gradientLength=140)))
     text = base.mark_text(fontSize=10).encode(
-        text=alt.condition("datum.count > 0", "count:Q", alt.value("")),
+        text=alt.condition("datum.count > 0" if m > LABEL_ZEROS_UP_TO else "true", "count:Q", alt.value("")),
         color=alt.condition(f"datum.shade > {0.6 * float(df['shade'].max() or 1):.6f}", alt.value("white"),
                             alt.value("#1d2430")))
     return alt.layer(cells, text).properties(width=size, height=size, title=title)

@@ -40,9 +40,10 @@ class CompareConfig:
 
 
 def write_comparison(dir_a: str | Path, dir_b: str | Path, config: CompareConfig | None = None,
-                     trust_analysis: bool = False) -> Path:
+                     trust_analysis: bool = False, transfer: dict[str, Any] | None = None) -> Path:
     """Write the page that sets run ``dir_a`` (A) beside ``dir_b`` (B): verdicts, suspect concepts, prototypes
-    paired by similarity and the shared samples; returns its path."""
+    paired by similarity and the shared samples; returns its path. ``transfer`` is B's paste result for A's suspect
+    (:func:`i2x.stages.reliance.transfer.suspect_in_other_run`, which ``i2x compare`` runs: the page runs no model)."""
     cfg = config or CompareConfig()
     validate(cfg)
     start = time.perf_counter()
@@ -61,7 +62,7 @@ def write_comparison(dir_a: str | Path, dir_b: str | Path, config: CompareConfig
     a, b = (Run(letter, name, ReportInputs.open(d, trust_analysis=trust_analysis))
             for letter, name, d in (("A", names[0], dir_a), ("B", names[1], dir_b)))
     pair = pair_runs(a, b, cfg.match, cfg.top, cfg.allow_different_data, trust_analysis)
-    sections = [side_by_side(pair, charts), suspects(pair), matched(pair), shared_samples(pair)]
+    sections = [side_by_side(pair, charts), suspects(pair, transfer), matched(pair), shared_samples(pair)]
     title = f"{names[0]} versus {names[1]}"
     subtitle = (f"A: {shown_path(a.r.summary['model'], a.r.out_dir)}, {len(a.r.checkpoints)} checkpoints; "
                 f"B: {shown_path(b.r.summary['model'], b.r.out_dir)}, {len(b.r.checkpoints)} checkpoints; "

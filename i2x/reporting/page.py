@@ -92,6 +92,12 @@ def chip(text: Any, kind: str = "") -> Raw:
     return Raw(f'<span class="chip {esc(kind)}">{esc(text)}</span>')
 
 
+def shortcut_chip(found: bool) -> Raw:
+    """The shortcut verdict as a chip, worded as the verdict's sentence is: "shortcut found" (warning colour) or
+    "no shortcut" (calm colour)."""
+    return chip("shortcut found", "warn") if found else chip("no shortcut", "ok")
+
+
 def proto_ref(k: int, kind: str = "") -> Raw:
     """A prototype mention (chip "P3") that links to its card in the prototypes section."""
     return Raw(f'<a class="ref" href="#prototype-{int(k)}">{chip(f"P{int(k)}", kind)}</a>')

@@ -21,7 +21,9 @@ SCRIPT = """
         const rows = Array.from(body.rows);
         rows.sort(function (a, b) {
           const x = key(a), y = key(b);
-          const order = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+          // text compares numbers inside it as numbers ("B·P3" before "B·P12")
+          const order = typeof x === "number" && typeof y === "number" ? x - y
+            : String(x).localeCompare(String(y), undefined, {numeric: true});
           return up ? order : -order;
         });
         rows.forEach(function (row) { body.appendChild(row); });
@@ -33,7 +35,7 @@ SCRIPT = """
 })();
 (function () {
   // card filters: a role and a class drop-down show only the cards (of data-target) whose data-roles and
-  // data-classes hold the chosen values
+  // data-classes hold the chosen values, and with both chosen whose data-pairs holds "role:class"
   document.querySelectorAll(".card-filter").forEach(function (box) {
     const cards = Array.from(document.querySelectorAll(box.getAttribute("data-target")));
     const role = box.querySelector("select.role"), cls = box.querySelector("select.cls");
@@ -41,8 +43,10 @@ SCRIPT = """
     const apply = function () {
       let shown = 0;
       cards.forEach(function (card) {
-        const ok = (!role.value || card.getAttribute("data-roles").split(" ").indexOf(role.value) >= 0) &&
-                   (!cls.value || card.getAttribute("data-classes").split(" ").indexOf(cls.value) >= 0);
+        const has = function (attr, value) { return card.getAttribute(attr).split(" ").indexOf(value) >= 0; };
+        // a role and a class together: that role for that class (data-pairs), not each on its own
+        const ok = role.value && cls.value && role.value !== "none" ? has("data-pairs", role.value + ":" + cls.value)
+          : (!role.value || has("data-roles", role.value)) && (!cls.value || has("data-classes", cls.value));
         card.hidden = !ok;
         if (ok) { shown += 1; }
       });
@@ -150,6 +154,13 @@ table.film td.who { font-size:12px; min-width:130px; }
 .legend-bar { display:inline-block; width:140px; height:10px; vertical-align:middle; border-radius:2px; margin:0 6px; }
 .verdict table.facts td:first-child { width:160px; font-weight:600; color:var(--fg); }
 ul.tight { margin:4px 0; padding-left:18px; }
+.lead { font-size:17px; margin:0 0 12px; max-width:980px; }
+.suspect-shots { display:flex; gap:10px; flex-wrap:wrap; margin:6px 0 10px; }
+.suspect-shot { position:relative; display:block; margin:0; }
+.suspect-shot img { display:block; border-radius:4px; }
+.suspect-shot img.mask { position:absolute; top:0; left:0; }
+.suspect-shot figcaption { display:block; font-size:13px; }
+.chip.ok { background:#e3f4f1; color:var(--shared); }
 a.ref { text-decoration:none; }
 a.ref:hover .chip { outline:1px solid var(--accent); }
 table.sortable th { cursor:pointer; user-select:none; }

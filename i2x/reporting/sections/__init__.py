@@ -20,6 +20,7 @@ from i2x.reporting.sections.common import SectionBuilder
 from i2x.reporting.sections.dynamics import dynamics
 from i2x.reporting.sections.evidence import evidence_section
 from i2x.reporting.sections.film import film_strips
+from i2x.reporting.sections.finetune import finetune_section
 from i2x.reporting.sections.overview import overview
 from i2x.reporting.sections.prototypes import prototypes
 from i2x.reporting.sections.reliance import reliance_section
@@ -52,6 +53,8 @@ STUDIES = {
                       "the model's decision, and does the CAM cover it?"),
     "benchmark": Study("benchmark", "Attribution benchmark", "benchmark", "Which CAM method is faithful, robust and "
                        "sane at each checkpoint?"),
+    "finetune": Study("finetune", "Fine-tuning", "finetune", "Does fine-tuning without the images of the uncertain "
+                      "prototypes (or of a shortcut concept) reduce the confusions and the shortcut gap?"),
 }
 
 
@@ -77,4 +80,5 @@ SECTIONS: list[SectionBuilder] = [verdict_section, overview, or_not_run(reliance
                                   or_not_run(faithfulness_section, STUDIES["faithfulness"]),
                                   or_not_run(drift_section, STUDIES["drift"]),
                                   or_not_run(evidence_section, STUDIES["evidence"]),
-                                  or_not_run(benchmark_section, STUDIES["benchmark"])]
+                                  or_not_run(benchmark_section, STUDIES["benchmark"]),
+                                  or_not_run(finetune_section, STUDIES["finetune"])]

@@ -11,6 +11,7 @@ import numpy as np
 from i2x.reporting.images import jet, map_tiles, png_uri, resize, to_rgb
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Section, class_ref, esc, img, scrub_paths
+from i2x.reporting.suspect import reliance_result, suspect_cells, suspect_mask
 
 SCALES = {"frame": "each frame to its own peak", "strip": "one scale per strip (weak maps look weak)"}
 
@@ -45,6 +46,8 @@ def film_strips(r: ReportInputs) -> Section:
         return Section("films", "CAM film strips", intro, "",
                        [f"Not prepared: `i2x report {r.shown_dir}` picks the samples and computes their maps."])
     rows, why, cols = r.read("film/rows"), film["why"], r.read("film/columns")
+    away = _away_from_suspect(r, rows)
+    why = [w + ("; its final map peaks away from the shortcut" if a else "") for w, a in zip(why, away)]
     methods = [r.method] + [m for m in r.store.methods if m != r.method]
     order = np.argsort(rows)
     back = np.argsort(order)
@@ -57,7 +60,10 @@ def film_strips(r: ReportInputs) -> Section:
     final = np.zeros(rows.size, dtype=np.int64)
     wrong = np.asarray(film["answered"], dtype=np.int64)
     final[wrong] = film["answer_class"]
-    notes = []
+    notes = [] if not away.any() else [
+        f"{int(away.sum())} of these strips show an image holding the shortcut the reliance study found, of its class, "
+        f"whose final {r.method} map peaks away from it: the map does not show what the model relies on there (the "
+        "paste test does; see the verdict)."]
     answered = {m: r.read(f"film/answer/{m}") for m in methods} if wrong.size and not film["unavailable"] else None
     if film["unavailable"]:
         notes.append(f"Maps for the class the model answered are unavailable: {scrub_paths(film['unavailable'], r.out_dir)}")
@@ -82,6 +88,20 @@ def film_strips(r: ReportInputs) -> Section:
                    f"<style>{backgrounds}</style>" + _switches(methods) + scale
                    + f'<div style="overflow-x:auto"><table class="film"><thead><tr>{head}</tr></thead>'
                    f'<tbody>{"".join(body)}</tbody></table></div>', notes)
+
+
+def _away_from_suspect(r: ReportInputs, rows: np.ndarray) -> np.ndarray:
+    """Per shown sample: it holds the reliance study's shortcut, is of its class, and its final stored map peaks at a
+    grid cell away from it (a map that glows elsewhere while the model relies on the shortcut)."""
+    result = reliance_result(r)
+    suspect = suspect_mask(r, result) if result else None
+    if suspect is None or not rows.size:
+        return np.zeros(rows.size, dtype=bool)
+    members = suspect.concept.get("members") or [suspect.concept["id"]]
+    holds = np.isin(r.read("analysis/assign")[rows], members).reshape(rows.size, -1).any(axis=1)
+    cam = np.nan_to_num(r.final_cam[rows], nan=-np.inf).reshape(rows.size, -1)
+    on = suspect_cells(r, suspect, rows).reshape(rows.size, -1)[np.arange(rows.size), cam.argmax(axis=1)]
+    return holds & (r.read("labels")[rows] == suspect.concept["class"]) & ~on
 
 
 @dataclass

@@ -7,11 +7,13 @@ from typing import Any
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Section, chip, class_ref, esc
 from i2x.reporting.sections.common import _chips, _patch_imgs
+from i2x.reporting.suspect import reliance_result
 
 
 def prototype_card(r: ReportInputs, p: dict[str, Any], anchor: str, title: str, extra: str = "") -> str:
     """The card of prototype ``p`` (an entry of ``summary["prototypes"]``) with element id ``anchor``; ``extra``
-    (safe HTML) goes under the roles. Its ``data-roles`` and ``data-classes`` are what the card filter reads."""
+    (safe HTML) goes under the roles. Its ``data-roles``, ``data-classes`` and ``data-pairs`` (role:class, so "shared
+    for class 1" is not met by a card shared for 0 and uncertain for 1) are what the card filter reads."""
     names, k = r.names, p["id"]
     uncertain = {u["prototype"]: u for u in r.summary["uncertain"]}
     roles, kinds = "", []
@@ -36,7 +38,10 @@ def prototype_card(r: ReportInputs, p: dict[str, Any], anchor: str, title: str, 
     if p["specialized_for"]:
         supports.append("specialized for " + _chips(r, p["specialized_for"], "specialized"))
     classes = " ".join(str(c) for c in sorted(involved))
-    return (f'<div class="card" id="{esc(anchor)}" data-roles="{" ".join(kinds) or "none"}" data-classes="{classes}">'
+    pairs = " ".join([f"shared:{c}" for c in p["shared_for"]] + [f"specialized:{c}" for c in p["specialized_for"]]
+                     + ([f"uncertain:{c}" for c in uncertain[k]["classes"]] if k in uncertain else []))
+    return (f'<div class="card" id="{esc(anchor)}" data-roles="{" ".join(kinds) or "none"}" data-classes="{classes}" '
+            f'data-pairs="{pairs}">'
             f'<h4>{esc(title)}</h4><div>{roles}</div>{extra}'
             f'<div class="meta">{p["size"]} grid cells in {p["samples"]} samples</div>{_patch_imgs(r, k)}'
             f'<div class="meta">{"; ".join(supports) or "supports no class as shared or specialized"}</div>'
@@ -55,8 +60,20 @@ def card_filter(names: list[str], target: str) -> str:
             '<span class="muted count"></span></div>')
 
 
+def _concept_line(c: int | None, in_shortcut: bool) -> str:
+    """Which concept of the reliance study the prototype belongs to (C-ids, so concept 6 and prototype 6 differ)."""
+    if c is None:
+        return ""
+    mark = " " + chip("shortcut found", "warn") if in_shortcut else ""
+    return f'<div class="meta">part of concept C{c} of the reliance study{mark}</div>'
+
+
 def prototypes(r: ReportInputs) -> Section:
-    cards = [prototype_card(r, p, f"prototype-{p['id']}", f"Prototype {p['id']}") for p in r.summary["prototypes"]]
+    result = reliance_result(r)
+    concept = {k: c["id"] for c in (result or {}).get("concepts", []) if not c.get("pieces") for k in c["members"]}
+    suspect = result["concepts"][result["suspect"]] if result and result.get("shortcut_found") else {}
+    cards = [prototype_card(r, p, f"prototype-{p['id']}", f"Prototype P{p['id']}", _concept_line(
+        concept.get(p["id"]), p["id"] in (suspect.get("members") or []))) for p in r.summary["prototypes"]]
     notes = [f"Input images unavailable, so no patches: {r.images_unavailable}"] if r.images_unavailable else []
     return Section("prototypes", "Prototypes",
                    "Each prototype is a cluster of the final model's features at single grid cells. The patches are "

@@ -14,7 +14,7 @@ import numpy as np
 from i2x.io.workdir import RELIANCE, assign_digest, unpack_mask
 from i2x.reporting.images import HIGHLIGHT, jet, png_uri, resize, to_rgb
 from i2x.reporting.inputs import ReportInputs
-from i2x.reporting.page import Raw, Section, chip, esc, img, table
+from i2x.reporting.page import Raw, Section, chip, esc, img, shortcut_chip, table
 
 TITLE = "Reliance: what the model depends on"
 THUMB = 64
@@ -54,7 +54,7 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 
 def _members(p: dict[str, Any]) -> str:
-    return ("prototype " if len(p["members"]) == 1 else "prototypes ") + ", ".join(map(str, p["members"]))
+    return ("prototype " if len(p["members"]) == 1 else "prototypes ") + ", ".join(f"P{k}" for k in p["members"])
 
 
 def _pictures(r: ReportInputs, p: dict[str, Any]) -> str:
@@ -69,7 +69,7 @@ def _pictures(r: ReportInputs, p: dict[str, Any]) -> str:
     shots = tinted(images, masks)
     labels, index = r.read("labels")[rows], r.read("sample_index")[rows]
     return '<div class="patches">' + "".join(
-        img(png_uri(s), f"concept {p['id']} in a {r.names[y]} image", title=f"class {r.names[y]}, data set index {i}")
+        img(png_uri(s), f"concept C{p['id']} in a {r.names[y]} image", title=f"class {r.names[y]}, data set index {i}")
         for s, y, i in zip(shots, labels, index)) + "</div>"
 
 
@@ -99,20 +99,25 @@ def _facts(p: dict[str, Any], names: list[str]) -> str:
     return table(["", ""], rows, "facts")
 
 
+def _passing_deletion(result: dict[str, Any]) -> int:
+    """How many concepts pass the deletion test (when most do, its z does not single out a shortcut)."""
+    return sum(bool(c["checks"].get("deletion")) for c in result["concepts"])
+
+
 def _verdict_card(r: ReportInputs, result: dict[str, Any]) -> str:
     """One card: the verdict, and for a found shortcut its thumbnails, paste flip rate against random and deletion."""
     found = result["shortcut_found"]
-    mark = chip("shortcut found", "warn") if found else chip("no shortcut")
-    sentence = f'<p class="note"><b>{mark} {esc(result["verdict"])}</b></p>'
+    sentence = f'<p class="{"note" if found else ""}"><b>{shortcut_chip(found)} {esc(result["verdict"])}</b></p>'
     if not found:
         return f'<div class="ucard" id="reliance-verdict">{sentence}</div>'
     p = result["concepts"][result["suspect"]]
     t, d = p["transplant"], p["deletion"]
     figures = table(["", ""], [
-        ("suspect", f"concept {p['id']} ({_members(p)}) → {r.names[p['class']]}"),
+        ("suspect", f"concept C{p['id']} ({_members(p)}) → {r.names[p['class']]}"),
         ("paste flip rate", f"{_pct(t['flip_rate'])} vs {_pct(t['random_flip_rate'])} for random patches "
                             f"(z {t['flip_z']:.1f}, effect size {t['flip_effect_size']:.2f})"),
-        ("deletion effect", f"margin {_num(d['excess'])} lower than for random cells (z {d['z']:.1f})"),
+        ("deletion effect", f"margin {_num(d['excess'])} lower than for random cells (z {d['z']:.1f}); a weak "
+                            f"test: {_passing_deletion(result)} of the {len(result['concepts'])} concepts pass it"),
     ], "facts")
     return (f'<div class="ucard" id="reliance-verdict">{sentence}<div class="row"><div>'
             f'<div class="muted">its input footprint (tinted)</div>{_pictures(r, p)}</div>'
@@ -120,7 +125,7 @@ def _verdict_card(r: ReportInputs, result: dict[str, Any]) -> str:
 
 
 def _card(r: ReportInputs, rank: int, p: dict[str, Any]) -> str:
-    title = f"#{rank} concept {p['id']} " + str(chip(f"→ {r.names[p['class']]}", "warn" if all(p["checks"].values())
+    title = f"#{rank} concept C{p['id']} " + str(chip(f"→ {r.names[p['class']]}", "warn" if all(p["checks"].values())
                                                      else ""))
     return (f'<div class="ucard" id="reliance-{p["id"]}"><h3>{title}</h3><div class="row">'
             f'<div><div class="muted">its input footprint (tinted) in typical images</div>{_pictures(r, p)}'
@@ -133,7 +138,7 @@ def _ranking_table(result: dict[str, Any], names: list[str]) -> str:
     for rank, c in enumerate(result["ranking"], start=1):
         p = result["concepts"][c]
         d, t = p["deletion"] or {}, p["transplant"] or {}
-        rows.append((rank, c, _members(p), names[p["class"]], _pct(p["purity"]), round(p["concentration"], 2),
+        rows.append((rank, f"C{c}", _members(p), names[p["class"]], _pct(p["purity"]), round(p["concentration"], 2),
                      f"{_pct(t.get('flip_rate'))} vs {_pct(t.get('random_flip_rate'))}" if t else None,
                      None if t.get("flip_z") is None else round(t["flip_z"], 1),
                      _num(d.get("excess")), None if d.get("z") is None else round(d["z"], 1),

@@ -11,7 +11,7 @@ import pandas as pd
 
 from i2x.reporting.charts import ChartSet, accuracy_of_runs
 from i2x.reporting.images import overlays, png_uri, resize, to_rgb
-from i2x.reporting.page import Raw, Section, chip, esc, img, shown_path, table
+from i2x.reporting.page import Raw, Section, chip, esc, img, shortcut_chip, shown_path, table
 from i2x.reporting.pairing import Run, RunPair, agreement
 from i2x.reporting.sections.prototypes import card_filter, prototype_card
 from i2x.stages.analyze.uncertainty import summary_sentence
@@ -42,8 +42,7 @@ def _shortcut(pair: RunPair, run: Run) -> Raw:
     entry = run.r.summary.get("reliance")
     if not entry:
         return Raw(f'<span class="muted">not run</span>: <code>{esc(f"i2x reliance {run.r.shown_dir}")}</code>')
-    mark = chip("shortcut suspected", "warn") if entry.get("shortcut_found") else chip("no shortcut stands out")
-    return Raw(f"{mark} {esc(entry.get('verdict', ''))}")
+    return Raw(f"{shortcut_chip(bool(entry.get('shortcut_found')))} {esc(entry.get('verdict', ''))}")
 
 
 def _uncertain(run: Run, shown: int = 6) -> Raw:
@@ -83,14 +82,18 @@ def side_by_side(pair: RunPair, charts: ChartSet) -> Section:
 
 
 def _concepts(pair: RunPair, run: Run) -> str:
-    """The reliance study's leading concepts and the uncertain prototypes of ``run``, each with its partner."""
-    entry, names, items = run.r.summary.get("reliance") or {}, run.r.names, []
+    """The reliance study's leading concepts and the uncertain prototypes of ``run``, each prototype once with its
+    partner."""
+    entry, names, items, seen = run.r.summary.get("reliance") or {}, run.r.names, [], set()
     for c in (entry.get("concepts") or [])[:3]:
         members = c.get("members") or [c.get("id")]
         label = chip("suspect", "warn") if c.get("id") == entry.get("suspect") else ""
         cls = c.get("class")
         for k in members:
-            items.append([Raw(ref(run, k) + label), "reliance: tied to "
+            if k in seen:
+                continue
+            seen.add(k)
+            items.append([Raw(ref(run, k) + label), f"reliance: C{c.get('id')}, tied to "
                           + (names[cls] if isinstance(cls, int) else str(c.get("class_name", "?"))), _partner(pair, run, k)])
     for u in run.r.summary["uncertain"]:
         a, b = u["classes"]
@@ -101,11 +104,62 @@ def _concepts(pair: RunPair, run: Run) -> str:
     return f"<h3>{esc(run.letter)}: {esc(run.name)}</h3>" + table(["prototype", "why", "paired with"], items, "sortable")
 
 
-def suspects(pair: RunPair) -> Section:
+def _answer(pair: RunPair, transfer: dict[str, Any] | None) -> str:
+    """Does A's shortcut exist in B (B's prototypes paired with its prototypes; B's own verdict), and does B use it
+    (B's model on A's suspect pixels pasted into B's held-out images, against random patches)?"""
+    a, b = pair.a, pair.b
+    if not transfer or transfer.get("status") != "tested":
+        why = (transfer or {}).get("status", "not tested (the page was built without B's model)")
+        return f'<div class="ucard" id="suspect-answer"><p><b>A\'s shortcut in B:</b> {esc(why)}.</p></div>'
+    members, name = transfer["members"], transfer["class_name"]
+    partners = [(k, pair.partner("A", k)) for k in members]
+    paired = [(k, found) for k, found in partners if found is not None]
+    exists = " ".join(f"{ref(a, k)}→{ref(b, j)} <span class=\"muted\">{sim:.2f}</span>" for k, (j, sim) in paired[:6])
+    exists += f' <span class="muted">and {len(paired) - 6} more</span>' if len(paired) > 6 else ""
+    mean_sim = float(np.mean([sim for _, (_, sim) in paired])) if paired else 0.0
+    b_entry = b.r.summary.get("reliance") or {}
+    b_suspect = next((c for c in b_entry.get("concepts") or [] if c.get("id") == b_entry.get("suspect")), None)
+    shared = sorted({j for _, (j, _) in paired} & set((b_suspect or {}).get("members") or []))
+    b_verdict = ("B's reliance study has not run" if not b_entry else
+                 f"B's own reliance study: {shortcut_chip(bool(b_entry.get('shortcut_found')))}"
+                 + (f" its suspect C{b_suspect['id']} holds {len(shared)} of these partners" if b_suspect else ""))
+    t_a, t_b = transfer["a"] or {}, transfer["b"]
+    responds = chip("B responds to it", "warn") if transfer["responds"] else chip("B does not respond to it", "ok")
+    if not transfer["responds"]:
+        answer = "No: B's answers do not move with A's suspect pixels."
+    elif b_entry.get("shortcut_found") and shared:
+        answer = "Yes: B's answers move with A's suspect pixels, and B's own reliance study finds the shortcut too."
+    elif b_entry:
+        answer = ("B's answers move with A's suspect pixels, but B's own reliance study finds no shortcut holding "
+                  "them: B may read those pixels as ordinary class evidence (a model that never saw a marker can "
+                  "react to one) rather than rely on them as a shortcut.")
+    else:
+        answer = ("B's answers move with A's suspect pixels; whether B relies on them as a shortcut, or reads them as "
+                  f"ordinary class evidence, needs B's own reliance study (i2x reliance {b.r.shown_dir}).")
+    rows = [
+        ("answer", Raw(f"<b>{esc(answer)}</b>")),
+        ("A's shortcut", Raw(f"{chip('C' + str(transfer['concept']), 'warn')} "
+                             f"for class {esc(name)}: pasted into A's held-out images it turns "
+                             f"{t_a.get('flip_rate', 0.0):.0%} into {esc(name)} (random patches "
+                             f"{t_a.get('random_flip_rate', 0.0):.0%})")),
+        ("exists in B?", Raw((f"{len(paired)} of its {len(members)} prototypes are paired with B's (mean similarity "
+                              f"{mean_sim:.2f}): {exists}" if paired else "none of its prototypes is paired with B's")
+                             + f"<br>{b_verdict}")),
+        ("does B use it?", Raw(f"{responds} pasting A's suspect pixels into {t_b['recipients']} of B's held-out "
+                               f"images ({esc(t_b['split'])} split) of other classes turns {t_b['flip_rate']:.0%} of "
+                               f"those not already called {esc(name)} into {esc(name)}; random patches of the same "
+                               f"shape {t_b['random_flip_rate']:.0%} (z {t_b['flip_z']:.1f})")),
+        ("rule", transfer["rule"]),
+    ]
+    return f'<div class="ucard" id="suspect-answer">{table(None, rows, "facts")}</div>'
+
+
+def suspects(pair: RunPair, transfer: dict[str, Any] | None = None) -> Section:
     return Section("suspects", "Suspect concepts",
-                   "The prototypes each run's studies point at (the reliance study's leading concepts, the uncertain "
-                   "prototypes) and the prototype of the other run they are paired with: does the suspect survive "
-                   "in the other run?", _concepts(pair, pair.a) + _concepts(pair, pair.b))
+                   "Does A's shortcut exist in B, and does B use it? Then the prototypes each run's studies point at "
+                   "(the reliance study's leading concepts, the uncertain prototypes), each once, and the prototype of "
+                   "the other run it is paired with.",
+                   _answer(pair, transfer) + _concepts(pair, pair.a) + _concepts(pair, pair.b))
 
 
 def _presence_top(run: Run, k: int) -> str:

@@ -11,6 +11,7 @@ from i2x.reporting import charts
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, chip, class_ref, esc, table
 from i2x.reporting.sections.common import MAX_UNCERTAIN_CARDS, _patch_imgs
+from i2x.reporting.suspect import reliance_result
 from i2x.stages.analyze.uncertainty import summary_sentence
 
 
@@ -35,6 +36,8 @@ def uncertain(r: ReportInputs) -> Section:
                 "try another <code>--k</code>.</p>")
         return Section("uncertain", "Uncertain prototypes", intro, body)
     shown = found[:MAX_UNCERTAIN_CARDS]
+    result = reliance_result(r)
+    shortcut = result["concepts"][result["suspect"]] if result and result.get("shortcut_found") else None
     betas, pairs, flips = _uncertain_frames(r, shown)
     spec = charts.to_spec(charts.uncertain_trajectory(betas, pairs, th["noise_floor"], flips,
                                                       first=shown[0]["prototype"]))
@@ -61,14 +64,23 @@ def uncertain(r: ReportInputs) -> Section:
             ("present in", f"{presence[a]:.0%} of class {names[a]} and {presence[b]:.0%} of class {names[b]} samples"),
             ("curation would exclude", f"{u['curation_excludes']} training samples of {names[a]} or {names[b]} "
                                        f"where it covers ≥ {th['curation_min_share']:.0%} of the locations"),
-        ], "facts")
+        ] + ([("part of the shortcut", _in_shortcut(r, shortcut, names[a], names[b]))]
+             if shortcut and k in (shortcut.get("members") or []) else []), "facts")
         faded = ' style="opacity:0.6"' if u.get("significant") is False else ""
-        cards.append(f'<div class="ucard" id="uncertain-{k}"{faded}><h3><a href="#prototype-{k}">Prototype {k}</a>: '
+        cards.append(f'<div class="ucard" id="uncertain-{k}"{faded}><h3><a href="#prototype-{k}">Prototype P{k}</a>: '
                      f'{class_ref(a, names[a], "uncertain")} ↔ {class_ref(b, names[b], "uncertain")}</h3>'
                      f'<div class="row"><div class="ufacts">{facts}{_patch_imgs(r, k)}</div>{chart}</div></div>')
     more = len(found) - len(shown)
     notes = [f"The {len(shown)} strongest are shown; {more} more are listed in summary.json."] if more else []
     return Section("uncertain", "Uncertain prototypes", intro, head + "".join(cards), notes)
+
+
+def _in_shortcut(r: ReportInputs, shortcut: dict[str, Any], a: str, b: str) -> Raw:
+    """An uncertain prototype that belongs to the shortcut concept: curating it removes the shortcut's images."""
+    command = f"i2x finetune {r.shown_dir} --concept {shortcut['id']}"
+    return Raw(f"{chip('shortcut found', 'warn')} it belongs to concept C{shortcut['id']}, the shortcut the reliance "
+               f"study found: curating it removes the shortcut's images, not a confusion of {esc(a)} and {esc(b)} "
+               f"(<code>{esc(command)}</code>)")
 
 
 def _significance_head(c: dict[str, Any], sentence: str) -> str:

@@ -15,6 +15,7 @@ from i2x.attribution.receptive_field import Footprints, shifted
 from i2x.io.workdir import pack_mask
 from i2x.metrics.reliance import agreement, paired
 from i2x.stages.context import Context
+from i2x.stages.reliance.held_out import held_out_split
 from i2x.stages.reliance.config import RelianceConfig
 from i2x.stages.reliance.deletion import choose, images_at
 
@@ -22,8 +23,7 @@ from i2x.stages.reliance.deletion import choose, images_at
 def recipient_pool(ctx: Context, cfg: RelianceConfig,
                    rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Held-out images pastes go into: a random pool of the split not analysed (when there is one)."""
-    others = [s for s in ctx.data.splits if s != ctx.config.split]
-    name = "test" if "test" in others else (others[0] if others else ctx.config.split)
+    name = held_out_split(ctx) or ctx.config.split
     split = ctx.data.split(name)
     pool = np.sort(rng.permutation(len(split))[: max(cfg.recipients * 4, 512)])  # type: ignore[arg-type]
     images, labels = images_at(split, pool, cfg.batch_size)
@@ -44,18 +44,26 @@ def paste_test(model: nn.Module, analysed: Dataset, unit_assign: np.ndarray, row
     donor_rows = rng.permutation(donors)[np.arange(pick.size) % donors.size]
     donor_images, _ = images_at(analysed, rows_index[donor_rows], cfg.batch_size)
     own = footprints(donor_images, torch.from_numpy(unit_assign[donor_rows] == u))
+    _, first = np.unique(donor_rows, return_index=True)
+    return {"recipients": int(pick.size), "donors": int(first.size), "agreement": agreement(own[first].numpy()),
+            **score_paste(model, recipients[pick], clean_logits[pick], donor_images, own, c, cfg, gen)}
+
+
+def score_paste(model: nn.Module, recipients: torch.Tensor, clean_logits: torch.Tensor, donor_images: torch.Tensor,
+                own: torch.Tensor, c: int, cfg: RelianceConfig, gen: torch.Generator) -> dict[str, Any]:
+    """Masks ``own`` [R, H, W] of donors [R, C, H, W] pasted into recipients [R, C, H, W] (clean logits [R, M]) at
+    the same place, against the same masks cyclically shifted to random places (``cfg.random_draws`` each): the rate
+    of recipients not called c that become c and the change of c's margin, paired per recipient."""
     masks = torch.stack([own] + [shifted(own, gen) for _ in range(cfg.random_draws)], dim=1)   # [R, 1 + draws, H, W]
-    logits = transplant_logits(model, recipients[pick], donor_images, masks, cfg.batch_size)
-    target = torch.full((pick.size,), c, dtype=torch.long)
-    before = margin(clean_logits[pick], target).numpy()
-    after = margin(logits.flatten(0, 1), target.repeat_interleave(masks.shape[1])).view(pick.size, -1).numpy()
+    logits = transplant_logits(model, recipients, donor_images, masks, cfg.batch_size)
+    target = torch.full((len(recipients),), c, dtype=torch.long)
+    before = margin(clean_logits, target).numpy()
+    after = margin(logits.flatten(0, 1), target.repeat_interleave(masks.shape[1])).view(len(recipients), -1).numpy()
     not_c = before <= 0
     flips = (after[not_c] > 0).astype(float)                                    # [R', 1 + draws]
     flip = paired(flips[:, 0], flips[:, 1:])
     change = paired(after[:, 0] - before, after[:, 1:] - before[:, None])
-    _, first = np.unique(donor_rows, return_index=True)
-    return {"recipients": int(pick.size), "donors": int(first.size), "agreement": agreement(own[first].numpy()),
-            "pixels": float(own.reshape(len(own), -1).float().sum(dim=1).mean()),
+    return {"pixels": float(own.reshape(len(own), -1).float().sum(dim=1).mean()),
             "flip_rate": flip["effect"], "random_flip_rate": flip["random"], "excess_flip": flip["excess"],
             "flip_z": flip["z"], "flip_effect_size": flip["effect_size"], "logit_change": change["effect"],
             "random_logit_change": change["random"], "random_logit_sd": change["random_sd"],

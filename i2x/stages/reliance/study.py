@@ -44,7 +44,8 @@ marker carries part of its effect; the paste must still beat random patches with
 are tested again as one concept, which leads when it passes every test itself. Nothing is a product
 that one weak factor zeroes.
 
-Results go to ``DIR/reliance.json`` (concepts and prototypes, per-sample deletions) and under
+Results go to ``DIR/reliance.json`` (concepts and prototypes, per-sample deletions, the final checkpoint's accuracy
+and confusions on the held-out split: :mod:`i2x.stages.reliance.held_out`) and under
 ``reliance`` in ``DIR/summary.json`` (settings, verdict, the concept table).
 """
 from __future__ import annotations
@@ -69,6 +70,7 @@ from i2x.metrics.reliance import lift, presence_stats
 from i2x.settings import validate
 from i2x.stages.context import Context, open_context
 from i2x.stages.reliance.deletion import deletion_plan, deletion_summary, images_at, mean_activation, run_deletions
+from i2x.stages.reliance.held_out import held_out_predictions
 from i2x.stages.reliance.paste import gallery_footprints, paste_test, recipient_pool
 from i2x.stages.reliance.verdict import (CONCEPT_RULE, FILL, FOOTPRINT, RULE, gallery_rows, rank, split_piece,
                                          summary_entry, unit_row, verdict)
@@ -143,7 +145,8 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> d
     return {
         "config": asdict(cfg), "checkpoint": ctx.checkpoint("final").name, "layer": store.attrs["layer"],
         "grid": list(store.grid), "k": k_count, "assign_digest": assign_digest(assign),
-        "held_out_split": trial.held_name, "expanded_at_layer": trial.expand, "footprint": FOOTPRINT, "fill": FILL,
+        "held_out_split": trial.held_name, "held_out": held_out_predictions(ctx, m, cfg.batch_size),
+        "expanded_at_layer": trial.expand, "footprint": FOOTPRINT, "fill": FILL,
         "rule": RULE, "concept_rule": CONCEPT_RULE, "verdict": text, "shortcut_found": found,
         "suspect": ranking[0] if found else None, "ranking": ranking, "concepts": concepts,
         "prototype_ranking": prototype_ranking, "prototypes": protos, "timings": trial.timings,

@@ -110,12 +110,14 @@ def verdict(ordered: list[dict[str, Any]], z_threshold: float, min_flip_excess: 
     name, unit = lead["class_name"], unit_name(lead)
     t, d = lead["transplant"] or {}, lead["deletion"] or {}
     if all(lead["checks"].values()):
+        passing = sum(bool((r["checks"] or {}).get("deletion")) for r in ordered)
         return (f"Shortcut found: {unit} for class {name}. It sits in the same place in every image (concentration "
                 f"{lead['concentration']:.2f}; its footprints share {t.get('agreement', 0.0):.0%} of their pixels), "
                 f"{lead['purity']:.0%} of the images holding it are {name}; pasting it "
                 f"into other classes' images turns {t['flip_rate']:.0%} of them into {name} (random patches of the same "
-                f"shape: {t['random_flip_rate']:.0%}, z {t['flip_z']:.1f}), and deleting it lowers {name}'s margin by "
-                f"{d['excess']:.3g} more than random cells (z {d['z']:.1f})."), True
+                f"shape: {t['random_flip_rate']:.0%}, z {t['flip_z']:.1f}). Deleting it lowers {name}'s margin more "
+                f"than random cells do, as deleting {passing} of the {len(ordered)} concepts does: a weak test that "
+                "separates concepts little, not evidence on its own."), True
     why = []
     checks = lead["checks"]
     if not checks["paste"]:
@@ -135,12 +137,9 @@ def verdict(ordered: list[dict[str, Any]], z_threshold: float, min_flip_excess: 
 
 
 def unit_name(row: dict[str, Any]) -> str:
-    """How the verdict names a concept: its id, the concepts it joins (if any) and its prototypes."""
+    """How the verdict names a concept: C and its id, the concepts it joins (if any) and its prototypes (P and id)."""
     members = row.get("members", [row["id"]])
+    protos = ", ".join(f"P{k}" for k in members)
     if row.get("pieces"):
-        return (f"concept {row['id']} (concepts {', '.join(map(str, row['pieces']))} joined: prototypes "
-                f"{', '.join(map(str, members))})")
-    if len(members) == 1:
-        return f"concept {row['id']} (prototype {members[0]})"
-    return f"concept {row['id']} (prototypes {', '.join(map(str, members))})"
-
+        return f"concept C{row['id']} (concepts {', '.join(f'C{c}' for c in row['pieces'])} joined: {protos})"
+    return f"concept C{row['id']} ({'prototype' if len(members) == 1 else 'prototypes'} {protos})"
