@@ -12,12 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from i2x.io.workdir import RELIANCE
+from i2x.io.workdir import RELIANCE, assign_digest, unpack_mask
 from i2x.reporting.images import HIGHLIGHT, png_uri, to_rgb
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import esc, img
-from i2x.stages.reliance import assign_digest
-from i2x.stages.reliance.paste import unpack_footprint
 
 #: pictures of the suspect on the first screen, and their size on the page (pixels, enlarged by an integer factor)
 SHOWN = 3
@@ -69,7 +67,7 @@ def suspect_mask(r: ReportInputs, result: dict[str, Any], shown: int = SHOWN) ->
     labels = r.read("labels")
     own = [i for i, row in enumerate(gallery[: len(prints)]) if labels[row] == concept["class"]] or \
         list(range(len(prints)))
-    masks = np.stack([unpack_footprint(prints[i], size) for i in own])  # type: ignore[arg-type]
+    masks = np.stack([unpack_mask(prints[i], size) for i in own])  # type: ignore[arg-type]
     agreeing = masks.mean(axis=0) >= 0.5
     mask = agreeing if agreeing.any() else masks.any(axis=0)
     return SuspectMask(concept, mask, np.asarray([gallery[i] for i in own[:shown]], dtype=np.int64))

@@ -12,11 +12,11 @@ import torch
 from i2x.attribution.interventions import transplant_logits
 from i2x.io.location import as_path
 from i2x.io.store import Store
-from i2x.io.workdir import RELIANCE, read_json
+from i2x.io.workdir import RELIANCE, read_json, unpack_mask
 from i2x.stages.context import open_context, open_data
 from i2x.stages.reliance.config import RelianceConfig
 from i2x.stages.reliance.deletion import choose, images_at
-from i2x.stages.reliance.paste import recipient_pool, score_paste, unpack_footprint
+from i2x.stages.reliance.paste import recipient_pool, score_paste
 
 
 def suspect_in_other_run(dir_a: str | Path, dir_b: str | Path, trust_checkpoints: bool = False,
@@ -51,7 +51,7 @@ def suspect_in_other_run(dir_a: str | Path, dir_b: str | Path, trust_checkpoints
     if tuple(donors.shape[1:]) != tuple(recipients.shape[1:]):
         return {"status": f"the runs' images differ in shape ({tuple(donors.shape[1:])} in A, "
                           f"{tuple(recipients.shape[1:])} in B)"}
-    masks = torch.from_numpy(np.stack([unpack_footprint(f, tuple(donors.shape[-2:]))
+    masks = torch.from_numpy(np.stack([unpack_mask(f, tuple(donors.shape[-2:]))
                                        for f in concept["footprints"]]))
     own = labels == concept["class"]
     donors, masks = donors[torch.from_numpy(own)], masks[torch.from_numpy(own)]

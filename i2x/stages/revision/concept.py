@@ -15,8 +15,7 @@ import numpy as np
 
 from i2x.errors import UserError
 from i2x.io.location import as_path
-from i2x.io.workdir import RELIANCE, read_json
-from i2x.stages.reliance.paste import unpack_footprint
+from i2x.io.workdir import RELIANCE, read_json, unpack_mask
 from i2x.stages.revision.config import MASK_AGREEMENT
 
 
@@ -37,7 +36,7 @@ def reliance_concept(out_dir: str | Path, concept: int | None) -> dict[str, Any]
 def concept_mask(out_dir: str | Path, concept: int | None, size: tuple[int, int]) -> np.ndarray:
     """Boolean [H, W]: the pixels that at least ``MASK_AGREEMENT`` of the concept's gallery footprints hold."""
     row = reliance_concept(out_dir, concept)
-    footprints = [unpack_footprint(bits, size) for bits in row.get("footprints", [])]
+    footprints = [unpack_mask(bits, size) for bits in row.get("footprints", [])]
     if not footprints:
         raise UserError(f"{as_path(out_dir) / RELIANCE}: concept {row['id']} has no footprints; rerun `i2x reliance "
                         f"{out_dir}` with this version of i2x")
