@@ -6,9 +6,22 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau, spearmanr
 
-from i2x.metrics.drift import (centroid, centroid_shift, concentration, concentration_change, drift_metrics,
-                               empty_either, iou_top, kendall_tau_b, rank_reversals, spearman, summarize, top_count,
-                               top_mask, without_empty)
+from i2x.metrics.drift import (
+    centroid,
+    centroid_shift,
+    concentration,
+    concentration_change,
+    drift_metrics,
+    empty_either,
+    iou_top,
+    kendall_tau_b,
+    rank_reversals,
+    spearman,
+    summarize,
+    top_count,
+    top_mask,
+    without_empty,
+)
 from i2x.errors import UserError
 from i2x.metrics.bootstrap import bootstrap_means, percentile_interval
 

@@ -8,8 +8,17 @@ import torch
 import torchvision.transforms.functional as TF
 
 from i2x.errors import UserError
-from i2x.metrics.faithfulness import (auc, change_counts, constant_colour, drop_at, perturbation_curves, pixel_order,
-                                      random_order, select_buckets, value_at)
+from i2x.metrics.faithfulness import (
+    auc,
+    change_counts,
+    constant_colour,
+    drop_at,
+    perturbation_curves,
+    pixel_order,
+    random_order,
+    select_buckets,
+    value_at,
+)
 from i2x.io.models import SmallCNN
 
 SCALE = 0.5
