@@ -205,11 +205,16 @@ def test_the_answer_strip_explains_the_predicted_class(tiny_report):
 
 
 def test_without_the_checkpoints_the_answer_strips_say_why(tiny_run, tmp_path):
-    """An analysis folder shared without its checkpoints: the stored strips stay, the answer strips are explained."""
+    """An analysis folder shared without its checkpoints: the answer maps computed by the film stage travel with it;
+    a folder whose film was never prepared keeps the stored strips and explains why the answer strips are missing."""
     out = tmp_path / "an"
     shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("report*"))
     store = Store.open(out, mode="a")
     store.root.attrs["config"] = {**store.config, "checkpoints": str(tmp_path / "gone")}
+    text = api.report(out, progress=False, pngs=False).read_text(encoding="utf-8")
+    assert "evidence for its answer" in text  # stored in film/ when the run's report was first built
+    store.clear_group("film")
+    del store.root.attrs["film"]
     text = api.report(out, progress=False, pngs=False).read_text(encoding="utf-8")
     films = text[text.index('<section id="films"'):]
     films = films[:films.index("</section>")]
