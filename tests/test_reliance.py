@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -284,8 +285,8 @@ def test_results_are_consistent_and_in_summary(planted_run):
             assert result["ranking"][0] == c["id"]
     # the ranking follows the evidence: passing concepts first, then paste flip excess (descending)
     order = [c for c in result["ranking"] if not (concepts[c].get("pieces") and c == result["ranking"][0])]
-    keys = [(not all(concepts[c]["checks"].values()), -(concepts[c]["transplant"] or {}).get("excess_flip", 0.0))
-            for c in order]
+    keys = [(not all(concepts[c]["checks"].values()), concepts[c]["checks"]["paste"] is None,
+             -(concepts[c]["transplant"] or {}).get("excess_flip", 0.0)) for c in order]
     assert keys == sorted(keys)
     assert result["shortcut_found"] == all(concepts[result["ranking"][0]]["checks"].values())
     labels = Store.open(out).read("labels")
@@ -303,6 +304,36 @@ def test_results_are_consistent_and_in_summary(planted_run):
             t = p["transplant"]
             assert 0 <= t["flip_rate"] <= 1 and 0 <= t["random_flip_rate"] <= 1
             assert t["excess_flip"] == pytest.approx(t["flip_rate"] - t["random_flip_rate"], abs=1e-9)
+
+
+def test_tests_in_the_verdicts_order_change_no_result(planted_run, tmp_path):
+    """The study stops at a unit's first failed test (class-tied, fixed in place, paste, deletion); run again with
+    every test on every unit (``full_tests``, the old study), each test that ran gives the same result, the verdict
+    and the order of the units that had a paste test are the same, and so are the report's footprints."""
+    out, early = planted_run
+    copy = tmp_path / "an"
+    shutil.copytree(out, copy)
+    full = api.reliance(copy, progress=False, trust_analysis=True, full_tests=True)
+    assert early["verdict"] == full["verdict"] and early["shortcut_found"] == full["shortcut_found"]
+    assert full["tests_run"]["paste"] == full["tests_run"]["units"] > early["tests_run"]["paste"] > 0
+    assert early["tests_run"]["deletion"] == early["tests_run"]["paste"] <= early["tests_run"]["footprints"]
+    for e, f in zip(early["concepts"] + early["prototypes"], full["concepts"] + full["prototypes"]):
+        assert e.get("footprints") == f.get("footprints")
+        assert all(ran is None or ran == f["checks"][test] for test, ran in e["checks"].items())
+        assert (e["checks"]["paste"] is None) == (e["transplant"] is None and f["transplant"] is not None)
+        if e["checks"]["paste"] is not None:  # flips exactly; margins up to float rounding (threads, batches)
+            assert {k: v for k, v in e["transplant"].items() if "logit" not in k} == \
+                {k: v for k, v in f["transplant"].items() if "logit" not in k}
+            assert e["transplant"] == pytest.approx(f["transplant"], rel=1e-4, abs=1e-5)
+        if e["deletion"] is not None:  # other samples share its batches: float rounding only
+            assert e["deletion"]["z"] == pytest.approx(f["deletion"]["z"], rel=1e-5)
+            assert e["deletion"]["per_sample"]["drop"] == pytest.approx(f["deletion"]["per_sample"]["drop"], abs=1e-4)
+        not_run = [test for test, ran in e["checks"].items() if ran is None]
+        assert not e["checks"]["class_tied"] or e["concentration"] < early["config"]["min_concentration"] or \
+            e["checks"]["fixed_in_place"] is not None
+        assert not not_run or not all(f["checks"].values())   # a skipped test never hides a shortcut
+    tested = [c for c in full["ranking"] if early["concepts"][c]["checks"]["paste"] is not None]
+    assert early["ranking"][:len(tested)] == tested
 
 
 def test_deletion_matches_model_surgery(planted_run):

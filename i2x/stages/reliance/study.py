@@ -70,6 +70,7 @@ from i2x.io.store import Store
 from i2x.io.workdir import RELIANCE, load_summary, save_summary, write_json
 from i2x.metrics.reliance import lift, presence_stats
 from i2x.settings import validate
+from i2x.stages.benchmark.maps import scoring_model
 from i2x.stages.context import Context, open_context
 from i2x.stages.reliance.deletion import deletion_plan, deletion_summary, images_at, mean_activation, run_deletions
 from i2x.stages.reliance.paste import (FootprintCache, draw_paste, footprint_facts, pack_footprint, paste_footprints,
@@ -211,8 +212,9 @@ class _Trial:
         self.field_rows = np.sort(self.rng.permutation(len(rows_index))[: cfg.field_images])
         self.timings = {"fields": 0.0, "deletion": 0.0, "paste": 0.0}
         self.tests_run = {"units": 0, "footprints": 0, "paste": 0, "deletion": 0}
+        self.scorer = scoring_model(self.model, self.recipients[:2].to(self.device))  # no-grad pastes, BN folded
         self.clean_logits = transplant_logits(
-            self.model, self.recipients, self.recipients,
+            self.scorer, self.recipients, self.recipients,
             torch.zeros(len(self.recipients), 1, *self.recipients.shape[-2:], dtype=torch.bool), cfg.batch_size)[:, 0]
         self._footprints: FootprintCache | None = None
         self.expand = False
@@ -252,7 +254,7 @@ class _Trial:
             own[i] = fps[np.searchsorted(rows, draws[i].donor_rows)]
         agreements = {i: footprint_facts(draws[i], own[i])["agreement"] for i in shown}
         pasted = [i for i in shown if cfg.full_tests or agreements[i] >= cfg.min_agreement]
-        pastes = {i: paste_test(self.model, self.analysed, self.rows_index, draws[i], own[i], units[i][2],
+        pastes = {i: paste_test(self.scorer, self.analysed, self.rows_index, draws[i], own[i], units[i][2],
                                 self.recipients, self.clean_logits, cfg)
                   for i in tqdm(pasted, desc="paste", disable=not self.progress)}
         t1 = time.perf_counter()
