@@ -7,7 +7,7 @@ Two runs: the demo (the small CNN on digits, 10 checkpoints) and a 28x28 two-cla
 ``--workdir``); then, for the old code (checked out with ``git worktree add`` at ``--old``) and this
 checkout in turn, the stages run as ``i2x`` subprocesses (PYTHONPATH set to that code): extract,
 analyze, reliance and report (together ``i2x run``), then ``i2x benchmark`` and ``i2x evidence`` at
-their defaults. Prints each stage's seconds and its ratio to the extraction of the same code on the same
+their defaults (on the old code too with ``--old-studies``). Prints each stage's seconds and its ratio to the extraction of the same code on the same
 run, whether the two codes' verdicts agree, and the load average (the machine may be shared: compare
 ratios, not seconds). ``--studies`` limits the studies timed after the run (``--studies none`` for
 only the run's stages).
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/i2x-studies"))
     parser.add_argument("--runs", default="demo,planted")
     parser.add_argument("--studies", default="benchmark,evidence", help="studies timed after the run, or none")
+    parser.add_argument("--old-studies", action="store_true", help="time the studies on the old code too")
     args = parser.parse_args()
     studies = [] if args.studies == "none" else args.studies.split(",")
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,8 @@ def main() -> None:
             _i2x(HERE, "train", "--data", data, "--epochs", str(epochs), "--out", str(checkpoints))
         times = {}
         for code, src in (("old", old), ("new", HERE)):
-            times[code] = _stages(src, data, checkpoints, args.workdir / f"{name}-{code}", studies)
+            times[code] = _stages(src, data, checkpoints, args.workdir / f"{name}-{code}",
+                                  studies if code == "new" or args.old_studies else [])
             verdict = json.loads((args.workdir / f"{name}-{code}" / "reliance.json").read_text())["verdict"]
             print(f"{name} {code}: " + ", ".join(f"{s} {t:.1f} s ({t / times[code]['extract']:.2f}x extract)"
                                                  for s, t in times[code].items()), flush=True)

@@ -27,7 +27,7 @@ from i2x.stages.config import RunConfig
 from i2x.io.data import ImageData
 from i2x.metrics.reliance import concentration, evidence_order, presence_stats, shortcut_checks
 from i2x.attribution.interventions import CellReplacement, deletion_margins, margin, random_cells, transplant_logits
-from i2x.stages.reliance.verdict import split_piece, verdict
+from i2x.stages.reliance.verdict import rank, split_piece, verdict
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.sections.reliance import reliance_section
 from i2x.io.store import Store
@@ -175,6 +175,18 @@ def test_verdict_names_the_top_concept_and_says_plainly_when_none():
     text, found = verdict([_concept(4, False, flip=0.08), _concept(1, False)], z_threshold=3, min_flip_excess=0.1)
     assert not found and text.startswith("No shortcut found. The strongest evidence is for concept 4")
     assert "against 5% for random patches" in text
+
+
+def test_tests_not_run_are_named_and_rank_last():
+    """A unit that failed an earlier test has no paste or deletion (checks None): the verdict says they were not run
+    instead of reading them as failed, and it ranks after every unit with a paste test, even one that lost."""
+    skipped = {**_concept(2, False), "transplant": None, "deletion": None, "lift": 0.1,
+               "checks": {"class_tied": False, "fixed_in_place": None, "paste": None, "deletion": None}}
+    text, found = verdict([skipped], z_threshold=3, min_flip_excess=0.1)
+    assert not found and "not run, as it fails an earlier test: fixed in place, paste, deletion" in text
+    assert "pasting it" not in text and "deleting it" not in text and "not class-tied (lift 0.10)" in text
+    losing = {**_concept(5, False), "transplant": {"excess_flip": -0.1, "logit_excess": -1.0}}
+    assert rank([skipped, losing]) == [1, 0]
 
 
 # ---- a planted shortcut, end to end ------------------------------------------------------------

@@ -44,6 +44,14 @@ marker carries part of its effect; the paste must still beat random patches with
 are tested again as one concept, which leads when it passes every test itself. Nothing is a product
 that one weak factor zeroes.
 
+The tests run in the verdict's order and a unit stops at the first it fails (unless ``full_tests``): a unit
+that is not class-tied or not concentrated on the grid gets no footprints, one whose donors' footprints
+disagree no paste test and no deletion; their checks read None (not run) and they rank after every unit
+with a paste test. No test that runs changes: every unit's random draws are made, in unit order, whatever
+runs, and ``tests_run`` counts the units each test ran on. Footprints are computed once per (image, cell
+mask), for all units together; pastes are scored on the model with its batch norms folded
+(:func:`i2x.stages.benchmark.maps.scoring_model`: the same flips, margins to float rounding).
+
 Results go to ``DIR/reliance.json`` (concepts and prototypes, per-sample deletions) and under
 ``reliance`` in ``DIR/summary.json`` (settings, verdict, the concept table).
 """
