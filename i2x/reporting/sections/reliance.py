@@ -91,7 +91,7 @@ def _facts(p: dict[str, Any], names: list[str]) -> str:
                                    f"become {name}; random patches of the same shape: {_pct(t['random_flip_rate'])} "
                                    f"(z {t['flip_z']:.1f}, effect size {t['flip_effect_size']:.2f}); footprint "
                                    f"{t['pixels']:.0f} px"))
-    elif p["checks"]["paste"] is None:
+    elif p["checks"].get("paste", False) is None:
         rows.append(("pasting it", "not run: it fails an earlier test (class-tied, fixed in place)"))
     else:
         rows.append(("pasting it", "not measured: no donor of its class or no held-out image of another class"))
