@@ -75,10 +75,12 @@ def _direct(dirs: dict[str, Path]) -> tuple[dict, dict]:
         keep = (probs[frozen].argmax(1) == labels) & (probs[final].argmax(1) == labels)
         assert keep.sum() > 0, f"{name}: no true positive in both phases; the comparison would be empty"
         for m in METHODS:
-            per_sample = drift_metrics(store.cam(m)[frozen][keep], store.cam(m)[final][keep], 0.2)
+            a, b = store.cam(m)[frozen][keep], store.cam(m)[final][keep]
+            per_sample = drift_metrics(a, b, 0.2)
+            empty = (a.reshape(len(a), -1).max(1) <= 0) | (b.reshape(len(b), -1).max(1) <= 0)  # an all-zero map
             for k in SIGN:  # shift_frac: in cells over the grid diagonal, the stage's px over the input diagonal
                 full = np.full(len(labels), np.nan)
-                full[keep] = per_sample[k]
+                full[keep] = np.where(empty, np.nan, per_sample[k])  # a pair with an empty map counts for nothing
                 values[k][m][name] = full
                 means[k][m][name] = float(np.nanmean(full))
     return means, values

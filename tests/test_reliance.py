@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from i2x.stages.config import RunConfig
 from i2x.io.data import ImageData
 from i2x.metrics.reliance import concentration, evidence_order, presence_stats, shortcut_checks
 from i2x.attribution.interventions import CellReplacement, deletion_margins, margin, random_cells, transplant_logits
-from i2x.stages.reliance.verdict import split_piece, verdict
+from i2x.stages.reliance.verdict import rank, split_piece, verdict
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.sections.reliance import reliance_section
 from i2x.io.store import Store
@@ -177,6 +178,18 @@ def test_verdict_names_the_top_concept_and_says_plainly_when_none():
     assert "against 5% for random patches" in text
 
 
+def test_tests_not_run_are_named_and_rank_last():
+    """A unit that failed an earlier test has no paste or deletion (checks None): the verdict says they were not run
+    instead of reading them as failed, and it ranks after every unit with a paste test, even one that lost."""
+    skipped = {**_concept(2, False), "transplant": None, "deletion": None, "lift": 0.1,
+               "checks": {"class_tied": False, "fixed_in_place": None, "paste": None, "deletion": None}}
+    text, found = verdict([skipped], z_threshold=3, min_flip_excess=0.1)
+    assert not found and "not run, as it fails an earlier test: fixed in place, paste, deletion" in text
+    assert "pasting it" not in text and "deleting it" not in text and "not class-tied (lift 0.10)" in text
+    losing = {**_concept(5, False), "transplant": {"excess_flip": -0.1, "logit_excess": -1.0}}
+    assert rank([skipped, losing]) == [1, 0]
+
+
 # ---- a planted shortcut, end to end ------------------------------------------------------------
 TWO_CLASS = f"{Path(synthetic.__file__).resolve()}:marker_corner_grey"
 TWO_CLASS_EPOCHS = 4
@@ -285,8 +298,8 @@ def test_results_are_consistent_and_in_summary(planted_run):
             assert result["ranking"][0] == c["id"]
     # the ranking follows the evidence: passing concepts first, then paste flip excess (descending)
     order = [c for c in result["ranking"] if not (concepts[c].get("pieces") and c == result["ranking"][0])]
-    keys = [(not all(concepts[c]["checks"].values()), -(concepts[c]["transplant"] or {}).get("excess_flip", 0.0))
-            for c in order]
+    keys = [(not all(concepts[c]["checks"].values()), concepts[c]["checks"]["paste"] is None,
+             -(concepts[c]["transplant"] or {}).get("excess_flip", 0.0)) for c in order]
     assert keys == sorted(keys)
     assert result["shortcut_found"] == all(concepts[result["ranking"][0]]["checks"].values())
     labels = Store.open(out).read("labels")
@@ -304,6 +317,36 @@ def test_results_are_consistent_and_in_summary(planted_run):
             t = p["transplant"]
             assert 0 <= t["flip_rate"] <= 1 and 0 <= t["random_flip_rate"] <= 1
             assert t["excess_flip"] == pytest.approx(t["flip_rate"] - t["random_flip_rate"], abs=1e-9)
+
+
+def test_tests_in_the_verdicts_order_change_no_result(planted_run, tmp_path):
+    """The study stops at a unit's first failed test (class-tied, fixed in place, paste, deletion); run again with
+    every test on every unit (``full_tests``, the old study), each test that ran gives the same result, the verdict
+    and the order of the units that had a paste test are the same, and so are the report's footprints."""
+    out, early = planted_run
+    copy = tmp_path / "an"
+    shutil.copytree(out, copy)
+    full = api.reliance(copy, progress=False, trust_analysis=True, full_tests=True)
+    assert early["verdict"] == full["verdict"] and early["shortcut_found"] == full["shortcut_found"]
+    assert full["tests_run"]["paste"] == full["tests_run"]["units"] > early["tests_run"]["paste"] > 0
+    assert early["tests_run"]["deletion"] == early["tests_run"]["paste"] <= early["tests_run"]["footprints"]
+    for e, f in zip(early["concepts"] + early["prototypes"], full["concepts"] + full["prototypes"]):
+        assert e.get("footprints") == f.get("footprints")
+        assert all(ran is None or ran == f["checks"][test] for test, ran in e["checks"].items())
+        assert (e["checks"]["paste"] is None) == (e["transplant"] is None and f["transplant"] is not None)
+        if e["checks"]["paste"] is not None:  # flips exactly; margins up to float rounding (threads, batches)
+            assert {k: v for k, v in e["transplant"].items() if "logit" not in k} == \
+                {k: v for k, v in f["transplant"].items() if "logit" not in k}
+            assert e["transplant"] == pytest.approx(f["transplant"], rel=1e-4, abs=1e-5)
+        if e["deletion"] is not None:  # other samples share its batches: float rounding only
+            assert e["deletion"]["z"] == pytest.approx(f["deletion"]["z"], rel=1e-5)
+            assert e["deletion"]["per_sample"]["drop"] == pytest.approx(f["deletion"]["per_sample"]["drop"], abs=1e-4)
+        not_run = [test for test, ran in e["checks"].items() if ran is None]
+        assert not e["checks"]["class_tied"] or e["concentration"] < early["config"]["min_concentration"] or \
+            e["checks"]["fixed_in_place"] is not None
+        assert not not_run or not all(f["checks"].values())   # a skipped test never hides a shortcut
+    tested = [c for c in full["ranking"] if early["concepts"][c]["checks"]["paste"] is not None]
+    assert early["ranking"][:len(tested)] == tested
 
 
 def test_deletion_matches_model_surgery(planted_run):

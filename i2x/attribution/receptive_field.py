@@ -54,15 +54,24 @@ def cell_fields(model: nn.Module, layer: nn.Module, images: torch.Tensor, batch_
     return patch_mean(fields) if layout.kind == "tokens" else fields
 
 
-def field_footprint(fields: torch.Tensor, cell_masks: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Input footprints [B, H, W] (bool) of grid-cell masks [B, h, w] given :func:`cell_fields` [h, w, H, W]: the
-    union over the chosen cells of where each cell's map is positive and at least ``threshold`` times its own
-    maximum (the core of each cell's effective receptive field). An empty mask gives an empty footprint."""
+def field_cores(fields: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Each cell's receptive-field core [h w, H W] (float32 0/1) of :func:`cell_fields` [h, w, H, W]: where its map
+    is positive and at least ``threshold`` times its own maximum."""
     h, w = fields.shape[:2]
     maps = fields.reshape(h * w, -1)
-    core = (maps > 0) & (maps >= threshold * maps.max(dim=1, keepdim=True).values)         # [hw, H*W]
+    return ((maps > 0) & (maps >= threshold * maps.max(dim=1, keepdim=True).values)).to(torch.float32)
+
+
+def field_footprint(fields: torch.Tensor, cell_masks: torch.Tensor, threshold: float,
+                    cores: torch.Tensor | None = None) -> torch.Tensor:
+    """Input footprints [B, H, W] (bool) of grid-cell masks [B, h, w] given :func:`cell_fields` [h, w, H, W]: the
+    union over the chosen cells of where each cell's map is positive and at least ``threshold`` times its own
+    maximum (the core of each cell's effective receptive field). An empty mask gives an empty footprint.
+    ``cores``: :func:`field_cores` of the same fields and threshold, when already computed."""
+    h, w = fields.shape[:2]
+    core = field_cores(fields, threshold) if cores is None else cores
     chosen = cell_masks.reshape(len(cell_masks), h * w).to(torch.float32)
-    return (chosen @ core.to(torch.float32) > 0).view(len(cell_masks), *fields.shape[2:])
+    return (chosen @ core > 0).view(len(cell_masks), *fields.shape[2:])
 
 
 class Footprints:
@@ -70,7 +79,7 @@ class Footprints:
     ``field_threshold``) narrowed to where the saliency |grad x (image - reference)| of the chosen cells' summed
     activation (summed over input channels; for tokens evened out over each patch) reaches ``threshold`` times its
     maximum inside the core. ``reference`` [C, H, W] is what an image is compared with (the mean image of the data);
-    one backward per batch."""
+    one backward per batch. The cells' cores are computed once, for every call."""
 
     def __init__(self, model: nn.Module, layer: nn.Module, fields: torch.Tensor, reference: torch.Tensor,
                  field_threshold: float, threshold: float, batch_size: int = 512,
@@ -78,10 +87,11 @@ class Footprints:
         self.model, self.layer, self.fields, self.reference = model, layer, fields, reference
         self.field_threshold, self.threshold = field_threshold, threshold
         self.batch_size, self.layout = batch_size, layout
+        self.cores = field_cores(fields, field_threshold)
 
     def __call__(self, images: torch.Tensor, cell_masks: torch.Tensor) -> torch.Tensor:
         """Footprints [B, H, W] (bool, on the CPU) of cell masks [B, h, w] in images [B, C, H, W]."""
-        core = field_footprint(self.fields, cell_masks, self.field_threshold)
+        core = field_footprint(self.fields, cell_masks, self.field_threshold, self.cores)
         device = next(iter(self.model.parameters()), torch.empty(0)).device
         grabbed: list[torch.Tensor] = []
         handle = self.layer.register_forward_hook(lambda _m, _i, out: grabbed.append(out))
@@ -106,11 +116,21 @@ class Footprints:
         return core & (saliency > 0) & (saliency >= self.threshold * peak)
 
 
-def shifted(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each mask [B, H, W] cyclically shifted by a uniformly random non-zero offset: the same area and shape
-    (on the torus) at another place."""
+def shift_offsets(count: int, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """``count`` uniformly random non-zero cyclic offsets (flat, in [1, H W)) for :func:`shifted_by`."""
+    return torch.randint(1, size[0] * size[1], (count,), generator=generator)
+
+
+def shifted_by(masks: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Each mask [B, H, W] cyclically shifted by its flat ``offset`` [B]: the same area and shape (on the torus)
+    at another place."""
     b, hh, ww = masks.shape
-    offset = torch.randint(1, hh * ww, (b,), generator=generator)
     rows = (torch.arange(hh)[None, :] - (offset // ww)[:, None]) % hh          # out[y] = mask[y - dy]
     cols = (torch.arange(ww)[None, :] - (offset % ww)[:, None]) % ww
     return masks[torch.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def shifted(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each mask [B, H, W] cyclically shifted by a uniformly random non-zero offset: the same area and shape
+    (on the torus) at another place."""
+    return shifted_by(masks, shift_offsets(len(masks), tuple(masks.shape[1:]), generator))

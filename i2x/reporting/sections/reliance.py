@@ -89,13 +89,16 @@ def _facts(p: dict[str, Any], names: list[str]) -> str:
                                    f"become {name}; random patches of the same shape: {_pct(t['random_flip_rate'])} "
                                    f"(z {t['flip_z']:.1f}, effect size {t['flip_effect_size']:.2f}); footprint "
                                    f"{t['pixels']:.0f} px"))
+    elif p["checks"].get("paste", False) is None:
+        rows.append(("pasting it", "not run: it fails an earlier test (class-tied, fixed in place)"))
     else:
         rows.append(("pasting it", "not measured: no donor of its class or no held-out image of another class"))
     if d.get("effect") is not None:
         rows.append(("deleting it", f"{name}'s margin drops by {_num(d['effect'])} in {d['class_samples']} {name} "
                                     f"images; random cells: {_num(d['random'])}; excess {_num(d['excess'])} "
                                     f"(z {d['z']:.1f}, effect size {d['effect_size']:.2f})"))
-    rows.append(("tests passed", passed))
+    not_run = [k.replace("_", " ") for k, v in p["checks"].items() if v is None]
+    rows.append(("tests passed", passed + (f" (not run, after a failed test: {', '.join(not_run)})" if not_run else "")))
     return table(["", ""], rows, "facts")
 
 

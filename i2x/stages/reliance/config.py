@@ -42,5 +42,9 @@ class RelianceConfig:
     saliency_threshold: float = option(0.2, "share of its maximum (within the receptive field) at which a unit's "
                                        "saliency, |input gradient x (image - mean image)|, ends (footprint)", low=0,
                                        high=1)
+    full_tests: bool = option(False, "run every test on every unit; by default a unit gets the tests in the verdict's "
+                              "order and stops at the first it fails (no footprints for a unit that is not class-tied "
+                              "or not fixed on the grid, no paste test or deletion when its donors' footprints "
+                              "disagree; a test not run reads null): the verdict is the same, faster")
     seed: int = option(0, "seed of the sample and random draws")
     device: str = device_option()

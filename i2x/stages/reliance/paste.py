@@ -3,6 +3,7 @@ images of other classes, against random patches of the same shape from the same 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -11,13 +12,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from i2x.attribution.interventions import margin, transplant_logits
-from i2x.attribution.receptive_field import Footprints, shifted
-from i2x.io.workdir import pack_mask
+from i2x.attribution.receptive_field import Footprints, shift_offsets, shifted_by
 from i2x.metrics.reliance import agreement, paired
 from i2x.stages.context import Context
-from i2x.stages.reliance.held_out import held_out_split
 from i2x.stages.reliance.config import RelianceConfig
 from i2x.stages.reliance.deletion import choose, images_at
+from i2x.stages.reliance.held_out import held_out_split
 
 
 def recipient_pool(ctx: Context, cfg: RelianceConfig,
@@ -30,31 +30,95 @@ def recipient_pool(ctx: Context, cfg: RelianceConfig,
     return images, labels, name
 
 
-def paste_test(model: nn.Module, analysed: Dataset, unit_assign: np.ndarray, rows_index: np.ndarray,
-               donors: np.ndarray, u: int, c: int, recipients: torch.Tensor, recipient_labels: torch.Tensor,
-               clean_logits: torch.Tensor, footprints: Footprints, cfg: RelianceConfig, rng: np.random.Generator,
-               gen: torch.Generator) -> dict[str, Any] | None:
-    """The paste test of unit u: its footprint in each class-c donor (:class:`Footprints`: the pixels its cells
-    respond to there) pasted into held-out images of other classes, against the same footprint shifted to random
-    places in the same donors; flip rate to c and the change of c's margin, paired per recipient."""
+def saliency_reference(recipients: torch.Tensor) -> torch.Tensor:
+    """What the footprints' saliency compares an image with, [C, H, W]: the mean of the held-out recipient pool."""
+    return recipients.mean(dim=0)
+
+
+@dataclass
+class PasteDraw:
+    """One unit's paste test drawn before it runs (the draws of every unit come first, in unit order, so that a unit
+    the study skips changes no other unit's draws)."""
+
+    pick: np.ndarray          # positions in the recipient pool [R]
+    donor_rows: np.ndarray    # store row of each recipient's donor [R]
+    offsets: torch.Tensor     # flat cyclic shifts of the random patches [draws, R]
+
+
+def draw_paste(donors: np.ndarray, c: int, recipient_labels: torch.Tensor, size: tuple[int, int],
+               cfg: RelianceConfig, rng: np.random.Generator, gen: torch.Generator) -> PasteDraw | None:
+    """Recipients (held-out images not of class c), a class-c donor for each and the random patches' shifts; None
+    when there is no donor or no recipient."""
     eligible = np.flatnonzero(recipient_labels.numpy() != c)
     if donors.size == 0 or eligible.size == 0:
         return None
     pick = np.sort(choose(eligible, cfg.recipients, rng))
     donor_rows = rng.permutation(donors)[np.arange(pick.size) % donors.size]
-    donor_images, _ = images_at(analysed, rows_index[donor_rows], cfg.batch_size)
-    own = footprints(donor_images, torch.from_numpy(unit_assign[donor_rows] == u))
-    _, first = np.unique(donor_rows, return_index=True)
-    return {"recipients": int(pick.size), "donors": int(first.size), "agreement": agreement(own[first].numpy()),
-            **score_paste(model, recipients[pick], clean_logits[pick], donor_images, own, c, cfg, gen)}
+    offsets = torch.stack([shift_offsets(pick.size, size, gen) for _ in range(cfg.random_draws)])
+    return PasteDraw(pick, donor_rows, offsets)
+
+
+class FootprintCache:
+    """Input footprints (:class:`Footprints`) of (store row, cell mask) pairs, each computed once and many at a time:
+    units share donors and gallery images, and a concept of one prototype has that prototype's cells."""
+
+    def __init__(self, footprints: Footprints, analysed: Dataset, rows_index: np.ndarray, batch_size: int) -> None:
+        self.footprints, self.analysed, self.rows_index, self.batch_size = footprints, analysed, rows_index, batch_size
+        self._done: dict[tuple[int, bytes], torch.Tensor] = {}
+
+    def __call__(self, requests: list[tuple[np.ndarray, np.ndarray]]) -> list[torch.Tensor]:
+        """Footprints [n, H, W] (bool) per request of store rows [n] and their cell masks [n, h, w]."""
+        keys = [[(int(r), m.tobytes()) for r, m in zip(rows, masks)] for rows, masks in requests]
+        todo: dict[tuple[int, bytes], np.ndarray] = {}
+        for (_, masks), unit_keys in zip(requests, keys):
+            for key, mask in zip(unit_keys, masks):
+                if key not in self._done:
+                    todo.setdefault(key, mask)
+        pending = list(todo.items())
+        for lo in range(0, len(pending), self.batch_size):
+            part = pending[lo:lo + self.batch_size]
+            rows = np.array([key[0] for key, _ in part])
+            images, _ = images_at(self.analysed, self.rows_index[rows], self.batch_size)
+            made = self.footprints(images, torch.from_numpy(np.stack([mask for _, mask in part])))
+            self._done.update(zip((key for key, _ in part), made))
+        return [torch.stack([self._done[key] for key in unit_keys]) if unit_keys else torch.zeros(0, dtype=torch.bool)
+                for unit_keys in keys]
+
+
+def paste_footprints(draw: PasteDraw, unit_assign: np.ndarray, u: int) -> tuple[np.ndarray, np.ndarray]:
+    """The footprint request of a unit's paste test: its distinct donors and their cells (for :class:`FootprintCache`)."""
+    rows = np.unique(draw.donor_rows)
+    return rows, unit_assign[rows] == u
+
+
+def footprint_facts(draw: PasteDraw, own: torch.Tensor) -> dict[str, Any]:
+    """What a unit's donor footprints [R, H, W] (one per recipient) say before any paste: recipients, donors, the
+    donors' pixel agreement and the mean footprint area."""
+    _, first = np.unique(draw.donor_rows, return_index=True)
+    return {"recipients": int(draw.pick.size), "donors": int(first.size), "agreement": agreement(own[first].numpy()),
+            "pixels": float(own.reshape(len(own), -1).float().sum(dim=1).mean())}
+
+
+def paste_test(model: nn.Module, analysed: Dataset, rows_index: np.ndarray, draw: PasteDraw, own: torch.Tensor,
+               c: int, recipients: torch.Tensor, clean_logits: torch.Tensor, cfg: RelianceConfig) -> dict[str, Any]:
+    """The paste test of a unit of class c: its footprint ``own`` [R, H, W] in each class-c donor (the pixels its
+    cells respond to there) pasted into held-out images of other classes, against the same footprint shifted to
+    random places in the same donors; flip rate to c and the change of c's margin, paired per recipient."""
+    donor_images, _ = images_at(analysed, rows_index[draw.donor_rows], cfg.batch_size)
+    return {**footprint_facts(draw, own),
+            **score_paste(model, recipients[draw.pick], clean_logits[draw.pick], donor_images, own, c, cfg,
+                          draw.offsets)}
 
 
 def score_paste(model: nn.Module, recipients: torch.Tensor, clean_logits: torch.Tensor, donor_images: torch.Tensor,
-                own: torch.Tensor, c: int, cfg: RelianceConfig, gen: torch.Generator) -> dict[str, Any]:
+                own: torch.Tensor, c: int, cfg: RelianceConfig, offsets: torch.Tensor | torch.Generator) -> dict[str, Any]:
     """Masks ``own`` [R, H, W] of donors [R, C, H, W] pasted into recipients [R, C, H, W] (clean logits [R, M]) at
-    the same place, against the same masks cyclically shifted to random places (``cfg.random_draws`` each): the rate
-    of recipients not called c that become c and the change of c's margin, paired per recipient."""
-    masks = torch.stack([own] + [shifted(own, gen) for _ in range(cfg.random_draws)], dim=1)   # [R, 1 + draws, H, W]
+    the same place, against the same masks cyclically shifted by ``offsets`` [draws, R] (or drawn from a generator,
+    ``cfg.random_draws`` of them): the rate of recipients not called c that become c and the change of c's margin,
+    paired per recipient. The reliance study and ``i2x compare`` (A's suspect in B's images) score pastes here."""
+    if isinstance(offsets, torch.Generator):
+        offsets = torch.stack([shift_offsets(len(own), tuple(own.shape[-2:]), offsets) for _ in range(cfg.random_draws)])
+    masks = torch.stack([own] + [shifted_by(own, offset) for offset in offsets], dim=1)   # [R, 1 + draws, H, W]
     logits = transplant_logits(model, recipients, donor_images, masks, cfg.batch_size)
     target = torch.full((len(recipients),), c, dtype=torch.long)
     before = margin(clean_logits, target).numpy()
@@ -63,20 +127,7 @@ def score_paste(model: nn.Module, recipients: torch.Tensor, clean_logits: torch.
     flips = (after[not_c] > 0).astype(float)                                    # [R', 1 + draws]
     flip = paired(flips[:, 0], flips[:, 1:])
     change = paired(after[:, 0] - before, after[:, 1:] - before[:, None])
-    return {"pixels": float(own.reshape(len(own), -1).float().sum(dim=1).mean()),
-            "flip_rate": flip["effect"], "random_flip_rate": flip["random"], "excess_flip": flip["excess"],
+    return {"flip_rate": flip["effect"], "random_flip_rate": flip["random"], "excess_flip": flip["excess"],
             "flip_z": flip["z"], "flip_effect_size": flip["effect_size"], "logit_change": change["effect"],
             "random_logit_change": change["random"], "random_logit_sd": change["random_sd"],
             "logit_excess": change["excess"], "logit_z": change["z"], "logit_effect_size": change["effect_size"]}
-
-
-def gallery_footprints(unit_assign: np.ndarray, gallery: list[int], u: int, footprints: Footprints,
-                       analysed: Dataset, rows_index: np.ndarray, batch_size: int) -> list[str]:
-    """The unit's input footprint (what its paste test pastes) in each gallery image, as hex of the packed [H, W]
-    bits (for the report's tint)."""
-    if not gallery:
-        return []
-    rows = np.asarray(gallery)
-    images, _ = images_at(analysed, rows_index[rows], batch_size)
-    masks = footprints(images, torch.from_numpy(unit_assign[rows] == u)).numpy()
-    return [pack_mask(mask) for mask in masks]

@@ -44,6 +44,14 @@ marker carries part of its effect; the paste must still beat random patches with
 are tested again as one concept, which leads when it passes every test itself. Nothing is a product
 that one weak factor zeroes.
 
+The tests run in the verdict's order and a unit stops at the first it fails (unless ``full_tests``): a unit
+that is not class-tied or not concentrated on the grid gets no footprints, one whose donors' footprints
+disagree no paste test and no deletion; their checks read None (not run) and they rank after every unit
+with a paste test. No test that runs changes: every unit's random draws are made, in unit order, whatever
+runs, and ``tests_run`` counts the units each test ran on. Footprints are computed once per (image, cell
+mask), for all units together; pastes are scored on the model with its batch norms folded
+(:func:`i2x.stages.benchmark.maps.scoring_model`: the same flips, margins to float rounding).
+
 Results go to ``DIR/reliance.json`` (concepts and prototypes, per-sample deletions, the final checkpoint's accuracy
 and confusions on the held-out split: :mod:`i2x.stages.reliance.held_out`) and under
 ``reliance`` in ``DIR/summary.json`` (settings, verdict, the concept table).
@@ -65,13 +73,15 @@ from i2x.attribution.interventions import CellReplacement, transplant_logits
 from i2x.attribution.receptive_field import Footprints, cell_fields
 from i2x.attribution.tokens import Layout
 from i2x.io.store import Store
-from i2x.io.workdir import RELIANCE, AnalysisDir, assign_digest, save_summary
+from i2x.io.workdir import RELIANCE, AnalysisDir, assign_digest, pack_mask, save_summary
 from i2x.metrics.reliance import lift, presence_stats
 from i2x.settings import validate
+from i2x.stages.benchmark.maps import scoring_model
 from i2x.stages.context import Context, open_context
 from i2x.stages.reliance.deletion import deletion_plan, deletion_summary, images_at, mean_activation, run_deletions
 from i2x.stages.reliance.held_out import held_out_predictions
-from i2x.stages.reliance.paste import gallery_footprints, paste_test, recipient_pool
+from i2x.stages.reliance.paste import (FootprintCache, draw_paste, footprint_facts, paste_footprints, paste_test,
+                                       recipient_pool, saliency_reference)
 from i2x.stages.reliance.verdict import (CONCEPT_RULE, FILL, FOOTPRINT, RULE, gallery_rows, rank, split_piece,
                                          summary_entry, unit_row, verdict)
 from i2x.stages.reliance.config import RelianceConfig
@@ -113,9 +123,11 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> d
     c_stats = presence_stats(concept_assign, labels, c_count, m)
     c_lifts = lift(c_stats["purity"], c_stats["prior"])
     # units: every prototype, then every concept of two or more prototypes (a singleton concept is its prototype)
-    units = [(assign, k, int(top_class[k])) for k in range(k_count)]
+    units = [(assign, k, int(top_class[k]), _screened(lifts[k, top_class[k]], stats["concentration"][k], cfg))
+             for k in range(k_count)]
     multi = [c for c, members in enumerate(grouping.members_) if len(members) > 1]
-    units += [(concept_assign, c, int(c_lifts[c].argmax())) for c in multi]
+    units += [(concept_assign, c, int(c_lifts[c].argmax()),
+               _screened(c_lifts[c].max(), c_stats["concentration"][c], cfg)) for c in multi]
     trial = _Trial(store, ctx, cfg, labels, rows_index, progress)
     results, holders = trial.run(units)
     protos = [unit_row(k, names, stats, lifts, int(top_class[k]), *results[k],
@@ -133,8 +145,10 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> d
             row = unit_row(c, names, c_stats, c_lifts, cc, *results[i],
                            gallery_rows(concept_assign, labels, holders[i], c, cc, cfg.gallery), cfg)
         row.update({"id": c, "members": members})
-        row["footprints"] = trial.gallery_footprints(concept_assign, row["gallery"], c)
         concepts.append(row)
+    galleries = trial.gallery_footprints([(concept_assign, row["gallery"], row["id"]) for row in concepts])
+    for row, footprints in zip(concepts, galleries):
+        row["footprints"] = footprints
     ranking = rank(concepts)
     joined = _join_pieces(concepts, ranking, concept_assign, c_stats["cells"], trial, names, cfg)
     if joined is not None:
@@ -150,6 +164,7 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> d
         "rule": RULE, "concept_rule": CONCEPT_RULE, "verdict": text, "shortcut_found": found,
         "suspect": ranking[0] if found else None, "ranking": ranking, "concepts": concepts,
         "prototype_ranking": prototype_ranking, "prototypes": protos, "timings": trial.timings,
+        "tests_run": trial.tests_run,
         "seconds": round(time.perf_counter() - start, 3),
     }
 
@@ -175,17 +190,24 @@ def _join_pieces(concepts: list[dict[str, Any]], ranking: list[int], concept_ass
     stats = presence_stats(unit_assign, trial.labels, new + 1, len(names))
     lifts = lift(stats["purity"], stats["prior"])
     c = int(lead["class"])
-    results, holders = trial.run([(unit_assign, new, c)])
+    results, holders = trial.run([(unit_assign, new, c, _screened(lifts[new, c], stats["concentration"][new], cfg))])
     row = unit_row(new, names, stats, lifts, c, *results[0],
                    gallery_rows(unit_assign, trial.labels, holders[0], new, c, cfg.gallery), cfg)
     row.update({"id": new, "members": sorted(m for i in joined for m in concepts[i]["members"]), "pieces": joined})
-    row["footprints"] = trial.gallery_footprints(unit_assign, row["gallery"], new)
+    row["footprints"] = trial.gallery_footprints([(unit_assign, row["gallery"], new)])[0]
     return row
+
+
+def _screened(lift_c: float, concentration: float, cfg: RelianceConfig) -> bool:
+    """Whether a unit passes the tests that need no intervention (class-tied, concentrated on the grid), so that its
+    footprints are worth measuring."""
+    return bool(lift_c >= cfg.min_lift and concentration >= cfg.min_concentration)
 
 
 class _Trial:
     """Everything the interventions share in one study: the model and its layer, the held-out recipients and their
-    clean logits, the receptive fields and the footprint maker; :meth:`run` tests a list of units."""
+    clean logits, the receptive fields and the footprints (made once per image and cell mask); :meth:`run` tests a
+    list of units."""
 
     def __init__(self, store: Store, ctx: Context, cfg: RelianceConfig, labels: np.ndarray, rows_index: np.ndarray,
                  progress: bool) -> None:
@@ -196,45 +218,81 @@ class _Trial:
         self.recipients, self.recipient_labels, self.held_name = recipient_pool(ctx, cfg, self.rng)
         self.layer = get_layer(self.model, store.attrs["layer"])
         self.layout = Layout.from_dict(store.attrs.get("layer_layout"))
-        t0 = time.perf_counter()
-        field_rows = np.sort(self.rng.permutation(len(rows_index))[: cfg.field_images])
-        images = images_at(self.analysed, rows_index[field_rows], cfg.batch_size)[0].to(ctx.device)
-        fields = cell_fields(self.model, self.layer, images, cfg.batch_size, self.layout)
-        self.timings = {"fields": round(time.perf_counter() - t0, 3), "deletion": 0.0, "paste": 0.0}
+        self.field_rows = np.sort(self.rng.permutation(len(rows_index))[: cfg.field_images])
+        self.timings = {"fields": 0.0, "deletion": 0.0, "paste": 0.0}
+        self.tests_run = {"units": 0, "footprints": 0, "paste": 0, "deletion": 0}
+        self.scorer = scoring_model(self.model, self.recipients[:2].to(self.device))  # no-grad pastes, BN folded
         self.clean_logits = transplant_logits(
-            self.model, self.recipients, self.recipients,
+            self.scorer, self.recipients, self.recipients,
             torch.zeros(len(self.recipients), 1, *self.recipients.shape[-2:], dtype=torch.bool), cfg.batch_size)[:, 0]
-        self.footprints = Footprints(self.model, self.layer, fields, self.recipients.mean(dim=0), cfg.field_threshold,
-                                     cfg.saliency_threshold, cfg.batch_size, self.layout)
+        self._footprints: FootprintCache | None = None
         self.expand = False
 
-    def run(self, units: list[tuple[np.ndarray, int, int]]) -> tuple[list[tuple[Any, Any]], list[np.ndarray]]:
-        """Deletion and paste results of each unit (its assignment array, its id there, its class), and the samples
-        holding each."""
+    @property
+    def footprints(self) -> FootprintCache:
+        """The footprint cache, its receptive fields measured on first use (a study whose units all fail the
+        earlier tests needs none)."""
+        if self._footprints is None:
+            t0 = time.perf_counter()
+            images = images_at(self.analysed, self.rows_index[self.field_rows], self.cfg.batch_size)[0]
+            fields = cell_fields(self.model, self.layer, images.to(self.device), self.cfg.batch_size, self.layout)
+            maker = Footprints(self.model, self.layer, fields, saliency_reference(self.recipients),
+                               self.cfg.field_threshold, self.cfg.saliency_threshold, self.cfg.batch_size, self.layout)
+            self._footprints = FootprintCache(maker, self.analysed, self.rows_index, self.cfg.batch_size)
+            self.timings["fields"] = round(time.perf_counter() - t0, 3)
+        return self._footprints
+
+    def run(self, units: list[tuple[np.ndarray, int, int, bool]]) -> tuple[list[tuple[Any, ...]], list[np.ndarray]]:
+        """Deletion and paste results of each unit (its assignment array, its id there, its class, and whether it is
+        class-tied and concentrated on the grid), and the samples holding each. A result is (deletion, paste,
+        agreement of its donors' footprints, the tests skipped); unless ``full_tests``, a unit gets the tests in the
+        verdict's order up to the first it fails. Every unit's random draws are made, in unit order, whatever runs."""
         cfg, labels, grid = self.cfg, self.labels, self.store.grid
-        holders = [np.flatnonzero((a == u).reshape(len(a), -1).any(axis=1)) for a, u, _ in units]
-        plans = [deletion_plan(a, labels, holders[i], u, c, grid, cfg, self.rng) for i, (a, u, c) in enumerate(units)]
+        holders = [np.flatnonzero((a == u).reshape(len(a), -1).any(axis=1)) for a, u, _, _ in units]
+        plans = [deletion_plan(a, labels, holders[i], u, c, grid, cfg, self.rng)
+                 for i, (a, u, c, _) in enumerate(units)]
+        size = tuple(self.recipients.shape[-2:])
+        draws = [draw_paste(holders[i][labels[holders[i]] == c], c, self.recipient_labels, size, cfg, self.rng,
+                            self.gen) for i, (_, _, c, _) in enumerate(units)]
         t0 = time.perf_counter()
+        shown = [i for i, (draw, unit) in enumerate(zip(draws, units)) if draw is not None and (cfg.full_tests or unit[3])]
+        requests = [paste_footprints(draws[i], units[i][0], units[i][1]) for i in shown]
+        made = self.footprints(requests) if shown else []
+        own: dict[int, torch.Tensor] = {}
+        for i, (rows, _), fps in zip(shown, requests, made):
+            own[i] = fps[np.searchsorted(rows, draws[i].donor_rows)]
+        agreements = {i: footprint_facts(draws[i], own[i])["agreement"] for i in shown}
+        pasted = [i for i in shown if cfg.full_tests or agreements[i] >= cfg.min_agreement]
+        pastes = {i: paste_test(self.scorer, self.analysed, self.rows_index, draws[i], own[i], units[i][2],
+                                self.recipients, self.clean_logits, cfg)
+                  for i in tqdm(pasted, desc="paste", disable=not self.progress)}
+        t1 = time.perf_counter()
+        deleted = list(range(len(units))) if cfg.full_tests else pasted
         with CellReplacement(self.layer, mean_activation(self.store), self.layout) as replacement:
             self.expand = replacement.can_expand(self.model, self.recipients.to(self.device), grid)
             drops, clean = run_deletions(self.model, replacement, self.expand, self.analysed, self.rows_index, labels,
-                                         plans, cfg, self.progress)
-        t1 = time.perf_counter()
-        pastes = [paste_test(self.model, self.analysed, a, self.rows_index, holders[i][labels[holders[i]] == c], u, c,
-                             self.recipients, self.recipient_labels, self.clean_logits, self.footprints, cfg, self.rng,
-                             self.gen)
-                  for i, (a, u, c) in enumerate(tqdm(units, desc="paste", disable=not self.progress))]
-        self.timings["deletion"] = round(self.timings["deletion"] + t1 - t0, 3)
-        self.timings["paste"] = round(self.timings["paste"] + time.perf_counter() - t1, 3)
+                                         [plans[i] for i in deleted], cfg, self.progress) if deleted else ([], [])
+        self.timings["paste"] = round(self.timings["paste"] + t1 - t0, 3)
+        self.timings["deletion"] = round(self.timings["deletion"] + time.perf_counter() - t1, 3)
+        for key, count in (("units", len(units)), ("footprints", len(shown)), ("paste", len(pasted)),
+                           ("deletion", len(deleted))):
+            self.tests_run[key] += count
         results = []
-        for i, (_, _, c) in enumerate(units):
+        for i, (_, _, c, _) in enumerate(units):
             chosen, _, counts = plans[i]
-            deletion = deletion_summary(drops[i], clean[i], chosen, counts, labels, c, len(self.store.class_names)) \
-                if chosen.size else None
-            results.append((deletion, pastes[i]))
+            deletion = None
+            if i in deleted and chosen.size:
+                j = deleted.index(i)
+                deletion = deletion_summary(drops[j], clean[j], chosen, counts, labels, c, len(self.store.class_names))
+            early = draws[i] is not None and not cfg.full_tests
+            skipped = {test for test, ran in (("footprints", i in own), ("paste", i in pastes)) if early and not ran}
+            skipped |= set() if i in deleted else {"deletion"}
+            results.append((deletion, pastes.get(i), agreements.get(i), skipped))
         return results, holders
 
-    def gallery_footprints(self, unit_assign: np.ndarray, gallery: list[int], u: int) -> list[str]:
-        """The unit's footprints in its gallery images (packed, for the report)."""
-        return gallery_footprints(unit_assign, gallery, u, self.footprints, self.analysed, self.rows_index,
-                                  self.cfg.batch_size)
+    def gallery_footprints(self, requests: list[tuple[np.ndarray, list[int], int]]) -> list[list[str]]:
+        """Each unit's footprints in its gallery images (packed, for the report), for requests of (assignment, gallery
+        rows, unit id), all in one stream."""
+        asked = [(np.asarray(g, dtype=np.int64), a[np.asarray(g, dtype=np.int64)] == u) for a, g, u in requests]
+        return [[pack_mask(m.numpy()) for m in masks] for masks in self.footprints(asked)]
+

@@ -40,10 +40,23 @@ def gallery_rows(assign: np.ndarray, labels: np.ndarray, holders: np.ndarray, k:
 
 
 def unit_row(k: int, names: list[str], stats: dict[str, np.ndarray], lifts: np.ndarray, c: int,
-             deletion: dict[str, Any] | None, transplant: dict[str, Any] | None, gallery: list[int],
-             cfg: RelianceConfig) -> dict[str, Any]:
-    """Everything reliance.json says about unit k (a prototype or a concept)."""
+             deletion: dict[str, Any] | None, transplant: dict[str, Any] | None, agreement: float | None,
+             skipped: set[str], gallery: list[int], cfg: RelianceConfig) -> dict[str, Any]:
+    """Everything reliance.json says about unit k (a prototype or a concept). ``agreement``: its donors' footprint
+    agreement when measured without a paste test; ``skipped``: the tests the study did not run on it (footprints,
+    paste, deletion), whose checks read None."""
     cells = stats["cells"][k]
+    concentrated = float(stats["concentration"][k])
+    checks = shortcut_checks(float(lifts[k, c]), concentrated,
+                             transplant or (None if agreement is None else {"agreement": agreement}), deletion,
+                             cfg.z_threshold, cfg.min_flip_excess, cfg.min_lift, cfg.min_concentration,
+                             cfg.max_random_flip, cfg.min_agreement)
+    checks_run: dict[str, bool | None] = dict(checks)
+    if "footprints" in skipped and concentrated >= cfg.min_concentration:
+        checks_run["fixed_in_place"] = None
+    for test in ("paste", "deletion"):
+        if test in skipped:
+            checks_run[test] = None
     return {
         "id": k, "class": c, "class_name": names[c],
         "samples": int(stats["present"][:, k].sum()),
@@ -52,10 +65,8 @@ def unit_row(k: int, names: list[str], stats: dict[str, np.ndarray], lifts: np.n
         "concentration": float(stats["concentration"][k]), "entropy": float(stats["entropy"][k]),
         "cells_per_sample": float(stats["size"][k]),
         "locations": (cells / max(int(cells.max()), 1)).round(4).tolist(),
-        "deletion": deletion, "transplant": transplant, "gallery": gallery,
-        "checks": shortcut_checks(float(lifts[k, c]), float(stats["concentration"][k]), transplant, deletion,
-                                  cfg.z_threshold, cfg.min_flip_excess, cfg.min_lift, cfg.min_concentration,
-                                  cfg.max_random_flip, cfg.min_agreement),
+        "deletion": deletion, "transplant": transplant, "gallery": gallery, "checks": checks_run,
+        **({} if transplant is not None or agreement is None else {"agreement": agreement}),
     }
 
 
@@ -83,10 +94,12 @@ def summary_entry(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def rank(rows: list[dict[str, Any]]) -> list[int]:
-    """Row indices ordered by causal evidence (:func:`i2x.metrics.reliance.evidence_order`)."""
+    """Row indices ordered by causal evidence (:func:`i2x.metrics.reliance.evidence_order`); a unit whose paste test
+    was not run (it failed an earlier test) comes after every unit that had one."""
     passes = np.array([all(r["checks"].values()) for r in rows], dtype=bool)
-    flip = np.array([(r["transplant"] or {}).get("excess_flip", 0.0) for r in rows])
-    logit = np.array([(r["transplant"] or {}).get("logit_excess", 0.0) for r in rows])
+    missing = [-np.inf if r["checks"]["paste"] is None else 0.0 for r in rows]
+    flip = np.array([(r["transplant"] or {}).get("excess_flip", v) for r, v in zip(rows, missing)])
+    logit = np.array([(r["transplant"] or {}).get("logit_excess", v) for r, v in zip(rows, missing)])
     return [int(i) for i in evidence_order(passes, flip, logit)]
 
 
@@ -120,19 +133,22 @@ def verdict(ordered: list[dict[str, Any]], z_threshold: float, min_flip_excess: 
                 "separates concepts little, not evidence on its own."), True
     why = []
     checks = lead["checks"]
-    if not checks["paste"]:
+    if checks["paste"] is False:
         why.append(f"pasting it turns {t.get('flip_rate', 0.0):.0%} of other classes' images into {name}, against "
                    f"{t.get('random_flip_rate', 0.0):.0%} for random patches of the same shape (a shortcut needs "
                    f"{min_flip_excess:.0%} more with z >= {z_threshold:g}, and random patches that rarely flip; "
                    f"z {t.get('flip_z', 0.0):.1f})")
-    if not checks["deletion"]:
+    if checks["deletion"] is False:
         why.append(f"deleting it is within {z_threshold:g} standard errors of deleting random cells "
                    f"(z {d.get('z', 0.0):.1f})")
     if not checks["class_tied"]:
         why.append(f"it is not class-tied (lift {lead['lift']:.2f})")
-    if not checks["fixed_in_place"]:
+    if checks["fixed_in_place"] is False:
         why.append(f"it moves with the image content (concentration {lead['concentration']:.2f}, its footprints share "
-                   f"{t.get('agreement', 0.0):.0%} of their pixels)")
+                   f"{t.get('agreement', lead.get('agreement', 0.0)):.0%} of their pixels)")
+    untested = [test.replace("_", " ") for test, passed in checks.items() if passed is None]
+    if untested:
+        why.append(f"not run, as it fails an earlier test: {', '.join(untested)}")
     return (f"No shortcut found. The strongest evidence is for {unit} ({name}): " + "; ".join(why) + "."), False
 
 
