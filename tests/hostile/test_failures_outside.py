@@ -147,3 +147,12 @@ def test_object_storage_failures_are_one_line(storage, snapshots, monkeypatch, c
     bucket = "i2x-missing" if case == "missing bucket" else "i2x-ok"
     assert main(["extract", str(snapshots), "--out", f"s3://{bucket}/an", *EXTRACT]) == 2
     assert message in one_line(capsys.readouterr().err)
+
+
+def test_a_key_the_storage_does_not_know_is_one_line(storage, snapshots, monkeypatch, capsys):
+    from moto import settings
+
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the server checks keys from now on
+    assert main(["extract", str(snapshots), "--out", "s3://i2x-ok/an", *EXTRACT]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "object storage refused the request" in line and "check the credentials" in line
