@@ -63,7 +63,11 @@ def test_ctrl_c_while_the_commands_load_is_no_traceback(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "build_parser", interrupted)
-    assert cli.main(["analyze", "anywhere"]) == 130
+    try:
+        code = cli.main(["analyze", "anywhere"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C while the commands load escaped main: a traceback")
+    assert code == 130
     assert "i2x: interrupted" in capsys.readouterr().err
 
 
