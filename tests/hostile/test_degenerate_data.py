@@ -90,18 +90,17 @@ def test_a_class_missing_from_the_analysed_split(trained, digits, tmp_path):
         in (out / "report.html").read_text()
 
 
-def test_more_prototypes_than_feature_vectors(trained, tmp_path):
+def test_more_prototypes_than_samples_is_refused(trained, tmp_path, capsys):
+    """k=5000 on 10 samples used to be clamped to the 640 feature vectors and analysed (at 20,000 on 200 samples
+    that ran for minutes with no progress): it is refused in one line, before the analysis is cleared."""
     ckpts, npz = trained
     out = tmp_path / "an"
     assert main(["extract", str(ckpts), "--out", str(out), "--limit", "10", *npz_options(npz)]) == 0
-    with pytest.warns(UserWarning, match="k=5000 prototypes requested"):
-        assert main(["analyze", str(out), "--k", "5000"]) == 0
-    summary = summary_of(out)
-    vectors = 10 * 8 * 8
-    assert summary["k"] == vectors == len(np.unique(Store.open(out).read("analysis/assign")))
-    assert summary["k_requested"] == 5000
-    assert summary["warnings"] == [f"k=5000 prototypes requested but the feature vectors k-means trained on hold only "
-                                   f"{vectors} distinct ones; using k={vectors}"]
+    capsys.readouterr()
+    assert main(["analyze", str(out), "--k", "5000"]) == 2
+    assert one_line_error(capsys.readouterr().err) == (
+        "i2x: error: --k 5000: more prototypes than the 10 analysed samples (the mapping fits one coefficient per "
+        "prototype and class from the samples); choose --k at most 32, or extract more samples (--limit)")
 
 
 def test_hdbscan_finding_only_noise(extracted, tmp_path):
