@@ -5,6 +5,7 @@ error message misled (label counts called multi-label, a negative mask value cal
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import i2x
 from fixtures_pipeline import tiny_run  # noqa: F401  (pytest fixture)
 from fixtures_s3 import s3  # noqa: F401  (pytest fixture)
 from i2x.cli import main
@@ -63,7 +65,11 @@ def test_ctrl_c_while_the_commands_load_is_no_traceback(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "build_parser", interrupted)
-    assert cli.main(["analyze", "anywhere"]) == 130
+    try:
+        code = cli.main(["analyze", "anywhere"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C while the commands load escaped main: a traceback")
+    assert code == 130
     assert "i2x: interrupted" in capsys.readouterr().err
 
 
@@ -87,8 +93,9 @@ def test_ctrl_c_mid_analysis_prints_no_pending_task_dumps(tiny_run, tmp_path):
     out = tmp_path / "an"
     shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("report*"))
     (tmp_path / "pending.py").write_text(PENDING)
+    here = str(Path(i2x.__file__).parents[1])  # the i2x under test, in the child too
     run = subprocess.run([sys.executable, str(tmp_path / "pending.py"), "analyze", str(out), "--k", "4"],
-                         capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": here})
     assert run.returncode == 130
     assert "i2x: interrupted" in run.stderr
     assert "Task was destroyed" not in run.stderr and "Traceback" not in run.stderr, run.stderr
@@ -147,3 +154,12 @@ def test_object_storage_failures_are_one_line(storage, snapshots, monkeypatch, c
     bucket = "i2x-missing" if case == "missing bucket" else "i2x-ok"
     assert main(["extract", str(snapshots), "--out", f"s3://{bucket}/an", *EXTRACT]) == 2
     assert message in one_line(capsys.readouterr().err)
+
+
+def test_a_key_the_storage_does_not_know_is_one_line(storage, snapshots, monkeypatch, capsys):
+    from moto import settings
+
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # the server checks keys from now on
+    assert main(["extract", str(snapshots), "--out", "s3://i2x-ok/an", *EXTRACT]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "object storage refused the request" in line and "check the credentials" in line
