@@ -12,7 +12,7 @@ from typing import Callable
 
 from i2x.errors import UserError
 from i2x.io.data import DATA_SPECS, DataOptions, ImageData
-from i2x.planted import shapes, synthetic
+from i2x.planted import artefacts, shapes, synthetic
 
 #: ``planted:NAME`` -> the factory that builds it.
 PLANTED: dict[str, Callable[[], ImageData]] = {
@@ -25,6 +25,9 @@ PLANTED: dict[str, Callable[[], ImageData]] = {
     "marker-centre-rgb": synthetic.marker_centre_rgb,
     "clean-grey": synthetic.clean_grey,
     "clean-rgb": synthetic.clean_rgb,
+    "corner-L": artefacts.corner_l,
+    "corner-L-3class": artefacts.corner_l_3class,
+    "corner-L-clean": artefacts.corner_l_clean,
     "shapes": shapes.shapes_data,
     "shapes-small": shapes.shapes_small_data,
 }

@@ -42,5 +42,10 @@ class RelianceConfig:
     saliency_threshold: float = option(0.2, "share of its maximum (within the receptive field) at which a unit's "
                                        "saliency, |input gradient x (image - mean image)|, ends (footprint)", low=0,
                                        high=1)
+    mask_agreement: float = option(0.5, "share of a concept's footprints (in the samples of its class that hold it) "
+                                   "that must hold a pixel for it to be in the concept's mask", low=0, high=1,
+                                   low_open=True)
+    final_only: bool = option(False, "test the lead concept at the final checkpoint only, not at every checkpoint "
+                              "(the report then cannot say when the shortcut formed)")
     seed: int = option(0, "seed of the sample and random draws")
     device: str = device_option()

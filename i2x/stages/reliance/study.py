@@ -67,14 +67,16 @@ from i2x.attribution.tokens import Layout
 from i2x.io.location import as_path
 from i2x.io.lock import locked
 from i2x.io.store import Store
-from i2x.io.workdir import RELIANCE, load_summary, save_summary, write_json
+from i2x.io.workdir import RELIANCE, SHORTCUT_SAMPLES, load_summary, save_summary, write_json
 from i2x.metrics.reliance import lift, presence_stats
 from i2x.settings import validate
 from i2x.stages.context import Context, open_context
 from i2x.stages.reliance.deletion import deletion_plan, deletion_summary, images_at, mean_activation, run_deletions
-from i2x.stages.reliance.paste import gallery_footprints, paste_test, recipient_pool
+from i2x.stages.reliance.localise import Located, locate
+from i2x.stages.reliance.masks import write_masks
+from i2x.stages.reliance.paste import gallery_footprints, paste_test, recipient_pool, saliency_reference
 from i2x.stages.reliance.verdict import (CONCEPT_RULE, FILL, FOOTPRINT, RULE, gallery_rows, rank, split_piece,
-                                         summary_entry, unit_row, verdict)
+                                         summary_entry, tightest_first, unit_row, verdict)
 from i2x.stages.reliance.config import RelianceConfig
 
 
@@ -90,15 +92,18 @@ def reliance(out_dir: str | Path, config: RelianceConfig | None = None, progress
         store = Store.open(out_dir, mode="r")
         summary = load_summary(out_dir)
         ctx = open_context(store, None, cfg.device, cfg.batch_size, trust_checkpoints, trust_analysis, model)
-        result = _study(store, ctx, cfg, progress)
+        result, located = _study(store, ctx, cfg, progress)
+        write_masks(out_dir, located.masks, located.over_training)
+        write_json(as_path(out_dir) / SHORTCUT_SAMPLES, located.samples, indent=1)
         write_json(as_path(out_dir) / RELIANCE, result, indent=2)
         summary["reliance"] = summary_entry(result)
         save_summary(out_dir, summary)
     return result
 
 
-def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> dict[str, Any]:
-    """Presence, deletion and the paste test for every prototype and every concept, then the ranking and verdict."""
+def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> tuple[dict[str, Any], Located]:
+    """Presence, deletion and the paste test for every prototype and every concept, then the ranking and verdict,
+    then the suspects' masks, carriers and the lead over training (:func:`i2x.stages.reliance.localise.locate`)."""
     start = time.perf_counter()
     assign, labels, rows_index = store.read("analysis/assign"), store.read("labels"), store.read("sample_index")
     names = store.class_names
@@ -133,15 +138,17 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> d
             row = unit_row(c, names, c_stats, c_lifts, cc, *results[i],
                            gallery_rows(concept_assign, labels, holders[i], c, cc, cfg.gallery), cfg)
         row.update({"id": c, "members": members})
-        row["footprints"] = trial.gallery_footprints(concept_assign, row["gallery"], c)
+        row["footprints"] = trial.gallery_footprints(concept_assign, row["gallery"], c, row["class"])
         concepts.append(row)
     ranking = rank(concepts)
     joined = _join_pieces(concepts, ranking, concept_assign, c_stats["cells"], trial, names, cfg)
     if joined is not None:
         concepts.append(joined)
-        ranking = [joined["id"], *ranking] if all(joined["checks"].values()) else rank(concepts)
+        ranking = rank(concepts)
+    ranking = tightest_first(concepts, ranking)
     prototype_ranking = rank(protos)
     text, found = verdict([concepts[i] for i in ranking], cfg.z_threshold, cfg.min_flip_excess)
+    localisation, located = locate(store, ctx, trial, concepts, ranking, concept_assign, labels, rows_index, cfg)
     return {
         "config": asdict(cfg), "checkpoint": ctx.checkpoint("final").name, "layer": store.attrs["layer"],
         "grid": list(store.grid), "k": k_count, "assign_digest": assign_digest(assign),
@@ -149,8 +156,8 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> d
         "rule": RULE, "concept_rule": CONCEPT_RULE, "verdict": text, "shortcut_found": found,
         "suspect": ranking[0] if found else None, "ranking": ranking, "concepts": concepts,
         "prototype_ranking": prototype_ranking, "prototypes": protos, "timings": trial.timings,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
+        "localisation": localisation, "seconds": round(time.perf_counter() - start, 3),
+    }, located
 
 
 def _join_pieces(concepts: list[dict[str, Any]], ranking: list[int], concept_assign: np.ndarray,
@@ -166,7 +173,8 @@ def _join_pieces(concepts: list[dict[str, Any]], ranking: list[int], concept_ass
         return None
     joinable = [r["id"] for r in concepts
                 if r["class"] == lead["class"] and split_piece(r, cfg.z_threshold, cfg.max_random_flip)]
-    joined = pieces(lead["id"], joinable, concept_cells, hot_share=0.5)
+    budget = max(1, int(round(cfg.max_share * concept_cells[0].size)))
+    joined = pieces(lead["id"], joinable, concept_cells, hot_share=0.5, max_cells=budget)
     if len(joined) < 2:
         return None
     new = len(concepts)
@@ -177,8 +185,9 @@ def _join_pieces(concepts: list[dict[str, Any]], ranking: list[int], concept_ass
     results, holders = trial.run([(unit_assign, new, c)])
     row = unit_row(new, names, stats, lifts, c, *results[0],
                    gallery_rows(unit_assign, trial.labels, holders[0], new, c, cfg.gallery), cfg)
-    row.update({"id": new, "members": sorted(m for i in joined for m in concepts[i]["members"]), "pieces": joined})
-    row["footprints"] = trial.gallery_footprints(unit_assign, row["gallery"], new)
+    row.update({"id": new, "members": sorted(m for i in joined for m in concepts[i]["members"]), "pieces": joined,
+                "failed_paste_alone": [i for i in joined if not concepts[i]["checks"]["paste"]]})
+    row["footprints"] = trial.gallery_footprints(unit_assign, row["gallery"], new, c)
     return row
 
 
@@ -203,8 +212,7 @@ class _Trial:
         self.clean_logits = transplant_logits(
             self.model, self.recipients, self.recipients,
             torch.zeros(len(self.recipients), 1, *self.recipients.shape[-2:], dtype=torch.bool), cfg.batch_size)[:, 0]
-        self.footprints = Footprints(self.model, self.layer, fields, self.recipients.mean(dim=0), cfg.field_threshold,
-                                     cfg.saliency_threshold, cfg.batch_size, self.layout)
+        self.fields = fields
         self.expand = False
 
     def run(self, units: list[tuple[np.ndarray, int, int]]) -> tuple[list[tuple[Any, Any]], list[np.ndarray]]:
@@ -220,7 +228,7 @@ class _Trial:
                                          plans, cfg, self.progress)
         t1 = time.perf_counter()
         pastes = [paste_test(self.model, self.analysed, a, self.rows_index, holders[i][labels[holders[i]] == c], u, c,
-                             self.recipients, self.recipient_labels, self.clean_logits, self.footprints, cfg, self.rng,
+                             self.recipients, self.recipient_labels, self.clean_logits, self.footprints(c), cfg, self.rng,
                              self.gen)
                   for i, (a, u, c) in enumerate(tqdm(units, desc="paste", disable=not self.progress))]
         self.timings["deletion"] = round(self.timings["deletion"] + t1 - t0, 3)
@@ -233,9 +241,15 @@ class _Trial:
             results.append((deletion, pastes[i]))
         return results, holders
 
-    def gallery_footprints(self, unit_assign: np.ndarray, gallery: list[int], u: int) -> list[str]:
+    def footprints(self, c: int) -> Footprints:
+        """The footprint maker for units of class c: saliency against :func:`saliency_reference` of c."""
+        return Footprints(self.model, self.layer, self.fields,
+                          saliency_reference(self.recipients, self.recipient_labels, c), self.cfg.field_threshold,
+                          self.cfg.saliency_threshold, self.cfg.batch_size, self.layout)
+
+    def gallery_footprints(self, unit_assign: np.ndarray, gallery: list[int], u: int, c: int) -> list[str]:
         """The unit's footprints in its gallery images (packed, for the report)."""
-        return gallery_footprints(unit_assign, gallery, u, self.footprints, self.analysed, self.rows_index,
+        return gallery_footprints(unit_assign, gallery, u, self.footprints(c), self.analysed, self.rows_index,
                                   self.cfg.batch_size)
 
 
