@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from i2x.attribution.receptive_field import Footprints
 from i2x.attribution.tokens import Layout
@@ -20,6 +20,7 @@ from i2x.stages.reliance.config import RelianceConfig
 from i2x.stages.reliance.deletion import images_at, mean_activation
 from i2x.stages.reliance.masks import MASK_RULE, unit_masks
 from i2x.stages.reliance.onset import ONSET_RULE, onset, over_training
+from i2x.stages.reliance.paste import saliency_reference
 from i2x.stages.reliance.retrieval import SCORE_RULE, carrier_scores, concept_direction, ranked, unit_hot_cells
 
 
@@ -71,26 +72,28 @@ def locate(store: Store, ctx: Context, probe: Probe, concepts: list[dict[str, An
     chosen = suspects(concepts, ranking, cfg.top)
     assigns = {k: unit_assignment(concept_assign, concepts[k]) for k in chosen}
 
-    def footprints_in(c: int):  # footprints of cell masks in the analysed images at store rows
-        fp = probe.footprints(c)
-        return lambda rows, cells: fp(images_at(probe.analysed, rows_index[rows], cfg.batch_size)[0], cells)
+    def images_of(rows: np.ndarray) -> torch.Tensor:
+        return images_at(probe.analysed, rows_index[rows], cfg.batch_size)[0]
 
     for k in chosen:
         c = concepts[k]["class"]
-        found.masks[k] = unit_masks(assigns[k], labels, k, c, footprints_in(c), cfg.mask_agreement, cfg.batch_size)
+        found.masks[k] = unit_masks(assigns[k], labels, k, c, images_of, probe.footprints(c),
+                                    saliency_reference(probe.recipients, probe.recipient_labels, c),
+                                    cfg.mask_agreement, cfg.batch_size)
     fill = mean_activation(store)
     directions = [(concept_direction(store, assigns[k], k, concepts[k]["class"], labels, fill),
                    unit_hot_cells(assigns[k], k, labels, concepts[k]["class"])) for k in chosen]
     truth = ctx.data.extra.get("marked")
-    splits = {ctx.config.split: (probe.analysed, rows_index), probe.held_name: (ctx.data.split(probe.held_name), None)}
+    held = ctx.data.split(probe.held_name)
+    splits = {probe.held_name: (held, np.arange(len(held))),  # type: ignore[arg-type]
+              ctx.config.split: (Subset(probe.analysed, rows_index.tolist()), rows_index)}
     per_split = {}
     for name, (dataset, index) in splits.items():
-        scores = carrier_scores(probe.model, probe.layer, probe.layout, dataset, directions, fill, cfg.batch_size)
-        index = np.arange(len(scores)) if index is None else index
-        y = labels if name == ctx.config.split else images_at(dataset, index, cfg.batch_size)[1].numpy()
+        scores, y = carrier_scores(probe.model, probe.layer, probe.layout, dataset, directions, fill, cfg.batch_size)
         per_split[name] = [ranked(scores[:, i], index, y, names, None if truth is None else truth.get(name))
                            for i in range(len(chosen))]
-    found.samples = {"rule": SCORE_RULE, "concepts": [
+    found.samples = {"rule": SCORE_RULE, "analysed_split": ctx.config.split, "held_out_split": probe.held_name,
+                     "concepts": [
         {"id": k, "class": concepts[k]["class"], "class_name": names[concepts[k]["class"]],
          "shortcut": all(concepts[k]["checks"].values()), "splits": {s: per_split[s][i] for s in per_split}}
         for i, k in enumerate(chosen)]}

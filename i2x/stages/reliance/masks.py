@@ -14,20 +14,16 @@ from i2x.io.location import as_path
 from i2x.io.workdir import RELIANCE_MASKS, write_bytes
 from i2x.errors import UserError
 
-#: the footprints of cell masks [B, h, w] in the images of store rows [B]: [B, H, W] (bool)
-FootprintsOf = Callable[[np.ndarray, torch.Tensor], torch.Tensor]
+#: the images [B, C, H, W] of store rows [B]
+ImagesOf = Callable[[np.ndarray], torch.Tensor]
+#: the footprints [B, H, W] (bool) of cell masks [B, h, w] in images [B, C, H, W]
+FootprintsOf = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 MASK_RULE = ("a concept's mask: the pixels held by at least mask_agreement of its footprints in the analysed samples "
              "of its class that hold it (the same pixels in most images, as a tag is; class evidence that wanders "
-             "drops out); a sample's mask: the concept's footprint in that sample within the concept's mask")
-
-
-def footprints_of(unit_assign: np.ndarray, rows: np.ndarray, u: int, footprints: FootprintsOf,
-                  batch_size: int) -> np.ndarray:
-    """The footprints [n, H, W] (bool) of unit u in the analysed samples at store ``rows``."""
-    out = [footprints(rows[lo:lo + batch_size], torch.from_numpy(unit_assign[rows[lo:lo + batch_size]] == u)).numpy()
-           for lo in range(0, len(rows), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, 1, 1), dtype=bool)
+             "drops out); a sample's mask: the pixels of the concept's mask where the sample departs from the "
+             "saliency reference the way the mean of those samples does, by at least half as much (where it carries "
+             "the concept's pattern)")
 
 
 def agreeing(masks: np.ndarray, share: float) -> np.ndarray:
@@ -37,14 +33,34 @@ def agreeing(masks: np.ndarray, share: float) -> np.ndarray:
     return masks.mean(axis=0) >= share
 
 
-def unit_masks(unit_assign: np.ndarray, labels: np.ndarray, u: int, c: int, footprints: FootprintsOf,
-               share: float, batch_size: int) -> dict[str, np.ndarray]:
-    """Unit u's masks: ``rows`` (the store rows holding it), ``samples`` [n, H, W] (its footprint in each, within
-    the concept's mask) and ``concept`` [H, W] (the pixels at least ``share`` of its class-c footprints hold)."""
+def carries(images: torch.Tensor, pattern: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per image [B, H, W] (bool): the pixels where the image departs from ``reference`` [C, H, W] along ``pattern``
+    [C, H, W] (the concept's mean image) by at least half of the pattern's own departure: (x - r).(p - r) >=
+    |p - r|^2 / 2 over channels, i.e. the image is nearer the pattern than the reference there."""
+    along = ((images - reference) * (pattern - reference)).sum(dim=1)
+    return along >= 0.5 * ((pattern - reference) ** 2).sum(dim=0) + 1e-12
+
+
+def unit_masks(unit_assign: np.ndarray, labels: np.ndarray, u: int, c: int, images_of: ImagesOf,
+               footprints: FootprintsOf, reference: torch.Tensor, share: float,
+               batch_size: int) -> dict[str, np.ndarray]:
+    """Unit u's masks: ``rows`` (the store rows holding it), ``concept`` [H, W] (the pixels at least ``share`` of
+    its footprints in class-c samples hold) and ``samples`` [n, H, W] (the pixels of ``concept`` where each sample
+    carries the pattern: :func:`carries`, with the class-c holders' mean image as the pattern)."""
     rows = np.flatnonzero((unit_assign == u).reshape(len(unit_assign), -1).any(axis=1))
-    raw = footprints_of(unit_assign, rows, u, footprints, batch_size)
-    concept = agreeing(raw[labels[rows] == c], share)
-    return {"rows": rows, "samples": raw & concept, "concept": concept}
+    own = rows[labels[rows] == c]
+    raw, total = [], torch.zeros(())
+    for lo in range(0, len(own), batch_size):
+        images = images_of(own[lo:lo + batch_size])
+        raw.append(footprints(images, torch.from_numpy(unit_assign[own[lo:lo + batch_size]] == u)).numpy())
+        total = total + images.sum(dim=0)
+    if not raw:
+        return {"rows": rows, "concept": np.zeros((1, 1), bool), "samples": np.zeros((len(rows), 1, 1), bool)}
+    concept = agreeing(np.concatenate(raw), share)
+    pattern = total / len(own)
+    samples = [carries(images_of(rows[lo:lo + batch_size]), pattern, reference).numpy() & concept
+               for lo in range(0, len(rows), batch_size)]
+    return {"rows": rows, "concept": concept, "samples": np.concatenate(samples)}
 
 
 def write_masks(out_dir: str | Path, masks: dict[int, dict[str, np.ndarray]],

@@ -20,7 +20,7 @@ from i2x.metrics.reliance import shortcut_checks
 from i2x.stages.context import Context
 from i2x.stages.reliance.config import RelianceConfig
 from i2x.stages.reliance.deletion import images_at
-from i2x.stages.reliance.masks import agreeing, footprints_of
+from i2x.stages.reliance.masks import agreeing
 from i2x.stages.reliance.paste import paste_test, saliency_reference
 
 ONSET_RULE = ("at every checkpoint, the lead concept's cells of the final checkpoint, its footprints narrowed by "
@@ -60,8 +60,8 @@ def over_training(store: Store, ctx: Context, unit_assign: np.ndarray, u: int, c
             paste = paste_test(ctx.model, analysed, unit_assign, rows_index, holders, u, c, recipients,
                                recipient_labels, clean, footprints, cfg, rng, gen) or {}
             donors = np.sort(np.random.default_rng(cfg.seed).permutation(holders)[: cfg.max_samples])
-            own = footprints_of(unit_assign, donors, u, lambda r, cells: footprints(
-                images_at(analysed, rows_index[r], cfg.batch_size)[0], cells), cfg.batch_size)
+            own = footprints(images_at(analysed, rows_index[donors], cfg.batch_size)[0],
+                             torch.from_numpy(unit_assign[donors] == u)).numpy()
             masks[t] = agreeing(own, cfg.mask_agreement)
             passes = shortcut_checks(1.0, 1.0, paste, None, cfg.z_threshold, cfg.min_flip_excess, 0.0, 0.0,
                                      cfg.max_random_flip)["paste"]

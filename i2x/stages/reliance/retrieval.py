@@ -42,17 +42,19 @@ def concept_direction(store: Store, unit_assign: np.ndarray, u: int, c: int, lab
 @torch.no_grad()
 def carrier_scores(model: nn.Module, layer: nn.Module, layout: Layout, dataset: Dataset,
                    directions: list[tuple[np.ndarray, np.ndarray]], fill: torch.Tensor,
-                   batch_size: int) -> np.ndarray:
-    """Scores [n, U] of every sample of ``dataset`` for each unit given as (direction [d], hot cells [h, w])."""
+                   batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores [n, U] of every sample of ``dataset`` for each unit given as (direction [d], hot cells [h, w]), and
+    the samples' labels [n]."""
     device = next(iter(model.parameters()), torch.empty(0)).device
     v = torch.as_tensor(np.stack([d for d, _ in directions]), device=device)                       # [U, d]
     hot = torch.as_tensor(np.stack([h for _, h in directions]), device=device).flatten(1)          # [U, hw]
     grabbed: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: grabbed.append(out))
-    scores = []
+    scores, labels = [], []
     try:
         model.eval()
-        for x, _ in DataLoader(dataset, batch_size=batch_size):
+        for x, y in DataLoader(dataset, batch_size=batch_size):
+            labels.append(torch.as_tensor(y))
             grabbed.clear()
             model(x.to(device))
             grid = to_map(grabbed[0], layout).float().flatten(2)                                    # [B, d, hw]
@@ -61,7 +63,9 @@ def carrier_scores(model: nn.Module, layer: nn.Module, layout: Layout, dataset: 
             scores.append(proj.masked_fill(~hot[None], -torch.inf).amax(dim=2).cpu())
     finally:
         handle.remove()
-    return torch.cat(scores).numpy() if scores else np.zeros((0, len(directions)), dtype=np.float32)
+    if not scores:
+        return np.zeros((0, len(directions)), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    return torch.cat(scores).numpy(), torch.cat(labels).numpy()
 
 
 def unit_hot_cells(unit_assign: np.ndarray, u: int, labels: np.ndarray, c: int) -> np.ndarray:
