@@ -14,11 +14,14 @@ import torch
 from scipy.ndimage import binary_dilation
 from torch import nn
 
+from test_shortcut import _ones_stack
+
 from i2x import api
 from i2x.analysis.concepts import pieces
 from i2x.attribution.receptive_field import Footprints, cell_fields
 from i2x.attribution.tokens import Layout
 from i2x.errors import UserError
+from i2x.io.store import Store
 from i2x.planted import PLANTED, artefacts, synthetic
 from i2x.stages.config import RunConfig
 from i2x.stages.context import build_context
@@ -34,17 +37,10 @@ def test_saliency_reference_is_the_other_classes_mean():
     images = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 1, 2, 2)
     labels = torch.tensor([0, 1, 1, 2])
     np.testing.assert_allclose(saliency_reference(images, labels, 1).numpy(), np.full((1, 2, 2), 1.5))   # (0 + 3) / 2
-    np.testing.assert_allclose(saliency_reference(images, labels, 0).numpy(), np.full((1, 2, 2), 2.0))   # (1 + 2 + 3) / 3
+    np.testing.assert_allclose(saliency_reference(images, labels, 0).numpy(), np.full((1, 2, 2), 2.0))  # (1+2+3)/3
     # no other class held out: every image
     np.testing.assert_allclose(saliency_reference(images, torch.ones(4, dtype=torch.long), 1).numpy(),
                                np.full((1, 2, 2), 1.5))
-
-
-def _ones_stack() -> nn.Sequential:
-    model = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, bias=False), nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False))
-    for conv in model:
-        nn.init.ones_(conv.weight)
-    return model.eval()
 
 
 def test_a_marker_most_of_the_class_carries_is_kept_against_the_other_classes():
@@ -270,7 +266,6 @@ def test_the_hard_case_is_localised_retrieved_and_dated(tmp_path):
     on, cover = _on_and_cover(concept_mask(out, lead), artefact)
     assert on >= 0.7 and cover >= 0.7, (on, cover)
     rows, masks = sample_masks(out, lead)
-    from i2x.io.store import Store
     carrying = np.isin(Store.open(out).read("sample_index")[rows], carriers)
     assert carrying.sum() >= 0.9 * len(carriers)                     # the lead is held by (nearly) every carrier
     on, cover = np.mean([_on_and_cover(m, artefact) for m in masks[carrying]], axis=0)

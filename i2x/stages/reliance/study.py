@@ -228,8 +228,8 @@ class _Trial:
                                          plans, cfg, self.progress)
         t1 = time.perf_counter()
         pastes = [paste_test(self.model, self.analysed, a, self.rows_index, holders[i][labels[holders[i]] == c], u, c,
-                             self.recipients, self.recipient_labels, self.clean_logits, self.footprints(c), cfg, self.rng,
-                             self.gen)
+                             self.recipients, self.recipient_labels, self.clean_logits, self.footprints(c), cfg,
+                             self.rng, self.gen)
                   for i, (a, u, c) in enumerate(tqdm(units, desc="paste", disable=not self.progress))]
         self.timings["deletion"] = round(self.timings["deletion"] + t1 - t0, 3)
         self.timings["paste"] = round(self.timings["paste"] + time.perf_counter() - t1, 3)
