@@ -25,6 +25,7 @@ from i2x.io.store import Store
 from i2x.planted import PLANTED, artefacts, synthetic
 from i2x.stages.config import RunConfig
 from i2x.stages.context import build_context
+from i2x.stages.reliance.localise import localisation_lines
 from i2x.stages.reliance.masks import agreeing, concept_mask, sample_masks, unit_masks, write_masks
 from i2x.stages.reliance.onset import onset
 from i2x.stages.reliance.paste import saliency_reference
@@ -288,3 +289,15 @@ def test_the_hard_case_is_localised_retrieved_and_dated(tmp_path):
 def test_the_hard_case_clean_twin_raises_no_shortcut(tmp_path):
     _, result = _run(tmp_path, "corner-L-clean", 1)
     assert not result["shortcut_found"] and result["verdict"].startswith("No shortcut found"), result["verdict"]
+
+
+def test_the_cli_says_what_it_could_not_check():
+    loc = {"suspects": [3], "masks": {"3": {"pixels": 21}},
+           "truth": None, "over_training": {"onset": "epoch_2.pt"}}
+    lines = localisation_lines({"localisation": loc, "shortcut_found": False})
+    assert "i2x cannot check that ranking" in lines[1]
+    assert lines[2].endswith("epoch_2.pt (but it is no shortcut at the final checkpoint)")
+    loc = {**loc, "truth": {"3": {"train": {"auroc": 0.99, "ap": 0.9}, "test": {"auroc": None, "ap": None}}}}
+    lines = localisation_lines({"localisation": {**loc, "over_training": None}, "shortcut_found": True})
+    assert lines[1] == "  against the planted carriers: train AUROC 0.990, AP 0.900"
+    assert "final checkpoint only" in lines[2]

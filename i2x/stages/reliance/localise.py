@@ -113,3 +113,28 @@ def locate(store: Store, ctx: Context, probe: Probe, concepts: list[dict[str, An
                                   "onset": None if first is None else rows[first]["checkpoint"]}
     entry["seconds"] = round(time.perf_counter() - start, 3)
     return entry, found
+
+
+def localisation_lines(result: dict[str, Any]) -> list[str]:
+    """What the CLI says of the localisation: the lead's mask, whether the carrier ranking could be checked, and
+    when the lead's paste test first passed."""
+    loc = result.get("localisation")
+    if not loc or not loc.get("suspects"):
+        return []
+    lead = loc["suspects"][0]
+    lines = [f"  concept {lead}'s mask: {loc['masks'][str(lead)]['pixels']} px (reliance_masks.npz); its carriers "
+             "ranked in shortcut_samples.json"]
+    truth = (loc.get("truth") or {}).get(str(lead))
+    checked = {s: t for s, t in (truth or {}).items() if t and t.get("auroc") is not None}
+    lines.append("  against the planted carriers: " + "; ".join(f"{s} AUROC {t['auroc']:.3f}, AP {t['ap']:.3f}"
+                                                                  for s, t in checked.items()) if checked else
+                 "  the data set does not say which samples carry it: i2x cannot check that ranking")
+    over = loc.get("over_training")
+    if over is None:
+        lines.append("  tested at the final checkpoint only: when it formed is unknown")
+    elif over["onset"] is None:
+        lines.append("  its paste test passes at no checkpoint")
+    else:
+        lines.append(f"  its paste test first passes at checkpoint {over['onset']}"
+                     + ("" if result["shortcut_found"] else " (but it is no shortcut at the final checkpoint)"))
+    return lines
