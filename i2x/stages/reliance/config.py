@@ -42,7 +42,7 @@ class RelianceConfig:
     saliency_threshold: float = option(0.2, "share of its maximum (within the receptive field) at which a unit's "
                                        "saliency, |input gradient x (image - mean image)|, ends (footprint)", low=0,
                                        high=1)
-    mask_agreement: float = option(0.5, "share of a concept's footprints (in the samples of its class that hold it) "
+    mask_agreement: float = option(0.3, "share of a concept's footprints (in the samples of its class that hold it) "
                                    "that must hold a pixel for it to be in the concept's mask", low=0, high=1,
                                    low_open=True)
     final_only: bool = option(False, "test the lead concept at the final checkpoint only, not at every checkpoint "
