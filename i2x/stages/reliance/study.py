@@ -45,7 +45,9 @@ are tested again as one concept, which leads when it passes every test itself. N
 that one weak factor zeroes.
 
 Results go to ``DIR/reliance.json`` (concepts and prototypes, per-sample deletions) and under
-``reliance`` in ``DIR/summary.json`` (settings, verdict, the concept table).
+``reliance`` in ``DIR/summary.json`` (settings, verdict, the concept table); then the suspects' masks
+(``reliance_masks.npz``), their carriers (``shortcut_samples.json``) and the lead's paste test at every
+checkpoint (:mod:`i2x.stages.reliance.localise`).
 """
 from __future__ import annotations
 
