@@ -26,7 +26,8 @@ from i2x.planted import PLANTED, artefacts, synthetic
 from i2x.stages.config import RunConfig
 from i2x.stages.context import build_context
 from i2x.stages.reliance.localise import localisation_lines
-from i2x.stages.reliance.masks import agreeing, concept_mask, sample_masks, unit_masks, write_masks
+from i2x.stages.reliance.masks import (agreeing, concept_mask, lead_masks_over_training, sample_masks, unit_masks,
+                                       write_masks)
 from i2x.stages.reliance.onset import onset
 from i2x.stages.reliance.paste import saliency_reference
 from i2x.stages.reliance.retrieval import carrier_scores, ranked, truth_metrics, unit_hot_cells
@@ -122,6 +123,8 @@ def test_masks_round_trip_through_the_analysis_directory(tmp_path):
     rows, back = sample_masks(tmp_path, 4)
     np.testing.assert_array_equal(rows, [2, 5, 9])
     np.testing.assert_array_equal(back, samples)
+    over = lead_masks_over_training(tmp_path)
+    assert list(over) == [0] and over[0].shape == (5, 7) and not over[0].any()
     with pytest.raises(UserError, match="holds masks of concepts 4"):
         concept_mask(tmp_path, 3)
     with pytest.raises(UserError, match="i2x reliance"):

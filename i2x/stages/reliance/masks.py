@@ -108,3 +108,9 @@ def sample_masks(out_dir: str | Path, concept: int) -> tuple[np.ndarray, np.ndar
     rows = arrays[f"rows_{concept}"]
     bits = np.unpackbits(arrays[f"samples_{concept}"], axis=1, count=shape[0] * shape[1])
     return rows, bits.reshape(len(rows), *shape).astype(bool)
+
+
+def lead_masks_over_training(out_dir: str | Path) -> dict[int, np.ndarray]:
+    """The lead concept's mask [H, W] at each checkpoint index the reliance study tested it at (none with
+    ``--final-only``)."""
+    return {int(k.rsplit("_", 1)[1]): v.astype(bool) for k, v in _load(out_dir).items() if k.startswith("lead_at_")}
