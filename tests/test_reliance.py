@@ -294,10 +294,13 @@ def test_results_are_consistent_and_in_summary(planted_run):
         cfg = result["config"]
         assert all(split_piece(concepts[i], cfg["z_threshold"], cfg["max_random_flip"]) for i in c["pieces"])
         assert any(all(concepts[i]["checks"].values()) for i in c["pieces"])     # the lead among them passed
-        if all(c["checks"].values()):
-            assert result["ranking"][0] == c["id"]
-    # the ranking follows the evidence: passing concepts first, then paste flip excess (descending)
-    order = [c for c in result["ranking"] if not (concepts[c].get("pieces") and c == result["ranking"][0])]
+    # the tightest passing concept leads (its footprints most on the same pixels); the rest follow the evidence:
+    # passing concepts first, units without a paste test after those with one, then paste flip excess (descending)
+    passing = [c for c in concepts if all(c["checks"].values())]
+    if passing:
+        assert concepts[result["ranking"][0]]["transplant"]["agreement"] == max(
+            c["transplant"]["agreement"] for c in passing)
+    order = result["ranking"][1:] if passing else result["ranking"]
     keys = [(not all(concepts[c]["checks"].values()), concepts[c]["checks"]["paste"] is None,
              -(concepts[c]["transplant"] or {}).get("excess_flip", 0.0)) for c in order]
     assert keys == sorted(keys)

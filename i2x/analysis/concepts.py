@@ -28,9 +28,11 @@ def hot_cells(cells: np.ndarray, hot_share: float = 0.5) -> np.ndarray:
     return (cells >= hot_share * peak) & (cells > 0)
 
 
-def pieces(lead: int, candidates: list[int], cells: np.ndarray, reach: int = 1, hot_share: float = 0.5) -> list[int]:
+def pieces(lead: int, candidates: list[int], cells: np.ndarray, reach: int = 1, hot_share: float = 0.5,
+           max_cells: int | None = None) -> list[int]:
     """The pieces of one pattern: ``lead`` and every candidate unit reached from it through units whose hot cells
-    lie within ``reach`` cells of one another (a marker split over concepts, each of which passed on its own).
+    lie within ``reach`` cells of one another (a marker split over concepts, each of which passed on its own), a
+    candidate only while the union of hot cells stays within ``max_cells`` (the max-share rule of concepts).
     ``cells`` [K, h, w] are occurrence counts per unit; returns sorted ids, ``lead`` included."""
     hot = hot_cells(cells, hot_share)
     structure = np.ones((2 * reach + 1, 2 * reach + 1), dtype=bool)
@@ -40,7 +42,8 @@ def pieces(lead: int, candidates: list[int], cells: np.ndarray, reach: int = 1, 
         grown = False
         near = binary_dilation(region, structure=structure)
         for c in candidates:
-            if c not in found and (hot[c] & near).any():
+            if c not in found and (hot[c] & near).any() and (max_cells is None
+                                                             or (region | hot[c]).sum() <= max_cells):
                 found.add(c)
                 region |= hot[c]
                 grown = True

@@ -165,6 +165,7 @@ def add_reliance(sub: Subparsers) -> None:
 
 def cmd_reliance(args: argparse.Namespace) -> None:
     from i2x import api
+    from i2x.stages.reliance.localise import localisation_lines
 
     cfg = config_from(args, RelianceConfig)
     result = api.reliance(args.dir, cfg, trust_checkpoints=args.trust_checkpoints,
@@ -176,6 +177,8 @@ def cmd_reliance(args: argparse.Namespace) -> None:
         print(f"  concept C{c} (prototypes {protos}): class {p['class_name']}, paste flips "
               f"{t.get('flip_rate', 0):.0%} vs {t.get('random_flip_rate', 0):.0%} random, lift {p['lift']:.2f}, "
               f"concentration {p['concentration']:.2f}")
+    for line in localisation_lines(result):
+        print(line)
     print(f"results: {as_path(args.dir) / 'reliance.json'}")
 
 

@@ -51,6 +51,8 @@ from i2x.version import __version__
 
 SUMMARY = "summary.json"
 RELIANCE = "reliance.json"
+RELIANCE_MASKS = "reliance_masks.npz"
+SHORTCUT_SAMPLES = "shortcut_samples.json"
 FAITHFULNESS = "faithfulness.json"
 DRIFT = "drift.json"
 EVIDENCE = "evidence.json"

@@ -12,7 +12,7 @@ from typing import Callable
 
 from i2x.errors import UserError
 from i2x.io.data import DATA_SPECS, DataOptions, ImageData
-from i2x.planted import artefact, shapes, synthetic
+from i2x.planted import artefact, localisation, shapes, synthetic
 
 #: ``planted:NAME`` -> the factory that builds it.
 PLANTED: dict[str, Callable[[], ImageData]] = {
@@ -25,6 +25,9 @@ PLANTED: dict[str, Callable[[], ImageData]] = {
     "marker-centre-rgb": synthetic.marker_centre_rgb,
     "clean-grey": synthetic.clean_grey,
     "clean-rgb": synthetic.clean_rgb,
+    "L-carriers": localisation.corner_l,
+    "L-carriers-3class": localisation.corner_l_3class,
+    "L-carriers-clean": localisation.corner_l_clean,
     "shapes": shapes.shapes_data,
     "shapes-small": shapes.shapes_small_data,
     "corner-L": artefact.corner_l,

@@ -284,3 +284,18 @@ def rank_slopes(frame: pd.DataFrame, methods: Sequence[str], metrics: Sequence[s
         align="left", dx=8, fontSize=11).encode(text="run:N")
     return alt.layer(line, points, labels).add_params(metric).properties(
         width=max(260, 170 * len(methods)), height=max(140, 50 * top), title="Ranking of the runs by stability")
+
+
+def paste_over_training(frame: pd.DataFrame, onset: int | None) -> alt.LayerChart:
+    """The lead concept's paste flip rate and random patches' at every checkpoint (columns step, checkpoint, what,
+    rate), with a rule at the onset step (the first checkpoint whose paste test passes)."""
+    lines = alt.Chart(frame).mark_line(point=True).encode(
+        x=alt.X("step:Q", title="training step"),
+        y=alt.Y("rate:Q", title="recipients turned", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+        color=alt.Color("what:N", title=None, scale=alt.Scale(range=["#d55e00", "#7f7f7f"])),
+        tooltip=["checkpoint:N", "step:Q", "what:N", alt.Tooltip("rate:Q", format=".0%")])
+    layers: list[alt.Chart] = [lines]
+    if onset is not None:
+        layers.append(alt.Chart(pd.DataFrame({"step": [onset]})).mark_rule(strokeDash=[4, 3], color="#1d2430")
+                      .encode(x="step:Q"))
+    return alt.layer(*layers).properties(width=420, height=200, title="The lead concept's paste test over training")

@@ -11,10 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from i2x.io.workdir import RELIANCE, assign_digest, unpack_mask
+import pandas as pd
+
+from i2x.io.workdir import RELIANCE, SHORTCUT_SAMPLES, assign_digest, unpack_mask
+from i2x.reporting.charts import paste_over_training
 from i2x.reporting.images import HIGHLIGHT, jet, png_uri, resize, to_rgb
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, chip, esc, img, shortcut_chip, table
+from i2x.stages.reliance.masks import concept_mask, sample_masks
 
 TITLE = "Reliance: what the model depends on"
 THUMB = 64
@@ -175,8 +179,90 @@ def reliance_section(r: ReportInputs) -> Section | None:
         ("settings", ", ".join(f"{k} {v}" for k, v in result["config"].items())),
         ("checkpoint", f"{result['checkpoint']} ({result['seconds']:.1f} s)"),
     ], "facts")
-    body = (_verdict_card(r, result) + cards +
+    body = (_verdict_card(r, result) + _localisation(r, result) + cards +
             f"<details><summary>All {len(result['concepts'])} concepts, ranked</summary>"
             f"{_ranking_table(result, r.names)}</details><details><summary>How this was measured</summary>{method}"
             "</details>")
     return Section("reliance", TITLE, intro, Raw(body))
+
+
+def _lead_mask(r: ReportInputs, result: dict[str, Any], k: int) -> str:
+    """The lead concept's mask (the pixels most of its footprints agree on) over the mean of its carriers."""
+    mask = concept_mask(r.out_dir, k)
+    rows, _ = sample_masks(r.out_dir, k)
+    pixels = result["localisation"]["masks"][str(k)]["pixels"]
+    if r.images_unavailable or not len(rows):
+        return f'<p class="muted">Its mask: {pixels} input pixels.</p>'
+    mean = r.images(rows[:64]).mean(axis=0, keepdims=True)
+    shot = tinted(mean, mask[None], size=2 * THUMB)[0]
+    return (f'<div><div class="muted">its mask ({pixels} px) on the mean of the images holding it</div>'
+            f'{img(png_uri(shot), f"the mask of concept {k}", title=result["localisation"]["mask_rule"])}</div>')
+
+
+def _carriers(r: ReportInputs, result: dict[str, Any], samples: dict[str, Any] | None, k: int) -> str:
+    """The analysed samples that carry concept k most strongly (worst offenders first), its mask tinted, and the
+    retrieval's AUROC and AP where the data set knows which samples carry a planted answer."""
+    entry = next((c for c in (samples or {}).get("concepts", []) if c["id"] == k), None)
+    if entry is None:
+        return ""
+    ranked_rows = entry["splits"][samples["analysed_split"]]  # type: ignore[index]
+    truth = "; ".join(f"{s}: AUROC {t['truth']['auroc']:.3f}, AP {t['truth']['ap']:.3f} ({t['truth']['carriers']} of "
+                      f"{t['truth']['samples']} carry it)" for s, t in entry["splits"].items()
+                      if (t.get("truth") or {}).get("auroc") is not None)
+    note = (f'<p class="muted">Against the planted answer of this data set: {esc(truth)}.</p>' if truth else
+            '<p class="muted">This data set does not say which samples carry the concept, so i2x cannot check the '
+            'ranking: look at the images.</p>')
+    top = ranked_rows["samples"][: result["config"]["gallery"] * 2]
+    gallery = ""
+    if not r.images_unavailable and top:
+        rows, masks = sample_masks(r.out_dir, k)
+        index = r.read("sample_index")
+        row_of = {int(i): n for n, i in enumerate(index)}
+        where = {int(row): n for n, row in enumerate(rows)}
+        chosen = np.asarray([row_of[s["index"]] for s in top], dtype=np.int64)
+        images = r.images(chosen)
+        shown = np.stack([masks[where[c]] if c in where else np.zeros(images.shape[-2:], bool) for c in chosen])
+        shots = tinted(images, shown)
+        gallery = '<div class="patches">' + "".join(
+            img(png_uri(shot), f"score {s['score']:.2f}, class {s['class_name']}",
+                title=f"score {s['score']:.2f}, class {s['class_name']}, data set index {s['index']}")
+            for shot, s in zip(shots, top)) + "</div>"
+    return (f'<div><div class="muted">the {len(top)} samples of the analysed split that carry it most strongly '
+            f'(worst offenders first; every score per split in {SHORTCUT_SAMPLES})</div>{gallery}{note}</div>')
+
+
+def _onset(r: ReportInputs, result: dict[str, Any]) -> str:
+    """The lead concept's paste flip rate at every checkpoint and the checkpoint where its paste test first passes."""
+    over = result["localisation"].get("over_training")
+    if not over:
+        return ('<p class="muted">The lead concept was tested at the final checkpoint only (--final-only or a single '
+                'checkpoint), so this report cannot say when it formed.</p>')
+    by_name = {c["name"]: t for t, c in enumerate(r.checkpoints)}
+    rows = [(r.train_step(by_name[c["checkpoint"]]), c["checkpoint"], what, c[key] or 0.0)
+            for c in over["checkpoints"] for what, key in (("its paste", "flip_rate"),
+                                                           ("random patches", "random_flip_rate"))]
+    frame = pd.DataFrame(rows, columns=["step", "checkpoint", "what", "rate"])
+    onset = over["onset"]
+    step = None if onset is None else r.train_step(by_name[onset])
+    if onset is None:
+        text = "Its paste test passes at no checkpoint."
+    elif result["shortcut_found"]:
+        text = f"Its paste test first passes at checkpoint {esc(onset)} (step {step}): the shortcut formed there."
+    else:
+        text = (f"Its paste test first passes at checkpoint {esc(onset)} (step {step}), but at the final checkpoint "
+                "it fails other tests of a shortcut, so no shortcut formed.")
+    return (f'<p class="note">{text}</p>' + r.charts.add("reliance-onset", paste_over_training(frame, step),
+                                                         export="reliance_onset.png", caption=over["rule"]))
+
+
+def _localisation(r: ReportInputs, result: dict[str, Any]) -> str:
+    """Where the lead concept lies (its mask), which samples carry it, and when it formed."""
+    loc = result.get("localisation")
+    if not loc or not loc.get("suspects"):
+        return ""
+    k = loc["suspects"][0]
+    name = "the suspect" if result["shortcut_found"] else "the lead concept (no shortcut)"
+    samples = r.optional_json(SHORTCUT_SAMPLES)
+    return (f'<div class="ucard" id="reliance-localisation"><h3>Where {name}, concept {k}, lies, who carries it, '
+            f'when it formed</h3><div class="row">{_lead_mask(r, result, k)}{_carriers(r, result, samples, k)}</div>'
+            f'{_onset(r, result)}</div>')

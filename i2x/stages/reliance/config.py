@@ -46,5 +46,10 @@ class RelianceConfig:
                               "order and stops at the first it fails (no footprints for a unit that is not class-tied "
                               "or not fixed on the grid, no paste test or deletion when its donors' footprints "
                               "disagree; a test not run reads null): the verdict is the same, faster")
+    mask_agreement: float = option(0.3, "share of a concept's footprints (in the samples of its class that hold it) "
+                                   "that must hold a pixel for it to be in the concept's mask", low=0, high=1,
+                                   low_open=True)
+    final_only: bool = option(False, "test the lead concept at the final checkpoint only, not at every checkpoint "
+                              "(the report then cannot say when the shortcut formed)")
     seed: int = option(0, "seed of the sample and random draws")
     device: str = device_option()

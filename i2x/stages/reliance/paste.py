@@ -30,9 +30,13 @@ def recipient_pool(ctx: Context, cfg: RelianceConfig,
     return images, labels, name
 
 
-def saliency_reference(recipients: torch.Tensor) -> torch.Tensor:
-    """What the footprints' saliency compares an image with, [C, H, W]: the mean of the held-out recipient pool."""
-    return recipients.mean(dim=0)
+def saliency_reference(recipients: torch.Tensor, recipient_labels: torch.Tensor, c: int) -> torch.Tensor:
+    """What the saliency that narrows a class-c unit's footprint compares each donor with [C, H, W]: the mean held-out
+    image of the other classes (all of them when no other class is held out). When most of class c carries an
+    artefact, the mean image of the data holds it too and its strongest pixels cancel; the other classes' mean holds
+    it only as often as they carry it, and it is the average of what a paste replaces."""
+    other = recipient_labels != c
+    return (recipients[other] if bool(other.any()) else recipients).mean(dim=0)
 
 
 @dataclass

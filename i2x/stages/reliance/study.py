@@ -54,7 +54,9 @@ mask), for all units together; pastes are scored on the model with its batch nor
 
 Results go to ``DIR/reliance.json`` (concepts and prototypes, per-sample deletions, the final checkpoint's accuracy
 and confusions on the held-out split: :mod:`i2x.stages.reliance.held_out`) and under
-``reliance`` in ``DIR/summary.json`` (settings, verdict, the concept table).
+``reliance`` in ``DIR/summary.json`` (settings, verdict, the concept table); then the suspects' masks
+(``reliance_masks.npz``), their carriers (``shortcut_samples.json``) and the lead's paste test at every
+checkpoint (:mod:`i2x.stages.reliance.localise`).
 """
 from __future__ import annotations
 
@@ -73,17 +75,19 @@ from i2x.attribution.interventions import CellReplacement, transplant_logits
 from i2x.attribution.receptive_field import Footprints, cell_fields
 from i2x.attribution.tokens import Layout
 from i2x.io.store import Store
-from i2x.io.workdir import RELIANCE, AnalysisDir, assign_digest, pack_mask, save_summary
+from i2x.io.workdir import RELIANCE, SHORTCUT_SAMPLES, AnalysisDir, assign_digest, pack_mask, save_summary
 from i2x.metrics.reliance import lift, presence_stats
 from i2x.settings import validate
 from i2x.stages.benchmark.maps import scoring_model
 from i2x.stages.context import Context, open_context
 from i2x.stages.reliance.deletion import deletion_plan, deletion_summary, images_at, mean_activation, run_deletions
 from i2x.stages.reliance.held_out import held_out_predictions
+from i2x.stages.reliance.localise import Located, locate
+from i2x.stages.reliance.masks import write_masks
 from i2x.stages.reliance.paste import (FootprintCache, draw_paste, footprint_facts, paste_footprints, paste_test,
                                        recipient_pool, saliency_reference)
 from i2x.stages.reliance.verdict import (CONCEPT_RULE, FILL, FOOTPRINT, RULE, gallery_rows, rank, split_piece,
-                                         summary_entry, unit_row, verdict)
+                                         summary_entry, tightest_first, unit_row, verdict)
 from i2x.stages.reliance.config import RelianceConfig
 
 
@@ -100,15 +104,18 @@ def reliance(out_dir: str | Path | AnalysisDir, config: RelianceConfig | None = 
         store = out.store()
         summary = out.summary()
         ctx = open_context(store, None, cfg.device, cfg.batch_size, trust_checkpoints, trust_analysis, model)
-        result = _study(store, ctx, cfg, progress)
+        result, located = _study(store, ctx, cfg, progress)
+        write_masks(out.path, located.masks, located.over_training)
+        out.write(SHORTCUT_SAMPLES, located.samples, indent=1)
         out.write(RELIANCE, result, indent=2)
         summary["reliance"] = summary_entry(result)
         save_summary(out, summary)
     return result
 
 
-def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> dict[str, Any]:
-    """Presence, deletion and the paste test for every prototype and every concept, then the ranking and verdict."""
+def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> tuple[dict[str, Any], Located]:
+    """Presence, deletion and the paste test for every prototype and every concept, then the ranking and verdict,
+    then the suspects' masks, carriers and the lead over training (:func:`i2x.stages.reliance.localise.locate`)."""
     start = time.perf_counter()
     assign, labels, rows_index = store.read("analysis/assign"), store.read("labels"), store.read("sample_index")
     names = store.class_names
@@ -146,16 +153,18 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> d
                            gallery_rows(concept_assign, labels, holders[i], c, cc, cfg.gallery), cfg)
         row.update({"id": c, "members": members})
         concepts.append(row)
-    galleries = trial.gallery_footprints([(concept_assign, row["gallery"], row["id"]) for row in concepts])
+    galleries = trial.gallery_footprints([(concept_assign, row["gallery"], row["id"], row["class"]) for row in concepts])
     for row, footprints in zip(concepts, galleries):
         row["footprints"] = footprints
     ranking = rank(concepts)
     joined = _join_pieces(concepts, ranking, concept_assign, c_stats["cells"], trial, names, cfg)
     if joined is not None:
         concepts.append(joined)
-        ranking = [joined["id"], *ranking] if all(joined["checks"].values()) else rank(concepts)
+        ranking = rank(concepts)
+    ranking = tightest_first(concepts, ranking)
     prototype_ranking = rank(protos)
     text, found = verdict([concepts[i] for i in ranking], cfg.z_threshold, cfg.min_flip_excess)
+    localisation, located = locate(store, ctx, trial, concepts, ranking, concept_assign, labels, rows_index, cfg)
     return {
         "config": asdict(cfg), "checkpoint": ctx.checkpoint("final").name, "layer": store.attrs["layer"],
         "grid": list(store.grid), "k": k_count, "assign_digest": assign_digest(assign),
@@ -164,9 +173,9 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> d
         "rule": RULE, "concept_rule": CONCEPT_RULE, "verdict": text, "shortcut_found": found,
         "suspect": ranking[0] if found else None, "ranking": ranking, "concepts": concepts,
         "prototype_ranking": prototype_ranking, "prototypes": protos, "timings": trial.timings,
-        "tests_run": trial.tests_run,
+        "tests_run": trial.tests_run, "localisation": localisation,
         "seconds": round(time.perf_counter() - start, 3),
-    }
+    }, located
 
 
 def _join_pieces(concepts: list[dict[str, Any]], ranking: list[int], concept_assign: np.ndarray,
@@ -182,7 +191,8 @@ def _join_pieces(concepts: list[dict[str, Any]], ranking: list[int], concept_ass
         return None
     joinable = [r["id"] for r in concepts
                 if r["class"] == lead["class"] and split_piece(r, cfg.z_threshold, cfg.max_random_flip)]
-    joined = pieces(lead["id"], joinable, concept_cells, hot_share=0.5)
+    budget = max(1, int(round(cfg.max_share * concept_cells[0].size)))
+    joined = pieces(lead["id"], joinable, concept_cells, hot_share=0.5, max_cells=budget)
     if len(joined) < 2:
         return None
     new = len(concepts)
@@ -193,8 +203,9 @@ def _join_pieces(concepts: list[dict[str, Any]], ranking: list[int], concept_ass
     results, holders = trial.run([(unit_assign, new, c, _screened(lifts[new, c], stats["concentration"][new], cfg))])
     row = unit_row(new, names, stats, lifts, c, *results[0],
                    gallery_rows(unit_assign, trial.labels, holders[0], new, c, cfg.gallery), cfg)
-    row.update({"id": new, "members": sorted(m for i in joined for m in concepts[i]["members"]), "pieces": joined})
-    row["footprints"] = trial.gallery_footprints([(unit_assign, row["gallery"], new)])[0]
+    row.update({"id": new, "members": sorted(m for i in joined for m in concepts[i]["members"]), "pieces": joined,
+                "failed_paste_alone": [i for i in joined if concepts[i]["checks"]["paste"] is False]})
+    row["footprints"] = trial.gallery_footprints([(unit_assign, row["gallery"], new, c)])[0]
     return row
 
 
@@ -225,22 +236,9 @@ class _Trial:
         self.clean_logits = transplant_logits(
             self.scorer, self.recipients, self.recipients,
             torch.zeros(len(self.recipients), 1, *self.recipients.shape[-2:], dtype=torch.bool), cfg.batch_size)[:, 0]
-        self._footprints: FootprintCache | None = None
+        self._fields: torch.Tensor | None = None
+        self._caches: dict[int, FootprintCache] = {}
         self.expand = False
-
-    @property
-    def footprints(self) -> FootprintCache:
-        """The footprint cache, its receptive fields measured on first use (a study whose units all fail the
-        earlier tests needs none)."""
-        if self._footprints is None:
-            t0 = time.perf_counter()
-            images = images_at(self.analysed, self.rows_index[self.field_rows], self.cfg.batch_size)[0]
-            fields = cell_fields(self.model, self.layer, images.to(self.device), self.cfg.batch_size, self.layout)
-            maker = Footprints(self.model, self.layer, fields, saliency_reference(self.recipients),
-                               self.cfg.field_threshold, self.cfg.saliency_threshold, self.cfg.batch_size, self.layout)
-            self._footprints = FootprintCache(maker, self.analysed, self.rows_index, self.cfg.batch_size)
-            self.timings["fields"] = round(time.perf_counter() - t0, 3)
-        return self._footprints
 
     def run(self, units: list[tuple[np.ndarray, int, int, bool]]) -> tuple[list[tuple[Any, ...]], list[np.ndarray]]:
         """Deletion and paste results of each unit (its assignment array, its id there, its class, and whether it is
@@ -256,10 +254,10 @@ class _Trial:
                             self.gen) for i, (_, _, c, _) in enumerate(units)]
         t0 = time.perf_counter()
         shown = [i for i, (draw, unit) in enumerate(zip(draws, units)) if draw is not None and (cfg.full_tests or unit[3])]
-        requests = [paste_footprints(draws[i], units[i][0], units[i][1]) for i in shown]
-        made = self.footprints(requests) if shown else []
+        requests = [(units[i][2], paste_footprints(draws[i], units[i][0], units[i][1])) for i in shown]
+        made = self.made(requests) if shown else []
         own: dict[int, torch.Tensor] = {}
-        for i, (rows, _), fps in zip(shown, requests, made):
+        for i, (_, (rows, _)), fps in zip(shown, requests, made):
             own[i] = fps[np.searchsorted(rows, draws[i].donor_rows)]
         agreements = {i: footprint_facts(draws[i], own[i])["agreement"] for i in shown}
         pasted = [i for i in shown if cfg.full_tests or agreements[i] >= cfg.min_agreement]
@@ -290,9 +288,37 @@ class _Trial:
             results.append((deletion, pastes.get(i), agreements.get(i), skipped))
         return results, holders
 
-    def gallery_footprints(self, requests: list[tuple[np.ndarray, list[int], int]]) -> list[list[str]]:
+    def footprints(self, c: int) -> Footprints:
+        """The footprint maker for units of class c: saliency against :func:`saliency_reference` of c (the mean
+        held-out image of the other classes); the receptive fields are measured on first use (a study whose units all
+        fail the earlier tests needs none)."""
+        if self._fields is None:
+            t0 = time.perf_counter()
+            images = images_at(self.analysed, self.rows_index[self.field_rows], self.cfg.batch_size)[0]
+            self._fields = cell_fields(self.model, self.layer, images.to(self.device), self.cfg.batch_size, self.layout)
+            self.timings["fields"] = round(time.perf_counter() - t0, 3)
+        return Footprints(self.model, self.layer, self._fields,
+                          saliency_reference(self.recipients, self.recipient_labels, c), self.cfg.field_threshold,
+                          self.cfg.saliency_threshold, self.cfg.batch_size, self.layout)
+
+    def cache(self, c: int) -> FootprintCache:
+        """Class c's footprints of (store row, cell mask) pairs, each made once."""
+        if c not in self._caches:
+            self._caches[c] = FootprintCache(self.footprints(c), self.analysed, self.rows_index, self.cfg.batch_size)
+        return self._caches[c]
+
+    def made(self, requests: list[tuple[int, tuple[np.ndarray, np.ndarray]]]) -> list[torch.Tensor]:
+        """Footprints per request of (class, (store rows, cell masks)), each class's requests in one stream."""
+        out: list[torch.Tensor | None] = [None] * len(requests)
+        for c in sorted({c for c, _ in requests}):
+            mine = [i for i, (k, _) in enumerate(requests) if k == c]
+            for i, fps in zip(mine, self.cache(c)([requests[i][1] for i in mine])):
+                out[i] = fps
+        return out  # type: ignore[return-value]
+
+    def gallery_footprints(self, requests: list[tuple[np.ndarray, list[int], int, int]]) -> list[list[str]]:
         """Each unit's footprints in its gallery images (packed, for the report), for requests of (assignment, gallery
-        rows, unit id), all in one stream."""
-        asked = [(np.asarray(g, dtype=np.int64), a[np.asarray(g, dtype=np.int64)] == u) for a, g, u in requests]
-        return [[pack_mask(m.numpy()) for m in masks] for masks in self.footprints(asked)]
+        rows, unit id, class), all in one stream per class."""
+        asked = [(c, (np.asarray(g, dtype=np.int64), a[np.asarray(g, dtype=np.int64)] == u)) for a, g, u, c in requests]
+        return [[pack_mask(m.numpy()) for m in masks] for masks in self.made(asked)]
 

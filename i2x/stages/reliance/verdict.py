@@ -19,7 +19,9 @@ RULE = ("shortcut = a concept that is class-tied (lift >= min_lift; lift = (P(c|
         "concepts ranked: those passing first, then by paste flip excess, then by the paste's margin excess; when the "
         "lead passes, it and the concepts of its class on adjacent cells that pass every test (their paste may turn "
         "fewer than min_flip_excess more recipients than random patches, with z >= z_threshold still: a piece of a "
-        "split marker carries part of its effect) are joined and tested as one concept, which leads when it passes")
+        "split marker carries part of its effect) are joined and tested as one concept while their hot cells stay "
+        "within max_share of the grid; of the concepts that pass, the tightest (its donors' footprints most on the "
+        "same pixels: agreement) leads")
 CONCEPT_RULE = ("prototypes linked when both are class-tied (lift >= min_lift) for the same class and rather fixed in "
                 "place (concentration >= link_concentration), co-present (Jaccard over samples >= min_jaccard) and on "
                 "adjacent cells (hot cells, >= half of the most frequent cell's count, within one cell); merged by "
@@ -103,6 +105,18 @@ def rank(rows: list[dict[str, Any]]) -> list[int]:
     return [int(i) for i in evidence_order(passes, flip, logit)]
 
 
+def tightest_first(rows: list[dict[str, Any]], ranking: list[int]) -> list[int]:
+    """``ranking`` with the tightest concept that passes every test first: the one whose donors' footprints sit most
+    on the same pixels (agreement, :func:`i2x.metrics.reliance.agreement`; the earlier in ``ranking`` on a tie). A
+    joined concept or one of many prototypes spreads over class evidence around a tag; the tag's own concept does
+    not. Unchanged when none passes."""
+    passing = [i for i in ranking if all(rows[i]["checks"].values())]
+    if not passing:
+        return ranking
+    best = max(passing, key=lambda i: (rows[i]["transplant"] or {}).get("agreement", 0.0))
+    return [best, *(i for i in ranking if i != best)]
+
+
 def split_piece(row: dict[str, Any], z_threshold: float, max_random_flip: float) -> bool:
     """Whether a concept may be joined to a passing lead as a piece of one split shortcut: class-tied, fixed in place,
     its deletion costs its class, and its paste turns recipients into its class more often than random patches (z >=
@@ -157,5 +171,8 @@ def unit_name(row: dict[str, Any]) -> str:
     members = row.get("members", [row["id"]])
     protos = ", ".join(f"P{k}" for k in members)
     if row.get("pieces"):
-        return f"concept C{row['id']} (concepts {', '.join(f'C{c}' for c in row['pieces'])} joined: {protos})"
+        weak = row.get("failed_paste_alone") or []
+        failed = (f"; {', '.join(f'C{c}' for c in weak)} failed the paste test on {'its' if len(weak) == 1 else 'their'} "
+                  "own" if weak else "")
+        return f"concept C{row['id']} (concepts {', '.join(f'C{c}' for c in row['pieces'])} joined{failed}: {protos})"
     return f"concept C{row['id']} ({'prototype' if len(members) == 1 else 'prototypes'} {protos})"
