@@ -42,7 +42,7 @@ def run(tmp: Path, kind: str, seed: int) -> dict:
         if not (tmp / "analysed").exists():
             shutil.rmtree(tmp, ignore_errors=True)
             artefacts.train_with_snapshots(PLANTED[kind](), tmp / "ck", steps=STEPS, seed=seed, lr=LR)
-            api.extract(RunConfig(checkpoints=str(tmp / "ck"), data=spec), tmp / "an", progress=False)
+            api.extract(config=RunConfig(checkpoints=str(tmp / "ck"), data=spec), out=tmp / "an", progress=False)
             api.analyze(tmp / "an", progress=False)
             (tmp / "analysed").touch()
         api.reliance(tmp / "an", progress=False, trust_analysis=True)

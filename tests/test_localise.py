@@ -238,7 +238,7 @@ def _run(tmp: Path, kind: str, seed: int) -> tuple[Path, dict]:
     try:
         with synthetic.planted_seed(seed):
             artefacts.train_with_snapshots(PLANTED[kind](), tmp / "ck", steps=STEPS, seed=seed, lr=LR)
-            api.extract(RunConfig(checkpoints=str(tmp / "ck"), data=f"planted:{kind}"), tmp / "an", progress=False)
+            api.extract(config=RunConfig(checkpoints=str(tmp / "ck"), data=f"planted:{kind}"), out=tmp / "an", progress=False)
             api.analyze(tmp / "an", progress=False)
             api.reliance(tmp / "an", progress=False, trust_analysis=True)
     finally:
