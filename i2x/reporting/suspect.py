@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from i2x.errors import UserError
 from i2x.io.workdir import RELIANCE, assign_digest, unpack_mask
 from i2x.reporting.images import HIGHLIGHT, png_uri, to_rgb
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import esc, img
+from i2x.stages.reliance.masks import concept_mask
 
 #: pictures of the suspect on the first screen, and their size on the page (pixels, enlarged by an integer factor)
 SHOWN = 3
@@ -54,9 +56,9 @@ def suspect_cells(r: ReportInputs, suspect: SuspectMask, rows: np.ndarray) -> np
 
 
 def suspect_mask(r: ReportInputs, result: dict[str, Any], shown: int = SHOWN) -> SuspectMask | None:
-    """The suspect concept's input mask: the pixels in the footprints of at least half its gallery images of its
-    class (its agreeing footprints; their union when no pixel is in half of them), and its ``shown`` strongest
-    images of its class. None when the study found no shortcut or stored no footprint."""
+    """The suspect concept's input mask (the one the reliance study localised; for older studies the pixels in the
+    footprints of at least half its gallery images of its class, or their union when no pixel is in half of them),
+    and its ``shown`` strongest images of its class. None when the study found no shortcut or stored no footprint."""
     if not result.get("shortcut_found") or result.get("suspect") is None:
         return None
     concept = result["concepts"][result["suspect"]]
@@ -67,9 +69,12 @@ def suspect_mask(r: ReportInputs, result: dict[str, Any], shown: int = SHOWN) ->
     labels = r.read("labels")
     own = [i for i, row in enumerate(gallery[: len(prints)]) if labels[row] == concept["class"]] or \
         list(range(len(prints)))
-    masks = np.stack([unpack_mask(prints[i], size) for i in own])  # type: ignore[arg-type]
-    agreeing = masks.mean(axis=0) >= 0.5
-    mask = agreeing if agreeing.any() else masks.any(axis=0)
+    try:  # the mask the reliance study localised
+        mask = concept_mask(r.out_dir, int(concept["id"]))
+    except UserError:  # a study from before the masks were kept: the footprints most of its images agree on
+        masks = np.stack([unpack_mask(prints[i], size) for i in own])  # type: ignore[arg-type]
+        agreeing = masks.mean(axis=0) >= 0.5
+        mask = agreeing if agreeing.any() else masks.any(axis=0)
     return SuspectMask(concept, mask, np.asarray([gallery[i] for i in own[:shown]], dtype=np.int64))
 
 

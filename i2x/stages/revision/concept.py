@@ -16,6 +16,7 @@ import numpy as np
 from i2x.errors import UserError
 from i2x.io.location import as_path
 from i2x.io.workdir import RELIANCE, read_json, unpack_mask
+from i2x.stages.reliance import masks
 from i2x.stages.revision.config import MASK_AGREEMENT
 
 
@@ -34,8 +35,13 @@ def reliance_concept(out_dir: str | Path, concept: int | None) -> dict[str, Any]
 
 
 def concept_mask(out_dir: str | Path, concept: int | None, size: tuple[int, int]) -> np.ndarray:
-    """Boolean [H, W]: the pixels that at least ``MASK_AGREEMENT`` of the concept's gallery footprints hold."""
+    """Boolean [H, W]: the concept's mask the reliance study localised (:func:`i2x.stages.reliance.masks.concept_mask`,
+    kept for its suspects), else the pixels that at least ``MASK_AGREEMENT`` of its gallery footprints hold."""
     row = reliance_concept(out_dir, concept)
+    try:
+        return masks.concept_mask(out_dir, row["id"])
+    except UserError:  # not a suspect of the study, or a study from before the masks were kept
+        pass
     footprints = [unpack_mask(bits, size) for bits in row.get("footprints", [])]
     if not footprints:
         raise UserError(f"{as_path(out_dir) / RELIANCE}: concept {row['id']} has no footprints; rerun `i2x reliance "
