@@ -154,7 +154,7 @@ def test_joined_pieces_stay_within_max_share():
 
 def test_a_joined_concept_names_the_pieces_that_failed_the_paste_alone():
     row = {"id": 9, "members": [1, 2, 5], "pieces": [3, 4], "failed_paste_alone": [4]}
-    assert unit_name(row) == "concept 9 (concepts 3, 4 joined; 4 failed the paste test on its own: prototypes 1, 2, 5)"
+    assert unit_name(row) == "concept C9 (concepts C3, C4 joined; C4 failed the paste test on its own: P1, P2, P5)"
     assert "failed" not in unit_name({**row, "failed_paste_alone": []})
 
 

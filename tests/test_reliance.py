@@ -11,6 +11,8 @@ tests/test_shortcut.py.)
 
 from __future__ import annotations
 
+import re
+
 import html
 import json
 import shutil
@@ -172,7 +174,7 @@ def test_verdict_names_the_top_concept_and_says_plainly_when_none():
     text, found = verdict([_concept(4, True), _concept(1, True)], z_threshold=3, min_flip_excess=0.1)
     assert found and text.startswith("Shortcut found: concept C4 (prototypes P4, P14) for class 3")
     assert "turns 60% of them into 3 (random patches of the same shape: 5%" in text
-    assert "as deleting 2 of the 2 concepts does: a weak test" in text and "z 10.0" not in text  # deletion z not quoted
+    assert "as deleting 2 of the 2 concepts it ran on does: a weak test" in text and "z 10.0" not in text  # z not quoted
     text, found = verdict([_concept(4, False, flip=0.08), _concept(1, False)], z_threshold=3, min_flip_excess=0.1)
     assert not found and text.startswith("No shortcut found. The strongest evidence is for concept C4")
     assert "against 5% for random patches" in text
@@ -330,7 +332,9 @@ def test_tests_in_the_verdicts_order_change_no_result(planted_run, tmp_path):
     copy = tmp_path / "an"
     shutil.copytree(out, copy)
     full = api.reliance(copy, progress=False, trust_analysis=True, full_tests=True)
-    assert early["verdict"] == full["verdict"] and early["shortcut_found"] == full["shortcut_found"]
+    ran_on = re.compile(r"deleting \d+ of the \d+ concepts it ran on")  # counts the deletions that ran
+    assert ran_on.sub("", early["verdict"]) == ran_on.sub("", full["verdict"])
+    assert early["shortcut_found"] == full["shortcut_found"]
     assert full["tests_run"]["paste"] == full["tests_run"]["units"] > early["tests_run"]["paste"] > 0
     assert early["tests_run"]["deletion"] == early["tests_run"]["paste"] <= early["tests_run"]["footprints"]
     for e, f in zip(early["concepts"] + early["prototypes"], full["concepts"] + full["prototypes"]):

@@ -22,7 +22,7 @@ from i2x.stages.context import Context
 from i2x.stages.reliance.config import RelianceConfig
 from i2x.stages.reliance.deletion import images_at
 from i2x.stages.reliance.masks import agreeing
-from i2x.stages.reliance.paste import paste_test, saliency_reference
+from i2x.stages.reliance.paste import draw_paste, paste_test, saliency_reference
 
 ONSET_RULE = ("at every checkpoint, the lead concept's cells of the final checkpoint, its footprints narrowed by "
               "that checkpoint's model, pasted into the same recipients from the same donors and scored by that "
@@ -49,8 +49,14 @@ def lead_test(model: torch.nn.Module, layer: torch.nn.Module, layout: Layout, an
     no_paste = torch.zeros(len(recipients), 1, *recipients.shape[-2:], dtype=torch.bool)
     clean = transplant_logits(model, recipients, recipients, no_paste, cfg.batch_size)[:, 0]
     rng, gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
-    paste = paste_test(model, analysed, unit_assign, rows_index, holders, u, c, recipients, recipient_labels, clean,
-                       footprints, cfg, rng, gen) or {}
+    draw = draw_paste(holders, c, recipient_labels, tuple(recipients.shape[-2:]), cfg, rng, gen)
+    paste: dict[str, Any] = {}
+    if draw is not None:
+        donor_rows = np.unique(draw.donor_rows)
+        made = footprints(images_at(analysed, rows_index[donor_rows], cfg.batch_size)[0],
+                          torch.from_numpy(unit_assign[donor_rows] == u))
+        own = made[np.searchsorted(donor_rows, draw.donor_rows)]
+        paste = paste_test(model, analysed, rows_index, draw, own, c, recipients, clean, cfg)
     donors = np.sort(np.random.default_rng(cfg.seed).permutation(holders)[: cfg.max_samples])
     own = footprints(images_at(analysed, rows_index[donors], cfg.batch_size)[0],
                      torch.from_numpy(unit_assign[donors] == u)).numpy()

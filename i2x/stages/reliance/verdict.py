@@ -137,14 +137,15 @@ def verdict(ordered: list[dict[str, Any]], z_threshold: float, min_flip_excess: 
     name, unit = lead["class_name"], unit_name(lead)
     t, d = lead["transplant"] or {}, lead["deletion"] or {}
     if all(lead["checks"].values()):
-        passing = sum(bool((r["checks"] or {}).get("deletion")) for r in ordered)
+        deleted = [r for r in ordered if (r["checks"] or {}).get("deletion") is not None]  # a test not run is not counted
+        passing = sum(bool(r["checks"]["deletion"]) for r in deleted)
         return (f"Shortcut found: {unit} for class {name}. It sits in the same place in every image (concentration "
                 f"{lead['concentration']:.2f}; its footprints share {t.get('agreement', 0.0):.0%} of their pixels), "
                 f"{lead['purity']:.0%} of the images holding it are {name}; pasting it "
                 f"into other classes' images turns {t['flip_rate']:.0%} of them into {name} (random patches of the same "
                 f"shape: {t['random_flip_rate']:.0%}, z {t['flip_z']:.1f}). Deleting it lowers {name}'s margin more "
-                f"than random cells do, as deleting {passing} of the {len(ordered)} concepts does: a weak test that "
-                "separates concepts little, not evidence on its own."), True
+                f"than random cells do, as deleting {passing} of the {len(deleted)} concepts it ran on does: a weak "
+                "test that separates concepts little, not evidence on its own."), True
     why = []
     checks = lead["checks"]
     if checks["paste"] is False:
