@@ -97,8 +97,15 @@ def test_finetune_section_shows_intervals_the_shortcut_gap_and_revision_rows():
                                                                 "confusions": {"a<->b": _diff(-8, -10, -6)}},
                                "unlearn minus full-full": {"accuracy": _diff(0.01, -0.01, 0.02),
                                                            "confusions": {"a<->b": _diff(-2, -4, 1)}}},
-        "revision": {"unlearn": {"accuracy": _stats(0.92), "confusions": {"a<->b": _stats(34)},
-                                 "shortcut_gap": _stats(0.05)}},
+        "revision": {  # as i2x.stages.revision writes it (i2x finetune --fix)
+            "before": {"gap": 0.945, "clean_accuracy": 0.877, "attacked_accuracy": 0.405},
+            "methods": {"augment": {k: {**_stats(v / 100), "ci": [(v - 1) / 100, (v + 1) / 100], "values": [1, 2, 3]}
+                                    for k, v in (("gap", 1.6), ("clean_accuracy", 92.5), ("attacked_accuracy", 91.7))},
+                        "none": {k: {"mean": v, "std": 0.0, "ci": [v, v], "values": [v]}
+                                 for k, v in (("gap", 0.945), ("clean_accuracy", 0.9), ("attacked_accuracy", 0.43))}},
+            "paired": {"augment vs none": {"gap_reduction": _diff(0.929, 0.924, 0.933)}},
+            "settings": {"seeds": [0, 1, 2], "epochs": 3}, "mask": {"source": "concept C16", "pixels": 67},
+            "verdict": ["augment: gap 94.5 -> 1.6 pts, clean accuracy 87.7 -> 92.5%: removes the artefact"]},
         "verdict": ["verdict a<->b: curated -> full did not clearly beat full -> full"],
     }
     study = _Study(result)
@@ -107,10 +114,12 @@ def test_finetune_section_shows_intervals_the_shortcut_gap_and_revision_rows():
     body = section.body
     assert "shortcut gap %" in body and "70.00" in body and "10.00 ± 1.00" in body   # before and after
     assert "+2.00 [+1.00, +3.00] p=0.062" in body and "-8.00 [-10.00, -6.00]" in body   # intervals
-    assert "revision: unlearn</td>" in body and "5.00 ± 1.00" in body
+    assert "Revision of the shortcut" in body and "94.50" in body and "1.60 ± " in body and "[0.60, 2.60]" in body
+    assert "augment vs none: gap reduction +92.90 [+92.40, +93.30]" in body and "removes the artefact" in body
+    assert "90.00 (1 seed: no interval)" in body  # no ± 0.00
     assert "a&lt;-&gt;b confusions" in body
     del result["start"]["shortcut_gap"]
-    for e in (*result["strategies"].values(), *result["revision"].values()):
+    for e in result["strategies"].values():
         del e["shortcut_gap"]
     assert "not measured" in finetune_section(_Study(result)).body  # type: ignore[arg-type]
     assert finetune_section(_Study(None)) is None  # type: ignore[arg-type]

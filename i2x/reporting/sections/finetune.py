@@ -43,6 +43,37 @@ def _name(strategy: str) -> str:
     return strategy.replace("-", " → ") if "-" in strategy else f"{strategy} (stage 1 only)"
 
 
+#: The revision's measures (``i2x finetune --fix``, :mod:`i2x.stages.revision`) shown per method, with their labels.
+REVISION_MEASURES = {"gap": "shortcut gap pts", "clean_accuracy": "clean accuracy %",
+                     "attacked_accuracy": "attacked accuracy %"}
+
+
+def _revision(record: dict[str, Any] | None) -> str:
+    """The revision of a found shortcut: the gap (other-class images called its class with it pasted, minus without),
+    clean and attacked accuracy before and per method (mean ± std [95% interval] over seeds), the paired gap
+    reductions against the controls, and the verdict."""
+    if not record or not record.get("methods"):
+        return ""
+    before = record["before"]
+    rows = [["before (final checkpoint)"] + [_pm(before.get(k), 100) for k in REVISION_MEASURES]]
+    for method, st in record["methods"].items():
+        rows.append([method] + [(_pm(st[k], 100) + _ci(st[k].get("ci")) if len(st[k].get("values") or []) > 1
+                                 else _pm(st[k]["mean"], 100) + " (1 seed: no interval)") for k in REVISION_MEASURES])
+    pairs = [f"{key}: gap reduction {_diff(d['gap_reduction'], 100)}" for key, d in record.get("paired", {}).items()]
+    settings = record.get("settings") or {}
+    mask = record.get("mask") or {}
+    facts = (f"{len(settings.get('seeds') or [])} seed(s) per method, {settings.get('epochs', '?')} epoch(s) each; the "
+             f"mask: {mask.get('source', '?')} ({mask.get('pixels', '?')} px); ± is the sample std over seeds, [ ] a "
+             "95% bootstrap interval.")
+    lines = "".join(f"<li>{esc(line)}</li>" for line in pairs + list(record.get("verdict") or []))
+    return ("<h3>Revision of the shortcut</h3>" + table(["method", *REVISION_MEASURES.values()], rows, "sortable")
+            + f'<p class="muted">{esc(facts)}</p>' + (f'<ul class="tight">{lines}</ul>' if lines else ""))
+
+
+def _ci(ci: list[float | None] | None) -> str:
+    return f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci and ci[0] is not None else ""
+
+
 def finetune_section(r: ReportInputs) -> Section | None:
     """The fine-tuning and revision results as a table with intervals, and the shortcut gap before and after."""
     result = r.optional_json(f"{FINETUNE_DIR}/{FINETUNE}")
@@ -60,7 +91,6 @@ def finetune_section(r: ReportInputs) -> Section | None:
             + [str((start.get("confusions") or {}).get(label, {}).get("total", "–")) for label in labels]
             + ["–"] * len(labels) + ([_pm(start.get("shortcut_gap"), 100)] if gap else [])]
     entries = [(s, e, _name(s)) for s, e in (result.get("strategies") or {}).items()]
-    entries += [(s, e, f"revision: {s}") for s, e in (result.get("revision") or {}).items()]
     for s, e, shown in entries:
         d = paired.get(f"{s} minus {BASELINE}") or {}
         rows.append([shown, _pm(e.get("accuracy"), 100), _diff(d.get("accuracy"), 100)]
@@ -77,8 +107,9 @@ def finetune_section(r: ReportInputs) -> Section | None:
     verdict = "".join(f"<li>{esc(line)}</li>" for line in result.get("verdict") or [])
     gap_note = ("" if gap else '<p class="muted">The shortcut gap (accuracy lost when the shortcut is pasted) was '
                 "not measured by this fine-tuning run.</p>")
-    body = (table(head, rows, "sortable") + f'<p class="muted">{esc(facts)}</p>' + gap_note
-            + (f'<ul class="tight">{verdict}</ul>' if verdict else ""))
+    body = ((table(head, rows, "sortable") + f'<p class="muted">{esc(facts)}</p>' + gap_note
+             + (f'<ul class="tight">{verdict}</ul>' if verdict else "")) if result.get("strategies") else "")
+    body += _revision(result.get("revision"))
     return Section("finetune", "Fine-tuning", "Curated fine-tuning from the final checkpoint against full fine-tuning "
                    "and the controls: did leaving out the images of the uncertain prototypes (or of the shortcut "
                    "concept) reduce the confusions, and the shortcut gap?", Raw(body))
