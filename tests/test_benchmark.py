@@ -138,7 +138,7 @@ def test_occlusion_and_dea_extracted_into_the_store(run):
     assert store.methods == ["gradcam", "occlusion", "dea"]
     ctx = open_context(store, 2, "cpu", 64, False)
     rows = np.arange(12)
-    images = torch.stack([ctx.dataset[int(i)][0] for i in store.read("sample_index")[rows]])
+    images = torch.stack([ctx.dataset[int(j)][0] for j in rows])  # the context's dataset is the analysed sample
     labels = torch.as_tensor(store.read("labels")[rows])
     expected = occlusion(class_probability(ctx.model, labels), images, store.grid)
     stored = np.asarray(store.cam("occlusion")[2, :12])

@@ -70,8 +70,8 @@ def test_torchrun_two_ranks_equal_a_single_process_bit_for_bit(ckpt_dir, single,
 
     a, b = _arrays(out), _arrays(single)
     assert sorted(a) == sorted(b) == sorted(
-        ["labels", "sample_index", "probs", "features", "done", "finite", "cam/gradcam", "cam/gradcampp",
-         "cam/layercam"])
+        ["labels", "sample_index", "fingerprint", "probs", "features", "done", "finite", "cam/gradcam",
+         "cam/gradcampp", "cam/layercam"])
     for name in a:
         # Every batch holds the same 32 samples in both runs, so the arithmetic is identical: exact equality.
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)

@@ -273,7 +273,8 @@ def test_auto_batch_size_fits_a_quarter_of_the_memory_and_is_capped(monkeypatch)
 def test_stage_writes_arrays_json_and_the_cli_runs(tiny_run, tmp_path):
     out = tmp_path / "an"
     shutil.copytree(tiny_run, out)
-    roi = np.zeros((200, 32, 32), dtype=bool)
+    reach = int(Store.open(out).read("sample_index").max()) + 1  # --limit's stratified sample spans the split
+    roi = np.zeros((reach, 32, 32), dtype=bool)
     roi[:, 8:24, 8:24] = True
     np.save(tmp_path / "roi.npy", roi)
     result = evidence(out, samples="3,5,7", checkpoints="first,final", iterations=5, device="cpu",
