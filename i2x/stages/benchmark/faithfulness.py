@@ -21,7 +21,7 @@ from i2x.attribution import display_maps
 from i2x.attribution.occlusion import cell_of_pixel
 from i2x.metrics.faithfulness import pixel_order, random_order, value_at
 from i2x.metrics.road import impute
-from i2x.metrics.stats import nan_mean_std as mean_std
+from i2x.metrics.stats import nan_mean_std
 from i2x.stages.benchmark.maps import ClassTarget
 
 LEVELS = ("pixel", "region")
@@ -58,11 +58,11 @@ def road_summary(before: np.ndarray, after: dict[str, np.ndarray], removed: np.n
     """ROAD scores of one method: after[order] is the score [F, B] after removal."""
     grid = np.concatenate([[0.0], removed])
     morf_curve = np.concatenate([before[None], after["morf"]])  # [F+1, B]
-    out: dict[str, Any] = {"morf": mean_std(after["morf"].mean(0)), "lerf": mean_std(after["lerf"].mean(0)),
-                           "combined": mean_std((after["lerf"] - after["morf"]).mean(0) / 2),
+    out: dict[str, Any] = {"morf": nan_mean_std(after["morf"].mean(0)), "lerf": nan_mean_std(after["lerf"].mean(0)),
+                           "combined": nan_mean_std((after["lerf"] - after["morf"]).mean(0) / 2),
                            "curves": {o: after[o].mean(1) for o in after}}
     for f in fractions:
-        out[f"drop_{f:g}"] = mean_std(before - value_at(morf_curve.T, f, grid))
+        out[f"drop_{f:g}"] = nan_mean_std(before - value_at(morf_curve.T, f, grid))
     return out
 
 

@@ -28,7 +28,7 @@ from i2x.metrics.drift import iou_top, spearman
 from i2x.metrics.faithfulness import value_at
 from i2x.metrics.road import impute
 from i2x.metrics.robustness import TRANSFORMS
-from i2x.metrics.stats import nan_mean_std as mean_std
+from i2x.metrics.stats import nan_mean_std
 from i2x.stages.benchmark.inputs import BenchmarkConfig, resolve_methods
 from i2x.stages.context import open_context
 from i2x.stages.extract.regions import batch_of, region_rows_of
@@ -148,14 +148,15 @@ def benchmark_regions(store: Store, cfg: BenchmarkConfig, out: AnalysisDir) -> d
               for m in methods}
         roi = regions.numpy()
         uniform = lk.leakage(np.ones(roi.shape), roi)
-        result["uniform_leakage"][name] = mean_std(uniform)
+        result["uniform_leakage"][name] = nan_mean_std(uniform)
         for m in methods:
             scores[m].update({
-                "leakage": mean_std(lk.leakage(up[m], roi)), "relevance_mass": mean_std(lk.relevance_mass(up[m], roi)),
-                "relevance_rank": mean_std(lk.relevance_rank(up[m], roi)),
-                "pointing_game": mean_std(lk.pointing_game(up[m], roi, cfg.pointing_tolerance)),
-                "energy_pointing_game": mean_std(lk.energy_pointing_game(up[m], roi)),
-                "leakage_vs_uniform": mean_std(lk.leakage(up[m], roi) / uniform),
+                "leakage": nan_mean_std(lk.leakage(up[m], roi)),
+                "relevance_mass": nan_mean_std(lk.relevance_mass(up[m], roi)),
+                "relevance_rank": nan_mean_std(lk.relevance_rank(up[m], roi)),
+                "pointing_game": nan_mean_std(lk.pointing_game(up[m], roi, cfg.pointing_tolerance)),
+                "energy_pointing_game": nan_mean_std(lk.energy_pointing_game(up[m], roi)),
+                "leakage_vs_uniform": nan_mean_std(lk.leakage(up[m], roi) / uniform),
             })
         # Deletion inside the target region, against random orders inside it.
         x, c, r = images[detail], classes[detail], regions[detail]
@@ -163,16 +164,16 @@ def benchmark_regions(store: Store, cfg: BenchmarkConfig, out: AnalysisDir) -> d
         generator = torch.Generator().manual_seed(cfg.seed)
         draws = np.stack([_deletion(wrapper, x, c, r, torch.rand(r.shape, generator=generator), removed, cfg.noise,
                                     cfg.seed + k, cfg.batch_size) for k in range(cfg.random_draws)])
-        result["random"][name] = {"morf": mean_std(draws.mean(axis=(0, 1))), "curve": draws.mean(axis=(0, 2))}
+        result["random"][name] = {"morf": nan_mean_std(draws.mean(axis=(0, 1))), "curve": draws.mean(axis=(0, 2))}
         grid_f = np.concatenate([[0.0], removed])
         for m in methods:
             after = _deletion(wrapper, x, c, r, torch.from_numpy(up[m][detail]), removed, cfg.noise, cfg.seed,
                               cfg.batch_size)
             curve = np.concatenate([before[None], after])
-            scores[m]["deletion_morf"] = mean_std(after.mean(0))
+            scores[m]["deletion_morf"] = nan_mean_std(after.mean(0))
             scores[m]["beats_random"] = bool(after.mean() < draws.mean())
             for f in cfg.fractions:
-                scores[m][f"deletion_drop_{f:g}"] = mean_std(before - value_at(curve.T, f, grid_f))
+                scores[m][f"deletion_drop_{f:g}"] = nan_mean_std(before - value_at(curve.T, f, grid_f))
             result["curves"].setdefault(name, {})[m] = after.mean(1)
         # Robustness: the map of x against the map of T(x), the region moved with the image.
         noise_gen = torch.Generator().manual_seed(cfg.seed)
@@ -184,12 +185,12 @@ def benchmark_regions(store: Store, cfg: BenchmarkConfig, out: AnalysisDir) -> d
                 a, b = maps[m][detail], moved[m].flip(-1) if flip else moved[m]
                 rho = spearman(a, b)
                 per_transform[m].append(rho)
-                scores[m][f"{tname}_spearman"] = mean_std(rho)
-                scores[m][f"{tname}_iou"] = mean_std(iou_top(a, b, cfg.top_share))
+                scores[m][f"{tname}_spearman"] = nan_mean_std(rho)
+                scores[m][f"{tname}_iou"] = nan_mean_std(iou_top(a, b, cfg.top_share))
         for m in methods:
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # a row whose every map is constant: NaN
-                scores[m]["robust_spearman"] = mean_std(np.nanmean(np.stack(per_transform[m]), axis=0))
+                scores[m]["robust_spearman"] = nan_mean_std(np.nanmean(np.stack(per_transform[m]), axis=0))
             scores[m]["runtime_ms"] = {"mean": result["runtime_ms"][name][m], "std": None, "n": int(rows.size)}
         result["results"][name] = scores
     result["notes"] = [f"{n}: a random order inside the region removes evidence at least as fast as {m}'s map."

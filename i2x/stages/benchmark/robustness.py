@@ -11,7 +11,7 @@ import torch
 
 from i2x.metrics.drift import iou_top, spearman
 from i2x.metrics.robustness import TRANSFORMS, max_sensitivity, pearson
-from i2x.metrics.stats import nan_mean_std as mean_std
+from i2x.metrics.stats import nan_mean_std
 from i2x.stages.benchmark.maps import ClassTarget, Explainer
 
 
@@ -28,15 +28,15 @@ def robustness_scores(explainer: Explainer, x: torch.Tensor, target: ClassTarget
             a, b = maps[m], moved[m].flip(-1) if tname == "flip" else moved[m]
             rho = spearman(a, b)
             per_transform[m].append(rho)
-            scores[m][f"{tname}_pearson"] = mean_std(pearson(a, b))
-            scores[m][f"{tname}_spearman"] = mean_std(rho)
-            scores[m][f"{tname}_iou"] = mean_std(iou_top(a, b, top_share))
+            scores[m][f"{tname}_pearson"] = nan_mean_std(pearson(a, b))
+            scores[m][f"{tname}_spearman"] = nan_mean_std(rho)
+            scores[m][f"{tname}_iou"] = nan_mean_std(iou_top(a, b, top_share))
     for m in maps:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a sample whose every map is constant: NaN
-            scores[m]["robust_spearman"] = mean_std(np.nanmean(np.stack(per_transform[m]), axis=0))
+            scores[m]["robust_spearman"] = nan_mean_std(np.nanmean(np.stack(per_transform[m]), axis=0))
     sensitivity = max_sensitivity(lambda z: explainer.maps(z, target), x, radius, samples,
                                   torch.Generator().manual_seed(seed), maps)
     for m in maps:
-        scores[m]["max_sensitivity"] = mean_std(sensitivity[m])
+        scores[m]["max_sensitivity"] = nan_mean_std(sensitivity[m])
     return scores

@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from i2x.metrics.drift import spearman
-from i2x.metrics.stats import nan_mean_std as mean_std
+from i2x.metrics.stats import nan_mean_std
 from i2x.stages.benchmark.maps import ClassTarget, Explainer
 
 
 def similarity(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
     """Per method, the Spearman correlation (mean ± std over samples) of two sets of maps of the same images."""
-    return {m: mean_std(spearman(a[m], b[m])) for m in a}
+    return {m: nan_mean_std(spearman(a[m], b[m])) for m in a}
 
 
 def randomisation(model: nn.Module, explainer: Explainer, images: torch.Tensor, target: ClassTarget,

@@ -30,7 +30,7 @@ from i2x.io.samples.roi import read_roi
 from i2x.io.workdir import BENCHMARK, AnalysisDir, clean_json, describe_checkpoint, select_checkpoints
 from i2x.metrics import leakage as lk
 from i2x.metrics.robustness import TRANSFORMS
-from i2x.metrics.stats import nan_mean_std as mean_std
+from i2x.metrics.stats import nan_mean_std
 from i2x.settings import validate
 from i2x.stages.benchmark.faithfulness import LEVELS, RoadBenchmark
 from i2x.stages.benchmark.inputs import BenchmarkConfig, resolve_methods
@@ -48,10 +48,11 @@ def leakage_scores(maps: dict[str, torch.Tensor], roi: np.ndarray, tolerance: fl
     out = {}
     for m, cell_maps in maps.items():
         up = F.interpolate(cell_maps[:, None], size=roi.shape[-2:], mode="bilinear", align_corners=False)[:, 0].numpy()
-        out[m] = {"leakage": mean_std(lk.leakage(up, roi)), "relevance_mass": mean_std(lk.relevance_mass(up, roi)),
-                  "relevance_rank": mean_std(lk.relevance_rank(up, roi)),
-                  "pointing_game": mean_std(lk.pointing_game(up, roi, tolerance)),
-                  "energy_pointing_game": mean_std(lk.energy_pointing_game(up, roi))}
+        out[m] = {"leakage": nan_mean_std(lk.leakage(up, roi)),
+                  "relevance_mass": nan_mean_std(lk.relevance_mass(up, roi)),
+                  "relevance_rank": nan_mean_std(lk.relevance_rank(up, roi)),
+                  "pointing_game": nan_mean_std(lk.pointing_game(up, roi, tolerance)),
+                  "energy_pointing_game": nan_mean_std(lk.energy_pointing_game(up, roi))}
     return out
 
 
