@@ -22,15 +22,7 @@ from i2x.stages.training import TrainConfig, train
 from planted import two_class_data
 
 PLANTED = str(Path(__file__).with_name("planted.py"))
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def analysed(out: Path, checkpoints: Path) -> dict:

@@ -25,13 +25,7 @@ from i2x.io.store import Store
 from i2x.stages.training import evaluate
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The convolutions here are tiny: one thread is as fast, and far faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

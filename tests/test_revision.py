@@ -19,13 +19,7 @@ from i2x.stages.revision.measure import attacked, measure
 from i2x.stages.revision.methods import Artefact, _paste
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions: one thread is as fast, and far faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _raw(data, split: str) -> np.ndarray:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -31,13 +30,7 @@ SMALL = "planted:shapes-small"
 FULL = "planted:shapes"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny segmentation nets run far faster on one thread, above all on a busy machine (benchmarks/README.md)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
