@@ -293,14 +293,17 @@ def test_the_hard_case_is_localised_retrieved_and_dated(tmp_path):
 def test_the_hard_case_clean_twin_raises_no_shortcut(tmp_path):
     _, result = _run(tmp_path, "L-carriers-clean", 1)
     assert not result["shortcut_found"] and result["verdict"].startswith("No shortcut found"), result["verdict"]
+    assert "over_training" not in result["localisation"]        # no shortcut: nothing formed, nothing traced
 
 
 def test_the_cli_says_what_it_could_not_check():
     loc = {"suspects": [3], "masks": {"3": {"pixels": 21}},
            "truth": None, "over_training": {"onset": "epoch_2.pt"}}
-    lines = localisation_lines({"localisation": loc, "shortcut_found": False})
+    lines = localisation_lines({"localisation": loc, "shortcut_found": True})
     assert "i2x cannot check that ranking" in lines[1]
-    assert lines[2].endswith("epoch_2.pt (but it is no shortcut at the final checkpoint)")
+    assert lines[2].endswith("first passes at checkpoint epoch_2.pt")
+    lines = localisation_lines({"localisation": {**loc, "over_training": None}, "shortcut_found": False})
+    assert lines[2] == "  no shortcut, so when it formed was not traced over the checkpoints"
     loc = {**loc, "truth": {"3": {"train": {"auroc": 0.99, "ap": 0.9}, "test": {"auroc": None, "ap": None}}}}
     lines = localisation_lines({"localisation": {**loc, "over_training": None}, "shortcut_found": True})
     assert lines[1] == "  against the planted carriers: train AUROC 0.990, AP 0.900"

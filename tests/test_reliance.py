@@ -350,18 +350,22 @@ def test_tests_in_the_verdicts_order_change_no_result(planted_run, tmp_path):
             assert e["deletion"]["per_sample"]["drop"] == pytest.approx(f["deletion"]["per_sample"]["drop"], abs=1e-4)
         not_run = [test for test, ran in e["checks"].items() if ran is None]
         assert not e["checks"]["class_tied"] or e["concentration"] < early["config"]["min_concentration"] or \
-            e["checks"]["fixed_in_place"] is not None
-        assert not not_run or not all(f["checks"].values())   # a skipped test never hides a shortcut
+            e["checks"]["fixed_in_place"] is not None or e.get("tested_as_concept")
+        # a skipped test never hides a shortcut; a prototype of a larger concept is tested as that concept
+        assert not not_run or not all(f["checks"].values()) or e.get("tested_as_concept")
+        if e.get("tested_as_concept"):
+            members = next(c for c in early["concepts"] if e["id"] in c["members"])["members"]
+            assert len(members) > 1 and e["transplant"] is None and e["deletion"] is None and "footprints" not in e
     tested = [c for c in full["ranking"] if early["concepts"][c]["checks"]["paste"] is not None]
     assert early["ranking"][:len(tested)] == tested
 
 
 def test_deletion_matches_model_surgery(planted_run):
-    """Recompute the top suspect's deletions by splitting the small CNN at its target layer by hand."""
+    """Recompute the lead concept's deletions by splitting the small CNN at its target layer by hand."""
     out, result = planted_run
     store = Store.open(out)
-    k = result["prototype_ranking"][0]
-    per = result["prototypes"][k]["deletion"]["per_sample"]
+    lead = result["concepts"][result["ranking"][0]]
+    per = lead["deletion"]["per_sample"]
     rows = np.asarray(per["rows"][:40])
     ctx = build_context(RunConfig.from_dict(store.config))
     ctx.load(ctx.checkpoint("final"))
@@ -371,7 +375,7 @@ def test_deletion_matches_model_surgery(planted_run):
     fill = torch.as_tensor(features.reshape(-1, features.shape[-1]).mean(axis=0), dtype=torch.float32)
     x = ctx.data.split(store.config["split"]).tensors[0][store.read("sample_index")[rows]]
     y = torch.as_tensor(store.read("labels")[rows])
-    mask = torch.as_tensor(store.read("analysis/assign")[rows] == k)[:, None]
+    mask = torch.as_tensor(np.isin(store.read("analysis/assign")[rows], lead["members"]))[:, None]
     with torch.no_grad():
         a = model.features(x)
         clean = margin(model.head(a), y)

@@ -60,6 +60,18 @@ def test_cell_fields_equal_the_analytic_path_counts():
             np.testing.assert_allclose(fields[i, j].numpy(), np.outer(_paths(i), _paths(j)), atol=1e-5)
 
 
+def test_cell_fields_of_chosen_cells_equal_the_full_fields_there():
+    model = _ones_stack()
+    images = torch.randn(3, 1, 8, 8)
+    cells = torch.zeros(4, 4, dtype=torch.bool)
+    cells[1, 2] = cells[3, 0] = True
+    full = cell_fields(model, model[1], images, batch_size=20)
+    some = cell_fields(model, model[1], images, batch_size=5, cells=cells)
+    np.testing.assert_allclose(some[cells].numpy(), full[cells].numpy(), atol=1e-6)
+    assert full[cells].abs().sum() > 0 and some[~cells].abs().sum() == 0
+    assert cell_fields(model, model[1], images, cells=torch.zeros(4, 4, dtype=torch.bool)).abs().sum() == 0
+
+
 def test_footprint_is_the_receptive_field_and_its_core():
     model = _ones_stack()
     fields = cell_fields(model, model[1], torch.randn(2, 1, 8, 8))

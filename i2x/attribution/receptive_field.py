@@ -22,13 +22,15 @@ from i2x.attribution.tokens import Layout, patch_mean, to_map
 
 
 def cell_fields(model: nn.Module, layer: nn.Module, images: torch.Tensor, batch_size: int = 512,
-                layout: Layout = Layout("bchw")) -> torch.Tensor:
+                layout: Layout = Layout("bchw"), cells: torch.Tensor | None = None) -> torch.Tensor:
     """Mean absolute input gradient of each cell's summed activation: [h, w, H, W] (on the CPU, float32).
 
     Each image is repeated once per cell; copy (b, i, j) back-propagates only cell (i, j) of its own layer output,
     so one backward gives every cell's map (the model must treat batch rows independently, as in eval mode).
-    ``layout`` says how the layer holds its grid (transformer tokens, channels last); a token's field is evened out
-    over each input patch (:func:`~i2x.attribution.tokens.patch_mean`), the unit its patch embedding reads."""
+    ``cells`` [h, w] (bool) limits the work to those cells (the others' maps stay zero: a unit's footprints read
+    only its own cells' maps). ``layout`` says how the layer holds its grid (transformer tokens, channels last); a
+    token's field is evened out over each input patch (:func:`~i2x.attribution.tokens.patch_mean`), the unit its
+    patch embedding reads."""
     device = next(iter(model.parameters()), torch.empty(0)).device
     grabbed: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: grabbed.append(out))
@@ -37,17 +39,21 @@ def cell_fields(model: nn.Module, layer: nn.Module, images: torch.Tensor, batch_
             grabbed.clear()
             model(images[:1].to(device))
         h, w = to_map(grabbed[0], layout).shape[-2:]
+        chosen = (torch.arange(h * w) if cells is None
+                  else torch.as_tensor(cells, dtype=torch.bool).reshape(h * w).nonzero().flatten())
+        n = len(chosen)
         total = torch.zeros(h * w, *images.shape[-2:])
-        per_batch = max(1, batch_size // (h * w))
-        for lo in range(0, len(images), per_batch):
-            x = images[lo:lo + per_batch].to(device).repeat_interleave(h * w, dim=0).requires_grad_(True)
+        per_batch = max(1, batch_size // max(n, 1))
+        for lo in range(0, len(images) if n else 0, per_batch):
+            x = images[lo:lo + per_batch].to(device).repeat_interleave(n, dim=0).requires_grad_(True)
             grabbed.clear()
             model(x)
             out = to_map(grabbed[0], layout)
-            pick = torch.eye(h * w, device=device, dtype=out.dtype).repeat(x.shape[0] // (h * w), 1)
-            (out.sum(dim=1).flatten(1) * pick).sum().backward()
-            grad = x.grad.detach().abs().sum(dim=1).float().cpu()              # [B * hw, H, W]
-            total += grad.view(-1, h * w, *grad.shape[-2:]).sum(dim=0)
+            pick = torch.zeros(n, h * w, device=device, dtype=out.dtype)
+            pick[torch.arange(n), chosen.to(device)] = 1
+            (out.sum(dim=1).flatten(1) * pick.repeat(x.shape[0] // n, 1)).sum().backward()
+            grad = x.grad.detach().abs().sum(dim=1).float().cpu()              # [B * n, H, W]
+            total[chosen] += grad.view(-1, n, *grad.shape[-2:]).sum(dim=0)
     finally:
         handle.remove()
     fields = (total / len(images)).view(h, w, *images.shape[-2:])

@@ -32,7 +32,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 
 from i2x.errors import UserError
 from i2x.metrics.road import NOISE, impute
@@ -97,7 +96,9 @@ def fill_image(
     if fill == "blur":
         # Reflect padding needs the kernel radius below the image size; shrink the kernel on tiny images.
         kernel = min(blur_kernel, 2 * min(images.shape[-2:]) - 1)
-        return TF.gaussian_blur(images, kernel_size=[kernel, kernel], sigma=[blur_sigma, blur_sigma])
+        from torchvision.transforms.functional import gaussian_blur  # torchvision's import is slow: on use only
+
+        return gaussian_blur(images, kernel_size=[kernel, kernel], sigma=[blur_sigma, blur_sigma])
     raise UserError(f"fill {fill!r} is not one of {', '.join(FILLS)}; choose one of them")
 
 

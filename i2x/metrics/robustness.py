@@ -20,7 +20,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
+
+def _blur(x: torch.Tensor, kernel: list[int], sigma: list[float]) -> torch.Tensor:
+    """torchvision's Gaussian blur (imported on use: torchvision's import is slow)."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    return gaussian_blur(x, kernel, sigma)
+
 
 #: name -> (perturbation of a normalised batch, description); "flip" maps are flipped back by the caller.
 TRANSFORMS: dict[str, tuple[Callable[[torch.Tensor, torch.Generator], torch.Tensor], str]] = {
@@ -28,7 +34,7 @@ TRANSFORMS: dict[str, tuple[Callable[[torch.Tensor, torch.Generator], torch.Tens
     "brightness": (lambda x, g: x + 0.2, "brightness +0.2"),
     "contrast": (lambda x, g: x.mean(dim=(2, 3), keepdim=True) + 0.8 * (x - x.mean(dim=(2, 3), keepdim=True)),
                  "contrast x0.8 about the image mean"),
-    "blur": (lambda x, g: TF.gaussian_blur(x, [3, 3], [0.7, 0.7]), "Gaussian blur, kernel 3, sigma 0.7"),
+    "blur": (lambda x, g: _blur(x, [3, 3], [0.7, 0.7]), "Gaussian blur, kernel 3, sigma 0.7"),
     "flip": (lambda x, g: x.flip(-1), "horizontal flip (map flipped back)"),
 }
 SENSITIVITY_RADIUS = 0.02

@@ -234,6 +234,9 @@ def _carriers(r: ReportInputs, result: dict[str, Any], samples: dict[str, Any] |
 def _onset(r: ReportInputs, result: dict[str, Any]) -> str:
     """The lead concept's paste flip rate at every checkpoint and the checkpoint where its paste test first passes."""
     over = result["localisation"].get("over_training")
+    if not over and not result["shortcut_found"]:
+        return ('<p class="muted">No concept passes every test of a shortcut, so when one formed was not traced over '
+                'the checkpoints.</p>')
     if not over:
         return ('<p class="muted">The lead concept was tested at the final checkpoint only (--final-only or a single '
                 'checkpoint), so this report cannot say when it formed.</p>')
@@ -246,11 +249,8 @@ def _onset(r: ReportInputs, result: dict[str, Any]) -> str:
     step = None if onset is None else r.train_step(by_name[onset])
     if onset is None:
         text = "Its paste test passes at no checkpoint."
-    elif result["shortcut_found"]:
-        text = f"Its paste test first passes at checkpoint {esc(onset)} (step {step}): the shortcut formed there."
     else:
-        text = (f"Its paste test first passes at checkpoint {esc(onset)} (step {step}), but at the final checkpoint "
-                "it fails other tests of a shortcut, so no shortcut formed.")
+        text = f"Its paste test first passes at checkpoint {esc(onset)} (step {step}): the shortcut formed there."
     return (f'<p class="note">{text}</p>' + r.charts.add("reliance-onset", paste_over_training(frame, step),
                                                          export="reliance_onset.png", caption=over["rule"]))
 

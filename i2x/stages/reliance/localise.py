@@ -65,8 +65,8 @@ def unit_assignment(concept_assign: np.ndarray, row: dict[str, Any]) -> np.ndarr
 def locate(store: Store, ctx: Context, probe: Probe, concepts: list[dict[str, Any]], ranking: list[int],
            concept_assign: np.ndarray, labels: np.ndarray, rows_index: np.ndarray,
            cfg: RelianceConfig) -> tuple[dict[str, Any], Located]:
-    """Masks and carrier scores of every suspect, and the lead's paste test at every checkpoint (unless
-    ``final_only``); returns the ``localisation`` entry of reliance.json and what goes to the other files."""
+    """Masks and carrier scores of every suspect, and, when the lead is a shortcut (it passes every test), its paste
+    test at every checkpoint (unless ``final_only``; a lead that is no shortcut did not form one); returns the ``localisation`` entry of reliance.json and what goes to the other files."""
     start = time.perf_counter()
     names, found = store.class_names, Located()
     chosen = suspects(concepts, ranking, cfg.top)
@@ -104,7 +104,7 @@ def locate(store: Store, ctx: Context, probe: Probe, concepts: list[dict[str, An
         "truth": {str(k): {s: per_split[s][i].get("truth") for s in per_split} for i, k in enumerate(chosen)}
         if truth is not None else None}
     lead = chosen[0] if chosen else None
-    if lead is not None and not cfg.final_only and len(store.checkpoints) > 1:
+    if lead is not None and all(concepts[lead]["checks"].values()) and not cfg.final_only and len(store.checkpoints) > 1:
         rows, found.over_training = over_training(store, ctx, assigns[lead], lead, concepts[lead]["class"], labels,
                                                   rows_index, probe.recipients, probe.recipient_labels, probe.layer,
                                                   probe.layout, cfg)
@@ -130,11 +130,12 @@ def localisation_lines(result: dict[str, Any]) -> list[str]:
                                                                   for s, t in checked.items()) if checked else
                  "  the data set does not say which samples carry it: i2x cannot check that ranking")
     over = loc.get("over_training")
-    if over is None:
+    if over is None and not result["shortcut_found"]:
+        lines.append("  no shortcut, so when it formed was not traced over the checkpoints")
+    elif over is None:
         lines.append("  tested at the final checkpoint only: when it formed is unknown")
     elif over["onset"] is None:
         lines.append("  its paste test passes at no checkpoint")
     else:
-        lines.append(f"  its paste test first passes at checkpoint {over['onset']}"
-                     + ("" if result["shortcut_found"] else " (but it is no shortcut at the final checkpoint)"))
+        lines.append(f"  its paste test first passes at checkpoint {over['onset']}")
     return lines

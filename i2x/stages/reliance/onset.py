@@ -43,23 +43,23 @@ def lead_test(model: torch.nn.Module, layer: torch.nn.Module, layout: Layout, an
     model; ``layer`` a module of it) and its mask there (the pixels at least ``mask_agreement`` of its footprints in
     up to ``max_samples`` of ``holders`` agree on): the row of reliance.json's over_training, and the mask."""
     model.eval()
-    fields = cell_fields(model, layer, field_images, cfg.batch_size, layout)
+    cells = torch.from_numpy((unit_assign[holders] == u).any(axis=0))             # the unit's cells [h, w]
+    fields = cell_fields(model, layer, field_images, cfg.batch_size, layout, cells=cells)
     footprints = Footprints(model, layer, fields, saliency_reference(recipients, recipient_labels, c),
                             cfg.field_threshold, cfg.saliency_threshold, cfg.batch_size, layout)
     no_paste = torch.zeros(len(recipients), 1, *recipients.shape[-2:], dtype=torch.bool)
     clean = transplant_logits(model, recipients, recipients, no_paste, cfg.batch_size)[:, 0]
     rng, gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     draw = draw_paste(holders, c, recipient_labels, tuple(recipients.shape[-2:]), cfg, rng, gen)
+    donors = np.sort(np.random.default_rng(cfg.seed).permutation(holders)[: cfg.max_samples])
+    rows = np.union1d(donors, [] if draw is None else draw.donor_rows).astype(np.int64)  # one stream for both
+    made = footprints(images_at(analysed, rows_index[rows], cfg.batch_size)[0],
+                      torch.from_numpy(unit_assign[rows] == u))
     paste: dict[str, Any] = {}
     if draw is not None:
-        donor_rows = np.unique(draw.donor_rows)
-        made = footprints(images_at(analysed, rows_index[donor_rows], cfg.batch_size)[0],
-                          torch.from_numpy(unit_assign[donor_rows] == u))
-        own = made[np.searchsorted(donor_rows, draw.donor_rows)]
+        own = made[np.searchsorted(rows, draw.donor_rows)]
         paste = paste_test(model, analysed, rows_index, draw, own, c, recipients, clean, cfg)
-    donors = np.sort(np.random.default_rng(cfg.seed).permutation(holders)[: cfg.max_samples])
-    own = footprints(images_at(analysed, rows_index[donors], cfg.batch_size)[0],
-                     torch.from_numpy(unit_assign[donors] == u)).numpy()
+    own = made[np.searchsorted(rows, donors)].numpy()
     mask = agreeing(own, cfg.mask_agreement)
     passes = shortcut_checks(1.0, 1.0, paste, None, cfg.z_threshold, cfg.min_flip_excess, 0.0, 0.0,
                              cfg.max_random_flip)["paste"]

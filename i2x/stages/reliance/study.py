@@ -47,7 +47,8 @@ that one weak factor zeroes.
 The tests run in the verdict's order and a unit stops at the first it fails (unless ``full_tests``): a unit
 that is not class-tied or not concentrated on the grid gets no footprints, one whose donors' footprints
 disagree no paste test and no deletion; their checks read None (not run) and they rank after every unit
-with a paste test. No test that runs changes: every unit's random draws are made, in unit order, whatever
+with a paste test. A prototype that belongs to a concept of several prototypes is tested as that concept only
+(``tested_as_concept``: its presence is measured, its interventions are the concept's), as the verdict reads concepts. No test that runs changes: every unit's random draws are made, in unit order, whatever
 runs, and ``tests_run`` counts the units each test ran on. Footprints are computed once per (image, cell
 mask), for all units together; pastes are scored on the model with its batch norms folded
 (:func:`i2x.stages.benchmark.maps.scoring_model`: the same flips, margins to float rounding).
@@ -129,10 +130,12 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> t
     c_count = len(grouping.members_)
     c_stats = presence_stats(concept_assign, labels, c_count, m)
     c_lifts = lift(c_stats["purity"], c_stats["prior"])
-    # units: every prototype, then every concept of two or more prototypes (a singleton concept is its prototype)
-    units = [(assign, k, int(top_class[k]), _screened(lifts[k, top_class[k]], stats["concentration"][k], cfg))
-             for k in range(k_count)]
+    # units: every prototype, then every concept of two or more prototypes (a singleton concept is its prototype);
+    # a prototype of a larger concept is tested as that concept (the verdict reads concepts), unless full_tests
     multi = [c for c, members in enumerate(grouping.members_) if len(members) > 1]
+    tested_as = {k: c for c in multi for k in grouping.members_[c]}
+    units = [(assign, k, int(top_class[k]), (cfg.full_tests or k not in tested_as)
+              and _screened(lifts[k, top_class[k]], stats["concentration"][k], cfg)) for k in range(k_count)]
     units += [(concept_assign, c, int(c_lifts[c].argmax()),
                _screened(c_lifts[c].max(), c_stats["concentration"][c], cfg)) for c in multi]
     trial = _Trial(store, ctx, cfg, labels, rows_index, progress)
@@ -142,6 +145,8 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> t
               for k in range(k_count)]
     for p, k in zip(protos, range(k_count)):
         p["concept"] = int(grouping.labels_[k])
+        if k in tested_as and not cfg.full_tests:
+            p["tested_as_concept"] = True
     concepts = []
     for c, members in enumerate(grouping.members_):
         if len(members) == 1:
