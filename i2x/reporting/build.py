@@ -86,7 +86,8 @@ def _export_pngs(r: ReportInputs, out: Path | RemotePath) -> list[str]:
     staged = local / f".{REPORT_ASSETS}.{os.getpid()}.new"
     shutil.rmtree(staged, ignore_errors=True)
     try:
-        names = [p.name for p in r.charts.export_pngs(staged)]
+        previous = None if isinstance(out, RemotePath) else out / REPORT_ASSETS
+        names = [p.name for p in r.charts.export_pngs(staged, previous=previous)]
         replace_dir(staged, out / REPORT_ASSETS)
     finally:
         shutil.rmtree(staged if local is out else local, ignore_errors=True)

@@ -7,6 +7,9 @@ carry meaning are fixed across charts: β is diverging blue (toward other classe
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,6 +22,7 @@ from i2x.reporting.page import esc, vega_version
 FONT = "-apple-system, Segoe UI, Roboto, Helvetica Neue, Arial, sans-serif"
 BETA_SCHEME = "blueorange"  # diverging and colour-blind safe
 SEQUENTIAL_SCHEME = "viridis"  # colour-blind safe and readable in grey (never rainbow or red-green)
+PNG_DIGESTS = ".digests.json"  # beside the exported PNGs: each one's spec digest, to skip redrawing it
 
 
 class ChartSet:
@@ -40,24 +44,42 @@ class ChartSet:
         cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
         return f'<figure><div class="chart" id="{esc(chart_id)}"></div>{cap}</figure>'
 
-    def export_pngs(self, folder: Path, scale: float = 2.0) -> list[Path]:
-        """Write the exported charts as PNG files (vl-convert, no browser) and return their paths."""
+    def export_pngs(self, folder: Path, scale: float = 2.0, previous: Path | None = None) -> list[Path]:
+        """Write the exported charts as PNG files (vl-convert, no browser) and return their paths. A chart whose spec
+        is unchanged since the export in ``previous`` (its digest in that folder's ``PNG_DIGESTS``) is copied, not
+        rendered again: rebuilding the report after one more study redraws only what changed."""
         import vl_convert as vlc
 
         folder.mkdir(parents=True, exist_ok=True)
-        paths = []
+        before = _digests(previous)
+        digests, paths = {}, []
         for chart_id, name in self.exports.items():
             path = folder / name
-            path.write_bytes(vlc.vegalite_to_png(self.specs[chart_id], vl_version=vega_version(), scale=scale))
+            digests[name] = hashlib.sha256(json.dumps([self.specs[chart_id], vega_version(), scale],
+                                                      sort_keys=True, default=str).encode()).hexdigest()
+            if previous is not None and before.get(name) == digests[name] and (previous / name).is_file():
+                shutil.copyfile(previous / name, path)
+            else:
+                path.write_bytes(vlc.vegalite_to_png(self.specs[chart_id], vl_version=vega_version(), scale=scale))
             paths.append(path)
+        (folder / PNG_DIGESTS).write_text(json.dumps(digests, indent=1))
         return paths
+
+
+def _digests(folder: Path | None) -> dict[str, str]:
+    """The PNG digests recorded in ``folder`` (empty when there are none or they cannot be read)."""
+    try:
+        found = json.loads((folder / PNG_DIGESTS).read_text()) if folder is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def to_spec(chart: alt.TopLevelMixin) -> dict[str, Any]:
     """The Vega-Lite dict of a chart with the page's fonts (data inline, no row limit)."""
     chart = chart.configure(font=FONT).configure_view(stroke=None).configure_axis(labelFontSize=11, titleFontSize=12)
     with alt.data_transformers.disable_max_rows():
-        return chart.to_dict()
+        return chart.to_dict(validate=False)  # the schema check costs a third of a report; the tests validate
 
 
 def accuracy_loss(steps: Sequence[int], names: Sequence[str], accuracy: Sequence[float | None],
