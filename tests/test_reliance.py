@@ -29,7 +29,7 @@ from i2x.stages.config import RunConfig
 from i2x.io.data import ImageData
 from i2x.metrics.reliance import concentration, evidence_order, presence_stats, shortcut_checks
 from i2x.attribution.interventions import CellReplacement, deletion_margins, margin, random_cells, transplant_logits
-from i2x.stages.reliance.verdict import rank, split_piece, verdict
+from i2x.stages.reliance.verdict import rank, split_piece, ran_sentence, verdict
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.sections.reliance import reliance_section
 from i2x.io.store import Store
@@ -358,6 +358,12 @@ def test_tests_in_the_verdicts_order_change_no_result(planted_run, tmp_path):
             assert len(members) > 1 and e["transplant"] is None and e["deletion"] is None and "footprints" not in e
     tested = [c for c in full["ranking"] if early["concepts"][c]["checks"]["paste"] is not None]
     assert early["ranking"][:len(tested)] == tested
+    run = early["tests_run"]
+    assert f"footprints on {run['footprints']}, paste on {run['paste']}, deletion on {run['deletion']}" in \
+        ran_sentence(early)
+    assert ran_sentence(full) == f"every test on every one of the {run['units']} units (full_tests)"
+    units = early["prototypes"] + [c for c in early["concepts"] if len(c["members"]) > 1]  # singletons: prototypes
+    assert sum(u["transplant"] is not None for u in units) == run["paste"]
 
 
 def test_deletion_matches_model_surgery(planted_run):

@@ -166,6 +166,7 @@ def add_reliance(sub: Subparsers) -> None:
 def cmd_reliance(args: argparse.Namespace) -> None:
     from i2x import api
     from i2x.stages.reliance.localise import localisation_lines
+    from i2x.stages.reliance.verdict import ran_sentence
 
     cfg = config_from(args, RelianceConfig)
     result = api.reliance(args.dir, cfg, trust_checkpoints=args.trust_checkpoints,
@@ -179,6 +180,7 @@ def cmd_reliance(args: argparse.Namespace) -> None:
               f"concentration {p['concentration']:.2f}")
     for line in localisation_lines(result):
         print(line)
+    print(f"  tests run: {ran_sentence(result)}")
     print(f"results: {as_path(args.dir) / 'reliance.json'}")
 
 

@@ -19,6 +19,7 @@ from i2x.reporting.images import HIGHLIGHT, jet, png_uri, resize, to_rgb
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, chip, esc, img, shortcut_chip, table
 from i2x.stages.reliance.masks import concept_mask, sample_masks
+from i2x.stages.reliance.verdict import ran_sentence
 
 TITLE = "Reliance: what the model depends on"
 THUMB = 64
@@ -177,6 +178,7 @@ def reliance_section(r: ReportInputs) -> Section | None:
         ("deletion fill", result["fill"]),
         ("recipients", f"held-out split {result['held_out_split']}"),
         ("settings", ", ".join(f"{k} {v}" for k, v in result["config"].items())),
+        ("tests run", ran_sentence(result)),
         ("checkpoint", f"{result['checkpoint']} ({result['seconds']:.1f} s)"),
     ], "facts")
     body = (_verdict_card(r, result) + _localisation(r, result) + cards +

@@ -95,6 +95,18 @@ def summary_entry(result: dict[str, Any]) -> dict[str, Any]:
     return {**entry, "concepts": concept_table(result)}
 
 
+def ran_sentence(result: dict[str, Any]) -> str:
+    """How many units each test ran on, and why the others did not need it (or that every test ran on every unit)."""
+    run = result.get("tests_run")
+    if not run:
+        return "every test on every unit (an older reliance.json: no counts)"
+    if result["config"].get("full_tests"):
+        return f"every test on every one of the {run['units']} units (full_tests)"
+    return (f"{run['units']} units (prototypes and concepts): footprints on {run['footprints']}, paste on "
+            f"{run['paste']}, deletion on {run['deletion']}; the others fail an earlier test of the verdict or are "
+            "prototypes tested as their concept (full_tests runs every test on every unit)")
+
+
 def rank(rows: list[dict[str, Any]]) -> list[int]:
     """Row indices ordered by causal evidence (:func:`i2x.metrics.reliance.evidence_order`); a unit whose paste test
     was not run (it failed an earlier test) comes after every unit that had one."""
