@@ -3,7 +3,7 @@
     python benchmarks/studies.py --old dbe681c --workdir /tmp/studies [--runs demo,planted] [--studies none]
 
 Two runs: the demo (the small CNN on digits, 10 checkpoints) and a 28x28 two-class planted run with a shortcut the
-model uses (``planted:L-carriers``, the small CNN with 12 snapshots over 60 steps,
+model uses (``planted:L-carriers``, the small CNN with 12 snapshots over 60 steps, steps 0-5, 8, 12, 18, 27, 40, 60:
 :func:`i2x.planted.localisation.train_with_snapshots`, so reliance traces its onset too). Each run's checkpoints are
 trained once (kept in ``--workdir``). Then, for the old code (checked out with ``git worktree add`` at ``--old``) and this checkout in turn,
 one Python process per code version (PYTHONPATH set to that code) imports the CLI once and times, in process, each
@@ -103,7 +103,7 @@ def _train(name: str, checkpoints: Path) -> None:
         return
     from i2x.planted import PLANTED, localisation
 
-    localisation.train_with_snapshots(PLANTED["L-carriers"](), checkpoints, steps=60, seed=0, lr=3e-4)
+    localisation.train_with_snapshots(PLANTED["L-carriers"](), checkpoints, steps=60, seed=0, dense=5, lr=3e-4)
 
 
 def main() -> None:
