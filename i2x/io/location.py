@@ -12,20 +12,24 @@ reads, passes or records them: a URL names a bucket and a key, nothing else.
 What object storage guarantees, and so what i2x relies on: one object is replaced whole by one PUT (a reader
 sees the old or the new object, never half of one; S3 has read-after-write consistency), there are no
 directories (a "folder" exists when some key starts with it), no symlinks and no rename (so a write is one PUT,
-not write-beside-then-rename), and no lock a crashed process releases (see :mod:`i2x.io.lock`).
+not write-beside-then-rename), and no lock a crashed process releases (see :mod:`i2x.io.lock`). The clients keep
+HTTP sessions open on an event loop; :func:`close_clients` closes those a command opened before it returns.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Coroutine, Iterator
 
 from i2x.errors import UserError
+
+log = logging.getLogger(__name__)
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -73,6 +77,7 @@ class RemotePath:
         if fs is None:
             try:
                 import fsspec
+                from fsspec.asyn import sync
 
                 fs, path = fsspec.core.url_to_fs(url, use_listings_cache=False)  # other processes write too
             except ImportError as exc:  # the scheme's client (s3fs, gcsfs) is an optional dependency
@@ -80,6 +85,7 @@ class RemotePath:
                                 "install it (for s3://: pip install 'i2x[s3]')") from None
             except ValueError as exc:
                 raise UserError(f"{url}: not a URL i2x can open ({exc})") from None
+            opened(fs, lambda coro: sync(fs.loop, _awaited, coro, timeout=CLOSE_SECONDS))
         else:
             path = url
         self.fs = fs
@@ -189,6 +195,37 @@ class RemotePath:
         self.remove_tree()
         for file in sorted(p for p in local.rglob("*") if p.is_file()):
             (self / file.relative_to(local).as_posix()).write_bytes(file.read_bytes())
+
+
+CLOSE_SECONDS = 10.0  # the longest a client's close may wait (it only closes sockets)
+#: The object storage file systems this process opened (by id), each with how to run a coroutine on the event loop
+#: that holds its connections: fsspec's own for a RemotePath, zarr's for a store (:func:`i2x.io.store._zarr_store`).
+_OPENED: dict[int, tuple[Any, Callable[[Coroutine[Any, Any, Any]], Any]]] = {}
+
+
+def opened(fs: Any, run: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+    """Record a file system whose connections :func:`close_clients` closes at the end of a command."""
+    _OPENED.setdefault(id(fs), (fs, run))
+
+
+def close_clients() -> None:
+    """Close the HTTP sessions of the object storage clients this process opened (s3fs's aiobotocore client, entered
+    at its first request). Left open, the garbage collector closes them at the interpreter's exit, where aiohttp
+    prints "Unclosed client session" and "Unclosed connector". A file system used again opens a new session."""
+    while _OPENED:
+        _, (fs, run) = _OPENED.popitem()
+        client = getattr(fs, "_s3creator", None)  # what s3fs's own close_session exits; None before any request
+        if client is None:
+            continue
+        try:
+            run(client.__aexit__(None, None, None))
+        except Exception as exc:  # a cleanup must not replace the command's result, or its error
+            log.debug("closing the object storage client of %s failed: %s", fs, exc)
+
+
+async def _awaited(coro: Coroutine[Any, Any, Any]) -> Any:
+    """``coro``'s result: fsspec's ``sync`` takes a coroutine function, not a coroutine."""
+    return await coro
 
 
 def command_path(out_dir: Any) -> str:

@@ -1,6 +1,7 @@
 """Failures from outside i2x's own checks (reliability round 3): a full disk, object storage that is missing,
 out of reach or without credentials, Ctrl-C while the command starts or while zarr still writes; and data whose
-error message misled (label counts called multi-label, a negative mask value called a class). Each is one line."""
+error message misled (label counts called multi-label, a negative mask value called a class). Each is one line;
+a command on object storage leaves no unclosed session for the exit."""
 
 from __future__ import annotations
 
@@ -163,3 +164,34 @@ def test_a_key_the_storage_does_not_know_is_one_line(storage, snapshots, monkeyp
     assert main(["extract", str(snapshots), "--out", "s3://i2x-ok/an", *EXTRACT]) == 2
     line = one_line(capsys.readouterr().err)
     assert "object storage refused the request" in line and "check the credentials" in line
+
+
+CLOSED = """
+import gc, sys
+import s3fs
+import i2x.cli as cli
+
+code = cli.main(sys.argv[1:])
+s3fs.S3FileSystem.clear_instance_cache()  # the collection the interpreter's exit makes, in an order of its own: now
+gc.collect()
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_on_object_storage_leaves_no_session_open(storage, snapshots, tmp_path):
+    """Every object storage client a command opened (the walker's, the store's through zarr) is closed when it ends:
+    an open one prints "Unclosed client session" when the interpreter collects it at exit."""
+    from fixtures_s3 import keys, upload
+
+    upload(storage, "i2x-ok", snapshots, "closed/ck")
+    (tmp_path / "closed.py").write_text(CLOSED)
+    here = str(Path(i2x.__file__).parents[1])
+    run = subprocess.run([sys.executable, "-W", "default", str(tmp_path / "closed.py"), "run", "s3://i2x-ok/closed/ck",
+                          "--out", "s3://i2x-ok/closed/an", *EXTRACT, "--k", "3"],
+                         capture_output=True, text=True, timeout=500, env={**os.environ, "PYTHONPATH": here})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "closed/an/report.html" in keys(storage, "i2x-ok", "closed/an/")
+    for noise in ("Unclosed client session", "Unclosed connector", "Task was destroyed but it is pending",
+                  "was never awaited", "Traceback"):
+        assert noise not in run.stderr, run.stderr[-3000:]
