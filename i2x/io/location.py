@@ -240,19 +240,20 @@ def command_path(out_dir: Any) -> str:
     return shlex.quote(text)
 
 
+_RESUMES = "then rerun the command (extract and run resume at the first checkpoint not finished)"
 _STORAGE_CLIENTS = ("s3fs", "gcsfs", "adlfs", "fsspec", "botocore", "aiobotocore", "aiohttp")
 
 
 def storage_failure(exc: BaseException) -> str | None:
-    """One line for a failure of the storage itself (a full disk; object storage without credentials, out of reach,
-    refusing access or without the bucket), or None for any other exception. The object storage's client raises
-    these deep in its own code, as tracebacks."""
+    """One line for a failure of the storage itself (a full disk; a folder that turned read-only while zarr writes
+    into it; object storage without credentials, out of reach, refusing access or without the bucket), or None for
+    any other exception. The storage's client, or zarr's event loop, raises these deep in its own code, as
+    tracebacks."""
     import errno
 
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {exc.filename}" if exc.filename else ""
-        return (f"no space left on the device{where}: free space or choose another --out, then rerun the command "
-                "(extract and run resume at the first checkpoint not finished)")
+        return f"no space left on the device{where}: free space or choose another --out, {_RESUMES}"
     frames = []
     tb = exc.__traceback__
     while tb is not None:
@@ -262,7 +263,7 @@ def storage_failure(exc: BaseException) -> str | None:
     from_client = type(exc).__module__.split(".")[0] in _STORAGE_CLIENTS or \
         any(name.split(".")[0] in _STORAGE_CLIENTS for name in frames)
     if not from_client:
-        return None
+        return _refused(exc) if isinstance(exc, OSError) else None
     message = (str(exc).strip().splitlines() or [kind])[0][:200]
     if kind == "NoCredentialsError":
         return ("object storage: no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
@@ -280,3 +281,18 @@ def storage_failure(exc: BaseException) -> str | None:
         return (f"object storage refused the request ({message}); check the credentials and the bucket's "
                 "permissions")
     return None
+
+
+def _refused(exc: OSError) -> str | None:
+    """One line for a local file the system refused (no permission, a read-only file system), naming its folder (a
+    writer's temporary file is named beside the file it replaces); None for any other OSError."""
+    import errno
+
+    if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return None
+    folder = os.path.dirname(os.fsdecode(exc.filename)) if exc.filename else None
+    where = f"{folder}: " if folder else ""
+    if exc.errno == errno.EROFS:
+        return f"{where}the file system is read-only; choose another --out (or make it writable), {_RESUMES}"
+    return (f"{where}permission denied; make {'it' if folder else 'the output directory'} writable for this user "
+            f"(or choose another --out), {_RESUMES}")
