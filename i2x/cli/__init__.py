@@ -2,7 +2,9 @@
 (:mod:`i2x.cli.options`), an add/cmd pair per command calling :mod:`i2x.api` (:mod:`i2x.cli.pipeline`,
 :mod:`i2x.cli.studies`), listed in :mod:`i2x.cli.commands`.
 
-User errors (:class:`i2x.errors.UserError`) print one line and exit with status 2; no traceback.
+User errors (:class:`i2x.errors.UserError`) print one line and exit with status 2; no traceback. Every command ends
+by closing the object storage clients it opened (:func:`i2x.io.location.close_clients`), so the interpreter's exit
+prints no "Unclosed client session".
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from typing import Sequence
 
 from i2x.errors import UserError
+from i2x.io.location import close_clients, storage_failure
 from i2x.version import __version__
 
 DESCRIPTION = """\
@@ -115,14 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     except Exception as exc:  # a full disk or object storage failing: one line, as for a user error
-        from i2x.io.location import storage_failure
-
         message = storage_failure(exc)
         if message is None:
             raise
         _end_progress_bars()
         print(f"i2x: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        close_clients()
     return 0
 
 

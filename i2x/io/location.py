@@ -12,20 +12,24 @@ reads, passes or records them: a URL names a bucket and a key, nothing else.
 What object storage guarantees, and so what i2x relies on: one object is replaced whole by one PUT (a reader
 sees the old or the new object, never half of one; S3 has read-after-write consistency), there are no
 directories (a "folder" exists when some key starts with it), no symlinks and no rename (so a write is one PUT,
-not write-beside-then-rename), and no lock a crashed process releases (see :mod:`i2x.io.lock`).
+not write-beside-then-rename), and no lock a crashed process releases (see :mod:`i2x.io.lock`). The clients keep
+HTTP sessions open on an event loop; :func:`close_clients` closes those a command opened before it returns.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Coroutine, Iterator
 
 from i2x.errors import UserError
+
+log = logging.getLogger(__name__)
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -73,6 +77,7 @@ class RemotePath:
         if fs is None:
             try:
                 import fsspec
+                from fsspec.asyn import sync
 
                 fs, path = fsspec.core.url_to_fs(url, use_listings_cache=False)  # other processes write too
             except ImportError as exc:  # the scheme's client (s3fs, gcsfs) is an optional dependency
@@ -80,6 +85,7 @@ class RemotePath:
                                 "install it (for s3://: pip install 'i2x[s3]')") from None
             except ValueError as exc:
                 raise UserError(f"{url}: not a URL i2x can open ({exc})") from None
+            opened(fs, lambda coro: sync(fs.loop, _awaited, coro, timeout=CLOSE_SECONDS))
         else:
             path = url
         self.fs = fs
@@ -191,6 +197,37 @@ class RemotePath:
             (self / file.relative_to(local).as_posix()).write_bytes(file.read_bytes())
 
 
+CLOSE_SECONDS = 10.0  # the longest a client's close may wait (it only closes sockets)
+#: The object storage file systems this process opened (by id), each with how to run a coroutine on the event loop
+#: that holds its connections: fsspec's own for a RemotePath, zarr's for a store (:func:`i2x.io.store._zarr_store`).
+_OPENED: dict[int, tuple[Any, Callable[[Coroutine[Any, Any, Any]], Any]]] = {}
+
+
+def opened(fs: Any, run: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+    """Record a file system whose connections :func:`close_clients` closes at the end of a command."""
+    _OPENED.setdefault(id(fs), (fs, run))
+
+
+def close_clients() -> None:
+    """Close the HTTP sessions of the object storage clients this process opened (s3fs's aiobotocore client, entered
+    at its first request). Left open, the garbage collector closes them at the interpreter's exit, where aiohttp
+    prints "Unclosed client session" and "Unclosed connector". A file system used again opens a new session."""
+    while _OPENED:
+        _, (fs, run) = _OPENED.popitem()
+        client = getattr(fs, "_s3creator", None)  # what s3fs's own close_session exits; None before any request
+        if client is None:
+            continue
+        try:
+            run(client.__aexit__(None, None, None))
+        except Exception as exc:  # a cleanup must not replace the command's result, or its error
+            log.debug("closing the object storage client of %s failed: %s", fs, exc)
+
+
+async def _awaited(coro: Coroutine[Any, Any, Any]) -> Any:
+    """``coro``'s result: fsspec's ``sync`` takes a coroutine function, not a coroutine."""
+    return await coro
+
+
 def command_path(out_dir: Any) -> str:
     """The analysis directory as a command on the page names it, shell-quoted: as given when relative (so the command
     pastes into the shell it was run from), relative to the working directory when inside it, else its name."""
@@ -203,19 +240,20 @@ def command_path(out_dir: Any) -> str:
     return shlex.quote(text)
 
 
+_RESUMES = "then rerun the command (extract and run resume at the first checkpoint not finished)"
 _STORAGE_CLIENTS = ("s3fs", "gcsfs", "adlfs", "fsspec", "botocore", "aiobotocore", "aiohttp")
 
 
 def storage_failure(exc: BaseException) -> str | None:
-    """One line for a failure of the storage itself (a full disk; object storage without credentials, out of reach,
-    refusing access or without the bucket), or None for any other exception. The object storage's client raises
-    these deep in its own code, as tracebacks."""
+    """One line for a failure of the storage itself (a full disk; a folder that turned read-only while zarr writes
+    into it; object storage without credentials, out of reach, refusing access or without the bucket), or None for
+    any other exception. The storage's client, or zarr's event loop, raises these deep in its own code, as
+    tracebacks."""
     import errno
 
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {exc.filename}" if exc.filename else ""
-        return (f"no space left on the device{where}: free space or choose another --out, then rerun the command "
-                "(extract and run resume at the first checkpoint not finished)")
+        return f"no space left on the device{where}: free space or choose another --out, {_RESUMES}"
     frames = []
     tb = exc.__traceback__
     while tb is not None:
@@ -225,7 +263,7 @@ def storage_failure(exc: BaseException) -> str | None:
     from_client = type(exc).__module__.split(".")[0] in _STORAGE_CLIENTS or \
         any(name.split(".")[0] in _STORAGE_CLIENTS for name in frames)
     if not from_client:
-        return None
+        return _refused(exc) if isinstance(exc, OSError) else None
     message = (str(exc).strip().splitlines() or [kind])[0][:200]
     if kind == "NoCredentialsError":
         return ("object storage: no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
@@ -243,3 +281,18 @@ def storage_failure(exc: BaseException) -> str | None:
         return (f"object storage refused the request ({message}); check the credentials and the bucket's "
                 "permissions")
     return None
+
+
+def _refused(exc: OSError) -> str | None:
+    """One line for a local file the system refused (no permission, a read-only file system), naming its folder (a
+    writer's temporary file is named beside the file it replaces); None for any other OSError."""
+    import errno
+
+    if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return None
+    folder = os.path.dirname(os.fsdecode(exc.filename)) if exc.filename else None
+    where = f"{folder}: " if folder else ""
+    if exc.errno == errno.EROFS:
+        return f"{where}the file system is read-only; choose another --out (or make it writable), {_RESUMES}"
+    return (f"{where}permission denied; make {'it' if folder else 'the output directory'} writable for this user "
+            f"(or choose another --out), {_RESUMES}")

@@ -40,11 +40,12 @@ from typing import Any, Iterable
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync as zarr_sync
 
 from i2x.version import __version__
 from i2x.errors import UserError
 from i2x.io.datasets import CLASSIFICATION, SEGMENTATION
-from i2x.io.location import RemotePath, as_path
+from i2x.io.location import CLOSE_SECONDS, RemotePath, as_path, opened
 
 STORE_NAME = "store.zarr"
 
@@ -331,8 +332,10 @@ class Store:
 def _zarr_store(path: Path | RemotePath, mode: str) -> Any:
     """What zarr opens: a local folder by its path, a URL through fsspec (read-only when ``mode`` is ``r``)."""
     if isinstance(path, RemotePath):
-        return zarr.storage.FsspecStore.from_url(path.url, read_only=mode == "r",
-                                                 storage_options={"use_listings_cache": False})
+        store = zarr.storage.FsspecStore.from_url(path.url, read_only=mode == "r",
+                                                  storage_options={"use_listings_cache": False})
+        opened(store.fs, lambda coro: zarr_sync(coro, timeout=CLOSE_SECONDS))  # its connections live on zarr's loop
+        return store
     return str(path)
 
 

@@ -1,11 +1,13 @@
-"""Failures from outside i2x's own checks (reliability round 3): a full disk, object storage that is missing,
-out of reach or without credentials, Ctrl-C while the command starts or while zarr still writes; and data whose
-error message misled (label counts called multi-label, a negative mask value called a class). Each is one line."""
+"""Failures from outside i2x's own checks (reliability round 3): a full disk, a store that turns read-only while
+zarr writes it, object storage that is missing, out of reach or without credentials, Ctrl-C while the command starts
+or while zarr still writes; and data whose error message misled (label counts called multi-label, a negative mask
+value called a class). Each is one line; a command on object storage leaves no unclosed session for the exit."""
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from fixtures_pipeline import tiny_run  # noqa: F401  (pytest fixture)
 from fixtures_s3 import s3  # noqa: F401  (pytest fixture)
 from i2x.cli import main
 from i2x.io.models import SmallCNN
+from i2x.io.store import Store
 
 
 def one_line(err: str) -> str:
@@ -56,6 +59,66 @@ def test_a_full_disk_during_extraction_is_one_line_that_says_it_resumes(snapshot
     assert main(["extract", str(snapshots), "--out", str(out), *EXTRACT]) == 2
     line = one_line(capsys.readouterr().err)
     assert "no space left on the device writing" in line and "store.zarr" in line and "resume" in line
+
+
+READ_ONLY = """
+import errno, sys
+from zarr.storage import LocalStore
+import i2x.cli as cli
+
+write = LocalStore.set
+
+async def refused(self, key, value):
+    # the store's folders turn read-only once checkpoint 0 is written; chmod does not stop root (the tests may run as
+    # root), so the write raises what writing into a folder without permission raises
+    if key.startswith(("probs/", "cam/")) and "/c/1/" in key:
+        raise PermissionError(errno.EACCES, "Permission denied", str(self.root / key) + ".partial")
+    return await write(self, key, value)
+
+LocalStore.set = refused
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_store_turned_read_only_mid_extraction_is_one_line_and_resumes(snapshots, tmp_path, capsys):
+    out, whole = tmp_path / "an", tmp_path / "whole"
+    (tmp_path / "read_only.py").write_text(READ_ONLY)
+    here = str(Path(i2x.__file__).parents[1])  # the i2x under test, in the child too
+    run = subprocess.run([sys.executable, "-W", "default", str(tmp_path / "read_only.py"), "extract", str(snapshots),
+                          "--out", str(out), *EXTRACT], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": here})
+    assert run.returncode == 2, run.stderr[-3000:]
+    line = one_line(run.stderr)
+    folder = re.escape(str(out / "store.zarr"))
+    assert re.fullmatch(rf"i2x: error: {folder}/(probs|cam/gradcam)/c/1/0: permission denied; make it writable "
+                        r"for this user \(or choose another --out\), then rerun the command \(extract and run "
+                        r"resume at the first checkpoint not finished\)", line)
+    assert "Task was destroyed" not in run.stderr
+    assert Store.open(out).done().tolist() == [True, False]  # checkpoint 1 is not claimed as written
+
+    assert main(["extract", str(snapshots), "--out", str(out), *EXTRACT]) == 0  # the folder writable again
+    assert "1 checkpoints extracted, 1 already done" in capsys.readouterr().out
+    assert main(["extract", str(snapshots), "--out", str(whole), *EXTRACT]) == 0
+    resumed, reference = Store.open(out), Store.open(whole)
+    assert resumed.done().tolist() == [True, True]
+    for name in ("probs", "cam/gradcam", "features"):
+        np.testing.assert_array_equal(resumed.read(name), reference.read(name), err_msg=name)
+    np.testing.assert_allclose(resumed.read("probs")[1].sum(axis=-1), 1.0, rtol=1e-5)  # written, not the fill
+
+
+@pytest.mark.parametrize("exc, line", [
+    (OSError(errno.EROFS, "Read-only file system", "/data/an/store.zarr/done/c/0"),
+     "/data/an/store.zarr/done/c: the file system is read-only; choose another --out (or make it writable), then "
+     "rerun the command (extract and run resume at the first checkpoint not finished)"),
+    (PermissionError(errno.EPERM, "Operation not permitted"),
+     "permission denied; make the output directory writable for this user (or choose another --out), then rerun the "
+     "command (extract and run resume at the first checkpoint not finished)"),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/an/summary.json"), None),
+])
+def test_a_refused_local_write_is_named_by_its_folder(exc, line):
+    from i2x.io.location import storage_failure
+
+    assert storage_failure(exc) == line
 
 
 def test_ctrl_c_while_the_commands_load_is_no_traceback(monkeypatch, capsys):
@@ -163,3 +226,34 @@ def test_a_key_the_storage_does_not_know_is_one_line(storage, snapshots, monkeyp
     assert main(["extract", str(snapshots), "--out", "s3://i2x-ok/an", *EXTRACT]) == 2
     line = one_line(capsys.readouterr().err)
     assert "object storage refused the request" in line and "check the credentials" in line
+
+
+CLOSED = """
+import gc, sys
+import s3fs
+import i2x.cli as cli
+
+code = cli.main(sys.argv[1:])
+s3fs.S3FileSystem.clear_instance_cache()  # the collection the interpreter's exit makes, in an order of its own: now
+gc.collect()
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_on_object_storage_leaves_no_session_open(storage, snapshots, tmp_path):
+    """Every object storage client a command opened (the walker's, the store's through zarr) is closed when it ends:
+    an open one prints "Unclosed client session" when the interpreter collects it at exit."""
+    from fixtures_s3 import keys, upload
+
+    upload(storage, "i2x-ok", snapshots, "closed/ck")
+    (tmp_path / "closed.py").write_text(CLOSED)
+    here = str(Path(i2x.__file__).parents[1])
+    run = subprocess.run([sys.executable, "-W", "default", str(tmp_path / "closed.py"), "run", "s3://i2x-ok/closed/ck",
+                          "--out", "s3://i2x-ok/closed/an", *EXTRACT, "--k", "3"],
+                         capture_output=True, text=True, timeout=500, env={**os.environ, "PYTHONPATH": here})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "closed/an/report.html" in keys(storage, "i2x-ok", "closed/an/")
+    for noise in ("Unclosed client session", "Unclosed connector", "Task was destroyed but it is pending",
+                  "was never awaited", "Traceback"):
+        assert noise not in run.stderr, run.stderr[-3000:]
