@@ -125,6 +125,24 @@ def test_finetune_section_shows_intervals_the_shortcut_gap_and_revision_rows():
     assert finetune_section(_Study(None)) is None  # type: ignore[arg-type]
 
 
+def test_revised_models_paste_test_in_words():
+    from i2x.reporting.sections.reliance import revised_words
+
+    def stats(outcomes, mean, ci):
+        return {"outcomes": outcomes, "flip_rate": {"mean": mean, "ci": ci}, "random_flip_rate": {"mean": 0.02}}
+
+    assert revised_words("augment", stats(["fails"], 0.03, [None, None]), "passes", 0.25) == \
+        "After augment, its paste flips 3% (1 seed: no interval) (random patches 2%): its paste test no longer passes."
+    assert revised_words("none", stats(["passes"] * 3, 0.9, [0.85, 0.95]), "passes", 0.25) == \
+        ("After none, its paste flips 90% [85%, 95%] over 3 seeds (random patches 2%): its paste test still passes in "
+         "each of the 3 seeds.")
+    mixed = revised_words("rrr", stats(["passes", "inconclusive", "fails"], 0.5, [0.2, 0.8]), "passes", 0.25)
+    assert mixed.endswith("its paste test passes in 1, fails in 1, is inconclusive in 1 of 3 seeds (random patches "
+                          "flip more than 25% of the recipients: the test cannot isolate it).")
+    assert revised_words("exclude", stats(["fails"] * 2, 0.1, [0.05, 0.15]), "fails", 0.25).endswith(
+        "its paste test fails in each of the 2 seeds.")                  # it did not pass before either
+
+
 class _Run:
     def __init__(self, letter, reliance):
         self.letter, self.name = letter, letter

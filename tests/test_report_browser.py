@@ -279,8 +279,10 @@ def test_marker_run_first_screen_shows_the_shortcut_where_for_which_class_and_wh
     assert "top-left corner" in verdict
     assert "class marked" in verdict and "1: marked" in verdict and "--class-names" not in verdict
     assert "random patches of the same shape" in verdict and "shortcut gap" in verdict
-    command = driver.execute_script("return document.querySelector('#verdict code.next').textContent")
-    assert command == f"i2x finetune an --concept {result['suspect']}"
+    commands = driver.execute_script("return Array.from(document.querySelectorAll('#verdict code.next'))"
+                                     ".map(c => c.textContent)")
+    assert commands == [f"i2x finetune an --concept {result['suspect']} --fix augment",   # no revision yet: revise
+                        f"i2x finetune an --concept {result['suspect']}"]                 # or curate
     # chip and text agree: "shortcut found" in both, in the warning colour
     chips = driver.execute_script("return Array.from(document.querySelectorAll('#verdict .chip.warn, "
                                   "#reliance-verdict .chip.warn')).map(c => c.textContent)")

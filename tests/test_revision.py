@@ -102,6 +102,15 @@ def test_augmentation_pastes_onto_other_classes_and_the_control_elsewhere():
     assert not control[y != 1][:, 0][:, mask].eq(1).all()                     # ... elsewhere
 
 
+def test_a_paste_test_is_inconclusive_when_random_patches_flip_too_much():
+    from i2x.stages.revision.retest import outcome
+
+    row = {"passes": False, "flip_rate": 0.9, "random_flip_rate": 0.3}
+    assert outcome(row, 0.25) == "inconclusive" and outcome(row, 0.3) == "fails"   # at the bar: conclusive
+    assert outcome({**row, "passes": True}, 0.25) == "passes"
+    assert outcome({"passes": False, "flip_rate": None, "random_flip_rate": None}, 0.25) == "not run"
+
+
 def test_finetune_help_lists_the_fixes(capsys):
     from i2x.cli import main
 
@@ -141,6 +150,7 @@ def test_augmentation_removes_the_planted_shortcut_and_the_controls_do_not(hard_
     lead = reliance_concept(out, None)
     mask = concept_mask(out, None, (28, 28))
     assert (mask & artefact.artefact_mask()).sum() >= 0.5 * artefact.artefact_mask().sum(), "the mask misses the L"
+    assert f" --concept {lead['id']} --fix augment</code>" in _verdict_body(out)   # no revision yet: how to revise
     record = api.revise(out, fix="augment", seeds=1, artefact_mask=str(truth), progress=False)
     assert record["concept"] == lead["id"] and record["class_name"] == "marked"
     before, m = record["before"], record["methods"]
@@ -152,6 +162,8 @@ def test_augmentation_removes_the_planted_shortcut_and_the_controls_do_not(hard_
     saved = json.loads((out / "finetune" / "finetune.json").read_text())["revision"]
     assert saved["before"] == pytest.approx(before) and len(saved["runs"]) == 4
     assert (out / "finetune" / "revision" / "augment" / "seed0.pt").is_file()
+    _check_paste_test(out, lead, saved)
+    _check_report(out, lead, saved)
     again = api.revise(out, measure=True, artefact_mask=str(truth), progress=False)   # measure alone: no runs
     assert again["runs"] == [] and again["before"] == pytest.approx(before)
     saved = json.loads((out / "finetune" / "finetune.json").read_text())
@@ -161,3 +173,83 @@ def test_augmentation_removes_the_planted_shortcut_and_the_controls_do_not(hard_
     assert after["gap"] == pytest.approx(record["runs"][0]["gap"]) and after["gap"] <= 0.10
     with pytest.raises(UserError, match="--fix METHOD"):
         api.revise(out)
+
+
+def _verdict_body(out: Path) -> str:
+    from i2x.reporting.inputs import ReportInputs
+    from i2x.reporting.sections.verdict import verdict_section
+
+    return verdict_section(ReportInputs.open(out)).body
+
+
+def _lead_test_of(out: Path, weights: Path | None, concept: dict) -> dict:
+    """The reliance study's paste test of ``concept`` under saved ``weights`` (None: the final checkpoint), set up
+    here as its over_training does: the study's settings, the first draw of its seeded generator as recipients, the
+    concept's holders of its class and the seeded field images."""
+    from i2x.attribution import get_layer
+    from i2x.attribution.tokens import Layout
+    from i2x.io.store import Store
+    from i2x.stages.context import open_context
+    from i2x.stages.reliance.config import RelianceConfig
+    from i2x.stages.reliance.deletion import images_at
+    from i2x.stages.reliance.onset import lead_test
+    from i2x.stages.reliance.paste import recipient_pool
+
+    store = Store.open(out)
+    ctx = open_context(store)
+    if weights is not None:
+        ctx.model.load_state_dict(torch.load(weights, weights_only=True)["state_dict"])
+    cfg = RelianceConfig(**json.loads((out / "reliance.json").read_text())["config"])
+    assign, labels, rows_index = store.read("analysis/assign"), store.read("labels"), store.read("sample_index")
+    held = np.isin(assign, concept["members"])
+    holders = np.flatnonzero(held.reshape(len(held), -1).any(axis=1) & (labels == concept["class"]))
+    field_rows = np.sort(np.random.default_rng(cfg.seed).permutation(len(rows_index))[: cfg.field_images])
+    analysed = ctx.data.split(ctx.config.split)
+    recipients, recipient_labels, _ = recipient_pool(ctx, cfg, np.random.default_rng(cfg.seed))
+    row, _ = lead_test(ctx.model, get_layer(ctx.model, store.attrs["layer"]),
+                       Layout.from_dict(store.attrs.get("layer_layout")), analysed, np.where(held, concept["id"], -1),
+                       concept["id"], concept["class"], holders, rows_index, recipients, recipient_labels,
+                       images_at(analysed, rows_index[field_rows], cfg.batch_size)[0], cfg)
+    return row
+
+
+def _check_paste_test(out: Path, lead: dict, record: dict) -> None:
+    """The revision's paste test: before is the final checkpoint's row over training; augment's seed is the reliance
+    test under its saved weights, which no longer passes, while plain fine-tuning's still does."""
+    paste = record["paste"]
+    over = json.loads((out / "reliance.json").read_text())["localisation"]["over_training"]
+    assert paste["concept"] == over["concept"] == lead["id"]
+    assert paste["before"] == pytest.approx({k: over["checkpoints"][-1][k] for k in paste["before"]})
+    assert paste["before"]["excess_flip"] > 0.4
+    row = _lead_test_of(out, out / "finetune" / "revision" / "augment" / "seed0.pt", lead)
+    augment = paste["methods"]["augment"]
+    assert record["runs"][0]["method"] == "augment" and record["runs"][0]["paste"] == pytest.approx(row)
+    for key in ("flip_rate", "random_flip_rate", "excess_flip"):
+        assert augment[key]["values"] == pytest.approx([row[key]]) and augment[key]["mean"] == pytest.approx(row[key])
+    assert augment["outcomes"] == ["fails"] and not row["passes"] and paste["before_outcome"] == "passes"
+    assert paste["methods"]["none"]["outcomes"] == ["passes"]
+
+
+def _check_report(out: Path, lead: dict, record: dict) -> None:
+    """The reliance section's over-training chart holds the revised points after the final checkpoint and says
+    whether revision undid the shortcut; the verdict card links to the revision results, an anchor of the page."""
+    from i2x.reporting.inputs import ReportInputs
+    from i2x.reporting.page import esc
+    from i2x.reporting.sections.finetune import finetune_section
+    from i2x.reporting.sections.reliance import reliance_section
+
+    r = ReportInputs.open(out)
+    reliance = reliance_section(r).body
+    rows = [row for rows in r.charts.specs["chart-reliance-onset"]["datasets"].values() for row in rows
+            if "method" in row]
+    paste = record["paste"]["methods"]
+    assert {(row["method"], row["what"]): row["rate"] for row in rows} == pytest.approx(
+        {(m, what): paste[m][key]["mean"] for m in paste
+         for what, key in (("its paste", "flip_rate"), ("random patches", "random_flip_rate"))})
+    assert all(row["low"] is None and row["high"] is None for row in rows)        # one seed: no interval
+    assert f"After augment, its paste flips {paste['augment']['flip_rate']['mean']:.0%} (1 seed: no interval)" in \
+        reliance and "its paste test no longer passes." in reliance
+    assert "After none, its paste flips" in reliance and "its paste test still passes." in reliance
+    verdict = _verdict_body(out)
+    assert 'href="#finetune-revision"' in verdict and 'id="finetune-revision"' in finetune_section(r).body
+    assert esc(record["verdict"][0]) in verdict and "--fix augment" not in verdict   # revised: no command to revise

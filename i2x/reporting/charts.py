@@ -308,16 +308,31 @@ def rank_slopes(frame: pd.DataFrame, methods: Sequence[str], metrics: Sequence[s
         width=max(260, 170 * len(methods)), height=max(140, 50 * top), title="Ranking of the runs by stability")
 
 
-def paste_over_training(frame: pd.DataFrame, onset: int | None) -> alt.LayerChart:
+def paste_over_training(frame: pd.DataFrame, onset: int | None,
+                        revised: pd.DataFrame | None = None) -> alt.LayerChart | alt.HConcatChart:
     """The lead concept's paste flip rate and random patches' at every checkpoint (columns step, checkpoint, what,
-    rate), with a rule at the onset step (the first checkpoint whose paste test passes)."""
+    rate), with a rule at the onset step (the first checkpoint whose paste test passes); with ``revised`` (columns
+    method, what, rate, low, high, seeds: the models revised from the final checkpoint, mean and 95% interval over
+    seeds, low and high missing for one seed), a panel after it with one point and interval per method."""
+    colour = alt.Color("what:N", title=None, scale=alt.Scale(range=["#d55e00", "#7f7f7f"]))
+    rate = alt.Y("rate:Q", title="recipients turned", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"))
     lines = alt.Chart(frame).mark_line(point=True).encode(
-        x=alt.X("step:Q", title="training step"),
-        y=alt.Y("rate:Q", title="recipients turned", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-        color=alt.Color("what:N", title=None, scale=alt.Scale(range=["#d55e00", "#7f7f7f"])),
+        x=alt.X("step:Q", title="training step"), y=rate, color=colour,
         tooltip=["checkpoint:N", "step:Q", "what:N", alt.Tooltip("rate:Q", format=".0%")])
     layers: list[alt.Chart] = [lines]
     if onset is not None:
         layers.append(alt.Chart(pd.DataFrame({"step": [onset]})).mark_rule(strokeDash=[4, 3], color="#1d2430")
                       .encode(x="step:Q"))
-    return alt.layer(*layers).properties(width=420, height=200, title="The lead concept's paste test over training")
+    over = alt.layer(*layers).properties(width=420, height=200, title="The lead concept's paste test over training")
+    if revised is None or revised.empty:
+        return over
+    base = alt.Chart(revised).encode(
+        x=alt.X("method:N", title="method", sort=list(dict.fromkeys(revised["method"])), axis=alt.Axis(labelAngle=-30)),
+        xOffset=alt.XOffset("what:N"), color=colour,
+        tooltip=["method:N", "what:N", alt.Tooltip("rate:Q", format=".0%"), alt.Tooltip("low:Q", format=".0%"),
+                 alt.Tooltip("high:Q", format=".0%"), "seeds:Q"])
+    after = alt.layer(base.mark_rule(strokeWidth=2).encode(y=alt.Y("low:Q", scale=alt.Scale(domain=[0, 1])),
+                                                         y2="high:Q"),
+                      base.mark_point(filled=True, size=60).encode(y=rate)).properties(
+        width=max(80, 40 * revised["method"].nunique()), height=200, title="After revision (from the final checkpoint)")
+    return alt.hconcat(over, after).resolve_scale(y="shared")

@@ -43,6 +43,17 @@ def _name(strategy: str) -> str:
     return strategy.replace("-", " → ") if "-" in strategy else f"{strategy} (stage 1 only)"
 
 
+#: the anchor of the section's revision part (the verdict card links to it)
+REVISION_ANCHOR = "finetune-revision"
+
+
+def revision_of(r: ReportInputs, concept: int) -> dict[str, Any] | None:
+    """finetune.json's revision (``i2x finetune --fix``) when it revised ``concept``, the part this section shows,
+    else None."""
+    record = (r.optional_json(f"{FINETUNE_DIR}/{FINETUNE}") or {}).get("revision")
+    return record if record and record.get("methods") and record.get("concept") == concept else None
+
+
 #: The revision's measures (``i2x finetune --fix``, :mod:`i2x.stages.revision`) shown per method, with their labels.
 REVISION_MEASURES = {"gap": "shortcut gap pts", "clean_accuracy": "clean accuracy %",
                      "attacked_accuracy": "attacked accuracy %"}
@@ -66,8 +77,9 @@ def _revision(record: dict[str, Any] | None) -> str:
              f"mask: {mask.get('source', '?')} ({mask.get('pixels', '?')} px); ± is the sample std over seeds, [ ] a "
              "95% bootstrap interval.")
     lines = "".join(f"<li>{esc(line)}</li>" for line in pairs + list(record.get("verdict") or []))
-    return ("<h3>Revision of the shortcut</h3>" + table(["method", *REVISION_MEASURES.values()], rows, "sortable")
-            + f'<p class="muted">{esc(facts)}</p>' + (f'<ul class="tight">{lines}</ul>' if lines else ""))
+    return (f'<h3 id="{REVISION_ANCHOR}">Revision of the shortcut</h3>'
+            + table(["method", *REVISION_MEASURES.values()], rows, "sortable") + f'<p class="muted">{esc(facts)}</p>'
+            + (f'<ul class="tight">{lines}</ul>' if lines else ""))
 
 
 def _ci(ci: list[float | None] | None) -> str:

@@ -18,6 +18,7 @@ from i2x.reporting.charts import paste_over_training
 from i2x.reporting.images import HIGHLIGHT, jet, png_uri, resize, to_rgb
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, chip, esc, img, shortcut_chip, table
+from i2x.reporting.sections.finetune import REVISION_ANCHOR, revision_of
 from i2x.stages.reliance.masks import concept_mask, sample_masks
 from i2x.stages.reliance.verdict import ran_sentence
 
@@ -233,15 +234,68 @@ def _carriers(r: ReportInputs, result: dict[str, Any], samples: dict[str, Any] |
             f'(worst offenders first; every score per split in {SHORTCUT_SAMPLES})</div>{gallery}{note}</div>')
 
 
+#: a paste test's outcome (:func:`i2x.stages.revision.retest.outcome`) as a verb phrase
+OUTCOME_WORDS = {"passes": "passes", "fails": "fails", "inconclusive": "is inconclusive", "not run": "could not run"}
+
+
+def revised_words(method: str, stats: dict[str, Any], before: str, max_random_flip: float) -> str:
+    """The models revised by ``method`` under the lead's paste test, in words: the flip rate against random patches'
+    (with its 95% interval over seeds, or saying one seed gives none) and whether the test still passes, given its
+    outcome ``before`` (on the final checkpoint)."""
+    outcomes = stats["outcomes"]
+    n = len(outcomes)
+    flip = stats["flip_rate"]
+    spread = (f" [{_pct(flip['ci'][0])}, {_pct(flip['ci'][1])}] over {n} seeds" if n > 1 and flip["ci"][0] is not None
+              else " (1 seed: no interval)" if n == 1 else "")
+    seeds = "" if n == 1 else f" in each of the {n} seeds"
+    if set(outcomes) == {"fails"}:
+        said = (f"no longer passes{'' if n == 1 else f' in any of the {n} seeds'}" if before == "passes"
+                else "fails" + seeds)
+    elif set(outcomes) == {"passes"}:
+        said = ("still passes" if before == "passes" else "passes") + seeds
+    elif len(set(outcomes)) == 1:
+        said = OUTCOME_WORDS[outcomes[0]] + seeds
+    else:
+        said = ", ".join(f"{OUTCOME_WORDS[o]} in {outcomes.count(o)}" for o in OUTCOME_WORDS if o in outcomes) + \
+            f" of {n} seeds"
+    if "inconclusive" in outcomes:
+        said += f" (random patches flip more than {max_random_flip:.0%} of the recipients: the test cannot isolate it)"
+    return (f"After {method}, its paste flips {_pct(flip['mean'])}{spread} (random patches "
+            f"{_pct(stats['random_flip_rate']['mean'])}): its paste test {said}.")
+
+
+def _revised(r: ReportInputs, k: int) -> tuple[pd.DataFrame | None, str, str]:
+    """The revised models' paste test of concept k (i2x finetune --fix), for the chart (one row per method and rate:
+    mean and 95% interval over seeds), in words (HTML) and its rule; (None, "", "") when no revision of k recorded
+    it."""
+    paste = (revision_of(r, k) or {}).get("paste")
+    if not paste or not paste.get("methods"):
+        return None, "", ""
+    rows = [(method, what, st[key]["mean"], *(st[key]["ci"] if len(st["outcomes"]) > 1 else (None, None)),
+             len(st["outcomes"]))
+            for method, st in paste["methods"].items()
+            for what, key in (("its paste", "flip_rate"), ("random patches", "random_flip_rate"))]
+    frame = pd.DataFrame(rows, columns=["method", "what", "rate", "low", "high", "seeds"])
+    items = "".join(f"<li>{esc(revised_words(m, st, paste['before_outcome'], paste['max_random_flip']))}</li>"
+                    for m, st in paste["methods"].items())
+    b = paste["before"]
+    text = (f'<p class="note">Revised from the final checkpoint (<a href="#{REVISION_ANCHOR}">the revision</a>), '
+            f"where its paste flips {_pct(b['flip_rate'])} (random patches {_pct(b['random_flip_rate'])}) and its "
+            f"paste test {OUTCOME_WORDS[paste['before_outcome']]}:</p><ul class=\"tight\">{items}</ul>")
+    return frame, text, paste["rule"]
+
+
 def _onset(r: ReportInputs, result: dict[str, Any]) -> str:
-    """The lead concept's paste flip rate at every checkpoint and the checkpoint where its paste test first passes."""
+    """The lead concept's paste flip rate at every checkpoint and the checkpoint where its paste test first passes,
+    then after each revision of it: whether revision undid it."""
     over = result["localisation"].get("over_training")
     if not over and not result["shortcut_found"]:
         return ('<p class="muted">No concept passes every test of a shortcut, so when one formed was not traced over '
                 'the checkpoints.</p>')
+    revised, after, revised_rule = _revised(r, result["localisation"]["suspects"][0])
     if not over:
         return ('<p class="muted">The lead concept was tested at the final checkpoint only (--final-only or a single '
-                'checkpoint), so this report cannot say when it formed.</p>')
+                'checkpoint), so this report cannot say when it formed.</p>' + after)
     by_name = {c["name"]: t for t, c in enumerate(r.checkpoints)}
     rows = [(r.train_step(by_name[c["checkpoint"]]), c["checkpoint"], what, c[key] or 0.0)
             for c in over["checkpoints"] for what, key in (("its paste", "flip_rate"),
@@ -253,8 +307,10 @@ def _onset(r: ReportInputs, result: dict[str, Any]) -> str:
         text = "Its paste test passes at no checkpoint."
     else:
         text = f"Its paste test first passes at checkpoint {esc(onset)} (step {step}): the shortcut formed there."
-    return (f'<p class="note">{text}</p>' + r.charts.add("reliance-onset", paste_over_training(frame, step),
-                                                         export="reliance_onset.png", caption=over["rule"]))
+    caption = over["rule"] + ("" if revised is None else "; right, the models revised from the final checkpoint "
+                              "(mean and 95% interval over seeds, none for one seed): " + revised_rule)
+    return (f'<p class="note">{text}</p>' + r.charts.add("reliance-onset", paste_over_training(frame, step, revised),
+                                                         export="reliance_onset.png", caption=caption) + after)
 
 
 def _localisation(r: ReportInputs, result: dict[str, Any]) -> str:

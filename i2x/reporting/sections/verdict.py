@@ -10,6 +10,7 @@ import numpy as np
 
 from i2x.reporting.inputs import ReportInputs
 from i2x.reporting.page import Raw, Section, chip, class_ref, esc, proto_ref, shortcut_chip, table
+from i2x.reporting.sections.finetune import REVISION_ANCHOR, revision_of
 from i2x.reporting.suspect import SuspectMask, reliance_result, suspect_mask, suspect_pictures, where_in_words
 from i2x.stages.analyze.uncertainty import summary_sentence
 from i2x.stages.context import sample_line, sample_warning
@@ -54,19 +55,23 @@ def _lead(r: ReportInputs, result: dict[str, Any], suspect: SuspectMask | None) 
             f'<p class="muted">{esc(name)} images where it is strongest; red: the pixels its paste test moves.</p>')
 
 
-def _next_steps(r: ReportInputs, result: dict[str, Any], suspect: SuspectMask) -> Raw:
-    """What to do about the shortcut: check the data at that place, then fine-tune without it; and which uncertain
-    prototypes belong to it (curating them removes the shortcut's images, not a confusion between two classes)."""
+def _next_steps(r: ReportInputs, result: dict[str, Any], suspect: SuspectMask, revised: bool) -> Raw:
+    """What to do about the shortcut: check the data at that place, revise the model against it (unless a revision
+    is recorded), or fine-tune without it; and which uncertain prototypes belong to it (curating them removes the
+    shortcut's images, not a confusion between two classes)."""
     c = suspect.concept
     name = r.names[c["class"]]
     command = f"i2x finetune {r.shown_dir} --concept {c['id']}"
+    revise = "" if revised else (
+        f'<li>revise the model against it: <code class="next">{esc(command)} --fix augment</code> (pastes it onto '
+        "other classes' training images, measured against control runs)</li>")
     tied = sorted({u["prototype"] for u in r.summary["uncertain"]} & set(c.get("members") or []))
     note = ("<li>uncertain " + " ".join(proto_ref(k, "uncertain") for k in tied) + f" belong to C{c['id']}: "
             "they are the shortcut, not two classes the model confuses</li>") if tied else ""
     return Raw(f'<ul class="tight"><li>check your {esc(name)} images for a marker, tag or text at the '
-               f'{esc(where_in_words(suspect.mask).split(",")[0])}</li><li>fine-tune without it: '
-               f'<code class="next">{esc(command)}</code> (curates the training images holding C{c["id"]})</li>'
-               f'{note}</ul>')
+               f'{esc(where_in_words(suspect.mask).split(",")[0])}</li>{revise}<li>{"" if revised else "or "}'
+               f'fine-tune without it: <code class="next">{esc(command)}</code> (curates the training images holding '
+               f'C{c["id"]})</li>{note}</ul>')
 
 
 def _evidence(r: ReportInputs, suspect: SuspectMask) -> Raw:
@@ -78,6 +83,12 @@ def _evidence(r: ReportInputs, suspect: SuspectMask) -> Raw:
                f"(those not already called {esc(name)}) become {esc(name)}, random patches of the same shape "
                f"{t.get('random_flip_rate', 0.0):.0%} (z {t.get('flip_z', 0.0):.1f}); <b>shortcut gap: {gap:.0%}</b>"
                f", the share of those images the suspect alone turns into {esc(name)}, beyond what any patch does")
+
+
+def _revision(record: dict[str, Any]) -> Raw:
+    """What the recorded revision of the suspect found (its verdict per fix), linked to its results."""
+    lines = "".join(f"<li>{esc(line)}</li>" for line in record.get("verdict") or [])
+    return Raw(f'<ul class="tight">{lines}</ul><a href="#{REVISION_ANCHOR}">the revision results</a>')
 
 
 def _uncertain(r: ReportInputs) -> Raw:
@@ -182,11 +193,13 @@ def verdict_section(r: ReportInputs) -> Section:
     rows: list[tuple[str, Any]] = []
     if suspect is not None:
         c = suspect.concept
+        revision = revision_of(r, int(c["id"]))
         rows += [("Shortcut", Raw(f"{shortcut_chip(True)} concept {concept_label(c)} for class "
                                   f"{class_ref(c['class'], r.names[c['class']], 'warn')}")),
                  ("Where", where_in_words(suspect.mask)),
-                 ("Evidence", _evidence(r, suspect)),
-                 ("Next", _next_steps(r, result, suspect))]  # type: ignore[arg-type]
+                 ("Evidence", _evidence(r, suspect))]
+        rows += [("Revision", _revision(revision))] if revision else []
+        rows.append(("Next", _next_steps(r, result, suspect, revision is not None)))  # type: ignore[arg-type]
     else:
         rows.append(("Shortcut", _shortcut(r)))
     rows += [

@@ -22,7 +22,7 @@ from i2x.stages.context import Context
 from i2x.stages.reliance.config import RelianceConfig
 from i2x.stages.reliance.deletion import images_at
 from i2x.stages.reliance.masks import agreeing
-from i2x.stages.reliance.paste import draw_paste, paste_test, saliency_reference
+from i2x.stages.reliance.paste import draw_paste, lead_inputs, paste_test, saliency_reference
 
 ONSET_RULE = ("at every checkpoint, the lead concept's cells of the final checkpoint, its footprints narrowed by "
               "that checkpoint's model, pasted into the same recipients from the same donors and scored by that "
@@ -75,9 +75,7 @@ def over_training(store: Store, ctx: Context, unit_assign: np.ndarray, u: int, c
     index too) and the masks by checkpoint index. The model ends on the final checkpoint again (``layer``, its
     target layer, is a module of it)."""
     analysed = ctx.data.split(ctx.config.split)
-    holders = np.flatnonzero(((unit_assign == u).reshape(len(unit_assign), -1).any(axis=1)) & (labels == c))
-    field_rows = np.sort(np.random.default_rng(cfg.seed).permutation(len(rows_index))[: cfg.field_images])
-    field_images = images_at(analysed, rows_index[field_rows], cfg.batch_size)[0].to(ctx.device)
+    holders, field_images = lead_inputs(analysed, unit_assign, u, c, labels, rows_index, cfg, ctx.device)
     rows, masks = [], {}
     checkpoints = [int(t) for t in usable_checkpoints(store)]
     try:

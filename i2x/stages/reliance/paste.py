@@ -30,6 +30,17 @@ def recipient_pool(ctx: Context, cfg: RelianceConfig,
     return images, labels, name
 
 
+def lead_inputs(analysed: Dataset, unit_assign: np.ndarray, u: int, c: int, labels: np.ndarray,
+                rows_index: np.ndarray, cfg: RelianceConfig,
+                device: torch.device) -> tuple[np.ndarray, torch.Tensor]:
+    """What the lead's paste test (:func:`i2x.stages.reliance.onset.lead_test`) needs besides the model and the
+    recipients, the same under any weights: the store rows holding unit u in class c (its donors) and the images its
+    receptive fields are averaged over (``field_images`` analysed rows drawn with the study's seed), on ``device``."""
+    holders = np.flatnonzero(((unit_assign == u).reshape(len(unit_assign), -1).any(axis=1)) & (labels == c))
+    field_rows = np.sort(np.random.default_rng(cfg.seed).permutation(len(rows_index))[: cfg.field_images])
+    return holders, images_at(analysed, rows_index[field_rows], cfg.batch_size)[0].to(device)
+
+
 def saliency_reference(recipients: torch.Tensor, recipient_labels: torch.Tensor, c: int) -> torch.Tensor:
     """What the saliency that narrows a class-c unit's footprint compares each donor with [C, H, W]: the mean held-out
     image of the other classes (all of them when no other class is held out). When most of class c carries an

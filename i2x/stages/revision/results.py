@@ -17,13 +17,15 @@ MAX_GAP = 0.10
 ACCURACY_LOSS = 0.02
 
 
-def summarise(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
-    """Per method and measure: mean, sample std (ddof=1), 95% bootstrap interval of the mean and the values."""
+def summarise(runs: list[dict[str, Any]], methods: list[str],
+              keys: tuple[str, ...] = MEASURES + ("seconds",)) -> dict[str, dict[str, Any]]:
+    """Per method and measure (``keys`` of the runs; None counts as missing): mean, sample std (ddof=1), 95% bootstrap
+    interval of the mean and the values."""
     out: dict[str, dict[str, Any]] = {}
     for method in methods:
         mine = [r for r in runs if r["method"] == method]
         out[method] = {}
-        for key in MEASURES + ("seconds",):
+        for key in keys:
             v = np.asarray([r[key] for r in mine], dtype=float)
             finite = np.isfinite(v)
             out[method][key] = {"mean": float(np.nanmean(v)) if finite.any() else None,
@@ -90,6 +92,7 @@ def format_table(record: dict[str, Any]) -> str:
         if g["mean"] is not None and lo is not None:
             lines.append(f"{key}: gap reduction {100 * g['mean']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}], "
                          f"clean accuracy {100 * d['clean_accuracy']['mean']:+.1f} pts")
+    lines += paste_lines(record["paste"])
     mask = f"mask: {record['mask']['source']} ({record['mask']['pixels']} px)"
     if s["methods"]:
         lines.append(f"{len(s['seeds'])} seed(s) per method, {s['epochs']} epoch(s) each, {s['optimizer']} lr "
@@ -99,8 +102,26 @@ def format_table(record: dict[str, Any]) -> str:
     return "\n".join(lines + record["verdict"])
 
 
-def _percent(value: float) -> str:
-    return "n/a" if value != value else f"{100 * value:.1f}"
+def paste_lines(paste: dict[str, Any]) -> list[str]:
+    """The concept's paste test (the reliance study's) on the start model and per method: its flip rate against
+    random patches' (mean over seeds) and its outcome in each seed."""
+    b = paste["before"]
+    lines = [f"paste test of concept {paste['concept']} (as in the reliance study): before {_percent(b['flip_rate'])}% "
+             f"vs {_percent(b['random_flip_rate'])}% for random patches: {paste['before_outcome']}"]
+    for method, st in paste["methods"].items():
+        outcomes = st["outcomes"]
+        lines.append(f"  {method}: {_mean(st['flip_rate'])}% vs {_mean(st['random_flip_rate'])}%: "
+                     + ", ".join(f"{o} in {outcomes.count(o)}" for o in dict.fromkeys(outcomes))
+                     + f" of {len(outcomes)} seed(s)")
+    return lines
+
+
+def _mean(stat: dict[str, Any]) -> str:
+    return "n/a" if stat["mean"] is None else f"{100 * stat['mean']:.1f}"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{100 * value:.1f}"
 
 
 def _pm(stat: dict[str, Any]) -> str:

@@ -2,11 +2,12 @@
 same seeds and epochs (:mod:`i2x.stages.revision.methods`), measured before and after on the clean and the attacked
 test split (:mod:`i2x.stages.revision.measure`). Without annotations the artefact is the suspect concept's mask
 (:func:`i2x.stages.revision.concept.concept_mask`) and its carriers are the analysed training samples where the
-concept covers at least ``min_share`` of the cells (those of its class are the donors pasted from).
+concept covers at least ``min_share`` of the cells (those of its class are the donors pasted from). Every model
+measured also gets the reliance study's paste test of the concept (:mod:`i2x.stages.revision.retest`), so the report
+continues the lead's test over training with the revised models.
 
 Results go under ``revision`` in ``DEST/finetune.json`` (``measure`` for a measurement alone; other keys of that
-file are kept) and each revised model
-to ``DEST/revision/<method>/seed<k>.pt`` (``{"state_dict", "method", "seed"}``).
+file are kept) and each revised model to ``DEST/revision/<method>/seed<k>.pt`` (``{"state_dict", "method", "seed"}``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from i2x.stages.revision.config import DEFAULT_LR, DEFAULT_PENALTY, DEFAULT_SEED
 from i2x.stages.revision.measure import mask_record, measure
 from i2x.stages.revision.methods import CONTROLS, FIXES, Artefact, Schedule, concept_direction, train_fixed
 from i2x.stages.revision.results import format_table, paired, summarise, verdict
+from i2x.stages.revision.retest import Retest, paste_record
 
 
 def revise(out_dir: str | Path, config: RevisionConfig | None = None, progress: bool = True,
@@ -70,6 +72,7 @@ def revise(out_dir: str | Path, config: RevisionConfig | None = None, progress: 
         ctx = open_context(store, None, cfg.device, cfg.batch_size, cfg.trust_checkpoints, cfg.trust_analysis,
                            cfg.model)
         layer = store.attrs["layer"]
+        retest = Retest(out, store, ctx, row)
     test_images, test_labels = images_at(test_set, np.arange(len(test_set)), cfg.batch_size)  # type: ignore[arg-type]
     size = tuple(test_images.shape[-2:])
     measured = _annotated(cfg.artefact_mask, size) if cfg.artefact_mask else None  # type: ignore[arg-type]
@@ -93,7 +96,7 @@ def revise(out_dir: str | Path, config: RevisionConfig | None = None, progress: 
     def evaluate() -> dict[str, Any]:
         return measure(model, test_images, test_labels, measured_t, donors, c, layer, device, cfg.batch_size)
 
-    before = evaluate()
+    before, before_paste = evaluate(), retest(model)
     runs = []
     if methods:
         clean_ids = np.setdiff1d(sample_index[analysed_labels == c], curation.ids)
@@ -105,7 +108,7 @@ def revise(out_dir: str | Path, config: RevisionConfig | None = None, progress: 
         penalty = {k: cfg.penalty if cfg.penalty is not None else v for k, v in DEFAULT_PENALTY.items()}
         schedule = Schedule(cfg.fix_epochs, cfg.optimizer, lr, cfg.batch_size, penalty, device)
         runs = _run_all(model, methods, seeds, train_set, artefact, curation.ids, train_labels, sample_index,
-                        analysed_labels, schedule, evaluate, _dest(out, cfg), progress)
+                        analysed_labels, schedule, evaluate, retest, _dest(out, cfg), progress)
     methods_stats = summarise(runs, methods)
     pairs = paired(runs, methods)
     record = {
@@ -122,6 +125,7 @@ def revise(out_dir: str | Path, config: RevisionConfig | None = None, progress: 
                      "layer": layer,
                      "device": str(device)},
         "before": before, "runs": runs, "methods": methods_stats, "paired": pairs,
+        "paste": paste_record(retest, before_paste, runs, methods),
         "verdict": (verdict(before, methods_stats, pairs) if methods else []) + _caveat(row),
         "measures": "gap: share of other-class test images called the concept's class with the artefact pasted "
                     "minus without; flip_rate: of those not called it without, the share called it with; "
@@ -136,8 +140,8 @@ def revise(out_dir: str | Path, config: RevisionConfig | None = None, progress: 
 
 def _run_all(model: torch.nn.Module, methods: list[str], seeds: list[int], train_set: Any, artefact: Artefact,
              carriers: np.ndarray, train_labels: np.ndarray, sample_index: np.ndarray, analysed_labels: np.ndarray,
-             schedule: Schedule, evaluate: Any, dest: Path, progress: bool) -> list[dict[str, Any]]:
-    """Every method and seed from the start weights; each revised model saved, each measured."""
+             schedule: Schedule, evaluate: Any, retest: Retest, dest: Path, progress: bool) -> list[dict[str, Any]]:
+    """Every method and seed from the start weights; each revised model saved, measured and paste-tested."""
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     counts = per_class_counts(carriers, train_labels)
     runs = []
@@ -148,7 +152,7 @@ def _run_all(model: torch.nn.Module, methods: list[str], seeds: list[int], train
                 random_exclusion(counts, sample_index, analysed_labels, seed) if method == "random-exclude" \
                 else np.zeros(0, np.int64)
             trained = train_fixed(model, method, train_set, artefact, excluded, seed, schedule)
-            runs.append({"method": method, "seed": seed, **evaluate(), **trained})
+            runs.append({"method": method, "seed": seed, **evaluate(), **trained, "paste": retest(model)})
             _save(dest / "revision" / method / f"seed{seed}.pt", model, method, seed)
             if progress:
                 print(f"{method} seed {seed}: gap {100 * runs[-1]['gap']:.1f} pts, clean accuracy "
