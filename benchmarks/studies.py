@@ -1,13 +1,14 @@
 """Each study's time over the extraction time of the same run, old code against new, in one run.
 
     python benchmarks/studies.py --old dbe681c --workdir /tmp/studies [--runs demo,planted] [--studies none]
+                                 [--demo-wall]
 
 Two runs: the demo (the small CNN on digits, 10 checkpoints) and a 28x28 two-class planted run with a shortcut the
 model uses (``planted:L-carriers``, the small CNN with 12 snapshots over 60 steps, steps 0-5, 8, 12, 18, 27, 40, 60:
 :func:`i2x.planted.localisation.train_with_snapshots`, so reliance traces its onset too). Each run's checkpoints are
-trained once (kept in ``--workdir``). Then, for the old code (checked out with ``git worktree add`` at ``--old``) and this checkout in turn,
-one Python process per code version (PYTHONPATH set to that code) imports the CLI once and times, in process, each
-command as ``i2x.cli.main`` runs it: extract, analyze, reliance and report (together ``i2x run``), then ``i2x
+trained once (kept in ``--workdir``). Then, for the old code (checked out with ``git worktree add`` at ``--old``)
+and this checkout in turn, one Python process per code version (PYTHONPATH set to that code) imports the CLI once
+and times, in process, each command as ``i2x.cli.main`` runs it: extract, analyze, reliance and report (together ``i2x run``), then ``i2x
 benchmark`` and ``i2x evidence`` at their defaults. Start-up (imports) is paid once before the clock starts, so the
 ratios are the stages' own; ``--demo-wall`` also times ``i2x demo --force`` as a user's shell sees it (imports and
 training included). Prints each stage's seconds and its ratio to the extraction of the same code on the same run,
@@ -88,9 +89,10 @@ def _agreement(old: Path, new: Path) -> str:
 def _demo_wall(src: Path, workdir: Path) -> float:
     """Seconds of ``i2x demo --force`` as a shell runs it (start-up, training and the whole run)."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "i2x.cli", "demo", "--force", "--checkpoints-dir", str(workdir / "demo-wall-ck"),
-                    "--out", str(workdir / "demo-wall")], env={**os.environ, "PYTHONPATH": str(src)}, cwd=src,
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "i2x.cli", "demo", "--force",
+                    "--checkpoints-dir", str(workdir / "demo-wall-ck"), "--out", str(workdir / "demo-wall")],
+                   env={**os.environ, "PYTHONPATH": str(src)}, cwd=src, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 

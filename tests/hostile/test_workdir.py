@@ -22,6 +22,7 @@ from i2x.io.store import Store
 from i2x.io.workdir import MARKER, RELIANCE, REPORT, SUMMARY, write_json
 from i2x.reporting import build_report
 from i2x.stages.analyze.config import AnalyzeConfig
+from i2x.reporting.charts import PNG_DIGESTS
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -160,7 +161,7 @@ def test_report_swaps_its_charts_folder_in_whole(copied_run):
     (copied_run / "report" / "stale.png").write_bytes(b"old chart")
     build_report(copied_run, progress=False, pngs=True)
     pngs = sorted(p.name for p in (copied_run / "report").iterdir())
-    assert "stale.png" not in pngs and pngs and all(n.endswith(".png") for n in pngs)
+    assert "stale.png" not in pngs and pngs and all(n.endswith(".png") or n == PNG_DIGESTS for n in pngs)
     assert not [p for p in copied_run.iterdir() if p.name.startswith(".report.")]
 
 

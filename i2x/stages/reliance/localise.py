@@ -66,7 +66,8 @@ def locate(store: Store, ctx: Context, probe: Probe, concepts: list[dict[str, An
            concept_assign: np.ndarray, labels: np.ndarray, rows_index: np.ndarray,
            cfg: RelianceConfig) -> tuple[dict[str, Any], Located]:
     """Masks and carrier scores of every suspect, and, when the lead is a shortcut (it passes every test), its paste
-    test at every checkpoint (unless ``final_only``; a lead that is no shortcut did not form one); returns the ``localisation`` entry of reliance.json and what goes to the other files."""
+    test at every checkpoint (unless ``final_only``; a lead that is no shortcut did not form one); returns the
+    ``localisation`` entry of reliance.json and what goes to the other files."""
     start = time.perf_counter()
     names, found = store.class_names, Located()
     chosen = suspects(concepts, ranking, cfg.top)
@@ -104,7 +105,8 @@ def locate(store: Store, ctx: Context, probe: Probe, concepts: list[dict[str, An
         "truth": {str(k): {s: per_split[s][i].get("truth") for s in per_split} for i, k in enumerate(chosen)}
         if truth is not None else None}
     lead = chosen[0] if chosen else None
-    if lead is not None and all(concepts[lead]["checks"].values()) and not cfg.final_only and len(store.checkpoints) > 1:
+    shortcut = lead is not None and all(concepts[lead]["checks"].values())
+    if shortcut and not cfg.final_only and len(store.checkpoints) > 1:
         rows, found.over_training = over_training(store, ctx, assigns[lead], lead, concepts[lead]["class"], labels,
                                                   rows_index, probe.recipients, probe.recipient_labels, probe.layer,
                                                   probe.layout, cfg)

@@ -48,9 +48,10 @@ The tests run in the verdict's order and a unit stops at the first it fails (unl
 that is not class-tied or not concentrated on the grid gets no footprints, one whose donors' footprints
 disagree no paste test and no deletion; their checks read None (not run) and they rank after every unit
 with a paste test. A prototype that belongs to a concept of several prototypes is tested as that concept only
-(``tested_as_concept``: its presence is measured, its interventions are the concept's), as the verdict reads concepts. No test that runs changes: every unit's random draws are made, in unit order, whatever
-runs, and ``tests_run`` counts the units each test ran on. Footprints are computed once per (image, cell
-mask), for all units together; pastes are scored on the model with its batch norms folded
+(``tested_as_concept``: its presence is measured, its interventions are the concept's), as the verdict reads
+concepts. No test that runs changes: every unit's random draws are made, in unit order, whatever runs, and
+``tests_run`` counts the units each test ran on. Footprints are computed once per (image, cell mask), for all units
+together; pastes are scored on the model with its batch norms folded
 (:func:`i2x.stages.benchmark.maps.scoring_model`: the same flips, margins to float rounding).
 
 Results go to ``DIR/reliance.json`` (concepts and prototypes, per-sample deletions, the final checkpoint's accuracy
@@ -133,7 +134,7 @@ def _study(store: Store, ctx: Context, cfg: RelianceConfig, progress: bool) -> t
     # units: every prototype, then every concept of two or more prototypes (a singleton concept is its prototype);
     # a prototype of a larger concept is tested as that concept (the verdict reads concepts), unless full_tests
     multi = [c for c, members in enumerate(grouping.members_) if len(members) > 1]
-    tested_as = {k: c for c in multi for k in grouping.members_[c]}
+    tested_as = {k for c in multi for k in grouping.members_[c]}
     units = [(assign, k, int(top_class[k]), (cfg.full_tests or k not in tested_as)
               and _screened(lifts[k, top_class[k]], stats["concentration"][k], cfg)) for k in range(k_count)]
     units += [(concept_assign, c, int(c_lifts[c].argmax()),
