@@ -9,12 +9,11 @@ model uses (``planted:L-carriers``, the small CNN with 12 snapshots over 60 step
 trained once (kept in ``--workdir``). Then, for the old code (checked out with ``git worktree add`` at ``--old``)
 and this checkout in turn, one Python process per code version (PYTHONPATH set to that code) imports the CLI once
 and times, in process, each command as ``i2x.cli.main`` runs it: extract, analyze, reliance and report (together
-``i2x run``), then ``i2x benchmark`` and ``i2x evidence`` at their defaults. Start-up (imports) is paid once before the clock starts, so the
-ratios are the stages' own; ``--demo-wall`` also times ``i2x demo --force`` as a user's shell sees it (imports and
-training included). Prints each stage's seconds and its ratio to the extraction of the same code on the same run,
-whether the two codes' verdicts and concept tables agree, and the load average (the machine may be shared: compare
-ratios, not seconds).
-"""
+``i2x run``), then ``i2x benchmark`` and ``i2x evidence`` at their defaults. Start-up (imports) is paid once before
+the clock starts, so the ratios are the stages' own; ``--demo-wall`` also times ``i2x demo --force`` as a user's
+shell sees it (imports and training included). Prints each stage's seconds and its ratio to the extraction of the
+same code on the same run, whether the two codes' verdicts and concept tables agree, and the load average (the
+machine may be shared: compare ratios, not seconds)."""
 
 from __future__ import annotations
 
