@@ -9,8 +9,8 @@ train the small CNN, check by painting the L onto the other class's test images 
 true L (``--artefact-mask``). On the clean twin ``planted:corner-L-clean`` the same revision of its lead concept
 (augment and its controls; the L's mask where the concept's footprints share no pixel) shows how much revising a
 concept that is no shortcut moves accuracy. Prints the table
-(method x gap, clean and attacked accuracy, flip rate, CAM share, time per run), the verdicts, and the concept's
-paste test before and after each revision.
+(method x gap, clean and attacked accuracy, flip rate, CAM share, time per run), the concept's paste test before and
+after each revision, and the verdicts.
 """
 
 from __future__ import annotations
@@ -76,13 +76,6 @@ def main() -> None:
                                 artefact_mask=str(truth), progress=False)
         print(f"({time.perf_counter() - start:.0f} s in all)")
     for name, record in rows.items():
-        paste = record["paste"]
-        before = paste["before"]
-        print(f"{name}: the concept's paste test (the reliance study's, rerun) flips {before['flip_rate']:.0%} at the "
-              f"final checkpoint ({paste['before_outcome']}); after revision:")
-        for method, st in paste["methods"].items():
-            print(f"  {method}: flips {st['flip_rate']['mean']:.0%} (random patches "
-                  f"{st['random_flip_rate']['mean']:.0%}), seeds {', '.join(st['outcomes'])}")
         if name.endswith("-clean"):
             for method, st in record["methods"].items():
                 change = st["clean_accuracy"]["mean"] - record["before"]["clean_accuracy"]
